@@ -1,0 +1,255 @@
+"""
+A self-contained Llama / Mistral decoder, written so you can read it top to bottom.
+
+The model is the Hugging Face `LlamaForCausalLM` / `MistralForCausalLM` architecture, with parameter
+names chosen to match their safetensors checkpoints one for one (see model/checkpoint.py), so a
+checkpoint loads with a plain `load_state_dict` and what we save loads back in `transformers`:
+
+    tokens -> embed_tokens -> n_layers x [ RMSNorm -> attention (RoPE, GQA, optional sliding window)
+                                          + RMSNorm -> SwiGLU MLP ] -> RMSNorm -> hidden states
+    hidden states -> lm_head -> logits
+
+Two things differ from the usual nanoGPT-style file, both on purpose:
+- `forward` returns the final hidden states, not logits. Alignment losses only need log-probs of the
+  response tokens, and kernels/seq_logprob.py computes those straight from (hidden, lm_head weight)
+  without ever holding the (tokens x vocab) logits. `logits()` is the separate call for sampling.
+- A KV cache lives in the model (`setup_cache`), gpt-fast style, so generation (model/generate.py)
+  is a loop of one-token forwards. Rows may be left-padded: `attn_mask` marks real tokens, positions
+  count from each row's first real token, and padded keys are never attended to.
+"""
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    dim: int = 4096                       # hidden_size
+    n_layers: int = 32                    # num_hidden_layers
+    n_heads: int = 32                     # num_attention_heads
+    n_kv_heads: int = 8                   # num_key_value_heads (GQA: n_heads % n_kv_heads == 0)
+    hidden_dim: int = 14336               # intermediate_size of the SwiGLU MLP
+    head_dim: Optional[int] = None        # defaults to dim // n_heads
+    norm_eps: float = 1e-5                # rms_norm_eps
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None   # Llama-3 style: {"rope_type": "llama3", "factor": 8.0, ...}
+    sliding_window: Optional[int] = None  # Mistral: attend to at most this many previous tokens
+    max_seq_len: int = 4096               # max_position_embeddings
+    tie_embeddings: bool = False          # tie_word_embeddings
+    model_type: str = "llama"             # "llama" or "mistral" (only changes the saved config.json)
+    bos_token_id: Optional[int] = 1
+    eos_token_id: object = 2              # an int, or a list of ints (Llama 3 has several)
+    pad_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
+        assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
+
+    @property
+    def eos_ids(self):
+        e = self.eos_token_id
+        return [] if e is None else ([e] if isinstance(e, int) else list(e))
+
+
+# Named presets. "tiny" is the built-in task's default: small enough to SFT in a minute on a laptop.
+PRESETS = {
+    "tiny": dict(vocab_size=264, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=352,
+                 max_seq_len=512, tie_embeddings=True, bos_token_id=256, eos_token_id=257,
+                 pad_token_id=258),
+    "smollm2-135m": dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                         hidden_dim=1536, rope_theta=100000.0, max_seq_len=8192,
+                         tie_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+    "mistral-7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                       hidden_dim=14336, max_seq_len=32768, model_type="mistral"),
+    "llama3-8b": dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                      hidden_dim=14336, rope_theta=500000.0, max_seq_len=8192,
+                      bos_token_id=128000, eos_token_id=128001),
+}
+
+
+def config_from_preset(name, **overrides):
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalize in float32 like the reference, then cast back before the scale (as HF does)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_frequencies(cfg):
+    """Inverse frequencies of the rotary embedding, (head_dim // 2,), with Llama-3 scaling if set."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    rs = cfg.rope_scaling
+    if rs and rs.get("rope_type", rs.get("type")) == "llama3":
+        # Llama 3.1: leave high frequencies alone, divide low ones by `factor`, blend in between.
+        factor, lo, hi = rs["factor"], rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        old_len = rs["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old_len / lo, inv_freq / factor,
+                               torch.where(wavelen < old_len / hi, inv_freq, blended))
+    elif rs and rs.get("rope_type", rs.get("type")) not in (None, "default"):
+        raise ValueError(f"rope_scaling type {rs} is not supported (only 'llama3')")
+    return inv_freq.float()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, nh, T, hs); cos/sin: (B, 1, T, hs). HF's "rotate_half" layout: first half / second half.
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        self.q_proj = nn.Linear(cfg.dim, nh * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, nkv * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, nkv * hd, bias=False)
+        self.o_proj = nn.Linear(nh * hd, cfg.dim, bias=False)
+        self.cache_k = self.cache_v = None
+
+    def forward(self, x, cos, sin, mask, cache_pos):
+        B, T, _ = x.shape
+        nh, nkv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)    # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)   # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)   # (B, nkv, T, hs)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_pos is not None:  # generation: write this step's keys/values, attend to all so far
+            self.cache_k[:B, :, cache_pos:cache_pos + T] = k
+            self.cache_v[:B, :, cache_pos:cache_pos + T] = v
+            k = self.cache_k[:B, :, :cache_pos + T]              # (B, nkv, S, hs)
+            v = self.cache_v[:B, :, :cache_pos + T]
+        # GQA: each group of n_heads // n_kv_heads query heads shares one key/value head;
+        # enable_gqa lets SDPA broadcast instead of copying the cache n_heads // n_kv_heads times
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache_pos):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    # -- the KV cache ---------------------------------------------------------------------------
+    def setup_cache(self, batch_size, max_len):
+        """Allocate (B, n_kv_heads, max_len, head_dim) keys and values in every layer."""
+        p = self.lm_head.weight
+        shape = (batch_size, self.cfg.n_kv_heads, max_len, self.cfg.head_dim)
+        for layer in self.layers:
+            layer.self_attn.cache_k = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            layer.self_attn.cache_v = torch.zeros(shape, dtype=p.dtype, device=p.device)
+
+    def clear_cache(self):
+        for layer in self.layers:
+            layer.self_attn.cache_k = layer.self_attn.cache_v = None
+
+    # -- the forward pass -----------------------------------------------------------------------
+    def forward(self, idx, attn_mask=None, cache_pos=None):
+        """
+        idx: (B, T) token ids. attn_mask: (B, S) with 1 for real tokens and 0 for (left) padding,
+        where S = T without a cache and S = cache_pos + T with one (the mask of everything so far).
+        cache_pos: None for a plain forward, else where in the KV cache these T tokens go.
+        Returns the final hidden states (B, T, dim) -- apply `logits()` or the fused kernels to them.
+        """
+        B, T = idx.shape
+        start = 0 if cache_pos is None else cache_pos
+        S = start + T
+        if S > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {S} tokens is longer than the model's context "
+                             f"(max_position_embeddings = {self.cfg.max_seq_len})")
+        device = idx.device
+        if attn_mask is None:
+            attn_mask = torch.ones(B, S, dtype=torch.long, device=device)
+        attn_mask = attn_mask.to(torch.long)
+        # positions count real tokens only, so a left-padded row starts at position 0
+        pos_all = (attn_mask.cumsum(-1) - 1).clamp(min=0)        # (B, S)
+        pos = pos_all[:, start:S]                                # (B, T)
+        freqs = pos[..., None].float() * self.inv_freq           # (B, T, hs/2)
+        emb = torch.cat((freqs, freqs), dim=-1)                  # (B, T, hs)
+        x = self.embed_tokens(idx)
+        cos, sin = emb.cos()[:, None].to(x.dtype), emb.sin()[:, None].to(x.dtype)  # (B, 1, T, hs)
+        # boolean attention mask (True = may attend): causal, not padding, inside the sliding window
+        q_idx = torch.arange(start, S, device=device)[:, None]  # (T, 1)
+        k_idx = torch.arange(S, device=device)[None, :]         # (1, S)
+        allowed = k_idx <= q_idx
+        if self.cfg.sliding_window is not None:
+            allowed = allowed & (q_idx - k_idx < self.cfg.sliding_window)
+        mask = allowed[None, None] & attn_mask.bool()[:, None, None, :]   # (B, 1, T, S)
+        # a padded query row would attend to nothing and give NaN; let it see itself instead
+        mask = mask | _diag(T, S, start, device)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache_pos)
+        return self.norm(x)
+
+    def logits(self, hidden):
+        """(…, dim) hidden states -> (…, vocab) logits in float32. For sampling and tests only."""
+        return self.lm_head(hidden).float()
+
+    @property
+    def lm_head_weight(self):
+        return self.lm_head.weight
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+
+def _diag(T, S, start, device):
+    """(T, S) boolean with True where key index == query index (start + row)."""
+    return (torch.arange(S, device=device)[None, :] ==
+            torch.arange(start, start + T, device=device)[:, None])[None, None]
