@@ -1,0 +1,142 @@
+"""
+The built-in task: "What is 37 + 48?", answered by a tiny model, scored by an exact oracle.
+
+Why this task: every response can be scored exactly and instantly, a tiny byte-level model learns
+it on a laptop CPU in a minute but only partly (two-digit addition with carries is hard for 0.8M
+parameters trained briefly), and it has objectives that sometimes agree, sometimes conflict and
+often tie, like UltraFeedback's principles:
+
+  correct  1 if the last number in the response is the sum, else 0
+  concise  1 if at most 6 characters, 0.5 if at most 16, else 0
+  format   1 if the response ends with a period, else 0
+  overall  their weighted mean, correctness counted twice (a wrong sum should rarely win on style
+           alone); a pair's chosen response has the higher overall score
+
+"3 + 4 = 7." is correct and formatted but not concise; "7" is correct and concise but unformatted:
+they tie on correctness and conflict on the other two. The SFT data mixes all answer styles and
+25% wrong sums (like real SFT data of mixed quality), so alignment has room to show.
+
+Everything is generated from a seed, in the same JSONL conventions as user data (see data.py), so
+the built-in task exercises exactly the code path a real data set does. The default model is the
+"tiny" preset with a byte-level tokenizer built here in milliseconds (256 bytes + 6 specials).
+"""
+import random
+import re
+
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+from model.tokenizer import Tokenizer
+
+OBJECTIVES = {
+    "correct": "the number given as the answer is the true sum",
+    "concise": "the answer is as short as possible",
+    "format": "the answer is a sentence that ends with a period",
+}
+WEIGHTS = {"correct": 2.0, "concise": 1.0, "format": 1.0}
+STYLES = ["{n}", "{n}.", "= {n}.", "The sum is {n}.", "{a} + {b} = {n}.", "{a} + {b} = {n}",
+          "The answer is {n}", "I think it is {n}.", "Sure! {a} plus {b} equals {n}"]
+SPECIALS = ["<|bos|>", "<|end|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
+PROMPT_RE = re.compile(r"What is (\d+) \+ (\d+)\?")
+
+
+# -- the oracle ----------------------------------------------------------------------------------
+def parse_prompt(prompt):
+    m = PROMPT_RE.search(prompt if isinstance(prompt, str) else prompt[-1]["content"])
+    if not m:
+        raise ValueError(f"not a built-in task prompt: {prompt!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def oracle_scores(prompt, response):
+    """{objective: score in [0, 1]} for one response, plus 'overall' (their weighted mean)."""
+    a, b = parse_prompt(prompt)
+    r = response.strip()
+    nums = re.findall(r"-?\d+", r)
+    s = {"correct": float(bool(nums) and int(nums[-1]) == a + b),
+         "concise": 1.0 if len(r) <= 6 else 0.5 if len(r) <= 16 else 0.0,
+         "format": float(r.endswith("."))}
+    s["overall"] = sum(WEIGHTS[k] * s[k] for k in OBJECTIVES) / sum(WEIGHTS.values())
+    return s
+
+
+# -- the generator -------------------------------------------------------------------------------
+def _response(rng, a, b, p_correct):
+    n = a + b
+    if rng.random() >= p_correct:  # a plausible mistake: off by a little, or a dropped carry
+        n = rng.choice([n + rng.choice([-10, -2, -1, 1, 2, 10]), (a % 10 + b % 10) % 10 + 10 * ((a // 10 + b // 10) % 10)])
+        n = n if n != a + b else n + 1
+    return rng.choice(STYLES).format(a=a, b=b, n=n)
+
+
+def _prompt(a, b):
+    return f"What is {a} + {b}?"
+
+
+def _operands(rng, split):
+    # The split is a deterministic function of the operands, so train/val/test never share a prompt
+    while True:
+        a, b = rng.randrange(0, 100), rng.randrange(0, 100)
+        h = (a * 131 + b * 71) % 10
+        if {"train": h < 8, "val": h == 8, "test": h == 9}[split]:
+            return a, b
+
+
+def sft_rows(n, seed, split="train", p_correct=0.75):
+    rng = random.Random(f"sft-{seed}-{split}")
+    rows = []
+    for _ in range(n):
+        a, b = _operands(rng, split)
+        rows.append({"prompt": _prompt(a, b), "response": _response(rng, a, b, p_correct)})
+    return rows
+
+
+def preference_rows(n, seed, split="train", p_correct=0.6):
+    """Rows {prompt, chosen, rejected, labels, scores}; `labels` is one of 1/2/equal per objective
+    (response 1 = chosen), the MetaAligner schema. Pairs whose overall scores tie are skipped."""
+    rng = random.Random(f"pref-{seed}-{split}")
+    rows = []
+    while len(rows) < n:
+        a, b = _operands(rng, split)
+        p = _prompt(a, b)
+        r1, r2 = _response(rng, a, b, p_correct), _response(rng, a, b, p_correct)
+        s1, s2 = oracle_scores(p, r1), oracle_scores(p, r2)
+        if s1["overall"] == s2["overall"]:
+            continue
+        if s2["overall"] > s1["overall"]:
+            r1, r2, s1, s2 = r2, r1, s2, s1
+        labels = {k: "1" if s1[k] > s2[k] else "2" if s2[k] > s1[k] else "equal" for k in OBJECTIVES}
+        rows.append({"prompt": p, "chosen": r1, "rejected": r2, "labels": labels,
+                     "scores": [s1, s2]})
+    return rows
+
+
+def test_prompts(n=200, seed=0):
+    rng = random.Random(f"test-{seed}")
+    return [_prompt(*_operands(rng, "test")) for _ in range(n)]
+
+
+# -- the tokenizer -------------------------------------------------------------------------------
+def _bytes_to_unicode():
+    """GPT-2's reversible map from the 256 bytes to printable unicode characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_tokenizer():
+    """Byte-level tokenizer, no merges: ids 0-255 are bytes, 256-261 the special tokens."""
+    b2u = _bytes_to_unicode()
+    vocab = {b2u[i]: i for i in range(256)}
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    return Tokenizer(tok, bos_id=ids["<|bos|>"], eos_id=ids["<|end|>"], pad_id=ids["<|pad|>"],
+                     add_bos=False, chat_format="selfjudge")

@@ -1,0 +1,164 @@
+"""The model is the reference model: logits and greedy tokens against `transformers`, the KV cache
+against a full recompute, left-padded batches against single prompts, and clear checkpoint errors."""
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from model.checkpoint import CheckpointError, load, load_model, save_model
+from model.generate import generate
+from tests.helpers import tiny
+
+CONFIGS = {
+    "llama-gqa": dict(n_heads=6, n_kv_heads=2),
+    "llama-mha-untied": dict(n_heads=4, n_kv_heads=4),
+    "llama-tied": dict(n_heads=4, n_kv_heads=2, tie_embeddings=True),
+    "llama3-rope": dict(n_heads=4, n_kv_heads=1, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8}),
+    "mistral-window": dict(model_type="mistral", n_heads=4, n_kv_heads=2, sliding_window=5),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_match_transformers(name, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    m = tiny(**CONFIGS[name])
+    save_model(m, tmp_path)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    x = torch.randint(0, 101, (3, 23))  # 23 > sliding window 5 and > original_max_position 8
+    with torch.no_grad():
+        ours, theirs = m.logits(m(x)), ref(x).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "mistral-window"])
+def test_round_trip_through_transformers(name, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    # theirs -> ours: a checkpoint written by transformers loads and gives the same logits
+    m = tiny(**CONFIGS[name])
+    save_model(m, tmp_path / "a")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "a", dtype=torch.float32)
+    ref.save_pretrained(tmp_path / "b")
+    back, _ = load_model(str(tmp_path / "b"))
+    x = torch.randint(0, 101, (2, 17))
+    with torch.no_grad():
+        assert (back.logits(back(x)) - ref(x).logits).abs().max().item() < 1e-4
+        assert (back.logits(back(x)) - m.logits(m(x))).abs().max().item() == 0.0
+
+
+def test_sliding_window_matters():
+    m = tiny(**CONFIGS["mistral-window"])
+    x = torch.randint(0, 101, (1, 20))
+    with torch.no_grad():
+        a = m.logits(m(x))
+        m.cfg.sliding_window = None
+        b = m.logits(m(x))
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)    # inside the window: identical
+    assert (a[:, 5:] - b[:, 5:]).abs().max() > 1e-3        # beyond it: different
+
+
+@given(cfg=st.sampled_from(list(CONFIGS)), T=st.integers(1, 20), new=st.integers(1, 8),
+       seed=st.integers(0, 1000))
+def test_kv_cache_equals_full_recompute(cfg, T, new, seed):
+    m = tiny(seed, **CONFIGS[cfg]).eval()
+    x = torch.randint(0, 101, (2, T + new), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full = m.logits(m(x))                               # (2, T+new, V)
+        m.setup_cache(2, T + new)
+        steps = [m.logits(m(x[:, :T], cache_pos=0))]
+        for t in range(T, T + new):
+            steps.append(m.logits(m(x[:, t:t + 1], cache_pos=t)))
+        m.clear_cache()
+    inc = torch.cat(steps, 1)
+    assert (inc - full).abs().max().item() < 1e-5
+
+
+@given(lens=st.lists(st.integers(1, 12), min_size=2, max_size=5), seed=st.integers(0, 1000),
+       cfg=st.sampled_from(list(CONFIGS)))
+def test_left_padded_batch_equals_one_at_a_time(lens, seed, cfg):
+    m = tiny(seed, **CONFIGS[cfg])
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in lens]
+    batched = generate(m, prompts, 8, eos_ids=[2], temperature=0, pad_id=0)
+    single = [generate(m, [p], 8, eos_ids=[2], temperature=0, pad_id=0)[0] for p in prompts]
+    assert batched == single
+
+
+def test_each_row_stops_at_its_own_eos():
+    m = tiny(3)
+    with torch.no_grad():  # make token 2 (EOS) the greedy choice after token 7 only
+        m.lm_head.weight[2] = 0
+    prompts = [[5, 6, 7], [5, 6, 8]]
+    out = generate(m, prompts, 6, eos_ids=[2], temperature=0, pad_id=0)
+    for o in out:
+        assert 2 not in o[:-1]        # nothing is emitted after a row's EOS
+
+
+# -- bad input: one clear error naming the file and the field or tensor --------------------------
+@pytest.fixture
+def saved(tmp_path):
+    save_model(tiny(), tmp_path)
+    return tmp_path
+
+
+def test_missing_config(saved):
+    os.remove(saved / "config.json")
+    with pytest.raises(CheckpointError, match=r"config\.json: file not found"):
+        load_model(str(saved))
+
+
+def test_corrupt_config(saved):
+    (saved / "config.json").write_text('{"model_type": "llama",\n  "vocab_size": }')
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid JSON at line 2"):
+        load_model(str(saved))
+
+
+def test_unknown_model_type(saved):
+    c = json.loads((saved / "config.json").read_text())
+    c["model_type"] = "gpt2"
+    (saved / "config.json").write_text(json.dumps(c))
+    with pytest.raises(CheckpointError, match=r"config\.json: field 'model_type' is 'gpt2'"):
+        load_model(str(saved))
+
+
+def test_truncated_safetensors(saved):
+    p = saved / "model.safetensors"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read"):
+        load_model(str(saved))
+
+
+def test_wrong_tensor_shape(saved):
+    c = json.loads((saved / "config.json").read_text())
+    c["intermediate_size"] = 80
+    (saved / "config.json").write_text(json.dumps(c))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.\w+_proj"
+                                              r"\.weight' has shape"):
+        load_model(str(saved))
+
+
+def test_prompt_longer_than_context():
+    m = tiny()
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        generate(m, [[3] * 70], 4, eos_ids=[2])
+
+
+def test_cli_errors_are_one_line(saved, tmp_path):
+    import subprocess
+    import sys
+    os.remove(saved / "config.json")
+    r = subprocess.run([sys.executable, "sample.py", "--init_from", str(saved), "--prompt", "hi"],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode != 0 and "config.json: file not found" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_never_unpickles(saved):
+    (saved / "pytorch_model.bin").write_bytes(b"not a pickle")
+    os.remove(saved / "model.safetensors")
+    with pytest.raises(CheckpointError, match="safetensors only"):
+        load(str(saved))

@@ -1,0 +1,366 @@
+"""
+One training loop for every nanoalign method.
+
+    python train.py --method orpo              # built-in task: SFT warm-up (cached), ORPO, table
+    python train.py --method list              # the registry
+    python train.py --method dpo --init_from DIR --train_data prefs.jsonl --val_data val.jsonl
+    python train.py --config run.json --lr 1e-5   # a JSON config, then flags on top
+
+The loop knows nothing method-specific: a method (nanoalign/) says which rows it eats and turns a
+micro-batch into (loss summed over its units, metrics). Order of one step, always the same:
+learning rate -> grad_accum micro-batches (forward, backward) -> clip -> finite check -> AdamW ->
+log / evaluate / checkpoint. Ctrl-C finishes the step in flight, writes a checkpoint and exits;
+`--resume` continues it exactly (model, AdamW state, RNG states, data position, step).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import CheckpointError, atomic_write_json, load, read_json, save_model
+from model.model import Transformer, config_from_preset
+from nanoalign import REGISTRY, task
+from nanoalign.common import frozen_copy
+from nanoalign.data import BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
+from nanoalign.evaluate import format_table, oracle_eval
+
+
+def h(text, **kw):  # a config field with its --help line
+    return field(metadata={"help": text}, **kw)
+
+
+def _tname(f):
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+@dataclass
+class TrainConfig:
+    method: str = h("which method to train; 'list' prints them", default="orpo")
+    init_from: str = h("'default' (the cached SFT warm-up on the built-in task), 'scratch' (a fresh "
+                       "model of --model_preset), or a Hugging Face checkpoint directory",
+                       default="default")
+    model_preset: str = h("model config for --init_from scratch (see model/model.py PRESETS)",
+                          default="tiny")
+    train_data: str = h("'builtin' or a JSONL file (preference or SFT rows, as the method needs)",
+                        default="builtin")
+    val_data: str = h("'builtin' or a JSONL file for the held-out loss; '' to skip", default="builtin")
+    out_dir: str = h("run directory: checkpoint in out_dir/ckpt, metrics in out_dir/metrics.jsonl; "
+                     "'' means out/<method>", default="")
+    resume: bool = h("continue the run in out_dir from its last checkpoint", default=False)
+    max_steps: int = h("optimizer steps", default=300)
+    batch_size: int = h("examples per micro-batch", default=16)
+    grad_accum: int = h("micro-batches per optimizer step (the loss is normalized over all)",
+                        default=1)
+    lr: float = h("peak learning rate", default=3e-4)
+    min_lr_ratio: float = h("cosine decay ends at lr * min_lr_ratio", default=0.1)
+    warmup_steps: int = h("linear warm-up steps", default=20)
+    weight_decay: float = h("AdamW weight decay", default=0.0)
+    beta1: float = h("AdamW beta1", default=0.9)
+    beta2: float = h("AdamW beta2", default=0.95)
+    grad_clip: float = h("clip the gradient norm to this (0 = off)", default=1.0)
+    max_length: int = h("tokens per sequence; prompts are cut from the left, responses from the "
+                        "right; a prompt that leaves no room for a response is a bad row",
+                        default=128)
+    skip_bad_rows: bool = h("skip (and count) bad data rows instead of stopping", default=False)
+    seed: int = h("random seed (data order, init, sampling)", default=1337)
+    log_every: int = h("print and record metrics every N steps", default=10)
+    eval_every: int = h("held-out loss every N steps (0 = only at the end)", default=100)
+    eval_batches: int = h("micro-batches of held-out data per evaluation", default=8)
+    ckpt_every: int = h("checkpoint every N steps (0 = only at the end)", default=0)
+    final_eval: bool = h("end with the oracle table on the built-in task", default=True)
+    device: str = h("'auto', 'cpu' or 'cuda'", default="auto")
+    # method hyper-parameters
+    orpo_lambda: float = h("ORPO: weight of the odds-ratio term", default=0.1)
+    prompt_loss: bool = h("ORPO: count prompt tokens in L_SFT, as the official code and TRL do",
+                          default=False)
+    beta: float = h("DPO / IPO: beta", default=0.1)
+    # built-in task sizes
+    n_train: int = h("built-in task: training rows", default=4000)
+    n_val: int = h("built-in task: validation rows", default=256)
+    warm_steps: int = h("built-in task: SFT warm-up steps for --init_from default", default=600)
+    warm_lr: float = h("built-in task: SFT warm-up learning rate", default=2e-3)
+
+
+# -- config: flags, files, checks ----------------------------------------------------------------
+def _bool(s):
+    if isinstance(s, bool):
+        return s
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def config_from_dict(d, where):
+    """A TrainConfig from a dict; unknown keys and wrong types are errors naming `where`."""
+    kinds = {f.name: _tname(f) for f in dataclasses.fields(TrainConfig)}
+    for k, v in d.items():
+        if k not in kinds:
+            raise SystemExit(f"error: {where}: unknown config key '{k}'")
+        want = {"int": int, "float": (int, float), "bool": bool, "str": str}[kinds[k]]
+        if not isinstance(v, want) or (kinds[k] == "int" and isinstance(v, bool)):
+            raise SystemExit(f"error: {where}: '{k}' must be {kinds[k]}, got {type(v).__name__}")
+    return TrainConfig(**d)
+
+
+def parse_config(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="a JSON file of config values (flags override)")
+    conv = {"int": int, "float": float, "bool": _bool, "str": str}
+    for f in dataclasses.fields(TrainConfig):
+        kw = dict(nargs="?", const=True) if _tname(f) == "bool" else {}
+        ap.add_argument(f"--{f.name}", type=conv[_tname(f)], default=None,
+                        help=f"{f.metadata['help']} (default: {f.default})", **kw)
+    a = ap.parse_args(argv)
+    d = read_json(a.config) if a.config else {}
+    cfg = config_from_dict(d, a.config or "config")
+    flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
+    cfg = dataclasses.replace(cfg, **flags)
+    if cfg.method == "list":
+        for name, m in REGISTRY.items():
+            print(f"{name:14s} {m.help}")
+        sys.exit(0)
+    if cfg.method not in REGISTRY:
+        ap.error(f"--method {cfg.method!r} is unknown; choose from {', '.join(REGISTRY)} "
+                 f"(or 'list')")
+    for k in ("max_steps", "batch_size", "grad_accum", "max_length"):
+        if getattr(cfg, k) < 1:
+            ap.error(f"--{k} must be >= 1, got {getattr(cfg, k)}")
+    if not cfg.lr > 0:
+        ap.error(f"--lr must be > 0, got {cfg.lr}")
+    return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
+
+
+# -- the pieces the loop calls, in the order it calls them ---------------------------------------
+def pick_device(cfg):
+    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+
+
+def warm_checkpoint(cfg):
+    """The built-in task's SFT start, trained once and cached under out/_warm (keyed by its config)."""
+    key = f"{cfg.model_preset}-s{cfg.seed}-n{cfg.n_train}-w{cfg.warm_steps}-lr{cfg.warm_lr:g}"
+    path = os.path.join("out", "_warm", key)
+    if not os.path.exists(os.path.join(path, "ckpt", "config.json")):
+        print(f"== SFT warm-up of a '{cfg.model_preset}' model on the built-in task -> {path}")
+        train(dataclasses.replace(cfg, method="sft", init_from="scratch", out_dir=path,
+                                  max_steps=cfg.warm_steps, lr=cfg.warm_lr, final_eval=False,
+                                  resume=os.path.exists(os.path.join(path, "ckpt", "state.json")),
+                                  warmup_steps=20, train_data="builtin", val_data="builtin"))
+        print("== warm-up done")
+    return os.path.join(path, "ckpt")
+
+
+def init_model(cfg, device):
+    if cfg.init_from == "scratch":
+        torch.manual_seed(cfg.seed)
+        return Transformer(config_from_preset(cfg.model_preset)).to(device), task.build_tokenizer()
+    return load(cfg.init_from, torch.float32, device)
+
+
+def load_split(cfg, kind, split, tok):
+    """Tokenized examples of one split; the built-in task or a JSONL file."""
+    src = cfg.train_data if split == "train" else cfg.val_data
+    if not src:
+        return []
+    if src == "builtin":
+        n = cfg.n_train if split == "train" else cfg.n_val
+        rows = (task.sft_rows if kind == "sft" else task.preference_rows)(n, cfg.seed, split)
+        skipped = 0
+    else:
+        rows, skipped = read_jsonl(src, kind, cfg.skip_bad_rows)
+    ex, dropped = tokenize_rows(rows, tok, kind, cfg.max_length, cfg.skip_bad_rows)
+    if skipped or dropped:
+        print(f"{src}: skipped {skipped + dropped} bad rows (--skip_bad_rows)")
+    return ex
+
+
+def lr_at(step, cfg):
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def save_checkpoint(path, model, tok, opt, cfg, step, order):
+    """Model in the HF layout + train state (safetensors + JSON), written to a temp dir then renamed."""
+    tmp, old = path + ".tmp", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, tok)
+    sd = opt.state_dict()
+    tensors = {f"opt.{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
+    atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
+                       "param_groups": sd["param_groups"]}, os.path.join(tmp, "state.json"))
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_train_state(path, opt):
+    st = read_json(os.path.join(path, "state.json"))
+    t = load_file(os.path.join(path, "train_state.safetensors"))
+    state = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": st["param_groups"]})
+    torch.set_rng_state(t["rng.torch"])
+    if "rng.cuda" in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(t["rng.cuda"])
+    return st["step"], st["data_pos"]
+
+
+def accumulate_gradients(model, method, micro, ctx, cfg):
+    """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
+    the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
+    denom = sum(b[method.unit] for b in micro)
+    loss_total, mets = 0.0, {}
+    for b in micro:
+        loss_sum, m = method.loss(model, b, ctx, cfg)
+        (loss_sum / denom).backward()
+        loss_total += loss_sum.item() / denom
+        for k, v in m.items():
+            mets[k] = mets.get(k, 0.0) + v / len(micro)
+    return loss_total, mets
+
+
+@torch.no_grad()
+def held_out_loss(model, method, val, ctx, cfg, pad_id):
+    model.eval()
+    tot, units = 0.0, 0
+    for i in range(min(cfg.eval_batches, len(val) // cfg.batch_size)):
+        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.data, pad_id)
+        loss, _ = method.loss(model, b, ctx, cfg)
+        tot, units = tot + loss.item(), units + b[method.unit]
+    model.train()
+    return tot / max(units, 1)
+
+
+class StopFlag:
+    """First Ctrl-C: finish this step, checkpoint, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.hit = False
+        self.prev = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, *_):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        print("\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    def restore(self):
+        signal.signal(signal.SIGINT, self.prev)
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def train(cfg, stop_at=None):
+    """Run (or resume) one training run; returns the per-step losses. `stop_at` is for tests: it
+    stops after that step exactly as Ctrl-C does (checkpoint, then return)."""
+    method = REGISTRY[cfg.method]
+    device = pick_device(cfg)
+    ckpt = os.path.join(cfg.out_dir, "ckpt")
+    if cfg.resume:  # the saved config wins; only resume/max_steps/logging may change
+        saved = read_json(os.path.join(ckpt, "state.json"))["config"]
+        keep = {k: getattr(cfg, k) for k in ("resume", "max_steps", "log_every", "final_eval")}
+        cfg = dataclasses.replace(config_from_dict(saved, os.path.join(ckpt, "state.json")), **keep)
+    elif cfg.init_from == "default":
+        cfg = dataclasses.replace(cfg, init_from=warm_checkpoint(cfg))
+    torch.manual_seed(cfg.seed)
+    model, tok = init_model(cfg, device)
+    ctx = {"ref": frozen_copy(model)} if method.needs_ref else {}   # the starting model, frozen
+    if cfg.resume:
+        model, _ = load(ckpt, torch.float32, device)
+    train_ex = load_split(cfg, method.data, "train", tok)
+    val_ex = load_split(cfg, method.data, "val", tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            weight_decay=cfg.weight_decay)
+    step, pos = load_train_state(ckpt, opt) if cfg.resume else (0, 0)
+    order = BatchOrder(len(train_ex), cfg.batch_size, cfg.seed, pos)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a")
+    before = oracle_eval(model, tok) if cfg.final_eval and not cfg.resume else None
+    print(f"{cfg.method}: {model.num_params() / 1e6:.2f}M params on {device}, {len(train_ex)} train "
+          f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}")
+    model.train()
+    stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
+    history = []
+    try:
+        while step < cfg.max_steps and not stop.hit:
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            micro = [make_batch([train_ex[i] for i in order.next()], method.data, tok.pad_id)
+                     for _ in range(cfg.grad_accum)]
+            loss_total, mets = accumulate_gradients(model, method, micro, ctx, cfg)
+            tokens += sum(int(b["attn"].sum()) for b in micro)
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            if not (math.isfinite(loss_total) and math.isfinite(gnorm.item())):
+                raise FloatingPointError(f"loss {loss_total} / grad norm {gnorm.item()} at step {step}")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            history.append(loss_total)
+            stop.hit = stop.hit or step == stop_at
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                el = time.time() - t0
+                rec = {"step": step, "split": "train", "loss": loss_total, "lr": lr,
+                       "grad_norm": gnorm.item(), **mets,
+                       "tok_per_s": tokens / max(time.time() - last_log, 1e-9), "elapsed": el}
+                tokens, last_log = 0, time.time()
+                eta = el / max(step - (pos // cfg.grad_accum), 1) * (cfg.max_steps - step)
+                extra = " ".join(f"{k} {v:.4f}" for k, v in mets.items())
+                print(f"step {step:5d} | loss {loss_total:.4f} | {extra} | {rec['tok_per_s']:.0f} tok/s"
+                      f" | {el:.0f}s elapsed, eta {eta:.0f}s")
+                metrics_f.write(json.dumps(rec) + "\n")
+                metrics_f.flush()
+            if val_ex and cfg.eval_every and step % cfg.eval_every == 0:
+                vl = held_out_loss(model, method, val_ex, ctx, cfg, tok.pad_id)
+                print(f"step {step:5d} | val loss {vl:.4f}")
+                metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0:
+                save_checkpoint(ckpt, model, tok, opt, cfg, step, order)
+    except FloatingPointError as e:
+        sys.exit(f"error: non-finite {e}; stopped without updating. The last good checkpoint "
+                 f"(if any) is intact in {ckpt}")
+    finally:
+        stop.restore()
+        metrics_f.close()
+    save_checkpoint(ckpt, model, tok, opt, cfg, step, order)
+    print(f"checkpoint: {ckpt} (step {step})")
+    if stop.hit:
+        if stop_at is not None:
+            return history
+        sys.exit(130)
+    if before is not None:
+        after = oracle_eval(model, tok)
+        print(f"\nBuilt-in task, greedy answers to 200 held-out prompts ({cfg.method}, "
+              f"{time.time() - t0:.0f}s):")
+        print(format_table(before, after))
+        for p, a in after["examples"]:
+            print(f"  {p!r} -> {a!r}")
+    return history
+
+
+if __name__ == "__main__":
+    cfg = parse_config()
+    try:
+        train(cfg)
+    except (CheckpointError, DataError) as e:
+        sys.exit(f"error: {e}")
