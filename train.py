@@ -86,7 +86,7 @@ class TrainConfig:
     # built-in task sizes
     n_train: int = h("built-in task: training rows", default=4000)
     n_val: int = h("built-in task: validation rows", default=256)
-    warm_steps: int = h("built-in task: SFT warm-up steps for --init_from default", default=600)
+    warm_steps: int = h("built-in task: SFT warm-up steps for --init_from default", default=800)
     warm_lr: float = h("built-in task: SFT warm-up learning rate", default=2e-3)
 
 
@@ -350,7 +350,7 @@ def train(cfg, stop_at=None):
         sys.exit(130)
     if before is not None:
         after = oracle_eval(model, tok)
-        print(f"\nBuilt-in task, greedy answers to 200 held-out prompts ({cfg.method}, "
+        print(f"\nBuilt-in task, greedy answers to 200 test prompts ({cfg.method}, "
               f"{time.time() - t0:.0f}s):")
         print(format_table(before, after))
         for p, a in after["examples"]:

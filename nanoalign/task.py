@@ -1,9 +1,9 @@
 """
-The built-in task: "What is 37 + 48?", answered by a tiny model, scored by an exact oracle.
+The built-in task: "What is 17 + 8?", answered by a tiny model, scored by an exact oracle.
 
 Why this task: every response can be scored exactly and instantly, a tiny byte-level model learns
-it on a laptop CPU in a minute but only partly (two-digit addition with carries is hard for 0.8M
-parameters trained briefly), and it has objectives that sometimes agree, sometimes conflict and
+it on a laptop CPU in minutes but only partly (a in 0..19 plus b in 0..9: 200 facts; with larger
+operands 0.8M parameters learned no sums at all in 2000 steps), and it has objectives that sometimes agree, sometimes conflict and
 often tie, like UltraFeedback's principles:
 
   correct  1 if the last number in the response is the sum, else 0
@@ -73,12 +73,11 @@ def _prompt(a, b):
 
 
 def _operands(rng, split):
-    # The split is a deterministic function of the operands, so train/val/test never share a prompt
-    while True:
-        a, b = rng.randrange(0, 100), rng.randrange(0, 100)
-        h = (a * 131 + b * 71) % 10
-        if {"train": h < 8, "val": h == 8, "test": h == 9}[split]:
-            return a, b
+    # All splits draw from the same 200 facts: the tiny model memorizes sums rather than learning
+    # to add (it scored 0% on pairs never seen in training, 90% on seen ones), so holding pairs out
+    # would measure nothing. Splits differ in their sampled responses and preference pairs; the
+    # evaluation measures the answer policy a method learns, not generalization to new sums.
+    return rng.randrange(0, 20), rng.randrange(0, 10)
 
 
 def sft_rows(n, seed, split="train", p_correct=0.75):

