@@ -231,8 +231,12 @@ def accumulate_gradients(model, method, micro, ctx, cfg):
     the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
     denom = sum(b[method.unit] for b in micro)
     loss_total, mets = 0.0, {}
+    on_cuda = model.lm_head.weight.is_cuda
     for b in micro:
-        loss_sum, m = method.loss(model, b, ctx, cfg)
+        b = {k: v.to(model.lm_head.weight.device) if torch.is_tensor(v) else v for k, v in b.items()}
+        # bf16 autocast on CUDA; float32 on the CPU (CPU bf16 matmuls are slow and the tests exact)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            loss_sum, m = method.loss(model, b, ctx, cfg)
         (loss_sum / denom).backward()
         loss_total += loss_sum.item() / denom
         for k, v in m.items():

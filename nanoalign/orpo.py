@@ -31,7 +31,7 @@ def orpo_terms(model, batch, cfg):
     l_or, z = odds_ratio(lp_w, lp_l)
     if cfg.prompt_loss:  # NLL over prompt + response of the chosen rows (official ORPO / TRL)
         m = batch["attn"][:B, 1:].float()
-        m = torch.cat([m, torch.zeros(B, 1)], 1)
+        m = torch.cat([m, torch.zeros(B, 1, device=m.device)], 1)
         full = torch.cat([m, torch.zeros_like(batch["mask"][B:])], 0)
         l_sft = -batch_logps(model, batch, "mean", mask=full)[:B]
     else:
