@@ -233,7 +233,6 @@ def accumulate_gradients(model, method, micro, ctx, cfg):
     loss_total, mets = 0.0, {}
     on_cuda = model.lm_head.weight.is_cuda
     for b in micro:
-        b = {k: v.to(model.lm_head.weight.device) if torch.is_tensor(v) else v for k, v in b.items()}
         # bf16 autocast on CUDA; float32 on the CPU (CPU bf16 matmuls are slow and the tests exact)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
             loss_sum, m = method.loss(model, b, ctx, cfg)
@@ -249,7 +248,8 @@ def held_out_loss(model, method, val, ctx, cfg, pad_id):
     model.eval()
     tot, units = 0.0, 0
     for i in range(min(cfg.eval_batches, len(val) // cfg.batch_size)):
-        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.data, pad_id)
+        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.data, pad_id,
+                       model.lm_head.weight.device)
         loss, _ = method.loss(model, b, ctx, cfg)
         tot, units = tot + loss.item(), units + b[method.unit]
     model.train()
@@ -310,7 +310,7 @@ def train(cfg, stop_at=None):
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            micro = [make_batch([train_ex[i] for i in order.next()], method.data, tok.pad_id)
+            micro = [make_batch([train_ex[i] for i in order.next()], method.data, tok.pad_id, device)
                      for _ in range(cfg.grad_accum)]
             loss_total, mets = accumulate_gradients(model, method, micro, ctx, cfg)
             tokens += sum(int(b["attn"].sum()) for b in micro)

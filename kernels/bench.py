@@ -38,14 +38,14 @@ def make_inputs(N, V, d, dtype, device, seed=0):
     return h, w, y, m
 
 
-def orpo_step(path, h, w, y, m):
+def orpo_step(path, h, w, y, m, compiled=None):
     if path == "floor":
         x = h.reshape(-1, h.shape[-1])
         logits = x @ w.t()
         logits.backward(torch.ones_like(logits))
         return
     if path in ("eager", "compile"):
-        lp = naive_sequence_logprob(h, w, y, m, "mean")
+        lp = (compiled if path == "compile" else naive_sequence_logprob)(h, w, y, m, "mean")
     else:
         lp = sequence_logprob(h, w, y, m, "mean", backend="torch" if path == "chunked" else "triton")
     B = lp.shape[0] // 2
@@ -102,16 +102,10 @@ def gpu_bench(shapes, iters):
             rows = {}
             for path in paths:
                 h, w, y, m = make_inputs(N, V, d, torch.bfloat16, "cuda")
-                step = (lambda: liger_step(h, w, y, m)) if path == "liger" else (
-                    lambda: orpo_step("eager", h, w, y, m) if path != "compile" else None)
-                if path == "compile":
-                    def step():
-                        lp = compiled(h, w, y, m, "mean")
-                        B = lp.shape[0] // 2
-                        loss, _ = odds_ratio_loss(lp[:B], lp[B:], backend="torch")
-                        (loss.mean() - lp[:B].mean()).backward()
-                elif path != "liger":
-                    step = (lambda p=path: orpo_step(p, h, w, y, m))
+                if path == "liger":
+                    step = lambda: liger_step(h, w, y, m)  # noqa: E731
+                else:
+                    step = lambda p=path: orpo_step(p, h, w, y, m, compiled)  # noqa: E731
                 try:
                     step()  # warm-up / compile
                     torch.cuda.synchronize()

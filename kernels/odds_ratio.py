@@ -55,8 +55,8 @@ def log1mexp(a):
 
 def odds_ratio_reference(logp_w, logp_l):
     """Plain-torch (loss, z), differentiated by autograd. The clamp keeps both where-branches finite."""
-    aw = logp_w.float().clamp(max=-EPS) if logp_w.dtype != torch.float64 else logp_w.clamp(max=-EPS)
-    al = logp_l.float().clamp(max=-EPS) if logp_l.dtype != torch.float64 else logp_l.clamp(max=-EPS)
+    up = lambda a: (a if a.dtype == torch.float64 else a.float()).clamp(max=-EPS)  # noqa: E731
+    aw, al = up(logp_w), up(logp_l)
     z = (aw - log1mexp(aw)) - (al - log1mexp(al))
     return torch.nn.functional.softplus(-z), z
 

@@ -132,14 +132,15 @@ def collate(seqs, n_prompts, pad_id):
     return {"ids": ids, "attn": attn, "targets": targets, "mask": mask}
 
 
-def make_batch(examples, kind, pad_id):
-    """One micro-batch. Preference batches stack chosen rows, then rejected rows (2B rows)."""
+def make_batch(examples, kind, pad_id, device="cpu"):
+    """One micro-batch on `device`. Preference batches stack chosen rows, then rejected rows (2B)."""
     if kind == "sft":
         b = collate([e["ids"] for e in examples], [e["n_prompt"] for e in examples], pad_id)
     else:
         b = collate([e["chosen"] for e in examples] + [e["rejected"] for e in examples],
                     [e["n_prompt_chosen"] for e in examples] + [e["n_prompt_rejected"] for e in examples],
                     pad_id)
+    b = {k: v.to(device) for k, v in b.items()}
     B = len(examples)
     b["n_examples"] = B
     b["n_tokens"] = int(b["mask"][:B].sum()) if kind == "pref" else int(b["mask"].sum())

@@ -57,6 +57,6 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=200, help="number of test prompts")
     a = ap.parse_args()
     prompts = test_prompts(a.n)
-    after = oracle_eval(load(a.init_from)[0], load(a.init_from)[1], prompts)
+    after = oracle_eval(*load(a.init_from), prompts)
     before = oracle_eval(*load(a.compare), prompts) if a.compare else after
     print(format_table(before, after))
