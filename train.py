@@ -83,9 +83,16 @@ class TrainConfig:
     prompt_loss: bool = h("ORPO: count prompt tokens in L_SFT, as the official code and TRL do",
                           default=False)
     beta: float = h("DPO / IPO: beta", default=0.1)
+    w1: float = h("MO-ORPO: weight of the alignment task (each method's paper default unless set: "
+                  "scalarization 0.6, conjoined 0.7, conditional 0.9, sj_sft 0.6)", default=0.6)
+    w2: float = h("MO-ORPO: weight of the self-judgement task in conjoined / conditional (defaults "
+                  "0.3 / 0.1); scalarization and sj_sft use 1 - w1", default=0.4)
+    sj_max_length: int = h("MO-ORPO: token limit of a self-judgement prompt + answer; longer "
+                           "examples are dropped and counted", default=384)
     # built-in task sizes
     n_train: int = h("built-in task: training rows", default=4000)
     n_val: int = h("built-in task: validation rows", default=256)
+    n_warm: int = h("built-in task: SFT rows of the warm-up for --init_from default", default=4000)
     warm_steps: int = h("built-in task: SFT warm-up steps for --init_from default", default=800)
     warm_lr: float = h("built-in task: SFT warm-up learning rate", default=2e-3)
 
@@ -126,6 +133,10 @@ def parse_config(argv=None):
     cfg = config_from_dict(d, a.config or "config")
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
     cfg = dataclasses.replace(cfg, **flags)
+    if cfg.method in REGISTRY:  # the method's own defaults, where neither file nor flag set a value
+        own = {k: v for k, v in (REGISTRY[cfg.method].defaults or {}).items()
+               if k not in d and k not in flags}
+        cfg = dataclasses.replace(cfg, **own)
     if cfg.method == "list":
         for name, m in REGISTRY.items():
             print(f"{name:14s} {m.help}")
@@ -148,11 +159,11 @@ def pick_device(cfg):
 
 def warm_checkpoint(cfg):
     """The built-in task's SFT start, trained once and cached under out/_warm (keyed by its config)."""
-    key = f"{cfg.model_preset}-s{cfg.seed}-n{cfg.n_train}-w{cfg.warm_steps}-lr{cfg.warm_lr:g}"
+    key = f"{cfg.model_preset}-s{cfg.seed}-n{cfg.n_warm}-w{cfg.warm_steps}-lr{cfg.warm_lr:g}"
     path = os.path.join("out", "_warm", key)
     if not os.path.exists(os.path.join(path, "ckpt", "config.json")):
         print(f"== SFT warm-up of a '{cfg.model_preset}' model on the built-in task -> {path}")
-        train(dataclasses.replace(cfg, method="sft", init_from="scratch", out_dir=path,
+        train(dataclasses.replace(cfg, method="sft", init_from="scratch", out_dir=path, n_train=cfg.n_warm,
                                   max_steps=cfg.warm_steps, lr=cfg.warm_lr, final_eval=False,
                                   resume=os.path.exists(os.path.join(path, "ckpt", "state.json")),
                                   warmup_steps=20, train_data="builtin", val_data="builtin"))
@@ -167,20 +178,29 @@ def init_model(cfg, device):
     return load(cfg.init_from, torch.float32, device)
 
 
-def load_split(cfg, kind, split, tok):
-    """Tokenized examples of one split; the built-in task or a JSONL file."""
+def load_split(cfg, method, split, tok):
+    """Tokenized examples of one split; the built-in task or a JSONL file, read as the method's
+    source kind, then turned into what its loss eats by method.prepare (if any)."""
     src = cfg.train_data if split == "train" else cfg.val_data
     if not src:
         return []
+    kind = method.source or method.data
     if src == "builtin":
         n = cfg.n_train if split == "train" else cfg.n_val
         rows = (task.sft_rows if kind == "sft" else task.preference_rows)(n, cfg.seed, split)
         skipped = 0
     else:
         rows, skipped = read_jsonl(src, kind, cfg.skip_bad_rows)
-    ex, dropped = tokenize_rows(rows, tok, kind, cfg.max_length, cfg.skip_bad_rows)
+    if method.prepare:
+        rows = method.prepare(rows, cfg, split)
+    ex, dropped = tokenize_rows(rows, tok, method.data, cfg.max_length, cfg.skip_bad_rows,
+                                cfg.sj_max_length)
     if skipped or dropped:
-        print(f"{src}: skipped {skipped + dropped} bad rows (--skip_bad_rows)")
+        why = " (bad rows, --skip_bad_rows)" if method.data != "mo" else \
+            f" (bad rows, or a self-judgement prompt over --sj_max_length={cfg.sj_max_length})"
+        print(f"{src} [{split}]: dropped {skipped + dropped} of {len(rows) + skipped} rows{why}")
+    if not ex:
+        raise DataError(f"{src} [{split}]: no usable examples left")
     return ex
 
 
@@ -291,8 +311,8 @@ def train(cfg, stop_at=None):
     ctx = {"ref": frozen_copy(model)} if method.needs_ref else {}   # the starting model, frozen
     if cfg.resume:
         model, _ = load(ckpt, torch.float32, device)
-    train_ex = load_split(cfg, method.data, "train", tok)
-    val_ex = load_split(cfg, method.data, "val", tok)
+    train_ex = load_split(cfg, method, "train", tok)
+    val_ex = load_split(cfg, method, "val", tok) if method.data != "prompt" else []
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     step, pos = load_train_state(ckpt, opt) if cfg.resume else (0, 0)
@@ -310,10 +330,13 @@ def train(cfg, stop_at=None):
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
+            # where the run is, for schedules over epochs (MO-ORPO epoch_by_epoch, task_by_task)
+            ctx.update(step=step, epoch=order.pos / order.per_epoch,
+                       epochs=cfg.max_steps * cfg.grad_accum / order.per_epoch)
             micro = [make_batch([train_ex[i] for i in order.next()], method.data, tok.pad_id, device)
                      for _ in range(cfg.grad_accum)]
             loss_total, mets = accumulate_gradients(model, method, micro, ctx, cfg)
-            tokens += sum(int(b["attn"].sum()) for b in micro)
+            tokens += sum(b["n_seen"] for b in micro)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not (math.isfinite(loss_total) and math.isfinite(gnorm.item())):
                 raise FloatingPointError(f"loss {loss_total} / grad norm {gnorm.item()} at step {step}")

@@ -19,11 +19,14 @@ from kernels import sequence_logprob
 @dataclass
 class Method:
     name: str
-    data: str                 # "sft" or "pref": which rows the loop loads and batches
+    data: str                 # the batch kind the loss eats: "sft", "pref", "mo" or "prompt"
     unit: str                 # "n_tokens" or "n_examples": the loss is a sum over these
     loss: Callable            # (model, batch, ctx, cfg) -> (loss_sum, {metric: float})
     help: str
     needs_ref: bool = False   # a frozen copy of the initial model goes in ctx["ref"]
+    source: str = None        # kind of JSONL row read ("sft" / "pref" / "prompt"); default = data
+    prepare: Callable = None  # (rows, cfg, split) -> rows of kind `data` (e.g. add SJ triples)
+    defaults: dict = None     # config values this method changes unless the user sets them
 
 
 def batch_logps(model, batch, reduction="sum", mask=None):

@@ -3,7 +3,10 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
 
   preference  {"prompt": P, "chosen": R, "rejected": R}      (UltraFeedback-binarized, TRL)
   sft         {"prompt": P, "response": R}  or  {"messages": [...]}  (last assistant turn = response)
+  prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}
+  labels      optional, on preference rows: {objective: "1" | "2" | "equal"} (response 1 = chosen;
+              MetaAligner and principle-aware judges use it, nanoalign/meta_aligner.py)
 
 Prompt and response are tokenized separately and concatenated (METHODS.md). The response gets the
 EOS token. Truncation to max_length: the prompt loses tokens from the LEFT (the end of the prompt is
@@ -47,7 +50,7 @@ def validate_row(row, kind, where):
         if not msgs[-1]["content"].strip():
             raise DataError(f"{where}: field 'messages' has an empty final assistant message")
         return {"prompt": msgs[:-1], "response": msgs[-1]["content"]}
-    fields = ("prompt", "response") if kind == "sft" else ("prompt", "chosen", "rejected")
+    fields = {"sft": ("prompt", "response"), "prompt": ("prompt",)}.get(kind, ("prompt", "chosen", "rejected"))
     out = dict(row)
     for f in fields:
         if f not in row:
@@ -96,8 +99,21 @@ def tokenize_pair(tok, prompt, response, max_length, where="row"):
     return p + r, len(p)
 
 
-def tokenize_rows(rows, tok, kind, max_length, skip_bad=False):
-    """Rows -> examples {ids, n_prompt} (sft) or {chosen, rejected, n_prompt_*} (pref)."""
+def _pref_example(tok, row, max_length, where):
+    cw, nw = tokenize_pair(tok, row["prompt"], row["chosen"], max_length, where)
+    cl, nl = tokenize_pair(tok, row["prompt"], row["rejected"], max_length, where)
+    return {"chosen": cw, "n_prompt_chosen": nw, "rejected": cl, "n_prompt_rejected": nl, "row": row}
+
+
+def tokenize_rows(rows, tok, kind, max_length, skip_bad=False, sj_max_length=None):
+    """Rows -> examples, per kind:
+      sft     {ids, n_prompt}
+      pref    {chosen, rejected, n_prompt_chosen, n_prompt_rejected}
+      mo      {align: <pref example>, sj: <pref example of row['sj']>} (MO-ORPO, nanoalign/judge.py)
+      prompt  {prompt: ids} (on-policy methods sample their own responses)
+    Returns (examples, n_dropped). A self-judgement triple whose prompt + answer exceeds
+    sj_max_length drops its whole example (counted, not an error: the MO-ORPO paper filtered its
+    data to fit the judge prompt in 6k tokens)."""
     out, skipped = [], 0
     for row in rows:
         where = row.get("_where", "row")
@@ -105,11 +121,23 @@ def tokenize_rows(rows, tok, kind, max_length, skip_bad=False):
             if kind == "sft":
                 ids, n = tokenize_pair(tok, row["prompt"], row["response"], max_length, where)
                 out.append({"ids": ids, "n_prompt": n, "row": row})
+            elif kind == "pref":
+                out.append(_pref_example(tok, row, max_length, where))
+            elif kind == "prompt":
+                p = tok.encode_prompt(row["prompt"])
+                if len(p) >= max_length:
+                    raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no "
+                                    f"room for a response within max_length={max_length}")
+                out.append({"prompt": p, "row": row})
             else:
-                cw, nw = tokenize_pair(tok, row["prompt"], row["chosen"], max_length, where)
-                cl, nl = tokenize_pair(tok, row["prompt"], row["rejected"], max_length, where)
-                out.append({"chosen": cw, "n_prompt_chosen": nw, "rejected": cl,
-                            "n_prompt_rejected": nl, "row": row})
+                sj = row["sj"]
+                n_sj = max(len(tok.encode_prompt(sj["prompt"])) + len(tok.encode_response(r))
+                           for r in (sj["chosen"], sj["rejected"]))
+                if n_sj > sj_max_length:
+                    skipped += 1
+                    continue
+                out.append({"align": _pref_example(tok, row, max_length, where),
+                            "sj": _pref_example(tok, sj, sj_max_length, where), "row": row})
         except DataError:
             if not skip_bad:
                 raise
@@ -133,7 +161,18 @@ def collate(seqs, n_prompts, pad_id):
 
 
 def make_batch(examples, kind, pad_id, device="cpu"):
-    """One micro-batch on `device`. Preference batches stack chosen rows, then rejected rows (2B)."""
+    """One micro-batch on `device`. Preference batches stack chosen rows, then rejected rows (2B).
+    An 'mo' batch holds two preference batches, 'align' and 'sj' (padded separately: the judge
+    prompts are several times longer); a 'prompt' batch is just the prompt id lists."""
+    if kind == "mo":
+        al = make_batch([e["align"] for e in examples], "pref", pad_id, device)
+        sj = make_batch([e["sj"] for e in examples], "pref", pad_id, device)
+        return {"align": al, "sj": sj, "n_examples": len(examples), "n_tokens": al["n_tokens"],
+                "n_seen": al["n_seen"] + sj["n_seen"], "examples": examples}
+    if kind == "prompt":
+        b = [e["prompt"] for e in examples]
+        return {"prompts": b, "n_examples": len(examples),
+                "n_tokens": 0, "n_seen": sum(map(len, b)), "examples": examples}
     if kind == "sft":
         b = collate([e["ids"] for e in examples], [e["n_prompt"] for e in examples], pad_id)
     else:
@@ -144,6 +183,7 @@ def make_batch(examples, kind, pad_id, device="cpu"):
     B = len(examples)
     b["n_examples"] = B
     b["n_tokens"] = int(b["mask"][:B].sum()) if kind == "pref" else int(b["mask"].sum())
+    b["n_seen"] = int(b["attn"].sum())   # tokens through the model, for tok/s
     b["examples"] = examples
     return b
 

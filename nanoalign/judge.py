@@ -1,0 +1,284 @@
+"""
+The judge: a language model asked "which response is better, A or B?", shared by every method that
+judges (MO-ORPO's self-judgement data, Self-Judge's JSFT / self-training / self-rejection, OSP).
+
+    python -m nanoalign.judge --init_from DIR --pairs pairs.jsonl [--template ultrafeedback]
+
+prints, per {prompt, a, b} row, p(a > b) scored in both position orders.
+
+Three pieces, top to bottom:
+1. Templates. A `JudgeTemplate` is a user message with {prompt} {a} {b} (and {principle}), an
+   optional system message, and the assistant's answer up to and including the label, e.g.
+   "... would be Response {label}". The paper's appendix A.5 templates (self-judge-jsft.txt, Tables
+   13-18) are here verbatim in structure; 'compact' ones keep the same shape in few enough bytes for
+   the built-in task's byte-level tiny model (the A.5 UltraFeedback template alone is ~500 bytes,
+   the tiny model's whole context is 512). `SJ_TEMPLATES` are the ~50 variations of the MO-ORPO
+   paper's self-judgement prompt (section 4: 5 wordings x 5 response-name pairs x 2 instruction
+   orders) and `sj_triple` builds the self-judgement triple from an alignment triple.
+2. The judge probability (Self-Judge section 3 / METHODS.md): the next-token logits at the label
+   position, softmax over the two label tokens only, one batched forward for all rows; and the
+   position-swapped average p(y1 > y2) = 1/2 [p_A(J(x, y1, y2)) + p_B(J(x, y2, y1))].
+3. The single-elimination tournament (self-rejection): N candidates, N-1 judgments, one batched
+   judge call per round.
+"""
+import argparse
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+
+from model.generate import left_pad
+
+
+class JudgeError(ValueError):
+    """A judge template that cannot work with this tokenizer; the message names the template."""
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    name: str
+    user: str                    # {prompt}, {a}, {b}; principle templates also {principle}
+    answer: str                  # the assistant's judgment, ending in "{label}"
+    labels: tuple = ("A", "B")   # label of the first / second position
+    system: str = None           # may contain {description} (principle-aware)
+    rationale: bool = False      # the target continues with "\nEvaluation of ..." (Table 18)
+
+
+# -- 1. templates ----------------------------------------------------------------------------------
+_SYS_HH = ("Below are a series of dialogues between a human user and an AI assistant. The AI tries to "
+           "be helpful, harmless, and honest.")
+_SYS_UF = ("Below are a series of dialogues between a human user and an AI assistant. The AI tries to "
+           "be helpful, honest, truthful and follows the instructions from human.")
+_BLOCK = "Instruction:\n-------\n{prompt}\n-------\nResponse A:\n-------\n{a}\n-------\nResponse B:\n-------\n{b}\n-------\n"
+_P_Q = "Which is the better response for an assistant when following the principle of '{principle}' for a given instruction?\n"
+_P_ANS = "Sure! The option which is better guided by the principle of '{principle}' would be Response {label}"
+
+TEMPLATES = {t.name: t for t in [
+    JudgeTemplate("hh", "Which is the more helpful, harmless, and honest assistant from a given context?\n"
+                  "Context:\n-------\nUser: {prompt}\n-------\nAssistant A: {a}\nAssistant B: {b}\n"
+                  "Please choose either A or B.",
+                  "Sure! The option which is more helpful, harmless, and honest would be Assistant {label}",
+                  system=_SYS_HH),                                                  # Table 14
+    JudgeTemplate("ultrafeedback", "Which is the better response to be an assistant who is helpful, "
+                  "honest, truthful and following the given instruction from user?\n" + _BLOCK +
+                  "Please choose either A or B.",
+                  "Sure! The option which is more helpful, honest, truthful and following the given "
+                  "instruction from user would be Response {label}", system=_SYS_UF),  # Table 15
+    JudgeTemplate("principle", _P_Q + _BLOCK + "Please choose either A or B according to the principle "
+                  "of '{principle}'.", _P_ANS, system="{description}"),            # Tables 16-17
+    JudgeTemplate("principle_rationale", _P_Q + _BLOCK + "Please choose either A or B and evaluate each "
+                  "response according to the principle of '{principle}'.",
+                  "Sure! Here is the decision of better response and evaluations of each response, "
+                  "guided by the principle of '{principle}'.\nDecision: Response {label}",
+                  system="{description}", rationale=True),                          # Table 18
+    # The same shapes, short enough for the built-in task's 512-byte context.
+    JudgeTemplate("compact", "Which response is better?\nQ: {prompt}\nA: {a}\nB: {b}\nChoose A or B.",
+                  "Better: {label}"),
+    JudgeTemplate("compact_principle", "Which response is better for '{principle}'?\nQ: {prompt}\n"
+                  "A: {a}\nB: {b}\nChoose A or B.", "Better for '{principle}': {label}",
+                  system="{description}"),
+    JudgeTemplate("compact_rationale", "Which response is better for '{principle}'? Explain.\n"
+                  "Q: {prompt}\nA: {a}\nB: {b}\nChoose A or B.", "Better for '{principle}': {label}",
+                  system="{description}", rationale=True),
+]}
+
+# MO-ORPO self-judgement prompts: 5 wordings x 5 name pairs x 2 instruction orders = 50 variations.
+_SJ_WORDINGS = [
+    ("Which {noun} answers the question better?", "{noun} {x} is better."),
+    ("Compare the two {noun}s and pick the better one.", "The better one is {noun} {x}."),
+    ("You are a fair judge. Which {noun} is of higher quality?", "{noun} {x}."),
+    ("Decide which {noun} a careful expert would prefer.", "I prefer {noun} {x}."),
+    ("Pick the more helpful {noun}.", "{noun} {x} is more helpful."),
+]
+_SJ_NAMES = [("Response", "A", "B"), ("Answer", "1", "2"), ("Reply", "X", "Y"),
+             ("Output", "(a)", "(b)"), ("Option", "I", "II")]
+
+
+def _sj_templates():
+    out = []
+    for wi, (ask, ans) in enumerate(_SJ_WORDINGS):
+        for noun, x1, x2 in _SJ_NAMES:
+            body = "Question: {prompt}\n" + f"{noun} {x1}: {{a}}\n{noun} {x2}: {{b}}"
+            for order in ("first", "last"):
+                q = ask.format(noun=noun.lower())
+                user = f"{q}\n{body}" if order == "first" else f"{body}\n{q}"
+                out.append(JudgeTemplate(f"sj{wi}-{noun}-{order}", user,
+                                         ans.format(noun=noun, x="{label}"), labels=(x1, x2)))
+    return out
+
+
+SJ_TEMPLATES = _sj_templates()
+REJECTED_FIRST = 0.55  # MO-ORPO section 4: position-bias correction
+
+
+def render(t, prompt, a, b, principle=None, description=None):
+    """(messages, answer_with_{label}) for one judgment; {label} is filled in by the caller."""
+    p = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    user = t.user.format(prompt=p, a=a, b=b, principle=principle)
+    msgs = [{"role": "user", "content": user}]
+    if t.system:
+        msgs = [{"role": "system", "content": t.system.format(description=description or "")}] + msgs
+    return msgs, t.answer.replace("{principle}", principle or "")
+
+
+def sj_triple(row, rng):
+    """MO-ORPO Fig. 1: the self-judgement triple (x', c, r) of one alignment row. x' shows x and both
+    responses (rejected first with probability 0.55); c names the better one, r the worse."""
+    t = SJ_TEMPLATES[rng.randrange(len(SJ_TEMPLATES))]
+    rej_first = rng.random() < REJECTED_FIRST
+    a, b = (row["rejected"], row["chosen"]) if rej_first else (row["chosen"], row["rejected"])
+    msgs, ans = render(t, row["prompt"], _text(a), _text(b))
+    win, lose = (t.labels[1], t.labels[0]) if rej_first else t.labels
+    return {"prompt": msgs, "chosen": ans.format(label=win), "rejected": ans.format(label=lose),
+            "template": t.name, "rejected_first": rej_first}
+
+
+def attach_sj(rows, seed, split):
+    """Every alignment row gets its self-judgement triple in row['sj'] (seeded, reproducible)."""
+    rng = random.Random(f"sj-{seed}-{split}")
+    return [{**r, "sj": sj_triple(r, rng)} for r in rows]
+
+
+def _text(r):
+    return r if isinstance(r, str) else [m for m in r if m["role"] == "assistant"][-1]["content"]
+
+
+# -- JSFT data: judgment instructions in both orders (Self-Judge section 3, OSP augmentation) -------
+def judgment_rows(rows, template, principles=None, rationale_fn=None):
+    """SFT rows {prompt, response} teaching the judge: each pair in both position orders, target =
+    the answer ending in the better response's label (+ a rationale when the template has one).
+    principles: {name: description}; with it, one judgment per objective whose row label is not
+    'equal', judged on that objective alone (the principle-aware JSFT of Tables 16-18)."""
+    out = []
+    for r in rows:
+        if principles:
+            jobs = [(k, principles[k], r["labels"][k]) for k in principles if r["labels"][k] != "equal"]
+        else:
+            jobs = [(None, None, "1")]
+        for name, desc, lab in jobs:
+            better, worse = (r["chosen"], r["rejected"]) if lab == "1" else (r["rejected"], r["chosen"])
+            for first_better in (True, False):
+                a, b = (better, worse) if first_better else (worse, better)
+                msgs, ans = render(template, r["prompt"], _text(a), _text(b), name, desc)
+                resp = ans.format(label=template.labels[0 if first_better else 1])
+                if template.rationale:
+                    resp += (f"\nEvaluation of Response A: {rationale_fn(r['prompt'], _text(a), name)}"
+                             f"\nEvaluation of Response B: {rationale_fn(r['prompt'], _text(b), name)}")
+                out.append({"prompt": msgs, "response": resp})
+    return out
+
+
+# -- 2. the judge probability ------------------------------------------------------------------------
+def label_ids(tok, t):
+    """(prefix_text, (id_first, id_second)): the answer up to the label, and the two label tokens.
+    Tokenizers differ on where the space before a label goes ('Response' + ' A' in GPT-2 BPE,
+    'Response ' + 'A' byte-level); take the split where prefix + label = prefix ids + one token."""
+    head = t.answer.split("{label}")[0]
+    if t.answer.count("{label}") != 1:
+        raise JudgeError(f"judge template '{t.name}': the answer must contain {{label}} exactly once")
+    splits = [(head, "")] + ([(head.rstrip(" "), " ")] if head.endswith(" ") else [])
+    for prefix, sp in splits:
+        base = tok.encode(prefix)
+        ids = []
+        for lab in t.labels:
+            full = tok.encode(prefix + sp + lab)
+            if full[:len(base)] == base and len(full) == len(base) + 1:
+                ids.append(full[-1])
+        if len(ids) == 2 and ids[0] != ids[1]:
+            return prefix, tuple(ids)
+    raise JudgeError(f"judge template '{t.name}': the labels {t.labels} are not single, distinct "
+                     f"tokens after '{head[-30:]}' in this tokenizer's vocabulary; choose labels that "
+                     f"are (e.g. A/B) or another --judge_template")
+
+
+def judge_ids(tok, t, prompt, a, b, principle=None, description=None):
+    msgs, _ = render(t, prompt, a, b, principle, description)
+    prefix, _ = label_ids(tok, t)
+    return tok.encode_prompt(msgs) + tok.encode(prefix.replace("{principle}", principle or ""))
+
+
+@torch.no_grad()
+def first_probs(model, tok, t, items, batch_size=64):
+    """p_A: probability of the FIRST position's label, softmax over the two label tokens only, for
+    items = [(prompt, a, b) or (prompt, a, b, principle, description)]. Left-padded batches."""
+    _, (ia, ib) = label_ids(tok, t)
+    out = []
+    dev = model.lm_head.weight.device
+    for i in range(0, len(items), batch_size):
+        ids, mask = left_pad([judge_ids(tok, t, *it) for it in items[i:i + batch_size]],
+                             tok.pad_id or 0, dev)                                   # (B, L)
+        h = model(ids, mask)[:, -1]                                                  # (B, dim)
+        two = model.logits(h)[:, [ia, ib]].float()                                   # (B, 2)
+        out.append(torch.softmax(two, -1)[:, 0])
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def swapped_probs(model, tok, t, items, batch_size=64):
+    """p(y1 > y2) = 1/2 [p_A(J(x, y1, y2)) + p_B(J(x, y2, y1))], both orders in one pass.
+    p(y1 > y2) + p(y2 > y1) = 1 by construction, and a judge that always picks position A gets 1/2."""
+    swapped = [(it[0], it[2], it[1], *it[3:]) for it in items]
+    p = first_probs(model, tok, t, list(items) + swapped, batch_size)
+    n = len(items)
+    return 0.5 * (p[:n] + (1 - p[n:]))
+
+
+def check_template(tok, t, max_len=None):
+    """Start-up check: fail before any training if the labels cannot be read off one token."""
+    label_ids(tok, t)
+    return t
+
+
+# -- 3. the tournament -------------------------------------------------------------------------------
+def tournament(n, judge_fn):
+    """Single elimination over candidates 0..n-1. judge_fn(list of (i, j)) -> list of p(i > j); it
+    is called once per round, with all of that round's pairs (batched). Winners advance (ties go to
+    the first); an odd one out gets a bye. Exactly n - 1 pairs are judged. Returns the winner."""
+    alive = list(range(n))
+    while len(alive) > 1:
+        pairs = [(alive[k], alive[k + 1]) for k in range(0, len(alive) - 1, 2)]
+        probs = judge_fn(pairs)
+        nxt = [i if float(p) >= 0.5 else j for (i, j), p in zip(pairs, probs)]
+        alive = nxt + ([alive[-1]] if len(alive) % 2 else [])
+    return alive[0]
+
+
+def best_of(model, tok, t, prompt, candidates, batch_size=64):
+    """Self-rejection: the tournament winner among the candidate responses (texts) to one prompt."""
+    def judge_fn(pairs):
+        return swapped_probs(model, tok, t, [(prompt, candidates[i], candidates[j]) for i, j in pairs],
+                             batch_size).tolist()
+    return tournament(len(candidates), judge_fn)
+
+
+if __name__ == "__main__":
+    from model.checkpoint import CheckpointError, load
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--init_from", required=True, help="checkpoint directory of the judge model")
+    ap.add_argument("--pairs", required=True, help="JSONL of {prompt, a, b} rows (also accepts "
+                    "{prompt, chosen, rejected}: a = chosen, b = rejected)")
+    ap.add_argument("--template", default="ultrafeedback", choices=sorted(TEMPLATES),
+                    help="judgment template (appendix A.5 of self-judge-jsft.txt, or a compact one)")
+    ap.add_argument("--principle", default=None, help="principle name for principle templates")
+    ap.add_argument("--description", default="", help="principle description (system message)")
+    ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass")
+    a = ap.parse_args()
+    try:
+        model, tok = load(a.init_from)
+        t = check_template(tok, TEMPLATES[a.template])
+        items = []
+        with open(a.pairs) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                x, y = (r["a"], r["b"]) if "a" in r else (r["chosen"], r["rejected"])
+                items.append((r["prompt"], _text(x), _text(y), a.principle, a.description))
+    except (CheckpointError, JudgeError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    except (KeyError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b")
+    pa = first_probs(model, tok, t, items, a.batch_size)
+    ps = swapped_probs(model, tok, t, items, a.batch_size)
+    for i, it in enumerate(items):
+        print(json.dumps({"row": i, "p_a_first": round(pa[i].item(), 4), "p(a>b)": round(ps[i].item(), 4)}))
