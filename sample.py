@@ -4,23 +4,33 @@ Sample from a checkpoint directory (Hugging Face layout: what train.py writes, o
     python sample.py --init_from checkpoints/smollm2-135m --temperature 0 \\
         --prompt "What is the capital of France?"
     python sample.py --init_from out/orpo/ckpt --prompts_file prompts.txt --num_samples 3
+    python sample.py --init_from out/self_judge/ckpt --prompt "What is 7 + 5?" --best_of 8
+    python sample.py --aligner out/meta_aligner/preference/ckpt --answers_file answers.jsonl \
+        --objectives "correct,format:the answer is a sentence that ends with a period"
+    python sample.py --init_from out/orpo/ckpt --prompt "What is 7 + 5?" --aligner DIR --objectives concise
 
 Prompts are rendered through the checkpoint's chat template unless --raw. All prompts (x
 num_samples) go through one batched, left-padded generation with the KV cache.
 """
 import argparse
+import json
+import os
 import sys
 import time
 
 import torch
 
-from model.checkpoint import CheckpointError, load
+from model.checkpoint import CheckpointError, load, read_json
 from model.generate import generate
+from nanoalign.common import sample_responses
+from nanoalign.judge import TEMPLATES, JudgeError, best_of, check_template
+from nanoalign.meta_aligner import correct, parse_objectives
+from nanoalign.task import OBJECTIVES
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--init_from", required=True,
+    ap.add_argument("--init_from", default=None,
                     help="checkpoint directory (config.json, model.safetensors, tokenizer.json)")
     ap.add_argument("--prompt", action="append", default=[],
                     help="a prompt; repeat the flag for several")
@@ -33,22 +43,71 @@ def parse_args(argv=None):
     ap.add_argument("--max_new_tokens", type=int, default=128, help="tokens to generate per sample")
     ap.add_argument("--num_samples", type=int, default=1, help="completions per prompt")
     ap.add_argument("--seed", type=int, default=1337, help="random seed for sampling")
+    ap.add_argument("--best_of", type=int, default=1, help="self-rejection: sample N per prompt and "
+                    "print the winner of a tournament (N-1 judgments) with this checkpoint as judge")
+    ap.add_argument("--judge_template", default=None, help="judgment template for --best_of "
+                    "(default: the one the checkpoint trained with, else 'ultrafeedback')")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="weights dtype")
+    ap.add_argument("--aligner", default=None, help="MetaAligner checkpoint: correct the answers (of "
+                    "--init_from, or of --answers_file) towards --objectives; the policy is untouched")
+    ap.add_argument("--objectives", default="correct,concise,format", help="for --aligner: "
+                    "comma-separated name[:description]; a name the built-in task knows needs no "
+                    "description, any other (one the aligner never saw) does")
+    ap.add_argument("--answers_file", default=None, help="for --aligner: JSONL of {prompt, answer} "
+                    "rows from any source")
     a = ap.parse_args(argv)
+    if a.init_from is None and not (a.aligner and a.answers_file):
+        ap.error("--init_from is required (unless --aligner corrects an --answers_file)")
     if a.temperature < 0:
         ap.error("--temperature must be >= 0")
     if a.top_p is not None and not 0 < a.top_p <= 1:
         ap.error("--top_p must be in (0, 1]")
-    if a.num_samples < 1 or a.max_new_tokens < 1:
-        ap.error("--num_samples and --max_new_tokens must be >= 1")
+    if a.num_samples < 1 or a.max_new_tokens < 1 or a.best_of < 1:
+        ap.error("--num_samples, --best_of and --max_new_tokens must be >= 1")
+    if a.best_of > 1 and a.raw:
+        ap.error("--best_of judges through the chat template; drop --raw")
     return a
+
+
+def read_answers(path):
+    """(prompts, answers) from a JSONL file of {prompt, answer} rows; errors name file and line."""
+    prompts, answers = [], []
+    try:
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                    prompts.append(r["prompt"])
+                    answers.append(r["answer"])
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    sys.exit(f"error: {path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})")
+    except OSError as e:
+        sys.exit(f"error: {path}: cannot open ({e.strerror})")
+    return prompts, answers
+
+
+def align_main(a, prompts, answers):
+    """MetaAligner inference: correct (prompt, answer) pairs; print original and corrected."""
+    try:
+        objs = parse_objectives(a.objectives, OBJECTIVES)
+        aligner, atok = load(a.aligner, getattr(torch, a.dtype), a.device)
+    except (ValueError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
+    fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens)
+    for p, y, z in zip(prompts, answers, fixed):
+        print(json.dumps({"prompt": p, "answer": y, "corrected": z}))
+    return fixed
 
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.aligner and a.answers_file:
+        return align_main(a, *read_answers(a.answers_file))
     prompts = list(a.prompt)
     if a.prompts_file:
         with open(a.prompts_file) as f:
@@ -59,6 +118,8 @@ def main(argv=None):
         model, tok = load(a.init_from, getattr(torch, a.dtype), a.device)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
+    if a.best_of > 1:
+        return best_of_main(a, model, tok, prompts)
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode(p) if a.raw else tok.encode_prompt(p, a.system) for p in prompts]
     batch = [i for i in ids for _ in range(a.num_samples)]
@@ -69,12 +130,48 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"error: {e}")
     dt = time.time() - t0
+    if a.aligner:
+        return align_main(a, [prompts[i // a.num_samples] for i in range(len(outs))],
+                          [tok.decode(o) for o in outs])
     for i, out in enumerate(outs):
         print(f"--- prompt {i // a.num_samples} sample {i % a.num_samples}: "
               f"{prompts[i // a.num_samples]!r}")
         print(tok.decode(out))
     n = sum(len(o) for o in outs)
     print(f"--- {n} tokens in {dt:.2f}s ({n / dt:.1f} tok/s)", file=sys.stderr)
+    return outs
+
+
+def judge_template_for(a, ckpt_dir):
+    """--judge_template, else the template the checkpoint trained with (its state.json config)."""
+    name = a.judge_template
+    if name is None:
+        try:
+            name = read_json(os.path.join(ckpt_dir, "state.json"))["config"].get("judge_template")
+        except (CheckpointError, KeyError):
+            name = None
+    name = name or "ultrafeedback"
+    if name not in TEMPLATES:
+        sys.exit(f"error: --judge_template {name!r} is unknown; choose from {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def best_of_main(a, model, tok, prompts):
+    """Self-rejection (Self-Judge sec. 3.3): N samples, a single-elimination tournament, the winner."""
+    try:
+        t = check_template(tok, judge_template_for(a, a.init_from))
+    except JudgeError as e:
+        sys.exit(f"error: {e}")
+    g = torch.Generator(device=a.device).manual_seed(a.seed)
+    ids = [tok.encode_prompt(p, a.system) for p in prompts]
+    outs = []
+    for p, cands in zip(prompts, sample_responses(model, tok, ids, a.best_of, a.temperature or 1.0,
+                                                  a.top_p, a.max_new_tokens, g, a.top_k)):
+        texts = [tok.decode(c) for c in cands]
+        w = best_of(model, tok, t, p, texts)
+        print(f"--- {p!r}: best of {a.best_of} (template '{t.name}')")
+        print(texts[w])
+        outs.append(cands[w])
     return outs
 
 

@@ -32,6 +32,7 @@ from nanoalign import REGISTRY, task
 from nanoalign.common import frozen_copy
 from nanoalign.data import BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.evaluate import format_table, oracle_eval
+from nanoalign.judge import JudgeError, TEMPLATES
 
 
 def h(text, **kw):  # a config field with its --help line
@@ -89,6 +90,23 @@ class TrainConfig:
                   "0.3 / 0.1); scalarization and sj_sft use 1 - w1", default=0.4)
     sj_max_length: int = h("MO-ORPO: token limit of a self-judgement prompt + answer; longer "
                            "examples are dropped and counted", default=384)
+    judge_template: str = h("Self-Judge / OSP: judgment template (nanoalign/judge.py TEMPLATES: "
+                             "'compact' fits the built-in task; 'ultrafeedback', 'hh', 'principle', "
+                             "'principle_rationale' are the paper's appendix A.5)", default="compact")
+    jsft_judge: bool = h("JSFT: add the judgment instructions (false = SFT on chosen only)", default=True)
+    judge: str = h("Self-Judge: who judges the samples, 'ref' (frozen JSFT model) or 'policy'",
+                   default="ref")
+    gen_max_tokens: int = h("on-policy methods: max new tokens per sample", default=32)
+    osp_k: int = h("OSP: samples per prompt (K//2 pairs)", default=7)
+    osp_loss: str = h("OSP: 'spce' (soft targets), 'dpo' or 'ipo' (hard labels)", default="spce")
+    pairing: str = h("OSP: 'ranked' (best with worst), 'random', or 'raft' (SFT on the best sample)",
+                     default="ranked")
+    meta_stage: str = h("MetaAligner: 'warmup', 'equal', 'preference', or 'all' (the three in sequence "
+                        "in out_dir/<stage>; warm-up gets max_steps // 5)", default="all")
+    meta_warmup_frac: float = h("MetaAligner: fraction of the equal set used for the warm-up",
+                                default=0.1)
+    meta_holdout: str = h("MetaAligner: comma-separated objectives left out of training (zero-shot "
+                          "test)", default="")
     # built-in task sizes
     n_train: int = h("built-in task: training rows", default=4000)
     n_val: int = h("built-in task: validation rows", default=256)
@@ -147,6 +165,15 @@ def parse_config(argv=None):
     for k in ("max_steps", "batch_size", "grad_accum", "max_length"):
         if getattr(cfg, k) < 1:
             ap.error(f"--{k} must be >= 1, got {getattr(cfg, k)}")
+    if cfg.judge_template not in TEMPLATES:
+        ap.error(f"--judge_template {cfg.judge_template!r} is unknown; choose from {', '.join(TEMPLATES)}")
+    for k, ok in (("judge", ("ref", "policy")), ("osp_loss", ("spce", "dpo", "ipo")),
+                  ("meta_stage", ("warmup", "equal", "preference", "all")),
+                  ("pairing", ("ranked", "random", "raft"))):
+        if getattr(cfg, k) not in ok:
+            ap.error(f"--{k} must be one of {', '.join(ok)}, got {getattr(cfg, k)!r}")
+    if cfg.osp_k < 2:
+        ap.error(f"--osp_k must be >= 2, got {cfg.osp_k}")
     if not cfg.lr > 0:
         ap.error(f"--lr must be > 0, got {cfg.lr}")
     return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
@@ -192,7 +219,7 @@ def load_split(cfg, method, split, tok):
     else:
         rows, skipped = read_jsonl(src, kind, cfg.skip_bad_rows)
     if method.prepare:
-        rows = method.prepare(rows, cfg, split)
+        rows = method.prepare(rows, cfg, split, tok)
     ex, dropped = tokenize_rows(rows, tok, method.data, cfg.max_length, cfg.skip_bad_rows,
                                 cfg.sj_max_length)
     if skipped or dropped:
@@ -309,6 +336,7 @@ def train(cfg, stop_at=None):
     torch.manual_seed(cfg.seed)
     model, tok = init_model(cfg, device)
     ctx = {"ref": frozen_copy(model)} if method.needs_ref else {}   # the starting model, frozen
+    ctx["tok"] = tok
     if cfg.resume:
         model, _ = load(ckpt, torch.float32, device)
     train_ex = load_split(cfg, method, "train", tok)
@@ -333,6 +361,7 @@ def train(cfg, stop_at=None):
             # where the run is, for schedules over epochs (MO-ORPO epoch_by_epoch, task_by_task)
             ctx.update(step=step, epoch=order.pos / order.per_epoch,
                        epochs=cfg.max_steps * cfg.grad_accum / order.per_epoch)
+            t_step = time.time()
             micro = [make_batch([train_ex[i] for i in order.next()], method.data, tok.pad_id, device)
                      for _ in range(cfg.grad_accum)]
             loss_total, mets = accumulate_gradients(model, method, micro, ctx, cfg)
@@ -348,7 +377,7 @@ def train(cfg, stop_at=None):
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 el = time.time() - t0
                 rec = {"step": step, "split": "train", "loss": loss_total, "lr": lr,
-                       "grad_norm": gnorm.item(), **mets,
+                       "grad_norm": gnorm.item(), **mets, "step_s": time.time() - t_step,
                        "tok_per_s": tokens / max(time.time() - last_log, 1e-9), "elapsed": el}
                 tokens, last_log = 0, time.time()
                 eta = el / max(step - (pos // cfg.grad_accum), 1) * (cfg.max_steps - step)
@@ -388,6 +417,10 @@ def train(cfg, stop_at=None):
 if __name__ == "__main__":
     cfg = parse_config()
     try:
-        train(cfg)
-    except (CheckpointError, DataError) as e:
+        if cfg.method == "meta_aligner" and cfg.meta_stage == "all":
+            from nanoalign.meta_aligner import run_stages
+            run_stages(cfg, train)
+        else:
+            train(cfg)
+    except (CheckpointError, DataError, JudgeError) as e:
         sys.exit(f"error: {e}")

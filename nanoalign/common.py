@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from kernels import sequence_logprob
+from nanoalign.data import make_batch
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Method:
     help: str
     needs_ref: bool = False   # a frozen copy of the initial model goes in ctx["ref"]
     source: str = None        # kind of JSONL row read ("sft" / "pref" / "prompt"); default = data
-    prepare: Callable = None  # (rows, cfg, split) -> rows of kind `data` (e.g. add SJ triples)
+    prepare: Callable = None  # (rows, cfg, split, tok) -> rows of kind `data` (e.g. add SJ triples)
     defaults: dict = None     # config values this method changes unless the user sets them
 
 
@@ -48,3 +49,38 @@ def frozen_copy(model):
 @torch.no_grad()
 def reference_logps(ref, batch, reduction="sum"):
     return batch_logps(ref, batch, reduction)
+
+
+# -- on-policy pieces (Self-Judge, OSP): sample, then turn chosen/rejected ids into a batch ---------
+def sample_responses(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator=None,
+                     top_k=None):
+    """n samples per prompt (lists of token ids), one batched KV-cached generate call; returns
+    [[ids of sample 0, ..., sample n-1] per prompt]. Samples end at EOS (kept) or max_new_tokens.
+    Uses torch's global RNG unless a generator is given, so a resumed run samples the same."""
+    from model.generate import generate
+    flat = generate(model, [p for p in prompts for _ in range(n)], max_new_tokens,
+                    model.cfg.eos_ids + [tok.eos_id], temperature, top_k, top_p, generator,
+                    tok.pad_id or 0)
+    return [[s if s else [tok.eos_id] for s in flat[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
+
+def pair_batch(prompts, wins, losses, pad_id, device):
+    """A preference batch (chosen rows first) from prompt ids and response ids, no re-tokenizing."""
+    ex = [{"chosen": p + w, "n_prompt_chosen": len(p), "rejected": p + l, "n_prompt_rejected": len(p)}
+          for p, w, l in zip(prompts, wins, losses)]
+    return make_batch(ex, "pref", pad_id, device)
+
+
+def response_batch(prompts, responses, pad_id, device):
+    """An SFT batch from prompt ids and response ids."""
+    return make_batch([{"ids": p + r, "n_prompt": len(p)} for p, r in zip(prompts, responses)],
+                      "sft", pad_id, device)
+
+
+def oracle_or_none(prompt, response):
+    """The built-in task's oracle 'overall' score, or None for prompts that are not the task's."""
+    from nanoalign import task
+    try:
+        return task.oracle_scores(prompt, response)["overall"]
+    except ValueError:
+        return None

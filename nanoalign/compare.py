@@ -3,22 +3,34 @@ Train several methods on the built-in task with the same seeds and budget; print
 
     python -m nanoalign.compare --preset mo_orpo --seeds 1,2,3
     python -m nanoalign.compare --preset mo_orpo --seeds 1 --max_steps 30     # a quick look
+    python -m nanoalign.compare --preset self_judge --seeds 1,2,3 --max_steps 100
+    python -m nanoalign.compare --preset osp --seeds 1,2,3 --max_steps 30 --n_train 80
+    python -m nanoalign.compare --preset meta --seeds 1,2,3 --max_steps 300 --n_train 4000
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
 out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone,
 so an interrupted comparison continues where it stopped. The start of every run is the seed's cached
 SFT warm-up (train.py --init_from default), whose greedy answers are the "SFT" reference.
 
-Columns (mean ± sample standard deviation over seeds):
-  win vs SFT   oracle win rate of the run's greedy answers against the SFT start's, on the 200 test
+A run's flags may name "{<label>}", the checkpoint of an earlier run of the same seed (Self-Judge
+trains from the JSFT run). Columns (mean ± sample standard deviation over seeds):
+  win_vs_sft   oracle win rate of the run's greedy answers against the SFT start's, on the 200 test
                prompts; a tie (equal oracle 'overall' score) counts 1/2 (MO-ORPO Table 2's WR, with
                the exact oracle in place of a GPT-4 judge)
   correct      oracle accuracy of the greedy answers; length: mean answer length in characters
-  judge acc    self-judgement accuracy on held-out SJ triples (nanoalign.mo_orpo.judge_accuracy)
+  sj_acc       MO-ORPO self-judgement accuracy on held-out SJ triples (mo_orpo.judge_accuracy)
+  judge_acc    the label-token judge (judge.swapped_probs, 'compact' template) on 256 held-out
+               preference pairs: p(chosen > rejected) > 1/2
+  judge_agree  on-policy runs: agreement of the run's judge with the oracle on its sampled pairs
+               (mean over logged steps); p_std: spread of OSP's target strengths; t_*: seconds per
+               step in sampling / judging / the forward passes of the update, step_s: whole step
+  bestN        self-rejection: oracle accuracy of the tournament winner among N samples (temperature
+               1, top-p 0.9) with the run's model as judge, on the first 100 test prompts
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import time
@@ -30,19 +42,38 @@ from model.checkpoint import load
 from nanoalign import task
 from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.evaluate import greedy_answers
-from nanoalign.judge import attach_sj
+from nanoalign.common import sample_responses
+from nanoalign.judge import TEMPLATES, attach_sj, best_of, swapped_probs
+from nanoalign.meta_aligner import correct, run_stages
 from nanoalign.mo_orpo import effective_weights, judge_accuracy
 
-# (label, train.py flags). The budget flags (--max_steps, --n_train, --seed) come from this script.
+# (label, train.py flags, extra evaluations). The budget flags (--max_steps, --n_train, --seed) come
+# from this script; a run's own flags come after them and win.
+_MO = ["sj_acc"]
+_BEST = ["best1", "best4", "best16"]
 PRESETS = {
-    "mo_orpo": [("orpo", ["--method", "orpo"]),
-                ("scalarization", ["--method", "scalarization"]),
-                ("conjoined", ["--method", "conjoined"]),
-                ("conditional", ["--method", "conditional"]),
-                ("sj_sft", ["--method", "sj_sft"]),
-                ("epoch_by_epoch", ["--method", "epoch_by_epoch"]),
-                ("task_by_task", ["--method", "task_by_task"])],
+    "mo_orpo": [(m, ["--method", m], _MO) for m in ("orpo", "scalarization", "conjoined", "conditional",
+                                                   "sj_sft", "epoch_by_epoch", "task_by_task")],
+    "self_judge": [("sft_chosen", ["--method", "jsft", "--jsft_judge", "false", "--max_steps", "300"],
+                    ["judge_acc"]),
+                   ("jsft", ["--method", "jsft", "--max_steps", "300"], ["judge_acc"] + _BEST),
+                   ("self_judge", ["--method", "self_judge", "--init_from", "{jsft}"], ["judge_acc"] + _BEST),
+                   ("offpolicy", ["--method", "self_judge_offpolicy", "--init_from", "{jsft}"], []),
+                   ("dpo_offline", ["--method", "dpo", "--init_from", "{jsft}"], [])],
+    # OSP from the preference-augmented SFT model; run with a small prompt budget (--n_train 80)
+    "osp": [("pref_aug", ["--method", "pref_aug", "--max_steps", "200", "--n_train", "400"], ["judge_acc"])] +
+           [(f"osp_{lab}", ["--method", "osp", "--init_from", "{pref_aug}", "--batch_size", "8"] + fl, ["agree"])
+            for lab, fl in (("spce", []), ("dpo", ["--osp_loss", "dpo"]), ("ipo", ["--osp_loss", "ipo"]),
+                            ("spce_random", ["--pairing", "random"]), ("raft", ["--pairing", "raft"]))],
+    # MetaAligner: an ORPO policy to correct, the aligner, and an aligner that never saw 'format'
+    "meta": [("orpo_policy", ["--method", "orpo"], []),
+             ("aligner", ["--method", "meta_aligner"], ["meta"]),
+             ("aligner_no_format", ["--method", "meta_aligner", "--meta_holdout", "format"], ["meta_holdout"])],
 }
+COLUMNS = {"mo_orpo": ["win_vs_sft", "sj_acc", "correct", "length"],
+           "self_judge": ["win_vs_sft", "correct", "length", "judge_acc"] + _BEST,
+           "osp": ["win_vs_sft", "correct", "length", "judge_acc", "judge_agree", "p_std",
+                   "t_sample", "t_judge", "t_update", "step_s"]}
 
 
 def win_rate(prompts, new, old):
@@ -60,35 +91,113 @@ def sj_batches(tok, cfg, n=256, bs=32):
     return [make_batch([e["sj"] for e in ex[i:i + bs]], "pref", tok.pad_id) for i in range(0, len(ex), bs)]
 
 
-def evaluate_run(model, tok, cfg, prompts, sft_answers):
+def label_judge_accuracy(model, tok, cfg, n=256):
+    rows = task.preference_rows(n, cfg.seed, "val")
+    p = swapped_probs(model, tok, TEMPLATES["compact"], [(r["prompt"], r["chosen"], r["rejected"]) for r in rows])
+    return (p > 0.5).float().mean().item()
+
+
+def best_of_accuracy(model, tok, prompts, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    samples = sample_responses(model, tok, [tok.encode_prompt(p) for p in prompts], n, 1.0, 0.9, 32, g)
+    hits = 0
+    for p, cands in zip(prompts, samples):
+        texts = [tok.decode(c) for c in cands]
+        hits += task.oracle_scores(p, texts[best_of(model, tok, TEMPLATES["compact"], p, texts)])["correct"]
+    return hits / len(prompts)
+
+
+def meta_eval(aligner, tok, cfg, prompts, sft_answers, holdout_only):
+    """Per-objective win / tie rates of corrected over original answers, for three policies (the
+    SFT start, the seed's ORPO run, and a weak rule-based policy read as if from a file), aligned on
+    each objective alone and on all (or, for the hold-out aligner, on 'format' alone, zero-shot)."""
+    root = os.path.dirname(cfg.out_dir)
+    orpo = load(os.path.join(root, f"orpo_policy-s{cfg.seed}", "ckpt"))
+    weak_rows = task.sft_rows(len(prompts), cfg.seed, "weak", p_correct=0.3)
+    weak, weak_prompts = [r["response"] for r in weak_rows], [r["prompt"] for r in weak_rows]
+    policies = {"sft": (prompts, sft_answers), "orpo": (prompts, greedy_answers(*orpo, prompts)),
+                "weak": (weak_prompts, weak)}
+    targets = [["format"]] if holdout_only else [[o] for o in task.OBJECTIVES] + [list(task.OBJECTIVES)]
+    out = {}
+    for pol, (ps, ans) in policies.items():
+        for tgt in targets:
+            fixed = correct(aligner, tok, ps, ans, [(o, task.OBJECTIVES[o]) for o in tgt])
+            key = f"{pol} / {'all' if len(tgt) > 1 else tgt[0]}" + (" (held out)" if holdout_only else "")
+            cell = {}
+            for o in task.OBJECTIVES:
+                new = [task.oracle_scores(p, z)[o] for p, z in zip(ps, fixed)]
+                old = [task.oracle_scores(p, y)[o] for p, y in zip(ps, ans)]
+                cell[f"win_{o}"] = sum(a > b for a, b in zip(new, old)) / len(ps)
+                cell[f"tie_{o}"] = sum(a == b for a, b in zip(new, old)) / len(ps)
+            out[key] = cell
+    return out
+
+
+def meta_table(results):
+    """Rows: policy / objective(s) aligned on; columns: win and tie rate of corrected over original
+    per objective, mean ± spread over seeds."""
+    cols = [f"{k}_{o}" for o in task.OBJECTIVES for k in ("win", "tie")]
+    lines = ["| policy / aligned on | " + " | ".join(cols) + " |", "|" + "---|" * (1 + len(cols))]
+    rows = {}
+    for r in results:
+        for key, cell in r.get("meta", {}).items():
+            rows.setdefault(key, []).append(cell)
+    for key, cells in rows.items():
+        lines.append(f"| {key} | " + " | ".join(fmt([c[k] for c in cells]) for k in cols) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_run(model, tok, cfg, prompts, sft_answers, extras):
     ans = greedy_answers(model, tok, prompts)
     sc = [task.oracle_scores(p, a) for p, a in zip(prompts, ans)]
-    return {"win_vs_sft": win_rate(prompts, ans, sft_answers),
-            "correct": sum(s["correct"] for s in sc) / len(sc),
-            "length": sum(len(a.strip()) for a in ans) / len(ans),
-            "judge_acc": judge_accuracy(model, sj_batches(tok, cfg))}
+    res = {"win_vs_sft": win_rate(prompts, ans, sft_answers),
+           "correct": sum(s["correct"] for s in sc) / len(sc),
+           "length": sum(len(a.strip()) for a in ans) / len(ans)}
+    if "sj_acc" in extras:
+        res["sj_acc"] = judge_accuracy(model, sj_batches(tok, cfg))
+    if "judge_acc" in extras:
+        res["judge_acc"] = label_judge_accuracy(model, tok, cfg)
+    if "agree" in extras:   # on-policy runs: means over the logged steps of the training metrics
+        recs = [json.loads(x) for x in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
+        for k in ("judge_agree", "p_std", "t_sample", "t_judge", "t_update", "step_s"):
+            v = [r[k] for r in recs if k in r]
+            if v:
+                res[k] = sum(v) / len(v)
+    if "meta" in extras or "meta_holdout" in extras:
+        res["meta"] = meta_eval(model, tok, cfg, prompts, sft_answers, "meta_holdout" in extras)
+    for e in extras:
+        if e.startswith("best"):
+            res[e] = best_of_accuracy(model, tok, prompts[:100], int(e[4:]), cfg.seed)
+    return res
 
 
-def run_one(root, label, flags, seed, a, prompts, sft_cache):
+def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
     out = os.path.join(root, f"{label}-s{seed}")
+    flags = [re.sub(r"\{(\w+)\}", lambda m: os.path.join(root, f"{m.group(1)}-s{seed}", "ckpt"), f)
+             for f in flags]
     res_path = os.path.join(out, "result.json")
     if os.path.exists(res_path):
         with open(res_path) as f:
             return json.load(f)
     shutil.rmtree(out, ignore_errors=True)
-    cfg = train.parse_config(flags + ["--seed", str(seed), "--max_steps", str(a.max_steps),
-                                      "--n_train", str(a.n_train), "--out_dir", out,
-                                      "--final_eval", "false", "--eval_every", "0"] + a.extra)
+    cfg = train.parse_config(["--seed", str(seed), "--max_steps", str(a.max_steps),
+                              "--n_train", str(a.n_train), "--out_dir", out,
+                              "--final_eval", "false", "--eval_every", "0"] + flags + a.extra)
     start = train.warm_checkpoint(cfg)
     if seed not in sft_cache:
         sft_cache[seed] = greedy_answers(*load(start), prompts)
     t0 = time.time()
-    train.train(cfg)
-    model, tok = load(os.path.join(out, "ckpt"))
+    if cfg.method == "meta_aligner" and cfg.meta_stage == "all":
+        ckpt = run_stages(cfg, train.train)
+    else:
+        train.train(cfg)
+        ckpt = os.path.join(out, "ckpt")
+    model, tok = load(ckpt)
     w1, w2 = effective_weights(cfg.method, cfg)
-    res = {"label": label, "seed": seed, "w1": w1, "w2": w2,
+    res = {"label": label, "seed": seed, "w1": w1, "w2": w2, "steps": cfg.max_steps,
            "epochs": cfg.max_steps * cfg.grad_accum * cfg.batch_size / cfg.n_train,
-           "train_s": time.time() - t0, **evaluate_run(model, tok, cfg, prompts, sft_cache[seed])}
+           "train_s": time.time() - t0,
+           **evaluate_run(model, tok, cfg, prompts, sft_cache[seed], extras)}
     with open(res_path, "w") as f:
         json.dump(res, f)
     return res
@@ -100,14 +209,15 @@ def fmt(vals):
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
-def table(results, cols):
+def table(results, cols, weights):
+    """Markdown table; `weights` adds MO-ORPO Table 2's w1 / w2 / epochs columns."""
     labels = list(dict.fromkeys(r["label"] for r in results))
-    head = f"| method | w1 | w2 | epochs | " + " | ".join(cols) + " |"
-    lines = [head, "|" + "---|" * (4 + len(cols))]
+    lead = ["w1", "w2", "epochs"] if weights else ["steps"]
+    lines = ["| method | " + " | ".join(lead + cols) + " |", "|" + "---|" * (1 + len(lead) + len(cols))]
     for lab in labels:
         rs = [r for r in results if r["label"] == lab]
-        lines.append(f"| {lab} | {rs[0]['w1']:g} | {rs[0]['w2']:g} | {rs[0]['epochs']:g} | " +
-                     " | ".join(fmt([r[c] for r in rs]) for c in cols) + " |")
+        lines.append(f"| {lab} | " + " | ".join(f"{rs[0][k]:g}" for k in lead) + " | " +
+                     " | ".join(fmt([r[c] for r in rs]) if c in rs[0] else "-" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -126,12 +236,15 @@ def main(argv=None):
     root = os.path.join(a.out, a.preset)
     prompts, sft_cache, results = task.test_prompts(), {}, []
     for seed in seeds:
-        for label, flags in runs:
-            results.append(run_one(root, label, flags, seed, a, prompts, sft_cache))
+        for label, flags, extras in runs:
+            results.append(run_one(root, label, flags, extras, seed, a, prompts, sft_cache))
             print(f"== {label} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[-1].items()
                                                          if isinstance(v, float)))
     print(f"\n{a.preset}: {len(seeds)} seed(s) {a.seeds}, {a.max_steps} steps, n_train {a.n_train}\n")
-    print(table(results, ["win_vs_sft", "judge_acc", "correct", "length"]))
+    if a.preset == "meta":
+        print(meta_table(results))
+    else:
+        print(table(results, COLUMNS[a.preset], a.preset == "mo_orpo"))
 
 
 if __name__ == "__main__":

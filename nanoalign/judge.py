@@ -145,15 +145,16 @@ def _text(r):
 
 
 # -- JSFT data: judgment instructions in both orders (Self-Judge section 3, OSP augmentation) -------
-def judgment_rows(rows, template, principles=None, rationale_fn=None):
+def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
     """SFT rows {prompt, response} teaching the judge: each pair in both position orders, target =
     the answer ending in the better response's label (+ a rationale when the template has one).
-    principles: {name: description}; with it, one judgment per objective whose row label is not
-    'equal', judged on that objective alone (the principle-aware JSFT of Tables 16-18)."""
+    principle_aware: one judgment per objective in the row's `labels` that is not 'equal', judged on
+    that objective alone, its description from the row's `objectives` as the system message (the
+    principle-aware JSFT of Tables 16-18)."""
     out = []
     for r in rows:
-        if principles:
-            jobs = [(k, principles[k], r["labels"][k]) for k in principles if r["labels"][k] != "equal"]
+        if principle_aware:
+            jobs = [(k, r["objectives"][k], lab) for k, lab in r["labels"].items() if lab != "equal"]
         else:
             jobs = [(None, None, "1")]
         for name, desc, lab in jobs:
@@ -183,7 +184,8 @@ def label_ids(tok, t):
         ids = []
         for lab in t.labels:
             full = tok.encode(prefix + sp + lab)
-            if full[:len(base)] == base and len(full) == len(base) + 1:
+            if (full[:len(base)] == base and len(full) == len(base) + 1
+                    and tok.decode([full[-1]], skip_special=False).strip() == lab.strip()):  # not <unk>
                 ids.append(full[-1])
         if len(ids) == 2 and ids[0] != ids[1]:
             return prefix, tuple(ids)

@@ -124,7 +124,7 @@ def effective_weights(name, cfg):
             "scalarization": (cfg.w1, 1 - cfg.w1), "sj_sft": (cfg.w1, 1 - cfg.w1)}.get(name, (cfg.w1, cfg.w2))
 
 
-def _prepare(rows, cfg, split):
+def _prepare(rows, cfg, split, tok):
     return attach_sj(rows, cfg.seed, split)
 
 

@@ -90,8 +90,9 @@ def sft_rows(n, seed, split="train", p_correct=0.75):
 
 
 def preference_rows(n, seed, split="train", p_correct=0.6):
-    """Rows {prompt, chosen, rejected, labels, scores}; `labels` is one of 1/2/equal per objective
-    (response 1 = chosen), the MetaAligner schema. Pairs whose overall scores tie are skipped."""
+    """Rows {prompt, chosen, rejected, labels, objectives, scores}; `labels` is one of 1/2/equal per
+    objective (response 1 = chosen) and `objectives` their text markers {name: description}: the
+    MetaAligner schema (data.py). Pairs whose overall scores tie are skipped."""
     rng = random.Random(f"pref-{seed}-{split}")
     rows = []
     while len(rows) < n:
@@ -105,8 +106,17 @@ def preference_rows(n, seed, split="train", p_correct=0.6):
             r1, r2, s1, s2 = r2, r1, s2, s1
         labels = {k: "1" if s1[k] > s2[k] else "2" if s2[k] > s1[k] else "equal" for k in OBJECTIVES}
         rows.append({"prompt": p, "chosen": r1, "rejected": r2, "labels": labels,
-                     "scores": [s1, s2]})
+                     "objectives": OBJECTIVES, "scores": [s1, s2]})
     return rows
+
+
+def rationale(prompt, response, principle=None):
+    """A short, true justification of a response's scores (the oracle's 'rationale' for JSFT)."""
+    s, r = oracle_scores(prompt, response), response.strip()
+    parts = {"correct": "right sum" if s["correct"] else "wrong sum",
+             "concise": f"{len(r)} chars",
+             "format": "ends with a period" if s["format"] else "no period"}
+    return parts[principle] if principle else ", ".join(parts.values())
 
 
 def test_prompts(n=200, seed=0):

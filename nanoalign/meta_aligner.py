@@ -1,0 +1,142 @@
+"""
+MetaAligner (meta-aligner.txt; METHODS.md "MetaAligner"): a small model that edits ANY policy's answer
+towards the objectives you name, without touching the policy's weights.
+
+Data (the paper's Algorithm 1). A row is (q, y1, y2, R) with one label per objective,
+R_j in {"1" (y1 better), "2" (y2 better), "equal"}, and a text marker per objective:
+    {"prompt": q, "chosen": y1, "rejected": y2, "labels": {"correct": "1", "format": "equal"},
+     "objectives": {"correct": "the sum is right", "format": "ends with a period"}}
+(the built-in task emits exactly this, task.preference_rows). With O+ / O- / O= the objectives where
+y1 wins / y2 wins / they tie, each shuffled with a seeded RNG:
+    O+ non-empty:  D_p += (T(q, y2, O+, "better"), y1)
+    O- non-empty:  D_p += (T(q, y1, O-, "better"), y2)
+    O= non-empty:  D_e += (T(q, y2, O=, "equal"),  y1)
+    T(q, y, O, t) = "Edit the following Question-Answer pair to make it {t} considering the following
+                     objectives: {name: description; ...} | Question: {q} | Answer: {y} | Edit:"
+
+Training: plain SFT on the target, prompt masked, in three stages (--meta_stage, or 'all' = the
+three in sequence, each starting from the previous one's checkpoint, in out_dir/<stage>):
+    warmup      a random subset (--meta_warmup_frac) of D_e with the target = the input answer
+                (identity mapping, "a prelude proven effective in residual correction")
+    equal       D_e
+    preference  D_p
+--meta_holdout name drops an objective from training entirely (the paper's zero-shot test).
+
+Inference: `sample.py --aligner DIR --objectives correct,format:"ends with a period"` corrects
+answers from any source (nanoalign.meta_aligner.correct).
+"""
+import dataclasses
+import os
+import random
+
+from model.generate import generate
+from nanoalign.common import Method
+from nanoalign.data import DataError
+from nanoalign.sft import sft_loss
+
+PROMPT = ("Edit the following Question-Answer pair to make it {t} considering the following "
+          "objectives: {objectives} | Question: {q} | Answer: {y} | Edit:")
+STAGES = ("warmup", "equal", "preference")
+
+
+def render_objectives(objs):
+    """[(name, description), ...] -> 'name: description; name: description'."""
+    return "; ".join(f"{n}: {d}" for n, d in objs)
+
+
+def template(q, y, objs, t):
+    q = q if isinstance(q, str) else q[-1]["content"]
+    return PROMPT.format(t=t, objectives=render_objectives(objs), q=q, y=y)
+
+
+def check_labels(row, where):
+    """A row's labels must be 1/2/equal and every labelled objective must have a marker."""
+    labels, markers = row.get("labels"), row.get("objectives")
+    if not isinstance(labels, dict) or not isinstance(markers, dict):
+        raise DataError(f"{where}: MetaAligner rows need 'labels' {{objective: 1|2|equal}} and "
+                        f"'objectives' {{objective: description}}")
+    for k, v in labels.items():
+        if str(v) not in ("1", "2", "equal"):
+            raise DataError(f"{where}: objective '{k}': label {v!r} is not one of 1, 2, equal")
+        if not isinstance(markers.get(k), str):
+            raise DataError(f"{where}: objective '{k}' is labelled but has no marker (description) "
+                            f"in 'objectives'")
+
+
+def build_sets(rows, seed, holdout=()):
+    """Algorithm 1: (D_p, D_e), lists of {prompt, response, input}."""
+    rng = random.Random(f"meta-{seed}")
+    d_p, d_e = [], []
+    for r in rows:
+        check_labels(r, r.get("_where", "row"))
+        q, y1, y2 = r["prompt"], r["chosen"], r["rejected"]
+        groups = {"1": [], "2": [], "equal": []}
+        for k, v in r["labels"].items():
+            if k not in holdout:
+                groups[str(v)].append((k, r["objectives"][k]))
+        for g in groups.values():
+            rng.shuffle(g)
+        if groups["1"]:
+            d_p.append({"prompt": template(q, y2, groups["1"], "better"), "response": y1, "input": y2})
+        if groups["2"]:
+            d_p.append({"prompt": template(q, y1, groups["2"], "better"), "response": y2, "input": y1})
+        if groups["equal"]:
+            d_e.append({"prompt": template(q, y2, groups["equal"], "equal"), "response": y1, "input": y2})
+    return d_p, d_e
+
+
+def stage_rows(rows, cfg, split, tok=None):
+    """The SFT rows of one stage."""
+    holdout = tuple(x for x in cfg.meta_holdout.split(",") if x)
+    d_p, d_e = build_sets(rows, cfg.seed, holdout)
+    if cfg.meta_stage == "warmup":
+        rng = random.Random(f"meta-warmup-{cfg.seed}")
+        k = min(len(d_e), max(cfg.batch_size, int(len(d_e) * cfg.meta_warmup_frac)))  # >= one batch
+        sub = rng.sample(d_e, k)
+        return [{**e, "response": e["input"]} for e in sub]          # identity mapping
+    return d_e if cfg.meta_stage == "equal" else d_p
+
+
+def run_stages(cfg, train_fn):
+    """--meta_stage all: warmup -> equal -> preference, each from the previous checkpoint."""
+    init, steps = cfg.init_from, {"warmup": max(1, cfg.max_steps // 5)}
+    for st in STAGES:
+        c = dataclasses.replace(cfg, meta_stage=st, out_dir=os.path.join(cfg.out_dir, st),
+                                init_from=init, max_steps=steps.get(st, cfg.max_steps),
+                                final_eval=False)
+        print(f"== MetaAligner stage '{st}' -> {c.out_dir}")
+        train_fn(c)
+        init = os.path.join(c.out_dir, "ckpt")
+    return init
+
+
+def parse_objectives(spec, known=None):
+    """'correct,format:ends with a period' -> [(name, description)]; a name without a description
+    takes it from `known` (the built-in task's objectives)."""
+    out = []
+    for part in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, desc = part.partition(":")
+        desc = desc.strip() or (known or {}).get(name.strip())
+        if not desc:
+            raise ValueError(f"objective '{name}' needs a description: --objectives {name}:<description>")
+        out.append((name.strip(), desc))
+    if not out:
+        raise ValueError("name at least one objective")
+    return out
+
+
+def correct(aligner, tok, prompts, answers, objectives, max_new_tokens=48, batch_size=64):
+    """Corrected answers (strings) for (prompt, answer) pairs, aligned on `objectives`."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [tok.encode_prompt(template(q, y, objectives, "better"))
+               for q, y in zip(prompts[i:i + batch_size], answers[i:i + batch_size])]
+        gen = generate(aligner, ids, max_new_tokens, aligner.cfg.eos_ids + [tok.eos_id], temperature=0,
+                       pad_id=tok.pad_id or 0)
+        out += [tok.decode(g).strip() for g in gen]
+    return out
+
+
+METHODS = [Method("meta_aligner", "sft", "n_tokens", sft_loss, "MetaAligner: SFT an aligner that "
+                  "edits answers towards named objectives (--meta_stage warmup|equal|preference|all)",
+                  source="pref", prepare=stage_rows, defaults={"max_length": 384})]
