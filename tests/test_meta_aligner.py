@@ -97,3 +97,17 @@ def test_bad_labels_name_file_line_objective(tmp_path, bad, pattern):
     rows, _ = read_jsonl(str(f), "pref")
     with pytest.raises(DataError, match=str(f).replace(".", r"\.") + pattern):
         build_sets(rows, 0)
+
+
+def test_stage_all_chains_three_runs(tmp_path):
+    from nanoalign.meta_aligner import run_stages
+    from tests.test_train import run_cfg
+    cfg = dataclasses.replace(run_cfg(tmp_path, method="meta_aligner", max_steps=2, val_data="",
+                                      n_train=64, max_length=384), meta_stage="all")
+    final = run_stages(cfg, train.train)
+    for st in ("warmup", "equal", "preference"):
+        saved = json.load(open(tmp_path / "run" / st / "ckpt" / "state.json"))["config"]
+        assert saved["meta_stage"] == st
+    assert final.endswith("preference/ckpt")
+    assert json.load(open(tmp_path / "run" / "equal" / "ckpt" / "state.json"))["config"]["init_from"] \
+        .endswith("warmup/ckpt")

@@ -72,3 +72,19 @@ def test_random_pairing_is_disjoint(K, seed):
     pairs = random_pairs(K, torch.Generator().manual_seed(seed))
     used = [i for pr in pairs for i in pr]
     assert len(pairs) == K // 2 and len(set(used)) == len(used) and all(0 <= i < K for i in used)
+
+
+def test_osp_and_self_judge_steps_log_the_cost_split(tmp_path):
+    import dataclasses
+    import json
+
+    import train
+    from tests.test_train import run_cfg
+    for method, extra in (("osp", {"osp_k": 3}), ("osp", {"pairing": "raft", "osp_k": 3}),
+                          ("self_judge", {}), ("self_judge_offpolicy", {})):
+        cfg = dataclasses.replace(run_cfg(tmp_path / method, method=method, max_steps=1, grad_accum=1,
+                                          val_data="", gen_max_tokens=6), **extra)
+        train.train(cfg)
+        rec = json.loads(open(tmp_path / method / "run" / "metrics.jsonl").readline())
+        assert {"t_sample", "t_judge", "t_update", "step_s", "sample_len"} <= set(rec), method
+        assert rec["t_sample"] + rec["t_judge"] + rec["t_update"] <= rec["step_s"] + 1e-3
