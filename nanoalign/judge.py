@@ -225,7 +225,7 @@ def swapped_probs(model, tok, t, items, batch_size=64):
     return 0.5 * (p[:n] + (1 - p[n:]))
 
 
-def check_template(tok, t, max_len=None):
+def check_template(tok, t):
     """Start-up check: fail before any training if the labels cannot be read off one token."""
     label_ids(tok, t)
     return t
