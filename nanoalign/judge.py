@@ -194,9 +194,9 @@ def label_ids(tok, t):
                      f"are (e.g. A/B) or another --judge_template")
 
 
-def judge_ids(tok, t, prompt, a, b, principle=None, description=None):
+def judge_ids(tok, t, prefix, prompt, a, b, principle=None, description=None):
+    """Prompt ids + the answer up to the label; `prefix` from label_ids (computed once per call)."""
     msgs, _ = render(t, prompt, a, b, principle, description)
-    prefix, _ = label_ids(tok, t)
     return tok.encode_prompt(msgs) + tok.encode(prefix.replace("{principle}", principle or ""))
 
 
@@ -204,11 +204,11 @@ def judge_ids(tok, t, prompt, a, b, principle=None, description=None):
 def first_probs(model, tok, t, items, batch_size=64):
     """p_A: probability of the FIRST position's label, softmax over the two label tokens only, for
     items = [(prompt, a, b) or (prompt, a, b, principle, description)]. Left-padded batches."""
-    _, (ia, ib) = label_ids(tok, t)
+    prefix, (ia, ib) = label_ids(tok, t)
     out = []
     dev = model.lm_head.weight.device
     for i in range(0, len(items), batch_size):
-        ids, mask = left_pad([judge_ids(tok, t, *it) for it in items[i:i + batch_size]],
+        ids, mask = left_pad([judge_ids(tok, t, prefix, *it) for it in items[i:i + batch_size]],
                              tok.pad_id or 0, dev)                                   # (B, L)
         h = model(ids, mask)[:, -1]                                                  # (B, dim)
         two = model.logits(h)[:, [ia, ib]].float()                                   # (B, 2)
