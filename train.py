@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import CheckpointError, atomic_write_json, load, read_json, save_model
+from model.checkpoint import CheckpointError, atomic_write_json, load, read_json, save_adapters, save_model
+from model.lora import AdaptersOff, apply_lora, merge, parse_targets
 from model.model import Transformer, config_from_preset
-from nanoalign import REGISTRY, task
+from nanoalign import REGISTRY, dist, task
 from nanoalign.common import frozen_copy
 from nanoalign.data import BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.evaluate import format_table, oracle_eval
@@ -79,6 +80,19 @@ class TrainConfig:
     ckpt_every: int = h("checkpoint every N steps (0 = only at the end)", default=0)
     final_eval: bool = h("end with the oracle table on the built-in task", default=True)
     device: str = h("'auto', 'cpu' or 'cuda'", default="auto")
+    # scale: LoRA, activation checkpointing, several processes (launch with torchrun)
+    lora_r: int = h("LoRA rank; 0 = train every weight. With LoRA, checkpoints hold the adapters "
+                    "only (python -m model.lora merges them) and the reference model of DPO / "
+                    "Self-Judge / OSP is the base with adapters off", default=0)
+    lora_alpha: float = h("LoRA alpha: the adapter update is scaled by alpha / r", default=16.0)
+    lora_dropout: float = h("LoRA dropout on the adapters' input", default=0.05)
+    lora_targets: str = h("projections that get adapters, from q,k,v,o,gate,up,down",
+                          default="q,k,v,o,gate,up,down")
+    grad_checkpoint: bool = h("activation checkpointing: recompute each block in backward",
+                              default=False)
+    parallel: str = h("under torchrun: 'ddp' (weights replicated) or 'fsdp' (FSDP2 fully_shard: "
+                      "weights, grads and AdamW state sharded); --batch_size is per process",
+                      default="ddp")
     # method hyper-parameters
     orpo_lambda: float = h("ORPO: weight of the odds-ratio term", default=0.1)
     prompt_loss: bool = h("ORPO: count prompt tokens in L_SFT, as the official code and TRL do",
@@ -168,6 +182,7 @@ def parse_config(argv=None):
     if cfg.judge_template not in TEMPLATES:
         ap.error(f"--judge_template {cfg.judge_template!r} is unknown; choose from {', '.join(TEMPLATES)}")
     for k, ok in (("judge", ("ref", "policy")), ("osp_loss", ("spce", "dpo", "ipo")),
+                  ("parallel", ("ddp", "fsdp")),
                   ("meta_stage", ("warmup", "equal", "preference", "all")),
                   ("pairing", ("ranked", "random", "raft"))):
         if getattr(cfg, k) not in ok:
@@ -176,6 +191,16 @@ def parse_config(argv=None):
         ap.error(f"--osp_k must be >= 2, got {cfg.osp_k}")
     if not cfg.lr > 0:
         ap.error(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.lora_r < 0:
+        ap.error(f"--lora_r must be >= 0, got {cfg.lora_r}")
+    try:
+        parse_targets(cfg.lora_targets)
+    except ValueError as e:
+        ap.error(str(e))
+    if cfg.parallel == "fsdp" and REGISTRY[cfg.method].data == "prompt":
+        ap.error(f"--method {cfg.method} samples on-policy, and under FSDP every forward is a "
+                 f"collective: ranks sampling different lengths would hang. Use --parallel ddp "
+                 f"(with --lora_r for a large model)")
     return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
 
 
@@ -201,8 +226,14 @@ def warm_checkpoint(cfg):
 def init_model(cfg, device):
     if cfg.init_from == "scratch":
         torch.manual_seed(cfg.seed)
-        return Transformer(config_from_preset(cfg.model_preset)).to(device), task.build_tokenizer()
-    return load(cfg.init_from, torch.float32, device)
+        model, tok = Transformer(config_from_preset(cfg.model_preset)).to(device), task.build_tokenizer()
+    else:
+        model, tok = load(cfg.init_from, torch.float32, device)
+    if getattr(model, "lora", None):   # starting from a LoRA run: its adapters become the base
+        merge(model)
+    if cfg.lora_r:
+        apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    return model, tok
 
 
 def load_split(cfg, method, split, tok):
@@ -240,33 +271,44 @@ def lr_at(step, cfg):
 
 
 def save_checkpoint(path, model, tok, opt, cfg, step, order):
-    """Model in the HF layout + train state (safetensors + JSON), written to a temp dir then renamed."""
-    tmp, old = path + ".tmp", path + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tok)
-    sd = opt.state_dict()
-    tensors = {f"opt.{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
-    atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
-                       "param_groups": sd["param_groups"]}, os.path.join(tmp, "state.json"))
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    """Model in the HF layout (or LoRA adapters) + train state (safetensors + JSON), written to a
+    temp dir then renamed. Under FSDP every rank helps gather the full state; rank 0 writes."""
+    msd, sd = dist.full_state(model, opt) if dist.is_fsdp(model) else (None, opt.state_dict())
+    model = dist.unwrapped(model)
+    if dist.is_main():
+        tmp, old = path + ".tmp", path + ".old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(model, "lora", None):
+            save_adapters(model, tmp, tok, cfg.init_from, msd)
+        else:
+            save_model(model, tmp, tok, state=msd)
+        tensors = {f"opt.{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
+        atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
+                           "param_groups": sd["param_groups"]}, os.path.join(tmp, "state.json"))
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()   # nobody reads the checkpoint before rank 0 has finished writing it
 
 
-def load_train_state(path, opt):
+def load_train_state(path, model, opt):
     st = read_json(os.path.join(path, "state.json"))
     t = load_file(os.path.join(path, "train_state.safetensors"))
     state = {}
     for k, v in t.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": st["param_groups"]})
+        if k.startswith("opt."):   # opt.<param index or, from FSDP, parameter name>.<AdamW field>
+            pid, name = k[4:].rsplit(".", 1)
+            state.setdefault(int(pid) if pid.isdigit() else pid, {})[name] = v
+    osd = {"state": state, "param_groups": st["param_groups"]}
+    if dist.is_fsdp(model):
+        dist.load_full_optimizer(model, opt, osd)
+    else:
+        opt.load_state_dict(osd)
     torch.set_rng_state(t["rng.torch"])
     if "rng.cuda" in t and torch.cuda.is_available():
         torch.cuda.set_rng_state(t["rng.cuda"])
@@ -276,18 +318,20 @@ def load_train_state(path, opt):
 def accumulate_gradients(model, method, micro, ctx, cfg):
     """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
     the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
-    denom = sum(b[method.unit] for b in micro)
+    # with W processes: the units of the global batch, times W because DDP / FSDP average over ranks
+    denom = dist.all_sum(sum(b[method.unit] for b in micro)) / dist.world()
     loss_total, mets = 0.0, {}
-    on_cuda = model.lm_head.weight.is_cuda
-    for b in micro:
+    on_cuda = next(model.parameters()).is_cuda
+    for i, b in enumerate(micro):
         # bf16 autocast on CUDA; float32 on the CPU (CPU bf16 matmuls are slow and the tests exact)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-            loss_sum, m = method.loss(model, b, ctx, cfg)
-        (loss_sum / denom).backward()
+        with dist.no_sync(model, last=i == len(micro) - 1):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+                loss_sum, m = method.loss(model, b, ctx, cfg)
+            (loss_sum / denom).backward()
         loss_total += loss_sum.item() / denom
         for k, v in m.items():
             mets[k] = mets.get(k, 0.0) + v / len(micro)
-    return loss_total, mets
+    return dist.all_sum(loss_total) / dist.world(), dist.mean_metrics(mets)
 
 
 @torch.no_grad()
@@ -296,11 +340,19 @@ def held_out_loss(model, method, val, ctx, cfg, pad_id):
     tot, units = 0.0, 0
     for i in range(min(cfg.eval_batches, len(val) // cfg.batch_size)):
         b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.data, pad_id,
-                       model.lm_head.weight.device)
+                       next(model.parameters()).device)
         loss, _ = method.loss(model, b, ctx, cfg)
         tot, units = tot + loss.item(), units + b[method.unit]
     model.train()
     return tot / max(units, 1)
+
+
+def peak_memory(device):
+    """Peak memory of this process so far, in MiB: CUDA max allocated, or peak RSS on the CPU."""
+    if str(device).startswith("cuda"):
+        return {"peak_cuda_alloc_mib": torch.cuda.max_memory_allocated() / 2**20}
+    import resource
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
 
 
 class StopFlag:
@@ -325,7 +377,7 @@ def train(cfg, stop_at=None):
     """Run (or resume) one training run; returns the per-step losses. `stop_at` is for tests: it
     stops after that step exactly as Ctrl-C does (checkpoint, then return)."""
     method = REGISTRY[cfg.method]
-    device = pick_device(cfg)
+    device = dist.setup(pick_device(cfg))   # joins the torchrun group, if launched by torchrun
     ckpt = os.path.join(cfg.out_dir, "ckpt")
     if cfg.resume:  # the saved config wins; only resume/max_steps/logging may change
         saved = read_json(os.path.join(ckpt, "state.json"))["config"]
@@ -333,23 +385,37 @@ def train(cfg, stop_at=None):
         cfg = dataclasses.replace(config_from_dict(saved, os.path.join(ckpt, "state.json")), **keep)
     elif cfg.init_from == "default":
         cfg = dataclasses.replace(cfg, init_from=warm_checkpoint(cfg))
+    if cfg.lora_r and cfg.init_from == "scratch":
+        raise CheckpointError("--lora_r needs a base checkpoint to adapt (--init_from DIR or default), "
+                              "not --init_from scratch: a LoRA checkpoint stores the adapters only")
     torch.manual_seed(cfg.seed)
     model, tok = init_model(cfg, device)
-    ctx = {"ref": frozen_copy(model)} if method.needs_ref else {}   # the starting model, frozen
-    ctx["tok"] = tok
+    ctx = {"tok": tok}
+    if method.needs_ref and not cfg.lora_r:
+        ctx["ref"] = frozen_copy(model)          # the starting model, frozen
     if cfg.resume:
         model, _ = load(ckpt, torch.float32, device)
+    if method.needs_ref and cfg.lora_r:
+        ctx["ref"] = AdaptersOff(model)          # the same weights with the adapters switched off
+    model.grad_checkpoint = cfg.grad_checkpoint
+    model = dist.wrap(model, cfg.parallel)       # DDP / FSDP2 under torchrun, else the model itself
+    if dist.world() > 1:                         # each rank samples its own prompts differently
+        torch.manual_seed(cfg.seed + 1000 * dist.rank())
     train_ex = load_split(cfg, method, "train", tok)
     val_ex = load_split(cfg, method, "val", tok) if method.data != "prompt" else []
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay)
-    step, pos = load_train_state(ckpt, opt) if cfg.resume else (0, 0)
-    order = BatchOrder(len(train_ex), cfg.batch_size, cfg.seed, pos)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    step, pos = load_train_state(ckpt, model, opt) if cfg.resume else (0, 0)
+    # one order of global batches; rank r takes rows [r*B, (r+1)*B) of each
+    order = BatchOrder(len(train_ex), cfg.batch_size * dist.world(), cfg.seed, pos)
+    rows = slice(dist.rank() * cfg.batch_size, (dist.rank() + 1) * cfg.batch_size)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a")
-    before = oracle_eval(model, tok) if cfg.final_eval and not cfg.resume else None
-    print(f"{cfg.method}: {model.num_params() / 1e6:.2f}M params on {device}, {len(train_ex)} train "
-          f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}")
+    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull, "a")
+    before = oracle_eval(dist.unwrapped(model), tok) if cfg.final_eval and not cfg.resume else None
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
+          f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
+          f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
     model.train()
     stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
     history = []
@@ -362,8 +428,8 @@ def train(cfg, stop_at=None):
             ctx.update(step=step, epoch=order.pos / order.per_epoch,
                        epochs=cfg.max_steps * cfg.grad_accum / order.per_epoch)
             t_step = time.time()
-            micro = [make_batch([train_ex[i] for i in order.next()], method.data, tok.pad_id, device)
-                     for _ in range(cfg.grad_accum)]
+            micro = [make_batch([train_ex[i] for i in order.next()[rows]], method.data, tok.pad_id,
+                                device) for _ in range(cfg.grad_accum)]
             loss_total, mets = accumulate_gradients(model, method, micro, ctx, cfg)
             tokens += sum(b["n_seen"] for b in micro)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -374,6 +440,8 @@ def train(cfg, stop_at=None):
             step += 1
             history.append(loss_total)
             stop.hit = stop.hit or step == stop_at
+            if dist.world() > 1:   # every rank stops after the same step, or the others would hang
+                stop.hit = dist.all_sum(stop.hit) > 0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 el = time.time() - t0
                 rec = {"step": step, "split": "train", "loss": loss_total, "lr": lr,
@@ -399,13 +467,18 @@ def train(cfg, stop_at=None):
         stop.restore()
         metrics_f.close()
     save_checkpoint(ckpt, model, tok, opt, cfg, step, order)
-    print(f"checkpoint: {ckpt} (step {step})")
+    peak = peak_memory(device)
+    print(f"checkpoint: {ckpt} (step {step}); peak memory of this process: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
+    if dist.is_main():
+        with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "split": "end", **peak}) + "\n")
     if stop.hit:
         if stop_at is not None:
             return history
         sys.exit(130)
     if before is not None:
-        after = oracle_eval(model, tok)
+        after = oracle_eval(dist.unwrapped(model), tok)
         print(f"\nBuilt-in task, greedy answers to 200 test prompts ({cfg.method}, "
               f"{time.time() - t0:.0f}s):")
         print(format_table(before, after))
@@ -424,3 +497,5 @@ if __name__ == "__main__":
             train(cfg)
     except (CheckpointError, DataError, JudgeError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        dist.cleanup()

@@ -11,7 +11,7 @@ import os
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file as safe_load, save_file
 
 from model.model import ModelConfig, Transformer, rope_frequencies
 
@@ -160,13 +160,22 @@ def load_model(d, dtype=torch.float32, device="cpu"):
     return model.to(device), cfg
 
 
-def save_model(model: Transformer, d, tokenizer=None, dtype=None):
+def _tensors(model, state):
+    """{name: tensor} of the model's parameters, a tied weight once; `state` is a full state dict
+    gathered elsewhere (FSDP), else the model's own parameters are read."""
+    if state is None:
+        return {n: p.detach() for n, p in model.named_parameters()}  # lists a tied weight once
+    return {n: t for n, t in state.items() if not (model.cfg.tie_embeddings and n == "lm_head.weight")}
+
+
+def save_model(model: Transformer, d, tokenizer=None, dtype=None, state=None):
     """Write config.json + model.safetensors (+ tokenizer files) in the Hugging Face layout."""
+    if getattr(model, "lora", None):
+        raise ValueError("save_model: this model has LoRA adapters; save_adapters() them, or "
+                         "model.lora.merge() it first")
     os.makedirs(d, exist_ok=True)
-    sd = {}
-    for name, p in model.named_parameters():  # named_parameters() lists a tied weight once
-        t = p.detach()
-        sd[_hf_name(name)] = (t.to(dtype) if dtype else t).contiguous().cpu()
+    sd = {_hf_name(n): (t.to(dtype) if dtype else t).contiguous().cpu()
+          for n, t in _tensors(model, state).items()}
     dt = next(iter(sd.values())).dtype
     save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
     atomic_write_json(config_to_hf(model.cfg, dt), os.path.join(d, "config.json"))
@@ -176,8 +185,45 @@ def save_model(model: Transformer, d, tokenizer=None, dtype=None):
     atomic_write_json(gen, os.path.join(d, "generation_config.json"))
 
 
+# -- LoRA checkpoints: adapters only, on top of a base checkpoint named in adapter_config.json -----
+def save_adapters(model, d, tokenizer, base, state=None):
+    os.makedirs(d, exist_ok=True)
+    adapters = {n: t.contiguous().cpu() for n, t in _tensors(model, state).items() if ".lora_" in n}
+    save_file(adapters, os.path.join(d, "adapter_model.safetensors"), metadata={"format": "pt"})
+    atomic_write_json({**model.lora, "base_model": os.path.abspath(base)}, os.path.join(d, "adapter_config.json"))
+    tokenizer.save(d)
+
+
+def _load_adapters(d, dtype, device):
+    """Base model (itself merged, if it was a LoRA checkpoint too) + this directory's live adapters."""
+    from model.lora import apply_lora, merge
+    path = os.path.join(d, "adapter_config.json")
+    ac = read_json(path)
+    for k in ("r", "alpha", "dropout", "targets", "base_model"):
+        if k not in ac:
+            raise CheckpointError(f"{path}: required field '{k}' is missing")
+    model, _ = load(ac["base_model"], dtype, device)
+    if getattr(model, "lora", None):
+        merge(model)
+    apply_lora(model, ac["r"], ac["alpha"], ac["dropout"], ac["targets"])
+    f = os.path.join(d, "adapter_model.safetensors")
+    try:
+        state = {k: v.to(dtype) for k, v in safe_load(f).items()}
+    except Exception as e:
+        raise CheckpointError(f"{f}: cannot read safetensors file ({e})") from None
+    want = {n for n, _ in model.named_parameters() if ".lora_" in n}
+    if set(state) != want:
+        raise CheckpointError(f"{f}: adapter tensors do not match {path} (missing "
+                              f"{sorted(want - set(state))[:3]}, unexpected {sorted(set(state) - want)[:3]})")
+    model.load_state_dict(state, strict=False)
+    return model, model.cfg
+
+
 def load(d, dtype=torch.float32, device="cpu"):
-    """Model, config and tokenizer of a checkpoint directory."""
+    """Model and tokenizer of a checkpoint directory (a full one, or a LoRA one on its base)."""
     from model.tokenizer import Tokenizer
-    model, cfg = load_model(d, dtype, device)
+    if os.path.exists(os.path.join(d, "adapter_config.json")):
+        model, cfg = _load_adapters(d, dtype, device)
+    else:
+        model, cfg = load_model(d, dtype, device)
     return model, Tokenizer.from_dir(d, cfg)

@@ -1,0 +1,145 @@
+"""
+LoRA (Hu et al. 2021), from scratch: y = x W^T + (alpha / r) * dropout(x) A^T B^T, with W frozen.
+
+    python -m model.lora --adapter out/dpo/ckpt --out merged/     # adapters -> a full HF checkpoint
+
+`apply_lora` swaps the chosen nn.Linear layers of a Transformer for `LoRALinear`s that keep the
+*same* frozen weight Parameter under the same name (`q_proj.weight`), so the base still loads and
+saves in the Hugging Face layout, and adds `lora_A` (r, in) and `lora_B` (out, r). B starts at zero,
+so at initialization the model is exactly the base model. Only A and B require gradients.
+
+With adapters `disabled(model)` the model *is* the base model again: DPO, Self-Judge and OSP use
+that as their frozen reference (`AdaptersOff`), so a 7B run never holds a second copy of the weights.
+A LoRA checkpoint is `adapter_model.safetensors` + `adapter_config.json` (r, alpha, dropout,
+targets, and the base checkpoint's path) + the tokenizer; model.checkpoint.load reads it back.
+"""
+import argparse
+import contextlib
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+           "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, r, alpha, dropout):
+        super().__init__()
+        self.weight = base.weight                    # the base Parameter itself, frozen, same name
+        self.weight.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))   # as nn.Linear (and the paper's code)
+        self.scale, self.dropout, self.enabled = alpha / r, nn.Dropout(dropout), True
+
+    def forward(self, x):
+        y = F.linear(x, self.weight)
+        if not self.enabled:
+            return y
+        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+
+    def merged_weight(self):
+        return self.weight + (self.lora_B @ self.lora_A) * self.scale    # (out, in)
+
+
+def parse_targets(spec):
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    bad = [t for t in names if t not in TARGETS]
+    if bad or not names:
+        raise ValueError(f"--lora_targets {spec!r}: unknown {bad}; choose from {','.join(TARGETS)}")
+    return names
+
+
+def apply_lora(model, r, alpha, dropout=0.0, targets="q,k,v,o,gate,up,down"):
+    """Freeze every parameter of `model`, then put trainable adapters on the target projections."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in model.layers:
+        for t in parse_targets(targets):
+            parent_name, attr = TARGETS[t].split(".")
+            parent = getattr(layer, parent_name)
+            setattr(parent, attr, LoRALinear(getattr(parent, attr), r, alpha, dropout))
+    model.lora = dict(r=r, alpha=alpha, dropout=dropout, targets=targets)
+    return model
+
+
+def lora_layers(model):
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+@contextlib.contextmanager
+def disabled(model):
+    """Inside the block the model is the frozen base: no adapter term, no adapter dropout."""
+    layers = lora_layers(model)
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enabled = True
+
+
+class AdaptersOff(nn.Module):
+    """The reference policy of a LoRA run: the same module with its adapters switched off for every
+    call. Looks like a Transformer to the methods (forward, logits, lm_head, cfg, the KV cache)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.__dict__["base"] = model     # not a submodule: its parameters stay the policy's
+
+    def forward(self, *args, **kw):
+        with disabled(self.base):
+            return self.base(*args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["base"], name)
+
+    def train(self, mode=True):          # generate() toggles eval/train on whatever it samples from
+        self.base.train(mode)
+        return self
+
+    @property
+    def training(self):
+        return self.__dict__["base"].training
+
+    @training.setter
+    def training(self, _):               # nn.Module.__init__ sets it; the base owns the mode
+        pass
+
+
+def merge(model):
+    """Fold every adapter into its weight and put plain nn.Linear layers back. In place."""
+    for layer in model.layers:
+        for path in TARGETS.values():
+            parent_name, attr = path.split(".")
+            parent = getattr(layer, parent_name)
+            m = getattr(parent, attr)
+            if isinstance(m, LoRALinear):
+                lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=False, device=m.weight.device)
+                with torch.no_grad():
+                    lin.weight.copy_(m.merged_weight())
+                setattr(parent, attr, lin)
+    model.__dict__.pop("lora", None)
+    return model
+
+
+def main(argv=None):
+    from model.checkpoint import load, save_model
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adapter", required=True, help="a LoRA checkpoint directory (adapter_config.json)")
+    ap.add_argument("--out", required=True, help="where to write the merged Hugging Face checkpoint")
+    a = ap.parse_args(argv)
+    if not os.path.exists(os.path.join(a.adapter, "adapter_config.json")):
+        raise SystemExit(f"error: {a.adapter}/adapter_config.json: file not found (not a LoRA checkpoint)")
+    model, tok = load(a.adapter)
+    save_model(merge(model), a.out, tok)
+    print(f"merged {a.adapter} -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

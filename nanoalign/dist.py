@@ -1,0 +1,141 @@
+"""
+Several processes, one training loop: what train.py needs from torch.distributed, kept out of the
+model and out of the methods.
+
+    torchrun --nproc_per_node 8 train.py --method dpo --init_from DIR ...              # DDP
+    torchrun --nproc_per_node 8 train.py --method orpo --parallel fsdp ...             # FSDP2
+
+Without torchrun (no WORLD_SIZE in the environment) every function here is a no-op and the run is
+the plain single-process one. With it:
+- each rank trains on its own slice of every global batch (--batch_size rows per rank), so W ranks
+  at batch B take the same rows, in the same order, as one process at batch W*B;
+- `ddp`: DistributedDataParallel averages gradients in backward; `fsdp`: FSDP2 `fully_shard` on
+  every block and on the root, parameters, gradients and AdamW state sharded across ranks;
+- the loss is divided by the units (tokens or examples) of the *global* batch, times W because both
+  engines average gradients over ranks, so W ranks give exactly the single-process gradient even
+  when ranks hold different numbers of tokens;
+- metrics are averaged over ranks; only rank 0 prints, writes metrics and writes checkpoints.
+On-policy methods sample on every rank for that rank's own prompts (each rank seeds its RNG with
+seed + rank), under DDP only: under FSDP every forward is a collective, and ranks that sample
+different lengths would wait on each other forever. For a 7B on-policy run use DDP with LoRA, as
+the Self-Judge and OSP papers did.
+"""
+import contextlib
+import inspect
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main():
+    return rank() == 0
+
+
+def setup(device):
+    """Join the torchrun group if launched by torchrun. Returns the device this rank uses."""
+    if "WORLD_SIZE" not in os.environ:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        if dist.get_rank() != 0:          # one log: rank 0 prints, the others keep stderr only
+            sys.stdout = open(os.devnull, "w")
+    return f"cuda:{local}" if device == "cuda" else device
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class DDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP that still looks like the Transformer to the methods (model.lm_head, model.cfg, ...)."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def wrap(model, parallel):
+    """The model the loop trains: itself alone, a DDP wrapper, or sharded in place by FSDP2."""
+    if world() == 1:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.layers:
+            fully_shard(layer)
+        fully_shard(model)   # the root group: embeddings, final norm and lm_head
+        return model
+    # no buffer sync in forward: the only buffer (inv_freq) is a constant, and syncing it on every
+    # forward would make generation, whose step count differs per rank, a collective
+    new = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters   # torch >= 2.13
+    return DDP(model, **({"forward_sync_buffers": False} if new else {"broadcast_buffers": False}))
+
+
+def unwrapped(model):
+    return model.module if isinstance(model, DDP) else model
+
+
+def no_sync(model, last):
+    """DDP: skip the gradient all-reduce on every micro-batch but the last of a step."""
+    if isinstance(model, DDP) and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_sum(x):
+    """Sum a float over ranks."""
+    if world() == 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def mean_metrics(mets):
+    """Average a {name: float} dict over ranks (every rank logs the same names)."""
+    if world() == 1 or not mets:
+        return mets
+    keys = sorted(mets)
+    t = torch.tensor([float(mets[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: v / world() for k, v in zip(keys, t.tolist())}
+
+
+def is_fsdp(model):
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def full_state(model, opt):
+    """FSDP: gather the full model and AdamW state (collective; the tensors land on rank 0, on the
+    CPU). Returns (model state dict by parameter name, optimizer state dict keyed by names)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, opt, options=opts)
+
+
+def load_full_optimizer(model, opt, osd):
+    """FSDP: load a full optimizer state dict (keyed by names) into the sharded AdamW."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))

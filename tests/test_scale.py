@@ -1,0 +1,184 @@
+"""Scaling out: LoRA (init, merge, which parameters learn, the adapters-off reference), activation
+checkpointing, and DDP / FSDP2 across two CPU processes (torchrun, gloo) against one process."""
+import copy
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from safetensors.torch import load_file
+
+import train
+from model.checkpoint import load, save_adapters, save_model
+from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main
+from nanoalign import task
+from tests.helpers import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+targets = st.lists(st.sampled_from(sorted(TARGETS)), min_size=1, unique=True).map(",".join)
+
+
+def ids(seed, B=3, T=11, V=101):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    d = tmp_path_factory.mktemp("start")
+    torch.manual_seed(0)
+    from model.model import Transformer, config_from_preset
+    save_model(Transformer(config_from_preset("tiny")), str(d), task.build_tokenizer())
+    return str(d)
+
+
+def train_adapters(model, steps=3):
+    """A few AdamW steps on random tokens, so B != 0 and the adapters change the model."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for s in range(steps):
+        x = ids(100 + s)
+        loss = torch.nn.functional.cross_entropy(model.logits(model(x[:, :-1])).flatten(0, 1),
+                                                 x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+@settings(max_examples=10, deadline=None)
+@given(r=st.integers(1, 8), alpha=st.sampled_from([1.0, 8.0, 16.0, 32.0]), t=targets,
+       seed=st.integers(0, 100))
+def test_lora_at_init_is_the_base_model(r, alpha, t, seed):
+    base = tiny(seed)
+    lora = apply_lora(copy.deepcopy(base), r, alpha, 0.0, t)
+    x = ids(seed)
+    with torch.no_grad():
+        assert torch.equal(lora.logits(lora(x)), base.logits(base(x)))
+
+
+@settings(max_examples=5, deadline=None)
+@given(r=st.integers(1, 8), t=targets, seed=st.integers(0, 100))
+def test_only_adapters_get_gradients(r, t, seed):
+    model = apply_lora(tiny(seed), r, 16.0, 0.1, t)
+    with torch.no_grad():                      # B = 0 would leave A's gradient exactly zero
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_()
+    x = ids(seed)
+    model.logits(model(x)).logsumexp(-1).sum().backward()
+    n_adapters = 0
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            n_adapters += 1
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    assert n_adapters == 2 * len(t.split(",")) * model.cfg.n_layers
+
+
+def test_merged_checkpoint_equals_adapter_model(tmp_path):
+    base = tiny(1)
+    save_model(base, str(tmp_path / "base"), task.build_tokenizer())
+    model, tok = load(str(tmp_path / "base"))
+    train_adapters(apply_lora(model, 4, 8.0, 0.0))
+    save_adapters(model, str(tmp_path / "lora"), tok, str(tmp_path / "base"))
+    merge_main(["--adapter", str(tmp_path / "lora"), "--out", str(tmp_path / "merged")])
+    assert not os.path.exists(tmp_path / "merged" / "adapter_config.json")
+    merged, _ = load(str(tmp_path / "merged"))
+    reloaded, _ = load(str(tmp_path / "lora"))                  # adapters back on their base
+    x = ids(7)
+    with torch.no_grad():
+        want = model.logits(model(x))
+        assert (merged.logits(merged(x)) - want).abs().max() <= 1e-5
+        assert torch.equal(reloaded.logits(reloaded(x)), want)
+        assert (want - base.logits(base(x))).abs().max() > 1e-3  # the adapters did change it
+
+
+def test_reference_with_adapters_off_is_the_base():
+    base = tiny(2)
+    model = train_adapters(apply_lora(copy.deepcopy(base), 4, 16.0, 0.2))
+    ref = AdaptersOff(model)
+    x = ids(3)
+    with torch.no_grad():
+        assert torch.equal(ref.logits(ref(x)), base.logits(base(x)))
+        assert not torch.equal(model.logits(model(x)), base.logits(base(x)))
+    assert model.training                       # the reference does not flip the policy's mode
+    assert list(ref.parameters()) == []         # and holds no weights of its own
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_activation_checkpointing_same_loss_and_grads(lora):
+    def run(ckpt):
+        torch.manual_seed(0)
+        m = tiny(4, n_layers=3)
+        if lora:
+            apply_lora(m, 4, 16.0, 0.3)                   # dropout: recompute must replay the RNG
+            for x in m.modules():
+                if isinstance(x, LoRALinear):
+                    torch.nn.init.normal_(x.lora_B)
+        m.grad_checkpoint = ckpt
+        m.train()
+        torch.manual_seed(1)
+        x = ids(5)
+        loss = torch.nn.functional.cross_entropy(m.logits(m(x[:, :-1])).flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    (l0, g0), (l1, g1) = run(False), run(True)
+    assert abs(l0 - l1) <= 1e-6 and g0.keys() == g1.keys() and g0
+    for n in g0:
+        assert (g0[n] - g1[n]).abs().max() <= 1e-6, n
+
+
+def test_lora_dpo_resumes_exactly_and_saves_adapters_only(tmp_path, start):
+    from tests.test_train import run_cfg
+    kw = dict(method="dpo", init_from=start, lora_r=4, lora_alpha=8.0, lora_dropout=0.1, lr=1e-2)
+    straight = train.train(run_cfg(tmp_path / "a", **kw))
+    first = train.train(run_cfg(tmp_path / "b", **kw), stop_at=3)
+    second = train.train(run_cfg(tmp_path / "b", resume=True, **kw))
+    assert first + second == straight
+    ck = tmp_path / "b" / "run" / "ckpt"
+    assert not os.path.exists(ck / "model.safetensors")
+    assert all(".lora_" in k for k in load_file(str(ck / "adapter_model.safetensors")))
+    with pytest.raises(Exception, match="needs a base checkpoint"):
+        train.train(run_cfg(tmp_path / "c", method="dpo", lora_r=4))
+
+
+# -- two processes -------------------------------------------------------------------------------
+def _run(args, nproc):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    pre = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(29500 + os.getpid() % 1000)] if nproc > 1 else [sys.executable])
+    r = subprocess.run(pre + [os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def _params(d):
+    return load_file(os.path.join(d, "ckpt", "model.safetensors"))
+
+
+# sft: a per-token loss, so ranks hold different numbers of units; conjoined: two forwards (the
+# alignment and self-judgement batches) before one backward; dpo: the frozen reference
+@pytest.mark.parametrize("parallel,method", [("ddp", "sft"), ("fsdp", "sft"), ("ddp", "conjoined"),
+                                             ("fsdp", "dpo")])
+def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, parallel, method):
+    # lr 1e-4: the two runs sum the same gradients in a different order (~1e-9 apart), and AdamW's
+    # first steps move a weight by ~lr whatever its gradient's size, so for a gradient near eps the
+    # rounding can flip a step of up to lr; a small lr keeps that under the 1e-5 being tested
+    common = ["--method", method, "--init_from", start, "--max_steps", "3", "--n_train", "64",
+              "--val_data", "", "--final_eval", "false", "--warmup_steps", "1", "--lr", "1e-4",
+              "--seed", "5", "--grad_accum", "2"]
+    _run(common + ["--batch_size", "8", "--out_dir", str(tmp_path / "one")], 1)
+    out = _run(common + ["--batch_size", "4", "--parallel", parallel, "--out_dir", str(tmp_path / "two")], 2)
+    assert "x2," in out and "4x2x2" in out and "peak memory" in out   # it ran on two ranks
+    one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
+    start_w = load_file(os.path.join(start, "model.safetensors"))
+    assert one.keys() == two.keys()
+    moved = 0.0
+    for k in one:
+        assert (one[k] - two[k]).abs().max() <= 1e-5, k
+        moved = max(moved, (one[k] - start_w[k]).abs().max().item())
+    assert moved > 5e-5                                           # 3 steps did change the weights
