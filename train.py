@@ -392,7 +392,7 @@ def train(cfg, stop_at=None):
     model, tok = init_model(cfg, device)
     ctx = {"tok": tok}
     if method.needs_ref and not cfg.lora_r:
-        ctx["ref"] = frozen_copy(model)          # the starting model, frozen
+        ctx["ref"] = dist.shard_frozen(frozen_copy(model), cfg.parallel)   # the start, frozen
     if cfg.resume:
         model, _ = load(ckpt, torch.float32, device)
     if method.needs_ref and cfg.lora_r:

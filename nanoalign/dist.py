@@ -86,6 +86,17 @@ def wrap(model, parallel):
     return DDP(model, **({"forward_sync_buffers": False} if new else {"broadcast_buffers": False}))
 
 
+def shard_frozen(ref, parallel):
+    """FSDP: shard the frozen reference model too (else every rank holds all of it). Its forwards
+    are then collectives, which the offline methods call the same number of times on every rank."""
+    if world() > 1 and parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for layer in ref.layers:
+            fully_shard(layer)
+        fully_shard(ref)
+    return ref
+
+
 def unwrapped(model):
     return model.module if isinstance(model, DDP) else model
 
