@@ -92,7 +92,7 @@ def test_never_holds_full_logits(monkeypatch):
     import kernels.seq_logprob as sl
     seen = []
     real = sl._fwd_chunk_torch
-    monkeypatch.setattr(sl, "_fwd_chunk_torch", lambda h, w, y: seen.append(h.shape[0]) or real(h, w, y))
+    monkeypatch.setattr(sl, "_fwd_chunk_torch", lambda h, w, y, buf: seen.append(h.shape[0]) or real(h, w, y, buf))
     h, w, y, m = inputs(2, 9, 16, 37, torch.float32, 1, p_mask=2.0)
     sequence_logprob(h, w, y, m, "sum", backend="torch", chunk_size=4).sum().backward()
     assert max(seen) == 4 and sum(seen) == 18
