@@ -6,7 +6,12 @@ Left padding keeps every row's next token in the same column, so one (B, 1) forw
 whole batch; the model counts positions from each row's first real token and never attends to pads.
 Used by sample.py, the evaluation, and the on-policy methods (all sampling lives here, once).
 """
+import contextlib
+import functools
+import weakref
+
 import torch
+import torch.nn as nn
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -25,6 +30,44 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# -- CPU speed: prepacked weights ---------------------------------------------------------------
+# Decoding a batch of B rows multiplies (B, dim) by each weight: a skinny matrix product. On the CPU,
+# MKL's sgemm repacks the weight on every call and runs such products at a fraction of its peak
+# (here, B = 8: 684 us for a 576 x 1536 weight, against 158 us at B = 1). oneDNN's linear with a
+# weight packed once ran the same product in 347 us. So, while generating on the CPU in float32,
+# every plain nn.Linear runs through oneDNN with a packed copy of its weight, cached on the module and
+# repacked when the weight changes (its version counter moves after an optimizer step). Costs: one
+# extra copy of those weights while the model lives (skipped above MAX_PACKED parameters), and
+# float32 results that differ from F.linear's in the last bits (different summation order).
+MAX_PACKED = 1_000_000_000
+_PACKED = weakref.WeakKeyDictionary()     # module -> ((weight address, version), packed weight)
+_CAN_PACK = hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
+
+
+def _packed_forward(packed, x):
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@contextlib.contextmanager
+def cpu_packed_linears(model, batch_size):
+    w = model.lm_head.weight
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    if not (_CAN_PACK and w.device.type == "cpu" and w.dtype == torch.float32
+            and sum(m.weight.numel() for m in linears) <= MAX_PACKED):
+        yield
+        return
+    for m in linears:
+        key = (m.weight.data_ptr(), m.weight._version)
+        if key != _PACKED.get(m, (None,))[0]:
+            _PACKED[m] = (key, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_size))
+        m.forward = functools.partial(_packed_forward, _PACKED[m][1])   # shadows Linear.forward
+    try:
+        yield
+    finally:
+        for m in linears:
+            del m.forward
 
 
 def left_pad(seqs, pad_id, device="cpu"):
@@ -63,17 +106,18 @@ def generate(model, prompts, max_new_tokens, eos_ids, temperature=1.0, top_k=Non
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     try:
-        logits = model.logits(model(idx, full_mask[:, :L], cache_pos=0)[:, -1])    # (B, V)
-        n = 0
-        for t in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            out[:, t] = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            n = t + 1
-            done = done | torch.isin(nxt, eos)
-            if bool(done.all()) or t == max_new_tokens - 1:
-                break
-            h = model(nxt[:, None], full_mask[:, :L + t + 1], cache_pos=L + t)      # (B, 1, dim)
-            logits = model.logits(h[:, -1])
+        with cpu_packed_linears(model, B):
+            logits = model.logits(model(idx, full_mask[:, :L], cache_pos=0)[:, -1])    # (B, V)
+            n = 0
+            for t in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_k, top_p, generator)
+                out[:, t] = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+                n = t + 1
+                done = done | torch.isin(nxt, eos)
+                if bool(done.all()) or t == max_new_tokens - 1:
+                    break
+                h = model(nxt[:, None], full_mask[:, :L + t + 1], cache_pos=L + t)  # (B, 1, dim)
+                logits = model.logits(h[:, -1])
     finally:
         model.clear_cache()
         model.train(was_training)

@@ -162,3 +162,26 @@ def test_never_unpickles(saved):
     os.remove(saved / "model.safetensors")
     with pytest.raises(CheckpointError, match="safetensors only"):
         load(str(saved))
+
+
+def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatch):
+    import model.generate as G
+    if not G._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(11).eval()
+    x = torch.randint(0, 101, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = m.logits(m(x))
+        with G.cpu_packed_linears(m, 3):
+            packed = m.logits(m(x))
+    assert (packed - plain).abs().max() <= 1e-5
+    assert "forward" not in vars(m.lm_head)                    # the plain forward is back
+    prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11]]
+    before = generate(m, prompts, 12, eos_ids=[], temperature=0)
+    with torch.no_grad():                                      # an in-place update, as AdamW does
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = generate(m, prompts, 12, eos_ids=[], temperature=0)
+    monkeypatch.setattr(G, "_CAN_PACK", False)
+    assert after == generate(m, prompts, 12, eos_ids=[], temperature=0)   # not a stale packing
+    assert after != before
