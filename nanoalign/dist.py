@@ -123,13 +123,14 @@ def all_sum(x):
 
 
 def mean_metrics(mets):
-    """Average a {name: float} dict over ranks (every rank logs the same names)."""
-    if world() == 1 or not mets:
+    """Average a {name: float} dict over ranks. A name that only some ranks logged this step (judge
+    agreement where one rank had nothing to judge) is averaged over the ranks that logged it."""
+    if world() == 1:
         return mets
-    keys = sorted(mets)
-    t = torch.tensor([float(mets[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: v / world() for k, v in zip(keys, t.tolist())}
+    every = [None] * world()
+    dist.all_gather_object(every, mets)
+    keys = sorted(set().union(*every))
+    return {k: sum(m[k] for m in every if k in m) / sum(k in m for m in every) for k in keys}
 
 
 def is_fsdp(model):

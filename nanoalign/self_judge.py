@@ -86,9 +86,13 @@ def _dpo_step(model, ctx, cfg, prompts, wins, losses):
         "margin": (cfg.beta * h).mean().item(), "reward_acc": (h > 0).float().mean().item()}
 
 
-def _mets(agree, samples, t0, t1, t2, t3):
-    m = {"sample_len": sum(map(len, samples)) / len(samples), "samples_per_s": len(samples) / max(t1 - t0, 1e-9),
+def _mets(agree, samples, n_drawn, t0, t1, t2, t3):
+    """samples: the responses trained on; n_drawn: how many were sampled this step (the off-policy
+    baseline draws only for prompts it has not cached)."""
+    m = {"sample_len": sum(map(len, samples)) / len(samples),
          "t_sample": t1 - t0, "t_judge": t2 - t1, "t_update": t3 - t2}
+    if n_drawn:
+        m["samples_per_s"] = n_drawn / max(t1 - t0, 1e-9)
     if agree:
         m["judge_agree"] = sum(agree) / len(agree)
     return m
@@ -105,7 +109,7 @@ def self_judge_loss(model, batch, ctx, cfg):
                                              [x[0] for x in s], [x[1] for x in s])
     t2 = time.time()
     loss, m = _dpo_step(model, ctx, cfg, prompts, wins, losses)
-    m.update(_mets(agree, [y for x in s for y in x], t0, t1, t2, time.time()))
+    m.update(_mets(agree, [y for x in s for y in x], 2 * len(s), t0, t1, t2, time.time()))
     return loss.sum(), m
 
 
@@ -131,7 +135,7 @@ def offpolicy_loss(model, batch, ctx, cfg):
     t2 = time.time()
     wins, losses = zip(*[cache[tuple(p)] for p in prompts])
     loss, m = _dpo_step(model, ctx, cfg, prompts, list(wins), list(losses))
-    m.update(_mets(agree, list(wins) + list(losses), t0, t1, t2, time.time()))
+    m.update(_mets(agree, list(wins) + list(losses), 2 * len(new), t0, t1, t2, time.time()))
     m["cached_prompts"] = float(len(cache))
     return loss.sum(), m
 
