@@ -37,8 +37,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 # MKL's sgemm repacks the weight on every call and runs such products at a fraction of its peak
 # (here, B = 8: 684 us for a 576 x 1536 weight, against 158 us at B = 1). oneDNN's linear with a
 # weight packed once ran the same product in 347 us. So, while generating on the CPU in float32,
-# every plain nn.Linear runs through oneDNN with a packed copy of its weight, cached on the module and
-# repacked when the weight changes (its version counter moves after an optimizer step). Costs: one
+# every plain nn.Linear runs through oneDNN with a packed copy of its weight, cached per module (in
+# _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its version counter moves after an optimizer step). Costs: one
 # extra copy of those weights while the model lives (skipped above MAX_PACKED parameters), and
 # float32 results that differ from F.linear's in the last bits (different summation order).
 MAX_PACKED = 1_000_000_000

@@ -54,15 +54,20 @@ def parse_targets(spec):
     return names
 
 
+def _slots(model, targets):
+    """(parent module, attribute name) of every targeted projection in every block."""
+    for layer in model.layers:
+        for t in targets:
+            parent_name, attr = TARGETS[t].split(".")
+            yield getattr(layer, parent_name), attr
+
+
 def apply_lora(model, r, alpha, dropout=0.0, targets="q,k,v,o,gate,up,down"):
     """Freeze every parameter of `model`, then put trainable adapters on the target projections."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for layer in model.layers:
-        for t in parse_targets(targets):
-            parent_name, attr = TARGETS[t].split(".")
-            parent = getattr(layer, parent_name)
-            setattr(parent, attr, LoRALinear(getattr(parent, attr), r, alpha, dropout))
+    for parent, attr in _slots(model, parse_targets(targets)):
+        setattr(parent, attr, LoRALinear(getattr(parent, attr), r, alpha, dropout))
     model.lora = dict(r=r, alpha=alpha, dropout=dropout, targets=targets)
     return model
 
@@ -114,16 +119,13 @@ class AdaptersOff(nn.Module):
 
 def merge(model):
     """Fold every adapter into its weight and put plain nn.Linear layers back. In place."""
-    for layer in model.layers:
-        for path in TARGETS.values():
-            parent_name, attr = path.split(".")
-            parent = getattr(layer, parent_name)
-            m = getattr(parent, attr)
-            if isinstance(m, LoRALinear):
-                lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=False, device=m.weight.device)
-                with torch.no_grad():
-                    lin.weight.copy_(m.merged_weight())
-                setattr(parent, attr, lin)
+    for parent, attr in _slots(model, TARGETS):
+        m = getattr(parent, attr)
+        if isinstance(m, LoRALinear):
+            lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=False, device=m.weight.device)
+            with torch.no_grad():
+                lin.weight.copy_(m.merged_weight())
+            setattr(parent, attr, lin)
     model.__dict__.pop("lora", None)
     return model
 
