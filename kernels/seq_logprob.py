@@ -14,17 +14,24 @@ How the memory is kept down (the design choice, frankly):
 - Forward: the Triton kernel `_fwd_kernel` walks the vocabulary in BLOCK_V tiles for a block of
   BLOCK_M tokens, computes each logits tile with tl.dot (float32 accumulation), and keeps an online
   logsumexp (running max m and scaled sum s) plus the target logit. Logits are never written out:
-  forward memory is O(tokens), not O(tokens x vocab).
+  forward memory is O(tokens), not O(tokens x vocab). A block of tokens is too little work for a
+  whole GPU when there are few tokens, so the vocabulary is also split across SPLIT programs
+  (split-K style); each writes its partial (m, s, target) and `_combine` merges them in torch.
 - Backward recomputes. d lp_t / d logits = onehot(y_t) - softmax_t, scaled by the upstream gradient.
-  For a chunk of tokens, `_bwd_kernel` recomputes the logits tiles and writes that gradient (chunk x
-  V); two cuBLAS matmuls turn it into d hidden = dlogits @ W and d W += dlogits^T @ h. So the peak is
-  one chunk's dlogits, and the price is a fourth matmul (the recompute) on top of the three a plain
+  For a slice of the vocabulary, `_bwd_kernel` recomputes those logits columns for every token and
+  writes that gradient (tokens x slice); two cuBLAS matmuls turn it into d W[slice] = dlogits^T @ h
+  (written straight into its rows of d W, no accumulator) and d hidden += dlogits @ W[slice] (a
+  float32 (tokens x d) accumulator, small). Slicing the vocabulary rather than the tokens matters:
+  a token-chunked backward must accumulate d W, a (V x d) float32 tensor (2 GiB for Llama-3's head),
+  across chunks; a vocabulary-sliced one accumulates only d hidden. The peak is one slice's
+  dlogits, and the price is a fourth matmul (the recompute) on top of the three a plain
   implementation needs. We pay it because the upstream gradient is not known in forward: these
   log-probs feed arbitrary losses (DPO, SPCE, the conjoined ORPO term), so we cannot fold the loss's
   gradient into the forward pass the way a fixed cross-entropy kernel can.
-- The torch reference path (`backend="torch"`, and CPU training) runs the very same chunked
-  algorithm with torch ops per chunk, so CPU training never holds full logits either.
-- The weight gradient is accumulated in float32 across chunks, whatever the input dtype.
+- The torch reference path (`backend="torch"`, and CPU training) runs the very same algorithm with
+  torch ops per tile (token chunks forward, vocabulary slices backward), so CPU training never holds
+  full logits either. `chunk_size` (rows per forward chunk) sets the tile budget, chunk_size x V
+  elements; a backward slice gets budget / tokens columns.
 
 Under TRITON_INTERPRET=1 (CPU tests) the interpreter's bf16 tl.dot is wrong (numpy has no bf16),
 so there the tiles are upcast to float32 before the dot (the UPCAST flag); on a GPU they are not.
@@ -59,28 +66,38 @@ def choose_backend(t, backend=None):
 
 
 def default_chunk(V, device):
-    """Rows per chunk, so that one chunk's (rows x V) float32 tile stays near 32 MiB (256 on GPU)."""
+    """Rows per forward chunk, so that one (rows x V) float32 tile stays near 32 MiB (256 on GPU)."""
     budget = (1 << 26) if device.type == "cuda" else (1 << 23)
     return max(16, budget // V)
 
 
+def vocab_slices(V, C, chunk):
+    """The backward's vocabulary slices: (start, end) pairs whose (C x slice) tile fits chunk x V.
+    Widths are a multiple of 128 where they can be: a (C x 8191) bf16 tile has an odd row stride,
+    which costs the kernel's stores their vectors and cuBLAS its fast paths (2x slower, measured)."""
+    cols = max(1, chunk * V // max(C, 1))
+    cols = cols // 128 * 128 if cols >= 128 else cols
+    return [(v0, min(v0 + cols, V)) for v0 in range(0, V, cols)]
+
+
 # ---------------------------------------------------------------------------------------------
-# The torch reference of one chunk (also the CPU training path)
+# The torch reference of one tile (also the CPU training path)
 # ---------------------------------------------------------------------------------------------
 def _compute_dtype(h):
     return torch.float64 if h.dtype == torch.float64 else torch.float32
 
 
-def _scratch(h, w, chunk):
-    """One (chunk, V) tile for every chunk of a call. Allocating a fresh 32 MiB tile per chunk let
-    glibc's heap grow and fragment (its mmap threshold rises after the first free), so peak RSS
-    wandered between 9% and 22% of eager's; one reused tile keeps it flat."""
-    return torch.empty(min(chunk, h.shape[0]), w.shape[0], dtype=_compute_dtype(h), device=h.device)
+def _scratch(numel, h):
+    """One tile for every chunk of a call. Allocating a fresh 32 MiB tile per chunk let glibc's
+    heap grow and fragment (its mmap threshold rises after the first free), so peak RSS wandered
+    between 9% and 22% of eager's; one reused tile keeps it flat."""
+    return torch.empty(numel, dtype=_compute_dtype(h), device=h.device)
 
 
 def _logits_into(h, w, buf):
     cd = _compute_dtype(h)
-    return torch.mm(h.to(cd), w.to(cd).t(), out=buf[:h.shape[0]])      # (C, V), in the tile
+    out = buf[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])    # (C, V) view of the tile
+    return torch.mm(h.to(cd), w.to(cd).t(), out=out)
 
 
 def _fwd_chunk_torch(h, w, y, buf):
@@ -93,12 +110,14 @@ def _fwd_chunk_torch(h, w, y, buf):
     return picked - lse, lse
 
 
-def _dlogits_chunk_torch(h, w, y, lse, g, buf):
-    """d(sum_t g_t lp_t)/d logits for one chunk: g_t * (onehot(y_t) - softmax_t), (C, V)."""
+def _dlogits_slice_torch(h, w, y, lse, g, buf):
+    """d(sum_t g_t lp_t)/d logits[:, slice] = g_t * (onehot(y_t) - softmax_t), (C, Vs).
+    w is the slice's rows W[v0:v1], y the targets shifted by -v0 (out of range: no one-hot)."""
     cd = _compute_dtype(h)
-    d = _logits_into(h, w, buf)                                         # (C, V), recomputed
+    d = _logits_into(h, w, buf)                                         # (C, Vs), recomputed
     d.sub_(lse[:, None]).exp_().mul_(-g[:, None].to(cd))                # in place: one tile alive
-    d[torch.arange(len(y), device=y.device), y] += g.to(cd)
+    hit = ((y >= 0) & (y < w.shape[0])).nonzero().squeeze(1)            # tokens whose target is here
+    d[hit, y[hit]] += g[hit].to(cd)
     return d
 
 
@@ -109,16 +128,21 @@ if HAS_TRITON:
     @triton.jit
     def _logits_tile(H, W, rows, cols, rmask, cmask, D, stride_h, stride_w,
                      BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                     UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-        """(BLOCK_M, BLOCK_V) float32 tile of h[rows] @ W[cols]^T, accumulated over D in BLOCK_D steps."""
+                     UPCAST: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
+        """(BLOCK_M, BLOCK_V) float32 tile of h[rows] @ W[cols]^T, accumulated over D in BLOCK_D steps.
+        EVEN_D (D % BLOCK_D == 0, every real model) drops the mask along D."""
         acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
+        h_rows = H + rows.to(tl.int64)[:, None] * stride_h     # int64: V x d passes 2^31 for big heads
+        w_rows = W + cols.to(tl.int64)[:, None] * stride_w
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
-            dmask = dd < D
-            h = tl.load(H + rows[:, None] * stride_h + dd[None, :],
-                        mask=rmask[:, None] & dmask[None, :], other=0.0)
-            w = tl.load(W + cols[:, None] * stride_w + dd[None, :],
-                        mask=cmask[:, None] & dmask[None, :], other=0.0)
+            if EVEN_D:
+                h = tl.load(h_rows + dd[None, :], mask=rmask[:, None], other=0.0)
+                w = tl.load(w_rows + dd[None, :], mask=cmask[:, None], other=0.0)
+            else:
+                dmask = dd < D
+                h = tl.load(h_rows + dd[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+                w = tl.load(w_rows + dd[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
             if UPCAST:
                 h, w = h.to(tl.float32), w.to(tl.float32)
             acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
@@ -129,31 +153,37 @@ if HAS_TRITON:
         H,            # (C, D) hidden states of the selected tokens, row stride stride_h
         W,            # (V, D) LM-head weight, row stride stride_w
         Y,            # (C,) int64 target ids
-        LP,           # (C,) float32 out: log p(y_t)
-        LSE,          # (C,) float32 out: logsumexp of the row's logits (saved for backward)
-        C, V, D, stride_h, stride_w,
+        M,            # (SPLIT, C) float32 out: running max of this program's vocabulary span
+        S,            # (SPLIT, C) float32 out: sum of exp(logit - M) over the span
+        TGT,          # (SPLIT, C) float32 out: the target's logit if it lies in the span, else 0
+        C, V, D, span, stride_h, stride_w,
         BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-        UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
     ):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        # grid (SPLIT, token blocks), the split fastest: the programs running at once share a few
+        # token blocks, whose hidden states then stay in L2 while every span's W tiles stream past
+        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < C
-        y = tl.load(Y + rows, mask=rmask, other=0)
+        v_lo = tl.program_id(0) * span                             # this program's vocabulary span
+        v_hi = tl.minimum(v_lo + span, V)
+        y = tl.load(Y + rows, mask=rmask, other=-1)
         m = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)   # running max
         s = tl.zeros((BLOCK_M,), dtype=tl.float32)                  # running sum of exp(x - m)
         tgt = tl.zeros((BLOCK_M,), dtype=tl.float32)                # the target's logit
-        for v0 in range(0, V, BLOCK_V):
+        for v0 in range(v_lo, v_hi, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
-            cmask = cols < V
+            cmask = cols < v_hi
             x = _logits_tile(H, W, rows, cols, rmask, cmask, D, stride_h, stride_w,
-                             BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)
+                             BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION, EVEN_D)
             x = tl.where(cmask[None, :], x, float("-inf"))
             m_new = tl.maximum(m, tl.max(x, axis=1))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
             m = m_new
             tgt += tl.sum(tl.where(cols[None, :] == y[:, None], x, 0.0), axis=1)
-        lse = m + tl.log(s)
-        tl.store(LP + rows, tgt - lse, mask=rmask)
-        tl.store(LSE + rows, lse, mask=rmask)
+        out = tl.program_id(0) * C + rows
+        tl.store(M + out, m, mask=rmask)
+        tl.store(S + out, s, mask=rmask)
+        tl.store(TGT + out, tgt, mask=rmask)
 
     @triton.jit
     def _bwd_kernel(
@@ -163,72 +193,109 @@ if HAS_TRITON:
         DL,           # (C, V) out: d loss / d logits, row stride stride_dl
         C, V, D, stride_h, stride_w, stride_dl,
         BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-        UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr, GROUP_M: tl.constexpr,
     ):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+        # A 1-D grid walked in groups of GROUP_M token blocks: consecutive programs take GROUP_M
+        # token blocks x every vocabulary block, so the h and W tiles they share are hit in L2
+        # (the usual matmul rasterization; one program per output tile, as in a GEMM).
+        pid, n_m, n_v = tl.program_id(0), tl.cdiv(C, BLOCK_M), tl.cdiv(V, BLOCK_V)
+        first_m = (pid // (GROUP_M * n_v)) * GROUP_M
+        group = tl.minimum(n_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % (GROUP_M * n_v)) % group
+        pid_v = (pid % (GROUP_M * n_v)) // group
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
         rmask, cmask = rows < C, cols < V
         x = _logits_tile(H, W, rows, cols, rmask, cmask, D, stride_h, stride_w,
-                         BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION)
+                         BLOCK_M, BLOCK_V, BLOCK_D, UPCAST, PRECISION, EVEN_D)
         lse = tl.load(LSE + rows, mask=rmask, other=0.0)
         g = tl.load(G + rows, mask=rmask, other=0.0)
         y = tl.load(Y + rows, mask=rmask, other=-1)
         p = tl.exp(x - lse[:, None])
         d = g[:, None] * (tl.where(cols[None, :] == y[:, None], 1.0, 0.0) - p)
-        tl.store(DL + rows[:, None] * stride_dl + cols[None, :], d.to(DL.dtype.element_ty),
+        tl.store(DL + rows.to(tl.int64)[:, None] * stride_dl + cols[None, :], d.to(DL.dtype.element_ty),
                  mask=rmask[:, None] & cmask[None, :])
 
 
-def _blocks(h):
+# Tile shapes on a GPU, per kernel. `python -m kernels.bench --sweep` times alternatives.
+GPU_BLOCKS = {"fwd": dict(BLOCK_M=128, BLOCK_V=256, BLOCK_D=64, num_warps=8, num_stages=3),
+              "bwd": dict(BLOCK_M=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3, GROUP_M=8)}
+
+
+def _blocks(kernel):
     # 16 is tl.dot's minimum; small blocks keep the interpreter quick in tests
     if INTERPRET:
-        return dict(BLOCK_M=16, BLOCK_V=32, BLOCK_D=32)
-    return dict(BLOCK_M=64, BLOCK_V=128, BLOCK_D=64, num_warps=8)
+        return dict(BLOCK_M=16, BLOCK_V=32, BLOCK_D=32, GROUP_M=2)
+    return dict(GPU_BLOCKS[kernel])
 
 
-def _flags(h):
-    return dict(UPCAST=INTERPRET, PRECISION="ieee" if h.dtype == torch.float32 else "tf32")
+def _flags(h, b):
+    return dict(UPCAST=INTERPRET, PRECISION="ieee" if h.dtype == torch.float32 else "tf32",
+                EVEN_D=h.shape[1] % b["BLOCK_D"] == 0)
 
 
-def _fwd_chunk_triton(h, w, y):
-    C, D = h.shape
-    lp = torch.empty(C, dtype=torch.float32, device=h.device)
-    lse = torch.empty_like(lp)
-    b = _blocks(h)
-    _fwd_kernel[(triton.cdiv(C, b["BLOCK_M"]),)](h, w, y, lp, lse, C, w.shape[0], D, h.stride(0),
-                                                 w.stride(0), **b, **_flags(h))
-    return lp, lse
+def _split(C, V, b, device):
+    """How many programs share the vocabulary: enough token-blocks x splits for ~4 waves of the
+    GPU (2 under the interpreter, so the tests cover the merge)."""
+    v_blocks = triton.cdiv(V, b["BLOCK_V"])
+    if INTERPRET:
+        return min(2, v_blocks)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(v_blocks, triton.cdiv(4 * sms, triton.cdiv(C, b["BLOCK_M"]))))
 
 
-def _dlogits_chunk_triton(h, w, y, lse, g):
-    C, D = h.shape
-    V = w.shape[0]
-    # bf16/fp16 gradients stay in the input dtype (the matmuls after this run in it)
-    dl = torch.empty(C, V, dtype=h.dtype, device=h.device)
-    b = _blocks(h)
-    grid = (triton.cdiv(C, b["BLOCK_M"]), triton.cdiv(V, b["BLOCK_V"]))
+def _combine(m, s, tgt):
+    """Merge the SPLIT partial logsumexps, each (SPLIT, C): lse = M + log sum_j s_j exp(m_j - M)."""
+    top = m.amax(0)                                                     # (C,)
+    lse = top + (s * torch.exp(m - top)).sum(0).log()
+    return tgt.sum(0) - lse, lse
+
+
+def _fwd_triton(h, w, y):
+    """h (C, d), w (V, d), y (C,) -> (lp, lse), both (C,) float32. No logits are stored."""
+    (C, D), V = h.shape, w.shape[0]
+    b = _blocks("fwd")
+    b.pop("GROUP_M", None)                                             # the forward's grid is 2-D
+    split = _split(C, V, b, h.device)
+    span = triton.cdiv(triton.cdiv(V, split), b["BLOCK_V"]) * b["BLOCK_V"]
+    split = triton.cdiv(V, span)                                        # no empty spans
+    m, s, tgt = (torch.empty(split, C, dtype=torch.float32, device=h.device) for _ in range(3))
+    _fwd_kernel[(split, triton.cdiv(C, b["BLOCK_M"]))](h, w, y, m, s, tgt, C, V, D, span, h.stride(0),
+                                                       w.stride(0), **b, **_flags(h, b))
+    return _combine(m, s, tgt)
+
+
+def _dlogits_slice_triton(h, w, y, lse, g, buf):
+    """As `_dlogits_slice_torch`, by `_bwd_kernel`, into the (C x slice) tile `buf`. bf16/fp16
+    gradients stay in the input dtype (the matmuls after this run in it)."""
+    (C, D), V = h.shape, w.shape[0]
+    dl = buf[:C * V].view(C, V)
+    b = _blocks("bwd")
+    grid = (triton.cdiv(C, b["BLOCK_M"]) * triton.cdiv(V, b["BLOCK_V"]),)
     _bwd_kernel[grid](h, w, y, lse, g.float().contiguous(), dl, C, V, D, h.stride(0), w.stride(0),
-                      dl.stride(0), **b, **_flags(h))
+                      dl.stride(0), **b, **_flags(h, b))
     return dl
 
 
 # ---------------------------------------------------------------------------------------------
-# autograd.Function: chunking, shared by both backends
+# autograd.Function: the tiling, shared by both backends
 # ---------------------------------------------------------------------------------------------
 class TokenLogprob(torch.autograd.Function):
-    """lp (C,) for C selected tokens: h (C, d), w (V, d), y (C,). Chunked over tokens."""
+    """lp (C,) for C selected tokens: h (C, d), w (V, d), y (C,). `chunk` rows x V is the tile budget."""
 
     @staticmethod
     def forward(ctx, h, w, y, backend, chunk):
         h, w = h.contiguous(), w.contiguous()
-        if backend == "triton":
-            fwd = _fwd_chunk_triton
-        else:
-            fwd = functools.partial(_fwd_chunk_torch, buf=_scratch(h, w, chunk))
-        outs = [fwd(h[s:s + chunk], w, y[s:s + chunk]) for s in range(0, h.shape[0], chunk)]
+        C, V = h.shape[0], w.shape[0]
         cd = _compute_dtype(h)
-        lp = torch.cat([o[0] for o in outs]) if outs else h.new_zeros(0, dtype=cd)
-        lse = torch.cat([o[1] for o in outs]) if outs else h.new_zeros(0, dtype=cd)
+        if C == 0:
+            lp = lse = h.new_zeros(0, dtype=cd)
+        elif backend == "triton":
+            lp, lse = _fwd_triton(h, w, y)                              # holds no tile at all
+        else:                                                           # token chunks of (chunk, V)
+            buf = _scratch(min(chunk, C) * V, h)
+            outs = [_fwd_chunk_torch(h[s:s + chunk], w, y[s:s + chunk], buf) for s in range(0, C, chunk)]
+            lp, lse = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         ctx.save_for_backward(h, w, y, lse)
         ctx.backend, ctx.chunk = backend, chunk
         return lp.to(cd)
@@ -236,22 +303,33 @@ class TokenLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         h, w, y, lse = ctx.saved_tensors
-        if ctx.backend == "triton":
-            dlogits = _dlogits_chunk_triton
-        else:
-            dlogits = functools.partial(_dlogits_chunk_torch, buf=_scratch(h, w, ctx.chunk))
+        (C, d), V = h.shape, w.shape[0]
         cd = _compute_dtype(h)
-        dh = torch.empty_like(h)
-        dw = torch.zeros(w.shape, dtype=cd, device=w.device)
-        for s in range(0, h.shape[0], ctx.chunk):
-            e = s + ctx.chunk
-            dl = dlogits(h[s:e], w, y[s:e], lse[s:e], g[s:e])             # (c, V)
-            dh[s:e] = (dl @ w.to(dl.dtype)).to(h.dtype)                   # (c, d)
-            if dl.dtype == cd:   # accumulate in place: no (V, d) temporary per chunk
-                dw.addmm_(dl.t(), h[s:e].to(cd))                          # (V, d)
-            else:                # bf16/fp16 dlogits from the Triton path: matmul, then upcast
-                dw += (dl.t() @ h[s:e]).to(cd)
-        return dh, dw.to(w.dtype), None, None, None
+        if C == 0:
+            return torch.zeros_like(h), torch.zeros_like(w), None, None, None
+        slices = vocab_slices(V, C, ctx.chunk)
+        if ctx.backend == "triton":   # bf16/fp16 dlogits: the two matmuls below run in the input dtype
+            dlogits = _dlogits_slice_triton
+            buf = torch.empty(C * min(V, slices[0][1]), dtype=h.dtype, device=h.device)
+        else:
+            dlogits = _dlogits_slice_torch
+            buf = _scratch(C * min(V, slices[0][1]), h)
+        dh = torch.zeros(C, d, dtype=cd, device=h.device)               # the only accumulator
+        dw = torch.empty_like(w)
+        for v0, v1 in slices:
+            dl = dlogits(h, w[v0:v1], y - v0, lse, g, buf)              # (C, v1 - v0)
+            hv = h if dl.dtype == h.dtype else h.to(dl.dtype)
+            if dw.dtype == dl.dtype:
+                torch.mm(dl.t(), hv, out=dw[v0:v1])                     # (Vs, d), straight into d W
+            else:
+                dw[v0:v1] = dl.t() @ hv
+            if dl.dtype == cd:
+                dh.addmm_(dl, w[v0:v1].to(cd))                          # (C, d), in place
+            elif dl.is_cuda:   # bf16 in, float32 accumulated in place by cuBLAS: no temporary
+                torch.addmm(dh, dl, w[v0:v1], out_dtype=cd, out=dh)
+            else:
+                dh += dl @ w[v0:v1]                                     # bf16 (C, d) temporary
+        return dh.to(h.dtype), dw, None, None, None
 
 
 def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=None, chunk_size=None):
@@ -269,9 +347,11 @@ def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=Non
     sel = keep.nonzero().squeeze(1)                                      # selected token indices
     b = choose_backend(hidden, backend)
     chunk = chunk_size or default_chunk(weight.shape[0], hidden.device)
-    lp = TokenLogprob.apply(h.index_select(0, sel), weight, y.index_select(0, sel).long(), b, chunk)
+    if sel.numel() < keep.numel():                                      # gather the response rows
+        h, y = h.index_select(0, sel), y.index_select(0, sel)
+    lp = TokenLogprob.apply(h, weight, y.long(), b, chunk)              # (every row counts: no copy)
     if reduction == "none":
-        return lp.new_zeros(y.shape[0]).index_add(0, sel, lp).view(targets.shape)
+        return lp.new_zeros(keep.numel()).index_add(0, sel, lp).view(targets.shape)
     if targets.dim() == 1:                                               # (N,) -> scalar
         total = lp.sum()
         return total if reduction == "sum" else total / keep.sum().clamp(min=1)

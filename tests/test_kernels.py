@@ -32,22 +32,35 @@ def grads(out, h, w, upstream):
     return torch.autograd.grad((out * upstream).sum(), [h, w])
 
 
-shapes = st.tuples(st.integers(1, 3), st.integers(1, 9), st.sampled_from([16, 24, 40, 48]),
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 9), st.sampled_from([16, 24, 40, 64]),
                    st.sampled_from([37, 64, 77, 130]))
 
 
 @given(shape=shapes, dtype=st.sampled_from([torch.float32, torch.bfloat16]),
        reduction=st.sampled_from(["sum", "mean", "none"]), seed=st.integers(0, 10_000),
-       masked_row=st.booleans())
-def test_triton_matches_reference(shape, dtype, reduction, seed, masked_row):
+       masked_row=st.booleans(), chunk=st.integers(1, 16))
+def test_triton_matches_reference(shape, dtype, reduction, seed, masked_row, chunk):
     B, T, d, V = shape
     h, w, y, m = inputs(B, T, d, V, dtype, seed, masked_row=masked_row)
-    out_t = sequence_logprob(h, w, y, m, reduction, backend="triton", chunk_size=16)
+    out_t = sequence_logprob(h, w, y, m, reduction, backend="triton", chunk_size=chunk)
     out_r = sequence_logprob(h, w, y, m, reduction, backend="torch", chunk_size=16)
     up = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
     assert rel_err(out_t, out_r) <= TOL[dtype]
     for gt, gr in zip(grads(out_t, h, w, up), grads(out_r, h, w, up)):
         assert torch.isfinite(gt).all()
+        assert rel_err(gt, gr) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_many_blocks(dtype):
+    """Enough tokens for several groups of token blocks in the backward's rasterized grid (and, on
+    a GPU, several vocabulary spans in the forward), with a vocabulary no block size divides."""
+    h, w, y, m = inputs(4, 70, 64, 1000 if DEVICE == "cuda" else 200, dtype, 3, p_mask=0.8)
+    out_t = sequence_logprob(h, w, y, m, "sum", backend="triton", chunk_size=40)
+    out_r = sequence_logprob(h, w, y, m, "sum", backend="torch")
+    up = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    assert rel_err(out_t, out_r) <= TOL[dtype]
+    for gt, gr in zip(grads(out_t, h, w, up), grads(out_r, h, w, up)):
         assert rel_err(gt, gr) <= TOL[dtype]
 
 
@@ -59,7 +72,7 @@ def test_reference_matches_float64_log_softmax(shape, reduction, seed, chunk):
     out = sequence_logprob(h, w, y, m, reduction, backend="torch", chunk_size=chunk)
     ref = naive_sequence_logprob(h, w, y, m.double(), reduction, dtype=torch.float64)
     assert rel_err(out, ref) <= 1e-5
-    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE)
     for ga, gb in zip(grads(out, h, w, up.float()), grads(ref, h, w, up)):
         assert rel_err(ga, gb) <= 1e-5
 
@@ -88,14 +101,18 @@ def test_gradcheck_reference_float64():
 
 
 def test_never_holds_full_logits(monkeypatch):
-    """The torch path's matmuls never produce more than chunk rows of logits at once."""
+    """The torch path's matmuls never produce more than a chunk x V tile of logits at once: forward
+    in token chunks, backward in vocabulary slices that together cover the vocabulary once."""
     import kernels.seq_logprob as sl
-    seen = []
-    real = sl._fwd_chunk_torch
-    monkeypatch.setattr(sl, "_fwd_chunk_torch", lambda h, w, y, buf: seen.append(h.shape[0]) or real(h, w, y, buf))
+    fwd, bwd = [], []
+    real_f, real_b = sl._fwd_chunk_torch, sl._dlogits_slice_torch
+    monkeypatch.setattr(sl, "_fwd_chunk_torch", lambda h, w, *a: fwd.append(h.shape[0]) or real_f(h, w, *a))
+    monkeypatch.setattr(sl, "_dlogits_slice_torch",
+                        lambda h, w, *a: bwd.append((h.shape[0], w.shape[0])) or real_b(h, w, *a))
     h, w, y, m = inputs(2, 9, 16, 37, torch.float32, 1, p_mask=2.0)
     sequence_logprob(h, w, y, m, "sum", backend="torch", chunk_size=4).sum().backward()
-    assert max(seen) == 4 and sum(seen) == 18
+    assert max(fwd) == 4 and sum(fwd) == 18
+    assert all(c * v <= 4 * 37 for c, v in bwd) and sum(v for _, v in bwd) == 37 and len(bwd) > 1
 
 
 # -- odds ratio ---------------------------------------------------------------------------------
