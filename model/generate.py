@@ -38,11 +38,13 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 # (here, B = 8: 684 us for a 576 x 1536 weight, against 158 us at B = 1). oneDNN's linear with a
 # weight packed once ran the same product in 347 us. So, while generating on the CPU in float32,
 # every plain nn.Linear runs through oneDNN with a packed copy of its weight, cached per module (in
-# _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its version counter moves after an optimizer step). Costs: one
+# _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its
+# version counter moves after an optimizer step) or the batch size does (oneDNN packs for an
+# expected batch; a weight packed for batch 1 ran batch-8 decoding 1.5x slower). Costs: one
 # extra copy of those weights while the model lives (skipped above MAX_PACKED parameters), and
 # float32 results that differ from F.linear's in the last bits (different summation order).
 MAX_PACKED = 1_000_000_000
-_PACKED = weakref.WeakKeyDictionary()     # module -> ((weight address, version), packed weight)
+_PACKED = weakref.WeakKeyDictionary()     # module -> ((address, version, batch), packed weight)
 _CAN_PACK = hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
 
 
@@ -59,7 +61,7 @@ def cpu_packed_linears(model, batch_size):
         yield
         return
     for m in linears:
-        key = (m.weight.data_ptr(), m.weight._version)
+        key = (m.weight.data_ptr(), m.weight._version, batch_size)   # packed for this batch size
         if key != _PACKED.get(m, (None,))[0]:
             _PACKED[m] = (key, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_size))
         m.forward = functools.partial(_packed_forward, _PACKED[m][1])   # shadows Linear.forward

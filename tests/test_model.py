@@ -185,3 +185,19 @@ def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatc
     monkeypatch.setattr(G, "_CAN_PACK", False)
     assert after == generate(m, prompts, 12, eos_ids=[], temperature=0)   # not a stale packing
     assert after != before
+
+
+def test_cpu_packing_follows_the_batch_size(monkeypatch):
+    """oneDNN packs a weight for one expected batch; a new batch size repacks (a batch-1 packing
+    reused at batch 8 decoded at two thirds of the speed), and the tokens stay those of plain decoding."""
+    import model.generate as G
+    if not G._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(12).eval()
+    one, eight = [[3, 4, 5]], [[3, 4, 5], [6, 7]] * 4
+    generate(m, one, 4, eos_ids=[], temperature=0)
+    assert G._PACKED[m.lm_head][0][2] == 1
+    packed = generate(m, eight, 6, eos_ids=[], temperature=0)
+    assert G._PACKED[m.lm_head][0][2] == 8
+    monkeypatch.setattr(G, "_CAN_PACK", False)
+    assert packed == generate(m, eight, 6, eos_ids=[], temperature=0)
