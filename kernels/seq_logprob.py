@@ -74,7 +74,7 @@ def default_chunk(V, device):
 def vocab_slices(V, C, chunk):
     """The backward's vocabulary slices: (start, end) pairs whose (C x slice) tile fits chunk x V.
     Widths are a multiple of 128 where they can be: a (C x 8191) bf16 tile has an odd row stride,
-    which costs the kernel's stores their vectors and cuBLAS its fast paths (2x slower, measured)."""
+    which costs the kernel's stores their vectors and cuBLAS its fastest kernels."""
     cols = max(1, chunk * V // max(C, 1))
     cols = cols // 128 * 128 if cols >= 128 else cols
     return [(v0, min(v0 + cols, V)) for v0 in range(0, V, cols)]
