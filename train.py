@@ -74,6 +74,8 @@ class TrainConfig:
                         default=128)
     skip_bad_rows: bool = h("skip (and count) bad data rows instead of stopping", default=False)
     seed: int = h("random seed (data order, init, sampling)", default=1337)
+    deterministic: bool = h("on CUDA, use torch's deterministic algorithms, so that a rerun or a "
+                            "resume repeats the run bit for bit (somewhat slower)", default=True)
     log_every: int = h("print and record metrics every N steps", default=10)
     eval_every: int = h("held-out loss every N steps (0 = only at the end)", default=100)
     eval_batches: int = h("micro-batches of held-out data per evaluation", default=8)
@@ -388,6 +390,13 @@ def train(cfg, stop_at=None):
     if cfg.lora_r and cfg.init_from == "scratch":
         raise CheckpointError("--lora_r needs a base checkpoint to adapt (--init_from DIR or default), "
                               "not --init_from scratch: a LoRA checkpoint stores the adapters only")
+    if torch.device(device).type == "cuda":
+        # CUDA ops built on atomic adds sum in a new order on every run, so two GPU runs drift
+        # apart in the last bits; an exact resume needs one order. warn_only: an op with no
+        # deterministic version warns (naming itself) instead of stopping the run. cuBLAS needs the
+        # workspace setting too, read when its handle is first made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.manual_seed(cfg.seed)
     model, tok = init_model(cfg, device)
     ctx = {"tok": tok}

@@ -350,16 +350,18 @@ def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=Non
     if sel.numel() < keep.numel():                                      # gather the response rows
         h, y = h.index_select(0, sel), y.index_select(0, sel)
     lp = TokenLogprob.apply(h, weight, y.long(), b, chunk)              # (every row counts: no copy)
+    # back into (B*T,) slots, one token each: a copy, not index_add, whose CUDA atomics would sum a
+    # sequence in a different order on every run (and a GPU run could not repeat itself exactly)
+    per_tok = lp.new_zeros(keep.numel()).index_copy(0, sel, lp)
     if reduction == "none":
-        return lp.new_zeros(keep.numel()).index_add(0, sel, lp).view(targets.shape)
+        return per_tok.view(targets.shape)
     if targets.dim() == 1:                                               # (N,) -> scalar
-        total = lp.sum()
+        total = per_tok.sum()
         return total if reduction == "sum" else total / keep.sum().clamp(min=1)
-    B, T = targets.shape
-    total = lp.new_zeros(B).index_add(0, sel // T, lp)                   # (B,)
+    total = per_tok.view(targets.shape).sum(1)                           # (B,)
     if reduction == "sum":
         return total
-    return total / mask.reshape(B, T).sum(1).clamp(min=1).to(total.dtype)
+    return total / mask.reshape(targets.shape).sum(1).clamp(min=1).to(total.dtype)
 
 
 def naive_sequence_logprob(hidden, weight, targets, mask, reduction="sum", dtype=None):
