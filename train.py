@@ -74,8 +74,9 @@ class TrainConfig:
                         default=128)
     skip_bad_rows: bool = h("skip (and count) bad data rows instead of stopping", default=False)
     seed: int = h("random seed (data order, init, sampling)", default=1337)
-    deterministic: bool = h("on CUDA, use torch's deterministic algorithms, so that a rerun or a "
-                            "resume repeats the run bit for bit (somewhat slower)", default=True)
+    deterministic: bool = h("on CUDA, use torch's deterministic algorithms where they exist, so "
+                            "that a rerun or a resume can repeat a run bit for bit (somewhat "
+                            "slower)", default=True)
     log_every: int = h("print and record metrics every N steps", default=10)
     eval_every: int = h("held-out loss every N steps (0 = only at the end)", default=100)
     eval_batches: int = h("micro-batches of held-out data per evaluation", default=8)

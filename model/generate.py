@@ -40,7 +40,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 # every plain nn.Linear runs through oneDNN with a packed copy of its weight, cached per module (in
 # _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its
 # version counter moves after an optimizer step) or the batch size does (oneDNN packs for an
-# expected batch; a weight packed for batch 1 ran batch-8 decoding 1.5x slower). Costs: one
+# expected batch; a weight packed for batch 1 ran batch-8 decoding about 1.4x slower). Costs: one
 # extra copy of those weights while the model lives (skipped above MAX_PACKED parameters), and
 # float32 results that differ from F.linear's in the last bits (different summation order).
 MAX_PACKED = 1_000_000_000
