@@ -112,12 +112,12 @@ def _fwd_chunk_torch(h, w, y, buf):
 
 def _dlogits_slice_torch(h, w, y, lse, g, buf):
     """d(sum_t g_t lp_t)/d logits[:, slice] = g_t * (onehot(y_t) - softmax_t), (C, Vs).
-    w is the slice's rows W[v0:v1], y the targets shifted by -v0 (out of range: no one-hot)."""
-    cd = _compute_dtype(h)
+    w is the slice's rows W[v0:v1], y the targets shifted by -v0 (out of range: no one-hot);
+    g (C,) is already in the compute dtype."""
     d = _logits_into(h, w, buf)                                         # (C, Vs), recomputed
-    d.sub_(lse[:, None]).exp_().mul_(-g[:, None].to(cd))                # in place: one tile alive
+    d.sub_(lse[:, None]).exp_().mul_(-g[:, None])                       # in place: one tile alive
     hit = ((y >= 0) & (y < w.shape[0])).nonzero().squeeze(1)            # tokens whose target is here
-    d[hit, y[hit]] += g[hit].to(cd)
+    d[hit, y[hit]] += g[hit]
     return d
 
 
@@ -272,7 +272,7 @@ def _dlogits_slice_triton(h, w, y, lse, g, buf):
     dl = buf[:C * V].view(C, V)
     b = _blocks("bwd")
     grid = (triton.cdiv(C, b["BLOCK_M"]) * triton.cdiv(V, b["BLOCK_V"]),)
-    _bwd_kernel[grid](h, w, y, lse, g.float().contiguous(), dl, C, V, D, h.stride(0), w.stride(0),
+    _bwd_kernel[grid](h, w, y, lse, g, dl, C, V, D, h.stride(0), w.stride(0),
                       dl.stride(0), **b, **_flags(h, b))
     return dl
 
@@ -305,6 +305,7 @@ class TokenLogprob(torch.autograd.Function):
         h, w, y, lse = ctx.saved_tensors
         (C, d), V = h.shape, w.shape[0]
         cd = _compute_dtype(h)
+        g = g.to(cd).contiguous()                                       # (C,), read by every slice
         if C == 0:
             return torch.zeros_like(h), torch.zeros_like(w), None, None, None
         slices = vocab_slices(V, C, ctx.chunk)
@@ -316,9 +317,9 @@ class TokenLogprob(torch.autograd.Function):
             buf = _scratch(C * min(V, slices[0][1]), h)
         dh = torch.zeros(C, d, dtype=cd, device=h.device)               # the only accumulator
         dw = torch.empty_like(w)
+        hv = h if buf.dtype == h.dtype else h.to(buf.dtype)             # h in dlogits' dtype, once
         for v0, v1 in slices:
             dl = dlogits(h, w[v0:v1], y - v0, lse, g, buf)              # (C, v1 - v0)
-            hv = h if dl.dtype == h.dtype else h.to(dl.dtype)
             if dw.dtype == dl.dtype:
                 torch.mm(dl.t(), hv, out=dw[v0:v1])                     # (Vs, d), straight into d W
             else:
