@@ -1,16 +1,20 @@
-"""
+r"""
 Sample from a checkpoint directory (Hugging Face layout: what train.py writes, or any Llama/Mistral).
 
-    python sample.py --init_from checkpoints/smollm2-135m --temperature 0 \\
-        --prompt "What is the capital of France?"
-    python sample.py --init_from out/orpo/ckpt --prompts_file prompts.txt --num_samples 3
-    python sample.py --init_from out/self_judge/ckpt --prompt "What is 7 + 5?" --best_of 8
-    python sample.py --aligner out/meta_aligner/preference/ckpt --answers_file answers.jsonl \
-        --objectives "correct,format:the answer is a sentence that ends with a period"
-    python sample.py --init_from out/orpo/ckpt --prompt "What is 7 + 5?" --aligner DIR --objectives concise
+examples:
+  python sample.py --init_from checkpoints/smollm2-135m --prompt "What is the capital of France?"
+  python sample.py --init_from out/orpo/ckpt --prompts_file prompts.txt
+  python sample.py --init_from out/orpo/ckpt --prompt "What is 7 + 5?" --temperature 0.8 \
+      --num_samples 3
+  python sample.py --init_from out/self_judge/ckpt --prompt "What is 7 + 5?" --best_of 8
+  python sample.py --aligner out/meta_aligner/preference/ckpt --answers_file answers.jsonl \
+      --objectives "correct,format:the answer is a sentence that ends with a period"
+  python sample.py --init_from out/orpo/ckpt --prompt "What is 7 + 5?" --aligner DIR \
+      --objectives concise
 
-Prompts are rendered through the checkpoint's chat template unless --raw. All prompts (x
-num_samples) go through one batched, left-padded generation with the KV cache.
+Decoding is greedy unless --temperature is above 0. Prompts are rendered through the checkpoint's
+chat template unless --raw. All prompts (x --num_samples) go through one batched, left-padded
+generation with the KV cache.
 """
 import argparse
 import json
@@ -25,39 +29,72 @@ from model.generate import generate
 from nanoalign.common import sample_responses
 from nanoalign.judge import TEMPLATES, JudgeError, best_of, check_template
 from nanoalign.meta_aligner import correct, parse_objectives
-from nanoalign.task import OBJECTIVES
+from experiments.task import OBJECTIVES
+
+
+def build_parser():
+    """The command line. Every flag's help ends with its default; prefixes of flags are errors."""
+    ap = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--init_from", default=None, metavar="DIR",
+                    help="checkpoint directory to sample from (config.json, model.safetensors, "
+                    "tokenizer.json; a LoRA adapter directory is loaded on top of its base) "
+                    "(default: none; required unless --aligner corrects an --answers_file)")
+    ap.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                    help="a prompt; repeat the flag for several (default: none)")
+    ap.add_argument("--prompts_file", default=None, metavar="FILE",
+                    help="a text file with one prompt per line, added after the --prompt ones "
+                    "(default: none)")
+    ap.add_argument("--raw", action="store_true",
+                    help="feed prompts as-is, without the chat template (default: off)")
+    ap.add_argument("--system", default=None, metavar="TEXT",
+                    help="system message for the chat template (default: the checkpoint's own)")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="sampling temperature; 0 is greedy decoding (the most likely token at "
+                    "each step, so the same answer every run); above 0 samples, and --top_k, "
+                    "--top_p, --seed apply. --best_of always samples, at 1.0 when this is 0 "
+                    "(default: %(default)s)")
+    ap.add_argument("--top_p", type=float, default=None,
+                    help="sampling only: keep the most likely tokens whose probabilities sum to "
+                    "this, in (0, 1] (default: none, no nucleus cut)")
+    ap.add_argument("--top_k", type=int, default=None,
+                    help="sampling only: keep the k most likely tokens (default: none, no cut)")
+    ap.add_argument("--max_new_tokens", type=int, default=128,
+                    help="most tokens to generate per sample; a sample also stops at EOS "
+                    "(default: %(default)s)")
+    ap.add_argument("--num_samples", type=int, default=1,
+                    help="completions per prompt; with greedy decoding they are all the same, so "
+                    "set --temperature too (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=1337,
+                    help="seed of the sampling random generator (default: %(default)s)")
+    ap.add_argument("--best_of", type=int, default=1, metavar="N",
+                    help="self-rejection: sample N per prompt and print the winner of a tournament "
+                    "(N-1 judgments) with this checkpoint as judge; 1 turns it off "
+                    "(default: %(default)s)")
+    ap.add_argument("--judge_template", default=None, metavar="NAME",
+                    help="judgment template for --best_of (default: the one the checkpoint "
+                    "trained with, else 'ultrafeedback')")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
+                    "here %(default)s)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="dtype the weights are loaded in (default: %(default)s)")
+    ap.add_argument("--aligner", default=None, metavar="DIR",
+                    help="MetaAligner checkpoint: correct the answers (of --init_from, or of "
+                    "--answers_file) towards --objectives; the policy is untouched "
+                    "(default: none, no correction)")
+    ap.add_argument("--objectives", default="correct,concise,format", metavar="LIST",
+                    help="for --aligner: comma-separated name[:description]; a name the built-in "
+                    "task knows needs no description, any other (one the aligner never saw) does "
+                    "(default: %(default)s)")
+    ap.add_argument("--answers_file", default=None, metavar="FILE",
+                    help="for --aligner: JSONL of {prompt, answer} rows from any source, corrected "
+                    "instead of sampling from --init_from (default: none)")
+    return ap
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--init_from", default=None,
-                    help="checkpoint directory (config.json, model.safetensors, tokenizer.json)")
-    ap.add_argument("--prompt", action="append", default=[],
-                    help="a prompt; repeat the flag for several")
-    ap.add_argument("--prompts_file", default=None, help="a text file with one prompt per line")
-    ap.add_argument("--raw", action="store_true", help="feed prompts as-is, no chat template")
-    ap.add_argument("--system", default=None, help="system message (default: the checkpoint's)")
-    ap.add_argument("--temperature", type=float, default=0.8, help="0 means greedy decoding")
-    ap.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
-    ap.add_argument("--top_k", type=int, default=None, help="keep only the k most likely tokens")
-    ap.add_argument("--max_new_tokens", type=int, default=128, help="tokens to generate per sample")
-    ap.add_argument("--num_samples", type=int, default=1, help="completions per prompt")
-    ap.add_argument("--seed", type=int, default=1337, help="random seed for sampling")
-    ap.add_argument("--best_of", type=int, default=1, help="self-rejection: sample N per prompt and "
-                    "print the winner of a tournament (N-1 judgments) with this checkpoint as judge")
-    ap.add_argument("--judge_template", default=None, help="judgment template for --best_of "
-                    "(default: the one the checkpoint trained with, else 'ultrafeedback')")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                    help="weights dtype")
-    ap.add_argument("--aligner", default=None, help="MetaAligner checkpoint: correct the answers (of "
-                    "--init_from, or of --answers_file) towards --objectives; the policy is untouched")
-    ap.add_argument("--objectives", default="correct,concise,format", help="for --aligner: "
-                    "comma-separated name[:description]; a name the built-in task knows needs no "
-                    "description, any other (one the aligner never saw) does")
-    ap.add_argument("--answers_file", default=None, help="for --aligner: JSONL of {prompt, answer} "
-                    "rows from any source")
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.init_from is None and not (a.aligner and a.answers_file):
         ap.error("--init_from is required (unless --aligner corrects an --answers_file)")

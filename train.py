@@ -1,15 +1,17 @@
 """
 One training loop for every nanoalign method.
 
-    python train.py --method orpo              # built-in task: SFT warm-up (cached), ORPO, table
-    python train.py --method list              # the registry
-    python train.py --method dpo --init_from DIR --train_data prefs.jsonl --val_data val.jsonl
+    python train.py --method NAME                 # built-in task: SFT warm-up (cached), NAME, table
+    python train.py --method list                 # every method with its options
+    python train.py --method NAME --help          # the shared options and NAME's own
+    python train.py --method NAME --init_from DIR --train_data prefs.jsonl --val_data val.jsonl
     python train.py --config run.json --lr 1e-5   # a JSON config, then flags on top
 
-The loop knows nothing method-specific: a method (nanoalign/) says which rows it eats and turns a
-micro-batch into (loss summed over its units, metrics). Order of one step, always the same:
-learning rate -> grad_accum micro-batches (forward, backward) -> clip -> finite check -> AdamW ->
-log / evaluate / checkpoint. Ctrl-C finishes the step in flight, writes a checkpoint and exits;
+The loop knows no method by name: a method (a file in nanoalign/ that registers itself) says which
+rows it reads, which examples its loss eats, its options, and turns a micro-batch into (loss summed
+over its units, metrics). Order of one step, always the same: learning rate -> grad_accum
+micro-batches (forward, backward) -> clip -> finite check -> AdamW -> log / evaluate / checkpoint.
+Ctrl-C finishes the step in flight, writes a checkpoint, prints the command that resumes it and exits;
 `--resume` continues it exactly (model, AdamW state, RNG states, data position, step).
 """
 import argparse
@@ -21,121 +23,159 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from experiments import task
+from experiments.evaluate import format_table, oracle_eval
 from model.checkpoint import CheckpointError, atomic_write_json, load, read_json, save_adapters, save_model
 from model.lora import AdaptersOff, apply_lora, merge, parse_targets
 from model.model import Transformer, config_from_preset
-from nanoalign import REGISTRY, dist, task
-from nanoalign.common import frozen_copy
-from nanoalign.data import BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
-from nanoalign.evaluate import format_table, oracle_eval
-from nanoalign.judge import JudgeError, TEMPLATES
+from nanoalign import DEFAULT_METHOD, REGISTRY, dist
+from nanoalign.common import Run, frozen_copy, option
+from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
+from nanoalign.judge import JudgeError
 
 
-def h(text, **kw):  # a config field with its --help line
-    return field(metadata={"help": text}, **kw)
+@dataclass
+class SharedConfig:
+    """The options every method has; a method adds its own (its file's options dataclass)."""
+    method: str = option(DEFAULT_METHOD, "which method to train; 'list' prints each method with its "
+                         "options")
+    init_from: str = option("default", "'default' (the cached SFT warm-up on the built-in task), "
+                            "'scratch' (a fresh model of --model_preset), or a Hugging Face checkpoint "
+                            "directory")
+    model_preset: str = option("tiny", "model config for --init_from scratch (model/model.py PRESETS)")
+    train_data: str = option("builtin", "'builtin' (the arithmetic task, experiments/task.py) or a "
+                             "JSONL file of the rows the method reads")
+    val_data: str = option("auto", "a JSONL file for the held-out loss; 'builtin'; 'auto' = the "
+                           "built-in task's when training on it, none otherwise; '' = none")
+    out_dir: str = option("", "run directory: checkpoint in out_dir/ckpt, metrics in "
+                          "out_dir/metrics.jsonl; '' means out/<method>")
+    resume: bool = option(False, "continue the run in out_dir from its last checkpoint (only the "
+                          "settings in RESUMABLE may change)")
+    max_steps: int = option(300, "optimizer steps", minimum=1)
+    batch_size: int = option(16, "examples per micro-batch", minimum=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step (the loss is normalized over all)",
+                             minimum=1)
+    lr: float = option(3e-4, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0)
+    warmup_steps: int = option(20, "linear warm-up steps", minimum=0)
+    weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0)
+    beta1: float = option(0.9, "AdamW beta1", minimum=0.0)
+    beta2: float = option(0.95, "AdamW beta2", minimum=0.0)
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", minimum=0.0)
+    max_length: int = option(128, "tokens per sequence; responses are cut from the right; a prompt "
+                             "that leaves no room for a response is a bad row (an error, or skipped "
+                             "with --skip_bad_rows); a judgment target that does not fit is dropped "
+                             "and counted", minimum=2)
+    skip_bad_rows: bool = option(False, "skip (and count) bad data rows instead of stopping")
+    seed: int = option(1337, "random seed (data order, init, sampling)")
+    deterministic: bool = option(True, "on CUDA, use torch's deterministic algorithms where they "
+                                 "exist, so that a rerun or a resume can repeat a run bit for bit "
+                                 "(somewhat slower)")
+    log_every: int = option(10, "print and record metrics every N steps", minimum=1)
+    eval_every: int = option(100, "held-out loss every N steps (0 = only at the end; it always runs "
+                             "at the end when there is validation data)", minimum=0)
+    eval_batches: int = option(8, "micro-batches of held-out data per evaluation", minimum=1)
+    ckpt_every: int = option(0, "checkpoint every N steps (0 = only at the end)", minimum=0)
+    final_eval: bool = option(True, "on the built-in task, end with the table of greedy answers "
+                              "before and after (never on your own data)")
+    device: str = option("auto", "'auto', 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
+    # scale: LoRA, activation checkpointing, several processes (launch with torchrun)
+    lora_r: int = option(0, "LoRA rank; 0 = train every weight. With LoRA, checkpoints hold the "
+                         "adapters only (python -m model.lora merges them) and a method's reference "
+                         "model is the base with adapters off", minimum=0)
+    lora_alpha: float = option(16.0, "LoRA alpha: the adapter update is scaled by alpha / r")
+    lora_dropout: float = option(0.05, "LoRA dropout on the adapters' input", minimum=0.0)
+    lora_targets: str = option("q,k,v,o,gate,up,down", "projections that get adapters, from "
+                               "q,k,v,o,gate,up,down")
+    grad_checkpoint: bool = option(False, "activation checkpointing: recompute each block in backward")
+    parallel: str = option("ddp", "under torchrun: 'ddp' (weights replicated) or 'fsdp' (FSDP2 "
+                           "fully_shard: weights, grads and AdamW state sharded); --batch_size is "
+                           "per process", choices=("ddp", "fsdp"))
+    # the built-in task's sizes
+    n_train: int = option(4000, "built-in task: training rows", minimum=1)
+    n_val: int = option(256, "built-in task: validation rows", minimum=1)
+    n_warm: int = option(4000, "built-in task: SFT rows of the warm-up for --init_from default", minimum=1)
+    warm_steps: int = option(800, "built-in task: SFT warm-up steps for --init_from default", minimum=1)
+    warm_lr: float = option(2e-3, "built-in task: SFT warm-up learning rate")
+
+
+# what --resume may change; every other setting comes from the checkpoint, and a different value is
+# refused (a resumed run must be the run it continues)
+RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
+             "final_eval", "device", "skip_bad_rows")
+
+
+# -- config: one dataclass per method (shared options + the method's), flags, files, checks ---------
+def config_class(method):
+    """The config dataclass of one method: SharedConfig's fields, then the method's options; the
+    method's `defaults` change shared defaults (JSFT's longer max_length)."""
+    m = REGISTRY[method]
+    fields = []
+    for f in dataclasses.fields(SharedConfig) + dataclasses.fields(m.options):
+        default = (m.defaults or {}).get(f.name, method if f.name == "method" else f.default)
+        fields.append((f.name, f.type, dataclasses.field(default=default, metadata=f.metadata)))
+    return dataclasses.make_dataclass(f"{method}_config", fields, frozen=False)
+
+
+def _known_keys():
+    """Every option of any method: an old checkpoint's config holds all methods' knobs."""
+    keys = {f.name for f in dataclasses.fields(SharedConfig)}
+    for m in REGISTRY.values():
+        keys |= {f.name for f in dataclasses.fields(m.options)}
+    return keys
 
 
 def _tname(f):
     return f.type if isinstance(f.type, str) else f.type.__name__
 
 
-@dataclass
-class TrainConfig:
-    method: str = h("which method to train; 'list' prints them", default="orpo")
-    init_from: str = h("'default' (the cached SFT warm-up on the built-in task), 'scratch' (a fresh "
-                       "model of --model_preset), or a Hugging Face checkpoint directory",
-                       default="default")
-    model_preset: str = h("model config for --init_from scratch (see model/model.py PRESETS)",
-                          default="tiny")
-    train_data: str = h("'builtin' or a JSONL file (preference or SFT rows, as the method needs)",
-                        default="builtin")
-    val_data: str = h("'builtin' or a JSONL file for the held-out loss; '' to skip", default="builtin")
-    out_dir: str = h("run directory: checkpoint in out_dir/ckpt, metrics in out_dir/metrics.jsonl; "
-                     "'' means out/<method>", default="")
-    resume: bool = h("continue the run in out_dir from its last checkpoint", default=False)
-    max_steps: int = h("optimizer steps", default=300)
-    batch_size: int = h("examples per micro-batch", default=16)
-    grad_accum: int = h("micro-batches per optimizer step (the loss is normalized over all)",
-                        default=1)
-    lr: float = h("peak learning rate", default=3e-4)
-    min_lr_ratio: float = h("cosine decay ends at lr * min_lr_ratio", default=0.1)
-    warmup_steps: int = h("linear warm-up steps", default=20)
-    weight_decay: float = h("AdamW weight decay", default=0.0)
-    beta1: float = h("AdamW beta1", default=0.9)
-    beta2: float = h("AdamW beta2", default=0.95)
-    grad_clip: float = h("clip the gradient norm to this (0 = off)", default=1.0)
-    max_length: int = h("tokens per sequence; prompts are cut from the left, responses from the "
-                        "right; a prompt that leaves no room for a response is a bad row",
-                        default=128)
-    skip_bad_rows: bool = h("skip (and count) bad data rows instead of stopping", default=False)
-    seed: int = h("random seed (data order, init, sampling)", default=1337)
-    deterministic: bool = h("on CUDA, use torch's deterministic algorithms where they exist, so "
-                            "that a rerun or a resume can repeat a run bit for bit (somewhat "
-                            "slower)", default=True)
-    log_every: int = h("print and record metrics every N steps", default=10)
-    eval_every: int = h("held-out loss every N steps (0 = only at the end)", default=100)
-    eval_batches: int = h("micro-batches of held-out data per evaluation", default=8)
-    ckpt_every: int = h("checkpoint every N steps (0 = only at the end)", default=0)
-    final_eval: bool = h("end with the oracle table on the built-in task", default=True)
-    device: str = h("'auto', 'cpu' or 'cuda'", default="auto")
-    # scale: LoRA, activation checkpointing, several processes (launch with torchrun)
-    lora_r: int = h("LoRA rank; 0 = train every weight. With LoRA, checkpoints hold the adapters "
-                    "only (python -m model.lora merges them) and the reference model of DPO / "
-                    "Self-Judge / OSP is the base with adapters off", default=0)
-    lora_alpha: float = h("LoRA alpha: the adapter update is scaled by alpha / r", default=16.0)
-    lora_dropout: float = h("LoRA dropout on the adapters' input", default=0.05)
-    lora_targets: str = h("projections that get adapters, from q,k,v,o,gate,up,down",
-                          default="q,k,v,o,gate,up,down")
-    grad_checkpoint: bool = h("activation checkpointing: recompute each block in backward",
-                              default=False)
-    parallel: str = h("under torchrun: 'ddp' (weights replicated) or 'fsdp' (FSDP2 fully_shard: "
-                      "weights, grads and AdamW state sharded); --batch_size is per process",
-                      default="ddp")
-    # method hyper-parameters
-    orpo_lambda: float = h("ORPO: weight of the odds-ratio term", default=0.1)
-    prompt_loss: bool = h("ORPO: count prompt tokens in L_SFT, as the official code and TRL do",
-                          default=False)
-    beta: float = h("DPO / IPO: beta", default=0.1)
-    w1: float = h("MO-ORPO: weight of the alignment task (each method's paper default unless set: "
-                  "scalarization 0.6, conjoined 0.7, conditional 0.9, sj_sft 0.6)", default=0.6)
-    w2: float = h("MO-ORPO: weight of the self-judgement task in conjoined / conditional (defaults "
-                  "0.3 / 0.1); scalarization and sj_sft use 1 - w1", default=0.4)
-    sj_max_length: int = h("MO-ORPO: token limit of a self-judgement prompt + answer; longer "
-                           "examples are dropped and counted", default=384)
-    judge_template: str = h("Self-Judge / OSP: judgment template (nanoalign/judge.py TEMPLATES: "
-                             "'compact' fits the built-in task; 'ultrafeedback', 'hh', 'principle', "
-                             "'principle_rationale' are the paper's appendix A.5)", default="compact")
-    jsft_judge: bool = h("JSFT: add the judgment instructions (false = SFT on chosen only)", default=True)
-    judge: str = h("Self-Judge: who judges the samples, 'ref' (frozen JSFT model) or 'policy'",
-                   default="ref")
-    gen_max_tokens: int = h("on-policy methods: max new tokens per sample", default=32)
-    osp_k: int = h("OSP: samples per prompt (K//2 pairs)", default=7)
-    osp_loss: str = h("OSP: 'spce' (soft targets), 'dpo' or 'ipo' (hard labels)", default="spce")
-    pairing: str = h("OSP: 'ranked' (best with worst), 'random', or 'raft' (SFT on the best sample)",
-                     default="ranked")
-    meta_stage: str = h("MetaAligner: 'warmup', 'equal', 'preference', or 'all' (the three in sequence "
-                        "in out_dir/<stage>; warm-up gets max_steps // 5)", default="all")
-    meta_warmup_frac: float = h("MetaAligner: fraction of the equal set used for the warm-up",
-                                default=0.1)
-    meta_holdout: str = h("MetaAligner: comma-separated objectives left out of training (zero-shot "
-                          "test)", default="")
-    # built-in task sizes
-    n_train: int = h("built-in task: training rows", default=4000)
-    n_val: int = h("built-in task: validation rows", default=256)
-    n_warm: int = h("built-in task: SFT rows of the warm-up for --init_from default", default=4000)
-    warm_steps: int = h("built-in task: SFT warm-up steps for --init_from default", default=800)
-    warm_lr: float = h("built-in task: SFT warm-up learning rate", default=2e-3)
+def check_value(f, v, where):
+    """Type, choices and minimum of one option value; an error names the flag, or the file and key."""
+    t, name = _tname(f), f"--{f.name}" if where == "flags" else f"{where}: '{f.name}'"
+    want = {"int": int, "float": (int, float), "bool": bool, "str": str}[t]
+    if not isinstance(v, want) or (t in ("int", "float") and isinstance(v, bool)):
+        raise SystemExit(f"error: {name} must be {t}, got {type(v).__name__} {v!r}")
+    ch, lo = f.metadata.get("choices"), f.metadata.get("minimum")
+    if ch and v not in ch:
+        raise SystemExit(f"error: {name} must be one of {', '.join(ch)}, got {v!r}")
+    if lo is not None and v < lo:
+        raise SystemExit(f"error: {name} must be >= {lo}, got {v!r}")
 
 
-# -- config: flags, files, checks ----------------------------------------------------------------
+def config_from_dict(d, where):
+    """The method's config from a dict; unknown keys, wrong types and values outside an option's
+    choices are errors naming `where`. Keys that belong to other methods' options (old checkpoints
+    saved every method's knobs) are dropped."""
+    method = d.get("method", SharedConfig.method)
+    if method not in REGISTRY:
+        raise SystemExit(f"error: {where}: method '{method}' is unknown; choose from {', '.join(REGISTRY)}")
+    cls, known = config_class(method), _known_keys()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in d:
+        if k not in known:
+            raise SystemExit(f"error: {where}: unknown config key '{k}'")
+    kept = {k: v for k, v in d.items() if k in fields}
+    for k, v in kept.items():
+        check_value(fields[k], v, where)
+    cfg = cls(**kept)
+    try:
+        parse_targets(cfg.lora_targets)
+    except ValueError as e:
+        raise SystemExit(f"error: {where}: {e}")
+    return cfg
+
+
+def make_config(**kw):
+    """A checked config from keyword arguments (tests, experiments/): make_config(method=NAME, beta=0.2)."""
+    return config_from_dict(kw, "config")
+
+
 def _bool(s):
-    if isinstance(s, bool):
-        return s
     if s.lower() in ("1", "true", "yes", "on"):
         return True
     if s.lower() in ("0", "false", "no", "off"):
@@ -143,68 +183,83 @@ def _bool(s):
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def config_from_dict(d, where):
-    """A TrainConfig from a dict; unknown keys and wrong types are errors naming `where`."""
-    kinds = {f.name: _tname(f) for f in dataclasses.fields(TrainConfig)}
-    for k, v in d.items():
-        if k not in kinds:
-            raise SystemExit(f"error: {where}: unknown config key '{k}'")
-        want = {"int": int, "float": (int, float), "bool": bool, "str": str}[kinds[k]]
-        if not isinstance(v, want) or (kinds[k] == "int" and isinstance(v, bool)):
-            raise SystemExit(f"error: {where}: '{k}' must be {kinds[k]}, got {type(v).__name__}")
-    return TrainConfig(**d)
+def describe(name):
+    """One method and its options, for --method list."""
+    m = REGISTRY[name]
+    lines = [f"{name:22s} {m.help}"]
+    for f in dataclasses.fields(m.options):
+        lines.append(f"    --{f.name} (default {f.default!r}): {f.metadata['help']}")
+    return "\n".join(lines)
 
 
 def parse_config(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Flags -> the chosen method's config. First the method (from --method, the --config file or
+    the checkpoint being resumed), then a parser of its options, so --help shows exactly them."""
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    pre.add_argument("--method")
+    early, _ = pre.parse_known_args(argv)
+    try:
+        d = read_json(early.config) if early.config else {}
+    except CheckpointError as e:
+        pre.exit(2, f"error: {e}\n")
+    method = early.method or d.get("method", SharedConfig.method)
+    if method == "list":
+        print("\n\n".join(describe(n) for n in REGISTRY))
+        sys.exit(0)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        epilog=f"These are the options of --method {method} (the shared ones first). "
+               f"`python train.py --method NAME --help` shows another method's.")
+    if method not in REGISTRY:
+        ap.error(f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')")
     ap.add_argument("--config", default=None, help="a JSON file of config values (flags override)")
     conv = {"int": int, "float": float, "bool": _bool, "str": str}
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(config_class(method)):
         kw = dict(nargs="?", const=True) if _tname(f) == "bool" else {}
-        ap.add_argument(f"--{f.name}", type=conv[_tname(f)], default=None,
-                        help=f"{f.metadata['help']} (default: {f.default})", **kw)
+        ch = f.metadata.get("choices")
+        ap.add_argument(f"--{f.name}", type=conv[_tname(f)], default=None, metavar=_tname(f).upper(),
+                        help=f"{f.metadata['help']} (default: {f.default!r}"
+                             + (f"; one of {', '.join(ch)})" if ch else ")"), **kw)
     a = ap.parse_args(argv)
-    d = read_json(a.config) if a.config else {}
-    cfg = config_from_dict(d, a.config or "config")
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
-    cfg = dataclasses.replace(cfg, **flags)
-    if cfg.method in REGISTRY:  # the method's own defaults, where neither file nor flag set a value
-        own = {k: v for k, v in (REGISTRY[cfg.method].defaults or {}).items()
-               if k not in d and k not in flags}
-        cfg = dataclasses.replace(cfg, **own)
-    if cfg.method == "list":
-        for name, m in REGISTRY.items():
-            print(f"{name:14s} {m.help}")
-        sys.exit(0)
-    if cfg.method not in REGISTRY:
-        ap.error(f"--method {cfg.method!r} is unknown; choose from {', '.join(REGISTRY)} "
-                 f"(or 'list')")
-    for k in ("max_steps", "batch_size", "grad_accum", "max_length"):
-        if getattr(cfg, k) < 1:
-            ap.error(f"--{k} must be >= 1, got {getattr(cfg, k)}")
-    if cfg.judge_template not in TEMPLATES:
-        ap.error(f"--judge_template {cfg.judge_template!r} is unknown; choose from {', '.join(TEMPLATES)}")
-    for k, ok in (("judge", ("ref", "policy")), ("osp_loss", ("spce", "dpo", "ipo")),
-                  ("parallel", ("ddp", "fsdp")),
-                  ("meta_stage", ("warmup", "equal", "preference", "all")),
-                  ("pairing", ("ranked", "random", "raft"))):
-        if getattr(cfg, k) not in ok:
-            ap.error(f"--{k} must be one of {', '.join(ok)}, got {getattr(cfg, k)!r}")
-    if cfg.osp_k < 2:
-        ap.error(f"--osp_k must be >= 2, got {cfg.osp_k}")
-    if not cfg.lr > 0:
-        ap.error(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.lora_r < 0:
-        ap.error(f"--lora_r must be >= 0, got {cfg.lora_r}")
+    given = {**d, **flags}
     try:
-        parse_targets(cfg.lora_targets)
-    except ValueError as e:
-        ap.error(str(e))
-    if cfg.parallel == "fsdp" and REGISTRY[cfg.method].data == "prompt":
+        if d:
+            config_from_dict({**d, "method": method}, a.config)
+        if given.get("resume"):
+            return resume_config(given, a.config or "flags")
+        cfg = config_from_dict({**given, "method": method}, "flags")
+    except SystemExit as e:   # one line, exit code 2, as argparse does for a bad flag
+        ap.exit(2, f"{e}\n")
+    if cfg.parallel == "fsdp" and REGISTRY[cfg.method].eats == "prompt":
         ap.error(f"--method {cfg.method} samples on-policy, and under FSDP every forward is a "
                  f"collective: ranks sampling different lengths would hang. Use --parallel ddp "
                  f"(with --lora_r for a large model)")
     return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
+
+
+def resume_config(given, where="flags"):
+    """The checkpoint's config, with only RESUMABLE settings taken from `given`; any other setting
+    given with a different value than the run used is refused, naming it."""
+    method = given.get("method", SharedConfig.method)
+    out_dir = given.get("out_dir") or os.path.join("out", method)
+    path = os.path.join(out_dir, "ckpt", "state.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --resume: {path} does not exist; is --out_dir the run's directory?")
+    saved = read_json(path)["config"]
+    saved_cfg = config_from_dict(saved, path)
+    for k, v in given.items():
+        if k not in RESUMABLE and k != "out_dir" and hasattr(saved_cfg, k) and getattr(saved_cfg, k) != v:
+            raise SystemExit(f"error: --resume: '{k}' was {getattr(saved_cfg, k)!r} in this run "
+                             f"({path}), got {v!r}; a resumed run keeps its settings except "
+                             f"{', '.join(RESUMABLE)}. Start a new --out_dir to change it")
+        if k not in RESUMABLE and k != "out_dir" and not hasattr(saved_cfg, k):
+            raise SystemExit(f"error: --resume: '{k}' is not an option of --method "
+                             f"{saved_cfg.method}, which this run ({path}) trains")
+    keep = {k: v for k, v in given.items() if k in RESUMABLE}
+    return dataclasses.replace(saved_cfg, **keep)
 
 
 # -- the pieces the loop calls, in the order it calls them ---------------------------------------
@@ -212,18 +267,13 @@ def pick_device(cfg):
     return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
 
 
+def shared_options(cfg):
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SharedConfig)}
+
+
 def warm_checkpoint(cfg):
-    """The built-in task's SFT start, trained once and cached under out/_warm (keyed by its config)."""
-    key = f"{cfg.model_preset}-s{cfg.seed}-n{cfg.n_warm}-w{cfg.warm_steps}-lr{cfg.warm_lr:g}"
-    path = os.path.join("out", "_warm", key)
-    if not os.path.exists(os.path.join(path, "ckpt", "config.json")):
-        print(f"== SFT warm-up of a '{cfg.model_preset}' model on the built-in task -> {path}")
-        train(dataclasses.replace(cfg, method="sft", init_from="scratch", out_dir=path, n_train=cfg.n_warm,
-                                  max_steps=cfg.warm_steps, lr=cfg.warm_lr, final_eval=False,
-                                  resume=os.path.exists(os.path.join(path, "ckpt", "state.json")),
-                                  warmup_steps=20, train_data="builtin", val_data="builtin"))
-        print("== warm-up done")
-    return os.path.join(path, "ckpt")
+    """The built-in task's cached SFT start (experiments/task.py warm_start), trained by this loop."""
+    return task.warm_start(shared_options(cfg), lambda **kw: train(make_config(**kw)))
 
 
 def init_model(cfg, device):
@@ -239,27 +289,31 @@ def init_model(cfg, device):
     return model, tok
 
 
-def load_split(cfg, method, split, tok):
-    """Tokenized examples of one split; the built-in task or a JSONL file, read as the method's
-    source kind, then turned into what its loss eats by method.prepare (if any)."""
-    src = cfg.train_data if split == "train" else cfg.val_data
+def val_source(cfg):
+    if cfg.val_data == "auto":
+        return "builtin" if cfg.train_data == "builtin" else ""
+    return cfg.val_data
+
+
+def load_split(cfg, method, split, run):
+    """Tokenized examples of one split: the built-in task's rows or a JSONL file's, read as the
+    method's row kind, turned into what its loss eats by method.prepare (if any), then tokenized."""
+    src = cfg.train_data if split == "train" else val_source(cfg)
     if not src:
         return []
-    kind = method.source or method.data
     if src == "builtin":
         n = cfg.n_train if split == "train" else cfg.n_val
-        rows = (task.sft_rows if kind == "sft" else task.preference_rows)(n, cfg.seed, split)
+        rows = task.rows(method.reads, n, cfg.seed, split)
         skipped = 0
     else:
-        rows, skipped = read_jsonl(src, kind, cfg.skip_bad_rows)
+        rows, skipped = read_jsonl(src, method.reads, cfg.skip_bad_rows)
     if method.prepare:
-        rows = method.prepare(rows, cfg, split, tok)
-    ex, dropped = tokenize_rows(rows, tok, method.data, cfg.max_length, cfg.skip_bad_rows,
-                                cfg.sj_max_length)
+        rows = method.prepare(rows, cfg, split, run)
+    ex, dropped = tokenize_rows(rows, run.tok, method.eats, cfg.max_length, cfg.skip_bad_rows,
+                                getattr(cfg, "sj_max_length", None))
     if skipped or dropped:
-        why = " (bad rows, --skip_bad_rows)" if method.data != "mo" else \
-            f" (bad rows, or a self-judgement prompt over --sj_max_length={cfg.sj_max_length})"
-        print(f"{src} [{split}]: dropped {skipped + dropped} of {len(rows) + skipped} rows{why}")
+        print(f"{src} [{split}]: dropped {skipped + dropped} of {len(rows) + skipped} rows "
+              f"({KINDS[method.eats].summary})")
     if not ex:
         raise DataError(f"{src} [{split}]: no usable examples left")
     return ex
@@ -301,7 +355,15 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order):
 
 def load_train_state(path, model, opt):
     st = read_json(os.path.join(path, "state.json"))
-    t = load_file(os.path.join(path, "train_state.safetensors"))
+    f = os.path.join(path, "train_state.safetensors")
+    try:
+        t = load_file(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{f}: missing, so this run cannot resume exactly (AdamW state, RNG); "
+                              f"start from its weights with --init_from {path} instead") from None
+    except Exception as e:   # safetensors raises its own error types for a cut or damaged file
+        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); was the checkpoint cut "
+                              f"short? Start from its weights with --init_from {path} instead") from None
     state = {}
     for k, v in t.items():
         if k.startswith("opt."):   # opt.<param index or, from FSDP, parameter name>.<AdamW field>
@@ -318,7 +380,7 @@ def load_train_state(path, model, opt):
     return st["step"], st["data_pos"]
 
 
-def accumulate_gradients(model, method, micro, ctx, cfg):
+def accumulate_gradients(model, method, micro, run, cfg):
     """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
     the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
     # with W processes: the units of the global batch, times W because DDP / FSDP average over ranks
@@ -329,7 +391,7 @@ def accumulate_gradients(model, method, micro, ctx, cfg):
         # bf16 autocast on CUDA; float32 on the CPU (CPU bf16 matmuls are slow and the tests exact)
         with dist.no_sync(model, last=i == len(micro) - 1):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-                loss_sum, m = method.loss(model, b, ctx, cfg)
+                loss_sum, m = method.loss(model, b, run, cfg)
             (loss_sum / denom).backward()
         loss_total += loss_sum.item() / denom
         for k, v in m.items():
@@ -338,13 +400,13 @@ def accumulate_gradients(model, method, micro, ctx, cfg):
 
 
 @torch.no_grad()
-def held_out_loss(model, method, val, ctx, cfg, pad_id):
+def held_out_loss(model, method, val, run, cfg):
     model.eval()
     tot, units = 0.0, 0
-    for i in range(min(cfg.eval_batches, len(val) // cfg.batch_size)):
-        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.data, pad_id,
+    for i in range(max(1, min(cfg.eval_batches, len(val) // cfg.batch_size))):
+        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.eats, run.tok.pad_id,
                        next(model.parameters()).device)
-        loss, _ = method.loss(model, b, ctx, cfg)
+        loss, _ = method.loss(model, b, run, cfg)
         tot, units = tot + loss.item(), units + b[method.unit]
     model.train()
     return tot / max(units, 1)
@@ -375,6 +437,17 @@ class StopFlag:
         signal.signal(signal.SIGINT, self.prev)
 
 
+LOOP_METRICS = {"loss": "the method's loss, averaged over the effective batch", "lr": "learning rate",
+                "grad_norm": "gradient norm before clipping", "step_s": "seconds for this step",
+                "tok_per_s": "tokens through the model per second since the last log line"}
+
+
+def legend(method):
+    """What each logged number means: printed once at the start of a run."""
+    items = {**LOOP_METRICS, **(method.metrics or {})}
+    return "metrics: " + "; ".join(f"{k} = {v}" for k, v in items.items())
+
+
 # -- the loop ------------------------------------------------------------------------------------
 def train(cfg, stop_at=None):
     """Run (or resume) one training run; returns the per-step losses. `stop_at` is for tests: it
@@ -382,10 +455,8 @@ def train(cfg, stop_at=None):
     method = REGISTRY[cfg.method]
     device = dist.setup(pick_device(cfg))   # joins the torchrun group, if launched by torchrun
     ckpt = os.path.join(cfg.out_dir, "ckpt")
-    if cfg.resume:  # the saved config wins; only resume/max_steps/logging may change
-        saved = read_json(os.path.join(ckpt, "state.json"))["config"]
-        keep = {k: getattr(cfg, k) for k in ("resume", "max_steps", "log_every", "final_eval")}
-        cfg = dataclasses.replace(config_from_dict(saved, os.path.join(ckpt, "state.json")), **keep)
+    if cfg.resume:  # the saved config wins; only RESUMABLE settings may change
+        cfg = resume_config(dataclasses.asdict(cfg))
     elif cfg.init_from == "default":
         cfg = dataclasses.replace(cfg, init_from=warm_checkpoint(cfg))
     if cfg.lora_r and cfg.init_from == "scratch":
@@ -400,19 +471,22 @@ def train(cfg, stop_at=None):
         torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.manual_seed(cfg.seed)
     model, tok = init_model(cfg, device)
-    ctx = {"tok": tok}
+    # the built-in task lends its oracle to the methods' metrics; on your own data there is none
+    run = Run(tok=tok, task=task if cfg.train_data == "builtin" else None)
     if method.needs_ref and not cfg.lora_r:
-        ctx["ref"] = dist.shard_frozen(frozen_copy(model), cfg.parallel)   # the start, frozen
+        run.ref = dist.shard_frozen(frozen_copy(model), cfg.parallel)   # the start, frozen
+    if getattr(cfg, "judge_from", ""):
+        run.judge = frozen_copy(load(cfg.judge_from, torch.float32, device)[0])
     if cfg.resume:
         model, _ = load(ckpt, torch.float32, device)
     if method.needs_ref and cfg.lora_r:
-        ctx["ref"] = AdaptersOff(model)          # the same weights with the adapters switched off
+        run.ref = AdaptersOff(model)             # the same weights with the adapters switched off
     model.grad_checkpoint = cfg.grad_checkpoint
     model = dist.wrap(model, cfg.parallel)       # DDP / FSDP2 under torchrun, else the model itself
     if dist.world() > 1:                         # each rank samples its own prompts differently
         torch.manual_seed(cfg.seed + 1000 * dist.rank())
-    train_ex = load_split(cfg, method, "train", tok)
-    val_ex = load_split(cfg, method, "val", tok) if method.data != "prompt" else []
+    train_ex = load_split(cfg, method, "train", run)
+    val_ex = load_split(cfg, method, "val", run) if method.eats != "prompt" else []
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     step, pos = load_train_state(ckpt, model, opt) if cfg.resume else (0, 0)
@@ -421,26 +495,28 @@ def train(cfg, stop_at=None):
     rows = slice(dist.rank() * cfg.batch_size, (dist.rank() + 1) * cfg.batch_size)
     os.makedirs(cfg.out_dir, exist_ok=True)
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull, "a")
-    before = oracle_eval(dist.unwrapped(model), tok) if cfg.final_eval and not cfg.resume else None
+    table = cfg.final_eval and cfg.train_data == "builtin"
+    before = oracle_eval(dist.unwrapped(model), tok) if table and not cfg.resume else None
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
           f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
           f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
+    print(legend(method))
     model.train()
     stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
-    history = []
+    history, val_step = [], None
     try:
         while step < cfg.max_steps and not stop.hit:
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            # where the run is, for schedules over epochs (MO-ORPO epoch_by_epoch, task_by_task)
-            ctx.update(step=step, epoch=order.pos / order.per_epoch,
-                       epochs=cfg.max_steps * cfg.grad_accum / order.per_epoch)
+            # where the run is, for methods that schedule over epochs
+            run.step, run.epoch = step, order.pos / order.per_epoch
+            run.epochs = cfg.max_steps * cfg.grad_accum / order.per_epoch
             t_step = time.time()
-            micro = [make_batch([train_ex[i] for i in order.next()[rows]], method.data, tok.pad_id,
+            micro = [make_batch([train_ex[i] for i in order.next()[rows]], method.eats, tok.pad_id,
                                 device) for _ in range(cfg.grad_accum)]
-            loss_total, mets = accumulate_gradients(model, method, micro, ctx, cfg)
+            loss_total, mets = accumulate_gradients(model, method, micro, run, cfg)
             tokens += sum(b["n_seen"] for b in micro)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not (math.isfinite(loss_total) and math.isfinite(gnorm.item())):
@@ -465,11 +541,15 @@ def train(cfg, stop_at=None):
                 metrics_f.write(json.dumps(rec) + "\n")
                 metrics_f.flush()
             if val_ex and cfg.eval_every and step % cfg.eval_every == 0:
-                vl = held_out_loss(model, method, val_ex, ctx, cfg, tok.pad_id)
+                vl, val_step = held_out_loss(model, method, val_ex, run, cfg), step
                 print(f"step {step:5d} | val loss {vl:.4f}")
                 metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                 save_checkpoint(ckpt, model, tok, opt, cfg, step, order)
+        if val_ex and val_step != step:   # every run with validation data ends with its loss
+            vl = held_out_loss(model, method, val_ex, run, cfg)
+            print(f"step {step:5d} | val loss {vl:.4f} (end of run)")
+            metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
     except FloatingPointError as e:
         sys.exit(f"error: non-finite {e}; stopped without updating. The last good checkpoint "
                  f"(if any) is intact in {ckpt}")
@@ -484,6 +564,8 @@ def train(cfg, stop_at=None):
         with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, "split": "end", **peak}) + "\n")
     if stop.hit:
+        print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
+              f"  python train.py --method {cfg.method} --out_dir {cfg.out_dir} --resume")
         if stop_at is not None:
             return history
         sys.exit(130)
@@ -494,18 +576,26 @@ def train(cfg, stop_at=None):
         print(format_table(before, after))
         for p, a in after["examples"]:
             print(f"  {p!r} -> {a!r}")
+    example = "What is 7 + 5?" if cfg.train_data == "builtin" else "your prompt"
+    print(f"\nsample from it:\n  python sample.py --init_from {ckpt} --prompt \"{example}\"")
     return history
 
 
-if __name__ == "__main__":
-    cfg = parse_config()
+def main(argv=None):
+    """The command line: parse, then train (or the method's own driver, e.g. several stages)."""
+    cfg = parse_config(argv)
+    method = REGISTRY[cfg.method]
     try:
-        if cfg.method == "meta_aligner" and cfg.meta_stage == "all":
-            from nanoalign.meta_aligner import run_stages
-            run_stages(cfg, train)
+        if method.main:
+            method.main(cfg, train)
         else:
             train(cfg)
     except (CheckpointError, DataError, JudgeError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     finally:
         dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

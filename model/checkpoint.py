@@ -1,229 +1,28 @@
 """
-Hugging Face checkpoint directories in and out: config.json + model.safetensors (or a sharded
-model.safetensors.index.json) + tokenizer.json (+ tokenizer_config.json).
+Checkpoint directories in and out: the one front door the rest of nanoalign uses.
 
+    model, tok = load("checkpoints/smollm2-135m")     # a Hugging Face directory, or LoRA adapters
+    save_model(model, "out/ckpt", tok)                # config.json, model.safetensors, tokenizer
+    save_adapters(model, "out/ckpt", tok, base)       # a LoRA run: the adapters alone
+
+The pieces live one idea per module, in import order (nothing imports a module below it in this list):
+  model/files.py      JSON and safetensors reading, CheckpointError (errors name the file)
+  model/hf.py         Hugging Face model directories: config.json <-> ModelConfig, the weights
+  model/tokenizer.py  tokenizer.json + the chat template (model/chat_template.py)
+  model/lora.py       LoRA layers and LoRA checkpoints (adapters on top of a base directory)
+  model/checkpoint.py this file: load() picks the right one
 Only safetensors and JSON are ever read; nothing here can run code from a downloaded file.
-Every failure is a `CheckpointError` whose message names the file and the field or tensor, because
-"size mismatch for model.layers.3.mlp.up_proj.weight" deep in a torch traceback helps nobody.
 """
-import json
-import os
-
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file as safe_load, save_file
 
-from model.model import ModelConfig, Transformer, rope_frequencies
-
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
-
-# config.json key -> ModelConfig field
-HF_KEYS = {"vocab_size": "vocab_size", "hidden_size": "dim", "num_hidden_layers": "n_layers",
-           "num_attention_heads": "n_heads", "num_key_value_heads": "n_kv_heads",
-           "intermediate_size": "hidden_dim", "head_dim": "head_dim", "rms_norm_eps": "norm_eps",
-           "rope_theta": "rope_theta", "rope_scaling": "rope_scaling",
-           "sliding_window": "sliding_window", "max_position_embeddings": "max_seq_len",
-           "tie_word_embeddings": "tie_embeddings", "bos_token_id": "bos_token_id",
-           "eos_token_id": "eos_token_id", "pad_token_id": "pad_token_id"}
-REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-            "intermediate_size")
+from model.files import CheckpointError, atomic_write_json, read_json  # noqa: F401  (re-exported)
+from model.hf import config_from_hf, config_to_hf, load_model, save_model  # noqa: F401
+from model.lora import is_adapter_dir, load_adapters, save_adapters  # noqa: F401
+from model.tokenizer import Tokenizer
 
 
-class CheckpointError(Exception):
-    """A checkpoint file is missing, malformed or does not fit the model; the message says where."""
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") \
-            from None
-
-
-def atomic_write_json(obj, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-# -- config.json ---------------------------------------------------------------------------------
-def config_from_hf(path):
-    """Read config.json into a ModelConfig, naming the file and field on any problem."""
-    hf = read_json(path)
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    mt = hf.get("model_type")
-    if mt not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: field 'model_type' is {mt!r}; nanoalign supports "
-                              f"{sorted(ARCHITECTURES)} (Llama and Mistral architectures)")
-    for k in REQUIRED:
-        if k not in hf:
-            raise CheckpointError(f"{path}: required field '{k}' is missing")
-    kw = {"model_type": mt}
-    for k, field_name in HF_KEYS.items():
-        if hf.get(k) is not None:
-            kw[field_name] = hf[k]
-    rp = hf.get("rope_parameters")  # transformers >= 5 moves rope_theta/rope_scaling here
-    if isinstance(rp, dict):
-        kw.setdefault("rope_theta", rp.get("rope_theta", 10000.0))
-        if rp.get("rope_type", "default") != "default":
-            kw["rope_scaling"] = rp
-    if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise CheckpointError(f"{path}: hidden_act/attention_bias/mlp_bias variants are not "
-                              f"supported (need silu, no biases)")
-    for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-        if not isinstance(hf[k], int) or hf[k] <= 0:
-            raise CheckpointError(f"{path}: field '{k}' must be a positive integer, got {hf[k]!r}")
-    if mt == "llama":
-        kw.pop("sliding_window", None)
-    try:
-        return ModelConfig(**kw)
-    except (AssertionError, TypeError) as e:
-        raise CheckpointError(f"{path}: inconsistent fields ({e})") from None
-
-
-def config_to_hf(cfg: ModelConfig, dtype=torch.float32):
-    hf = {"architectures": [ARCHITECTURES[cfg.model_type]], "model_type": cfg.model_type,
-          "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-          "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
-          "torch_dtype": str(dtype).replace("torch.", "")}
-    for k, field_name in HF_KEYS.items():
-        hf[k] = getattr(cfg, field_name)
-    if cfg.model_type == "llama":
-        del hf["sliding_window"]
-    return hf
-
-
-# -- weights -------------------------------------------------------------------------------------
-def _hf_name(name):
-    return name if name.startswith("lm_head.") else "model." + name
-
-
-def _weight_files(d):
-    single, index = os.path.join(d, "model.safetensors"), os.path.join(d, "model.safetensors.index.json")
-    if os.path.exists(single):
-        return {None: single}
-    if os.path.exists(index):
-        wm = read_json(index).get("weight_map")
-        if not isinstance(wm, dict):
-            raise CheckpointError(f"{index}: field 'weight_map' is missing or not an object")
-        return {k: os.path.join(d, v) for k, v in wm.items()}
-    raise CheckpointError(f"{d}: no model.safetensors or model.safetensors.index.json "
-                          f"(nanoalign loads safetensors only, never pickled .bin files)")
-
-
-def load_model(d, dtype=torch.float32, device="cpu"):
-    """Load a Hugging Face Llama/Mistral directory into a Transformer. Returns (model, cfg)."""
-    if not os.path.isdir(d):
-        raise CheckpointError(f"{d}: not a directory")
-    cfg = config_from_hf(os.path.join(d, "config.json"))
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    files = _weight_files(d)
-    expected = {_hf_name(n): p.shape for n, p in model.named_parameters()}
-    state, handles = {}, {}
-    try:
-        for hf_name, shape in expected.items():
-            path = files.get(hf_name, files.get(None))
-            if path is None:
-                raise CheckpointError(f"{d}/model.safetensors.index.json: tensor '{hf_name}' is not "
-                                      f"in the weight_map")
-            if path not in handles:
-                try:
-                    handles[path] = safe_open(path, framework="pt")
-                except Exception as e:  # truncated / corrupt header
-                    raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
-            h = handles[path]
-            if hf_name not in h.keys():
-                raise CheckpointError(f"{path}: tensor '{hf_name}' is missing")
-            try:
-                t = h.get_tensor(hf_name)
-            except Exception as e:
-                raise CheckpointError(f"{path}: cannot read tensor '{hf_name}' ({e})") from None
-            if tuple(t.shape) != tuple(shape):
-                raise CheckpointError(f"{path}: tensor '{hf_name}' has shape {tuple(t.shape)}, "
-                                      f"config.json implies {tuple(shape)}")
-            state[hf_name[6:] if hf_name.startswith("model.") else hf_name] = t.to(dtype)
-    finally:
-        handles.clear()
-    if cfg.tie_embeddings:
-        state["lm_head.weight"] = state["embed_tokens.weight"]
-    model.load_state_dict(state, assign=True, strict=True)
-    if cfg.tie_embeddings:  # assign=True replaced the tied Parameter; tie it again
-        model.lm_head.weight = model.embed_tokens.weight
-    model.inv_freq = rope_frequencies(cfg)  # buffers were built on the meta device
-    return model.to(device), cfg
-
-
-def _tensors(model, state):
-    """{name: tensor} of the model's parameters, a tied weight once; `state` is a full state dict
-    gathered elsewhere (FSDP), else the model's own parameters are read."""
-    if state is None:
-        return {n: p.detach() for n, p in model.named_parameters()}  # lists a tied weight once
-    return {n: t for n, t in state.items() if not (model.cfg.tie_embeddings and n == "lm_head.weight")}
-
-
-def save_model(model: Transformer, d, tokenizer=None, dtype=None, state=None):
-    """Write config.json + model.safetensors (+ tokenizer files) in the Hugging Face layout."""
-    if getattr(model, "lora", None):
-        raise ValueError("save_model: this model has LoRA adapters; save_adapters() them, or "
-                         "model.lora.merge() it first")
-    os.makedirs(d, exist_ok=True)
-    sd = {_hf_name(n): (t.to(dtype) if dtype else t).contiguous().cpu()
-          for n, t in _tensors(model, state).items()}
-    dt = next(iter(sd.values())).dtype
-    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
-    atomic_write_json(config_to_hf(model.cfg, dt), os.path.join(d, "config.json"))
-    if tokenizer is not None:
-        tokenizer.save(d)
-    gen = {"bos_token_id": model.cfg.bos_token_id, "eos_token_id": model.cfg.eos_token_id}
-    atomic_write_json(gen, os.path.join(d, "generation_config.json"))
-
-
-# -- LoRA checkpoints: adapters only, on top of a base checkpoint named in adapter_config.json -----
-def save_adapters(model, d, tokenizer, base, state=None):
-    os.makedirs(d, exist_ok=True)
-    adapters = {n: t.contiguous().cpu() for n, t in _tensors(model, state).items() if ".lora_" in n}
-    save_file(adapters, os.path.join(d, "adapter_model.safetensors"), metadata={"format": "pt"})
-    atomic_write_json({**model.lora, "base_model": os.path.abspath(base)}, os.path.join(d, "adapter_config.json"))
-    tokenizer.save(d)
-
-
-def _load_adapters(d, dtype, device):
-    """Base model (itself merged, if it was a LoRA checkpoint too) + this directory's live adapters."""
-    from model.lora import apply_lora, merge
-    path = os.path.join(d, "adapter_config.json")
-    ac = read_json(path)
-    for k in ("r", "alpha", "dropout", "targets", "base_model"):
-        if k not in ac:
-            raise CheckpointError(f"{path}: required field '{k}' is missing")
-    model, _ = load(ac["base_model"], dtype, device)
-    if getattr(model, "lora", None):
-        merge(model)
-    apply_lora(model, ac["r"], ac["alpha"], ac["dropout"], ac["targets"])
-    f = os.path.join(d, "adapter_model.safetensors")
-    try:
-        state = {k: v.to(dtype) for k, v in safe_load(f).items()}
-    except Exception as e:
-        raise CheckpointError(f"{f}: cannot read safetensors file ({e})") from None
-    want = {n for n, _ in model.named_parameters() if ".lora_" in n}
-    if set(state) != want:
-        raise CheckpointError(f"{f}: adapter tensors do not match {path} (missing "
-                              f"{sorted(want - set(state))[:3]}, unexpected {sorted(set(state) - want)[:3]})")
-    model.load_state_dict(state, strict=False)
-    return model, model.cfg
-
-
-def load(d, dtype=torch.float32, device="cpu"):
-    """Model and tokenizer of a checkpoint directory (a full one, or a LoRA one on its base)."""
-    from model.tokenizer import Tokenizer
-    if os.path.exists(os.path.join(d, "adapter_config.json")):
-        model, cfg = _load_adapters(d, dtype, device)
-    else:
-        model, cfg = load_model(d, dtype, device)
-    return model, Tokenizer.from_dir(d, cfg)
+def load(d, dtype=torch.float32, device="cpu", chat_format=None):
+    """(model, tokenizer) of a checkpoint directory: a full Hugging Face one, or a LoRA one on its
+    base. chat_format: speak this named fallback format instead of the checkpoint's chat template."""
+    model, cfg = load_adapters(d, dtype, device) if is_adapter_dir(d) else load_model(d, dtype, device)
+    return model, Tokenizer.from_dir(d, cfg, chat_format)

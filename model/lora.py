@@ -11,7 +11,8 @@ so at initialization the model is exactly the base model. Only A and B require g
 With adapters `disabled(model)` the model *is* the base model again: DPO, Self-Judge and OSP use
 that as their frozen reference (`AdaptersOff`), so a 7B run never holds a second copy of the weights.
 A LoRA checkpoint is `adapter_model.safetensors` + `adapter_config.json` (r, alpha, dropout,
-targets, and the base checkpoint's path) + the tokenizer; model.checkpoint.load reads it back.
+targets, and the base checkpoint's path) + the tokenizer: `save_adapters` writes it, `load_adapters`
+reads it onto its base (model.checkpoint.load calls it for such a directory).
 """
 import argparse
 import contextlib
@@ -21,6 +22,11 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from model.files import CheckpointError, atomic_write_json, read_json, read_safetensors
+from model.hf import load_model, parameters_to_save, save_model
+from model.tokenizer import Tokenizer
 
 TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -130,16 +136,56 @@ def merge(model):
     return model
 
 
+# -- LoRA checkpoints: adapters only, on top of a base checkpoint named in adapter_config.json -----
+def is_adapter_dir(d):
+    return os.path.exists(os.path.join(d, "adapter_config.json"))
+
+
+def save_adapters(model, d, tokenizer, base, state=None):
+    """adapter_model.safetensors (the A and B tensors) + adapter_config.json + the tokenizer."""
+    os.makedirs(d, exist_ok=True)
+    adapters = {n: t.contiguous().cpu() for n, t in parameters_to_save(model, state).items()
+                if ".lora_" in n}
+    save_file(adapters, os.path.join(d, "adapter_model.safetensors"), metadata={"format": "pt"})
+    atomic_write_json({**model.lora, "base_model": os.path.abspath(base)},
+                      os.path.join(d, "adapter_config.json"))
+    tokenizer.save(d)
+
+
+def load_adapters(d, dtype=torch.float32, device="cpu"):
+    """The base model (itself merged, if it is a LoRA checkpoint too) with this directory's live
+    adapters. Returns (model, cfg)."""
+    path = os.path.join(d, "adapter_config.json")
+    ac = read_json(path)
+    for k in ("r", "alpha", "dropout", "targets", "base_model"):
+        if k not in ac:
+            raise CheckpointError(f"{path}: required field '{k}' is missing")
+    base = ac["base_model"]
+    if is_adapter_dir(base):
+        model, _ = load_adapters(base, dtype, device)
+        merge(model)
+    else:
+        model, _ = load_model(base, dtype, device)
+    apply_lora(model, ac["r"], ac["alpha"], ac["dropout"], ac["targets"])
+    f = os.path.join(d, "adapter_model.safetensors")
+    state = {k: v.to(dtype) for k, v in read_safetensors(f).items()}
+    want = {n for n, _ in model.named_parameters() if ".lora_" in n}
+    if set(state) != want:
+        raise CheckpointError(f"{f}: adapter tensors do not match {path} (missing "
+                              f"{sorted(want - set(state))[:3]}, unexpected {sorted(set(state) - want)[:3]})")
+    model.load_state_dict(state, strict=False)
+    return model, model.cfg
+
+
 def main(argv=None):
-    from model.checkpoint import load, save_model
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapter", required=True, help="a LoRA checkpoint directory (adapter_config.json)")
     ap.add_argument("--out", required=True, help="where to write the merged Hugging Face checkpoint")
     a = ap.parse_args(argv)
-    if not os.path.exists(os.path.join(a.adapter, "adapter_config.json")):
+    if not is_adapter_dir(a.adapter):
         raise SystemExit(f"error: {a.adapter}/adapter_config.json: file not found (not a LoRA checkpoint)")
-    model, tok = load(a.adapter)
-    save_model(merge(model), a.out, tok)
+    model, cfg = load_adapters(a.adapter)
+    save_model(merge(model), a.out, Tokenizer.from_dir(a.adapter, cfg))
     print(f"merged {a.adapter} -> {a.out}")
 
 

@@ -13,9 +13,9 @@ Two things differ from the usual nanoGPT-style file, both on purpose:
 - `forward` returns the final hidden states, not logits. Alignment losses only need log-probs of the
   response tokens, and kernels/seq_logprob.py computes those straight from (hidden, lm_head weight)
   without ever holding the (tokens x vocab) logits. `logits()` is the separate call for sampling.
-- A KV cache lives in the model (`setup_cache`), gpt-fast style, so generation (model/generate.py)
-  is a loop of one-token forwards. Rows may be left-padded: `attn_mask` marks real tokens, positions
-  count from each row's first real token, and padded keys are never attended to.
+- `forward` takes an optional `KVCache` (below), so generation (model/generate.py) is a prefill and
+  then a loop of one-token forwards. Rows may be left-padded: `attn_mask` marks real tokens,
+  positions count from each row's first real token, and padded keys are never attended to.
 """
 import math
 from dataclasses import dataclass, field, fields
@@ -116,29 +116,46 @@ def apply_rope(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+class KVCache:
+    """Keys and values of the positions seen so far, every layer's (B, n_kv_heads, max_len, head_dim).
+    A forward with a cache writes its T positions at `pos` and attends to everything up to them; the
+    model then advances `pos` by T. Left-padded positions are stored like any other; attn_mask hides
+    them."""
+
+    def __init__(self, cfg, batch_size, max_len, dtype=torch.float32, device="cpu"):
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+        self.max_len, self.pos = max_len, 0
+
+    def update(self, layer, k, v):
+        """Store layer `layer`'s new (B, nkv, T, hs) keys/values at pos; return all of that layer's
+        keys/values so far, (B, nkv, pos + T, hs) each."""
+        end = self.pos + k.shape[2]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.layer = cfg, layer       # layer: this block's index, its slot in a KVCache
         hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
         self.q_proj = nn.Linear(cfg.dim, nh * hd, bias=False)
         self.k_proj = nn.Linear(cfg.dim, nkv * hd, bias=False)
         self.v_proj = nn.Linear(cfg.dim, nkv * hd, bias=False)
         self.o_proj = nn.Linear(nh * hd, cfg.dim, bias=False)
-        self.cache_k = self.cache_v = None
 
-    def forward(self, x, cos, sin, mask, cache_pos):
+    def forward(self, x, cos, sin, mask, cache):
         B, T, _ = x.shape
         nh, nkv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
         q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)    # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)   # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)   # (B, nkv, T, hs)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_pos is not None:  # generation: write this step's keys/values, attend to all so far
-            self.cache_k[:B, :, cache_pos:cache_pos + T] = k
-            self.cache_v[:B, :, cache_pos:cache_pos + T] = v
-            k = self.cache_k[:B, :, :cache_pos + T]              # (B, nkv, S, hs)
-            v = self.cache_v[:B, :, :cache_pos + T]
+        if cache is not None:  # generation: store this step's keys/values, attend to all so far
+            k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
         # GQA: each group of n_heads // n_kv_heads query heads shares one key/value head;
         # enable_gqa lets SDPA broadcast instead of copying the cache n_heads // n_kv_heads times
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
@@ -157,15 +174,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache_pos):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos)
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -174,7 +191,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -190,33 +207,27 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    # -- the KV cache ---------------------------------------------------------------------------
-    def setup_cache(self, batch_size, max_len):
-        """Allocate (B, n_kv_heads, max_len, head_dim) keys and values in every layer."""
+    def new_cache(self, batch_size, max_len):
+        """An empty KVCache for `batch_size` rows of up to `max_len` positions, in the weights' dtype."""
         p = self.lm_head.weight
-        shape = (batch_size, self.cfg.n_kv_heads, max_len, self.cfg.head_dim)
-        for layer in self.layers:
-            layer.self_attn.cache_k = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            layer.self_attn.cache_v = torch.zeros(shape, dtype=p.dtype, device=p.device)
-
-    def clear_cache(self):
-        for layer in self.layers:
-            layer.self_attn.cache_k = layer.self_attn.cache_v = None
+        return KVCache(self.cfg, batch_size, max_len, p.dtype, p.device)
 
     # -- the forward pass -----------------------------------------------------------------------
-    def forward(self, idx, attn_mask=None, cache_pos=None):
+    def forward(self, idx, attn_mask=None, cache=None):
         """
         idx: (B, T) token ids. attn_mask: (B, S) with 1 for real tokens and 0 for (left) padding,
-        where S = T without a cache and S = cache_pos + T with one (the mask of everything so far).
-        cache_pos: None for a plain forward, else where in the KV cache these T tokens go.
+        where S = T without a cache and S = cache.pos + T with one (the mask of everything so far).
+        cache: None for a plain forward, else a KVCache that these T positions are appended to.
         Returns the final hidden states (B, T, dim) -- apply `logits()` or the fused kernels to them.
         """
         B, T = idx.shape
-        start = 0 if cache_pos is None else cache_pos
+        start = 0 if cache is None else cache.pos
         S = start + T
         if S > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {S} tokens is longer than the model's context "
                              f"(max_position_embeddings = {self.cfg.max_seq_len})")
+        if cache is not None and S > cache.max_len:
+            raise ValueError(f"{S} positions do not fit a KV cache of {cache.max_len}")
         device = idx.device
         if attn_mask is None:
             attn_mask = torch.ones(B, S, dtype=torch.long, device=device)
@@ -239,19 +250,17 @@ class Transformer(nn.Module):
         mask = mask | _diag(T, S, start, device)
         for layer in self.layers:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache_pos,
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache,
                                                       use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache_pos)
+                x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.pos = S
         return self.norm(x)
 
     def logits(self, hidden):
         """(…, dim) hidden states -> (…, vocab) logits in float32. For sampling and tests only."""
         return self.lm_head(hidden).float()
-
-    @property
-    def lm_head_weight(self):
-        return self.lm_head.weight
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -1,33 +1,85 @@
 """
-What every method shares, written once: the Method record, sequence log-probs of a padded batch,
-and the frozen reference model.
+What every method shares, written once: the Method record and the registry, how a method declares
+its options, the state a run hands to a loss, sequence log-probs of a padded batch, and the frozen
+reference model.
 
-A method is a `Method`: which data it eats, what its loss is a sum over (tokens or examples), and a
-`loss(model, batch, ctx, cfg)` returning (loss summed over the micro-batch, metrics). The training loop
-divides by the number of units in the whole effective batch, so gradient accumulation over N
-micro-batches equals one step on their concatenation (data.py, train.py).
+A method is a `Method`: which JSONL rows it reads, which kind of example its loss eats, what its loss
+is a sum over (tokens or examples), its own options, and `loss(model, batch, run, cfg)` returning
+(loss summed over the micro-batch, metrics). The training loop divides by the number of units in
+the whole effective batch, so gradient accumulation over N micro-batches equals one step on their
+concatenation (data.py, train.py). A method file ends with `register(Method(...), ...)`; importing
+`nanoalign` imports every method file, so `REGISTRY` is complete. train.py knows no method by name.
 """
 import copy
-from dataclasses import dataclass
-from typing import Callable
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 
 from kernels import sequence_logprob
-from nanoalign.data import make_batch
+
+
+# -- options: one dataclass per method, each field with its default, help and allowed values ---------
+def option(default, help, choices=None, minimum=None):
+    """A field of an options dataclass; train.py turns it into a --flag with this help, and checks
+    `choices` / `minimum` for every value, whether it came from a flag, a JSON config or a resume."""
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+
+
+def with_defaults(options, name, **defaults):
+    """A copy of an options dataclass with other defaults (a paper's per-variant values), same help."""
+    fields = []
+    for f in dataclasses.fields(options):
+        default = defaults.pop(f.name, f.default)
+        fields.append((f.name, f.type, field(default=default, metadata=f.metadata)))
+    assert not defaults, f"unknown options {sorted(defaults)}"
+    return dataclasses.make_dataclass(name, fields)
+
+
+@dataclass
+class NoOptions:
+    """A method without options of its own."""
 
 
 @dataclass
 class Method:
     name: str
-    data: str                 # the batch kind the loss eats: "sft", "pref", "mo" or "prompt"
+    reads: str                # the JSONL row kind read from --train_data: "sft", "pref" or "prompt"
+    eats: str                 # the example kind its loss eats (a key of nanoalign.data.KINDS)
     unit: str                 # "n_tokens" or "n_examples": the loss is a sum over these
-    loss: Callable            # (model, batch, ctx, cfg) -> (loss_sum, {metric: float})
+    loss: Callable            # (model, batch, run, cfg) -> (loss_sum, {metric: float})
     help: str
-    needs_ref: bool = False   # a frozen copy of the initial model goes in ctx["ref"]
-    source: str = None        # kind of JSONL row read ("sft" / "pref" / "prompt"); default = data
-    prepare: Callable = None  # (rows, cfg, split, tok) -> rows of kind `data` (e.g. add SJ triples)
-    defaults: dict = None     # config values this method changes unless the user sets them
+    options: type = NoOptions  # the method's own options (a dataclass built with `option`)
+    needs_ref: bool = False   # a frozen copy of the initial model goes in run.ref
+    prepare: Callable = None  # (rows, cfg, split, run) -> rows of kind `eats` (e.g. add SJ triples)
+    main: Callable = None     # (cfg, train) -> replaces one train(cfg) call (MetaAligner's stages)
+    metrics: dict = None      # {metric name: what it means}, printed as the log's legend
+    defaults: dict = None     # shared options whose default differs for this method (max_length)
+
+
+REGISTRY = {}
+
+
+def register(*methods):
+    for m in methods:
+        assert m.name not in REGISTRY, f"method '{m.name}' registered twice"
+        REGISTRY[m.name] = m
+
+
+@dataclass
+class Run:
+    """What a loss may use besides the model and the batch. Built once by the training loop."""
+    tok: Any                             # model.tokenizer.Tokenizer
+    ref: Optional[torch.nn.Module] = None    # the frozen start (methods with needs_ref)
+    judge: Optional[torch.nn.Module] = None  # a judge model of its own (--judge_from), else None
+    task: Any = None                     # a built-in task lent by the caller: .oracle_scores(prompt,
+                                         # response) and .rationale(...), for metrics only; None on
+                                         # the user's own data
+    step: int = 0                        # optimizer steps done
+    epoch: float = 0.0                   # epochs of data seen (fractional)
+    epochs: float = 1.0                  # epochs the whole run will see
+    cache: dict = field(default_factory=dict)  # a method's own memory across steps
 
 
 def batch_logps(model, batch, reduction="sum", mask=None):
@@ -46,41 +98,24 @@ def frozen_copy(model):
     return ref
 
 
-@torch.no_grad()
+class evaluating:
+    """`with evaluating(model):` eval mode (no dropout) and no grads, train mode restored after. Every
+    judge and reference forward runs in it: a LoRA judge with dropout would otherwise be noisy."""
+
+    def __init__(self, model):
+        self.model, self.was = model, model.training
+        self.no_grad = torch.no_grad()
+
+    def __enter__(self):
+        self.model.eval()
+        self.no_grad.__enter__()
+        return self.model
+
+    def __exit__(self, *exc):
+        self.no_grad.__exit__(*exc)
+        self.model.train(self.was)
+
+
 def reference_logps(ref, batch, reduction="sum"):
-    return batch_logps(ref, batch, reduction)
-
-
-# -- on-policy pieces (Self-Judge, OSP): sample, then turn chosen/rejected ids into a batch ---------
-def sample_responses(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator=None,
-                     top_k=None):
-    """n samples per prompt (lists of token ids), one batched KV-cached generate call; returns
-    [[ids of sample 0, ..., sample n-1] per prompt]. Samples end at EOS (kept) or max_new_tokens.
-    Uses torch's global RNG unless a generator is given, so a resumed run samples the same."""
-    from model.generate import generate
-    flat = generate(model, [p for p in prompts for _ in range(n)], max_new_tokens,
-                    model.cfg.eos_ids + [tok.eos_id], temperature, top_k, top_p, generator,
-                    tok.pad_id or 0)
-    return [[s if s else [tok.eos_id] for s in flat[i * n:(i + 1) * n]] for i in range(len(prompts))]
-
-
-def pair_batch(prompts, wins, losses, pad_id, device):
-    """A preference batch (chosen rows first) from prompt ids and response ids, no re-tokenizing."""
-    ex = [{"chosen": p + w, "n_prompt_chosen": len(p), "rejected": p + l, "n_prompt_rejected": len(p)}
-          for p, w, l in zip(prompts, wins, losses)]
-    return make_batch(ex, "pref", pad_id, device)
-
-
-def response_batch(prompts, responses, pad_id, device):
-    """An SFT batch from prompt ids and response ids."""
-    return make_batch([{"ids": p + r, "n_prompt": len(p)} for p, r in zip(prompts, responses)],
-                      "sft", pad_id, device)
-
-
-def oracle_or_none(prompt, response):
-    """The built-in task's oracle 'overall' score, or None for prompts that are not the task's."""
-    from nanoalign import task
-    try:
-        return task.oracle_scores(prompt, response)["overall"]
-    except ValueError:
-        return None
+    with evaluating(ref):
+        return batch_logps(ref, batch, reduction)

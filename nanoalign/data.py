@@ -2,23 +2,32 @@
 Data: JSONL rows in the conventions people already have, tokenized, truncated, batched.
 
   preference  {"prompt": P, "chosen": R, "rejected": R}      (UltraFeedback-binarized, TRL)
+              or TRL's implicit prompt: {"chosen": C, "rejected": C} with no "prompt", where both
+              are whole conversations (or whole strings); the prompt is their shared beginning
   sft         {"prompt": P, "response": R}  or  {"messages": [...]}  (last assistant turn = response)
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}
   labels      optional, on preference rows: {objective: "1" | "2" | "equal"} (response 1 = chosen;
               MetaAligner and principle-aware judges use it, nanoalign/meta_aligner.py)
 
-Prompt and response are tokenized separately and concatenated (METHODS.md). The response gets the
-EOS token. Truncation to max_length: the prompt loses tokens from the LEFT (the end of the prompt is
-what the answer depends on), the response from the RIGHT. A row whose prompt alone fills max_length
-has no response token left: that is an error naming the row (or, with skip_bad, a dropped row that is
-counted), never a silent 0/0 in a mean.
+Every kind is one row of the table `KINDS` at the bottom: how a row of that kind is read and checked,
+how it becomes token ids, how examples become a batch. An unknown kind is an error (a KeyError from
+the table is turned into a DataError naming the kinds), never a fall-through.
+
+Prompt and response are tokenized separately and concatenated (docs/methods.md#sequence-log-probabilities).
+The response ends with the chat template's end of turn. Truncation to max_length: the response loses
+tokens from the RIGHT. A prompt that leaves no room for a response (len(prompt) >= max_length) is a
+bad row: an error naming the row, or with skip_bad a dropped row that is counted; never a silent 0/0
+in a mean. A row marked "keep_whole" (judgment targets, whose label must be scored) is dropped and
+counted, not cut, when its response does not fit.
 
 Batches are right-padded: training rows need no left padding because positions start at 0 anyway.
 `targets[b, t]` = ids[b, t + 1]: hidden state t predicts token t + 1, and `mask` marks the targets
 that are response tokens.
 """
 import json
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -27,6 +36,7 @@ class DataError(ValueError):
     """A bad data row; the message names the file, the line and the field."""
 
 
+# -- reading: one checker per row kind ----------------------------------------------------------------
 def _check_text(v, where, field):
     if isinstance(v, str):
         if not v.strip() and field != "prompt":
@@ -39,24 +49,86 @@ def _check_text(v, where, field):
                     f"{{\"role\", \"content\"}} messages, got {type(v).__name__}")
 
 
-def validate_row(row, kind, where):
-    """Check one parsed row; returns the normalized row. kind: 'sft' or 'pref'."""
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if kind == "sft" and "messages" in row:
-        msgs = _check_text(row["messages"], where, "messages")
-        if isinstance(msgs, str) or not msgs or msgs[-1]["role"] != "assistant":
-            raise DataError(f"{where}: field 'messages' must end with an assistant message")
-        if not msgs[-1]["content"].strip():
-            raise DataError(f"{where}: field 'messages' has an empty final assistant message")
-        return {"prompt": msgs[:-1], "response": msgs[-1]["content"]}
-    fields = {"sft": ("prompt", "response"), "prompt": ("prompt",)}.get(kind, ("prompt", "chosen", "rejected"))
+def _check_fields(row, fields, kind, where):
     out = dict(row)
     for f in fields:
         if f not in row:
             raise DataError(f"{where}: missing field '{f}' (a {kind} row needs {', '.join(fields)})")
         out[f] = _check_text(row[f], where, f)
     return out
+
+
+def _check_response(v, where, field):
+    """A response given as messages must contain an assistant turn (its last one is the response)."""
+    if isinstance(v, list) and not any(m["role"] == "assistant" for m in v):
+        raise DataError(f"{where}: field '{field}' is a message list with no assistant message; "
+                        f"the response is the last assistant message")
+    return v
+
+
+def implicit_prompt(chosen, rejected, where):
+    """TRL's implicit-prompt row: (prompt, chosen, rejected) from two whole conversations (message
+    lists: the prompt is their shared leading messages) or two whole strings (the shared leading
+    text; a space right before the split goes with the responses, as TRL does)."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        if n == 0:
+            raise DataError(f"{where}: no 'prompt' field, and 'chosen' and 'rejected' share no leading "
+                            f"message to take as the prompt")
+        return chosen[:n], chosen[n:], rejected[n:]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        if n and chosen[n - 1] == " ":
+            n -= 1
+        if n == 0:
+            raise DataError(f"{where}: no 'prompt' field, and 'chosen' and 'rejected' share no leading "
+                            f"text to take as the prompt")
+        return chosen[:n], chosen[n:], rejected[n:]
+    raise DataError(f"{where}: no 'prompt' field, and 'chosen' / 'rejected' are not both strings or "
+                    f"both message lists")
+
+
+def _read_pref(row, where):
+    if "prompt" not in row and "chosen" in row and "rejected" in row:
+        c = _check_text(row["chosen"], where, "chosen")
+        r = _check_text(row["rejected"], where, "rejected")
+        p, c, r = implicit_prompt(c, r, where)
+        row = {**row, "prompt": p, "chosen": c, "rejected": r}
+    out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where)
+    for f in ("chosen", "rejected"):
+        _check_response(out[f], where, f)
+    return out
+
+
+def _read_sft(row, where):
+    if "messages" in row:
+        msgs = _check_text(row["messages"], where, "messages")
+        if isinstance(msgs, str) or msgs[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field 'messages' must end with an assistant message")
+        if not msgs[-1]["content"].strip():
+            raise DataError(f"{where}: field 'messages' has an empty final assistant message")
+        return {**row, "prompt": msgs[:-1], "response": msgs[-1]["content"]}
+    out = _check_fields(row, ("prompt", "response"), "sft", where)
+    _check_response(out["response"], where, "response")
+    return out
+
+
+def _read_prompt(row, where):
+    return _check_fields(row, ("prompt",), "prompt", where)
+
+
+def validate_row(row, kind, where):
+    """Check one parsed row of a row kind ('sft', 'pref' or 'prompt'); returns the normalized row."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    read = kind_of(kind).read
+    if read is None:
+        raise DataError(f"{where}: '{kind}' examples are built by a method, not read from a file")
+    return read(row, where)
 
 
 def read_jsonl(path, kind, skip_bad=False):
@@ -88,63 +160,88 @@ def read_jsonl(path, kind, skip_bad=False):
     return rows, skipped
 
 
-def tokenize_pair(tok, prompt, response, max_length, where="row"):
-    """(ids, n_prompt) with the prompt cut from the left and the response from the right."""
-    p = tok.encode_prompt(prompt)
-    r = tok.encode_response(response)
+# -- tokenizing: one function per example kind ---------------------------------------------------------
+class TooLong(Exception):
+    """An example that must not be cut (a judgment label, a self-judgement triple): drop and count."""
+
+
+def encode_pair(tok, prompt, response, where):
+    """(prompt ids, response ids) through the tokenizer's chat template; a template's own error (a
+    system message Gemma refuses) or a response without an assistant turn is a DataError naming the
+    row."""
+    try:
+        if hasattr(tok, "encode_pair"):
+            return tok.encode_pair(prompt, response)
+        return tok.encode_prompt(prompt), tok.encode_response(response)
+    except DataError:
+        raise
+    except ValueError as e:   # the tokenizer's TemplateError and friends
+        raise DataError(f"{where}: {e}") from None
+
+
+def tokenize_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
+    """(ids, n_prompt): the response cut from the right to fit max_length. A prompt that leaves no
+    room for a response raises; a keep_whole response that does not fit raises TooLong."""
+    p, r = encode_pair(tok, prompt, response, where)
+    if keep_whole and len(p) + len(r) > max_length:
+        raise TooLong(where)
     if len(p) >= max_length:
         raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for the "
                         f"response within max_length={max_length}")
-    r = r[:max_length - len(p)] if len(p) + len(r) > max_length else r
+    r = r[:max_length - len(p)]      # the response loses tokens from the right
     return p + r, len(p)
 
 
-def _pref_example(tok, row, max_length, where):
-    cw, nw = tokenize_pair(tok, row["prompt"], row["chosen"], max_length, where)
-    cl, nl = tokenize_pair(tok, row["prompt"], row["rejected"], max_length, where)
+def _sft_example(tok, row, limits, where):
+    ids, n = tokenize_pair(tok, row["prompt"], row["response"], limits["max_length"], where,
+                           row.get("keep_whole", False))
+    return {"ids": ids, "n_prompt": n, "row": row}
+
+
+def _pref_example(tok, row, limits, where, max_length=None):
+    L = max_length or limits["max_length"]
+    keep = row.get("keep_whole", False)
+    cw, nw = tokenize_pair(tok, row["prompt"], row["chosen"], L, where, keep)
+    cl, nl = tokenize_pair(tok, row["prompt"], row["rejected"], L, where, keep)
     return {"chosen": cw, "n_prompt_chosen": nw, "rejected": cl, "n_prompt_rejected": nl, "row": row}
 
 
+def _prompt_example(tok, row, limits, where):
+    p = tok.encode_prompt(row["prompt"])
+    if len(p) >= limits["max_length"]:
+        raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for a "
+                        f"response within max_length={limits['max_length']}")
+    return {"prompt": p, "row": row}
+
+
+def _mo_example(tok, row, limits, where):
+    """MO-ORPO: the alignment triple and its self-judgement triple row['sj'] (nanoalign/judge.py).
+    An SJ triple over sj_max_length drops the whole example (counted: the MO-ORPO paper filtered its
+    data to fit the judge prompt)."""
+    sj = {**row["sj"], "keep_whole": True}
+    return {"align": _pref_example(tok, row, limits, where),
+            "sj": _pref_example(tok, sj, limits, where, limits["sj_max_length"]), "row": row}
+
+
 def tokenize_rows(rows, tok, kind, max_length, skip_bad=False, sj_max_length=None):
-    """Rows -> examples, per kind:
-      sft     {ids, n_prompt}
-      pref    {chosen, rejected, n_prompt_chosen, n_prompt_rejected}
-      mo      {align: <pref example>, sj: <pref example of row['sj']>} (MO-ORPO, nanoalign/judge.py)
-      prompt  {prompt: ids} (on-policy methods sample their own responses)
-    Returns (examples, n_dropped). A self-judgement triple whose prompt + answer exceeds
-    sj_max_length drops its whole example (counted, not an error: the MO-ORPO paper filtered its
-    data to fit the judge prompt in 6k tokens)."""
-    out, skipped = [], 0
+    """Rows -> examples of `kind` (see KINDS). Returns (examples, n_dropped): rows dropped because
+    they were bad (with skip_bad) or too long to cut."""
+    tokenize, limits = kind_of(kind).tokenize, {"max_length": max_length, "sj_max_length": sj_max_length}
+    out, dropped = [], 0
     for row in rows:
         where = row.get("_where", "row")
         try:
-            if kind == "sft":
-                ids, n = tokenize_pair(tok, row["prompt"], row["response"], max_length, where)
-                out.append({"ids": ids, "n_prompt": n, "row": row})
-            elif kind == "pref":
-                out.append(_pref_example(tok, row, max_length, where))
-            elif kind == "prompt":
-                p = tok.encode_prompt(row["prompt"])
-                if len(p) >= max_length:
-                    raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no "
-                                    f"room for a response within max_length={max_length}")
-                out.append({"prompt": p, "row": row})
-            else:
-                sj = row["sj"]
-                n_sj = max(len(tok.encode_prompt(sj["prompt"])) + len(tok.encode_response(r))
-                           for r in (sj["chosen"], sj["rejected"]))
-                if n_sj > sj_max_length:
-                    skipped += 1
-                    continue
-                out.append({"align": _pref_example(tok, row, max_length, where),
-                            "sj": _pref_example(tok, sj, sj_max_length, where), "row": row})
+            out.append(tokenize(tok, row, limits, where))
+        except TooLong:
+            dropped += 1
         except DataError:
             if not skip_bad:
                 raise
-            skipped += 1
-    return out, skipped
+            dropped += 1
+    return out, dropped
 
 
+# -- batching: one function per example kind ------------------------------------------------------------
 def collate(seqs, n_prompts, pad_id):
     """Right-padded (B, T) ids, attn, targets and response mask for a list of id lists."""
     T = max(len(s) for s in seqs)
@@ -160,32 +257,69 @@ def collate(seqs, n_prompts, pad_id):
     return {"ids": ids, "attn": attn, "targets": targets, "mask": mask}
 
 
-def make_batch(examples, kind, pad_id, device="cpu"):
-    """One micro-batch on `device`. Preference batches stack chosen rows, then rejected rows (2B).
-    An 'mo' batch holds two preference batches, 'align' and 'sj' (padded separately: the judge
-    prompts are several times longer); a 'prompt' batch is just the prompt id lists."""
-    if kind == "mo":
-        al = make_batch([e["align"] for e in examples], "pref", pad_id, device)
-        sj = make_batch([e["sj"] for e in examples], "pref", pad_id, device)
-        return {"align": al, "sj": sj, "n_examples": len(examples), "n_tokens": al["n_tokens"],
-                "n_seen": al["n_seen"] + sj["n_seen"], "examples": examples}
-    if kind == "prompt":
-        b = [e["prompt"] for e in examples]
-        return {"prompts": b, "n_examples": len(examples),
-                "n_tokens": 0, "n_seen": sum(map(len, b)), "examples": examples}
-    if kind == "sft":
-        b = collate([e["ids"] for e in examples], [e["n_prompt"] for e in examples], pad_id)
-    else:
-        b = collate([e["chosen"] for e in examples] + [e["rejected"] for e in examples],
-                    [e["n_prompt_chosen"] for e in examples] + [e["n_prompt_rejected"] for e in examples],
-                    pad_id)
-    b = {k: v.to(device) for k, v in b.items()}
-    B = len(examples)
-    b["n_examples"] = B
-    b["n_tokens"] = int(b["mask"][:B].sum()) if kind == "pref" else int(b["mask"].sum())
-    b["n_seen"] = int(b["attn"].sum())   # tokens through the model, for tok/s
+def _tensor_batch(seqs, n_prompts, n_examples, pad_id, device, examples):
+    b = {k: v.to(device) for k, v in collate(seqs, n_prompts, pad_id).items()}
+    b["n_examples"] = n_examples
+    b["n_tokens"] = int(b["mask"][:n_examples].sum())   # a preference batch counts its chosen rows
+    b["n_seen"] = int(b["attn"].sum())                   # tokens through the model, for tok/s
     b["examples"] = examples
     return b
+
+
+def _sft_batch(examples, pad_id, device):
+    return _tensor_batch([e["ids"] for e in examples], [e["n_prompt"] for e in examples],
+                         len(examples), pad_id, device, examples)
+
+
+def _pref_batch(examples, pad_id, device):
+    """Chosen rows, then rejected rows (2B)."""
+    return _tensor_batch([e["chosen"] for e in examples] + [e["rejected"] for e in examples],
+                         [e["n_prompt_chosen"] for e in examples] + [e["n_prompt_rejected"] for e in examples],
+                         len(examples), pad_id, device, examples)
+
+
+def _prompt_batch(examples, pad_id, device):
+    b = [e["prompt"] for e in examples]
+    return {"prompts": b, "n_examples": len(examples), "n_tokens": 0, "n_seen": sum(map(len, b)),
+            "examples": examples}
+
+
+def _mo_batch(examples, pad_id, device):
+    """Two preference batches, 'align' and 'sj', padded separately (the judge prompts are several
+    times longer)."""
+    al = _pref_batch([e["align"] for e in examples], pad_id, device)
+    sj = _pref_batch([e["sj"] for e in examples], pad_id, device)
+    return {"align": al, "sj": sj, "n_examples": len(examples), "n_tokens": al["n_tokens"],
+            "n_seen": al["n_seen"] + sj["n_seen"], "examples": examples}
+
+
+def make_batch(examples, kind, pad_id, device="cpu"):
+    """One micro-batch of `kind` on `device`."""
+    return kind_of(kind).batch(examples, pad_id, device)
+
+
+# -- the table ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Kind:
+    read: Callable       # (row, where) -> checked row; None: built by a method, not read from files
+    tokenize: Callable   # (tok, row, limits, where) -> example
+    batch: Callable      # (examples, pad_id, device) -> batch dict
+    summary: str         # what a dropped example of this kind means, for the start-up line
+
+
+KINDS = {
+    "sft": Kind(_read_sft, _sft_example, _sft_batch, "bad rows, or judgment targets over --max_length"),
+    "pref": Kind(_read_pref, _pref_example, _pref_batch, "bad rows"),
+    "prompt": Kind(_read_prompt, _prompt_example, _prompt_batch, "bad rows"),
+    "mo": Kind(None, _mo_example, _mo_batch,
+               "bad rows, or a self-judgement prompt + answer over --sj_max_length"),
+}
+
+
+def kind_of(kind):
+    if kind not in KINDS:
+        raise DataError(f"unknown data kind '{kind}'; the kinds are {', '.join(KINDS)}")
+    return KINDS[kind]
 
 
 class BatchOrder:
@@ -199,9 +333,6 @@ class BatchOrder:
         self.n, self.bs, self.seed, self.pos = n, batch_size, seed, pos
         self.per_epoch = n // batch_size  # drop the ragged tail: every micro-batch is full
         self._perm_epoch, self._perm = None, None
-
-    def epoch(self):
-        return self.pos // self.per_epoch
 
     def next(self):
         e, k = divmod(self.pos, self.per_epoch)

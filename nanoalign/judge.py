@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from model.generate import left_pad
+from nanoalign.common import evaluating
 
 
 class JudgeError(ValueError):
@@ -112,10 +113,19 @@ SJ_TEMPLATES = _sj_templates()
 REJECTED_FIRST = 0.55  # MO-ORPO section 4: position-bias correction
 
 
+def prompt_text(prompt):
+    """A prompt as the judge sees it: a string as it is; a conversation with its role names, so the
+    judge can tell the user's turns from the assistant's (a single user turn: just its text)."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"]
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+
+
 def render(t, prompt, a, b, principle=None, description=None):
     """(messages, answer_with_{label}) for one judgment; {label} is filled in by the caller."""
-    p = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-    user = t.user.format(prompt=p, a=a, b=b, principle=principle)
+    user = t.user.format(prompt=prompt_text(prompt), a=a, b=b, principle=principle)
     msgs = [{"role": "user", "content": user}]
     if t.system:
         msgs = [{"role": "system", "content": t.system.format(description=description or "")}] + msgs
@@ -200,19 +210,20 @@ def judge_ids(tok, t, prefix, prompt, a, b, principle=None, description=None):
     return tok.encode_prompt(msgs) + tok.encode(prefix.replace("{principle}", principle or ""))
 
 
-@torch.no_grad()
 def first_probs(model, tok, t, items, batch_size=64):
     """p_A: probability of the FIRST position's label, softmax over the two label tokens only, for
-    items = [(prompt, a, b) or (prompt, a, b, principle, description)]. Left-padded batches."""
+    items = [(prompt, a, b) or (prompt, a, b, principle, description)]. Left-padded batches; the
+    model scores in eval mode (no dropout), its mode restored after."""
     prefix, (ia, ib) = label_ids(tok, t)
     out = []
     dev = model.lm_head.weight.device
-    for i in range(0, len(items), batch_size):
-        ids, mask = left_pad([judge_ids(tok, t, prefix, *it) for it in items[i:i + batch_size]],
-                             tok.pad_id or 0, dev)                                   # (B, L)
-        h = model(ids, mask)[:, -1]                                                  # (B, dim)
-        two = model.logits(h)[:, [ia, ib]].float()                                   # (B, 2)
-        out.append(torch.softmax(two, -1)[:, 0])
+    with evaluating(model):
+        for i in range(0, len(items), batch_size):
+            ids, mask = left_pad([judge_ids(tok, t, prefix, *it) for it in items[i:i + batch_size]],
+                                 tok.pad_id or 0, dev)                               # (B, L)
+            h = model(ids, mask)[:, -1]                                              # (B, dim)
+            two = model.logits(h)[:, [ia, ib]].float()                               # (B, 2)
+            out.append(torch.softmax(two, -1)[:, 0])
     return torch.cat(out) if out else torch.zeros(0)
 
 

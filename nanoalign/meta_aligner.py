@@ -1,6 +1,7 @@
 """
-MetaAligner (meta-aligner.txt; METHODS.md "MetaAligner"): a small model that edits ANY policy's answer
-towards the objectives you name, without touching the policy's weights.
+MetaAligner ("MetaAligner: Conditional Weak-to-Strong Correction for Generalizable Multi-Objective
+Alignment of Language Models", arXiv:2403.17141; docs/methods.md#metaaligner): a small model that
+edits ANY policy's answer towards the objectives you name, without touching the policy's weights.
 
 Data (the paper's Algorithm 1). A row is (q, y1, y2, R) with one label per objective,
 R_j in {"1" (y1 better), "2" (y2 better), "equal"}, and a text marker per objective:
@@ -28,15 +29,27 @@ answers from any source (nanoalign.meta_aligner.correct).
 import dataclasses
 import os
 import random
+from dataclasses import dataclass
 
 from model.generate import generate
-from nanoalign.common import Method
+from nanoalign.common import Method, option, register
 from nanoalign.data import DataError
-from nanoalign.sft import sft_loss
+from nanoalign.sft import METRICS, sft_loss
 
 PROMPT = ("Edit the following Question-Answer pair to make it {t} considering the following "
           "objectives: {objectives} | Question: {q} | Answer: {y} | Edit:")
 STAGES = ("warmup", "equal", "preference")
+
+
+@dataclass
+class MetaOptions:
+    meta_stage: str = option("all", "'warmup', 'equal', 'preference', or 'all' (the three in sequence "
+                             "in out_dir/<stage>; the warm-up gets max_steps // 5)",
+                             choices=STAGES + ("all",))
+    meta_warmup_frac: float = option(0.1, "fraction of the equal set used for the warm-up",
+                                     minimum=0.0)
+    meta_holdout: str = option("", "comma-separated objectives left out of training (the paper's "
+                               "zero-shot test)")
 
 
 def render_objectives(objs):
@@ -85,7 +98,7 @@ def build_sets(rows, seed, holdout=()):
     return d_p, d_e
 
 
-def stage_rows(rows, cfg, split, tok=None):
+def stage_rows(rows, cfg, split, run=None):
     """The SFT rows of one stage."""
     holdout = tuple(x for x in cfg.meta_holdout.split(",") if x)
     d_p, d_e = build_sets(rows, cfg.seed, holdout)
@@ -98,7 +111,11 @@ def stage_rows(rows, cfg, split, tok=None):
 
 
 def run_stages(cfg, train_fn):
-    """--meta_stage all: warmup -> equal -> preference, each from the previous checkpoint."""
+    """--meta_stage all: warmup -> equal -> preference, each from the previous checkpoint; one
+    stage: one train_fn call. Returns the last checkpoint."""
+    if cfg.meta_stage != "all":
+        train_fn(cfg)
+        return os.path.join(cfg.out_dir, "ckpt")
     init, steps = cfg.init_from, {"warmup": max(1, cfg.max_steps // 5)}
     for st in STAGES:
         c = dataclasses.replace(cfg, meta_stage=st, out_dir=os.path.join(cfg.out_dir, st),
@@ -137,6 +154,7 @@ def correct(aligner, tok, prompts, answers, objectives, max_new_tokens=48, batch
     return out
 
 
-METHODS = [Method("meta_aligner", "sft", "n_tokens", sft_loss, "MetaAligner: SFT an aligner that "
-                  "edits answers towards named objectives (--meta_stage warmup|equal|preference|all)",
-                  source="pref", prepare=stage_rows, defaults={"max_length": 384})]
+register(Method("meta_aligner", "pref", "sft", "n_tokens", sft_loss, "MetaAligner: SFT an aligner "
+                "that edits answers towards named objectives (--meta_stage warmup|equal|preference|all)",
+                MetaOptions, prepare=stage_rows, main=run_stages, metrics=METRICS,
+                defaults={"max_length": 384}))

@@ -1,6 +1,7 @@
 """
-Multi-objective ORPO with self-judgement (mo-orpo-self-judgement.txt; METHODS.md "Multi-objective
-ORPO" and "Self-judgement data").
+Multi-objective ORPO with self-judgement ("Multi-Objective Alignment of LLMs with ORPO using
+Self-Judgement", an anonymous double-blind submission without an arXiv id; docs/methods.md#multi-objective-orpo
+and docs/methods.md#self-judgement-data).
 
 Two tasks, both trained with the ORPO loss (nanoalign/orpo.py, eq. 1-4), from the same rows:
   alignment        (x, y_w, y_l)                        the user's preference data
@@ -26,14 +27,37 @@ Per example, with L_task = L_SFT + lam * L_OR and z = the task's log odds ratio:
   orpo            the baseline, L_align alone (nanoalign/orpo.py; scalarization with w1 = 1)
 
 Metrics every step: z_align, z_sj, each task's L_SFT and L_OR, L_align, L_sj (the right panel of
-Figure 3 plots final L_align against final L_sj: `python -m nanoalign.plot`).
+Figure 3 plots final L_align against final L_sj: `python -m experiments.plot`).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from nanoalign.common import Method, batch_logps
+from nanoalign.common import Method, batch_logps, option, register, with_defaults
 from nanoalign.judge import attach_sj
-from nanoalign.orpo import orpo_terms
+from nanoalign.orpo import ORPOOptions, orpo_terms
+
+
+@dataclass
+class SJOptions(ORPOOptions):
+    """Every variant: ORPO's options for both tasks, and the length limit of the SJ task."""
+    sj_max_length: int = option(384, "token limit of a self-judgement prompt + answer; longer "
+                                "examples are dropped and counted", minimum=2)
+
+
+@dataclass
+class OneWeight(SJOptions):
+    """scalarization, sj_sft: w1 for the alignment task, 1 - w1 for the SJ task."""
+    w1: float = option(0.6, "weight of the alignment task; the SJ task gets 1 - w1 (paper 0.6)",
+                       minimum=0.0)
+
+
+@dataclass
+class TwoWeights(SJOptions):
+    """conjoined, conditional: a weight for each task (paper: 0.7 / 0.3 and 0.9 / 0.1)."""
+    w1: float = option(0.7, "weight of the alignment task", minimum=0.0)
+    w2: float = option(0.3, "weight of the self-judgement task", minimum=0.0)
 
 
 def task_terms(model, batch, cfg):
@@ -64,7 +88,7 @@ def phase(kind, epoch, epochs):
     return "sj" if epoch < epochs / 2 else "align"
 
 
-def mo_loss(kind, a, s, cfg, ctx=None):
+def mo_loss(kind, a, s, cfg, run=None):
     """(per-example loss, extra metrics) from the two tasks' terms (a: alignment, s: SJ; either may
     be None when the schedule does not train it this step)."""
     if kind == "scalarization":
@@ -78,23 +102,23 @@ def mo_loss(kind, a, s, cfg, ctx=None):
     if kind == "conditional":
         loss, active = conditional(a["L"], s["L"], s["z"], cfg.w1, cfg.w2)
         return loss, {"sj_active": active.float().mean().item()}
-    which = phase(kind, ctx["epoch"], ctx["epochs"])
+    which = phase(kind, run.epoch, run.epochs)
     return (a if which == "align" else s)["L"], {"task_sj": float(which == "sj")}
 
 
-def _needs(kind, ctx):
+def _needs(kind, run):
     if kind in ("epoch_by_epoch", "task_by_task"):
-        which = phase(kind, ctx["epoch"], ctx["epochs"])
+        which = phase(kind, run.epoch, run.epochs)
         return which == "align", which == "sj"
     return True, True
 
 
 def _loss(kind):
-    def loss(model, batch, ctx, cfg):
-        need_a, need_s = _needs(kind, ctx)
+    def loss(model, batch, run, cfg):
+        need_a, need_s = _needs(kind, run)
         a = task_terms(model, batch["align"], cfg) if need_a else None
         s = task_terms(model, batch["sj"], cfg) if need_s else None
-        per_ex, mets = mo_loss(kind, a, s, cfg, ctx)
+        per_ex, mets = mo_loss(kind, a, s, cfg, run)
         for name, t in (("align", a), ("sj", s)):
             if t is not None:
                 mets.update({f"z_{name}": t["z"].mean().item(), f"L_{name}": t["L"].mean().item(),
@@ -118,13 +142,7 @@ def judge_accuracy(model, batches):
     return hits / max(n, 1)
 
 
-def effective_weights(name, cfg):
-    """(w1, w2) as the paper's tables write them, for reports."""
-    return {"orpo": (1.0, 0.0), "epoch_by_epoch": (1.0, 1.0), "task_by_task": (1.0, 1.0),
-            "scalarization": (cfg.w1, 1 - cfg.w1), "sj_sft": (cfg.w1, 1 - cfg.w1)}.get(name, (cfg.w1, cfg.w2))
-
-
-def _prepare(rows, cfg, split, tok):
+def _prepare(rows, cfg, split, run):
     return attach_sj(rows, cfg.seed, split)
 
 
@@ -136,7 +154,16 @@ _HELP = {
     "task_by_task": "MO-ORPO: SJ task for the first half of the epochs, then alignment",
     "sj_sft": "MO-ORPO control: scalarization with plain SFT on the SJ answer (--w1, 0.6)",
 }
-_DEFAULTS = {"scalarization": {"w1": 0.6}, "conjoined": {"w1": 0.7, "w2": 0.3},
-             "conditional": {"w1": 0.9, "w2": 0.1}, "sj_sft": {"w1": 0.6}}
-METHODS = [Method(k, "mo", "n_examples", _loss(k), v, source="pref", prepare=_prepare,
-                  defaults=_DEFAULTS.get(k, {})) for k, v in _HELP.items()]
+METRICS = {"z_align": "log odds ratio of the alignment pair", "z_sj": "of the self-judgement pair",
+           "L_align": "alignment ORPO loss", "L_sj": "self-judgement ORPO loss",
+           "L_SFT_align": "alignment NLL per token", "L_OR_align": "alignment odds-ratio loss",
+           "L_SFT_sj": "self-judgement NLL per token", "L_OR_sj": "self-judgement odds-ratio loss",
+           "L_OR_conjoined": "eq. 6's alignment term -log sigmoid(z_align - sg(z_sj))",
+           "sj_active": "fraction of examples whose SJ term was on (conditional)",
+           "task_sj": "1 when this step trained the SJ task (schedules)"}
+_OPTIONS = {"scalarization": OneWeight, "sj_sft": OneWeight,
+            "conjoined": with_defaults(TwoWeights, "ConjoinedOptions", w1=0.7, w2=0.3),
+            "conditional": with_defaults(TwoWeights, "ConditionalOptions", w1=0.9, w2=0.1),
+            "epoch_by_epoch": SJOptions, "task_by_task": SJOptions}
+register(*[Method(k, "pref", "mo", "n_examples", _loss(k), v, _OPTIONS[k], prepare=_prepare,
+                  metrics=METRICS) for k, v in _HELP.items()])

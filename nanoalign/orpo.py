@@ -1,5 +1,6 @@
 """
-ORPO (Hong et al. 2024; baseline of mo-orpo-self-judgement.txt, eq. 1-4; METHODS.md "ORPO").
+ORPO ("ORPO: Monolithic Preference Optimization without Reference Model", arXiv:2403.07691; the
+baseline of the MO-ORPO paper, eq. 1-4; docs/methods.md#orpo).
 
     logp_mean   = (1/m) sum_t lp_t over the m response tokens         (kernels.sequence_logprob, 'mean')
     log_odds    = logp_mean - log(1 - exp(logp_mean))                  (eq. 2)
@@ -9,13 +10,25 @@ ORPO (Hong et al. 2024; baseline of mo-orpo-self-judgement.txt, eq. 1-4; METHODS
     L_ORPO      = L_SFT + lam * L_OR,  lam = 0.1 by default
 
 Both terms are per-example means over response tokens, and the loop averages over the examples of
-the effective batch. `--prompt_loss` also counts the chosen prompt's tokens in L_SFT, as the official
-ORPO code and TRL do (METHODS.md), so numbers can be compared with theirs; it is off by default.
+the effective batch. `--prompt_loss` also counts the chosen prompt's tokens in L_SFT (the official
+ORPO code does this; docs/methods.md#orpo); it stays a per-example mean over the example's prompt and
+response tokens, where TRL pools the tokens of the whole batch. Off by default.
 """
+from dataclasses import dataclass
+
 import torch
 
 from kernels import odds_ratio_loss
-from nanoalign.common import Method, batch_logps
+from nanoalign.common import Method, batch_logps, option, register
+
+
+@dataclass
+class ORPOOptions:
+    orpo_lambda: float = option(0.1, "weight of the odds-ratio term (ORPO's lambda, paper 0.1)",
+                                minimum=0.0)
+    prompt_loss: bool = option(False, "also count the chosen prompt's tokens in L_SFT, as the official "
+                               "ORPO code does; each example's term stays a mean over its own prompt "
+                               "and response tokens (TRL instead pools tokens over the batch)")
 
 
 def odds_ratio(logp_w, logp_l):
@@ -39,12 +52,15 @@ def orpo_terms(model, batch, cfg):
     return l_sft, l_or, z, lp_w, lp_l
 
 
-def orpo_loss(model, batch, ctx, cfg):
+def orpo_loss(model, batch, run, cfg):
     l_sft, l_or, z, lp_w, lp_l = orpo_terms(model, batch, cfg)
     loss = (l_sft + cfg.orpo_lambda * l_or).sum()
     return loss, {"z": z.mean().item(), "L_SFT": l_sft.mean().item(), "L_OR": l_or.mean().item(),
                   "logp_w": lp_w.mean().item(), "logp_l": lp_l.mean().item()}
 
 
-METHODS = [Method("orpo", "pref", "n_examples", orpo_loss,
-                  "ORPO: SFT on chosen + lambda * odds-ratio loss (no reference model)")]
+register(Method("orpo", "pref", "pref", "n_examples", orpo_loss,
+                "ORPO: SFT on chosen + lambda * odds-ratio loss (no reference model)", ORPOOptions,
+                metrics={"z": "log odds ratio of chosen over rejected (eq. 3)", "L_SFT": "NLL of the "
+                         "chosen response per token", "L_OR": "odds-ratio loss -log sigmoid(z)",
+                         "logp_w": "mean token log-prob of chosen", "logp_l": "of rejected"}))

@@ -1,5 +1,6 @@
 """
-Online Self-Preferring (OSP; online-self-preferring-osp.txt, Algorithm 1, eq. 5-7; METHODS.md "OSP").
+Online Self-Preferring ("Online Self-Preferring Language Models", arXiv:2405.14103; Algorithm 1,
+eq. 5-7; docs/methods.md#osp).
 
   pref_aug  optional preference augmentation (Alg. 1 line 3): SFT on LLM-as-a-judge instructions
             built from preference pairs in both position orders (judge.judgment_rows, the same
@@ -21,23 +22,37 @@ Ablations (the paper's): --osp_loss dpo (hard labels: the pair oriented by p >= 
 (SFT on the sample with the best s(y), RAFT). Each prompt's K//2 pair losses are averaged, so the
 loss is a mean over prompts whatever K is.
 
+beta: 0.1 by default, the paper's value for Mistral-7B with LoRA; its full fine-tunes used 0.001
+(dialogue) and 0.02 (summaries). 0.1 suits small models and few steps, where a tiny beta barely moves
+the policy; set --beta to the paper's value for a full fine-tune of a real model.
+
+The round sample -> judge -> pairs -> update is nanoalign/onpolicy.py's, shared with Self-Judge.
 Metrics: target strength p and predicted strength p_hat (mean, std), SPCE, judge agreement with the
 oracle on the pairs (built-in task), mean sample length, and the cost split t_sample / t_judge /
 t_update (the policy and reference forwards; the loop's step_s adds the backward).
 """
-import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from nanoalign.common import (Method, batch_logps, oracle_or_none, pair_batch, reference_logps,
-                              response_batch, sample_responses)
-from nanoalign.dpo import dpo_loss, ipo_loss, log_ratio_diff
-from nanoalign.judge import TEMPLATES, judgment_rows, swapped_probs
-from nanoalign.self_judge import template_of
-from nanoalign.sft import sft_loss
+from nanoalign import onpolicy
+from nanoalign.common import Method, batch_logps, option, register
+from nanoalign.dpo import dpo_loss, ipo_loss, log_ratio_diff, pair_losses, pair_metrics
+from nanoalign.judge import TEMPLATES, judgment_rows
+from nanoalign.self_judge import JSFTOptions
+from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
 
 TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling
+
+
+@dataclass
+class OSPOptions(onpolicy.OnPolicyOptions):
+    osp_k: int = option(7, "samples per prompt (K // 2 pairs; paper 7)", minimum=2)
+    osp_loss: str = option("spce", "'spce' (soft targets, eq. 7), or the ablations 'dpo' / 'ipo' (hard "
+                           "labels from the same judge)", choices=("spce", "dpo", "ipo"))
+    pairing: str = option("ranked", "'ranked' (best with worst), or the ablations 'random' and 'raft' "
+                          "(SFT on the best sample)", choices=("ranked", "random", "raft"))
 
 
 def spce_loss(pol_h, pol_l, ref_h, ref_l, p, beta):
@@ -62,77 +77,64 @@ def _stats(prefix, t):
     return {f"{prefix}_mean": t.mean().item(), f"{prefix}_std": t.std().item() if t.numel() > 1 else 0.0}
 
 
-def osp_loss(model, batch, ctx, cfg):
-    tok, t, ref, K = ctx["tok"], TEMPLATES[cfg.judge_template], ctx["ref"], cfg.osp_k
+def osp_loss(model, batch, run, cfg):
+    tok, t, K = run.tok, TEMPLATES[cfg.judge_template], cfg.osp_k
+    judge = run.judge if run.judge is not None else run.ref
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
-    B, t0 = len(prompts), time.time()
-    samples = sample_responses(model, tok, prompts, K, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
+    B, clock = len(prompts), onpolicy.Clock()
+    samples = onpolicy.sample(model, tok, prompts, K, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
     texts = [[tok.decode(s) for s in row] for row in samples]
-    t1 = time.time()
+    flat_samples = [y for row in samples for y in row]
+    clock.lap("t_sample")
     if cfg.pairing in ("ranked", "raft"):       # s(y) = p(y > blank | x), all B*K in one pass
-        s = swapped_probs(ref, tok, t, [(x, y, "") for x, row in zip(ptexts, texts) for y in row]).view(B, K)
+        s = onpolicy.judge_probs(judge, tok, t, [x for x in ptexts for _ in range(K)],
+                                 [y for row in texts for y in row], [""] * (B * K)).view(B, K)
     if cfg.pairing == "raft":                   # RAFT: SFT on each prompt's best sample
         best = s.argmax(1).tolist()
-        b = response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id,
-                           model.lm_head.weight.device)
-        t2 = time.time()
+        b = onpolicy.response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id,
+                                    model.lm_head.weight.device)
+        clock.lap("t_judge")
         loss = -batch_logps(model, b, "mean")
+        clock.lap("t_update")
         m = {"raft_nll": loss.mean().item(), "score_best": s.max(1).values.mean().item()}
-        m.update(_cost(samples, t0, t1, t2))
-        return loss.sum(), m
+        return loss.sum(), {**m, **onpolicy.cost(flat_samples, clock, B * K)}
     pairs = [ranked_pairs(s[i].tolist()) if cfg.pairing == "ranked" else random_pairs(K)
              for i in range(B)]
     flat = [(i, hi, lo) for i in range(B) for hi, lo in pairs[i]]              # B * K//2 pairs
-    p = swapped_probs(ref, tok, t, [(ptexts[i], texts[i][hi], texts[i][lo]) for i, hi, lo in flat])
-    t2 = time.time()
+    a, b = [texts[i][hi] for i, hi, _ in flat], [texts[i][lo] for i, _, lo in flat]
+    p = onpolicy.judge_probs(judge, tok, t, [ptexts[i] for i, _, _ in flat], a, b)   # p(y_h > y_l)
+    agree = onpolicy.agreement(run.task, [ptexts[i] for i, _, _ in flat], a, b, p.tolist())
+    highs, lows = [samples[i][hi] for i, hi, _ in flat], [samples[i][lo] for i, _, lo in flat]
     if cfg.osp_loss != "spce":                  # hard labels: orient each pair by the judge
-        flat = [(i, hi, lo) if q >= 0.5 else (i, lo, hi) for (i, hi, lo), q in zip(flat, p.tolist())]
-    b = pair_batch([prompts[i] for i, _, _ in flat], [samples[i][hi] for i, hi, _ in flat],
-                   [samples[i][lo] for i, _, lo in flat], tok.pad_id, model.lm_head.weight.device)
-    n = len(flat)
-    pol, rl = batch_logps(model, b, "sum"), reference_logps(ref, b, "sum")     # (2n,)
-    args = (pol[:n], pol[n:], rl[:n], rl[n:])
-    p = p.to(pol.dtype)
-    per_pair = {"spce": lambda: spce_loss(*args, p, cfg.beta), "dpo": lambda: dpo_loss(*args, cfg.beta),
-                "ipo": lambda: ipo_loss(*args, cfg.beta)}[cfg.osp_loss]()
+        highs, lows = onpolicy.orient(highs, lows, p)
+    clock.lap("t_judge")
+    pb = onpolicy.pair_batch([prompts[i] for i, _, _ in flat], highs, lows, tok.pad_id,
+                             model.lm_head.weight.device)
+    p = p.to(model.lm_head.weight.dtype)
+    fn = {"spce": lambda *x: spce_loss(*x[:4], p, x[4]), "dpo": dpo_loss, "ipo": ipo_loss}[cfg.osp_loss]
+    per_pair, h = pair_losses(fn, model, pb, run.ref, cfg.beta)
     loss = per_pair.view(B, K // 2).mean(1)                                   # mean over a prompt's pairs
-    with torch.no_grad():
-        p_hat = torch.sigmoid(cfg.beta * log_ratio_diff(*args))
-        m = {**_stats("p", p), **_stats("p_hat", p_hat),
-             "spce": spce_loss(*args, p, cfg.beta).mean().item()}
-    agree = []
-    for (i, hi, lo), q in zip(flat, p.tolist()):
-        oh, ol = oracle_or_none(ptexts[i], texts[i][hi]), oracle_or_none(ptexts[i], texts[i][lo])
-        if oh is not None and oh != ol:
-            agree.append(float((oh > ol) == (q >= 0.5)))
-    if agree:
-        m["judge_agree"] = sum(agree) / len(agree)
-    m.update(_cost(samples, t0, t1, t2))
+    clock.lap("t_update")
+    m = {**pair_metrics(h, cfg.beta), **_stats("p", p), **_stats("p_hat", torch.sigmoid(cfg.beta * h))}
+    m.update(agree, **onpolicy.cost(flat_samples, clock, B * K))
     return loss.sum(), m
 
 
-def _cost(samples, t0, t1, t2):
-    flat = [y for row in samples for y in row]
-    return {"sample_len": sum(map(len, flat)) / len(flat), "t_sample": t1 - t0, "t_judge": t2 - t1,
-            "t_update": time.time() - t2}
-
-
-def pref_aug_rows(rows, cfg, split, tok):
+def pref_aug_rows(rows, cfg, split, run):
     """Alg. 1 line 3: LLM-as-a-judge instructions from preference pairs, both orders, nothing else."""
-    t = template_of(cfg, tok)
+    t = onpolicy.template_of(cfg, run.tok)
     return judgment_rows(rows, t, "{principle}" in t.user)
 
 
-def _prompt_rows(rows, cfg, split, tok):
-    template_of(cfg, tok)   # start-up check of the judge template
-    return rows
-
-
-METHODS = [
-    Method("pref_aug", "sft", "n_tokens", sft_loss,
-           "OSP preference augmentation: SFT on judge instructions from preference pairs (both "
-           "orders)", source="pref", prepare=pref_aug_rows, defaults={"max_length": 384}),
-    Method("osp", "prompt", "n_examples", osp_loss, "OSP: K samples per prompt, ranked pairs, soft "
-           "targets from the frozen SFT judge, SPCE (--osp_loss, --pairing, --osp_k)",
-           needs_ref=True, source="prompt", prepare=_prompt_rows),
-]
+METRICS = {**onpolicy.METRICS, "p_mean": "target strength p(y_h > y_l) from the judge",
+           "p_std": "its spread", "p_hat_mean": "predicted strength sigmoid(beta * h)",
+           "p_hat_std": "its spread", "margin": "beta * h", "reward_acc": "fraction with h > 0",
+           "raft_nll": "RAFT: NLL per token of the best sample", "score_best": "RAFT: its judge score"}
+register(
+    Method("pref_aug", "pref", "sft", "n_tokens", sft_loss, "OSP preference augmentation: SFT on "
+           "judge instructions from preference pairs (both orders)", JSFTOptions, prepare=pref_aug_rows,
+           metrics=SFT_METRICS, defaults={"max_length": 384}),
+    Method("osp", "prompt", "prompt", "n_examples", osp_loss, "OSP: K samples per prompt, ranked pairs, "
+           "soft targets from the frozen SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", OSPOptions,
+           needs_ref=True, prepare=onpolicy.prompt_rows, metrics=METRICS),
+)

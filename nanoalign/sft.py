@@ -7,14 +7,16 @@ n_tokens counts the response tokens of the whole effective batch (the loop divid
 response weighs more than a short one, as in every SFT trainer. Used for the warm-up of the built-in
 task and, unchanged, by the SFT-style stages of the later methods.
 """
-from nanoalign.common import Method, batch_logps
+from nanoalign.common import Method, batch_logps, register
 
 
-def sft_loss(model, batch, ctx, cfg):
+def sft_loss(model, batch, run, cfg):
     lp = batch_logps(model, batch, "sum")                   # (B,) summed response log-probs
     nll = -lp.sum()
     return nll, {"nll_per_token": nll.item() / max(batch["n_tokens"], 1)}
 
 
-METHODS = [Method("sft", "sft", "n_tokens", sft_loss,
-                  "supervised fine-tuning on {prompt, response} rows (prompt masked)")]
+METRICS = {"nll_per_token": "negative log-likelihood per response token"}
+
+register(Method("sft", "sft", "sft", "n_tokens", sft_loss,
+                "supervised fine-tuning on {prompt, response} rows (prompt masked)", metrics=METRICS))

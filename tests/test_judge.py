@@ -8,7 +8,8 @@ from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
 
 import train
 from model.tokenizer import Tokenizer
-from nanoalign import judge, task
+from experiments import task
+from nanoalign import judge
 from nanoalign.judge import (TEMPLATES, JudgeError, JudgeTemplate, first_probs, judgment_rows,
                              label_ids, swapped_probs, tournament)
 from tests.test_mo_orpo import small_model

@@ -75,7 +75,7 @@ def test_template_and_objective_parsing():
 
 def test_warmup_targets_are_the_input_answers():
     rows = [row({"c": "equal", "k": "1"}, y1=f"g{i}", y2=f"b{i}") for i in range(40)]
-    cfg = dataclasses.replace(train.TrainConfig(), meta_stage="warmup", meta_warmup_frac=0.5)
+    cfg = train.make_config(method="meta_aligner", meta_stage="warmup", meta_warmup_frac=0.5)
     warm = stage_rows(rows, cfg, "train")
     assert len(warm) == 20 and all(w["response"] == w["input"] and w["response"].startswith("b") for w in warm)
     assert f"Answer: {warm[0]['input']} |" in warm[0]["prompt"]

@@ -9,12 +9,13 @@ import torch
 from hypothesis import given, strategies as st
 
 import train
-from nanoalign import REGISTRY, task
+from experiments import task
+from nanoalign import REGISTRY
 from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.judge import REJECTED_FIRST, SJ_TEMPLATES, attach_sj, sj_triple
 from nanoalign.mo_orpo import conditional, conjoined_or, phase, weighted
 from nanoalign.orpo import odds_ratio
-from nanoalign.plot import pareto
+from experiments.plot import pareto
 from model.model import ModelConfig, Transformer
 from tests.test_train import grads_of, run_cfg
 
@@ -76,13 +77,13 @@ def _mo_batch(n=6, seed=0):
 
 def test_scalarization_with_w1_one_equals_orpo():
     b = _mo_batch()
-    cfg = train.TrainConfig(w1=1.0)
+    cfg = train.make_config(method="scalarization", w1=1.0)
     model = small_model()
-    l1, _ = REGISTRY["scalarization"].loss(model, b, {}, cfg)
+    l1, _ = REGISTRY["scalarization"].loss(model, b, None, cfg)
     l1.backward()
     g1 = grads_of(model)
     model.zero_grad()
-    l2, _ = REGISTRY["orpo"].loss(model, b["align"], {}, cfg)
+    l2, _ = REGISTRY["orpo"].loss(model, b["align"], None, cfg)
     l2.backward()
     assert torch.allclose(l1, l2, rtol=1e-6)
     for x, y in zip(g1, grads_of(model)):
@@ -91,15 +92,15 @@ def test_scalarization_with_w1_one_equals_orpo():
 
 @pytest.mark.parametrize("method", ["conjoined", "conditional"])
 def test_mo_grad_accumulation_equals_one_big_batch(method):
-    m, cfg, model = REGISTRY[method], train.TrainConfig(method=method, w1=0.7, w2=0.3), small_model()
+    m, cfg, model = REGISTRY[method], train.make_config(method=method, w1=0.7, w2=0.3), small_model()
     tok = task.build_tokenizer()
     rows = attach_sj(task.preference_rows(8, 0), 0, "train")
     ex, _ = tokenize_rows(rows, tok, "mo", 128, sj_max_length=384)
-    train.accumulate_gradients(model, m, [make_batch(ex, "mo", tok.pad_id)], {}, cfg)
+    train.accumulate_gradients(model, m, [make_batch(ex, "mo", tok.pad_id)], None, cfg)
     one = grads_of(model)
     model.zero_grad()
     train.accumulate_gradients(model, m, [make_batch(ex[i:i + 2], "mo", tok.pad_id)
-                                          for i in range(0, 8, 2)], {}, cfg)
+                                          for i in range(0, 8, 2)], None, cfg)
     for a, b in zip(one, grads_of(model)):
         assert (a - b).abs().max().item() <= 1e-6
 

@@ -68,11 +68,11 @@ def test_kv_cache_equals_full_recompute(cfg, T, new, seed):
     x = torch.randint(0, 101, (2, T + new), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         full = m.logits(m(x))                               # (2, T+new, V)
-        m.setup_cache(2, T + new)
-        steps = [m.logits(m(x[:, :T], cache_pos=0))]
+        cache = m.new_cache(2, T + new)
+        steps = [m.logits(m(x[:, :T], cache=cache))]
         for t in range(T, T + new):
-            steps.append(m.logits(m(x[:, t:t + 1], cache_pos=t)))
-        m.clear_cache()
+            assert cache.pos == t
+            steps.append(m.logits(m(x[:, t:t + 1], cache=cache)))
     inc = torch.cat(steps, 1)
     assert (inc - full).abs().max().item() < 1e-5
 
@@ -165,14 +165,14 @@ def test_never_unpickles(saved):
 
 
 def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatch):
-    import model.generate as G
-    if not G._CAN_PACK:
+    import model.cpu_pack as P
+    if not P._CAN_PACK:
         pytest.skip("this torch build has no oneDNN linear")
     m = tiny(11).eval()
     x = torch.randint(0, 101, (3, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         plain = m.logits(m(x))
-        with G.cpu_packed_linears(m, 3):
+        with P.cpu_packed_linears(m, 3):
             packed = m.logits(m(x))
     assert (packed - plain).abs().max() <= 1e-5
     assert "forward" not in vars(m.lm_head)                    # the plain forward is back
@@ -182,7 +182,7 @@ def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatc
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     after = generate(m, prompts, 12, eos_ids=[], temperature=0)
-    monkeypatch.setattr(G, "_CAN_PACK", False)
+    monkeypatch.setattr(P, "_CAN_PACK", False)
     assert after == generate(m, prompts, 12, eos_ids=[], temperature=0)   # not a stale packing
     assert after != before
 
@@ -190,14 +190,14 @@ def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatc
 def test_cpu_packing_follows_the_batch_size(monkeypatch):
     """oneDNN packs a weight for one expected batch; a new batch size repacks (a batch-1 packing
     reused at batch 8 decoded at two thirds of the speed), and the tokens stay those of plain decoding."""
-    import model.generate as G
-    if not G._CAN_PACK:
+    import model.cpu_pack as P
+    if not P._CAN_PACK:
         pytest.skip("this torch build has no oneDNN linear")
     m = tiny(12).eval()
     one, eight = [[3, 4, 5]], [[3, 4, 5], [6, 7]] * 4
     generate(m, one, 4, eos_ids=[], temperature=0)
-    assert G._PACKED[m.lm_head][0][2] == 1
+    assert P._PACKED[m.lm_head][0][2] == 1
     packed = generate(m, eight, 6, eos_ids=[], temperature=0)
-    assert G._PACKED[m.lm_head][0][2] == 8
-    monkeypatch.setattr(G, "_CAN_PACK", False)
+    assert P._PACKED[m.lm_head][0][2] == 8
+    monkeypatch.setattr(P, "_CAN_PACK", False)
     assert packed == generate(m, eight, 6, eos_ids=[], temperature=0)

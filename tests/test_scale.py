@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import train
 from model.checkpoint import load, save_adapters, save_model
 from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main
-from nanoalign import task
+from experiments import task
 from tests.helpers import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,8 @@ import torch
 
 import train
 from model.model import ModelConfig, Transformer
-from nanoalign import REGISTRY, task
+from experiments import task
+from nanoalign import REGISTRY
 from nanoalign.data import DataError, make_batch, read_jsonl, tokenize_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,17 +35,17 @@ def grads_of(model):
 def test_grad_accumulation_equals_one_big_batch(method):
     m = REGISTRY[method]
     tok = task.build_tokenizer()
-    rows = (task.sft_rows if m.data == "sft" else task.preference_rows)(8, 0)
-    ex, _ = tokenize_rows(rows, tok, m.data, 128)
-    lengths = {len(e["ids"] if m.data == "sft" else e["chosen"]) for e in ex}
+    rows = (task.sft_rows if m.eats == "sft" else task.preference_rows)(8, 0)
+    ex, _ = tokenize_rows(rows, tok, m.eats, 128)
+    lengths = {len(e["ids"] if m.eats == "sft" else e["chosen"]) for e in ex}
     assert len(lengths) > 2                                   # uneven response lengths
-    cfg = train.TrainConfig(method=method)
+    cfg = train.make_config(method=method)
     model = small_model()
-    train.accumulate_gradients(model, m, [make_batch(ex, m.data, tok.pad_id)], {}, cfg)
+    train.accumulate_gradients(model, m, [make_batch(ex, m.eats, tok.pad_id)], None, cfg)
     one = grads_of(model)
     model.zero_grad()
-    micro = [make_batch(ex[i:i + 2], m.data, tok.pad_id) for i in range(0, 8, 2)]
-    train.accumulate_gradients(model, m, micro, {}, cfg)
+    micro = [make_batch(ex[i:i + 2], m.eats, tok.pad_id) for i in range(0, 8, 2)]
+    train.accumulate_gradients(model, m, micro, None, cfg)
     for a, b in zip(one, grads_of(model)):
         assert (a - b).abs().max().item() <= 1e-6
 
@@ -53,7 +54,7 @@ def run_cfg(tmp_path, **kw):
     base = dict(method="orpo", init_from="scratch", model_preset="tiny", out_dir=str(tmp_path / "run"),
                 max_steps=6, batch_size=4, grad_accum=2, n_train=64, n_val=16, log_every=1,
                 eval_every=3, eval_batches=1, final_eval=False, warmup_steps=2, lr=1e-3, seed=3)
-    return train.TrainConfig(**{**base, **kw})
+    return train.make_config(**{**base, **kw})
 
 
 def test_resume_gives_the_same_losses(tmp_path):
@@ -70,9 +71,9 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     real = REGISTRY["orpo"].loss
     calls = {"n": 0}
 
-    def poisoned(model, batch, ctx, cfg):
+    def poisoned(model, batch, run, cfg):
         calls["n"] += 1
-        loss, m = real(model, batch, ctx, cfg)
+        loss, m = real(model, batch, run, cfg)
         return (loss * float("nan") if calls["n"] > 6 else loss), m   # step 4 (2 micro-batches/step)
     monkeypatch.setattr(REGISTRY["orpo"], "loss", poisoned)
     with pytest.raises(SystemExit, match="non-finite"):
@@ -158,14 +159,17 @@ def test_bad_flags(argv, pattern, capsys):
     assert pattern in capsys.readouterr().err
 
 
-def test_config_file_rejects_unknown_keys_and_wrong_types(tmp_path):
+def test_config_file_rejects_unknown_keys_and_wrong_types(tmp_path, capsys):
     p = tmp_path / "c.json"
-    p.write_text(json.dumps({"lr": "high"}))
-    with pytest.raises(SystemExit, match="'lr' must be float"):
-        train.parse_config(["--config", str(p)])
-    p.write_text(json.dumps({"learning_rate": 1e-3}))
-    with pytest.raises(SystemExit, match="unknown config key 'learning_rate'"):
-        train.parse_config(["--config", str(p)])
+    for content, message in (({"lr": "high"}, "'lr' must be float"),
+                             ({"learning_rate": 1e-3}, "unknown config key 'learning_rate'")):
+        p.write_text(json.dumps(content))
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(["--config", str(p)])
+        assert e.value.code == 2 and f"{p}: " in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            train.parse_config(["--config", str(p)])
+        assert message in capsys.readouterr().err
     p.write_text(json.dumps({"lr": 1e-3, "max_steps": 7}))
     cfg = train.parse_config(["--config", str(p), "--max_steps", "9"])
     assert (cfg.lr, cfg.max_steps) == (1e-3, 9)
@@ -175,5 +179,5 @@ def test_help_lists_every_field(capsys):
     with pytest.raises(SystemExit):
         train.parse_config(["--help"])
     out = capsys.readouterr().out
-    for f in dataclasses.fields(train.TrainConfig):
+    for f in dataclasses.fields(train.SharedConfig):
         assert f"--{f.name}" in out

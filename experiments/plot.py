@@ -1,7 +1,7 @@
 """
 The MO-ORPO paper's Figure 3 from runs' metrics files (out/<run>/metrics.jsonl).
 
-    python -m nanoalign.plot out/compare/mo_orpo/*-s1 --out fig3.png
+    python -m experiments.plot out/compare/mo_orpo/*-s1 --out fig3.png
 
 left:  the log odds ratio of the alignment task (z_align) and of the self-judgement task (z_sj)
        over optimizer steps, one pair of curves per run

@@ -1,11 +1,11 @@
 """
 Train several methods on the built-in task with the same seeds and budget; print one table.
 
-    python -m nanoalign.compare --preset mo_orpo --seeds 1,2,3
-    python -m nanoalign.compare --preset mo_orpo --seeds 1 --max_steps 30     # a quick look
-    python -m nanoalign.compare --preset self_judge --seeds 1,2,3 --max_steps 100
-    python -m nanoalign.compare --preset osp --seeds 1,2,3 --max_steps 30 --n_train 80
-    python -m nanoalign.compare --preset meta --seeds 1,2,3 --max_steps 300 --n_train 4000
+    python -m experiments.compare --preset mo_orpo --seeds 1,2,3
+    python -m experiments.compare --preset mo_orpo --seeds 1 --max_steps 30     # a quick look
+    python -m experiments.compare --preset self_judge --seeds 1,2,3 --max_steps 100
+    python -m experiments.compare --preset osp --seeds 1,2,3 --max_steps 30 --n_train 80
+    python -m experiments.compare --preset meta --seeds 1,2,3 --max_steps 300 --n_train 4000
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
 out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone,
@@ -39,13 +39,13 @@ import torch
 
 import train
 from model.checkpoint import load
-from nanoalign import task
+from experiments import task
 from nanoalign.data import make_batch, tokenize_rows
-from nanoalign.evaluate import greedy_answers
+from experiments.evaluate import greedy_answers
 from nanoalign.common import sample_responses
 from nanoalign.judge import TEMPLATES, attach_sj, best_of, swapped_probs
 from nanoalign.meta_aligner import correct, run_stages
-from nanoalign.mo_orpo import effective_weights, judge_accuracy
+from nanoalign.mo_orpo import judge_accuracy
 
 # (label, train.py flags, extra evaluations). The budget flags (--max_steps, --n_train, --seed) come
 # from this script; a run's own flags come after them and win.
@@ -205,6 +205,14 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
     with open(res_path, "w") as f:
         json.dump(res, f)
     return res
+
+
+def effective_weights(name, cfg):
+    """(w1, w2) as MO-ORPO's Table 2 writes them: the schedules weigh each task 1 when it is on."""
+    fixed = {"orpo": (1.0, 0.0), "epoch_by_epoch": (1.0, 1.0), "task_by_task": (1.0, 1.0)}
+    if name in fixed:
+        return fixed[name]
+    return (cfg.w1, 1 - cfg.w1) if name in ("scalarization", "sj_sft") else (cfg.w1, cfg.w2)
 
 
 def fmt(vals):

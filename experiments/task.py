@@ -20,6 +20,7 @@ Everything is generated from a seed, in the same JSONL conventions as user data 
 the built-in task exercises exactly the code path a real data set does. The default model is the
 "tiny" preset with a byte-level tokenizer built here in milliseconds (256 bytes + 6 specials).
 """
+import os
 import random
 import re
 
@@ -117,6 +118,28 @@ def rationale(prompt, response, principle=None):
              "concise": f"{len(r)} chars",
              "format": "ends with a period" if s["format"] else "no period"}
     return parts[principle] if principle else ", ".join(parts.values())
+
+
+def rows(kind, n, seed, split):
+    """n rows of a row kind ('sft', 'pref' or 'prompt': preference rows have prompts too)."""
+    return sft_rows(n, seed, split) if kind == "sft" else preference_rows(n, seed, split)
+
+
+def warm_start(shared, train_fn):
+    """The SFT start of every default run (--init_from default): `shared` = the run's shared options;
+    trained once by train_fn(**config) and cached under out/_warm, keyed by its own settings."""
+    key = f"{shared['model_preset']}-s{shared['seed']}-n{shared['n_warm']}-w{shared['warm_steps']}-" \
+          f"lr{shared['warm_lr']:g}"
+    path = os.path.join("out", "_warm", key)
+    if not os.path.exists(os.path.join(path, "ckpt", "config.json")):
+        print(f"== SFT warm-up of a '{shared['model_preset']}' model on the built-in task -> {path}")
+        train_fn(**{**shared, "method": "sft", "init_from": "scratch", "out_dir": path,
+                    "n_train": shared["n_warm"], "max_steps": shared["warm_steps"],
+                    "lr": shared["warm_lr"], "final_eval": False, "warmup_steps": 20,
+                    "resume": os.path.exists(os.path.join(path, "ckpt", "state.json")),
+                    "train_data": "builtin", "val_data": "builtin"})
+        print("== warm-up done")
+    return os.path.join(path, "ckpt")
 
 
 def test_prompts(n=200, seed=0):

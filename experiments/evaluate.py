@@ -1,7 +1,7 @@
 """
 Evaluation on the built-in task: greedy answers to held-out test prompts, scored by the oracle.
 
-    python -m nanoalign.evaluate --init_from out/orpo/ckpt [--compare out/_warm/ckpt]
+    python -m experiments.evaluate --init_from out/orpo/ckpt [--compare out/_warm/ckpt]
 
 Reports, per objective, the mean oracle score of the greedy answers (for 'correct' that is the
 accuracy), the weighted 'overall' score, and the mean response length in characters.
@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from model.generate import generate
-from nanoalign.task import OBJECTIVES, oracle_scores, test_prompts
+from experiments.task import OBJECTIVES, oracle_scores, test_prompts
 
 METRICS = list(OBJECTIVES) + ["overall", "length"]
 

@@ -1,0 +1,60 @@
+"""
+Reading and writing the files of a checkpoint: JSON and safetensors, nothing else (never pickle).
+
+Every failure is a `CheckpointError` whose message starts with the file's path, because "size mismatch
+for model.layers.3.mlp.up_proj.weight" deep in a torch traceback helps nobody. The other model/
+modules read files only through these helpers, so this module imports nothing from model/.
+"""
+import json
+import os
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing, malformed or does not fit the model; the message says where."""
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") \
+            from None
+
+
+def read_json_if_exists(path):
+    """The parsed file, or {} when there is no such file (optional files: generation_config.json)."""
+    return read_json(path) if os.path.exists(path) else {}
+
+
+def atomic_write_json(obj, path):
+    """Write to path.tmp, then rename: a reader never sees half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def open_safetensors(path):
+    """A lazy handle (safetensors.safe_open) on a .safetensors file: .keys(), .get_tensor(name)."""
+    try:
+        return safe_open(path, framework="pt")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except Exception as e:  # truncated or corrupt header
+        raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
+
+
+def read_safetensors(path):
+    """All tensors of a .safetensors file: {name: tensor}."""
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None

@@ -1,0 +1,166 @@
+"""
+Hugging Face Llama/Mistral model directories in and out: config.json <-> ModelConfig, and the weights
+in model.safetensors (or shards listed in model.safetensors.index.json).
+
+Only safetensors and JSON are ever read (model/files.py); nothing here can run code from a
+downloaded file. Every failure is a `CheckpointError` whose message names the file and the field or
+tensor. Our parameter names are the Hugging Face ones without the "model." prefix (model/model.py),
+so a state dict maps one for one.
+"""
+import os
+
+import torch
+from safetensors.torch import save_file
+
+from model.files import CheckpointError, atomic_write_json, open_safetensors, read_json
+from model.model import ModelConfig, Transformer, rope_frequencies
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+
+# config.json key -> ModelConfig field
+HF_KEYS = {"vocab_size": "vocab_size", "hidden_size": "dim", "num_hidden_layers": "n_layers",
+           "num_attention_heads": "n_heads", "num_key_value_heads": "n_kv_heads",
+           "intermediate_size": "hidden_dim", "head_dim": "head_dim", "rms_norm_eps": "norm_eps",
+           "rope_theta": "rope_theta", "rope_scaling": "rope_scaling",
+           "sliding_window": "sliding_window", "max_position_embeddings": "max_seq_len",
+           "tie_word_embeddings": "tie_embeddings", "bos_token_id": "bos_token_id",
+           "eos_token_id": "eos_token_id", "pad_token_id": "pad_token_id"}
+REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size")
+
+
+# -- config.json ---------------------------------------------------------------------------------
+def config_from_hf(path):
+    """Read config.json into a ModelConfig, naming the file and field on any problem."""
+    hf = read_json(path)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    mt = hf.get("model_type")
+    if mt not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: field 'model_type' is {mt!r}; nanoalign supports "
+                              f"{sorted(ARCHITECTURES)} (Llama and Mistral architectures)")
+    for k in REQUIRED:
+        if k not in hf:
+            raise CheckpointError(f"{path}: required field '{k}' is missing")
+    kw = {"model_type": mt}
+    for k, field_name in HF_KEYS.items():
+        if hf.get(k) is not None:
+            kw[field_name] = hf[k]
+    rp = hf.get("rope_parameters")  # transformers >= 5 moves rope_theta/rope_scaling here
+    if isinstance(rp, dict):
+        kw.setdefault("rope_theta", rp.get("rope_theta", 10000.0))
+        if rp.get("rope_type", "default") != "default":
+            kw["rope_scaling"] = rp
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise CheckpointError(f"{path}: hidden_act/attention_bias/mlp_bias variants are not "
+                              f"supported (need silu, no biases)")
+    for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+        if not isinstance(hf[k], int) or hf[k] <= 0:
+            raise CheckpointError(f"{path}: field '{k}' must be a positive integer, got {hf[k]!r}")
+    if mt == "llama":
+        kw.pop("sliding_window", None)
+    try:
+        return ModelConfig(**kw)
+    except (AssertionError, TypeError) as e:
+        raise CheckpointError(f"{path}: inconsistent fields ({e})") from None
+
+
+def config_to_hf(cfg: ModelConfig, dtype=torch.float32):
+    hf = {"architectures": [ARCHITECTURES[cfg.model_type]], "model_type": cfg.model_type,
+          "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+          "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
+          "torch_dtype": str(dtype).replace("torch.", "")}
+    for k, field_name in HF_KEYS.items():
+        hf[k] = getattr(cfg, field_name)
+    if cfg.model_type == "llama":
+        del hf["sliding_window"]
+    return hf
+
+
+# -- weights -------------------------------------------------------------------------------------
+def _hf_name(name):
+    return name if name.startswith("lm_head.") else "model." + name
+
+
+def _weight_files(d):
+    """{HF tensor name: file} of a sharded checkpoint, or {None: file} of a single-file one."""
+    single, index = os.path.join(d, "model.safetensors"), os.path.join(d, "model.safetensors.index.json")
+    if os.path.exists(single):
+        return {None: single}
+    if os.path.exists(index):
+        wm = read_json(index).get("weight_map")
+        if not isinstance(wm, dict):
+            raise CheckpointError(f"{index}: field 'weight_map' is missing or not an object")
+        return {k: os.path.join(d, v) for k, v in wm.items()}
+    raise CheckpointError(f"{d}: no model.safetensors or model.safetensors.index.json "
+                          f"(nanoalign loads safetensors only, never pickled .bin files)")
+
+
+def load_model(d, dtype=torch.float32, device="cpu"):
+    """Load a Hugging Face Llama/Mistral directory into a Transformer. Returns (model, cfg)."""
+    if not os.path.isdir(d):
+        raise CheckpointError(f"{d}: not a directory")
+    cfg = config_from_hf(os.path.join(d, "config.json"))
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    files = _weight_files(d)
+    expected = {_hf_name(n): p.shape for n, p in model.named_parameters()}
+    state, handles = {}, {}
+    try:
+        for hf_name, shape in expected.items():
+            path = files.get(hf_name, files.get(None))
+            if path is None:
+                raise CheckpointError(f"{d}/model.safetensors.index.json: tensor '{hf_name}' is not "
+                                      f"in the weight_map")
+            if path not in handles:
+                handles[path] = open_safetensors(path)
+            h = handles[path]
+            if hf_name not in h.keys():
+                raise CheckpointError(f"{path}: tensor '{hf_name}' is missing")
+            try:
+                t = h.get_tensor(hf_name)
+            except Exception as e:
+                raise CheckpointError(f"{path}: cannot read tensor '{hf_name}' ({e})") from None
+            if tuple(t.shape) != tuple(shape):
+                raise CheckpointError(f"{path}: tensor '{hf_name}' has shape {tuple(t.shape)}, "
+                                      f"config.json implies {tuple(shape)}")
+            state[hf_name[6:] if hf_name.startswith("model.") else hf_name] = t.to(dtype)
+    finally:
+        handles.clear()
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    model.load_state_dict(state, assign=True, strict=True)
+    if cfg.tie_embeddings:  # assign=True replaced the tied Parameter; tie it again
+        model.lm_head.weight = model.embed_tokens.weight
+    model.inv_freq = rope_frequencies(cfg)  # buffers were built on the meta device
+    return model.to(device), cfg
+
+
+def parameters_to_save(model, state=None):
+    """{name: tensor} of the model's parameters, a tied weight once; `state` is a full state dict
+    gathered elsewhere (FSDP), else the model's own parameters are read."""
+    if state is None:
+        return {n: p.detach() for n, p in model.named_parameters()}  # lists a tied weight once
+    return {n: t for n, t in state.items() if not (model.cfg.tie_embeddings and n == "lm_head.weight")}
+
+
+def save_model(model: Transformer, d, tokenizer=None, dtype=None, state=None):
+    """Write config.json + model.safetensors + generation_config.json (+ the tokenizer's files) in
+    the Hugging Face layout. generation_config's eos_token_id lists every stop id of the tokenizer
+    (EOS and the chat template's end of turn), so transformers' generate() stops where ours does."""
+    if getattr(model, "lora", None):
+        raise ValueError("save_model: this model has LoRA adapters; save_adapters() them, or "
+                         "model.lora.merge() it first")
+    os.makedirs(d, exist_ok=True)
+    sd = {_hf_name(n): (t.to(dtype) if dtype else t).contiguous().cpu()
+          for n, t in parameters_to_save(model, state).items()}
+    dt = next(iter(sd.values())).dtype
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    atomic_write_json(config_to_hf(model.cfg, dt), os.path.join(d, "config.json"))
+    eos = model.cfg.eos_token_id
+    if tokenizer is not None:
+        tokenizer.save(d)
+        stop = tokenizer.stop_ids
+        eos = stop[0] if len(stop) == 1 else stop or eos
+    gen = {"bos_token_id": model.cfg.bos_token_id, "eos_token_id": eos}
+    atomic_write_json(gen, os.path.join(d, "generation_config.json"))

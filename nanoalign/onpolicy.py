@@ -1,0 +1,130 @@
+"""
+The on-policy round shared by Self-Judge (nanoalign/self_judge.py) and OSP (nanoalign/osp.py):
+
+    sample -> judge -> pairs -> update
+
+1. sample      n responses per prompt from the policy, one batched KV-cached generate call
+2. judge       p(a > b) for response pairs, by a judge model scoring the two label tokens in both
+               position orders (nanoalign/judge.py swapped_probs), in eval mode
+3. pairs       each pair oriented by the judge (p >= 1/2: a is the chosen one), as a preference batch
+               of the prompt ids + response ids, never re-tokenized
+4. update      a pairwise loss against the frozen reference (nanoalign/dpo.py pair_losses)
+
+Only the methods' choices differ (how many samples, which pairs, which loss), so each method file
+reads as its paper's algorithm and this file holds the plumbing once. `judge_probs` is the one
+place where a judge is asked: tests replace it with a known rule.
+"""
+import time
+from dataclasses import dataclass
+
+from nanoalign.common import evaluating, option
+from nanoalign.data import make_batch
+from nanoalign.dpo import DPOOptions
+from nanoalign.judge import TEMPLATES, check_template, swapped_probs
+
+
+@dataclass
+class OnPolicyOptions(DPOOptions):
+    judge_template: str = option("compact", "judgment template (nanoalign/judge.py TEMPLATES: "
+                                 "'compact' fits the built-in task; 'ultrafeedback', 'hh', "
+                                 "'principle', 'principle_rationale' are the Self-Judge paper's)",
+                                 choices=tuple(TEMPLATES))
+    judge_from: str = option("", "a checkpoint directory to judge with; '' = the frozen start "
+                             "(the papers' choice)")
+    gen_max_tokens: int = option(32, "max new tokens per sample", minimum=1)
+
+
+def template_of(cfg, tok):
+    """The judge template, checked against this tokenizer (labels must be single tokens)."""
+    return check_template(tok, TEMPLATES[cfg.judge_template])
+
+
+def prompt_rows(rows, cfg, split, run):
+    """Start-up check of the judge template, so a bad one fails before training, not mid-run."""
+    template_of(cfg, run.tok)
+    return rows
+
+
+# -- 1. sample -----------------------------------------------------------------------------------------
+def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator=None, top_k=None):
+    """n samples per prompt (lists of token ids); [[sample 0, ..., sample n-1] per prompt]. Samples
+    end at an end-of-turn token (kept, so it is scored) or at max_new_tokens. Uses torch's global RNG
+    unless a generator is given, so a resumed run samples the same."""
+    from model.generate import generate
+    flat = generate(model, [p for p in prompts for _ in range(n)], max_new_tokens,
+                    model.cfg.eos_ids + [tok.eos_id], temperature, top_k, top_p, generator,
+                    tok.pad_id or 0)
+    return [[s if s else [tok.eos_id] for s in flat[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
+
+# -- 2. judge ------------------------------------------------------------------------------------------
+def judge_probs(judge, tok, template, prompts, a, b):
+    """p(a_i > b_i | prompt_i) for text pairs, position-swapped, the judge in eval mode."""
+    with evaluating(judge):
+        return swapped_probs(judge, tok, template, list(zip(prompts, a, b)))
+
+
+# -- 3. pairs ------------------------------------------------------------------------------------------
+def orient(first, second, p):
+    """(wins, losses): each pair ordered by the judge; p >= 1/2 means `first` is the better one."""
+    prefer_first = [float(q) >= 0.5 for q in p]
+    wins = [a if f else b for a, b, f in zip(first, second, prefer_first)]
+    losses = [b if f else a for a, b, f in zip(first, second, prefer_first)]
+    return wins, losses
+
+
+def pair_batch(prompts, wins, losses, pad_id, device):
+    """A preference batch (chosen rows first) from prompt ids and response ids, no re-tokenizing."""
+    ex = [{"chosen": p + w, "n_prompt_chosen": len(p), "rejected": p + l, "n_prompt_rejected": len(p)}
+          for p, w, l in zip(prompts, wins, losses)]
+    return make_batch(ex, "pref", pad_id, device)
+
+
+def response_batch(prompts, responses, pad_id, device):
+    """An SFT batch from prompt ids and response ids."""
+    return make_batch([{"ids": p + r, "n_prompt": len(p)} for p, r in zip(prompts, responses)],
+                      "sft", pad_id, device)
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+def agreement(task, prompts, a, b, p):
+    """{'judge_agree': ...}: how often the judge's choice (p >= 1/2: a) matches a built-in task's
+    oracle, over the pairs the oracle does not tie; {} without a task or without such pairs. The
+    oracle is a metric only: it never decides a pair."""
+    if task is None:
+        return {}
+    hits = []
+    for x, ya, yb, q in zip(prompts, a, b, p):
+        try:
+            sa, sb = task.oracle_scores(x, ya)["overall"], task.oracle_scores(x, yb)["overall"]
+        except ValueError:   # not one of the task's prompts
+            continue
+        if sa != sb:
+            hits.append(float((sa > sb) == (float(q) >= 0.5)))
+    return {"judge_agree": sum(hits) / len(hits)} if hits else {}
+
+
+class Clock:
+    """Where an on-policy step's time goes: clock.lap('t_sample') after sampling, and so on."""
+
+    def __init__(self):
+        self.t, self.laps = time.time(), {}
+
+    def lap(self, name):
+        now = time.time()
+        self.laps[name] = now - self.t
+        self.t = now
+
+
+def cost(samples, clock, n_drawn):
+    """Mean sample length, samples drawn per second of sampling, and the clock's laps."""
+    m = {"sample_len": sum(map(len, samples)) / len(samples), **clock.laps}
+    if n_drawn:
+        m["samples_per_s"] = n_drawn / max(clock.laps.get("t_sample", 0.0), 1e-9)
+    return m
+
+
+METRICS = {"judge_agree": "judge's choice = the built-in task's oracle, on pairs it does not tie",
+           "sample_len": "mean sample length (tokens)", "samples_per_s": "samples drawn per second",
+           "t_sample": "seconds sampling", "t_judge": "seconds judging",
+           "t_update": "seconds in the update's forwards (the loop's step_s adds the backward)"}

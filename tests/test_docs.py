@@ -1,0 +1,301 @@
+"""
+The documentation's citations must lead somewhere a reader of a fresh clone can follow.
+
+1. Every repository path cited in README.md, docs/*.md, and the docstrings and comments of the
+   repository's .py files exists: `nanoalign/osp.py`, `tests/fixtures/pref.jsonl`, `model/`, a
+   bare `train.py`, a module run as `python -m experiments.compare`, and an anchor such as
+   `docs/methods.md#osp`, which must be a heading of that file (GitHub's slug rules) or an
+   explicit `<a id="...">`. Markdown link targets resolve relative to the file that holds them,
+   every other path relative to the repository root. Run outputs (out/, checkpoints/, logs/),
+   ../shared and placeholder paths (path/to/...) are not checked.
+2. No file outside docs/ cites the project's private notes or its copies of the papers, which are
+   not in the repository: the reference is docs/methods.md, and papers are cited by title.
+
+The checks are pure functions of a text, so the tests also show that they fail on a made-up
+citation.
+"""
+import ast
+import io
+import os
+import re
+import tokenize
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP_DIRS = {".git", "out", "checkpoints", "logs", "__pycache__", ".pytest_cache", ".hypothesis",
+             "node_modules", ".venv", "venv", "shared"}
+IGNORED_PREFIXES = ("out/", "checkpoints/", "logs/", "../shared", "path/to/", "shared/")
+PLANNED_ROOTS = {"docs", "experiments", "bench"}     # cited before they exist: still checked
+# Written in pieces so that this file does not cite them itself.
+PRIVATE_NOTES = "METHODS" + ".md"
+PAPER_FILES = ["mo-orpo-self-judgement", "self-judge-jsft", "online-self-preferring-osp",
+               "meta-aligner"]
+
+
+# -- finding the files ------------------------------------------------------------------------------
+def repo_files(exts=None):
+    """Relative paths of the working tree's files (not just git's: other work may be uncommitted)."""
+    out = []
+    for d, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(x for x in dirs if x not in SKIP_DIRS and not x.endswith(".egg-info"))
+        for f in sorted(files):
+            if exts is None or f.endswith(exts):
+                out.append(os.path.relpath(os.path.join(d, f), ROOT).replace(os.sep, "/"))
+    return out
+
+
+def top_level():
+    return set(os.listdir(ROOT)) - SKIP_DIRS
+
+
+# -- extracting citations ---------------------------------------------------------------------------
+_PATH = r"(?:\.\.?/)*[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_.*-]+)*/?(?:#[A-Za-z0-9_-]+)?"
+PATH_RE = re.compile(r"(?<![\w./:@<{$-])(" + _PATH + r")")
+LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
+MODULE_RE = re.compile(r"python3? -m ([A-Za-z_][\w.]*)")
+
+
+def _candidate(tok, roots):
+    """The token as a path to check, or None if it is not a repository path."""
+    tok = tok.rstrip(".,;:")
+    path = tok.split("#")[0]
+    if not path or path.startswith(IGNORED_PREFIXES) or "*" in path or "<" in path:
+        return None
+    if "/" in path:
+        first = path.lstrip("./").split("/")[0] if not path.startswith("..") else ".."
+        if first == ".." or first not in roots | PLANNED_ROOTS:
+            return None
+        return tok
+    if re.fullmatch(r"[A-Za-z0-9_][\w-]*\.(py|md)", path):   # a bare file name: train.py, README.md
+        return tok
+    return None
+
+
+def citations(text, roots):
+    """[(line_no, token, kind)] in a text; kind 'path' (repo-relative), 'link' (relative to the
+    file) or 'module' (python -m)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        for m in LINK_RE.finditer(line):
+            t = m.group(1)
+            if not re.match(r"[a-z]+:", t):                   # not http:, mailto:, ...
+                out.append((n, t, "link"))
+        stripped = LINK_RE.sub("]", line)
+        if re.search(r"https?://", stripped):
+            stripped = re.sub(r"https?://\S+", " ", stripped)
+        for m in PATH_RE.finditer(stripped):
+            c = _candidate(m.group(1), roots)
+            if c:
+                out.append((n, c, "path"))
+        for m in MODULE_RE.finditer(line):
+            if m.group(1).split(".")[0] in roots | PLANNED_ROOTS:
+                out.append((n, m.group(1), "module"))
+    return out
+
+
+def slug(heading):
+    """GitHub's anchor for a markdown heading."""
+    h = re.sub(r"[`*_]", "", heading.strip()).lower()
+    h = re.sub(r"[^\w\- ]", "", h)
+    return h.replace(" ", "-")
+
+
+def anchors(md_text):
+    seen, out = {}, set()
+    in_code = False
+    for line in md_text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+            continue
+        m = re.match(r"#{1,6} (.+)", line)
+        if m and not in_code:
+            s = slug(m.group(1))
+            k = seen.get(s, 0)
+            out.add(s if k == 0 else f"{s}-{k}")
+            seen[s] = k + 1
+    out |= set(re.findall(r"<a (?:id|name)=\"([^\"]+)\"", md_text))
+    return out
+
+
+_BASENAMES = None
+
+
+def _basenames():
+    global _BASENAMES
+    if _BASENAMES is None:
+        _BASENAMES = {os.path.basename(p) for p in repo_files((".py", ".md"))}
+    return _BASENAMES
+
+
+def problem(token, kind, here, root=ROOT):
+    """Why a citation in file `here` (repo-relative) is broken, or None."""
+    if kind == "module":
+        rel = token.replace(".", "/")
+        ok = os.path.isfile(os.path.join(root, rel + ".py")) or \
+            os.path.isfile(os.path.join(root, rel, "__init__.py"))
+        return None if ok else f"no module {token} (no {rel}.py)"
+    path, _, anchor = token.partition("#")
+    if kind == "link":
+        if not path:
+            target = here
+        else:
+            target = os.path.normpath(os.path.join(os.path.dirname(here), path)).replace(os.sep, "/")
+            if target.startswith("../shared") or target.startswith(("out/", "checkpoints/")):
+                return None
+            if target.startswith(".."):
+                return f"{token}: points outside the repository"
+    else:
+        if "/" not in path:                                     # bare file name, e.g. data.py
+            if path not in _basenames():
+                return f"{token}: no file of that name in the repo"
+            if not anchor:
+                return None
+            near = os.path.join(os.path.dirname(here), path)      # a bare name beside `here`
+            path = near if os.path.exists(os.path.join(root, near)) else path
+        target = os.path.normpath(path).replace(os.sep, "/")
+    full = os.path.join(root, target)
+    if not os.path.exists(full) and kind == "path" and "." in target.rsplit("/", 1)[-1]:
+        module, _, attr = target.partition(".")             # tests/helpers.judge_by_rule
+        if os.path.isfile(os.path.join(root, module + ".py")):
+            src = open(os.path.join(root, module + ".py"), encoding="utf-8").read()
+            name = attr.split(".")[0]
+            if re.search(rf"^\s*(?:def|class) {re.escape(name)}\b|^{re.escape(name)}\s*[:=]", src, re.M):
+                return None
+            return f"{token}: {module}.py defines no {name}"
+    if not os.path.exists(full):
+        return f"{token}: {target} does not exist"
+    if anchor:
+        if not target.endswith(".md"):
+            return f"{token}: an anchor on a file that is not markdown"
+        if anchor not in anchors(open(full, encoding="utf-8").read()):
+            return f"{token}: {target} has no heading with anchor #{anchor}"
+    return None
+
+
+# -- the texts to check -----------------------------------------------------------------------------
+def py_doc_lines(src):
+    """{line_no: text} of a Python file's docstrings and comments."""
+    lines = src.splitlines()
+    out = {}
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return out
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                for n in range(body[0].lineno, body[0].end_lineno + 1):
+                    out[n] = lines[n - 1]
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT:
+                out[tok.start[0]] = out.get(tok.start[0], "") + " " + tok.string
+    except (tokenize.TokenError, IndentationError):
+        pass
+    return out
+
+
+def documents():
+    """(repo-relative file, {line_no: text}) for README.md, docs/*.md and every .py file."""
+    docs = []
+    for rel in repo_files((".md", ".py")):
+        text = open(os.path.join(ROOT, rel), encoding="utf-8").read()
+        if rel.endswith(".md"):
+            if rel == "README.md" or re.fullmatch(r"docs/[^/]+\.md", rel):
+                docs.append((rel, dict(enumerate(text.splitlines(), 1))))
+        else:
+            docs.append((rel, py_doc_lines(text)))
+    return docs
+
+
+def broken_citations():
+    roots, bad = top_level(), []
+    for rel, lines in documents():
+        for n, line in sorted(lines.items()):
+            for _, tok, kind in citations(line, roots):
+                why = problem(tok, kind, rel)
+                if why:
+                    bad.append(f"{rel}:{n}: {why}")
+    return bad
+
+
+def private_citations(text):
+    pats = [re.escape(PRIVATE_NOTES), r"papers/[\w.*-]+(?:\.txt)?"] + \
+        [re.escape(p) + r"\.txt" for p in PAPER_FILES]
+    return [(n, m.group(0)) for n, line in enumerate(text.splitlines(), 1)
+            for m in re.finditer("|".join(pats), line)]
+
+
+# -- tests ------------------------------------------------------------------------------------------
+def test_every_cited_path_exists():
+    bad = broken_citations()
+    assert not bad, "broken citations:\n" + "\n".join(bad)
+
+
+def test_no_file_outside_docs_cites_private_notes_or_paper_copies():
+    bad = []
+    for rel in repo_files():
+        if rel.startswith("docs/"):
+            continue
+        try:
+            text = open(os.path.join(ROOT, rel), encoding="utf-8").read()
+        except (UnicodeDecodeError, OSError):
+            continue
+        bad += [f"{rel}:{n}: {hit}" for n, hit in private_citations(text)]
+    assert not bad, ("cite docs/methods.md anchors or papers by title instead:\n" + "\n".join(bad))
+
+
+# -- the checks can fail ----------------------------------------------------------------------------
+@pytest.mark.parametrize("line, kind_expected", [
+    ("see `nanoalign/no_such_method.py` for the loss", "path"),
+    ("the math is in docs/methods.md#no-such-section", "path"),
+    ("examples: `tests/fixtures/no_such_rows.jsonl`", "path"),
+    ("run `python -m nanoalign.no_such_tool`", "module"),
+    ("a bare no_such_file.py", "path"),
+])
+def test_a_made_up_citation_fails(line, kind_expected):
+    found = citations(line, top_level())
+    assert [k for _, _, k in found] == [kind_expected]
+    assert problem(found[0][1], found[0][2], "README.md") is not None
+
+
+def test_a_made_up_link_fails_and_a_real_one_passes():
+    bad = citations("[x](methods.md#no-such-section) and [y](../nanoalign/none.py)", top_level())
+    assert [problem(t, k, "docs/results.md") is not None for _, t, k in bad] == [True, True]
+    good = citations("[x](methods.md#osp) [y](../nanoalign/osp.py) [z](#osp)", top_level())
+    assert [problem(t, k, "docs/methods.md") for _, t, k in good] == [None, None, None]
+
+
+def test_a_module_attribute_in_path_form_is_checked():
+    assert problem("tests/helpers.py", "path", "README.md") is None
+    assert problem("nanoalign/osp.spce_loss", "path", "README.md") is None
+    assert problem("nanoalign/osp.no_such_function", "path", "README.md") is not None
+
+
+def test_real_citations_and_ignored_paths_pass():
+    text = ("`nanoalign/osp.py`, `docs/methods.md#osp`, `tests/fixtures/pref.jsonl`, `model/model.py`,"
+            " `model/`, train.py, `python -m kernels.bench`; ignored: out/jsft/ckpt,"
+            " checkpoints/smollm2-135m, path/to/hf_llama_dir, ../shared/x, mistral-7b/, w1/w2,"
+            " https://github.com/x/y.py")
+    found = citations(text, top_level())
+    assert {t for _, t, _ in found} == {"nanoalign/osp.py", "docs/methods.md#osp",
+                                        "tests/fixtures/pref.jsonl", "model/model.py", "model/",
+                                        "train.py", "kernels.bench"}
+    assert [problem(t, k, "README.md") for _, t, k in found] == [None] * len(found)
+
+
+def test_slugs_follow_github():
+    assert slug("Sequence log-probabilities") == "sequence-log-probabilities"
+    assert slug("DPO and IPO") == "dpo-and-ipo"
+    assert slug("Epoch-by-epoch and task-by-task") == "epoch-by-epoch-and-task-by-task"
+    assert slug("`osp` (eq. 7)") == "osp-eq-7"
+    assert anchors("# A\n## A\n```\n# not a heading\n```\n") == {"a", "a-1"}
+
+
+def test_private_citations_are_found():
+    assert private_citations("see " + PRIVATE_NOTES + " 'ORPO'") == [(1, PRIVATE_NOTES)]
+    assert private_citations("(" + PAPER_FILES[2] + ".txt, eq. 7)") == [(1, PAPER_FILES[2] + ".txt")]
+    assert private_citations("the METHODS list of a module") == []

@@ -1,0 +1,146 @@
+"""The shape of the code: methods live in their own files, layers point down, no import cycles."""
+import ast
+import dataclasses
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import train
+from nanoalign import REGISTRY
+from nanoalign.common import Method, batch_logps, option, register
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIBRARY = ("kernels", "model", "nanoalign")
+
+
+# -- a method that exists only in this file ---------------------------------------------------------
+@dataclass
+class ToyOptions:
+    toy_weight: float = option(0.5, "scale of the toy loss", minimum=0.0)
+
+
+SEEN = []
+
+
+def toy_loss(model, batch, run, cfg):
+    SEEN.append(cfg.toy_weight)
+    lp = batch_logps(model, batch, "sum")
+    return -cfg.toy_weight * lp.sum(), {"toy": float(cfg.toy_weight)}
+
+
+@pytest.fixture
+def toy_method():
+    register(Method("toy_sft", "sft", "sft", "n_tokens", toy_loss, "a toy: scaled SFT", ToyOptions,
+                    metrics={"toy": "the toy weight"}))
+    yield REGISTRY["toy_sft"]
+    del REGISTRY["toy_sft"]
+
+
+def test_a_method_registered_in_a_test_file_trains_through_the_cli(toy_method, tmp_path, capsys):
+    argv = ["--method", "toy_sft", "--toy_weight", "0.25", "--init_from", "scratch", "--max_steps", "2",
+            "--batch_size", "4", "--n_train", "16", "--out_dir", str(tmp_path), "--final_eval", "false",
+            "--log_every", "1", "--val_data", ""]
+    SEEN.clear()
+    train.main(argv)
+    out = capsys.readouterr().out
+    assert SEEN == [0.25, 0.25]                         # its own option reached its loss, twice
+    assert "toy = the toy weight" in out                 # its metric is explained in the legend
+    assert os.path.exists(tmp_path / "ckpt" / "state.json")
+    # its help lists its option; another method's help does not
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "toy_sft", "--help"])
+    assert "--toy_weight" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "sft", "--help"])
+    assert "--toy_weight" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:                 # and validates it from the declaration
+        train.parse_config(["--method", "toy_sft", "--toy_weight", "-1"])
+    assert e.value.code == 2 and "--toy_weight must be >= 0.0" in capsys.readouterr().err
+
+
+def test_no_method_is_named_in_train_py():
+    src = open(os.path.join(ROOT, "train.py")).read()
+    strings = {n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant)
+               and isinstance(n.value, str)}
+    words = set(re.findall(r"[A-Za-z_]+", " ".join(strings)))
+    named = sorted(set(REGISTRY) & (strings | words))
+    assert not named, f"train.py names methods {named}; they belong in their own files"
+
+
+def test_every_method_declares_options_with_help():
+    for name, m in REGISTRY.items():
+        assert dataclasses.is_dataclass(m.options), name
+        for f in dataclasses.fields(m.options):
+            assert f.metadata.get("help"), f"{name}: option {f.name} has no help"
+        assert m.eats in train.KINDS and m.reads in train.KINDS, name
+
+
+# -- imports ---------------------------------------------------------------------------------------
+def repo_modules():
+    """{module name: set of repo modules it imports (at any depth in the file)}."""
+    files = {}
+    for top in LIBRARY + ("experiments",):
+        for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
+            for n in names:
+                if n.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(dirpath, n), ROOT)[:-3].replace(os.sep, ".")
+                    files[rel.removesuffix(".__init__")] = os.path.join(dirpath, n)
+    for n in ("train", "sample"):
+        files[n] = os.path.join(ROOT, n + ".py")
+    graph = {}
+    for mod, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps |= {n for n in names if n in files and n != mod}
+        graph[mod] = deps
+    return graph
+
+
+def test_layers_point_down():
+    graph = repo_modules()
+    for mod, deps in graph.items():
+        if mod.split(".")[0] in LIBRARY:
+            up = {d for d in deps if d.split(".")[0] in ("experiments", "train", "sample")}
+            assert not up, f"{mod} imports {up}: the library must not import experiments/ or train"
+        if mod.split(".")[0] == "kernels":
+            assert all(d.split(".")[0] == "kernels" for d in deps), f"{mod} imports {deps}"
+        if mod.split(".")[0] == "model":
+            assert all(d.split(".")[0] in ("kernels", "model") for d in deps), f"{mod} imports {deps}"
+
+
+def test_no_import_cycles():
+    graph = repo_modules()
+    # a package's __init__ importing its own submodules is not a cycle through them
+    edges = {m: {d for d in ds if not (d.startswith(m + ".") and m in ("nanoalign", "kernels"))}
+             for m, ds in graph.items()}
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in sorted(edges.get(m, ())):
+            if state.get(d) == "open":
+                pytest.fail("import cycle: " + " -> ".join(path + [m, d]))
+            if d not in state:
+                visit(d, path + [m])
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [])
+
+
+def test_the_walker_sees_a_cycle(tmp_path, monkeypatch):
+    """The cycle test can fail: a fake graph with a cycle is caught."""
+    fake = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
+    monkeypatch.setattr(sys.modules[__name__], "repo_modules", lambda: fake)
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycles()
