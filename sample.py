@@ -26,7 +26,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load, read_json
 from model.generate import generate
-from nanoalign.common import sample_responses
+from nanoalign.onpolicy import sample as sample_responses
 from nanoalign.judge import TEMPLATES, JudgeError, best_of, check_template
 from nanoalign.meta_aligner import correct, parse_objectives
 from experiments.task import OBJECTIVES
@@ -49,23 +49,23 @@ def build_parser():
                     help="feed prompts as-is, without the chat template (default: off)")
     ap.add_argument("--system", default=None, metavar="TEXT",
                     help="system message for the chat template (default: the checkpoint's own)")
-    ap.add_argument("--temperature", type=float, default=0.0,
+    ap.add_argument("--temperature", type=float, default=0.0, metavar="T",
                     help="sampling temperature; 0 is greedy decoding (the most likely token at "
                     "each step, so the same answer every run); above 0 samples, and --top_k, "
                     "--top_p, --seed apply. --best_of always samples, at 1.0 when this is 0 "
                     "(default: %(default)s)")
-    ap.add_argument("--top_p", type=float, default=None,
+    ap.add_argument("--top_p", type=float, default=None, metavar="P",
                     help="sampling only: keep the most likely tokens whose probabilities sum to "
                     "this, in (0, 1] (default: none, no nucleus cut)")
-    ap.add_argument("--top_k", type=int, default=None,
+    ap.add_argument("--top_k", type=int, default=None, metavar="K",
                     help="sampling only: keep the k most likely tokens (default: none, no cut)")
-    ap.add_argument("--max_new_tokens", type=int, default=128,
+    ap.add_argument("--max_new_tokens", type=int, default=128, metavar="N",
                     help="most tokens to generate per sample; a sample also stops at EOS "
                     "(default: %(default)s)")
-    ap.add_argument("--num_samples", type=int, default=1,
+    ap.add_argument("--num_samples", type=int, default=1, metavar="N",
                     help="completions per prompt; with greedy decoding they are all the same, so "
                     "set --temperature too (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=1337,
+    ap.add_argument("--seed", type=int, default=1337, metavar="N",
                     help="seed of the sampling random generator (default: %(default)s)")
     ap.add_argument("--best_of", type=int, default=1, metavar="N",
                     help="self-rejection: sample N per prompt and print the winner of a tournament "
@@ -75,6 +75,7 @@ def build_parser():
                     help="judgment template for --best_of (default: the one the checkpoint "
                     "trained with, else 'ultrafeedback')")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    metavar="DEV",
                     help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
                     "here %(default)s)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],

@@ -327,7 +327,7 @@ def lr_at(step, cfg):
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def save_checkpoint(path, model, tok, opt, cfg, step, order):
+def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
     """Model in the HF layout (or LoRA adapters) + train state (safetensors + JSON), written to a
     temp dir then renamed. Under FSDP every rank helps gather the full state; rank 0 writes."""
     msd, sd = dist.full_state(model, opt) if dist.is_fsdp(model) else (None, opt.state_dict())
@@ -344,6 +344,8 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order):
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
         save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
+        for name, value in run.keep.items():    # what the method asked to keep with its model
+            atomic_write_json(value, os.path.join(tmp, name))
         atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
                            "param_groups": sd["param_groups"]}, os.path.join(tmp, "state.json"))
         if os.path.exists(path):
@@ -545,7 +547,7 @@ def train(cfg, stop_at=None):
                 print(f"step {step:5d} | val loss {vl:.4f}")
                 metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
-                save_checkpoint(ckpt, model, tok, opt, cfg, step, order)
+                save_checkpoint(ckpt, model, tok, opt, cfg, step, order, run)
         if val_ex and val_step != step:   # every run with validation data ends with its loss
             vl = held_out_loss(model, method, val_ex, run, cfg)
             print(f"step {step:5d} | val loss {vl:.4f} (end of run)")
@@ -556,7 +558,7 @@ def train(cfg, stop_at=None):
     finally:
         stop.restore()
         metrics_f.close()
-    save_checkpoint(ckpt, model, tok, opt, cfg, step, order)
+    save_checkpoint(ckpt, model, tok, opt, cfg, step, order, run)
     peak = peak_memory(device)
     print(f"checkpoint: {ckpt} (step {step}); peak memory of this process: "
           + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))

@@ -42,7 +42,7 @@ from model.checkpoint import load
 from experiments import task
 from nanoalign.data import make_batch, tokenize_rows
 from experiments.evaluate import greedy_answers
-from nanoalign.common import sample_responses
+from nanoalign.onpolicy import sample as sample_responses
 from nanoalign.judge import TEMPLATES, attach_sj, best_of, swapped_probs
 from nanoalign.meta_aligner import correct, run_stages
 from nanoalign.mo_orpo import judge_accuracy

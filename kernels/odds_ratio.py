@@ -1,5 +1,5 @@
 """
-The ORPO odds-ratio term (mo-orpo-self-judgement.txt eq. 2-4; METHODS.md "ORPO"), forward and backward.
+The ORPO odds-ratio term (ORPO, arXiv:2403.07691; docs/methods.md#orpo), forward and backward.
 
     log_odds(a) = a - log(1 - exp(a))            a = logp_mean of a response, a < 0
     z           = log_odds(a_w) - log_odds(a_l)  the "log odds ratio"
@@ -49,7 +49,7 @@ if HAS_TRITON:
 
 
 def log1mexp(a):
-    """log(1 - exp(a)) for a < 0, stable (METHODS.md): the branch choice of Maechler (2012)."""
+    """log(1 - exp(a)) for a < 0, stable (docs/methods.md#orpo): the branch choice of Maechler (2012)."""
     return torch.where(a > -0.6931471805599453, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
 

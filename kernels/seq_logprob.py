@@ -2,7 +2,7 @@
 Fused sequence log-probabilities: from the last hidden states and the LM-head weight straight to
 per-sequence log p(response | prompt), without ever holding the (tokens x vocab) logits.
 
-    lp_t   = h_t . W[y_t] - logsumexp_v(h_t . W[v])            (METHODS.md, "Sequence log-probabilities")
+    lp_t   = h_t . W[y_t] - logsumexp_v(h_t . W[v])            (docs/methods.md#sequence-log-probabilities)
     sum    : logp_sum[b]  = sum_t mask[b,t] * lp_t              (DPO, IPO, Self-Judge, OSP)
     mean   : logp_mean[b] = logp_sum[b] / sum_t mask[b,t]       (ORPO; a fully masked row gives 0)
     none   : lp_t where mask, 0 elsewhere                       (per token)

@@ -119,6 +119,9 @@ class _Generation(jinja2.ext.Extension):
 
 @lru_cache(maxsize=1)
 def _environment():
+    if tuple(int(x) for x in jinja2.__version__.split(".")[:3] if x.isdigit()) < (3, 1, 6):
+        raise ImportError(f"chat templates need jinja2 >= 3.1.6 (older sandboxes have known escapes); "
+                          f"this is {jinja2.__version__}: pip install -U jinja2")
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _Generation])
     env.filters["tojson"] = _tojson

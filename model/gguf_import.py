@@ -26,7 +26,7 @@ import struct
 import numpy as np
 import torch
 
-from model.checkpoint import save_model
+from model.hf import save_model
 from model.files import atomic_write_json
 from model.model import ModelConfig, Transformer
 from model.tokenizer import Tokenizer

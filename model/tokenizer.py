@@ -19,10 +19,12 @@ Prompt and response of a training pair (encode_pair):
                   </s>) is a scored response token and the model learns to stop.
 If the prompt text is not the beginning of the full text, there is no clean split: a TemplateError.
 The two texts are tokenized separately and their ids concatenated: tokenizing the joined text could
-merge characters across the boundary into one token that belongs to neither side. With a template the
-boundary sits right after the generation prompt (a newline or a special token, where byte-level BPE
-splits anyway), so for SmolLM2 prompt ids + response ids equal the ids of the full text unless the
-answer itself starts with whitespace (tests/test_chat_templates.py checks both cases).
+merge characters across the boundary into one token that belongs to neither side, and the prompt ids
+of a pair stay exactly the ids the model is prompted with when sampling (encode_prompt). With a
+template the boundary sits right after the generation prompt (a newline or a special token, where
+byte-level BPE splits anyway), so for SmolLM2 prompt ids + response ids equal the ids of the full
+text, except for an answer that starts with two or more whitespace characters, which BPE would merge
+with the prompt's final newline (tests/test_chat_templates.py checks both cases).
 
 Token ids follow transformers' apply_chat_template(tokenize=True): the rendered text is encoded with
 add_special_tokens=False, so a BOS appears only where the template writes {{ bos_token }}. (Only the
@@ -39,23 +41,6 @@ from model.files import CheckpointError, atomic_write_json, read_json_if_exists
 # the special tokens transformers hands a template (its SPECIAL_TOKENS_ATTRIBUTES)
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                   "mask_token")
-
-# What nanoalign < 2026-12 wrote as `chat_template` beside "nanoalign_chat_format": a checkpoint
-# carrying one of these was trained in that named format, so it still loads as that format.
-_OLD_FORMAT_TEMPLATES = {
-    "chatml": ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
-               "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}"
-               "{{ '<|im_start|>assistant\n' }}{% endif %}"),
-    "inst": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + "
-             "m['content'] + ' [/INST]' }}{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] "
-             "+ eos_token }}{% endif %}{% endfor %}"),
-    "selfjudge": ("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
-                  "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}{% endfor %}"
-                  "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
-    "raw": ("{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}"
-            "{{ eos_token }}{% endif %}{% endfor %}"),
-}
-
 
 class MessagesError(ValueError):
     """A prompt or response that is not a usable conversation (e.g. a response list without an
@@ -92,7 +77,7 @@ class Tokenizer:
         tok: the `tokenizers` tokenizer. chat_template: the checkpoint's Jinja (a string, or
         tokenizer_config.json's list of named templates); chat_format: a named fallback format
         instead (FORMATS). special_tokens: {"bos_token": "<s>", ...} as the template sees them
-        (defaults: the tokens of bos_id/eos_id/pad_id). extra_stop_ids: more ids that end
+        (None: the tokens of bos_id/eos_id/pad_id). extra_stop_ids: more ids that end
         generation (generation_config.json). name / template_origin: for error messages.
         """
         if chat_format is not None and chat_format not in FORMATS:
@@ -106,10 +91,10 @@ class Tokenizer:
         self.chat_format = chat_format
         self.chat_template = FORMATS[chat_format] if chat_format else chat_template   # saved as is
         self.extra_stop_ids = list(extra_stop_ids)
-        self.special_tokens = {k: v for k, v in (special_tokens or {}).items() if v is not None}
-        for key, i in (("bos_token", bos_id), ("eos_token", eos_id), ("pad_token", self.pad_id)):
-            if key not in self.special_tokens and i is not None:
-                self.special_tokens[key] = tok.id_to_token(i)
+        if special_tokens is None:   # built in code from ids: name the tokens of those ids
+            special_tokens = {key: tok.id_to_token(i) for key, i in (
+                ("bos_token", bos_id), ("eos_token", eos_id), ("pad_token", self.pad_id)) if i is not None}
+        self.special_tokens = {k: v for k, v in special_tokens.items() if v is not None}
         self.template = None
         if self.chat_template is not None:
             origin = (f"the '{chat_format}' chat format" if chat_format
@@ -156,6 +141,7 @@ class Tokenizer:
     def save(self, path):
         """tokenizer.json + tokenizer_config.json (special tokens, the chat template exactly as
         loaded, and the named format if there is one), readable by transformers."""
+        os.makedirs(path, exist_ok=True)
         self.tok.save(os.path.join(path, "tokenizer.json"))
         tc = {"tokenizer_class": "PreTrainedTokenizerFast", **self.special_tokens,
               "add_bos_token": self.add_bos, "model_max_length": 1 << 30}
@@ -260,6 +246,23 @@ class Tokenizer:
         eos_token_id of generation_config.json / config.json (a number or a list)."""
         ids = [self.eos_id, self.end_of_turn_id, *self.extra_stop_ids]
         return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+# What nanoalign wrote as `chat_template` beside "nanoalign_chat_format" before it rendered templates
+# (2026-11): a checkpoint carrying one of these was trained in that named format and loads as it.
+_OLD_FORMAT_TEMPLATES = {
+    "chatml": ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
+               "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}"
+               "{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "inst": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + "
+             "m['content'] + ' [/INST]' }}{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] "
+             "+ eos_token }}{% endif %}{% endfor %}"),
+    "selfjudge": ("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
+                  "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}{% endfor %}"
+                  "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"),
+    "raw": ("{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}"
+            "{{ eos_token }}{% endif %}{% endfor %}"),
+}
 
 
 def _find_template(path, tc, tc_path, chat_format):

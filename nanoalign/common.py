@@ -80,6 +80,8 @@ class Run:
     epoch: float = 0.0                   # epochs of data seen (fractional)
     epochs: float = 1.0                  # epochs the whole run will see
     cache: dict = field(default_factory=dict)  # a method's own memory across steps
+    keep: dict = field(default_factory=dict)   # {file name: JSON value} written into every checkpoint
+                                               # of the run (JSFT's principles, for its judge later)
 
 
 def batch_logps(model, batch, reduction="sum", mask=None):

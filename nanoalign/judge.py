@@ -3,21 +3,24 @@ The judge: a language model asked "which response is better, A or B?", shared by
 judges (MO-ORPO's self-judgement data, Self-Judge's JSFT / self-training / self-rejection, OSP).
 
     python -m nanoalign.judge --init_from DIR --pairs pairs.jsonl [--template ultrafeedback]
+    python -m nanoalign.judge ... --template principle --principles "honesty:tells the truth,..."
 
-prints, per {prompt, a, b} row, p(a > b) scored in both position orders.
+prints, per {prompt, a, b} row, p(a > b) scored in both position orders (and under each principle,
+combined by JM-PR, for a principle template).
 
 Three pieces, top to bottom:
 1. Templates. A `JudgeTemplate` is a user message with {prompt} {a} {b} (and {principle}), an
    optional system message, and the assistant's answer up to and including the label, e.g.
-   "... would be Response {label}". The paper's appendix A.5 templates (self-judge-jsft.txt, Tables
-   13-18) are here verbatim in structure; 'compact' ones keep the same shape in few enough bytes for
+   "... would be Response {label}". The Self-Judge paper's appendix A.5 templates (arXiv:2402.11253,
+   Tables 13-18) are here verbatim in structure; 'compact' ones keep the same shape in few enough bytes for
    the built-in task's byte-level tiny model (the A.5 UltraFeedback template alone is ~500 bytes,
    the tiny model's whole context is 512). `SJ_TEMPLATES` are the ~50 variations of the MO-ORPO
    paper's self-judgement prompt (section 4: 5 wordings x 5 response-name pairs x 2 instruction
    orders) and `sj_triple` builds the self-judgement triple from an alignment triple.
-2. The judge probability (Self-Judge section 3 / METHODS.md): the next-token logits at the label
-   position, softmax over the two label tokens only, one batched forward for all rows; and the
-   position-swapped average p(y1 > y2) = 1/2 [p_A(J(x, y1, y2)) + p_B(J(x, y2, y1))].
+2. The judge probability (Self-Judge section 3; docs/methods.md#self-judge): the next-token logits at
+   the label position, softmax over the two label tokens only, one batched forward for all rows; the
+   position-swapped average p(y1 > y2) = 1/2 [p_A(J(x, y1, y2)) + p_B(J(x, y2, y1))]; and for a
+   principle template, one judgment per principle combined by the paper's JM-PR rule (`jm_pr`).
 3. The single-elimination tournament (self-rejection): N candidates, N-1 judgments, one batched
    judge call per round.
 """
@@ -125,6 +128,10 @@ def prompt_text(prompt):
 
 def render(t, prompt, a, b, principle=None, description=None):
     """(messages, answer_with_{label}) for one judgment; {label} is filled in by the caller."""
+    if "{principle}" in t.user and not principle:
+        raise JudgeError(f"judge template '{t.name}' judges under a principle, and none was given "
+                         f"(name them with --principles, or start from a checkpoint whose JSFT data "
+                         f"had them)")
     user = t.user.format(prompt=prompt_text(prompt), a=a, b=b, principle=principle)
     msgs = [{"role": "user", "content": user}]
     if t.system:
@@ -176,7 +183,7 @@ def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
                 if template.rationale:
                     resp += (f"\nEvaluation of Response A: {rationale_fn(r['prompt'], _text(a), name)}"
                              f"\nEvaluation of Response B: {rationale_fn(r['prompt'], _text(b), name)}")
-                out.append({"prompt": msgs, "response": resp})
+                out.append({"prompt": msgs, "response": resp, "keep_whole": True})  # never cut the label
     return out
 
 
@@ -256,29 +263,68 @@ def tournament(n, judge_fn):
     return alive[0]
 
 
-def best_of(model, tok, t, prompt, candidates, batch_size=64):
+def jm_pr(P):
+    """JM-PR, the Self-Judge paper's principle-aware rule (section 3, Tables 5-6): P[k, i] = p(a_i > b_i)
+    under principle k. The judge prefers a_i when it wins under more than half of the principles (a
+    probability of exactly 1/2 counts half a win); on a tie, when its mean probability across the
+    principles is >= 1/2. Returns p with p >= 1/2 exactly when a_i is preferred: the win rate, or the
+    mean probability where the win rate is exactly 1/2. OSP uses it as the soft target."""
+    wins = (P > 0.5).to(P.dtype) + 0.5 * (P == 0.5).to(P.dtype)      # (K, N)
+    rate = wins.mean(0)                                              # (N,)
+    return torch.where(rate == 0.5, P.mean(0), rate)
+
+
+def judge_pairs(model, tok, t, items, principles=None, batch_size=64):
+    """p(a > b) for (prompt, a, b) items, both position orders. A principle template judges under each
+    of `principles` [(name, description)] and decides by JM-PR; without one, principles are unused."""
+    if "{principle}" not in t.user:
+        return swapped_probs(model, tok, t, items, batch_size)
+    if not principles:
+        raise JudgeError(f"judge template '{t.name}' judges under principles, and none were given "
+                         f"(--principles name:description,...)")
+    P = torch.stack([swapped_probs(model, tok, t, [(x, a, b, n, d) for x, a, b in items], batch_size)
+                     for n, d in principles])                        # (K, N)
+    return jm_pr(P)
+
+
+def best_of(model, tok, t, prompt, candidates, batch_size=64, principles=None):
     """Self-rejection: the tournament winner among the candidate responses (texts) to one prompt."""
     def judge_fn(pairs):
-        return swapped_probs(model, tok, t, [(prompt, candidates[i], candidates[j]) for i, j in pairs],
-                             batch_size).tolist()
+        return judge_pairs(model, tok, t, [(prompt, candidates[i], candidates[j]) for i, j in pairs],
+                           principles, batch_size).tolist()
     return tournament(len(candidates), judge_fn)
 
 
-if __name__ == "__main__":
+def parse_principles(spec, where="--principles"):
+    """'name:description,name:description' -> [(name, description)]."""
+    out = []
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, desc = part.partition(":")
+        if not name.strip() or not desc.strip():
+            raise JudgeError(f"{where}: '{part}' must be name:description")
+        out.append((name.strip(), desc.strip()))
+    return out
+
+
+def main(argv=None):
     from model.checkpoint import CheckpointError, load
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--init_from", required=True, help="checkpoint directory of the judge model")
     ap.add_argument("--pairs", required=True, help="JSONL of {prompt, a, b} rows (also accepts "
                     "{prompt, chosen, rejected}: a = chosen, b = rejected)")
     ap.add_argument("--template", default="ultrafeedback", choices=sorted(TEMPLATES),
-                    help="judgment template (appendix A.5 of self-judge-jsft.txt, or a compact one)")
-    ap.add_argument("--principle", default=None, help="principle name for principle templates")
-    ap.add_argument("--description", default="", help="principle description (system message)")
-    ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass")
-    a = ap.parse_args()
+                    help="judgment template (the Self-Judge paper's appendix A.5, or a compact one; "
+                         "default: %(default)s)")
+    ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
+                    "judged under each, decided by JM-PR (default: none)")
+    ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
+    a = ap.parse_args(argv)
+    i = 0
     try:
         model, tok = load(a.init_from)
         t = check_template(tok, TEMPLATES[a.template])
+        principles = parse_principles(a.principles)
         items = []
         with open(a.pairs) as f:
             for i, line in enumerate(f, 1):
@@ -286,12 +332,15 @@ if __name__ == "__main__":
                     continue
                 r = json.loads(line)
                 x, y = (r["a"], r["b"]) if "a" in r else (r["chosen"], r["rejected"])
-                items.append((r["prompt"], _text(x), _text(y), a.principle, a.description))
+                items.append((r["prompt"], _text(x), _text(y)))
+        ps = judge_pairs(model, tok, t, items, principles, a.batch_size)
     except (CheckpointError, JudgeError, OSError) as e:
         raise SystemExit(f"error: {e}")
     except (KeyError, json.JSONDecodeError) as e:
         raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b")
-    pa = first_probs(model, tok, t, items, a.batch_size)
-    ps = swapped_probs(model, tok, t, items, a.batch_size)
-    for i, it in enumerate(items):
-        print(json.dumps({"row": i, "p_a_first": round(pa[i].item(), 4), "p(a>b)": round(ps[i].item(), 4)}))
+    for i, p in enumerate(ps.tolist()):
+        print(json.dumps({"row": i, "p(a>b)": round(p, 4)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,24 +14,36 @@ Only the methods' choices differ (how many samples, which pairs, which loss), so
 reads as its paper's algorithm and this file holds the plumbing once. `judge_probs` is the one
 place where a judge is asked: tests replace it with a known rule.
 """
+import os
 import time
 from dataclasses import dataclass
 
+from model.checkpoint import read_json
 from nanoalign.common import evaluating, option
-from nanoalign.data import make_batch
+from nanoalign.data import DataError, make_batch
 from nanoalign.dpo import DPOOptions
-from nanoalign.judge import TEMPLATES, check_template, swapped_probs
+from nanoalign.judge import (TEMPLATES, JudgeError, check_template, judge_pairs, judgment_rows,
+                             parse_principles)
+
+PRINCIPLES_FILE = "principles.json"   # {name: description}, kept with a principle-aware JSFT checkpoint
 
 
 @dataclass
-class OnPolicyOptions(DPOOptions):
+class JudgeTemplateOptions:
     judge_template: str = option("compact", "judgment template (nanoalign/judge.py TEMPLATES: "
                                  "'compact' fits the built-in task; 'ultrafeedback', 'hh', "
                                  "'principle', 'principle_rationale' are the Self-Judge paper's)",
                                  choices=tuple(TEMPLATES))
+
+
+@dataclass
+class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
     judge_from: str = option("", "a checkpoint directory to judge with; '' = the frozen start "
                              "(the papers' choice)")
     gen_max_tokens: int = option(32, "max new tokens per sample", minimum=1)
+    principles: str = option("", "for a principle template: 'name:description,...' to judge under "
+                             "(each judged, decided by the Self-Judge paper's JM-PR rule); '' = the "
+                             "principles the judge's JSFT data was built from, kept in its checkpoint")
 
 
 def template_of(cfg, tok):
@@ -39,9 +51,41 @@ def template_of(cfg, tok):
     return check_template(tok, TEMPLATES[cfg.judge_template])
 
 
+def principles_of(cfg, t):
+    """[(name, description)] a principle template judges under: --principles, else the judge
+    checkpoint's principles.json; None for a template without principles."""
+    if "{principle}" not in t.user:
+        return None
+    if cfg.principles:
+        return parse_principles(cfg.principles)
+    path = os.path.join(cfg.judge_from or cfg.init_from, PRINCIPLES_FILE)
+    if not os.path.exists(path):
+        raise JudgeError(f"judge template '{t.name}' judges under principles: name them with "
+                         f"--principles name:description,... ({path} does not exist)")
+    return list(read_json(path).items())
+
+
+def judgment_data(rows, t, run):
+    """The judge's training rows (JSFT, OSP's augmentation): each pair judged in both orders. A
+    principle template needs labels per objective on every row, and its principles are kept with
+    the checkpoint (principles.json), so the trained judge later judges under the same ones."""
+    aware = "{principle}" in t.user
+    for r in rows:
+        if aware and not ("labels" in r and "objectives" in r):
+            raise DataError(f"{r.get('_where', 'row')}: judge template '{t.name}' is principle-aware "
+                            f"and needs 'labels' and 'objectives' fields on every row")
+    if t.rationale and run.task is None:
+        raise DataError(f"judge template '{t.name}' trains on rationales, which only a built-in "
+                        f"task's oracle writes; choose a template without rationale")
+    if aware:
+        run.keep[PRINCIPLES_FILE] = {k: r["objectives"][k] for r in rows for k in r["labels"]}
+    return judgment_rows(rows, t, aware, run.task and run.task.rationale)
+
+
 def prompt_rows(rows, cfg, split, run):
-    """Start-up check of the judge template, so a bad one fails before training, not mid-run."""
-    template_of(cfg, run.tok)
+    """Start-up: check the judge template (a bad one fails before training, not mid-run) and find
+    the principles it judges under."""
+    run.cache["principles"] = principles_of(cfg, template_of(cfg, run.tok))
     return rows
 
 
@@ -58,10 +102,11 @@ def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator
 
 
 # -- 2. judge ------------------------------------------------------------------------------------------
-def judge_probs(judge, tok, template, prompts, a, b):
-    """p(a_i > b_i | prompt_i) for text pairs, position-swapped, the judge in eval mode."""
+def judge_probs(judge, tok, template, prompts, a, b, principles=None):
+    """p(a_i > b_i | prompt_i) for text pairs, position-swapped, the judge in eval mode; under each
+    principle and combined by JM-PR for a principle template (nanoalign/judge.py judge_pairs)."""
     with evaluating(judge):
-        return swapped_probs(judge, tok, template, list(zip(prompts, a, b)))
+        return judge_pairs(judge, tok, template, list(zip(prompts, a, b)), principles)
 
 
 # -- 3. pairs ------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ baseline of the MO-ORPO paper, eq. 1-4; docs/methods.md#orpo).
     logp_mean   = (1/m) sum_t lp_t over the m response tokens         (kernels.sequence_logprob, 'mean')
     log_odds    = logp_mean - log(1 - exp(logp_mean))                  (eq. 2)
     z           = log_odds(y_w) - log_odds(y_l)                        (eq. 3, the "log odds ratio")
-    L_OR        = -log sigmoid(z)                                      (eq. 4; kernels.odds_ratio_loss)
+    L_OR        = -log sigmoid(z)                                      (eq. 3; kernels.odds_ratio_loss)
     L_SFT       = -logp_mean(y_w)                                      (eq. 1's NLL, per example)
-    L_ORPO      = L_SFT + lam * L_OR,  lam = 0.1 by default
+    L_ORPO      = L_SFT + lam * L_OR,  lam = 0.1 by default             (eq. 4)
 
 Both terms are per-example means over response tokens, and the loop averages over the examples of
 the effective batch. `--prompt_loss` also counts the chosen prompt's tokens in L_SFT (the official

@@ -1,6 +1,6 @@
 """
 Online Self-Preferring ("Online Self-Preferring Language Models", arXiv:2405.14103; Algorithm 1,
-eq. 5-7; docs/methods.md#osp).
+eq. 7-9; docs/methods.md#osp).
 
   pref_aug  optional preference augmentation (Alg. 1 line 3): SFT on LLM-as-a-judge instructions
             built from preference pairs in both position orders (judge.judgment_rows, the same
@@ -14,7 +14,7 @@ eq. 5-7; docs/methods.md#osp).
                  tokens, averaged over both position orders (judge.swapped_probs)
             then, with h = (logp_sum_theta(y_h) - logp_sum_SFT(y_h)) - (logp_sum_theta(y_l) - logp_sum_SFT(y_l))
             and p_hat = sigmoid(beta * h):
-              L_SPCE = -[p * log(p_hat) + (1 - p) * log(1 - p_hat)]                   (eq. 7)
+              L_SPCE = -[p * log(p_hat) + (1 - p) * log(1 - p_hat)]                   (eq. 8)
             For p in {0, 1} this is exactly DPO; d L_SPCE / d h = beta * (p_hat - p).
 
 Ablations (the paper's): --osp_loss dpo (hard labels: the pair oriented by p >= 1/2) or ipo
@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from nanoalign import onpolicy
 from nanoalign.common import Method, batch_logps, option, register
 from nanoalign.dpo import dpo_loss, ipo_loss, log_ratio_diff, pair_losses, pair_metrics
-from nanoalign.judge import TEMPLATES, judgment_rows
-from nanoalign.self_judge import JSFTOptions
+from nanoalign.judge import TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
 
 TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling
@@ -48,15 +47,18 @@ TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling
 
 @dataclass
 class OSPOptions(onpolicy.OnPolicyOptions):
+    beta: float = option(0.1, "SPCE / DPO / IPO beta. 0.1 is the OSP paper's value for Mistral-7B "
+                         "with LoRA and suits a small model over few steps; its full fine-tunes used "
+                         "0.001 (dialogue) and 0.02 (summaries)", minimum=0.0)
     osp_k: int = option(7, "samples per prompt (K // 2 pairs; paper 7)", minimum=2)
-    osp_loss: str = option("spce", "'spce' (soft targets, eq. 7), or the ablations 'dpo' / 'ipo' (hard "
+    osp_loss: str = option("spce", "'spce' (soft targets, eq. 8), or the ablations 'dpo' / 'ipo' (hard "
                            "labels from the same judge)", choices=("spce", "dpo", "ipo"))
     pairing: str = option("ranked", "'ranked' (best with worst), or the ablations 'random' and 'raft' "
                           "(SFT on the best sample)", choices=("ranked", "random", "raft"))
 
 
 def spce_loss(pol_h, pol_l, ref_h, ref_l, p, beta):
-    """Per-pair soft-preference cross-entropy (eq. 7), with p_hat = sigmoid(beta * h)."""
+    """Per-pair soft-preference cross-entropy (eq. 8), with p_hat = sigmoid(beta * h) (eq. 7)."""
     z = beta * log_ratio_diff(pol_h, pol_l, ref_h, ref_l)
     return -(p * F.logsigmoid(z) + (1 - p) * F.logsigmoid(-z))
 
@@ -80,6 +82,7 @@ def _stats(prefix, t):
 def osp_loss(model, batch, run, cfg):
     tok, t, K = run.tok, TEMPLATES[cfg.judge_template], cfg.osp_k
     judge = run.judge if run.judge is not None else run.ref
+    principles = run.cache.get("principles")
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
     B, clock = len(prompts), onpolicy.Clock()
     samples = onpolicy.sample(model, tok, prompts, K, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
@@ -88,7 +91,7 @@ def osp_loss(model, batch, run, cfg):
     clock.lap("t_sample")
     if cfg.pairing in ("ranked", "raft"):       # s(y) = p(y > blank | x), all B*K in one pass
         s = onpolicy.judge_probs(judge, tok, t, [x for x in ptexts for _ in range(K)],
-                                 [y for row in texts for y in row], [""] * (B * K)).view(B, K)
+                                 [y for row in texts for y in row], [""] * (B * K), principles).view(B, K)
     if cfg.pairing == "raft":                   # RAFT: SFT on each prompt's best sample
         best = s.argmax(1).tolist()
         b = onpolicy.response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id,
@@ -102,7 +105,7 @@ def osp_loss(model, batch, run, cfg):
              for i in range(B)]
     flat = [(i, hi, lo) for i in range(B) for hi, lo in pairs[i]]              # B * K//2 pairs
     a, b = [texts[i][hi] for i, hi, _ in flat], [texts[i][lo] for i, _, lo in flat]
-    p = onpolicy.judge_probs(judge, tok, t, [ptexts[i] for i, _, _ in flat], a, b)   # p(y_h > y_l)
+    p = onpolicy.judge_probs(judge, tok, t, [ptexts[i] for i, _, _ in flat], a, b, principles)  # p(y_h > y_l)
     agree = onpolicy.agreement(run.task, [ptexts[i] for i, _, _ in flat], a, b, p.tolist())
     highs, lows = [samples[i][hi] for i, hi, _ in flat], [samples[i][lo] for i, _, lo in flat]
     if cfg.osp_loss != "spce":                  # hard labels: orient each pair by the judge
@@ -122,8 +125,7 @@ def osp_loss(model, batch, run, cfg):
 
 def pref_aug_rows(rows, cfg, split, run):
     """Alg. 1 line 3: LLM-as-a-judge instructions from preference pairs, both orders, nothing else."""
-    t = onpolicy.template_of(cfg, run.tok)
-    return judgment_rows(rows, t, "{principle}" in t.user)
+    return onpolicy.judgment_data(rows, onpolicy.template_of(cfg, run.tok), run)
 
 
 METRICS = {**onpolicy.METRICS, "p_mean": "target strength p(y_h > y_l) from the judge",
@@ -132,7 +134,8 @@ METRICS = {**onpolicy.METRICS, "p_mean": "target strength p(y_h > y_l) from the 
            "raft_nll": "RAFT: NLL per token of the best sample", "score_best": "RAFT: its judge score"}
 register(
     Method("pref_aug", "pref", "sft", "n_tokens", sft_loss, "OSP preference augmentation: SFT on "
-           "judge instructions from preference pairs (both orders)", JSFTOptions, prepare=pref_aug_rows,
+           "judge instructions from preference pairs (both orders)", onpolicy.JudgeTemplateOptions,
+           prepare=pref_aug_rows,
            metrics=SFT_METRICS, defaults={"max_length": 384}),
     Method("osp", "prompt", "prompt", "n_examples", osp_loss, "OSP: K samples per prompt, ranked pairs, "
            "soft targets from the frozen SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", OSPOptions,

@@ -33,20 +33,15 @@ import torch
 
 from nanoalign import onpolicy
 from nanoalign.common import Method, option, register
-from nanoalign.data import DataError
 from nanoalign.dpo import METRICS as DPO_METRICS, dpo_loss, pair_losses, pair_metrics
-from nanoalign.judge import TEMPLATES, judgment_rows
+from nanoalign.judge import TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
 
 TEMPERATURE, TOP_P = 1.0, 0.9          # the paper's sampling for self-training
 
 
 @dataclass
-class JSFTOptions:
-    judge_template: str = option("compact", "judgment template (nanoalign/judge.py TEMPLATES: "
-                                 "'compact' fits the built-in task; 'ultrafeedback', 'hh', "
-                                 "'principle', 'principle_rationale' are the paper's appendix A.5)",
-                                 choices=tuple(TEMPLATES))
+class JSFTOptions(onpolicy.JudgeTemplateOptions):
     jsft_judge: bool = option(True, "add the judgment instructions (false = SFT on chosen only, the "
                               "control for 'does JSFT improve judging?')")
 
@@ -64,14 +59,7 @@ def jsft_rows(rows, cfg, split, run):
            for r in rows]
     if not cfg.jsft_judge:
         return out
-    for r in rows:
-        if "{principle}" in t.user and not ("labels" in r and "objectives" in r):
-            raise DataError(f"{r.get('_where', 'row')}: judge template '{t.name}' is principle-aware "
-                            f"and needs 'labels' and 'objectives' fields on every row")
-    if t.rationale and run.task is None:
-        raise DataError(f"judge template '{t.name}' trains on rationales, which only a built-in "
-                        f"task's oracle writes; choose a template without rationale")
-    return out + judgment_rows(rows, t, "{principle}" in t.user, run.task and run.task.rationale)
+    return out + onpolicy.judgment_data(rows, t, run)
 
 
 def _judge(run, model, cfg):
@@ -85,7 +73,7 @@ def judge_and_orient(run, cfg, judge, ptexts, first, second):
     """Judge each (first, second) sample pair, position-swapped; (wins, losses, metrics)."""
     tok, t = run.tok, TEMPLATES[cfg.judge_template]
     a, b = [tok.decode(x) for x in first], [tok.decode(x) for x in second]
-    p = onpolicy.judge_probs(judge, tok, t, ptexts, a, b)
+    p = onpolicy.judge_probs(judge, tok, t, ptexts, a, b, run.cache.get("principles"))
     wins, losses = onpolicy.orient(first, second, p)
     return wins, losses, onpolicy.agreement(run.task, ptexts, a, b, p.tolist())
 

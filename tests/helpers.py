@@ -4,6 +4,7 @@ Every place where a test builds a method's config and run state, calls a method'
 stub judge or looks inside an on-policy step goes through one function here (call_method,
 method_config, judge_by_rule, record_on_policy), so an API change is adapted here once.
 """
+import contextlib
 import dataclasses
 import importlib
 import types
@@ -11,6 +12,18 @@ import types
 import torch
 
 from model.model import ModelConfig, Transformer
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine, two threads per op spin and
+    cost 10-20x. Used by the tests of tiny models (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def tiny(seed=0, **kw):

