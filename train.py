@@ -199,9 +199,14 @@ def parse_config(argv=None):
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     pre.add_argument("--method")
+    pre.add_argument("--out_dir")
+    pre.add_argument("--resume", nargs="?", const="true")
     early, _ = pre.parse_known_args(argv)
+    saved = os.path.join(early.out_dir or "", "ckpt", "state.json")
     try:
         d = read_json(early.config) if early.config else {}
+        if not early.method and early.resume not in (None, "false") and os.path.exists(saved):
+            d = {**d, "method": read_json(saved)["config"]["method"]}   # resume: the run's method
     except CheckpointError as e:
         pre.exit(2, f"error: {e}\n")
     method = early.method or d.get("method", SharedConfig.method)
@@ -489,8 +494,10 @@ def train(cfg, stop_at=None):
         torch.manual_seed(cfg.seed + 1000 * dist.rank())
     train_ex = load_split(cfg, method, "train", run)
     val_ex = load_split(cfg, method, "val", run) if method.eats != "prompt" else []
+    # fused AdamW on CUDA: one kernel for all parameters instead of a loop of foreach launches
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+                            betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                            fused=torch.device(device).type == "cuda")
     step, pos = load_train_state(ckpt, model, opt) if cfg.resume else (0, 0)
     # one order of global batches; rank r takes rows [r*B, (r+1)*B) of each
     order = BatchOrder(len(train_ex), cfg.batch_size * dist.world(), cfg.seed, pos)

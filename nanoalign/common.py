@@ -88,7 +88,14 @@ def batch_logps(model, batch, reduction="sum", mask=None):
     """Per-row log p(response | prompt) of a right-padded batch, via the fused kernel.
     reduction: 'sum' (DPO family) or 'mean' (ORPO family), see kernels/seq_logprob.py."""
     hidden = model(batch["ids"], batch["attn"])                         # (B, T, dim)
-    return sequence_logprob(hidden, model.lm_head.weight, batch["targets"],
+    weight = model.lm_head.weight
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        # autocast does not reach inside the kernel: hand it the autocast dtype, so it runs a bf16
+        # tensor-core dot (float32 accumulation and log-sum-exp), not the float32 one
+        dt = torch.get_autocast_dtype(dev)
+        hidden, weight = hidden.to(dt), weight.to(dt)
+    return sequence_logprob(hidden, weight, batch["targets"],
                             batch["mask"] if mask is None else mask, reduction)
 
 
