@@ -21,7 +21,7 @@ def greedy_answers(model, tok, prompts, max_new_tokens=32, batch_size=128):
     out = []
     for i in range(0, len(prompts), batch_size):
         ids = [tok.encode_prompt(p) for p in prompts[i:i + batch_size]]
-        gen = generate(model, ids, max_new_tokens, model.cfg.eos_ids + [tok.eos_id], temperature=0,
+        gen = generate(model, ids, max_new_tokens, tok.stop_ids, temperature=0,
                        pad_id=tok.pad_id)
         out += [tok.decode(g) for g in gen]
     return out

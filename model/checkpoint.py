@@ -15,10 +15,14 @@ Only safetensors and JSON are ever read; nothing here can run code from a downlo
 """
 import torch
 
-from model.files import CheckpointError, atomic_write_json, read_json  # noqa: F401  (re-exported)
-from model.hf import config_from_hf, config_to_hf, load_model, save_model  # noqa: F401
-from model.lora import is_adapter_dir, load_adapters, save_adapters  # noqa: F401
+from model.files import CheckpointError, atomic_write_json, read_json
+from model.hf import config_from_hf, config_to_hf, load_model, save_model
+from model.lora import is_adapter_dir, load_adapters, save_adapters
 from model.tokenizer import Tokenizer
+
+# what callers import from here (defined in the modules above, re-exported)
+__all__ = ["load", "save_model", "save_adapters", "load_model", "load_adapters", "config_from_hf",
+           "config_to_hf", "CheckpointError", "read_json", "atomic_write_json", "Tokenizer"]
 
 
 def load(d, dtype=torch.float32, device="cpu", chat_format=None):

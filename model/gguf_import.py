@@ -107,8 +107,9 @@ def read_gguf_tensors(path):
     except ImportError:
         raise SystemExit("reading GGUF weights needs the gguf package: pip install gguf") from None
     r = gguf.GGUFReader(path)
-    return {t.name: torch.from_numpy(np.ascontiguousarray(
-        gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)) for t in r.tensors}
+    # np.array copies: the reader's arrays are read-only views of the file
+    return {t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type),
+                                              dtype=np.float32, order="C")) for t in r.tensors}
 
 
 def unpermute(w, n_head):

@@ -18,7 +18,7 @@ Two things differ from the usual nanoGPT-style file, both on purpose:
   positions count from each row's first real token, and padded keys are never attended to.
 """
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch

@@ -170,12 +170,16 @@ def encode_pair(tok, prompt, response, where):
     system message Gemma refuses) or a response without an assistant turn is a DataError naming the
     row."""
     try:
-        if hasattr(tok, "encode_pair"):
-            return tok.encode_pair(prompt, response)
-        return tok.encode_prompt(prompt), tok.encode_response(response)
-    except DataError:
-        raise
-    except ValueError as e:   # the tokenizer's TemplateError and friends
+        return tok.encode_pair(prompt, response)
+    except ValueError as e:   # the template's own error (TemplateError), a response with no answer
+        raise DataError(f"{where}: {e}") from None
+
+
+def encode_prompt(tok, prompt, where):
+    """Prompt ids up to the generation prompt; a template's error names the row."""
+    try:
+        return tok.encode_prompt(prompt)
+    except ValueError as e:
         raise DataError(f"{where}: {e}") from None
 
 
@@ -207,7 +211,7 @@ def _pref_example(tok, row, limits, where, max_length=None):
 
 
 def _prompt_example(tok, row, limits, where):
-    p = tok.encode_prompt(row["prompt"])
+    p = encode_prompt(tok, row["prompt"], where)
     if len(p) >= limits["max_length"]:
         raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for a "
                         f"response within max_length={limits['max_length']}")

@@ -148,7 +148,7 @@ def correct(aligner, tok, prompts, answers, objectives, max_new_tokens=48, batch
     for i in range(0, len(prompts), batch_size):
         ids = [tok.encode_prompt(template(q, y, objectives, "better"))
                for q, y in zip(prompts[i:i + batch_size], answers[i:i + batch_size])]
-        gen = generate(aligner, ids, max_new_tokens, aligner.cfg.eos_ids + [tok.eos_id], temperature=0,
+        gen = generate(aligner, ids, max_new_tokens, tok.stop_ids, temperature=0,
                        pad_id=tok.pad_id or 0)
         out += [tok.decode(g).strip() for g in gen]
     return out

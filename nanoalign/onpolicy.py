@@ -96,7 +96,7 @@ def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator
     unless a generator is given, so a resumed run samples the same."""
     from model.generate import generate
     flat = generate(model, [p for p in prompts for _ in range(n)], max_new_tokens,
-                    model.cfg.eos_ids + [tok.eos_id], temperature, top_k, top_p, generator,
+                    tok.stop_ids, temperature, top_k, top_p, generator,
                     tok.pad_id or 0)
     return [[s if s else [tok.eos_id] for s in flat[i * n:(i + 1) * n]] for i in range(len(prompts))]
 

