@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from experiments import task
 from experiments.evaluate import format_table, oracle_eval
+from model.chat_template import FORMATS
 from model.checkpoint import CheckpointError, atomic_write_json, load, read_json, save_adapters, save_model
 from model.lora import AdaptersOff, apply_lora, merge, parse_targets
 from model.model import Transformer, config_from_preset
@@ -48,6 +49,9 @@ class SharedConfig:
                             "'scratch' (a fresh model of --model_preset), or a Hugging Face checkpoint "
                             "directory")
     model_preset: str = option("tiny", "model config for --init_from scratch (model/model.py PRESETS)")
+    chat_format: str = option("", "'' = the checkpoint's own chat template; or a named format for a "
+                              "checkpoint that has none (model/chat_template.py FORMATS)",
+                              choices=("",) + tuple(FORMATS))
     train_data: str = option("builtin", "'builtin' (the arithmetic task, experiments/task.py) or a "
                              "JSONL file of the rows the method reads")
     val_data: str = option("auto", "a JSONL file for the held-out loss; 'builtin'; 'auto' = the "
@@ -286,7 +290,7 @@ def init_model(cfg, device):
         torch.manual_seed(cfg.seed)
         model, tok = Transformer(config_from_preset(cfg.model_preset)).to(device), task.build_tokenizer()
     else:
-        model, tok = load(cfg.init_from, torch.float32, device)
+        model, tok = load(cfg.init_from, torch.float32, device, cfg.chat_format or None)
     if getattr(model, "lora", None):   # starting from a LoRA run: its adapters become the base
         merge(model)
     if cfg.lora_r:
