@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file, save_file
 
-from experiments import task
 from experiments.evaluate import format_table, oracle_eval
+from experiments.tasks import TASKS, get_task
 from model.chat_template import FORMATS
 from model.checkpoint import CheckpointError, atomic_write_json, load, read_json, save_adapters, save_model
 from model.lora import AdaptersOff, apply_lora, merge, parse_targets
@@ -52,8 +52,13 @@ class SharedConfig:
     chat_format: str = option("", "'' = the checkpoint's own chat template; or a named format for a "
                               "checkpoint that has none (model/chat_template.py FORMATS)",
                               choices=("",) + tuple(FORMATS))
-    train_data: str = option("builtin", "'builtin' (the arithmetic task, experiments/task.py) or a "
-                             "JSONL file of the rows the method reads")
+    train_data: str = option("builtin", "'builtin' (the rows of the built-in --task) or a JSONL file "
+                             "of the rows the method reads")
+    task: str = option("arith", "the built-in task (experiments/tasks.py): 'arith' (What is 17 + 8?, a "
+                       "tiny model) or 'instruct' (questions with format instructions, for "
+                       "SmolLM2-135M-Instruct)", choices=tuple(TASKS))
+    task_data: str = option("", "the instruct task's on-policy preference data, a directory built by "
+                            "python -m experiments.instruct build")
     val_data: str = option("auto", "a JSONL file for the held-out loss; 'builtin'; 'auto' = the "
                            "built-in task's when training on it, none otherwise; '' = none")
     out_dir: str = option("", "run directory: checkpoint in out_dir/ckpt, metrics in "
@@ -281,14 +286,16 @@ def shared_options(cfg):
 
 
 def warm_checkpoint(cfg):
-    """The built-in task's cached SFT start (experiments/task.py warm_start), trained by this loop."""
-    return task.warm_start(shared_options(cfg), lambda **kw: train(make_config(**kw)))
+    """The built-in task's start: the arithmetic task's cached SFT warm-up (experiments/task.py
+    warm_start, trained by this loop), the instruct task's real checkpoint."""
+    return get_task(cfg.task).warm_start(shared_options(cfg), lambda **kw: train(make_config(**kw)))
 
 
 def init_model(cfg, device):
     if cfg.init_from == "scratch":
         torch.manual_seed(cfg.seed)
-        model, tok = Transformer(config_from_preset(cfg.model_preset)).to(device), task.build_tokenizer()
+        model = Transformer(config_from_preset(cfg.model_preset)).to(device)
+        tok = get_task(cfg.task).build_tokenizer()
     else:
         model, tok = load(cfg.init_from, torch.float32, device, cfg.chat_format or None)
     if getattr(model, "lora", None):   # starting from a LoRA run: its adapters become the base
@@ -312,7 +319,8 @@ def load_split(cfg, method, split, run):
         return []
     if src == "builtin":
         n = cfg.n_train if split == "train" else cfg.n_val
-        rows = task.rows(method.reads, n, cfg.seed, split)
+        samples = {"samples": cfg.task_data} if cfg.task_data else {}   # instruct: on-policy data
+        rows = get_task(cfg.task).rows(method.reads, n, cfg.seed, split, **samples)
         skipped = 0
     else:
         rows, skipped = read_jsonl(src, method.reads, cfg.skip_bad_rows)
@@ -483,7 +491,8 @@ def train(cfg, stop_at=None):
     torch.manual_seed(cfg.seed)
     model, tok = init_model(cfg, device)
     # the built-in task lends its oracle to the methods' metrics; on your own data there is none
-    run = Run(tok=tok, task=task if cfg.train_data == "builtin" else None)
+    task = get_task(cfg.task) if cfg.train_data == "builtin" else None
+    run = Run(tok=tok, task=task)
     if method.needs_ref and not cfg.lora_r:
         run.ref = dist.shard_frozen(frozen_copy(model), cfg.parallel)   # the start, frozen
     if getattr(cfg, "judge_from", ""):
@@ -508,8 +517,8 @@ def train(cfg, stop_at=None):
     rows = slice(dist.rank() * cfg.batch_size, (dist.rank() + 1) * cfg.batch_size)
     os.makedirs(cfg.out_dir, exist_ok=True)
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull, "a")
-    table = cfg.final_eval and cfg.train_data == "builtin"
-    before = oracle_eval(dist.unwrapped(model), tok) if table and not cfg.resume else None
+    table = cfg.final_eval and task is not None
+    before = oracle_eval(dist.unwrapped(model), tok, task=task) if table and not cfg.resume else None
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
           f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
@@ -583,13 +592,14 @@ def train(cfg, stop_at=None):
             return history
         sys.exit(130)
     if before is not None:
-        after = oracle_eval(dist.unwrapped(model), tok)
-        print(f"\nBuilt-in task, greedy answers to 200 test prompts ({cfg.method}, "
+        after = oracle_eval(dist.unwrapped(model), tok, task=task)
+        name = "" if cfg.task == "arith" else f" '{cfg.task}'"
+        print(f"\nBuilt-in task{name}, greedy answers to 200 test prompts ({cfg.method}, "
               f"{time.time() - t0:.0f}s):")
         print(format_table(before, after))
         for p, a in after["examples"]:
             print(f"  {p!r} -> {a!r}")
-    example = "What is 7 + 5?" if cfg.train_data == "builtin" else "your prompt"
+    example = task.test_prompts(1)[0] if task is not None else "your prompt"
     print(f"\nsample from it:\n  python sample.py --init_from {ckpt} --prompt \"{example}\"")
     return history
 
