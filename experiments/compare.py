@@ -6,6 +6,15 @@ Train several methods on the built-in task with the same seeds and budget; print
     python -m experiments.compare --preset self_judge --seeds 1,2,3 --max_steps 100
     python -m experiments.compare --preset osp --seeds 1,2,3 --max_steps 30 --n_train 80
     python -m experiments.compare --preset meta --seeds 1,2,3 --max_steps 300 --n_train 4000
+    python -m experiments.compare --preset instruct --seeds 1,2,3        # SmolLM2-135M-Instruct
+    python -m experiments.compare --preset instruct_smoke --seeds 1      # the same, CPU-sized
+
+The instruct presets run each paper's headline comparison from SmolLM2-135M-Instruct on the
+instruct task (experiments/instruct.py), as full fine-tunes: at 135M parameters a full fine-tune is
+cheap on one GPU, MO-ORPO's paper trained full weights, and LoRA would add a second variable to a
+comparison of losses. Per seed, the start model's on-policy samples are built first
+(python -m experiments.instruct build; cached in out/compare/<preset>/data-s<seed>), and the start
+model's scores per objective on the test prompts are printed before any run.
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
 out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone,
@@ -38,14 +47,14 @@ import time
 import torch
 
 import train
+from experiments.tasks import get_task
 from model.checkpoint import load
-from experiments import task
 from nanoalign.data import make_batch, tokenize_rows
 from experiments.evaluate import greedy_answers
 from nanoalign.onpolicy import sample as sample_responses
 from nanoalign.judge import TEMPLATES, attach_sj, best_of, swapped_probs
 from nanoalign.meta_aligner import correct, run_stages
-from nanoalign.mo_orpo import judge_accuracy
+from nanoalign.mo_orpo import SJOptions, judge_accuracy
 
 # (label, train.py flags, extra evaluations). The budget flags (--max_steps, --n_train, --seed) come
 # from this script; a run's own flags come after them and win.
@@ -74,13 +83,52 @@ PRESETS = {
              ("aligner", ["--method", "meta_aligner"], ["meta"]),
              ("aligner_no_format", ["--method", "meta_aligner", "--meta_holdout", "format"], ["meta_holdout"])],
 }
+# SmolLM2-135M-Instruct on the instruct task; judgment rows need room for two answers
+_IN = ["--max_length", "384", "--batch_size", "8", "--lr", "5e-6", "--warmup_steps", "10"]
+_JUDGE = ["--max_length", "768"]
+
+
+def _instruct(gen, k, extra=(), full=True):
+    """full=False (the smoke variant): no best-of-N and no MetaAligner corrections at evaluation."""
+    on = ["--gen_max_tokens", str(gen)] + list(extra)
+    best = ["best4"] if full else []
+    meta, holdout = (["meta"], ["meta_holdout"]) if full else ([], [])
+    return (
+        [(m, ["--method", m] + _IN + list(extra), _MO) for m in ("orpo", "scalarization", "conjoined",
+                                                                   "conditional")] +
+        [("jsft", ["--method", "jsft"] + _IN + _JUDGE + list(extra), ["judge_acc"] + best),
+         ("self_judge", ["--method", "self_judge", "--init_from", "{jsft}"] + _IN + on, ["judge_acc"] + best),
+         ("self_judge_policy", ["--method", "self_judge", "--init_from", "{jsft}", "--judge", "policy"]
+          + _IN + on, []),
+         ("offpolicy", ["--method", "self_judge_offpolicy", "--init_from", "{jsft}"] + _IN + on, []),
+         ("dpo_offline", ["--method", "dpo", "--init_from", "{jsft}"] + _IN + list(extra), []),
+         ("pref_aug", ["--method", "pref_aug"] + _IN + _JUDGE + list(extra), ["judge_acc"])] +
+        [(f"osp_{lab}", ["--method", "osp", "--init_from", "{pref_aug}", "--osp_k", str(k)] + _IN + on + fl,
+          ["agree"]) for lab, fl in (("spce", []), ("dpo", ["--osp_loss", "dpo"]), ("ipo", ["--osp_loss", "ipo"]),
+                                     ("random", ["--pairing", "random"]), ("raft", ["--pairing", "raft"]))] +
+        [("orpo_policy", ["--method", "orpo"] + _IN + list(extra), []),
+         ("aligner", ["--method", "meta_aligner"] + _IN + _JUDGE + list(extra), meta),
+         ("aligner_no_explains", ["--method", "meta_aligner", "--meta_holdout", "explains"] + _IN + _JUDGE
+          + list(extra), holdout)])
+
+
+PRESETS["instruct"] = _instruct(128, 4)
+# every method for a step or two on a handful of prompts: the CI smoke test of the preset's wiring
+PRESETS["instruct_smoke"] = _instruct(8, 2, ["--batch_size", "2", "--max_steps", "1", "--n_train", "4"], full=False)
+# (task, build settings) per preset; the arithmetic presets need no build
+TASK_OF = {"instruct": ("instruct", {"k": 4, "n_prompts": 1000, "max_new_tokens": 128}),
+           "instruct_smoke": ("instruct", {"k": 4, "n_prompts": 16, "n_val": 8, "max_new_tokens": 8,
+                                           "temperature": 1.0})}
+
 COLUMNS = {"mo_orpo": ["win_vs_sft", "sj_acc", "correct", "length"],
            "self_judge": ["win_vs_sft", "correct", "length", "judge_acc"] + _BEST,
            "osp": ["win_vs_sft", "correct", "length", "judge_acc", "judge_agree", "p_std",
                    "t_sample", "t_judge", "t_update", "step_s"]}
+COLUMNS["instruct"] = COLUMNS["instruct_smoke"] = ["win_vs_sft", "follows", "correct", "concise", "explains",
+                                                   "length", "sj_acc", "judge_acc", "judge_agree", "best4"]
 
 
-def win_rate(prompts, new, old):
+def win_rate(task, prompts, new, old):
     """Oracle win rate of answers `new` over `old` (ties 1/2) on 'overall'."""
     s = 0.0
     for p, a, b in zip(prompts, new, old):
@@ -89,21 +137,36 @@ def win_rate(prompts, new, old):
     return s / len(prompts)
 
 
+def _val_rows(cfg, n):
+    samples = {"samples": cfg.task_data} if cfg.task_data else {}
+    return get_task(cfg.task).preference_rows(n, cfg.seed, "val", **samples)
+
+
 def sj_batches(tok, cfg, n=256, bs=32):
-    rows = attach_sj(task.preference_rows(n, cfg.seed, "val"), cfg.seed, "val")
-    ex, _ = tokenize_rows(rows, tok, "mo", cfg.max_length, sj_max_length=cfg.sj_max_length)
+    rows = attach_sj(_val_rows(cfg, n), cfg.seed, "val")
+    limit = getattr(cfg, "sj_max_length", SJOptions.sj_max_length)   # plain ORPO has no SJ task
+    ex, _ = tokenize_rows(rows, tok, "mo", cfg.max_length, sj_max_length=limit)
     return [make_batch([e["sj"] for e in ex[i:i + bs]], "pref", tok.pad_id) for i in range(0, len(ex), bs)]
 
 
 def label_judge_accuracy(model, tok, cfg, n=256):
-    rows = task.preference_rows(n, cfg.seed, "val")
+    rows = _val_rows(cfg, n)
     p = swapped_probs(model, tok, TEMPLATES["compact"], [(r["prompt"], r["chosen"], r["rejected"]) for r in rows])
     return (p > 0.5).float().mean().item()
 
 
-def best_of_accuracy(model, tok, prompts, n, seed):
+ANSWER_TOKENS = {}   # --answer_tokens, when given
+
+
+def answer_len(task):
+    """New tokens of a greedy answer: --answer_tokens, else the task's own budget."""
+    return ANSWER_TOKENS.get("n") or getattr(task, "MAX_NEW_TOKENS", 32)
+
+
+def best_of_accuracy(task, model, tok, prompts, n, seed):
     g = torch.Generator().manual_seed(seed)
-    samples = sample_responses(model, tok, [tok.encode_prompt(p) for p in prompts], n, 1.0, 0.9, 32, g)
+    samples = sample_responses(model, tok, [tok.encode_prompt(p) for p in prompts], n, 1.0, 0.9,
+                               answer_len(task), g)
     hits = 0
     for p, cands in zip(prompts, samples):
         texts = [tok.decode(c) for c in cands]
@@ -113,19 +176,23 @@ def best_of_accuracy(model, tok, prompts, n, seed):
 
 def meta_eval(aligner, tok, cfg, prompts, sft_answers, holdout_only):
     """Per-objective win / tie rates of corrected over original answers, for three policies (the
-    SFT start, the seed's ORPO run, and a weak rule-based policy read as if from a file), aligned on
-    each objective alone and on all (or, for the hold-out aligner, on 'format' alone, zero-shot)."""
+    start, the seed's ORPO run, and a weak rule-based policy read as if from a file), aligned on each
+    objective alone and on all (or, for the hold-out aligner, on the held-out one alone, zero-shot)."""
+    task = get_task(cfg.task)
     root = os.path.dirname(cfg.out_dir)
     orpo = load(os.path.join(root, f"orpo_policy-s{cfg.seed}", "ckpt"))
-    weak_rows = task.sft_rows(len(prompts), cfg.seed, "weak", p_correct=0.3)
+    weak_rows = task.weak_rows(len(prompts), cfg.seed)
     weak, weak_prompts = [r["response"] for r in weak_rows], [r["prompt"] for r in weak_rows]
-    policies = {"sft": (prompts, sft_answers), "orpo": (prompts, greedy_answers(*orpo, prompts)),
+    policies = {"sft": (prompts, sft_answers),
+                "orpo": (prompts, greedy_answers(*orpo, prompts, answer_len(task))),
                 "weak": (weak_prompts, weak)}
-    targets = [["format"]] if holdout_only else [[o] for o in task.OBJECTIVES] + [list(task.OBJECTIVES)]
+    held = [o for o in cfg.meta_holdout.split(",") if o]
+    targets = [held] if holdout_only else [[o] for o in task.OBJECTIVES] + [list(task.OBJECTIVES)]
     out = {}
     for pol, (ps, ans) in policies.items():
         for tgt in targets:
-            fixed = correct(aligner, tok, ps, ans, [(o, task.OBJECTIVES[o]) for o in tgt])
+            fixed = correct(aligner, tok, ps, ans, [(o, task.OBJECTIVES[o]) for o in tgt],
+                            max_new_tokens=answer_len(task) + 16)
             key = f"{pol} / {'all' if len(tgt) > 1 else tgt[0]}" + (" (held out)" if holdout_only else "")
             cell = {}
             for o in task.OBJECTIVES:
@@ -137,7 +204,7 @@ def meta_eval(aligner, tok, cfg, prompts, sft_answers, holdout_only):
     return out
 
 
-def meta_table(results):
+def meta_table(task, results):
     """Rows: policy / objective(s) aligned on; columns: win and tie rate of corrected over original
     per objective, mean ± spread over seeds."""
     cols = [f"{k}_{o}" for o in task.OBJECTIVES for k in ("win", "tie")]
@@ -151,12 +218,18 @@ def meta_table(results):
     return "\n".join(lines)
 
 
+def scores(task, prompts, answers):
+    """Mean oracle score per objective, and the mean answer length in characters."""
+    sc = [task.oracle_scores(p, a) for p, a in zip(prompts, answers)]
+    res = {k: sum(s[k] for s in sc) / len(sc) for k in task.OBJECTIVES}
+    res["length"] = sum(len(a.strip()) for a in answers) / len(answers)
+    return res
+
+
 def evaluate_run(model, tok, cfg, prompts, sft_answers, extras):
-    ans = greedy_answers(model, tok, prompts)
-    sc = [task.oracle_scores(p, a) for p, a in zip(prompts, ans)]
-    res = {"win_vs_sft": win_rate(prompts, ans, sft_answers),
-           "correct": sum(s["correct"] for s in sc) / len(sc),
-           "length": sum(len(a.strip()) for a in ans) / len(ans)}
+    task = get_task(cfg.task)
+    ans = greedy_answers(model, tok, prompts, answer_len(task))
+    res = {"win_vs_sft": win_rate(task, prompts, ans, sft_answers), **scores(task, prompts, ans)}
     if "sj_acc" in extras:
         res["sj_acc"] = judge_accuracy(model, sj_batches(tok, cfg))
     if "judge_acc" in extras:
@@ -171,7 +244,7 @@ def evaluate_run(model, tok, cfg, prompts, sft_answers, extras):
         res["meta"] = meta_eval(model, tok, cfg, prompts, sft_answers, "meta_holdout" in extras)
     for e in extras:
         if e.startswith("best"):
-            res[e] = best_of_accuracy(model, tok, prompts[:100], int(e[4:]), cfg.seed)
+            res[e] = best_of_accuracy(task, model, tok, prompts[:100], int(e[4:]), cfg.seed)
     return res
 
 
@@ -186,10 +259,9 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
     shutil.rmtree(out, ignore_errors=True)
     cfg = train.parse_config(["--seed", str(seed), "--max_steps", str(a.max_steps),
                               "--n_train", str(a.n_train), "--out_dir", out,
-                              "--final_eval", "false", "--eval_every", "0"] + flags + a.extra)
-    start = train.warm_checkpoint(cfg)
-    if seed not in sft_cache:
-        sft_cache[seed] = greedy_answers(*load(start), prompts)
+                              "--final_eval", "false", "--eval_every", "0", "--val_data", ""]
+                             + flags + a.extra)
+    task = get_task(cfg.task)
     t0 = time.time()
     if cfg.method == "meta_aligner" and cfg.meta_stage == "all":
         ckpt = run_stages(cfg, train.train)
@@ -197,22 +269,26 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
         train.train(cfg)
         ckpt = os.path.join(out, "ckpt")
     model, tok = load(ckpt)
-    w1, w2 = effective_weights(cfg.method, cfg)
-    res = {"label": label, "seed": seed, "w1": w1, "w2": w2, "steps": cfg.max_steps,
+    res = {"label": label, "seed": seed, **effective_weights(cfg.method, cfg), "steps": cfg.max_steps,
            "epochs": cfg.max_steps * cfg.grad_accum * cfg.batch_size / cfg.n_train,
            "train_s": time.time() - t0,
-           **evaluate_run(model, tok, cfg, prompts, sft_cache[seed], extras)}
+           **evaluate_run(model, tok, cfg, prompts, sft_cache[(task.__name__, seed)], extras)}
     with open(res_path, "w") as f:
         json.dump(res, f)
     return res
 
 
 def effective_weights(name, cfg):
-    """(w1, w2) as MO-ORPO's Table 2 writes them: the schedules weigh each task 1 when it is on."""
+    """{w1, w2} as MO-ORPO's Table 2 writes them (the schedules weigh each task 1 when it is on);
+    {} for a method without task weights."""
     fixed = {"orpo": (1.0, 0.0), "epoch_by_epoch": (1.0, 1.0), "task_by_task": (1.0, 1.0)}
     if name in fixed:
-        return fixed[name]
-    return (cfg.w1, 1 - cfg.w1) if name in ("scalarization", "sj_sft") else (cfg.w1, cfg.w2)
+        w = fixed[name]
+    elif not hasattr(cfg, "w1"):
+        return {}
+    else:
+        w = (cfg.w1, 1 - cfg.w1) if name in ("scalarization", "sj_sft") else (cfg.w1, cfg.w2)
+    return {"w1": w[0], "w2": w[1]}
 
 
 def fmt(vals):
@@ -233,30 +309,63 @@ def table(results, cols, weights):
     return "\n".join(lines)
 
 
+def start_of(a, seed, task_name, root):
+    """(start checkpoint, extra flags) of a seed: the task's start (for arith the cached SFT warm-up,
+    trained here if missing; for instruct SmolLM2-135M-Instruct) and, for instruct, its on-policy
+    data built from that start (cached)."""
+    cfg = train.parse_config(["--seed", str(seed), "--task", task_name] + a.extra)
+    start = a.start or train.warm_checkpoint(cfg)
+    flags = ["--task", task_name]
+    if a.preset in TASK_OF:
+        data = os.path.join(root, f"data-s{seed}")
+        get_task(task_name).build(data, init_from=start, seed=seed, **TASK_OF[a.preset][1],
+                                  command=f"python -m experiments.compare --preset {a.preset} (seed {seed})")
+        flags += ["--task_data", data]
+    return start, flags + ["--init_from", start]
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="mo_orpo", choices=sorted(PRESETS), help="which comparison")
-    ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    ap.add_argument("--preset", default="mo_orpo", choices=sorted(PRESETS), help="which comparison "
+                    "(default: %(default)s)")
+    ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the preset's labels")
-    ap.add_argument("--max_steps", type=int, default=150, help="optimizer steps per run")
-    ap.add_argument("--n_train", type=int, default=600, help="training rows (150 steps x 16 = 4 epochs)")
-    ap.add_argument("--out", default="out/compare", help="root directory of the runs")
+    ap.add_argument("--max_steps", type=int, default=150, help="optimizer steps per run (default: %(default)s)")
+    ap.add_argument("--n_train", type=int, default=600, help="training rows (default: %(default)s; "
+                    "150 steps x 16 = 4 epochs)")
+    ap.add_argument("--out", default="out/compare", help="root directory of the runs (default: %(default)s)")
+    ap.add_argument("--start", default="", help="the start checkpoint of every run (default: the task's: "
+                    "the arithmetic SFT warm-up, or SmolLM2-135M-Instruct in checkpoints/smollm2-135m)")
+    ap.add_argument("--n_test", type=int, default=200, help="test prompts (default: %(default)s)")
+    ap.add_argument("--answer_tokens", type=int, default=0, help="new tokens of an evaluated answer "
+                    "(default: the task's, 32 for arith and 128 for instruct)")
     ap.add_argument("extra", nargs="*", help="more train.py flags for every run, after --")
     a = ap.parse_args(argv)
+    ANSWER_TOKENS["n"] = a.answer_tokens
     seeds = [int(s) for s in a.seeds.split(",")]
     runs = [r for r in PRESETS[a.preset] if not a.methods or r[0] in a.methods.split(",")]
     root = os.path.join(a.out, a.preset)
-    prompts, sft_cache, results = task.test_prompts(), {}, []
+    task_name = TASK_OF.get(a.preset, ("arith",))[0]
+    task = get_task(task_name)
+    prompts, sft_cache, results = task.test_prompts(a.n_test), {}, []
     for seed in seeds:
-        for label, flags, extras in runs:
-            results.append(run_one(root, label, flags, extras, seed, a, prompts, sft_cache))
+        start, flags = start_of(a, seed, task_name, root)
+        answers = greedy_answers(*load(start), prompts, answer_len(task))
+        sft_cache[(task.__name__, seed)] = answers
+        print(f"== the start ({start}), seed {seed}, on {len(prompts)} test prompts: " +
+              ", ".join(f"{k} {v:.3f}" for k, v in scores(task, prompts, answers).items()))
+        for label, run_flags, extras in runs:
+            results.append(run_one(root, label, flags + run_flags, extras, seed, a, prompts, sft_cache))
             print(f"== {label} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[-1].items()
                                                          if isinstance(v, float)))
     print(f"\n{a.preset}: {len(seeds)} seed(s) {a.seeds}, {a.max_steps} steps, n_train {a.n_train}\n")
     if a.preset == "meta":
-        print(meta_table(results))
+        print(meta_table(task, results))
     else:
         print(table(results, COLUMNS[a.preset], a.preset == "mo_orpo"))
+        if any("meta" in r for r in results):
+            print("\nMetaAligner: corrected against original answers\n" + meta_table(task, results))
 
 
 if __name__ == "__main__":

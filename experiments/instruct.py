@@ -721,6 +721,12 @@ def sft_rows(n, seed, split="train", p_correct=1.0, p_follow=1.0):
     return rows
 
 
+def weak_rows(n, seed):
+    """A weak policy's answers (MetaAligner's test of correcting any policy): test prompts, 30% right,
+    half of them ignoring an instruction."""
+    return sft_rows(n, seed, "test", p_correct=0.3, p_follow=0.5)
+
+
 def preference_row(prompt, r1, r2, s1=None, s2=None):
     """A preference row {prompt, chosen, rejected, labels, objectives, scores} of two scored
     responses (the one with the higher overall score is chosen), or None when they tie."""

@@ -111,6 +111,11 @@ def preference_rows(n, seed, split="train", p_correct=0.6):
     return rows
 
 
+def weak_rows(n, seed):
+    """A weak policy's answers (MetaAligner's test of correcting any policy): 30% right sums."""
+    return sft_rows(n, seed, "weak", p_correct=0.3)
+
+
 def rationale(prompt, response, principle=None):
     """A short, true justification of a response's scores (the oracle's 'rationale' for JSFT)."""
     s, r = oracle_scores(prompt, response), response.strip()
@@ -120,7 +125,7 @@ def rationale(prompt, response, principle=None):
     return parts[principle] if principle else ", ".join(parts.values())
 
 
-def rows(kind, n, seed, split):
+def rows(kind, n, seed, split, samples=None):
     """n rows of a row kind ('sft', 'pref' or 'prompt': preference rows have prompts too)."""
     return sft_rows(n, seed, split) if kind == "sft" else preference_rows(n, seed, split)
 
