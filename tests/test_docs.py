@@ -277,13 +277,13 @@ def test_a_module_attribute_in_path_form_is_checked():
 
 def test_real_citations_and_ignored_paths_pass():
     text = ("`nanoalign/osp.py`, `docs/methods.md#osp`, `tests/fixtures/pref.jsonl`, `model/model.py`,"
-            " `model/`, train.py, `python -m kernels.bench`; ignored: out/jsft/ckpt,"
+            " `model/`, train.py, `python -m bench.kernels`; ignored: out/jsft/ckpt,"
             " checkpoints/smollm2-135m, path/to/hf_llama_dir, ../shared/x, mistral-7b/, w1/w2,"
             " https://github.com/x/y.py")
     found = citations(text, top_level())
     assert {t for _, t, _ in found} == {"nanoalign/osp.py", "docs/methods.md#osp",
                                         "tests/fixtures/pref.jsonl", "model/model.py", "model/",
-                                        "train.py", "kernels.bench"}
+                                        "train.py", "bench.kernels"}
     assert [problem(t, k, "README.md") for _, t, k in found] == [None] * len(found)
 
 

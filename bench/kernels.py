@@ -1,9 +1,9 @@
 """
 Benchmark of sequence log-prob + ORPO loss, forward + backward. A script, not a test.
 
-    python -m kernels.bench --cpu_memory          # CPU: peak RSS growth, each path in a fresh process
-    python -m kernels.bench                       # CUDA: time and peak memory at LLM head shapes
-    python -m kernels.bench --sweep               # CUDA: time the Triton kernels' tile shapes
+    python -m bench.kernels --cpu_memory          # CPU: peak RSS growth, each path in a fresh process
+    python -m bench.kernels                       # CUDA: time and peak memory at LLM head shapes
+    python -m bench.kernels --sweep               # CUDA: time the Triton kernels' tile shapes
 
 Paths (all compute the same per-sequence ORPO loss from hidden states and the LM-head weight):
   eager     full logits + log_softmax + gather (what most code does)
@@ -81,7 +81,7 @@ def cpu_memory(N, V, d):
     print(f"CPU peak RSS growth, fwd+bwd ORPO, N={N} V={V} d={d} float32 (each path in a fresh process)")
     res = {}
     for path in ("eager", "chunked"):
-        out = subprocess.run([sys.executable, "-m", "kernels.bench", "--_child", path, "--N", str(N),
+        out = subprocess.run([sys.executable, "-m", "bench.kernels", "--_child", path, "--N", str(N),
                               "--V", str(V), "--d", str(d)], capture_output=True, text=True, check=True)
         res[path] = json.loads(out.stdout.strip().splitlines()[-1])
     e = res["eager"]["extra_mib"]

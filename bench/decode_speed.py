@@ -2,7 +2,7 @@
 Greedy decoding speed on the CPU: nanoalign's generate() beside transformers' generate(), same
 weights, same prompts, same run. A script, not a test.
 
-    python -m model.bench_decode --init_from checkpoints/smollm2-135m
+    python -m bench.decode_speed --init_from checkpoints/smollm2-135m
 
 Both decode exactly max_new_tokens (EOS ignored) so they do the same work; tokens/s counts the new
 tokens of all rows. The ratio is ours / theirs.
