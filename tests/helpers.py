@@ -6,8 +6,6 @@ method_config, judge_by_rule, record_on_policy), so an API change is adapted her
 """
 import contextlib
 import dataclasses
-import importlib
-import types
 
 import torch
 
@@ -26,6 +24,13 @@ def one_thread():
         torch.set_num_threads(n)
 
 
+def examples(n):
+    """max_examples for a heavy end-to-end property test: n under the 'ci' profile (25 examples),
+    scaled down with a smaller profile (HYPOTHESIS_PROFILE=dev: 10), at least 2."""
+    from hypothesis import settings
+    return max(2, n * settings().max_examples // 25)
+
+
 def tiny(seed=0, **kw):
     torch.manual_seed(seed)
     base = dict(vocab_size=101, dim=48, n_layers=2, hidden_dim=72, max_seq_len=64, n_heads=4,
@@ -35,59 +40,45 @@ def tiny(seed=0, **kw):
 
 def byte_tokenizer():
     """The built-in task's byte-level tokenizer (ids 0-255 = bytes, 256 bos, 257 eos, 258 pad)."""
-    try:
-        from experiments.task import build_tokenizer
-    except ImportError:
-        from nanoalign.task import build_tokenizer
+    from experiments.task import build_tokenizer
     return build_tokenizer()
 
 
 # -- calling a method's loss the way train.py does ----------------------------------------------------
 def method_config(name, **options):
-    """The config a method's loss sees: the training config's defaults, the method's own defaults,
-    then `options` (each must be a known option)."""
+    """The config a method's loss sees: the shared defaults, the method's own options' defaults,
+    then `options` (each must be an option of this method: train.make_config silently drops the
+    options of other methods, a test must not)."""
     import train
-    from nanoalign import REGISTRY
-    m = REGISTRY[name]
-    base = dataclasses.asdict(train.TrainConfig())
-    base.update(getattr(m, "defaults", None) or {})
-    opts = getattr(m, "options", None)
-    if opts is not None and dataclasses.is_dataclass(opts):
-        base.update(dataclasses.asdict(opts()))
-    unknown = set(options) - set(base)
-    assert not unknown, f"unknown options for {name}: {sorted(unknown)}"
-    base.update(options)
-    return types.SimpleNamespace(**base)
+    cfg = train.make_config(method=name, **options)
+    unknown = set(options) - {f.name for f in dataclasses.fields(cfg)}
+    assert not unknown, f"{sorted(unknown)} are not options of --method {name}"
+    return cfg
 
 
 def call_method(name, model, batch, tok=None, ref=None, epoch=0.0, epochs=1.0, **options):
     """(loss summed over the micro-batch, metrics) of method `name`, as the training loop calls it.
     tok / ref: the tokenizer and frozen reference model; epoch / epochs: where the run is."""
-    from nanoalign import REGISTRY, common
+    from nanoalign import REGISTRY
+    from nanoalign.common import Run
     cfg = method_config(name, **options)
-    if hasattr(common, "Run"):
-        run = common.Run(tok=tok, ref=ref, epoch=epoch, epochs=epochs)
-    else:
-        run = {"tok": tok, "ref": ref, "step": 0, "epoch": epoch, "epochs": epochs}
-    return REGISTRY[name].loss(model, batch, run, cfg)
+    return REGISTRY[name].loss(model, batch, Run(tok=tok, ref=ref, epoch=epoch, epochs=epochs), cfg)
 
 
 # -- the on-policy methods' judge and samples ----------------------------------------------------------
-ON_POLICY_MODULES = ("nanoalign.self_judge", "nanoalign.osp")
-
-
 def judge_by_rule(monkeypatch, rule):
-    """Replace the judge probability of the on-policy methods (Self-Judge, OSP) by a known rule:
-    rule(prompt_text, a_text, b_text) -> p(a > b). Returns the list of calls, (judge model, items)."""
+    """Replace the judge of the on-policy methods (Self-Judge, OSP: nanoalign.onpolicy.judge_probs)
+    by a known rule: rule(prompt_text, a_text, b_text) -> p(a > b), returned as float32 like a real
+    judge's. Returns the list of calls, (judge model, [(prompt, a, b), ...])."""
+    from nanoalign import onpolicy
     calls = []
 
-    def stub(model, tok, t, items, batch_size=64):
-        items = list(items)
-        calls.append((model, items))
-        return torch.tensor([float(rule(it[0], it[1], it[2])) for it in items], dtype=torch.float32)
+    def stub(judge, tok, template, prompts, a, b, principles=None):
+        items = list(zip(prompts, a, b))
+        calls.append((judge, items))
+        return torch.tensor([float(rule(*it)) for it in items], dtype=torch.float32)
 
-    for mod in ON_POLICY_MODULES:
-        monkeypatch.setattr(importlib.import_module(mod), "swapped_probs", stub)
+    monkeypatch.setattr(onpolicy, "judge_probs", stub)
     return calls
 
 
@@ -101,27 +92,26 @@ class OnPolicyRecord:
 
 
 def record_on_policy(monkeypatch):
+    """Record the samples, pairs and SFT rows of the on-policy round (nanoalign.onpolicy)."""
+    from nanoalign import onpolicy
     rec = OnPolicyRecord()
-    for name in ON_POLICY_MODULES:
-        mod = importlib.import_module(name)
 
-        def sample(*a, _real=mod.sample_responses, **kw):
-            out = _real(*a, **kw)
-            rec.samples.append([[list(y) for y in row] for row in out])
-            return out
+    def sample(*a, _real=onpolicy.sample, **kw):
+        out = _real(*a, **kw)
+        rec.samples.append([[list(y) for y in row] for row in out])
+        return out
 
-        def pairs(prompts, wins, losses, *a, _real=mod.pair_batch, **kw):
-            rec.pairs.append(([list(p) for p in prompts], [list(w) for w in wins],
-                              [list(lo) for lo in losses]))
-            return _real(prompts, wins, losses, *a, **kw)
+    def pairs(prompts, wins, losses, *a, _real=onpolicy.pair_batch, **kw):
+        rec.pairs.append(([list(p) for p in prompts], [list(w) for w in wins], [list(lo) for lo in losses]))
+        return _real(prompts, wins, losses, *a, **kw)
 
-        monkeypatch.setattr(mod, "sample_responses", sample)
-        monkeypatch.setattr(mod, "pair_batch", pairs)
-        if hasattr(mod, "response_batch"):
-            def sft(prompts, responses, *a, _real=mod.response_batch, **kw):
-                rec.sft.append(([list(p) for p in prompts], [list(r) for r in responses]))
-                return _real(prompts, responses, *a, **kw)
-            monkeypatch.setattr(mod, "response_batch", sft)
+    def sft(prompts, responses, *a, _real=onpolicy.response_batch, **kw):
+        rec.sft.append(([list(p) for p in prompts], [list(r) for r in responses]))
+        return _real(prompts, responses, *a, **kw)
+
+    monkeypatch.setattr(onpolicy, "sample", sample)
+    monkeypatch.setattr(onpolicy, "pair_batch", pairs)
+    monkeypatch.setattr(onpolicy, "response_batch", sft)
     return rec
 
 

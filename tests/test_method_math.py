@@ -11,16 +11,19 @@ swapping them changes the expected value, so a method that mixes them up fails. 
 methods sample at random; their judge is a stub with a known rule (tests/helpers.judge_by_rule) and
 the expected loss is rebuilt from the samples the method actually drew (record_on_policy).
 """
+import importlib.util
 import math
+import os
+import re
 
 import pytest
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import Phase, assume, given, settings, strategies as st
 
 from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.testing import mo_batches, pref_batches, sft_batches, tiny_model, tiny_models
-from tests.helpers import (byte_tokenizer, call_method, judge_by_rule, one_thread, record_on_policy,
-                           response_token_logps)
+from tests.helpers import (byte_tokenizer, call_method, examples, judge_by_rule, one_thread,
+                           record_on_policy, response_token_logps)
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -95,7 +98,7 @@ def orpo_expected(model, examples, lam, prompt_loss):
 
 
 # -- SFT and the methods that are SFT on their own data ---------------------------------------------
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 @pytest.mark.parametrize("method", ["sft", "jsft", "pref_aug", "meta_aligner"])
 @given(model=tiny_models(), batch=sft_batches())
 def test_sft_family_is_response_nll(method, model, batch):
@@ -108,7 +111,7 @@ def test_sft_family_is_response_nll(method, model, batch):
 
 
 # -- ORPO ------------------------------------------------------------------------------------------------
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(model=tiny_models(), batch=pref_batches(), lam=st.floats(0.05, 2.0), prompt_loss=st.booleans())
 def test_orpo_matches_equations_1_to_4(model, batch, lam, prompt_loss):
     ex = batch["examples"]
@@ -130,7 +133,7 @@ def dpo_ipo_expected(method, model, ref, examples, beta):
     return sum(losses), hs
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @pytest.mark.parametrize("method", ["dpo", "ipo"])
 @given(model=tiny_models(), ref=tiny_models(), batch=pref_batches(), beta=st.floats(0.05, 1.0))
 def test_dpo_and_ipo_match_their_equations(method, model, ref, batch, beta):
@@ -177,7 +180,7 @@ def mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs):
 MO = ["scalarization", "conjoined", "conditional", "epoch_by_epoch", "task_by_task", "sj_sft"]
 
 
-@settings(max_examples=12)
+@settings(max_examples=examples(12))
 @pytest.mark.parametrize("kind", MO)
 @given(model=tiny_models(), batch=mo_batches(), lam=st.floats(0.05, 2.0), w1=st.floats(0.1, 0.9),
        w2=st.floats(0.1, 0.9), epoch=st.floats(0, 3.99))
@@ -205,9 +208,10 @@ def score(y):
 
 
 def longer_rule(prompt, a, b):
-    """p(a > b) = sigmoid(score(a) - score(b)): a soft, antisymmetric preference for longer text,
-    rounded to float32 as a real judge's probabilities are (so ties and p = 1/2 read the same here)."""
-    return torch.tensor(1 / (1 + math.exp(-(score(a) - score(b)))), dtype=torch.float32).item()
+    """p(a > b) = sigmoid((score(a) - score(b)) / 10): a soft, antisymmetric preference for longer
+    text (gentle enough not to round to 1 for a sample against the blank), rounded to float32 as a
+    real judge's probabilities are (so ties and p = 1/2 read the same here)."""
+    return torch.tensor(1 / (1 + math.exp(-(score(a) - score(b)) / 10)), dtype=torch.float32).item()
 
 
 PROMPTS = ["What is 3 + 4?", "What is 12 + 9?", "What is 7 + 15?", "What is 1 + 1?"]
@@ -233,7 +237,7 @@ def dpo_from_pairs(policy, ref, prompts, wins, losses, beta):
     return sum(-log_sigmoid(beta * h) for h in hs), hs
 
 
-@settings(max_examples=6)
+@settings(max_examples=examples(6))
 @pytest.mark.parametrize("method", ["self_judge", "self_judge_offpolicy"])
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 3), beta=st.floats(0.05, 1.0),
        judge=st.sampled_from(["ref", "policy"]))
@@ -243,8 +247,9 @@ def test_self_judge_is_dpo_on_pairs_oriented_by_the_judge(method, seed, n, beta,
         calls = judge_by_rule(mp, longer_rule)
         rec = record_on_policy(mp)
         torch.manual_seed(seed)
-        loss, m = call_method(method, policy, batch, tok=tok, ref=ref, beta=beta, judge=judge,
-                              gen_max_tokens=6)
+        opts = {"judge": judge} if method == "self_judge" else {}     # off-policy: pi_ref judges
+        loss, m = call_method(method, policy, batch, tok=tok, ref=ref, beta=beta, gen_max_tokens=6,
+                              **opts)
     prompts = batch["prompts"]
     # the samples: one call for all prompts (on-policy), or one per prompt (off-policy, from pi_ref)
     samples = rec.samples[0] if method == "self_judge" else [r[0] for r in rec.samples]
@@ -252,7 +257,7 @@ def test_self_judge_is_dpo_on_pairs_oriented_by_the_judge(method, seed, n, beta,
     texts = [[tok.decode(y) for y in s] for s in samples]
     # the judge was asked about (x, y1, y2) of every prompt, and it was the right model
     (judge_model, items), = calls
-    assert [tuple(it[:3]) for it in items] == [(x, t[0], t[1]) for x, t in zip(PROMPTS, texts)]
+    assert items == [(x, t[0], t[1]) for x, t in zip(PROMPTS, texts)]
     assert judge_model is (policy if judge == "policy" and method == "self_judge" else ref)
     # the pair trained on: winner = the sample the judge prefers (p(y1 > y2) >= 1/2 -> y1)
     first = [longer_rule(x, t[0], t[1]) >= 0.5 for x, t in zip(PROMPTS, texts)]
@@ -278,7 +283,7 @@ def _indices(samples, pairs_ids):
     return out
 
 
-@settings(max_examples=5)
+@settings(max_examples=examples(5))
 @pytest.mark.parametrize("pairing,osp_loss", [("ranked", "spce"), ("ranked", "dpo"), ("ranked", "ipo"),
                                               ("random", "spce"), ("random", "dpo"), ("raft", "spce")])
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 2), K=st.sampled_from([4, 5]),
@@ -312,24 +317,54 @@ def test_osp_matches_equation_7_on_the_samples_it_drew(pairing, osp_loss, seed, 
         per = K // 2
         pairs = [_indices(samples[i], list(zip(rw[i * per:(i + 1) * per], rl[i * per:(i + 1) * per])))
                  for i in range(n)]
-    total, ps, p_hats, spces, oriented = 0.0, [], [], [], []
+    total, ps, hs, oriented = 0.0, [], [], []
     for i in range(n):
         per_pair = []
         for hi, lo in pairs[i]:
             q = longer_rule(PROMPTS[i], texts[i][hi], texts[i][lo])   # target p(y_h > y_l | x)
+            ps.append(q)
             if osp_loss != "spce" and q < 0.5:                      # hard labels: orient by the judge
                 hi, lo = lo, hi
             oriented.append((prompts[i], samples[i][hi], samples[i][lo]))
             h = pair_h(policy, ref, prompts[i], samples[i][hi], samples[i][lo])
-            spce = -(q * log_sigmoid(beta * h) + (1 - q) * log_sigmoid(-beta * h))
-            per_pair.append({"spce": spce, "dpo": -log_sigmoid(beta * h),
-                             "ipo": (h - 1 / (2 * beta)) ** 2}[osp_loss])
-            ps.append(q)
-            p_hats.append(1 / (1 + math.exp(-beta * h)))
-            spces.append(spce)
+            hs.append(h)
+            per_pair.append({"spce": -(q * log_sigmoid(beta * h) + (1 - q) * log_sigmoid(-beta * h)),
+                             "dpo": -log_sigmoid(beta * h), "ipo": (h - 1 / (2 * beta)) ** 2}[osp_loss])
         total += mean(per_pair)                                    # a prompt's K//2 pairs: the mean
     assert rec.pairs[-1] == tuple(list(x) for x in zip(*oriented))
     assert close(loss.item(), total)
-    assert_metrics(m, {"p_hat_mean": mean(p_hats), "p_hat_std": std(p_hats)})
-    if osp_loss == "spce":
-        assert_metrics(m, {"p_mean": mean(ps), "p_std": std(ps), "spce": mean(spces)})
+    p_hats = [1 / (1 + math.exp(-beta * h)) for h in hs]
+    assert_metrics(m, {"p_hat_mean": mean(p_hats), "p_hat_std": std(p_hats), "margin": mean([beta * h for h in hs])})
+    if pairing == "ranked" or osp_loss == "spce":   # (a random pair's order before orienting is unknown)
+        assert_metrics(m, {"p_mean": mean(ps), "p_std": std(ps)})
+    if all(abs(h) > 1e-3 for h in hs):
+        assert_metrics(m, {"reward_acc": mean([float(h > 0) for h in hs])})
+
+
+# -- the README's example of property-testing your own loss -----------------------------------------
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def test_readme_property_test_example_runs_and_can_fail(tmp_path):
+    section = open(README).read().split("\n## Property-test your own loss\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1 and len(blocks[0].splitlines()) < 30
+    path = tmp_path / "readme_example.py"                  # a real file: Hypothesis reads the source
+    path.write_text(blocks[0])
+    spec = importlib.util.spec_from_file_location("readme_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tests = [getattr(mod, name) for name in dir(mod) if name.startswith("test_")]
+    assert len(tests) == 3
+    for t in tests:
+        t()
+    # the same properties catch the loss with chosen and rejected exchanged
+    good = mod.hinge_loss
+    mod.hinge_loss = lambda pw, pl, rw, rl, beta: good(pl, pw, rl, rw, beta)
+    failed = 0
+    for t in tests:
+        try:        # no shrinking: a failure is all this needs
+            settings(phases=[Phase.generate], database=None)(t)()
+        except Exception:
+            failed += 1
+    assert failed >= 2

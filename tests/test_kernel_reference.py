@@ -1,0 +1,126 @@
+"""The torch reference paths of the kernels, the code CPU training runs on. They need no Triton, so
+this file runs everywhere (tests/test_kernels.py, which compares the Triton kernels against these
+references, skips itself where Triton is missing)."""
+import math
+
+import torch
+from hypothesis import given, strategies as st
+
+from kernels.odds_ratio import odds_ratio_loss, odds_ratio_reference
+from kernels.seq_logprob import TokenLogprob, naive_sequence_logprob, sequence_logprob
+from nanoalign.testing import logps
+from tests.helpers import grads, kernel_inputs, rel_err
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 9), st.sampled_from([16, 24, 40, 64]),
+                   st.sampled_from([37, 64, 77, 130]))
+
+
+def inputs(*a, **kw):
+    return kernel_inputs(*a, device=DEVICE, **kw)
+
+
+@given(shape=shapes, reduction=st.sampled_from(["sum", "mean", "none"]), seed=st.integers(0, 10_000),
+       chunk=st.integers(1, 20))
+def test_reference_matches_float64_log_softmax(shape, reduction, seed, chunk):
+    B, T, d, V = shape
+    h, w, y, m = inputs(B, T, d, V, torch.float32, seed, masked_row=seed % 3 == 0)
+    out = sequence_logprob(h, w, y, m, reduction, backend="torch", chunk_size=chunk)
+    ref = naive_sequence_logprob(h, w, y, m.double(), reduction, dtype=torch.float64)
+    assert rel_err(out, ref) <= 1e-5
+    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(DEVICE)
+    for ga, gb in zip(grads(out, h, w, up.float()), grads(ref, h, w, up)):
+        assert rel_err(ga, gb) <= 1e-5
+
+
+@given(n=st.integers(1, 24), d=st.sampled_from([16, 40]), V=st.sampled_from([37, 77]),
+       seed=st.integers(0, 10_000), p_mask=st.sampled_from([0.2, 0.5, 0.9]))
+def test_flat_input_reductions_count_only_kept_positions(n, d, V, seed, p_mask):
+    """(N, d) hidden states with (N,) targets and mask: 'sum' adds the kept tokens' log-probs, 'mean'
+    divides that by the number of KEPT tokens (not by N), 'none' is zero where masked."""
+    h, w, y, m = inputs(1, n, d, V, torch.float32, seed, p_mask=p_mask)
+    h, y, m = h[0].detach().requires_grad_(), y[0], m[0]
+    m[seed % n] = 1.0                                            # at least one kept token
+    lp = torch.log_softmax(h.double() @ w.double().t(), -1)[torch.arange(n), y]    # (N,) float64
+    kept = m.bool()
+    want = {"sum": lp[kept].sum(), "mean": lp[kept].sum() / kept.sum(), "none": torch.where(kept, lp, 0.0)}
+    for reduction, expected in want.items():
+        got = sequence_logprob(h, w, y, m, reduction, backend="torch")
+        assert got.shape == expected.shape
+        assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-5), reduction
+    gh, = torch.autograd.grad(sequence_logprob(h, w, y, m, "mean", backend="torch"), [h])
+    assert (gh[~kept] == 0).all()                                # masked positions get no gradient
+
+
+def test_reference_single_token_and_fully_masked():
+    h, w, y, m = inputs(1, 1, 40, 77, torch.float32, 0, p_mask=2.0)
+    lp = sequence_logprob(h, w, y, m, "mean", backend="torch")
+    ref = torch.log_softmax(h[0, 0] @ w.t(), -1)[y[0, 0]]
+    assert abs(lp.item() - ref.item()) < 1e-5
+    m0 = torch.zeros_like(m)
+    for red in ("sum", "mean", "none"):
+        out = sequence_logprob(h, w, y, m0, red, backend="torch")
+        assert (out == 0).all()
+        gh, gw = torch.autograd.grad(out.sum(), [h, w], allow_unused=True)
+        assert gh is None or (gh == 0).all()
+
+
+def test_gradcheck_reference_float64():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(11, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randint(0, 11, (5,), generator=g)
+    assert torch.autograd.gradcheck(lambda a, b: TokenLogprob.apply(a, b, y, "torch", 2), (h, w))
+
+
+def test_never_holds_full_logits(monkeypatch):
+    """The torch path's matmuls never produce more than a chunk x V tile of logits at once: forward
+    in token chunks, backward in vocabulary slices that together cover the vocabulary once."""
+    import kernels.seq_logprob as sl
+    fwd, bwd = [], []
+    real_f, real_b = sl._fwd_chunk_torch, sl._dlogits_slice_torch
+    monkeypatch.setattr(sl, "_fwd_chunk_torch", lambda h, w, *a: fwd.append(h.shape[0]) or real_f(h, w, *a))
+    monkeypatch.setattr(sl, "_dlogits_slice_torch",
+                        lambda h, w, *a: bwd.append((h.shape[0], w.shape[0])) or real_b(h, w, *a))
+    h, w, y, m = inputs(2, 9, 16, 37, torch.float32, 1, p_mask=2.0)
+    sequence_logprob(h, w, y, m, "sum", backend="torch", chunk_size=4).sum().backward()
+    assert max(fwd) == 4 and sum(fwd) == 18
+    assert all(c * v <= 4 * 37 for c, v in bwd) and sum(v for _, v in bwd) == 37 and len(bwd) > 1
+
+
+# -- odds ratio ---------------------------------------------------------------------------------
+@given(lw=st.lists(logps(), min_size=1, max_size=9), ll=st.lists(logps(), min_size=9, max_size=9),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_odds_ratio_reference_finite(lw, ll, dtype):
+    aw = torch.tensor(lw).to(dtype).to(DEVICE).requires_grad_()
+    al = torch.tensor(ll[:len(lw)]).to(dtype).to(DEVICE).requires_grad_()
+    loss, z = odds_ratio_loss(aw, al, backend="torch")
+    gw, gl = torch.autograd.grad(loss.sum(), [aw, al])
+    for t in (loss, z, gw, gl):
+        assert torch.isfinite(t.float()).all()
+
+
+@given(a=st.floats(-50, -1e-6), b=st.floats(-50, -1e-6))
+def test_odds_ratio_reference_matches_float64_formula(a, b):
+    lo = lambda x: x - math.log(1 - math.exp(x))  # noqa: E731
+    z64 = lo(a) - lo(b)
+    _, z = odds_ratio_loss(torch.tensor([a], device=DEVICE), torch.tensor([b], device=DEVICE), backend="torch")
+    assert abs(z.item() - z64) <= 1e-5 * max(1.0, abs(z64)) + 2e-6 * max(abs(lo(a)), abs(lo(b)))
+
+
+def test_odds_ratio_reference_z_gradient():
+    aw = torch.tensor([-0.3, -2.0], device=DEVICE, requires_grad=True)
+    al = torch.tensor([-1.0, -0.1], device=DEVICE, requires_grad=True)
+    _, z = odds_ratio_loss(aw, al, backend="torch")
+    gw, gl = torch.autograd.grad(z.sum(), [aw, al])
+    # d z / d a = 1 / (1 - e^a), derived by hand
+    assert torch.allclose(gw, 1 / (1 - torch.exp(aw.detach())), rtol=1e-5)
+    assert torch.allclose(gl, -1 / (1 - torch.exp(al.detach())), rtol=1e-5)
+
+
+def test_reference_where_branches_do_not_poison_gradient():
+    a = torch.tensor([0.0, -1e-7, -1e4], requires_grad=True)
+    loss, _ = odds_ratio_reference(a, torch.full((3,), -1.0))
+    (g,) = torch.autograd.grad(loss.sum(), [a])
+    assert torch.isfinite(g).all()
