@@ -156,10 +156,10 @@ def check_value(f, v, where):
         raise SystemExit(f"error: {name} must be >= {lo}, got {v!r}")
 
 
-def config_from_dict(d, where):
+def config_from_dict(d, where, saved=False):
     """The method's config from a dict; unknown keys, wrong types and values outside an option's
-    choices are errors naming `where`. Keys that belong to other methods' options (old checkpoints
-    saved every method's knobs) are dropped."""
+    choices are errors naming `where`. A key of another method's options is an error too, except in
+    a saved config (saved=True): old checkpoints recorded every method's knobs, and those are dropped."""
     method = d.get("method", SharedConfig.method)
     if method not in REGISTRY:
         raise SystemExit(f"error: {where}: method '{method}' is unknown; choose from {', '.join(REGISTRY)}")
@@ -168,6 +168,9 @@ def config_from_dict(d, where):
     for k in d:
         if k not in known:
             raise SystemExit(f"error: {where}: unknown config key '{k}'")
+        if k not in fields and not saved:
+            raise SystemExit(f"error: {where}: '{k}' is not an option of --method {method} "
+                             f"(python train.py --method list shows each method's)")
     kept = {k: v for k, v in d.items() if k in fields}
     for k, v in kept.items():
         check_value(fields[k], v, where)
@@ -263,7 +266,7 @@ def resume_config(given, where="flags"):
     if not os.path.exists(path):
         raise SystemExit(f"error: --resume: {path} does not exist; is --out_dir the run's directory?")
     saved = read_json(path)["config"]
-    saved_cfg = config_from_dict(saved, path)
+    saved_cfg = config_from_dict(saved, path, saved=True)
     for k, v in given.items():
         if k not in RESUMABLE and k != "out_dir" and hasattr(saved_cfg, k) and getattr(saved_cfg, k) != v:
             raise SystemExit(f"error: --resume: '{k}' was {getattr(saved_cfg, k)!r} in this run "

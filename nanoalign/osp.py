@@ -110,6 +110,7 @@ def osp_loss(model, batch, run, cfg):
     highs, lows = [samples[i][hi] for i, hi, _ in flat], [samples[i][lo] for i, _, lo in flat]
     if cfg.osp_loss != "spce":                  # hard labels: orient each pair by the judge
         highs, lows = onpolicy.orient(highs, lows, p)
+        p = torch.maximum(p, 1 - p)             # p(winner > loser), as the pairs now stand
     clock.lap("t_judge")
     pb = onpolicy.pair_batch([prompts[i] for i, _, _ in flat], highs, lows, tok.pad_id,
                              model.lm_head.weight.device)

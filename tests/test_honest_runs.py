@@ -252,3 +252,14 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(tmp_path, capsys):
     train.train(cfg, stop_at=1)
     out = capsys.readouterr().out
     assert f"python train.py --method sft --out_dir {tmp_path / 'run'} --resume" in out
+
+
+def test_another_methods_option_is_refused_not_dropped(tmp_path, capsys):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"method": "self_judge_offpolicy", "judge": "policy"}))
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--config", str(p)])
+    assert e.value.code == 2 and "'judge' is not an option of --method self_judge_offpolicy" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit, match="'w1' is not an option of --method orpo"):
+        train.make_config(method="orpo", w1=0.5)
