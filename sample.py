@@ -26,7 +26,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load, read_json
 from model.generate import generate
-from nanoalign.onpolicy import sample as sample_responses
+from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import TEMPLATES, JudgeError, best_of, check_template
 from nanoalign.meta_aligner import correct, parse_objectives
 from experiments.task import OBJECTIVES
@@ -163,7 +163,7 @@ def main(argv=None):
     batch = [i for i in ids for _ in range(a.num_samples)]
     t0 = time.time()
     try:
-        outs = generate(model, batch, a.max_new_tokens, model.cfg.eos_ids + [tok.eos_id],
+        outs = generate(model, batch, a.max_new_tokens, tok.stop_ids,
                         a.temperature, a.top_k, a.top_p, g, tok.pad_id or 0)
     except ValueError as e:
         sys.exit(f"error: {e}")
@@ -198,6 +198,8 @@ def best_of_main(a, model, tok, prompts):
     """Self-rejection (Self-Judge sec. 3.3): N samples, a single-elimination tournament, the winner."""
     try:
         t = check_template(tok, judge_template_for(a, a.init_from))
+        # a principle template judges under the principles its JSFT data had (kept in the checkpoint)
+        principles = kept_principles(t, a.init_from) if "{principle}" in t.user else None
     except JudgeError as e:
         sys.exit(f"error: {e}")
     g = torch.Generator(device=a.device).manual_seed(a.seed)
@@ -206,7 +208,7 @@ def best_of_main(a, model, tok, prompts):
     for p, cands in zip(prompts, sample_responses(model, tok, ids, a.best_of, a.temperature or 1.0,
                                                   a.top_p, a.max_new_tokens, g, a.top_k)):
         texts = [tok.decode(c) for c in cands]
-        w = best_of(model, tok, t, p, texts)
+        w = best_of(model, tok, t, p, texts, principles=principles)
         print(f"--- {p!r}: best of {a.best_of} (template '{t.name}')")
         print(texts[w])
         outs.append(cands[w])

@@ -58,7 +58,12 @@ def principles_of(cfg, t):
         return None
     if cfg.principles:
         return parse_principles(cfg.principles)
-    path = os.path.join(cfg.judge_from or cfg.init_from, PRINCIPLES_FILE)
+    return kept_principles(t, cfg.judge_from or cfg.init_from)
+
+
+def kept_principles(t, ckpt_dir):
+    """The principles a checkpoint's JSFT data was built from (its principles.json)."""
+    path = os.path.join(ckpt_dir, PRINCIPLES_FILE)
     if not os.path.exists(path):
         raise JudgeError(f"judge template '{t.name}' judges under principles: name them with "
                          f"--principles name:description,... ({path} does not exist)")
