@@ -19,8 +19,13 @@ On-policy methods sample on every rank for that rank's own prompts (each rank se
 seed + rank), under DDP only: under FSDP every forward is a collective, and ranks that sample
 different lengths would wait on each other forever. For a 7B on-policy run use DDP with LoRA, as
 the Self-Judge and OSP papers did.
+
+A CUDA run needs a GPU for each rank on the machine (two NCCL ranks cannot share one GPU): with
+fewer GPUs than ranks every rank runs on the CPU with gloo instead, and rank 0 prints a one-line
+note.
 """
 import contextlib
+import gc
 import inspect
 import os
 import sys
@@ -41,23 +46,61 @@ def is_main():
     return rank() == 0
 
 
+def rank_device(device, local_rank, local_ranks):
+    """(the device this rank trains on, a note to print or None). A CUDA device becomes the rank's
+    own GPU, cuda:<local rank>, when the machine has a GPU for each of its `local_ranks` ranks;
+    with fewer GPUs every rank falls back to the CPU (and so to gloo), with a note saying why."""
+    if torch.device(device).type != "cuda":
+        return device, None
+    gpus = torch.cuda.device_count()
+    if gpus >= local_ranks:
+        return f"cuda:{local_rank}", None
+    return "cpu", (f"note: {local_ranks} ranks on this machine but {gpus} GPU(s); every rank runs "
+                   f"on the CPU (gloo). For the GPU, launch one rank per GPU "
+                   f"(torchrun --nproc_per_node {max(gpus, 1)}).")
+
+
 def setup(device):
     """Join the torchrun group if launched by torchrun. Returns the device this rank uses."""
     if "WORLD_SIZE" not in os.environ:
         return device
     local = int(os.environ.get("LOCAL_RANK", 0))
+    device, note = rank_device(device, local, int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                 os.environ["WORLD_SIZE"])))
     if not dist.is_initialized():
-        if device == "cuda":
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        if note and int(os.environ.get("RANK", 0)) == 0:
+            print(note, file=sys.stderr, flush=True)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if dist.get_rank() != 0:          # one log: rank 0 prints, the others keep stderr only
             sys.stdout = open(os.devnull, "w")
-    return f"cuda:{local}" if device == "cuda" else device
+    return device
 
 
 def cleanup():
-    if dist.is_initialized():
+    """Leave the group. After a run that ended normally, every rank first waits for the others (so
+    nobody tears down while a peer is still in a collective) and the group is then really freed.
+    destroy_process_group() alone does not free it after FSDP2: each DeviceMesh holds the group and
+    DTensor's caches hold the meshes. Its gloo threads then live on into interpreter shutdown, and
+    a worker thread that only then drops its finished barrier (which holds the all-gathers before
+    it, whose tensors own Python objects) takes the GIL while Python is finalizing: the thread is
+    made to exit inside a noexcept destructor, std::terminate, SIGABRT. Freeing the group here
+    joins those threads while the interpreter is whole. With an exception on its way out nothing
+    is waited for (a peer may be stuck in a collective, and this rank would hang with it)."""
+    if not dist.is_initialized():
+        return
+    if sys.exc_info()[0] is not None:
         dist.destroy_process_group()
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    from torch.distributed.device_mesh import DeviceMesh
+    for obj in gc.get_objects():          # each mesh FSDP2 made keeps its groups by name
+        registry = getattr(obj, "_pg_registry", None) if issubclass(type(obj), DeviceMesh) else None
+        if isinstance(registry, dict):
+            registry.clear()
+    gc.collect()
 
 
 class DDP(torch.nn.parallel.DistributedDataParallel):

@@ -1,5 +1,6 @@
 """Scaling out: LoRA (init, merge, which parameters learn, the adapters-off reference), activation
-checkpointing, and DDP / FSDP2 across two CPU processes (torchrun, gloo) against one process."""
+checkpointing, and DDP / FSDP2 across two CPU processes (torchrun, gloo) against one process; with
+fewer GPUs than ranks the ranks fall back to the CPU; a finished run frees its process group."""
 import copy
 import os
 import shutil
@@ -12,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 
 import train
+from nanoalign import dist
 from model.checkpoint import load, save_adapters, save_model
 from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main
 from experiments import task
@@ -147,13 +149,19 @@ def test_lora_dpo_resumes_exactly_and_saves_adapters_only(tmp_path, start):
 
 # -- two processes -------------------------------------------------------------------------------
 def _run(args, nproc):
+    """Run train.py (under torchrun when nproc > 1); returns its stdout and then its stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     pre = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
             "--master_port", str(29500 + os.getpid() % 1000)] if nproc > 1 else [sys.executable])
     r = subprocess.run(pre + [os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r.stdout
+    return r.stdout + r.stderr
+
+
+# the device two ranks train on here (with fewer than two GPUs they fall back to the CPU), so
+# that the one-process run they are compared with computes on the same kind of device
+TWO_RANK_DEVICE = "cuda" if torch.cuda.device_count() >= 2 else "cpu"
 
 
 def _params(d):
@@ -170,7 +178,7 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, paral
     # rounding can flip a step of up to lr; a small lr keeps that under the 1e-5 being tested
     common = ["--method", method, "--init_from", start, "--max_steps", "3", "--n_train", "64",
               "--val_data", "", "--final_eval", "false", "--warmup_steps", "1", "--lr", "1e-4",
-              "--seed", "5", "--grad_accum", "2"]
+              "--seed", "5", "--grad_accum", "2", "--device", TWO_RANK_DEVICE]
     _run(common + ["--batch_size", "8", "--out_dir", str(tmp_path / "one")], 1)
     out = _run(common + ["--batch_size", "4", "--parallel", parallel, "--out_dir", str(tmp_path / "two")], 2)
     assert "x2," in out and "4x2x2" in out and "peak memory" in out   # it ran on two ranks
@@ -194,3 +202,77 @@ def test_fsdp_checkpoint_resumes_exactly(tmp_path, start):
     _run(common + ["--max_steps", "4", "--out_dir", str(tmp_path / "b"), "--resume"], 2)
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("device,local_rank,ranks,gpus,want", [
+    ("cuda", 1, 2, 1, "cpu"),            # one GPU, two ranks: both on the CPU, not cuda:1
+    ("cuda", 0, 2, 0, "cpu"),            # no GPU at all
+    ("cuda", 1, 2, 2, "cuda:1"),         # a GPU for each rank
+    ("cuda:0", 1, 2, 8, "cuda:1"),       # any CUDA device: the rank's own GPU
+    ("cpu", 1, 2, 8, "cpu"),
+])
+def test_rank_device(monkeypatch, device, local_rank, ranks, gpus, want):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    got, note = dist.rank_device(device, local_rank, ranks)
+    assert got == want
+    if want == "cpu" and device.startswith("cuda"):
+        assert f"{ranks} ranks on this machine but {gpus} GPU(s)" in note
+        assert "\n" not in note
+    else:
+        assert note is None
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="a GPU for each rank: no fallback")
+def test_fewer_gpus_than_ranks_train_on_the_cpu(tmp_path, start):
+    out = _run(["--method", "sft", "--init_from", start, "--max_steps", "1", "--n_train", "16",
+                "--val_data", "", "--final_eval", "false", "--batch_size", "4",
+                "--parallel", "fsdp", "--device", "cuda", "--out_dir", str(tmp_path / "run")], 2)
+    assert "on cpu x2" in out
+    assert out.count("ranks on this machine but") == 1          # one note, from rank 0
+
+
+CLEANUP_SCRIPT = """
+import os, sys, torch
+from torch.distributed.fsdp import fully_shard
+from nanoalign import dist
+from tests.helpers import tiny
+
+def gloo_threads():
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{t}/comm") as f:
+            names.append(f.read().strip())
+    return sorted(n for n in names if "gloo" in n)
+
+def run():   # what train() leaves behind: a sharded model, its optimizer, a gathered full state
+    assert dist.setup("cpu") == "cpu" and dist.world() == 1
+    model = tiny(0)
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 101, (2, 9))
+    model.logits(model(x)).sum().backward()
+    opt.step()
+    dist.full_state(model, opt)
+    dist.barrier()
+
+run()
+before = gloo_threads()
+dist.cleanup()
+print("gloo threads before:", len(before), "after:", len(gloo_threads()))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_cleanup_frees_the_group_and_joins_its_threads():
+    """destroy_process_group() alone leaves the gloo group of an FSDP2 run alive (its DeviceMesh
+    holds it), and its threads then ran on through interpreter shutdown and exit()."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "WORLD_SIZE": "1",
+           "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(30500 + os.getpid() % 1000)}
+    r = subprocess.run([sys.executable, "-c", CLEANUP_SCRIPT], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    before, after = (int(n) for n in r.stdout.split("before:")[1].split("after:"))
+    assert before >= 2 and after == 0, r.stdout
