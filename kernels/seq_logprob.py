@@ -217,24 +217,24 @@ if HAS_TRITON:
                  mask=rmask[:, None] & cmask[None, :])
 
 
-# Tile shapes on a GPU, per kernel. `python -m kernels.bench --sweep` times alternatives.
+# Tile shapes on a GPU, per kernel. `python -m bench.kernels --sweep` times alternatives.
 GPU_BLOCKS = {"fwd": dict(BLOCK_M=128, BLOCK_V=256, BLOCK_D=64, num_warps=8, num_stages=3),
               "bwd": dict(BLOCK_M=128, BLOCK_V=128, BLOCK_D=64, num_warps=8, num_stages=3, GROUP_M=8)}
 
 
-def _blocks(kernel):
+def _blocks(kernel):  # pragma: no mutate block (Triton path)
     # 16 is tl.dot's minimum; small blocks keep the interpreter quick in tests
     if INTERPRET:
         return dict(BLOCK_M=16, BLOCK_V=32, BLOCK_D=32, GROUP_M=2)
     return dict(GPU_BLOCKS[kernel])
 
 
-def _flags(h, b):
+def _flags(h, b):  # pragma: no mutate block (Triton path)
     return dict(UPCAST=INTERPRET, PRECISION="ieee" if h.dtype == torch.float32 else "tf32",
                 EVEN_D=h.shape[1] % b["BLOCK_D"] == 0)
 
 
-def _split(C, V, b, device):
+def _split(C, V, b, device):  # pragma: no mutate block (Triton path)
     """How many programs share the vocabulary: enough token-blocks x splits for ~4 waves of the
     GPU (2 under the interpreter, so the tests cover the merge)."""
     v_blocks = triton.cdiv(V, b["BLOCK_V"])
@@ -244,14 +244,14 @@ def _split(C, V, b, device):
     return max(1, min(v_blocks, triton.cdiv(4 * sms, triton.cdiv(C, b["BLOCK_M"]))))
 
 
-def _combine(m, s, tgt):
+def _combine(m, s, tgt):  # pragma: no mutate block (Triton path)
     """Merge the SPLIT partial logsumexps, each (SPLIT, C): lse = M + log sum_j s_j exp(m_j - M)."""
     top = m.amax(0)                                                     # (C,)
     lse = top + (s * torch.exp(m - top)).sum(0).log()
     return tgt.sum(0) - lse, lse
 
 
-def _fwd_triton(h, w, y):
+def _fwd_triton(h, w, y):  # pragma: no mutate block (Triton path)
     """h (C, d), w (V, d), y (C,) -> (lp, lse), both (C,) float32. No logits are stored."""
     (C, D), V = h.shape, w.shape[0]
     b = _blocks("fwd")
@@ -265,7 +265,7 @@ def _fwd_triton(h, w, y):
     return _combine(m, s, tgt)
 
 
-def _dlogits_slice_triton(h, w, y, lse, g, buf):
+def _dlogits_slice_triton(h, w, y, lse, g, buf):  # pragma: no mutate block (Triton path)
     """As `_dlogits_slice_torch`, by `_bwd_kernel`, into the (C x slice) tile `buf`. bf16/fp16
     gradients stay in the input dtype (the matmuls after this run in it)."""
     (C, D), V = h.shape, w.shape[0]
