@@ -3,7 +3,6 @@ checkpointing, and DDP / FSDP2 across two CPU processes (torchrun, gloo) against
 fewer GPUs than ranks the ranks fall back to the CPU; a finished run frees its process group."""
 import copy
 import os
-import shutil
 import subprocess
 import sys
 
