@@ -309,9 +309,10 @@ class TokenLogprob(torch.autograd.Function):
         if C == 0:
             return torch.zeros_like(h), torch.zeros_like(w), None, None, None
         slices = vocab_slices(V, C, ctx.chunk)
-        if ctx.backend == "triton":   # bf16/fp16 dlogits: the two matmuls below run in the input dtype
-            dlogits = _dlogits_slice_triton
-            buf = torch.empty(C * min(V, slices[0][1]), dtype=h.dtype, device=h.device)
+        if ctx.backend == "triton":  # pragma: no mutate (Triton and CUDA lines: docs/mutation.md)
+            # bf16/fp16 dlogits: the two matmuls below run in the input dtype
+            dlogits = _dlogits_slice_triton                                     # pragma: no mutate
+            buf = torch.empty(C * min(V, slices[0][1]), dtype=h.dtype, device=h.device)  # pragma: no mutate
         else:
             dlogits = _dlogits_slice_torch
             buf = _scratch(C * min(V, slices[0][1]), h)
@@ -326,10 +327,10 @@ class TokenLogprob(torch.autograd.Function):
                 dw[v0:v1] = dl.t() @ hv
             if dl.dtype == cd:
                 dh.addmm_(dl, w[v0:v1].to(cd))                          # (C, d), in place
-            elif dl.is_cuda:   # bf16 in, float32 accumulated in place by cuBLAS: no temporary
-                torch.addmm(dh, dl, w[v0:v1], out_dtype=cd, out=dh)
-            else:
-                dh += dl @ w[v0:v1]                                     # bf16 (C, d) temporary
+            elif dl.is_cuda:  # pragma: no mutate (bf16 in, float32 accumulated in place by cuBLAS)
+                torch.addmm(dh, dl, w[v0:v1], out_dtype=cd, out=dh)    # pragma: no mutate
+            else:             # Triton's bf16 dlogits on the CPU (the interpreter): a bf16 (C, d) temporary
+                dh += dl @ w[v0:v1]                                     # pragma: no mutate
         return dh.to(h.dtype), dw, None, None, None
 
 

@@ -308,6 +308,9 @@ def parse_principles(spec, where="--principles"):
 
 def main(argv=None):
     from model.checkpoint import CheckpointError, load
+    # The parser is prose (help texts) and argparse's rules; tests/test_mutants.py checks its behaviour,
+    # and mutating the wording of each help text would only test the tests' copy of it (docs/mutation.md).
+    # pragma: no mutate start
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("--init_from", required=True, help="checkpoint directory of the judge model")
@@ -319,6 +322,7 @@ def main(argv=None):
     ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
                     "judged under each, decided by JM-PR (default: none)")
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
+    # pragma: no mutate end
     a = ap.parse_args(argv)
     i = 0
     try:

@@ -4,7 +4,7 @@ references, skips itself where Triton is missing)."""
 import math
 
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from kernels.odds_ratio import odds_ratio_loss, odds_ratio_reference
 from kernels.seq_logprob import TokenLogprob, naive_sequence_logprob, sequence_logprob
@@ -124,3 +124,52 @@ def test_reference_where_branches_do_not_poison_gradient():
     loss, _ = odds_ratio_reference(a, torch.full((3,), -1.0))
     (g,) = torch.autograd.grad(loss.sum(), [a])
     assert torch.isfinite(g).all()
+
+
+@given(V=st.integers(1, 5000), C=st.integers(1, 300), chunk=st.integers(1, 64))
+@example(V=5, C=10, chunk=1).via("no column fits")
+@example(V=100, C=1, chunk=1).via("under 128")
+@example(V=256, C=1, chunk=1).via("exactly two 128s, one slice")
+@example(V=300, C=1, chunk=1).via("rounded down to 256")
+@example(V=1000, C=1, chunk=1).via("rounded down to 896")
+def test_vocab_slices_tile_the_vocabulary_within_the_budget(V, C, chunk):
+    """The backward's slices cover 0..V once, in order; each (C x width) tile fits the forward's
+    chunk x V budget (a width of 1 where even one column is over it); the width is the widest such,
+    rounded down to a multiple of 128 once it reaches 128."""
+    from kernels.seq_logprob import vocab_slices
+    s = vocab_slices(V, C, chunk)
+    assert s[0][0] == 0 and s[-1][1] == V and all(a[1] == b[0] for a, b in zip(s, s[1:]))
+    widths = [b - a for a, b in s]
+    width = widths[0]
+    assert all(w == width for w in widths[:-1]) and 0 < widths[-1] <= width
+    widest = chunk * V // C                          # columns of C rows that fit in chunk x V
+    if widest < 1:
+        assert width == 1
+    elif widest < 128:
+        assert width == min(widest, V)
+    elif width < V:                                  # (one slice of all V columns where V fits)
+        assert width % 128 == 0 and widest - 128 < width <= widest
+    else:
+        assert len(s) == 1 and widest // 128 * 128 >= V
+
+
+@given(dtype=st.sampled_from([torch.bfloat16, torch.float64]), seed=st.integers(0, 10_000),
+       chunk=st.integers(1, 6), reduction=st.sampled_from(["sum", "mean"]))
+def test_reference_gradients_in_bfloat16_and_float64(dtype, seed, chunk, reduction):
+    """The torch path's backward in the dtypes CPU training sees besides float32: bfloat16 weights
+    (float32 tiles, a bfloat16 dW) and float64 (float64 throughout, to float64 precision). A small
+    chunk makes several vocabulary slices; the expected gradients come from float64 autograd
+    through log_softmax of the same (rounded) inputs."""
+    h, w, y, m = inputs(2, 5, 16, 130, dtype, seed)
+    m[:, 0] = 1.0
+    out = sequence_logprob(h, w, y, m, reduction, backend="torch", chunk_size=chunk)
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = naive_sequence_logprob(h64, w64, y, m.double(), reduction, dtype=torch.float64)
+    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    gh, gw = grads(out, h, w, up.to(out.dtype))
+    rh, rw = grads(ref, h64, w64, up)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert gh.dtype == gw.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    assert rel_err(out, ref) <= (1e-12 if dtype == torch.float64 else 1e-5)
+    assert rel_err(gh, rh) <= tol and rel_err(gw, rw) <= tol
