@@ -6,13 +6,27 @@
 #   bench/mutation.sh 'kernels.odds_ratio.*' 'nanoalign.dpo.*'    several globs
 #
 # mutmut keeps its copy of the tree and every verdict in mutants/ (ignored by git). A later run
-# re-tests only the functions whose code changed; `rm -rf mutants` starts afresh. Afterwards:
+# re-tests only the functions whose code changed; `rm -rf mutants` starts afresh.
+#   bench/mutation.sh --survivors            re-test the last run's survivors (after adding tests)
+# Afterwards:
 # `mutmut results` lists the survivors, `mutmut show NAME` prints one as a diff.
 # The score printed at the end leaves out the mutants docs/mutation.md lists as equivalent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--survivors" ]; then
+    # mutmut does not re-test a mutant whose function is unchanged, even when the tests changed:
+    # after writing a test, re-test the survivors of the last run by name (the score covers all).
+    mapfile -t run < <(python -c "
+import glob, json
+for f in sorted(glob.glob('mutants/**/*.meta', recursive=True)):
+    for k, v in json.load(open(f))['exit_code_by_key'].items():
+        if v == 0: print(k)")
+    set --
+else
+    run=("$@")
+fi
 start=$(date +%s)
-mutmut run --max-children "$(nproc)" "$@"
+mutmut run --max-children "$(nproc)" "${run[@]}"
 echo "wall clock: $(( $(date +%s) - start )) s on $(nproc) cores"
 mutmut export-cicd-stats >/dev/null
 python - "$@" <<'EOF'

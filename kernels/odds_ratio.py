@@ -86,7 +86,8 @@ class OddsRatio(torch.autograd.Function):  # pragma: no mutate block (Triton pat
 
 
 def odds_ratio_loss(logp_w, logp_l, backend=None):
-    """(loss, z), each (B,) float32: ORPO's per-example -log sigmoid(z) and the log odds ratio z."""
+    """(loss, z), each (B,): ORPO's per-example -log sigmoid(z) and the log odds ratio z. float32, except
+    that the torch route keeps float64 inputs in float64."""
     if choose_backend(logp_w, backend) == "triton":
         return OddsRatio.apply(logp_w, logp_l)
     return odds_ratio_reference(logp_w, logp_l)

@@ -3,6 +3,7 @@ this file runs everywhere (tests/test_kernels.py, which compares the Triton kern
 references, skips itself where Triton is missing)."""
 import math
 
+import pytest
 import torch
 from hypothesis import example, given, strategies as st
 
@@ -173,3 +174,69 @@ def test_reference_gradients_in_bfloat16_and_float64(dtype, seed, chunk, reducti
     tol = 1e-12 if dtype == torch.float64 else 1e-2
     assert rel_err(out, ref) <= (1e-12 if dtype == torch.float64 else 1e-5)
     assert rel_err(gh, rh) <= tol and rel_err(gw, rw) <= tol
+
+
+def test_backend_choice_follows_argument_then_environment_then_device(monkeypatch):
+    import kernels.seq_logprob as sl
+    cpu = torch.zeros(1)
+    monkeypatch.delenv("NANOALIGN_KERNELS", raising=False)
+    assert sl.choose_backend(cpu) == "torch" and sl.choose_backend(cpu, "torch") == "torch"
+    monkeypatch.setenv("NANOALIGN_KERNELS", "bogus")
+    with pytest.raises(ValueError, match=r"^kernel backend must be auto, triton or torch, got 'bogus'$"):
+        sl.choose_backend(cpu)
+    assert sl.choose_backend(cpu, "torch") == "torch"             # the argument comes first
+    monkeypatch.setenv("NANOALIGN_KERNELS", "auto")
+    assert sl.choose_backend(cpu) == "torch"                      # auto: torch off the GPU
+    monkeypatch.setattr(sl, "HAS_TRITON", False)
+    with pytest.raises(RuntimeError, match=r"^backend 'triton' requested but triton is not installed$"):
+        sl.choose_backend(cpu, "triton")
+    monkeypatch.setattr(sl, "HAS_TRITON", True)
+    monkeypatch.setattr(sl, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match=r"^backend 'triton' needs CUDA tensors \(or TRITON_INTERPRET=1 on the CPU\)$"):
+        sl.choose_backend(cpu, "triton")
+    monkeypatch.setattr(sl, "INTERPRET", True)
+    assert sl.choose_backend(cpu, "triton") == "triton"           # the interpreter runs it on the CPU
+    monkeypatch.setenv("NANOALIGN_KERNELS", "triton")
+    assert sl.choose_backend(cpu) == "triton"
+
+
+def test_default_chunk_keeps_one_float32_tile_near_its_budget():
+    """Rows per forward chunk: (rows x V) float32 logits of about 32 MiB on the CPU (2**23 values)
+    and 256 MiB on a GPU (2**26), never fewer than 16 rows."""
+    from kernels.seq_logprob import default_chunk
+    for V in (1, 1000, 49152, 2 ** 20, 2 ** 22):
+        assert default_chunk(V, torch.device("cpu")) == max(16, 2 ** 23 // V)
+        assert default_chunk(V, torch.device("cuda")) == max(16, 2 ** 26 // V)
+
+
+def test_auto_picks_triton_for_cuda_tensors_when_triton_is_there(monkeypatch):
+    """The auto rule on a GPU, with a stand-in for a CUDA tensor (no GPU needed to check the rule)."""
+    import types
+
+    import kernels.seq_logprob as sl
+    monkeypatch.delenv("NANOALIGN_KERNELS", raising=False)
+    cuda_like = types.SimpleNamespace(is_cuda=True)
+    monkeypatch.setattr(sl, "HAS_TRITON", True)
+    assert sl.choose_backend(cuda_like) == "triton"
+    monkeypatch.setattr(sl, "HAS_TRITON", False)
+    assert sl.choose_backend(cuda_like) == "torch"
+
+
+def test_sequence_logprob_defaults_and_reduction_names(monkeypatch):
+    """reduction defaults to 'sum'; an unknown one is refused by name; without chunk_size the tile
+    budget is default_chunk of the VOCABULARY size; a fully masked bfloat16 batch still returns
+    float32 zeros (the empty selection keeps the compute dtype)."""
+    import kernels.seq_logprob as sl
+    h, w, y, m = inputs(2, 4, 16, 77, torch.float32, 0)
+    m[:, 0] = 1.0
+    assert torch.equal(sl.sequence_logprob(h, w, y, m), sl.sequence_logprob(h, w, y, m, "sum"))
+    with pytest.raises(ValueError, match=r"^reduction must be sum, mean or none, got 'avg'$"):
+        sl.sequence_logprob(h, w, y, m, "avg")
+    chunks, real = [], sl.TokenLogprob.apply
+    monkeypatch.setattr(sl.TokenLogprob, "apply", lambda *a: chunks.append(a[4]) or real(*a))
+    sl.sequence_logprob(h, w, y, m)
+    assert chunks == [sl.default_chunk(77, h.device)]
+    hb, wb = h.detach().bfloat16(), w.detach().bfloat16()
+    for red in ("sum", "mean", "none"):
+        out = sl.sequence_logprob(hb, wb, y, torch.zeros_like(m), red, backend="torch")
+        assert out.dtype == torch.float32 and (out == 0).all()

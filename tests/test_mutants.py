@@ -1080,3 +1080,24 @@ def test_a_prompt_the_template_refuses_is_a_bad_row_naming_it():
     assert str(e.value) == "f:2: this template has no system role"
     out, dropped = tokenize_rows(rows, Refuses(), "prompt", 16, skip_bad=True)
     assert [x["prompt"] for x in out] == [[5, 6]] and dropped == 1
+
+
+def test_batch_logps_hands_the_kernel_the_autocast_dtype(monkeypatch):
+    """Autocast does not reach inside the kernel: under it, batch_logps casts the hidden states and
+    the LM head to the autocast dtype itself; outside it, both stay float32."""
+    from nanoalign import common
+    from nanoalign.data import make_batch
+    from nanoalign.testing import tiny_model
+    seen, real = [], common.sequence_logprob
+
+    def spy(h, w, *a, **k):
+        seen.append((h.dtype, w.dtype))
+        return real(h, w, *a, **k)
+    monkeypatch.setattr(common, "sequence_logprob", spy)
+    model = tiny_model(0)
+    batch = make_batch([{"ids": [5, 6, 7, 8], "n_prompt": 1}, {"ids": [5, 9], "n_prompt": 1}], "sft", 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = common.batch_logps(model, batch)
+    plain = common.batch_logps(model, batch)
+    assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+    assert torch.allclose(low, plain, rtol=0.05, atol=0.05)
