@@ -324,7 +324,6 @@ def main(argv=None):
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
     # pragma: no mutate end
     a = ap.parse_args(argv)
-    i = 0
     try:
         model, tok = load(a.init_from)
         t = check_template(tok, TEMPLATES[a.template])
@@ -334,14 +333,15 @@ def main(argv=None):
             for i, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                r = json.loads(line)
-                x, y = (r["a"], r["b"]) if "a" in r else (r["chosen"], r["rejected"])
-                items.append((r["prompt"], _text(x), _text(y)))
+                try:    # only a row's own error is blamed on the row (not, say, a KeyError in load)
+                    r = json.loads(line)
+                    x, y = (r["a"], r["b"]) if "a" in r else (r["chosen"], r["rejected"])
+                    items.append((r["prompt"], _text(x), _text(y)))
+                except (KeyError, json.JSONDecodeError) as e:
+                    raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b") from None
         ps = judge_pairs(model, tok, t, items, principles, a.batch_size)
     except (CheckpointError, JudgeError, OSError) as e:
         raise SystemExit(f"error: {e}")
-    except (KeyError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b")
     for i, p in enumerate(ps.tolist()):
         print(json.dumps({"row": i, "p(a>b)": round(p, 4)}))
 

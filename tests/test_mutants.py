@@ -312,6 +312,21 @@ def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
     assert "the following arguments are required: --init_from" in capsys.readouterr().err
 
 
+def test_judge_cli_blames_a_row_only_for_the_rows_own_error(monkeypatch, tmp_path):
+    """A KeyError inside the checkpoint loader (say, a rope_scaling without 'factor') is not reported
+    as a bad row of the pairs file."""
+    import model.checkpoint as checkpoint
+    from nanoalign.judge import main
+
+    def broken(d):
+        raise KeyError("factor")
+    monkeypatch.setattr(checkpoint, "load", broken)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    with pytest.raises(KeyError, match="factor"):
+        main(["--init_from", str(tmp_path), "--pairs", str(f)])
+
+
 def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir, capsys):
     """The parser is left out of the mutation run (its help texts are prose); its rules are tested here."""
     import nanoalign.judge as judge
