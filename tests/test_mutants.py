@@ -1116,3 +1116,18 @@ def test_batch_logps_hands_the_kernel_the_autocast_dtype(monkeypatch):
     plain = common.batch_logps(model, batch)
     assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
     assert torch.allclose(low, plain, rtol=0.05, atol=0.05)
+
+
+def test_judge_cli_passes_its_batch_size_on(judge_dir, tmp_path, monkeypatch, capsys):
+    import nanoalign.judge as judge
+    seen, real = [], judge.judge_pairs
+
+    def spy(*a, **k):
+        seen.append(a[5] if len(a) > 5 else k.get("batch_size"))
+        return real(*a, **k)
+    monkeypatch.setattr(judge, "judge_pairs", spy)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact", "--batch_size", "3"])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+    assert seen == [3, 16]
