@@ -54,17 +54,23 @@ def test_flat_input_reductions_count_only_kept_positions(n, d, V, seed, p_mask):
     assert (gh[~kept] == 0).all()                                # masked positions get no gradient
 
 
-def test_reference_single_token_and_fully_masked():
+def check_single_token_and_fully_masked(backend):
+    """One kept token is its own log-softmax; a fully masked batch is zero with zero gradients
+    (tests/test_kernels.py runs it for Triton)."""
     h, w, y, m = inputs(1, 1, 40, 77, torch.float32, 0, p_mask=2.0)
-    lp = sequence_logprob(h, w, y, m, "mean", backend="torch")
+    lp = sequence_logprob(h, w, y, m, "mean", backend=backend)
     ref = torch.log_softmax(h[0, 0] @ w.t(), -1)[y[0, 0]]
     assert abs(lp.item() - ref.item()) < 1e-5
     m0 = torch.zeros_like(m)
     for red in ("sum", "mean", "none"):
-        out = sequence_logprob(h, w, y, m0, red, backend="torch")
+        out = sequence_logprob(h, w, y, m0, red, backend=backend)
         assert (out == 0).all()
         gh, gw = torch.autograd.grad(out.sum(), [h, w], allow_unused=True)
         assert gh is None or (gh == 0).all()
+
+
+def test_reference_single_token_and_fully_masked():
+    check_single_token_and_fully_masked("torch")
 
 
 def test_gradcheck_reference_float64():

@@ -11,7 +11,8 @@ from kernels.odds_ratio import odds_ratio_loss
 from kernels.seq_logprob import sequence_logprob
 from nanoalign.testing import logps
 from tests.helpers import grads, kernel_inputs, rel_err
-from tests.test_kernel_reference import check_odds_ratio_formula, check_odds_ratio_z_gradient
+from tests.test_kernel_reference import (check_odds_ratio_formula, check_odds_ratio_z_gradient,
+                                         check_single_token_and_fully_masked)
 
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,16 +56,7 @@ def test_triton_many_blocks(dtype):
 
 
 def test_single_token_and_fully_masked():
-    h, w, y, m = inputs(1, 1, 40, 77, torch.float32, 0, p_mask=2.0)
-    lp = sequence_logprob(h, w, y, m, "mean", backend="triton")
-    ref = torch.log_softmax(h[0, 0] @ w.t(), -1)[y[0, 0]]
-    assert abs(lp.item() - ref.item()) < 1e-5
-    m0 = torch.zeros_like(m)
-    for red in ("sum", "mean", "none"):
-        out = sequence_logprob(h, w, y, m0, red, backend="triton")
-        assert (out == 0).all()
-        gh, gw = torch.autograd.grad(out.sum(), [h, w], allow_unused=True)
-        assert gh is None or (gh == 0).all()
+    check_single_token_and_fully_masked("triton")
 
 
 # -- odds ratio ---------------------------------------------------------------------------------
