@@ -13,7 +13,6 @@ from kernels.seq_logprob import HAS_TRITON, INTERPRET
 from nanoalign.common import frozen_copy, reference_logps
 from nanoalign.data import make_batch
 from nanoalign.dpo import pair_metrics
-from nanoalign.mo_orpo import phase
 from nanoalign.testing import tiny_model
 from tests.helpers import call_method, method_config, one_thread, response_token_logps
 
@@ -57,7 +56,7 @@ def test_odds_ratio_backend_triton_runs_the_kernel_on_both_inputs(monkeypatch):
     al = torch.tensor(AL, dtype=torch.float64, device=dev, requires_grad=True)
     loss, z = odds_ratio_loss(aw, al, backend="triton")
     assert len(calls) == 1 and calls[0][0] is aw and calls[0][1] is al
-    assert loss.dtype == z.dtype == torch.float32            # the docstring: each (B,) float32
+    assert loss.dtype == z.dtype == torch.float32            # the Triton route returns float32
     want_z = torch.tensor([z_formula(a, b) for a, b in zip(AW, AL)], dtype=torch.float64)
     assert torch.allclose(z.double().cpu(), want_z, rtol=1e-6, atol=1e-6)
     assert torch.allclose(loss.double().cpu(), torch.log1p(torch.exp(-want_z)), rtol=1e-6, atol=1e-6)
@@ -135,14 +134,6 @@ def test_dpo_at_its_frozen_start_has_zero_margin_and_zero_reward_accuracy():
 
 
 # -- MO-ORPO's schedules ---------------------------------------------------------------------------------------
-def test_task_by_task_trains_sj_for_exactly_the_first_half():
-    # "L_sj for the first half of the run's epochs, then L_align": the first half is [0, epochs / 2)
-    assert phase("task_by_task", 0.999, 2.0) == "sj"
-    assert phase("task_by_task", 1.0, 2.0) == "align"
-    assert phase("task_by_task", 1.5, 3.0) == "align"
-    assert phase("task_by_task", 1.4999, 3.0) == "sj"
-
-
 MO_EXAMPLES = [
     {"align": EXAMPLES[0],
      "sj": {"chosen": [20, 21, 22, 23, 24, 25, 30], "n_prompt_chosen": 6,
