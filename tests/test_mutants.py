@@ -313,8 +313,8 @@ def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
 
 
 def test_judge_cli_blames_a_row_only_for_the_rows_own_error(monkeypatch, tmp_path):
-    """A KeyError inside the checkpoint loader (say, a rope_scaling without 'factor') is not reported
-    as a bad row of the pairs file."""
+    """A KeyError raised anywhere but in reading a row (here: a stand-in loader) is not reported as a
+    bad row of the pairs file. (A config.json's own bad fields are CheckpointErrors: test_model.py.)"""
     import model.checkpoint as checkpoint
     from nanoalign.judge import main
 
@@ -1061,8 +1061,11 @@ def test_orient_breaks_a_tie_for_the_first():
 
 
 def test_task_by_task_switches_to_alignment_at_half_the_epochs():
+    """L_sj for the first half of the run's epochs, [0, epochs / 2), then L_align; an odd number of
+    epochs switches mid-epoch."""
     from nanoalign.mo_orpo import phase
     assert [phase("task_by_task", e, 4.0) for e in (0.0, 1.99, 2.0, 3.5)] == ["sj", "sj", "align", "align"]
+    assert [phase("task_by_task", e, 3.0) for e in (1.4999, 1.5)] == ["sj", "align"]
     assert [phase("epoch_by_epoch", e, 4.0) for e in (0.0, 0.99, 1.0, 2.5, 3.2)] == \
         ["align", "align", "sj", "align", "sj"]
 
