@@ -51,6 +51,16 @@ def config_from_hf(path):
         kw.setdefault("rope_theta", rp.get("rope_theta", 10000.0))
         if rp.get("rope_type", "default") != "default":
             kw["rope_scaling"] = rp
+    rs = kw.get("rope_scaling")
+    if rs is not None:      # checked here, so that a bad one names config.json and not a KeyError
+        kind = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else "?"
+        if kind not in (None, "default", "llama3"):
+            raise CheckpointError(f"{path}: field 'rope_scaling' is {rs!r}; only the 'llama3' type is "
+                                  f"supported")
+        for k in ("factor", "original_max_position_embeddings") if kind == "llama3" else ():
+            if isinstance(rs.get(k), bool) or not isinstance(rs.get(k), (int, float)):
+                raise CheckpointError(f"{path}: field 'rope_scaling' needs a number '{k}' for the "
+                                      f"'llama3' type, got {rs.get(k)!r}")
     if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
         raise CheckpointError(f"{path}: hidden_act/attention_bias/mlp_bias variants are not "
                               f"supported (need silu, no biases)")

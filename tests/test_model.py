@@ -2,6 +2,7 @@
 against a full recompute, left-padded batches against single prompts, and clear checkpoint errors."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -122,6 +123,21 @@ def test_unknown_model_type(saved):
     c["model_type"] = "gpt2"
     (saved / "config.json").write_text(json.dumps(c))
     with pytest.raises(CheckpointError, match=r"config\.json: field 'model_type' is 'gpt2'"):
+        load_model(str(saved))
+
+
+@pytest.mark.parametrize("rope_scaling, says", [
+    ({"rope_type": "llama3", "original_max_position_embeddings": 8}, "needs a number 'factor'"),
+    ({"rope_type": "llama3", "factor": "8", "original_max_position_embeddings": 8}, "needs a number 'factor'"),
+    ({"rope_type": "llama3", "factor": 8.0}, "needs a number 'original_max_position_embeddings'"),
+    ({"rope_type": "yarn", "factor": 4.0}, "only the 'llama3' type is supported"),
+    ("llama3", "only the 'llama3' type is supported"),
+])
+def test_bad_rope_scaling_names_the_field(saved, rope_scaling, says):
+    c = json.loads((saved / "config.json").read_text())
+    c["rope_scaling"] = rope_scaling
+    (saved / "config.json").write_text(json.dumps(c))
+    with pytest.raises(CheckpointError, match=r"config\.json: field 'rope_scaling' .*" + re.escape(says)):
         load_model(str(saved))
 
 
