@@ -7,6 +7,8 @@ examples:
   python sample.py --init_from out/orpo/ckpt --prompt "What is 7 + 5?" --temperature 0.8 \
       --num_samples 3
   python sample.py --init_from out/self_judge/ckpt --prompt "What is 7 + 5?" --best_of 8
+  python sample.py --init_from out/self_judge/ckpt --prompt "What is 7 + 5?" --best_of 4 \
+      --judge_template compact_principle --principles "correct:the sum is right"
   python sample.py --aligner out/meta_aligner/preference/ckpt --answers_file answers.jsonl \
       --objectives "correct,format:the answer is a sentence that ends with a period"
   python sample.py --init_from out/orpo/ckpt --prompt "What is 7 + 5?" --aligner DIR \
@@ -27,7 +29,8 @@ import torch
 from model.checkpoint import CheckpointError, load, read_json
 from model.generate import generate
 from nanoalign.onpolicy import kept_principles, sample as sample_responses
-from nanoalign.judge import TEMPLATES, JudgeError, best_of, check_template
+from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
+                             parse_principles)
 from nanoalign.meta_aligner import correct, parse_objectives
 from experiments.task import OBJECTIVES
 
@@ -74,6 +77,15 @@ def build_parser():
     ap.add_argument("--judge_template", default=None, metavar="NAME",
                     help="judgment template for --best_of (default: the one the checkpoint "
                     "trained with, else 'ultrafeedback')")
+    ap.add_argument("--principles", default=None, metavar="LIST",
+                    help="for --best_of with a principle template: name:description,... to judge "
+                    "under, each match decided by JM-PR (default: the principles kept in the "
+                    "checkpoint, its principles.json)")
+    ap.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS),
+                    help="for --best_of, how the judge's label probabilities become p(a > b), a "
+                    f"choice: 'vocab' = {LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} "
+                    "(default: the rule the checkpoint's method judged by, else 'vocab', "
+                    "Self-Judge's, whose self-rejection this is)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     metavar="DEV",
                     help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
@@ -180,26 +192,34 @@ def main(argv=None):
     return outs
 
 
-def judge_template_for(a, ckpt_dir):
-    """--judge_template, else the template the checkpoint trained with (its state.json config)."""
-    name = a.judge_template
-    if name is None:
-        try:
-            name = read_json(os.path.join(ckpt_dir, "state.json"))["config"].get("judge_template")
-        except (CheckpointError, KeyError):
-            name = None
-    name = name or "ultrafeedback"
+def trained_config(ckpt_dir):
+    """The config the checkpoint was trained with (its state.json), {} for one train.py did not write."""
+    try:
+        return read_json(os.path.join(ckpt_dir, "state.json"))["config"]
+    except (CheckpointError, KeyError):
+        return {}
+
+
+def judge_template_for(a, saved):
+    """--judge_template, else the template the checkpoint trained with (its config `saved`)."""
+    name = a.judge_template or saved.get("judge_template") or "ultrafeedback"
     if name not in TEMPLATES:
         sys.exit(f"error: --judge_template {name!r} is unknown; choose from {', '.join(TEMPLATES)}")
     return TEMPLATES[name]
 
 
 def best_of_main(a, model, tok, prompts):
-    """Self-rejection (Self-Judge sec. 3.3): N samples, a single-elimination tournament, the winner."""
+    """Self-rejection (Self-Judge sec. 3.3): N samples, a single-elimination tournament, the winner.
+    The checkpoint judges as it was trained to: its template, its method's likelihood rule, and under
+    a principle template the principles kept with it (or --principles), combined by JM-PR."""
+    saved = trained_config(a.init_from)
+    likelihood = a.likelihood or saved.get("likelihood") or "vocab"
     try:
-        t = check_template(tok, judge_template_for(a, a.init_from))
-        # a principle template judges under the principles its JSFT data had (kept in the checkpoint)
-        principles = kept_principles(t, a.init_from) if "{principle}" in t.user else None
+        t = check_template(tok, judge_template_for(a, saved))
+        principles = None
+        if "{principle}" in t.user:
+            principles = (parse_principles(a.principles) if a.principles
+                          else kept_principles(t, a.init_from))
     except JudgeError as e:
         sys.exit(f"error: {e}")
     g = torch.Generator(device=a.device).manual_seed(a.seed)
@@ -208,8 +228,9 @@ def best_of_main(a, model, tok, prompts):
     for p, cands in zip(prompts, sample_responses(model, tok, ids, a.best_of, a.temperature or 1.0,
                                                   a.top_p, a.max_new_tokens, g, a.top_k)):
         texts = [tok.decode(c) for c in cands]
-        w = best_of(model, tok, t, p, texts, principles=principles)
-        print(f"--- {p!r}: best of {a.best_of} (template '{t.name}')")
+        w = best_of(model, tok, t, p, texts, principles=principles, likelihood=likelihood)
+        under = f", principles {', '.join(n for n, _ in principles)} by JM-PR" if principles else ""
+        print(f"--- {p!r}: best of {a.best_of} (template '{t.name}', likelihood '{likelihood}'{under})")
         print(texts[w])
         outs.append(cands[w])
     return outs

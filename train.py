@@ -38,6 +38,15 @@ from nanoalign import DEFAULT_METHOD, REGISTRY, dist
 from nanoalign.common import Run, frozen_copy, option
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
+from nanoalign.onpolicy import inherited
+
+
+# --dtype auto and --packed auto, by model size (docs/performance.md#bf16-and-padding-free-batches-on-the-cpu):
+# bf16 pays on SmolLM2-135M (1.5-2x a float32 step) and not on the built-in task's 0.77M model
+# (3-18% slower: its matmuls are too small to win back the casts). Packing measured ~8% faster on
+# the 0.77M model too, but other matmul shapes round differently, and the default run's printed
+# table must stay as it is; so both start between the sizes measured
+FAST_MIN_PARAMS = 20_000_000
 
 
 @dataclass
@@ -93,6 +102,15 @@ class SharedConfig:
     final_eval: bool = option(True, "on the built-in task, end with the table of greedy answers "
                               "before and after (never on your own data)")
     device: str = option("auto", "'auto', 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
+    dtype: str = option("auto", "compute dtype of the forwards: 'bfloat16' is autocast (float32 "
+                        "master weights and AdamW state, log-sum-exp and losses in float32); 'auto' "
+                        "= bfloat16 on CUDA, and on a CPU with bf16 instructions for a model of "
+                        f"{FAST_MIN_PARAMS // 10**6}M parameters or more, else float32",
+                        choices=("auto", "float32", "bfloat16"))
+    packed: str = option("auto", "padding-free batches: each micro-batch's rows back to back, no "
+                         "matmul on a pad (the padded batch is the reference); 'auto' = on for a "
+                         f"model of {FAST_MIN_PARAMS // 10**6}M parameters or more",
+                         choices=("auto", "true", "false"))
     # scale: LoRA, activation checkpointing, several processes (launch with torchrun)
     lora_r: int = option(0, "LoRA rank; 0 = train every weight. With LoRA, checkpoints hold the "
                          "adapters only (python -m model.lora merges them) and a method's reference "
@@ -243,6 +261,9 @@ def parse_config(argv=None):
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
     given = {**d, **flags}
     try:
+        out_dir = given.get("out_dir") or os.path.join("out", method)
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise SystemExit(f"error: --out_dir {out_dir} exists and is not a directory")
         if d:
             config_from_dict({**d, "method": method}, a.config)
         if given.get("resume"):
@@ -259,7 +280,8 @@ def parse_config(argv=None):
 
 def resume_config(given, where="flags"):
     """The checkpoint's config, with only RESUMABLE settings taken from `given`; any other setting
-    given with a different value than the run used is refused, naming it."""
+    given with a different value than the run used is refused, naming it. The out_dir is the one
+    given, never the one saved: a copied or moved run directory resumes from and writes into itself."""
     method = given.get("method", SharedConfig.method)
     out_dir = given.get("out_dir") or os.path.join("out", method)
     path = os.path.join(out_dir, "ckpt", "state.json")
@@ -276,7 +298,7 @@ def resume_config(given, where="flags"):
             raise SystemExit(f"error: --resume: '{k}' is not an option of --method "
                              f"{saved_cfg.method}, which this run ({path}) trains")
     keep = {k: v for k, v in given.items() if k in RESUMABLE}
-    return dataclasses.replace(saved_cfg, **keep)
+    return dataclasses.replace(saved_cfg, **keep, out_dir=out_dir)
 
 
 # -- the pieces the loop calls, in the order it calls them ---------------------------------------
@@ -402,17 +424,53 @@ def load_train_state(path, model, opt):
     return st["step"], st["data_pos"]
 
 
+def cpu_has_bf16():
+    """bf16 dot-product instructions (AVX512-BF16, or AMX on Intel): oneDNN's bf16 GEMMs then run at
+    about twice float32's rate; without them bf16 is emulated and slower than float32. (torch's
+    own checks are private: a torch without them counts as a CPU without the instructions.)"""
+    return any(getattr(torch.cpu, f, lambda: False)()
+               for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def autocast_dtype(cfg, model):
+    """--dtype as the autocast dtype of the forwards: torch.bfloat16, or None (plain float32)."""
+    if cfg.dtype != "auto":
+        return torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    p = next(model.parameters())
+    big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+    return torch.bfloat16 if p.is_cuda or (big and cpu_has_bf16()) else None
+
+
+def packed_batches(cfg, model):
+    """--packed: whether micro-batches are made padding-free (nanoalign/data.py pack)."""
+    if cfg.packed != "auto":
+        return cfg.packed == "true"
+    return sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+
+
+def make_optimizer(model, cfg):
+    """AdamW over the trained weights. Fused (one kernel for all parameters instead of a loop of
+    foreach launches, and none of foreach's parameter-sized temporaries) on CUDA, and on the CPU for
+    a model of FAST_MIN_PARAMS or more; a smaller one keeps foreach's arithmetic, the one the
+    built-in task's printed table was made with."""
+    p = next(model.parameters())
+    big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+    return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                             fused=p.is_cuda or big)
+
+
 def accumulate_gradients(model, method, micro, run, cfg):
     """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
     the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
     # with W processes: the units of the global batch, times W because DDP / FSDP average over ranks
     denom = dist.all_sum(sum(b[method.unit] for b in micro)) / dist.world()
     loss_total, mets = 0.0, {}
-    on_cuda = next(model.parameters()).is_cuda
+    dev, dt = next(model.parameters()).device.type, autocast_dtype(cfg, model)
     for i, b in enumerate(micro):
-        # bf16 autocast on CUDA; float32 on the CPU (CPU bf16 matmuls are slow and the tests exact)
+        # autocast (--dtype): the weights and AdamW stay float32, matmuls run in dt
         with dist.no_sync(model, last=i == len(micro) - 1):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            with torch.autocast(dev, dtype=dt or torch.bfloat16, enabled=dt is not None):
                 loss_sum, m = method.loss(model, b, run, cfg)
             (loss_sum / denom).backward()
         loss_total += loss_sum.item() / denom
@@ -425,10 +483,12 @@ def accumulate_gradients(model, method, micro, run, cfg):
 def held_out_loss(model, method, val, run, cfg):
     model.eval()
     tot, units = 0.0, 0
+    dev, dt = next(model.parameters()).device, autocast_dtype(cfg, model)
     for i in range(max(1, min(cfg.eval_batches, len(val) // cfg.batch_size))):
         b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.eats, run.tok.pad_id,
-                       next(model.parameters()).device)
-        loss, _ = method.loss(model, b, run, cfg)
+                       dev, packed_batches(cfg, model))
+        with torch.autocast(dev.type, dtype=dt or torch.bfloat16, enabled=dt is not None):
+            loss, _ = method.loss(model, b, run, cfg)
         tot, units = tot + loss.item(), units + b[method.unit]
     model.train()
     return tot / max(units, 1)
@@ -496,10 +556,12 @@ def train(cfg, stop_at=None):
     # the built-in task lends its oracle to the methods' metrics; on your own data there is none
     task = get_task(cfg.task) if cfg.train_data == "builtin" else None
     run = Run(tok=tok, task=task)
+    run.keep.update(inherited(cfg.init_from))    # a judge's principles travel with what derives from it
     if method.needs_ref and not cfg.lora_r:
         run.ref = dist.shard_frozen(frozen_copy(model), cfg.parallel)   # the start, frozen
-    if getattr(cfg, "judge_from", ""):
-        run.judge = frozen_copy(load(cfg.judge_from, torch.float32, device)[0])
+    if getattr(cfg, "judge_from", ""):           # a judge of its own: weights, tokenizer, chat template
+        judge, run.judge_tok = load(cfg.judge_from, torch.float32, device)
+        run.judge = frozen_copy(judge)
     if cfg.resume:
         model, _ = load(ckpt, torch.float32, device)
     if method.needs_ref and cfg.lora_r:
@@ -510,10 +572,7 @@ def train(cfg, stop_at=None):
         torch.manual_seed(cfg.seed + 1000 * dist.rank())
     train_ex = load_split(cfg, method, "train", run)
     val_ex = load_split(cfg, method, "val", run) if method.eats != "prompt" else []
-    # fused AdamW on CUDA: one kernel for all parameters instead of a loop of foreach launches
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                            fused=torch.device(device).type == "cuda")
+    opt = make_optimizer(model, cfg)
     step, pos = load_train_state(ckpt, model, opt) if cfg.resume else (0, 0)
     # one order of global batches; rank r takes rows [r*B, (r+1)*B) of each
     order = BatchOrder(len(train_ex), cfg.batch_size * dist.world(), cfg.seed, pos)
@@ -526,6 +585,9 @@ def train(cfg, stop_at=None):
     print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
           f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
           f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
+    packed, dt = packed_batches(cfg, model), autocast_dtype(cfg, model)
+    print(f"compute: {'bfloat16 autocast' if dt else 'float32'}, {'packed' if packed else 'padded'} "
+          f"batches (--dtype {cfg.dtype}, --packed {cfg.packed})")
     print(legend(method))
     model.train()
     stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
@@ -540,7 +602,7 @@ def train(cfg, stop_at=None):
             run.epochs = cfg.max_steps * cfg.grad_accum / order.per_epoch
             t_step = time.time()
             micro = [make_batch([train_ex[i] for i in order.next()[rows]], method.eats, tok.pad_id,
-                                device) for _ in range(cfg.grad_accum)]
+                                device, packed) for _ in range(cfg.grad_accum)]
             loss_total, mets = accumulate_gradients(model, method, micro, run, cfg)
             tokens += sum(b["n_seen"] for b in micro)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))

@@ -28,13 +28,16 @@ trains from the JSFT run). Columns (mean ± sample standard deviation over seeds
                the exact oracle in place of a GPT-4 judge)
   correct      oracle accuracy of the greedy answers; length: mean answer length in characters
   sj_acc       MO-ORPO self-judgement accuracy on held-out SJ triples (mo_orpo.judge_accuracy)
-  judge_acc    the label-token judge (judge.swapped_probs, 'compact' template) on 256 held-out
-               preference pairs: p(chosen > rejected) > 1/2
+  judge_acc    the label-token judge (judge.judge_pairs) on 256 held-out preference pairs:
+               p(chosen > rejected) > 1/2, judged as the run judges: its --judge_template, its
+               --likelihood rule, and under a principle template its principles (JM-PR; OSP's
+               runs: the mean)
   judge_agree  on-policy runs: agreement of the run's judge with the oracle on its sampled pairs
                (mean over logged steps); p_std: spread of OSP's target strengths; t_*: seconds per
                step in sampling / judging / the forward passes of the update, step_s: whole step
   bestN        self-rejection: oracle accuracy of the tournament winner among N samples (temperature
-               1, top-p 0.9) with the run's model as judge, on the first 100 test prompts
+               1, top-p 0.9) with the run's model as judge (its template, rule and principles, as
+               sample.py --best_of judges), on the first 100 test prompts
 """
 import argparse
 import json
@@ -51,8 +54,8 @@ from experiments.tasks import get_task
 from model.checkpoint import load
 from nanoalign.data import make_batch, tokenize_rows
 from experiments.evaluate import greedy_answers
-from nanoalign.onpolicy import sample as sample_responses
-from nanoalign.judge import TEMPLATES, attach_sj, best_of, swapped_probs
+from nanoalign.onpolicy import kept_principles, sample as sample_responses
+from nanoalign.judge import TEMPLATES, attach_sj, best_of, judge_pairs, parse_principles
 from nanoalign.meta_aligner import correct, run_stages
 from nanoalign.mo_orpo import SJOptions, judge_accuracy
 
@@ -149,9 +152,24 @@ def sj_batches(tok, cfg, n=256, bs=32):
     return [make_batch([e["sj"] for e in ex[i:i + bs]], "pref", tok.pad_id) for i in range(0, len(ex), bs)]
 
 
+def judging(cfg):
+    """How a run's model judges: {t, principles, likelihood, combine} from its own config (the
+    template and likelihood rule it trained with; a principle template's principles from --principles
+    or its checkpoint; OSP's runs combine principles by the mean, the others by JM-PR)."""
+    t = TEMPLATES[getattr(cfg, "judge_template", "compact")]
+    principles = None
+    if "{principle}" in t.user:
+        spec = getattr(cfg, "principles", "")
+        ckpt = os.path.join(cfg.out_dir, "ckpt")
+        principles = parse_principles(spec) if spec else kept_principles(t, ckpt)
+    return {"t": t, "principles": principles, "likelihood": getattr(cfg, "likelihood", "vocab"),
+            "combine": "mean" if cfg.method in ("osp", "pref_aug") else "jm_pr"}
+
+
 def label_judge_accuracy(model, tok, cfg, n=256):
-    rows = _val_rows(cfg, n)
-    p = swapped_probs(model, tok, TEMPLATES["compact"], [(r["prompt"], r["chosen"], r["rejected"]) for r in rows])
+    rows, j = _val_rows(cfg, n), judging(cfg)
+    p = judge_pairs(model, tok, j["t"], [(r["prompt"], r["chosen"], r["rejected"]) for r in rows],
+                    j["principles"], likelihood=j["likelihood"], combine=j["combine"])
     return (p > 0.5).float().mean().item()
 
 
@@ -163,14 +181,15 @@ def answer_len(task):
     return ANSWER_TOKENS.get("n") or getattr(task, "MAX_NEW_TOKENS", 32)
 
 
-def best_of_accuracy(task, model, tok, prompts, n, seed):
+def best_of_accuracy(task, model, tok, cfg, prompts, n, seed):
     g = torch.Generator().manual_seed(seed)
     samples = sample_responses(model, tok, [tok.encode_prompt(p) for p in prompts], n, 1.0, 0.9,
                                answer_len(task), g)
-    hits = 0
+    j, hits = judging(cfg), 0
     for p, cands in zip(prompts, samples):
         texts = [tok.decode(c) for c in cands]
-        hits += task.oracle_scores(p, texts[best_of(model, tok, TEMPLATES["compact"], p, texts)])["correct"]
+        w = best_of(model, tok, j["t"], p, texts, principles=j["principles"], likelihood=j["likelihood"])
+        hits += task.oracle_scores(p, texts[w])["correct"]
     return hits / len(prompts)
 
 
@@ -244,7 +263,7 @@ def evaluate_run(model, tok, cfg, prompts, sft_answers, extras):
         res["meta"] = meta_eval(model, tok, cfg, prompts, sft_answers, "meta_holdout" in extras)
     for e in extras:
         if e.startswith("best"):
-            res[e] = best_of_accuracy(task, model, tok, prompts[:100], int(e[4:]), cfg.seed)
+            res[e] = best_of_accuracy(task, model, tok, cfg, prompts[:100], int(e[4:]), cfg.seed)
     return res
 
 

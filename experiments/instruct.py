@@ -1,7 +1,7 @@
 """
 The second built-in task, `instruct`: short questions with known answers, each with one or two
-verifiable format instructions in the style of IFEval, scored by an exact oracle. Made for a real
-small instruct model (SmolLM2-135M-Instruct), which can do it only partly.
+verifiable format instructions in the style of IFEval, scored by fixed rules (the task's oracle).
+Made for a real small instruct model (SmolLM2-135M-Instruct), which can do it only partly.
 
     What is the capital of Canada? Answer in at most 8 words. Do not use any commas.
     Sort these words alphabetically: pear, apple, fig. Answer with exactly 2 bullet points, ...
@@ -16,19 +16,20 @@ Instructions (INSTRUCTION_TEMPLATES, checked by CHECKS; one or two per prompt, n
   points), end_phrase (end with a given phrase), json (a JSON object with exactly the given keys),
   no_commas. The checks follow IFEval's, with the differences stated at each checker.
 
-Objectives (oracle_scores), each an exact function of prompt and response, in [0, 1]:
-  follows   the fraction of the prompt's instructions the response satisfies
-  correct   1 if the response states the right answer: the first or the last answer-like mention
-            (a number other than the question's own numbers; a city; for `sort` the run of the
-            listed words) is the answer. A loose check, as IFEval's: it is not fooled by an
-            explanation that mentions other numbers before or after the answer, and a response
-            that hedges between answers rarely puts the right one at both ends
+Objectives (oracle_scores), each a deterministic function of prompt and response, in [0, 1]:
+  follows   the fraction of the prompt's instructions the response follows (CHECKS; 1 if it has none)
+  correct   1 if the response commits to the right answer and offers no other: it offers at least
+            one answer and every answer it offers is the right one (is_correct: an offered answer
+            is a number other than the question's own numbers and, for units, 1 and the conversion
+            factor; a city; for `sort` each run of n mentions of the n listed words). A mention
+            counts whatever surrounds it ("not 126", a step of working), so a hedge scores 0
   concise   1 up to a budget of words (the shortest correct, compliant answer the task can write
             for the prompt, plus 4 words), then budget / words: twice the budget scores 1/2
-  explains  1 if the response gives a reason (a connective: because, since, so, therefore, ...;
-            how the answer is found: "to calculate ...", "by adding ..."; or a non-empty "reason" in
-            JSON) that names its grounds (the operands, the country, the
-            conversion factor, the spelled word, the alphabet); 0.5 for a reason without grounds
+  explains  1 if the response gives a reason that names its grounds, 0.5 for reasons without
+            grounds, 0 for none. A reason: a sentence with a connective (because, since, so,
+            therefore, ...; how the answer is found: "to calculate ...", "by adding ...") or a
+            "reason" of two words or more in JSON. The grounds: the operands, the country, the
+            conversion factor, the word (whole or spelled out), the alphabet or the letters' order
   overall   the weighted mean (follows and correct twice; a pair's chosen response has the higher)
 `explains` and `concise` conflict: a reason costs words. tests/test_instruct.py shows the negative
 correlation on a fixed set of responses of varied styles.
@@ -63,7 +64,7 @@ from itertools import combinations
 from experiments.task import build_tokenizer  # noqa: F401  (the byte tokenizer of --init_from scratch)
 
 NAME = "instruct"
-VERSION = 1               # bump when prompts or scores change: cached sample builds record it
+VERSION = 2               # bump when prompts or scores change: cached sample builds record it
 MAX_NEW_TOKENS = 128      # answers here are longer than the arithmetic task's 32 tokens
 DEFAULT_CHECKPOINT = os.path.join("checkpoints", "smollm2-135m")
 SPLITS = ("train", "val", "test")
@@ -192,6 +193,9 @@ FIELD_RE = {"a": r"\d+", "b": r"\d+", "q": r"\d+", "n": r"\d+", "country": r"[A-
             "keys": r'"[a-z]+"(?: and "[a-z]+")*'}
 
 
+# The mutation run (setup.cfg [mutmut], docs/mutation.md) covers the scorers only: the right answer
+# and the section 'the scorers'. The rest of the module is marked out of it.
+# pragma: no mutate start
 # -- facts and their splits ----------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def facts(family):
@@ -224,6 +228,7 @@ def fact_key(spec):
             "sort": lambda: tuple(sorted(f["words"]))}[spec["family"]]()
 
 
+# pragma: no mutate end
 def answer(spec):
     """The right answer: an int, a city, or the sorted list of words."""
     f, fam = spec["fact"], spec["family"]
@@ -240,6 +245,7 @@ def answer(spec):
     return sorted(f["words"])
 
 
+# pragma: no mutate start
 # -- prompts: spec <-> text ----------------------------------------------------------------------------
 def _fill(template, values):
     return template.format(**values)
@@ -373,6 +379,7 @@ def spec_split(spec):
             [WORDING_SPLIT[i["t"]] for i in spec["instructions"]])
 
 
+# pragma: no mutate end
 # -- the scorers ---------------------------------------------------------------------------------------
 def words(text):
     """Words as IFEval counts them (its nltk RegexpTokenizer(r'\\w+')): runs of letters and digits."""
@@ -400,21 +407,41 @@ def _bullet_count(response):
     return sum(bool(re.match(r"\s*(\*[^*]|-)", line)) for line in response.split("\n"))
 
 
-CHECKS = {
-    # at most n words (IFEval: its 'relation less than n+1')
-    "max_words": lambda r, p: len(words(r)) <= p["n"],
-    # the response equals its lowercase (IFEval; a response without letters passes)
-    "lowercase": lambda r, p: r == r.lower(),
+# The instruction checks (response r, the instruction's params p), IFEval's with the differences stated.
+# Functions, not lambdas in CHECKS: the mutation run changes code inside functions only.
+def _max_words(r, p):
+    return len(words(r)) <= p["n"]               # at most n words (IFEval: 'relation less than n+1')
+
+
+def _lowercase(r, p):
+    return r == r.lower()                        # IFEval's; a response without letters passes
+
+
+def _keyword(r, p):
     # the keyword as a whole word, any case (IFEval searches a substring)
-    "keyword": lambda r, p: re.search(rf"\b{re.escape(p['k'])}\b", r, re.IGNORECASE) is not None,
-    # exactly n bullet lines
-    "bullets": lambda r, p: _bullet_count(r) == p["n"],
-    # the stripped response ends with the phrase, any case (IFEval)
-    "end_phrase": lambda r, p: r.strip().strip('"').lower().endswith(p["p"].lower()),
-    # a JSON object with exactly these keys (IFEval checks only that it parses)
-    "json": lambda r, p: (lambda o: o is not None and set(o) == set(p["keys"]))(json_object(r)),
-    "no_commas": lambda r, p: "," not in r,
-}
+    return re.search(rf"\b{re.escape(p['k'])}\b", r, re.IGNORECASE) is not None
+
+
+def _bullets(r, p):
+    return _bullet_count(r) == p["n"]            # exactly n bullet lines
+
+
+def _end_phrase(r, p):
+    # IFEval's: the response stripped of white space, then of double quotes, ends with the phrase, any case
+    return r.strip().strip('"').lower().endswith(p["p"].lower())
+
+
+def _json(r, p):
+    o = json_object(r)                           # IFEval checks only that it parses
+    return o is not None and set(o) == set(p["keys"])
+
+
+def _no_commas(r, p):
+    return "," not in r
+
+
+CHECKS = {"max_words": _max_words, "lowercase": _lowercase, "keyword": _keyword, "bullets": _bullets,
+          "end_phrase": _end_phrase, "json": _json, "no_commas": _no_commas}
 
 
 def instruction_results(spec, response):
@@ -422,12 +449,27 @@ def instruction_results(spec, response):
     return [(i["kind"], bool(CHECKS[i["kind"]](response, i["params"]))) for i in spec["instructions"]]
 
 
+def follows(spec, response):
+    """The fraction of the prompt's instructions the response follows (1 for a prompt without any)."""
+    res = instruction_results(spec, response)
+    return sum(ok for _, ok in res) / len(res) if res else 1.0
+
+
+TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_DIGITS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?!\d)|(?<![\w.])\d+(?:\.\d+)?")
+_NUMBER_WORD = re.compile(r"\b(?:(" + "|".join(TENS) + r")(?:-(one|two|three|four|five|six|seven|eight|nine))?"
+                          r"|(" + "|".join(NUMBER_WORDS) + r"))\b", re.IGNORECASE)
+
+
 def _numbers(text):
-    """(position, value) of every number in the text: digits (1,000 and 1000 alike) and number words."""
-    out = [(m.start(), float(m.group().replace(",", ""))) for m in
-           re.finditer(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?!\d)|(?<![\w.])\d+(?:\.\d+)?", text)]
-    out += [(m.start(), float(NUMBER_WORDS[m.group().lower()])) for m in
-            re.finditer(r"\b(" + "|".join(NUMBER_WORDS) + r")\b", text, re.IGNORECASE)]
+    """(position, value) of every number in the text: digits (1,000 and 1000 alike, 2.5) and number
+    words (zero to twenty, once, twice, thrice, the tens and the hyphened tens: sixty, sixty-eight)."""
+    out = [(m.start(), float(m.group().replace(",", ""))) for m in _DIGITS.finditer(text)]
+    for m in _NUMBER_WORD.finditer(text):
+        tens, unit, word = m.groups()
+        value = TENS[tens.lower()] + (NUMBER_WORDS[unit.lower()] if unit else 0) if tens \
+            else NUMBER_WORDS[word.lower()]
+        out.append((m.start(), float(value)))
     return sorted(out)
 
 
@@ -447,19 +489,56 @@ def _mentions(text, names):
     return keep
 
 
-def is_correct(spec, response):
-    right, fam = answer(spec), spec["family"]
+CITIES = sorted(set(CAPITALS.values()) | set(DISTRACTORS.values()))
+
+
+def givens(spec):
+    """The numbers of a number question that a response may mention besides its answer: the
+    question's own (the operands; the quantity) and, for `units`, the conversion's (1 and the
+    factor: "one meter is 100 centimeters"). None of them is ever the answer (a + b and a * b exceed
+    both operands; q * factor exceeds q, the factor and 1, as q >= 2 and the factor >= 3)."""
+    f = spec["fact"]
+    own = {f[k] for k in ("a", "b", "q") if k in f}
+    if spec["family"] == "units":
+        own |= {1, f["factor"]}
+    return {float(v) for v in own}
+
+
+def offered_answers(spec, response):
+    """Every answer the response offers, in order (see is_correct): numbers other than the givens,
+    cities, or listings (runs of as many mentions of the listed words as there are words)."""
+    fam = spec["family"]
+    if fam == "capital":
+        return [c for _, c in _mentions(response, CITIES)]
     if fam == "sort":
         seq = [w for _, w in _mentions(response, spec["fact"]["words"])]
-        n = len(right)
-        return any(seq[i:i + n] == right for i in range(len(seq) - n + 1))
-    if fam == "capital":
-        cands = [c for _, c in _mentions(response, set(CAPITALS.values()) | set(DISTRACTORS.values()))]
-    else:
-        own = {float(v) for k, v in spec["fact"].items() if k in ("a", "b", "q")}
-        cands = [v for _, v in _numbers(response) if v not in own]
-        right = float(right)
-    return bool(cands) and right in (cands[0], cands[-1])
+        n = len(spec["fact"]["words"])
+        return [seq[i:i + n] for i in range(0, len(seq), n)]
+    own = givens(spec)
+    return [v for _, v in _numbers(response) if v not in own]
+
+
+def is_correct(spec, response):
+    """The response commits to the right answer and offers no other: it offers at least one answer,
+    and every answer it offers is the right one. What counts as an offered answer, per family:
+
+      sum, product, units, letters: every number the response mentions (digits, or the number words
+          of _numbers), except the givens (the question's own numbers and, for units, 1 and the
+          conversion factor: see `givens`; none of them can be the answer, so none competes with it)
+      capital: every mention of a city of the task's tables, a capital or a big city a model
+          confuses with one (accents folded, any case, whole words, the aliases Kiev, Bogotá, ...)
+      sort: the mentions of the listed words (whole words, any case), read in order and cut into
+          listings of as many words as were listed: every listing must be the alphabetical order,
+          so the words may appear only as whole sorted listings (a listing cut short is an answer too)
+
+    A mention counts whatever the words around it say: "not 127", "127 is wrong", a restatement
+    of the prompt's word order, a step of working ("20 + 40 = 60") or a number in a list marker
+    ("1.") all offer an answer. So "127? No wait, it is 137.", "It is 128 or maybe 126, roughly
+    127." and a response listing every ordering score 0 whichever is right, and so does a right
+    answer that names a rejected one ("Canberra, not Sydney"): the price of a rule that a hedge cannot
+    fool. Inserting a wrong answer anywhere between the words of a response never raises the score."""
+    right, offered = answer(spec), offered_answers(spec, response)
+    return bool(offered) and all(a == right for a in offered)     # a float number equals the int answer
 
 
 # a reason: a causal connective, or how the answer is found ("to calculate 4 times 2, multiply ...")
@@ -470,35 +549,45 @@ CONNECTIVE = re.compile(r"\b(because|since|so|therefore|thus|hence|as a result|w
                         re.IGNORECASE)
 
 
-def has_grounds(spec, response):
-    f, fam, low = spec["fact"], spec["family"], _fold(response)
+def reasons(response):
+    """The parts of a response that give a reason: each sentence (up to . ! ? or a line break) with a
+    connective in it, and the "reason" of a JSON answer if it has two words or more."""
+    out = [s for s in re.split(r"(?<=[.!?])\s+|\n", response) if CONNECTIVE.search(s)]
+    obj = json_object(response)
+    reason = obj.get("reason") if obj else None
+    if isinstance(reason, str) and len(words(reason)) >= 2:
+        out.append(reason)
+    return out
+
+
+def has_grounds(spec, text):
+    """The text names the grounds of the answer: both operands (sum, product), the country (capital,
+    without a leading "the"), the conversion factor (units), the word, whole or spelled out with
+    separators (letters: "s-t-r-a-w...", "s t r a w ..."), or the alphabet or the order of letters
+    (sort: "alphabet", "comes before", "comes after", "starts with", "first letter")."""
+    f, fam, low = spec["fact"], spec["family"], _fold(text)
     if fam in ("sum", "product"):
-        vals = {v for _, v in _numbers(response)}
+        vals = {v for _, v in _numbers(text)}
         return float(f["a"]) in vals and float(f["b"]) in vals
     if fam == "capital":
         bare = f["country"][4:] if f["country"].startswith("the ") else f["country"]
         return re.search(rf"\b{re.escape(bare.lower())}\b", low) is not None
     if fam == "units":
-        return float(f["factor"]) in {v for _, v in _numbers(response)}
+        return float(f["factor"]) in {v for _, v in _numbers(text)}
     if fam == "letters":
-        w = f["word"]   # the word itself, or spelled out: s-t-r-a-w..., s t r a w...
+        w = f["word"]
         return re.search(rf"\b{re.escape(w)}\b", low) is not None or \
             re.search(r"[\s\-,.']+".join(re.escape(c) for c in w), low) is not None
     return re.search(r"alphabet|comes? (before|after)|starts? with|first letter", low) is not None
 
 
-def gives_reason(response):
-    if CONNECTIVE.search(response):
-        return True
-    obj = json_object(response)
-    reason = obj.get("reason") if obj else None
-    return isinstance(reason, str) and len(words(reason)) >= 2
-
-
 def explains(spec, response):
-    if not gives_reason(response):
+    """1 if a reason of the response (see `reasons`) names the grounds of the answer (`has_grounds`),
+    0.5 if it gives reasons none of which names them, 0 if it gives none."""
+    rs = reasons(response)
+    if not rs:
         return 0.0
-    return 1.0 if has_grounds(spec, response) else 0.5
+    return 1.0 if any(has_grounds(spec, r) for r in rs) else 0.5
 
 
 def budget(spec):
@@ -507,13 +596,13 @@ def budget(spec):
 
 
 def concise(spec, response):
+    """1 up to the budget of words, then budget / words (twice the budget scores 1/2)."""
     b, n = budget(spec), len(words(response))
     return 1.0 if n <= b else b / n
 
 
 def _scores(spec, response):
-    res = instruction_results(spec, response)
-    s = {"follows": sum(ok for _, ok in res) / len(res) if res else 1.0,
+    s = {"follows": follows(spec, response),
          "correct": float(is_correct(spec, response)),
          "concise": concise(spec, response),
          "explains": explains(spec, response)}
@@ -528,6 +617,7 @@ def oracle_scores(prompt, response):
     return _scores(parse_prompt(prompt), answer_text(response))
 
 
+# pragma: no mutate start
 def rationale(prompt, response, principle=None):
     """A short, true justification of a response's scores (the oracle's rationale for JSFT)."""
     from model.tokenizer import answer_text
@@ -847,3 +937,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+# pragma: no mutate end

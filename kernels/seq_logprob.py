@@ -334,11 +334,14 @@ class TokenLogprob(torch.autograd.Function):
         return dh.to(h.dtype), dw, None, None, None
 
 
-def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=None, chunk_size=None):
+def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=None, chunk_size=None,
+                     cu_seqlens=None):
     """
     hidden (B, T, d) or (N, d); weight (V, d); targets and mask shaped like hidden without d.
     Returns float32 (float64 for float64 input): (B,) for sum/mean of (B, T) input, a scalar for
     (N, d) input, and the per-token values shaped like `targets` for reduction="none".
+    Packed rows (padding-free batches, nanoalign/data.py): hidden (N, d) holds R rows back to back,
+    row r being tokens cu_seqlens[r]:cu_seqlens[r + 1]; sum/mean then give (R,), one per row.
     """
     if reduction not in ("sum", "mean", "none"):
         raise ValueError(f"reduction must be sum, mean or none, got {reduction!r}")
@@ -357,13 +360,31 @@ def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=Non
     per_tok = lp.new_zeros(keep.numel()).index_copy(0, sel, lp)
     if reduction == "none":
         return per_tok.view(targets.shape)
-    if targets.dim() == 1:                                               # (N,) -> scalar
+    grid = targets.shape                                                 # (B, T): one row each
+    if cu_seqlens is not None:
+        # packed rows: each token back into its slot of the (R, T) padded grid of the same rows
+        # (a copy, as above), so a row sums in the padded layout's order, to the same bits
+        slot, grid = padded_slots(cu_seqlens)
+        per_tok = per_tok.new_zeros(grid.numel()).index_copy(0, slot, per_tok)
+        mask = per_tok.new_zeros(grid.numel()).index_copy(0, slot, mask.reshape(-1).to(per_tok.dtype))
+    elif targets.dim() == 1:                                             # (N,) -> scalar
         total = per_tok.sum()
         return total if reduction == "sum" else total / keep.sum().clamp(min=1)
-    total = per_tok.view(targets.shape).sum(1)                           # (B,)
+    total = per_tok.view(grid).sum(1)                                    # (B,)
     if reduction == "sum":
         return total
-    return total / mask.reshape(targets.shape).sum(1).clamp(min=1).to(total.dtype)
+    return total / mask.reshape(grid).sum(1).clamp(min=1).to(total.dtype)
+
+
+def padded_slots(cu_seqlens):
+    """(slot (N,), (R, T)): where each token of R packed rows (row r = tokens cu_seqlens[r] to
+    cu_seqlens[r + 1]) sits in the right-padded (R, T) grid of the same rows, T the longest row."""
+    cu = cu_seqlens.long()
+    lengths = cu.diff()                                                  # (R,)
+    R, T = lengths.numel(), int(lengths.max()) if lengths.numel() else 0
+    row = torch.repeat_interleave(torch.arange(R, device=cu.device), lengths)     # (N,)
+    within = torch.arange(int(cu[-1]), device=cu.device) - cu[row]      # position in its row
+    return row * T + within, torch.Size((R, T))
 
 
 def naive_sequence_logprob(hidden, weight, targets, mask, reduction="sum", dtype=None):

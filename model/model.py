@@ -14,7 +14,8 @@ Two things differ from the usual nanoGPT-style file, both on purpose:
   response tokens, and kernels/seq_logprob.py computes those straight from (hidden, lm_head weight)
   without ever holding the (tokens x vocab) logits. `logits()` is the separate call for sampling.
 - `forward` takes an optional `KVCache` (below), so generation (model/generate.py) is a prefill and
-  then a loop of one-token forwards. Rows may be left-padded: `attn_mask` marks real tokens,
+  then a loop of one-token forwards (or, compiled, of generate.py's fixed-shape `decode_step` on a
+  `StaticKVCache`). Rows may be left-padded: `attn_mask` marks real tokens,
   positions count from each row's first real token, and padded keys are never attended to.
 """
 import math
@@ -25,6 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+
+try:   # torch >= 2.10: flash-attention for packed rows on CUDA (PackedRows)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
 
 
 @dataclass
@@ -137,6 +143,45 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class StaticKVCache(KVCache):
+    """A KVCache for the compiled decode step (model/generate.py `decode_step`), gpt-fast style.
+
+    The prefill goes through `Transformer.forward` like any KVCache. Each decode step then goes
+    through `at(input_pos)`: it writes its one position in place at a tensor index and attends to
+    all max_len columns, the ones not written yet hidden by the mask. So every step has the same
+    shapes and the same tensors, whatever the position: torch.compile builds one graph for the
+    whole loop (a cache read up to `pos`, as KVCache does, would be a new shape each step and a
+    recompile), and on CUDA that graph can be captured once and replayed (CUDA graphs need fixed
+    shapes and fixed addresses; the buffers are marked static for that, and written, never
+    reallocated)."""
+
+    def __init__(self, cfg, batch_size, max_len, dtype=torch.float32, device="cpu"):
+        super().__init__(cfg, batch_size, max_len, dtype, device)
+        if torch.device(device).type == "cuda":
+            for t in self.k + self.v:
+                torch._dynamo.mark_static_address(t)
+
+    def at(self, input_pos):
+        """The cache as the decode step at column `input_pos` ((1,) long tensor) sees it."""
+        return _CacheAt(self, input_pos)
+
+
+class _CacheAt:
+    """StaticKVCache.at(input_pos): what Attention calls `update` on during a decode step."""
+
+    def __init__(self, cache, input_pos):
+        self.cache, self.input_pos = cache, input_pos
+
+    def update(self, layer, k, v):
+        """Write the step's (B, nkv, 1, hs) key/value at column input_pos, in place; return the
+        layer's whole (B, nkv, max_len, hs) buffers. (Under autocast v comes out of its linear in
+        bfloat16: cast to the cache's dtype, as KVCache's slice assignment does.)"""
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        kc.index_copy_(2, self.input_pos, k.to(kc.dtype))
+        vc.index_copy_(2, self.input_pos, v.to(vc.dtype))
+        return kc, vc
+
+
 class Attention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
@@ -158,7 +203,10 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
         # GQA: each group of n_heads // n_kv_heads query heads shares one key/value head;
         # enable_gqa lets SDPA broadcast instead of copying the cache n_heads // n_kv_heads times
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
+        if isinstance(mask, PackedRows):                         # padding-free rows, B = 1
+            y = mask.attention(q, k, v, nh != nkv)               # (1, nh, N, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
 
 
@@ -213,13 +261,17 @@ class Transformer(nn.Module):
         return KVCache(self.cfg, batch_size, max_len, p.dtype, p.device)
 
     # -- the forward pass -----------------------------------------------------------------------
-    def forward(self, idx, attn_mask=None, cache=None):
+    def forward(self, idx, attn_mask=None, cache=None, cu_seqlens=None):
         """
         idx: (B, T) token ids. attn_mask: (B, S) with 1 for real tokens and 0 for (left) padding,
         where S = T without a cache and S = cache.pos + T with one (the mask of everything so far).
         cache: None for a plain forward, else a KVCache that these T positions are appended to.
+        cu_seqlens: padding-free rows (training only, see PackedRows): idx is (1, N), R rows back to
+        back, row r being idx[0, cu_seqlens[r]:cu_seqlens[r + 1]]; attn_mask and cache stay None.
         Returns the final hidden states (B, T, dim) -- apply `logits()` or the fused kernels to them.
         """
+        if cu_seqlens is not None:
+            return self._packed_forward(idx, PackedRows(cu_seqlens, self.cfg.sliding_window))
         B, T = idx.shape
         start = 0 if cache is None else cache.pos
         S = start + T
@@ -248,15 +300,32 @@ class Transformer(nn.Module):
         mask = allowed[None, None] & attn_mask.bool()[:, None, None, :]   # (B, 1, T, S)
         # a padded query row would attend to nothing and give NaN; let it see itself instead
         mask = mask | _diag(T, S, start, device)
+        x = self._blocks(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.pos = S
+        return self.norm(x)
+
+    def _packed_forward(self, idx, rows):
+        """The padded forward's arithmetic on the real tokens only: RoPE positions restart at 0 in
+        every row and attention stays inside it, so each row gets the hidden states a right-padded
+        batch gives it, and no matmul runs on a pad."""
+        if rows.max_len > self.cfg.max_seq_len:
+            raise ValueError(f"a row of {rows.max_len} tokens is longer than the model's context "
+                             f"(max_position_embeddings = {self.cfg.max_seq_len})")
+        freqs = rows.positions[None, :, None].float() * self.inv_freq     # (1, N, hs/2)
+        emb = torch.cat((freqs, freqs), dim=-1)                          # (1, N, hs)
+        x = self.embed_tokens(idx)
+        cos, sin = emb.cos()[:, None].to(x.dtype), emb.sin()[:, None].to(x.dtype)  # (1, 1, N, hs)
+        return self.norm(self._blocks(x, cos, sin, rows, None))
+
+    def _blocks(self, x, cos, sin, mask, cache):
         for layer in self.layers:
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache,
                                                       use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.pos = S
-        return self.norm(x)
+        return x
 
     def logits(self, hidden):
         """(…, dim) hidden states -> (…, vocab) logits in float32. For sampling and tests only."""
@@ -264,6 +333,49 @@ class Transformer(nn.Module):
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
+
+
+class PackedRows:
+    """The attention 'mask' of R rows packed back to back into one sequence of N tokens: causal
+    inside each row, nothing across rows (block-diagonal), kept as the row boundaries `cu_seqlens`
+    (R + 1,) rather than as an (N, N) tensor.
+
+    How each device attends (the choice measured in docs/performance.md, padding-free batches):
+    - CUDA: torch's flash-attention varlen kernel (`torch.nn.attention.varlen`), which walks the
+      rows' own (Ti, Ti) blocks and nothing else; it is built into torch (no flash-attn package),
+      needs no compile for each new N, and takes GQA and the sliding window as they are. It runs
+      in bf16/fp16 only (autocast, train.py --dtype): float32, or an older torch, takes the CPU's way.
+    - CPU: one SDPA call per row (the flash-style CPU kernel, is_causal). An (N, N) block-diagonal
+      boolean mask makes SDPA compute all N^2 scores and then drop most of them (8 rows: 8x the
+      work); at SmolLM2-135M's heads it took 1.6-1.7x the per-row calls' time in float32 and
+      0.9-1.2x in bf16 (a loaded machine). FlexAttention has no backward on the CPU in torch 2.13."""
+
+    def __init__(self, cu_seqlens, window=None):
+        self.cu_seqlens = cu_seqlens
+        self.bounds = cu_seqlens.tolist()                         # Python ints, read once
+        lengths = [e - s for s, e in zip(self.bounds[:-1], self.bounds[1:])]
+        self.max_len, self.window = max(lengths, default=0), window
+        self.positions = torch.cat([torch.arange(n, device=cu_seqlens.device) for n in lengths]) \
+            if lengths else cu_seqlens.new_zeros(0)               # (N,): restart at 0 in each row
+
+    def attention(self, q, k, v, gqa):
+        """q (1, nh, N, hs), k and v (1, nkv, N, hs) -> (1, nh, N, hs)."""
+        if q.is_cuda and varlen_attn is not None and q.dtype in (torch.bfloat16, torch.float16):
+            left = -1 if self.window is None else self.window - 1  # keys i - left .. i
+            cu = self.cu_seqlens.to(torch.int32)
+            y = varlen_attn(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
+                            self.max_len, self.max_len, window_size=(left, 0), enable_gqa=gqa)
+            return y.transpose(0, 1)[None]                       # (N, nh, hs) -> (1, nh, N, hs)
+        ys = []
+        for s, e in zip(self.bounds[:-1], self.bounds[1:]):
+            mask = None
+            if self.window is not None and e - s > self.window:  # the sliding window, inside the row
+                i = torch.arange(e - s, device=q.device)
+                mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+            ys.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
+                                                     attn_mask=mask, is_causal=mask is None,
+                                                     enable_gqa=gqa))
+        return torch.cat(ys, 2)
 
 
 def _diag(T, S, start, device):

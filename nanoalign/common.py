@@ -73,6 +73,7 @@ class Run:
     tok: Any                             # model.tokenizer.Tokenizer
     ref: Optional[torch.nn.Module] = None    # the frozen start (methods with needs_ref)
     judge: Optional[torch.nn.Module] = None  # a judge model of its own (--judge_from), else None
+    judge_tok: Any = None                # that judge's own tokenizer and chat template (None: tok)
     task: Any = None                     # a built-in task lent by the caller: .oracle_scores(prompt,
                                          # response) and .rationale(...), for metrics only; None on
                                          # the user's own data
@@ -81,22 +82,32 @@ class Run:
     epochs: float = 1.0                  # epochs the whole run will see
     cache: dict = field(default_factory=dict)  # a method's own memory across steps
     keep: dict = field(default_factory=dict)   # {file name: JSON value} written into every checkpoint
-                                               # of the run (JSFT's principles, for its judge later)
+                                               # of the run (a judge's principles, for its judging later)
 
 
 def batch_logps(model, batch, reduction="sum", mask=None):
-    """Per-row log p(response | prompt) of a right-padded batch, via the fused kernel.
-    reduction: 'sum' (DPO family) or 'mean' (ORPO family), see kernels/seq_logprob.py."""
-    hidden = model(batch["ids"], batch["attn"])                         # (B, T, dim)
+    """Per-row log p(response | prompt) of a batch, via the fused kernel: a right-padded batch as it
+    is (the readable reference), a packed one (batch["packed"], nanoalign/data.py pack) on its real
+    tokens only, to the same per-row values. `mask` (default: the response mask) is in the padded
+    layout either way. reduction: 'sum' (DPO family) or 'mean' (ORPO family), see
+    kernels/seq_logprob.py."""
+    mask = batch["mask"] if mask is None else mask                      # (B, T)
+    p, rows = batch.get("packed"), None
+    if p is None:
+        hidden, targets = model(batch["ids"], batch["attn"]), batch["targets"]   # (B, T, dim)
+    else:
+        hidden = model(p["ids"], cu_seqlens=p["cu_seqlens"])[0]          # (N, dim)
+        targets, rows = p["targets"], p["cu_seqlens"]
+        mask = mask.reshape(-1)[p["slot"]]                               # (N,): at each real token
     weight = model.lm_head.weight
     dev = hidden.device.type
     if torch.is_autocast_enabled(dev):
-        # autocast does not reach inside the kernel: hand it the autocast dtype, so it runs a bf16
-        # tensor-core dot (float32 accumulation and log-sum-exp), not the float32 one
+        # autocast does not reach inside the kernel: hand it the autocast dtype. On CUDA it runs a
+        # bf16 tensor-core dot, on the CPU a float32 one of the bf16-rounded operands; either way
+        # the logits, their log-sum-exp and the log-probs are accumulated and returned in float32
         dt = torch.get_autocast_dtype(dev)
         hidden, weight = hidden.to(dt), weight.to(dt)
-    return sequence_logprob(hidden, weight, batch["targets"],
-                            batch["mask"] if mask is None else mask, reduction)
+    return sequence_logprob(hidden, weight, targets, mask, reduction, cu_seqlens=rows)
 
 
 def frozen_copy(model):

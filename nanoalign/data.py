@@ -23,7 +23,8 @@ counted, not cut, when its response does not fit.
 
 Batches are right-padded: training rows need no left padding because positions start at 0 anyway.
 `targets[b, t]` = ids[b, t + 1]: hidden state t predicts token t + 1, and `mask` marks the targets
-that are response tokens.
+that are response tokens. A packed batch (make_batch(..., packed=True), train.py --packed) adds the
+same rows back to back without padding (`pack`); the padded tensors are its readable reference.
 """
 import json
 from dataclasses import dataclass
@@ -261,6 +262,19 @@ def collate(seqs, n_prompts, pad_id):
     return {"ids": ids, "attn": attn, "targets": targets, "mask": mask}
 
 
+def pack(batch):
+    """The padding-free layout of a right-padded batch: its real tokens back to back, one (1, N)
+    sequence, for a forward in which no matmul runs on a pad (model/model.py PackedRows). `slot`
+    (N,) is each token's index in the flattened (B, T) batch, so any mask of the padded layout (the
+    response mask, ORPO's prompt + response mask) reads as batch_mask.reshape(-1)[slot];
+    `cu_seqlens` (B + 1,) are the rows' boundaries: row b is tokens cu_seqlens[b]:cu_seqlens[b + 1]."""
+    slot = batch["attn"].reshape(-1).nonzero().squeeze(1)                  # (N,)
+    lengths = batch["attn"].sum(1)                                          # (B,)
+    return {"ids": batch["ids"].reshape(-1)[slot][None],                   # (1, N)
+            "targets": batch["targets"].reshape(-1)[slot],                  # (N,)
+            "slot": slot, "cu_seqlens": torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])}
+
+
 def _tensor_batch(seqs, n_prompts, n_examples, pad_id, device, examples):
     b = {k: v.to(device) for k, v in collate(seqs, n_prompts, pad_id).items()}
     b["n_examples"] = n_examples
@@ -297,9 +311,16 @@ def _mo_batch(examples, pad_id, device):
             "n_seen": al["n_seen"] + sj["n_seen"], "examples": examples}
 
 
-def make_batch(examples, kind, pad_id, device="cpu"):
-    """One micro-batch of `kind` on `device`."""
-    return kind_of(kind).batch(examples, pad_id, device)
+def make_batch(examples, kind, pad_id, device="cpu", packed=False):
+    """One micro-batch of `kind` on `device`; packed=True adds the padding-free layout (`pack`)
+    beside every padded batch in it (a 'mo' batch holds two), which nanoalign.common.batch_logps
+    then runs the model on. The padded tensors stay: masks are built in their layout."""
+    b = kind_of(kind).batch(examples, pad_id, device)
+    if packed:
+        for t in [b] + [v for v in b.values() if isinstance(v, dict)]:
+            if "attn" in t:
+                t["packed"] = pack(t)
+    return b
 
 
 # -- the table ---------------------------------------------------------------------------------------

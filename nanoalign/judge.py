@@ -4,6 +4,7 @@ judges (MO-ORPO's self-judgement data, Self-Judge's JSFT / self-training / self-
 
     python -m nanoalign.judge --init_from DIR --pairs pairs.jsonl [--template ultrafeedback]
     python -m nanoalign.judge ... --template principle --principles "honesty:tells the truth,..."
+    python -m nanoalign.judge ... --likelihood pair            # OSP's rule instead of Self-Judge's
 
 prints, per {prompt, a, b} row, p(a > b) scored in both position orders (and under each principle,
 combined by JM-PR, for a principle template).
@@ -17,15 +18,19 @@ Three pieces, top to bottom:
    the tiny model's whole context is 512). `SJ_TEMPLATES` are the ~50 variations of the MO-ORPO
    paper's self-judgement prompt (section 4: 5 wordings x 5 response-name pairs x 2 instruction
    orders) and `sj_triple` builds the self-judgement triple from an alignment triple.
-2. The judge probability (Self-Judge section 3; docs/methods.md#self-judge): the next-token logits at
-   the label position, softmax over the two label tokens only, one batched forward for all rows; the
-   position-swapped average p(y1 > y2) = 1/2 [p_A(J(x, y1, y2)) + p_B(J(x, y2, y1))]; and for a
-   principle template, one judgment per principle combined by the paper's JM-PR rule (`jm_pr`).
+2. The judge probability (docs/methods.md#likelihood-rules): the next-token logits at the label
+   position, one batched forward for all rows, both position orders. Two papers, two rules
+   (`likelihood`): Self-Judge ("vocab", section 3.1) averages each response's judge-token
+   likelihoods over the two orders, p(a > b) = L_a / (L_a + L_b); OSP ("pair", section 3.2) takes
+   the softmax over the two label logits, averaged over the two orders. Under a principle template,
+   one judgment per principle, combined by the Self-Judge paper's JM-PR rule (`jm_pr`) or, for OSP,
+   by the mean (`combine`).
 3. The single-elimination tournament (self-rejection): N candidates, N-1 judgments, one batched
    judge call per round.
 """
 import argparse
 import json
+import math
 import random
 from dataclasses import dataclass
 
@@ -47,6 +52,7 @@ class JudgeTemplate:
     labels: tuple = ("A", "B")   # label of the first / second position
     system: str = None           # may contain {description} (principle-aware)
     rationale: bool = False      # the target continues with "\nEvaluation of ..." (Table 18)
+    roles: bool = False          # {prompt} is a dialogue with a role name on every turn (Table 14)
 
 
 # -- 1. templates ----------------------------------------------------------------------------------
@@ -60,10 +66,10 @@ _P_ANS = "Sure! The option which is better guided by the principle of '{principl
 
 TEMPLATES = {t.name: t for t in [
     JudgeTemplate("hh", "Which is the more helpful, harmless, and honest assistant from a given context?\n"
-                  "Context:\n-------\nUser: {prompt}\n-------\nAssistant A: {a}\nAssistant B: {b}\n"
+                  "Context:\n-------\n{prompt}\n-------\nAssistant A: {a}\nAssistant B: {b}\n"
                   "Please choose either A or B.",
                   "Sure! The option which is more helpful, harmless, and honest would be Assistant {label}",
-                  system=_SYS_HH),                                                  # Table 14
+                  system=_SYS_HH, roles=True),                                      # Table 14
     JudgeTemplate("ultrafeedback", "Which is the better response to be an assistant who is helpful, "
                   "honest, truthful and following the given instruction from user?\n" + _BLOCK +
                   "Please choose either A or B.",
@@ -116,14 +122,15 @@ SJ_TEMPLATES = _sj_templates()
 REJECTED_FIRST = 0.55  # MO-ORPO section 4: position-bias correction
 
 
-def prompt_text(prompt):
-    """A prompt as the judge sees it: a string as it is; a conversation with its role names, so the
-    judge can tell the user's turns from the assistant's (a single user turn: just its text)."""
-    if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1 and prompt[0]["role"] == "user":
-        return prompt[0]["content"]
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+def prompt_text(prompt, roles=False):
+    """A prompt as the judge (or MetaAligner) reads it: a string as it is; a conversation with its
+    role names, one per turn, so the judge can tell the user's turns from the assistant's (a single
+    user turn: just its text). roles=True (the hh template, Table 14's "User: ... Assistant: ..."
+    context): a role name on every turn, a plain string being one user turn."""
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if not roles and len(turns) == 1 and turns[0]["role"] == "user":
+        return turns[0]["content"]
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
 
 
 def render(t, prompt, a, b, principle=None, description=None):
@@ -132,7 +139,7 @@ def render(t, prompt, a, b, principle=None, description=None):
         raise JudgeError(f"judge template '{t.name}' judges under a principle, and none was given "
                          f"(name them with --principles, or start from a checkpoint whose JSFT data "
                          f"had them)")
-    user = t.user.format(prompt=prompt_text(prompt), a=a, b=b, principle=principle)
+    user = t.user.format(prompt=prompt_text(prompt, t.roles), a=a, b=b, principle=principle)
     msgs = [{"role": "user", "content": user}]
     if t.system:
         msgs = [{"role": "system", "content": t.system.format(description=description or "")}] + msgs
@@ -217,10 +224,26 @@ def judge_ids(tok, t, prefix, prompt, a, b, principle=None, description=None):
     return tok.encode_prompt(msgs) + tok.encode(prefix.replace("{principle}", principle or ""))
 
 
-def first_probs(model, tok, t, items, batch_size=64):
-    """p_A: probability of the FIRST position's label, softmax over the two label tokens only, for
-    items = [(prompt, a, b) or (prompt, a, b, principle, description)]. Left-padded batches; the
-    model scores in eval mode (no dropout), its mode restored after."""
+# How the two label tokens' probabilities become p(a > b): each paper's own rule, a choice of the caller
+# (docs/methods.md#likelihood-rules). The help texts of every --likelihood flag are these.
+LIKELIHOODS = {
+    "vocab": "the Self-Judge paper's rule (section 3.1; its authors' code takes full-vocabulary "
+             "probabilities): each response's label likelihood over the whole vocabulary, averaged "
+             "over both position orders, p(a > b) = L_a / (L_a + L_b)",
+    "pair": "the OSP paper's rule (section 3.2): the softmax over the two label logits only, "
+            "averaged over both position orders",
+}
+
+
+def label_logprobs(model, tok, t, items, likelihood="vocab", batch_size=64):
+    """(N, 2): log-probabilities of the first and the second position's label, read from the
+    next-token logits at the label position, for items = [(prompt, a, b) or (prompt, a, b,
+    principle, description)]. likelihood 'vocab': log_softmax over the whole vocabulary (the
+    labels' share of every possible next token); 'pair': log_softmax over the two label logits
+    only (the two probabilities sum to 1). Left-padded batches; the model scores in eval mode (no
+    dropout), its mode restored after."""
+    if likelihood not in LIKELIHOODS:
+        raise JudgeError(f"likelihood {likelihood!r} is unknown; choose from {', '.join(LIKELIHOODS)}")
     prefix, (ia, ib) = label_ids(tok, t)
     out = []
     dev = model.lm_head.weight.device
@@ -229,24 +252,93 @@ def first_probs(model, tok, t, items, batch_size=64):
             ids, mask = left_pad([judge_ids(tok, t, prefix, *it) for it in items[i:i + batch_size]],
                                  tok.pad_id or 0, dev)                               # (B, L)
             h = model(ids, mask)[:, -1]                                              # (B, dim)
-            two = model.logits(h)[:, [ia, ib]].float()                               # (B, 2)
-            out.append(torch.softmax(two, -1)[:, 0])
-    return torch.cat(out) if out else torch.zeros(0)
+            logits = model.logits(h).float()                                         # (B, V)
+            if likelihood == "vocab":
+                out.append(torch.log_softmax(logits, -1)[:, [ia, ib]])              # (B, 2)
+            else:
+                out.append(torch.log_softmax(logits[:, [ia, ib]], -1))              # (B, 2)
+    return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def swapped_probs(model, tok, t, items, batch_size=64):
-    """p(y1 > y2) = 1/2 [p_A(J(x, y1, y2)) + p_B(J(x, y2, y1))], both orders in one pass.
-    p(y1 > y2) + p(y2 > y1) = 1 by construction, and a judge that always picks position A gets 1/2."""
+def first_probs(model, tok, t, items, batch_size=64):
+    """p_A: the probability of the FIRST position's label, softmax over the two label tokens only."""
+    return label_logprobs(model, tok, t, items, "pair", batch_size)[:, 0].exp()
+
+
+def swapped_loglik(model, tok, t, items, likelihood="vocab", batch_size=64):
+    """(N, 2): log L_a, log L_b, each response's label likelihood averaged over both position orders,
+        L_a = 1/2 [P(label 1 | J(x, a, b)) + P(label 2 | J(x, b, a))]
+        L_b = 1/2 [P(label 2 | J(x, a, b)) + P(label 1 | J(x, b, a))]
+    with P as `likelihood` says; both orders in one pass. Kept as logs: a full-vocabulary label
+    probability can be tiny, and p = L_a / (L_a + L_b) is then sigmoid(log L_a - log L_b)."""
     swapped = [(it[0], it[2], it[1], *it[3:]) for it in items]
-    p = first_probs(model, tok, t, list(items) + swapped, batch_size)
+    lp = label_logprobs(model, tok, t, list(items) + swapped, likelihood, batch_size)   # (2N, 2)
     n = len(items)
-    return 0.5 * (p[:n] + (1 - p[n:]))
+    la = torch.logaddexp(lp[:n, 0], lp[n:, 1]) - math.log(2)                         # (N,)
+    lb = torch.logaddexp(lp[:n, 1], lp[n:, 0]) - math.log(2)                         # (N,)
+    return torch.stack([la, lb], 1)
+
+
+def swapped_probs(model, tok, t, items, batch_size=64, likelihood="vocab"):
+    """p(y1 > y2) = L_1 / (L_1 + L_2), the position-swapped likelihoods of swapped_loglik. Under
+    'pair' L_1 + L_2 = 1, so this is 1/2 [p_A(J(x, y1, y2)) + p_B(J(x, y2, y1))]. Either way
+    p(y1 > y2) + p(y2 > y1) = 1, and a judge that always picks position A gets 1/2."""
+    L = swapped_loglik(model, tok, t, items, likelihood, batch_size)
+    return torch.sigmoid(L[:, 0] - L[:, 1])
 
 
 def check_template(tok, t):
-    """Start-up check: fail before any training if the labels cannot be read off one token."""
-    label_ids(tok, t)
+    """Start-up check: fail before any training if the labels cannot be read off one token, or if
+    this tokenizer's chat template refuses a judgment (a judge checkpoint of another family)."""
+    prefix, _ = label_ids(tok, t)
+    try:
+        judge_ids(tok, t, prefix, "x", "a", "b", "p", "d")
+    except ValueError as e:                 # the chat template's own refusal (a TemplateError)
+        raise JudgeError(f"judge template '{t.name}': the chat template cannot render it ({e})") from None
     return t
+
+
+def jm_pr(P, tie=None):
+    """JM-PR, the Self-Judge paper's principle-aware rule (section 3.1, Tables 5-6): P[k, i] = p(a_i > b_i)
+    under principle k. The judge prefers a_i when it wins under more than half of the principles (a
+    probability of exactly 1/2 counts half a win); on a tie, when `tie` is >= 1/2: the paper's "mean
+    likelihood of judge tokens across principles", mean L_a against mean L_b (judge_pairs passes
+    it; the default, the mean of P, is the same under the 'pair' rule, where L_a + L_b = 1).
+    Returns p with p >= 1/2 exactly when a_i is preferred: the win rate, or `tie` where the win rate
+    is exactly 1/2."""
+    wins = (P > 0.5).to(P.dtype) + 0.5 * (P == 0.5).to(P.dtype)      # (K, N)
+    rate = wins.mean(0)                                              # (N,)
+    return torch.where(rate == 0.5, P.mean(0) if tie is None else tie, rate)
+
+
+def principle_mean(P):
+    """OSP under several principles (docs/methods.md#target-strength): p = the mean over principles
+    of each principle's position-swapped probability. OSP's paper has one judge prompt; the mean
+    rises with every principle's probability and, for one principle, is that principle's p, so the
+    SPCE target stays soft (JM-PR's win rate would make it 0 or 1)."""
+    return P.mean(0)
+
+
+def judge_pairs(model, tok, t, items, principles=None, batch_size=64, likelihood="vocab",
+                combine="jm_pr"):
+    """p(a > b) for (prompt, a, b) items, both position orders, label probabilities as `likelihood`
+    says. A principle template judges under each of `principles` [(name, description)] and
+    combines them by `combine`: 'jm_pr' (Self-Judge) or 'mean' (OSP); without one, principles are
+    unused."""
+    if combine not in ("jm_pr", "mean"):
+        raise JudgeError(f"combine {combine!r} is unknown; choose 'jm_pr' or 'mean'")
+    if "{principle}" not in t.user:
+        return swapped_probs(model, tok, t, items, batch_size, likelihood)
+    if not principles:
+        raise JudgeError(f"judge template '{t.name}' judges under principles, and none were given "
+                         f"(--principles name:description,...)")
+    L = torch.stack([swapped_loglik(model, tok, t, [(x, a, b, n, d) for x, a, b in items], likelihood,
+                                    batch_size) for n, d in principles])   # (K, N, 2) log L_a, log L_b
+    P = torch.sigmoid(L[..., 0] - L[..., 1])                                # (K, N)
+    if combine == "mean":
+        return principle_mean(P)
+    mean_l = torch.logsumexp(L, 0)                    # (N, 2): log (K x mean likelihood), K cancels
+    return jm_pr(P, torch.sigmoid(mean_l[:, 0] - mean_l[:, 1]))
 
 
 # -- 3. the tournament -------------------------------------------------------------------------------
@@ -263,35 +355,12 @@ def tournament(n, judge_fn):
     return alive[0]
 
 
-def jm_pr(P):
-    """JM-PR, the Self-Judge paper's principle-aware rule (section 3, Tables 5-6): P[k, i] = p(a_i > b_i)
-    under principle k. The judge prefers a_i when it wins under more than half of the principles (a
-    probability of exactly 1/2 counts half a win); on a tie, when its mean probability across the
-    principles is >= 1/2. Returns p with p >= 1/2 exactly when a_i is preferred: the win rate, or the
-    mean probability where the win rate is exactly 1/2. OSP uses it as the soft target."""
-    wins = (P > 0.5).to(P.dtype) + 0.5 * (P == 0.5).to(P.dtype)      # (K, N)
-    rate = wins.mean(0)                                              # (N,)
-    return torch.where(rate == 0.5, P.mean(0), rate)
-
-
-def judge_pairs(model, tok, t, items, principles=None, batch_size=64):
-    """p(a > b) for (prompt, a, b) items, both position orders. A principle template judges under each
-    of `principles` [(name, description)] and decides by JM-PR; without one, principles are unused."""
-    if "{principle}" not in t.user:
-        return swapped_probs(model, tok, t, items, batch_size)
-    if not principles:
-        raise JudgeError(f"judge template '{t.name}' judges under principles, and none were given "
-                         f"(--principles name:description,...)")
-    P = torch.stack([swapped_probs(model, tok, t, [(x, a, b, n, d) for x, a, b in items], batch_size)
-                     for n, d in principles])                        # (K, N)
-    return jm_pr(P)
-
-
-def best_of(model, tok, t, prompt, candidates, batch_size=64, principles=None):
-    """Self-rejection: the tournament winner among the candidate responses (texts) to one prompt."""
+def best_of(model, tok, t, prompt, candidates, batch_size=64, principles=None, likelihood="vocab"):
+    """Self-rejection (Self-Judge section 3.3): the tournament winner among the candidate responses
+    (texts) to one prompt; a principle template decides each match by JM-PR."""
     def judge_fn(pairs):
         return judge_pairs(model, tok, t, [(prompt, candidates[i], candidates[j]) for i, j in pairs],
-                           principles, batch_size).tolist()
+                           principles, batch_size, likelihood).tolist()
     return tournament(len(candidates), judge_fn)
 
 
@@ -322,6 +391,9 @@ def main(argv=None):
     ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
                     "judged under each, decided by JM-PR (default: none)")
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
+    ap.add_argument("--likelihood", default="vocab", choices=sorted(LIKELIHOODS),
+                    help="how label probabilities become p(a>b), a choice: 'vocab' = "
+                         f"{LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} (default: %(default)s)")
     # pragma: no mutate end
     a = ap.parse_args(argv)
     try:
@@ -339,7 +411,7 @@ def main(argv=None):
                     items.append((r["prompt"], _text(x), _text(y)))
                 except (KeyError, json.JSONDecodeError) as e:
                     raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b") from None
-        ps = judge_pairs(model, tok, t, items, principles, a.batch_size)
+        ps = judge_pairs(model, tok, t, items, principles, a.batch_size, likelihood=a.likelihood)
     except (CheckpointError, JudgeError, OSError) as e:
         raise SystemExit(f"error: {e}")
     for i, p in enumerate(ps.tolist()):

@@ -14,6 +14,10 @@ y1 wins / y2 wins / they tie, each shuffled with a seeded RNG:
     O= non-empty:  D_e += (T(q, y2, O=, "equal"),  y1)
     T(q, y, O, t) = "Edit the following Question-Answer pair to make it {t} considering the following
                      objectives: {name: description; ...} | Question: {q} | Answer: {y} | Edit:"
+A conversational (TRL-style) row keeps its whole conversation in {q}: the system message and every
+turn, each with its role name ("System: ...\nUser: ...\nAssistant: ...\nUser: ..."), as the judge
+reads one; {y} is the answer's text (a message-list response: its assistant message). Training and
+inference (`correct`) build the prompt with the same `template`.
 
 Training: plain SFT on the target, prompt masked, in three stages (--meta_stage, or 'all' = the
 three in sequence, each starting from the previous one's checkpoint, in out_dir/<stage>):
@@ -32,8 +36,10 @@ import random
 from dataclasses import dataclass
 
 from model.generate import generate
+from model.tokenizer import answer_text
 from nanoalign.common import Method, option, register
 from nanoalign.data import DataError
+from nanoalign.judge import prompt_text
 from nanoalign.sft import METRICS, sft_loss
 
 PROMPT = ("Edit the following Question-Answer pair to make it {t} considering the following "
@@ -58,8 +64,9 @@ def render_objectives(objs):
 
 
 def template(q, y, objs, t):
-    q = q if isinstance(q, str) else q[-1]["content"]
-    return PROMPT.format(t=t, objectives=render_objectives(objs), q=q, y=y)
+    """T(q, y, O, t): q a string or a conversation (every turn kept, with role names), y an answer
+    string or a message list (its assistant message's text)."""
+    return PROMPT.format(t=t, objectives=render_objectives(objs), q=prompt_text(q), y=answer_text(y))
 
 
 def check_labels(row, where):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nanoalign.common import Method, batch_logps, option, register, with_defaults
+from nanoalign.common import Method, batch_logps, evaluating, option, register, with_defaults
 from nanoalign.judge import attach_sj
 from nanoalign.orpo import ORPOOptions, orpo_terms
 
@@ -128,17 +128,18 @@ def _loss(kind):
     return loss
 
 
-@torch.no_grad()
 def judge_accuracy(model, batches):
     """Self-judgement accuracy on held-out SJ preference batches: the fraction of judge prompts where
     the model gives the answer naming the better response (c) a higher log-prob than the one naming
-    the worse (r). Both answers share everything but the name, so this is the model's verdict."""
+    the worse (r). Both answers share everything but the name, so this is the model's verdict. Scored
+    in eval mode (a LoRA model's dropout off), the model's mode restored after."""
     hits = n = 0
-    for b in batches:
-        B = b["n_examples"]
-        lp = batch_logps(model, b, "sum")
-        hits += int((lp[:B] > lp[B:]).sum())
-        n += B
+    with evaluating(model):
+        for b in batches:
+            B = b["n_examples"]
+            lp = batch_logps(model, b, "sum")
+            hits += int((lp[:B] > lp[B:]).sum())
+            n += B
     return hits / max(n, 1)
 
 

@@ -5,7 +5,8 @@ The on-policy round shared by Self-Judge (nanoalign/self_judge.py) and OSP (nano
 
 1. sample      n responses per prompt from the policy, one batched KV-cached generate call
 2. judge       p(a > b) for response pairs, by a judge model scoring the two label tokens in both
-               position orders (nanoalign/judge.py swapped_probs), in eval mode
+               position orders, by its paper's likelihood rule (nanoalign/judge.py judge_pairs), in
+               eval mode; a --judge_from judge reads the decoded texts with its own tokenizer
 3. pairs       each pair oriented by the judge (p >= 1/2: a is the chosen one), as a preference batch
                of the prompt ids + response ids, never re-tokenized
 4. update      a pairwise loss against the frozen reference (nanoalign/dpo.py pair_losses)
@@ -22,10 +23,15 @@ from model.checkpoint import read_json
 from nanoalign.common import evaluating, option
 from nanoalign.data import DataError, make_batch
 from nanoalign.dpo import DPOOptions
-from nanoalign.judge import (TEMPLATES, JudgeError, check_template, judge_pairs, judgment_rows,
-                             parse_principles)
+from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs,
+                             judgment_rows, parse_principles)
 
-PRINCIPLES_FILE = "principles.json"   # {name: description}, kept with a principle-aware JSFT checkpoint
+PRINCIPLES_FILE = "principles.json"   # {name: description}, kept with every checkpoint derived from a
+                                      # principle-aware judge (its JSFT data's, or those it judged under)
+LIKELIHOOD_HELP = ("how the judge's two label probabilities become p(a > b), a choice between the "
+                   "papers' rules: 'vocab' = " + LIKELIHOODS["vocab"] + "; 'pair' = " +
+                   LIKELIHOODS["pair"] + ". A JSFT / pref_aug model records it for when it judges "
+                   "later (sample.py --best_of)")
 
 
 @dataclass
@@ -34,16 +40,18 @@ class JudgeTemplateOptions:
                                  "'compact' fits the built-in task; 'ultrafeedback', 'hh', "
                                  "'principle', 'principle_rationale' are the Self-Judge paper's)",
                                  choices=tuple(TEMPLATES))
+    likelihood: str = option("vocab", LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))
 
 
 @dataclass
 class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
-    judge_from: str = option("", "a checkpoint directory to judge with; '' = the frozen start "
-                             "(the papers' choice)")
+    judge_from: str = option("", "a checkpoint directory to judge with, read with its own "
+                             "tokenizer and chat template (an option of nanoalign's, not a setting "
+                             "of either paper); '' = the frozen start (the papers' choice)")
     gen_max_tokens: int = option(32, "max new tokens per sample", minimum=1)
     principles: str = option("", "for a principle template: 'name:description,...' to judge under "
-                             "(each judged, decided by the Self-Judge paper's JM-PR rule); '' = the "
-                             "principles the judge's JSFT data was built from, kept in its checkpoint")
+                             "(each judged, then combined: JM-PR for Self-Judge, the mean for OSP); "
+                             "'' = the principles kept in the judge's checkpoint (principles.json)")
 
 
 def template_of(cfg, tok):
@@ -62,7 +70,8 @@ def principles_of(cfg, t):
 
 
 def kept_principles(t, ckpt_dir):
-    """The principles a checkpoint's JSFT data was built from (its principles.json)."""
+    """The principles kept with a checkpoint (its principles.json): those its JSFT data was built
+    from, or those its self-training judged under."""
     path = os.path.join(ckpt_dir, PRINCIPLES_FILE)
     if not os.path.exists(path):
         raise JudgeError(f"judge template '{t.name}' judges under principles: name them with "
@@ -70,10 +79,19 @@ def kept_principles(t, ckpt_dir):
     return list(read_json(path).items())
 
 
-def judgment_data(rows, t, run):
+def inherited(ckpt_dir):
+    """{file: JSON value} that a run keeps from the checkpoint it starts from: the principles of a
+    principle-aware judge travel with every checkpoint derived from it (a method that judges or
+    builds judge data under other principles replaces them)."""
+    path = os.path.join(ckpt_dir, PRINCIPLES_FILE)
+    return {PRINCIPLES_FILE: read_json(path)} if os.path.exists(path) else {}
+
+
+def judgment_data(rows, t, run, split="train"):
     """The judge's training rows (JSFT, OSP's augmentation): each pair judged in both orders. A
-    principle template needs labels per objective on every row, and its principles are kept with
-    the checkpoint (principles.json), so the trained judge later judges under the same ones."""
+    principle template needs labels per objective on every row, and the training split's principles
+    are kept with the checkpoint (principles.json), so the trained judge later judges under the same
+    ones (a validation split of other objectives does not replace them)."""
     aware = "{principle}" in t.user
     for r in rows:
         if aware and not ("labels" in r and "objectives" in r):
@@ -82,15 +100,21 @@ def judgment_data(rows, t, run):
     if t.rationale and run.task is None:
         raise DataError(f"judge template '{t.name}' trains on rationales, which only a built-in "
                         f"task's oracle writes; choose a template without rationale")
-    if aware:
+    if aware and split == "train":
         run.keep[PRINCIPLES_FILE] = {k: r["objectives"][k] for r in rows for k in r["labels"]}
     return judgment_rows(rows, t, aware, run.task and run.task.rationale)
 
 
 def prompt_rows(rows, cfg, split, run):
-    """Start-up: check the judge template (a bad one fails before training, not mid-run) and find
-    the principles it judges under."""
-    run.cache["principles"] = principles_of(cfg, template_of(cfg, run.tok))
+    """Start-up: check the judge template against the policy's tokenizer and a --judge_from judge's
+    own (a bad one fails before training, not mid-run), find the principles it judges under and keep
+    them with the run's checkpoints, so that its self-rejection later judges under the same ones."""
+    t = template_of(cfg, run.tok)
+    if run.judge_tok is not None:
+        check_template(run.judge_tok, t)
+    run.cache["principles"] = principles_of(cfg, t)
+    if run.cache["principles"] is not None:
+        run.keep[PRINCIPLES_FILE] = dict(run.cache["principles"])
     return rows
 
 
@@ -107,11 +131,23 @@ def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator
 
 
 # -- 2. judge ------------------------------------------------------------------------------------------
-def judge_probs(judge, tok, template, prompts, a, b, principles=None):
-    """p(a_i > b_i | prompt_i) for text pairs, position-swapped, the judge in eval mode; under each
-    principle and combined by JM-PR for a principle template (nanoalign/judge.py judge_pairs)."""
+def judge_of(run, fallback):
+    """(judge model, its tokenizer): a --judge_from checkpoint with its own tokenizer and chat
+    template, else `fallback` (the frozen start, or the policy) with the run's tokenizer."""
+    if run.judge is not None:
+        return run.judge, run.judge_tok or run.tok
+    return fallback, run.tok
+
+
+def judge_probs(judge, tok, template, prompts, a, b, principles=None, likelihood="vocab",
+                combine="jm_pr"):
+    """p(a_i > b_i | prompt_i) for text pairs, position-swapped, the judge in eval mode, reading the
+    texts with `tok` (the judge's own tokenizer); label probabilities by `likelihood`, and under a
+    principle template one judgment per principle combined by `combine` (nanoalign/judge.py
+    judge_pairs)."""
     with evaluating(judge):
-        return judge_pairs(judge, tok, template, list(zip(prompts, a, b)), principles)
+        return judge_pairs(judge, tok, template, list(zip(prompts, a, b)), principles,
+                           likelihood=likelihood, combine=combine)
 
 
 # -- 3. pairs ------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ eq. 7-9; docs/methods.md#osp).
               2. ranked pairing: s(y) = p(y > blank | x) from the pi_SFT judge; sort; pair the i-th
                  best with the i-th worst -> K//2 pairs (y_h, y_l); an odd K leaves the median out
               3. target strength p = p(y_h > y_l | x): the pi_SFT judge, softmax over the two label
-                 tokens, averaged over both position orders (judge.swapped_probs)
+                 logits (sec. 3.2, --likelihood pair), averaged over both position orders (appendix
+                 B.2 swaps them); under a principle template, the mean over the principles of each
+                 principle's p (judge.principle_mean: monotone in every principle's p, and soft)
             then, with h = (logp_sum_theta(y_h) - logp_sum_SFT(y_h)) - (logp_sum_theta(y_l) - logp_sum_SFT(y_l))
             and p_hat = sigmoid(beta * h):
               L_SPCE = -[p * log(p_hat) + (1 - p) * log(1 - p_hat)]                   (eq. 8)
@@ -37,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from nanoalign import onpolicy
-from nanoalign.common import Method, batch_logps, option, register
+from nanoalign.common import Method, batch_logps, option, register, with_defaults
 from nanoalign.dpo import dpo_loss, ipo_loss, log_ratio_diff, pair_losses, pair_metrics
-from nanoalign.judge import TEMPLATES
+from nanoalign.judge import LIKELIHOODS, TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
 
 TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling
@@ -55,6 +57,7 @@ class OSPOptions(onpolicy.OnPolicyOptions):
                            "labels from the same judge)", choices=("spce", "dpo", "ipo"))
     pairing: str = option("ranked", "'ranked' (best with worst), or the ablations 'random' and 'raft' "
                           "(SFT on the best sample)", choices=("ranked", "random", "raft"))
+    likelihood: str = option("pair", onpolicy.LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))  # OSP's rule
 
 
 def spce_loss(pol_h, pol_l, ref_h, ref_l, p, beta):
@@ -81,8 +84,8 @@ def _stats(prefix, t):
 
 def osp_loss(model, batch, run, cfg):
     tok, t, K = run.tok, TEMPLATES[cfg.judge_template], cfg.osp_k
-    judge = run.judge if run.judge is not None else run.ref
-    principles = run.cache.get("principles")
+    judge, jtok = onpolicy.judge_of(run, run.ref)
+    how = dict(principles=run.cache.get("principles"), likelihood=cfg.likelihood, combine="mean")
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
     B, clock = len(prompts), onpolicy.Clock()
     samples = onpolicy.sample(model, tok, prompts, K, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
@@ -90,8 +93,8 @@ def osp_loss(model, batch, run, cfg):
     flat_samples = [y for row in samples for y in row]
     clock.lap("t_sample")
     if cfg.pairing in ("ranked", "raft"):       # s(y) = p(y > blank | x), all B*K in one pass
-        s = onpolicy.judge_probs(judge, tok, t, [x for x in ptexts for _ in range(K)],
-                                 [y for row in texts for y in row], [""] * (B * K), principles).view(B, K)
+        s = onpolicy.judge_probs(judge, jtok, t, [x for x in ptexts for _ in range(K)],
+                                 [y for row in texts for y in row], [""] * (B * K), **how).view(B, K)
     if cfg.pairing == "raft":                   # RAFT: SFT on each prompt's best sample
         best = s.argmax(1).tolist()
         b = onpolicy.response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id,
@@ -105,7 +108,7 @@ def osp_loss(model, batch, run, cfg):
              for i in range(B)]
     flat = [(i, hi, lo) for i in range(B) for hi, lo in pairs[i]]              # B * K//2 pairs
     a, b = [texts[i][hi] for i, hi, _ in flat], [texts[i][lo] for i, _, lo in flat]
-    p = onpolicy.judge_probs(judge, tok, t, [ptexts[i] for i, _, _ in flat], a, b, principles)  # p(y_h > y_l)
+    p = onpolicy.judge_probs(judge, jtok, t, [ptexts[i] for i, _, _ in flat], a, b, **how)  # p(y_h > y_l)
     agree = onpolicy.agreement(run.task, [ptexts[i] for i, _, _ in flat], a, b, p.tolist())
     highs, lows = [samples[i][hi] for i, hi, _ in flat], [samples[i][lo] for i, _, lo in flat]
     if cfg.osp_loss != "spce":                  # hard labels: orient each pair by the judge
@@ -126,7 +129,7 @@ def osp_loss(model, batch, run, cfg):
 
 def pref_aug_rows(rows, cfg, split, run):
     """Alg. 1 line 3: LLM-as-a-judge instructions from preference pairs, both orders, nothing else."""
-    return onpolicy.judgment_data(rows, onpolicy.template_of(cfg, run.tok), run)
+    return onpolicy.judgment_data(rows, onpolicy.template_of(cfg, run.tok), run, split)
 
 
 METRICS = {**onpolicy.METRICS, "p_mean": "target strength p(y_h > y_l) from the judge",
@@ -135,7 +138,8 @@ METRICS = {**onpolicy.METRICS, "p_mean": "target strength p(y_h > y_l) from the 
            "raft_nll": "RAFT: NLL per token of the best sample", "score_best": "RAFT: its judge score"}
 register(
     Method("pref_aug", "pref", "sft", "n_tokens", sft_loss, "OSP preference augmentation: SFT on "
-           "judge instructions from preference pairs (both orders)", onpolicy.JudgeTemplateOptions,
+           "judge instructions from preference pairs (both orders)",
+           with_defaults(onpolicy.JudgeTemplateOptions, "PrefAugOptions", likelihood="pair"),
            prepare=pref_aug_rows,
            metrics=SFT_METRICS, defaults={"max_length": 384}),
     Method("osp", "prompt", "prompt", "n_examples", osp_loss, "OSP: K samples per prompt, ranked pairs, "

@@ -11,16 +11,21 @@ docs/methods.md#self-judge): one model that is both the policy and the judge.
                         chosen responses alone, the control for "does JSFT improve judging?".
   self_judge            on-policy self-training (sec. 3.2). pi_theta and pi_ref start from the JSFT
                         model, pi_ref frozen. Each step, per prompt: two samples from pi_theta
-                        (temperature 1.0, top-p 0.9), pi_ref judges them with position swap
-                        (judge.swapped_probs; --judge policy: pi_theta judges; --judge_from DIR:
-                        another checkpoint judges, the paper's "RM as judge" baseline), then
+                        (temperature 1.0, top-p 0.9), pi_ref judges them with position swap by the
+                        paper's rule (sec. 3.1, --likelihood vocab): each sample's judge-token
+                        likelihood over the whole vocabulary, averaged over both orders, the larger
+                        wins; under a principle template, JM-PR over the principles
+                        (judge.judge_pairs). --judge policy: pi_theta judges (the paper's sec. 7
+                        option); --judge_from DIR: another checkpoint judges, with its own
+                        tokenizer (an option of nanoalign's, not one of the paper's settings). Then
                             L_DPO = -logsigmoid(beta * [(pol_w - ref_w) - (pol_l - ref_l)])
                         with logp_sum log-probs and beta = 0.1 (nanoalign/dpo.py).
   self_judge_offpolicy  the off-policy baseline: each prompt's pair is sampled once from the initial
                         policy (pi_ref) and judged once by it, cached, then the same DPO.
   dpo                   the offline baseline on the dataset's own pairs (nanoalign/dpo.py).
 
-Self-rejection at inference: `sample.py --best_of N` (judge.best_of, a tournament of N-1 judgments).
+Self-rejection at inference: `sample.py --best_of N` (judge.best_of, a tournament of N-1 judgments),
+under the principles a run judged under (kept in its checkpoint, principles.json).
 The round sample -> judge -> pairs -> DPO is nanoalign/onpolicy.py's, shared with OSP.
 Metrics: judge agreement with the oracle on the sampled pairs (built-in task), DPO reward margin and
 accuracy, mean sample length (tokens), samples/s, and where the time goes: t_sample, t_judge,
@@ -59,21 +64,17 @@ def jsft_rows(rows, cfg, split, run):
            for r in rows]
     if not cfg.jsft_judge:
         return out
-    return out + onpolicy.judgment_data(rows, t, run)
-
-
-def _judge(run, model, cfg):
-    """The model that judges: --judge_from's checkpoint, else the frozen start or the policy."""
-    if run.judge is not None:
-        return run.judge
-    return model if cfg.judge == "policy" else run.ref
+    return out + onpolicy.judgment_data(rows, t, run, split)
 
 
 def judge_and_orient(run, cfg, judge, ptexts, first, second):
-    """Judge each (first, second) sample pair, position-swapped; (wins, losses, metrics)."""
-    tok, t = run.tok, TEMPLATES[cfg.judge_template]
-    a, b = [tok.decode(x) for x in first], [tok.decode(x) for x in second]
-    p = onpolicy.judge_probs(judge, tok, t, ptexts, a, b, run.cache.get("principles"))
+    """Judge each (first, second) sample pair, position-swapped, by the paper's likelihood rule
+    (cfg.likelihood) and JM-PR under principles; `judge` = (model, its tokenizer), which reads the
+    samples' decoded texts. (wins, losses, metrics)."""
+    (jm, jtok), t = judge, TEMPLATES[cfg.judge_template]
+    a, b = [run.tok.decode(x) for x in first], [run.tok.decode(x) for x in second]
+    p = onpolicy.judge_probs(jm, jtok, t, ptexts, a, b, run.cache.get("principles"),
+                             likelihood=cfg.likelihood, combine="jm_pr")
     wins, losses = onpolicy.orient(first, second, p)
     return wins, losses, onpolicy.agreement(run.task, ptexts, a, b, p.tolist())
 
@@ -89,8 +90,8 @@ def self_judge_loss(model, batch, run, cfg):
     clock = onpolicy.Clock()
     s = onpolicy.sample(model, run.tok, prompts, 2, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
     clock.lap("t_sample")
-    wins, losses, agree = judge_and_orient(run, cfg, _judge(run, model, cfg), ptexts,
-                                           [x[0] for x in s], [x[1] for x in s])
+    judge = onpolicy.judge_of(run, model if cfg.judge == "policy" else run.ref)
+    wins, losses, agree = judge_and_orient(run, cfg, judge, ptexts, [x[0] for x in s], [x[1] for x in s])
     clock.lap("t_judge")
     loss, m = dpo_update(model, run, cfg, prompts, wins, losses)
     clock.lap("t_update")
@@ -114,9 +115,8 @@ def offpolicy_loss(model, batch, run, cfg):
     clock.lap("t_sample")
     agree = {}
     if new:
-        judge = run.judge if run.judge is not None else run.ref
-        w, lo, agree = judge_and_orient(run, cfg, judge, [ptexts[i] for i in new],
-                                        [x[0] for x in s], [x[1] for x in s])
+        w, lo, agree = judge_and_orient(run, cfg, onpolicy.judge_of(run, run.ref),
+                                        [ptexts[i] for i in new], [x[0] for x in s], [x[1] for x in s])
         cache.update({tuple(prompts[i]): (a, b) for i, a, b in zip(new, w, lo)})
     clock.lap("t_judge")
     wins, losses = zip(*[cache[tuple(p)] for p in prompts])

@@ -6,8 +6,23 @@ import sys
 os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
+
+from tests.hf_reference import Missing, Reference  # noqa: E402
 
 settings.register_profile("ci", deadline=None, max_examples=25, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=10)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def hf():
+    """transformers in its own interpreter (tests/hf_reference.py), started once per session, on
+    first use; the tests that take it skip where transformers is not installed."""
+    try:
+        ref = Reference()
+    except Missing as e:
+        pytest.skip(str(e))
+    yield ref
+    ref.close()

@@ -69,11 +69,12 @@ def call_method(name, model, batch, tok=None, ref=None, epoch=0.0, epochs=1.0, *
 def judge_by_rule(monkeypatch, rule):
     """Replace the judge of the on-policy methods (Self-Judge, OSP: nanoalign.onpolicy.judge_probs)
     by a known rule: rule(prompt_text, a_text, b_text) -> p(a > b), returned as float32 like a real
-    judge's. Returns the list of calls, (judge model, [(prompt, a, b), ...])."""
+    judge's, whatever the likelihood rule and principle combination asked for. Returns the list of
+    calls, (judge model, [(prompt, a, b), ...])."""
     from nanoalign import onpolicy
     calls = []
 
-    def stub(judge, tok, template, prompts, a, b, principles=None):
+    def stub(judge, tok, template, prompts, a, b, principles=None, likelihood=None, combine=None):
         items = list(zip(prompts, a, b))
         calls.append((judge, items))
         return torch.tensor([float(rule(*it)) for it in items], dtype=torch.float32)

@@ -2,7 +2,8 @@
 token ids for SmolLM2-135M-Instruct's own template), the prompt/response split puts the end of turn in
 the response, templates run sandboxed, and every way a template reaches us (tokenizer_config.json,
 chat_template.jinja, GGUF metadata, a named format) loads, saves back unchanged, or fails naming
-the file. No model weights are read: SmolLM2's tokenizer comes from the GGUF metadata alone."""
+the file. No model weights are read: SmolLM2's tokenizer comes from the GGUF metadata alone.
+transformers runs in its own process (the `hf` fixture, tests/hf_reference.py)."""
 import importlib.util
 import json
 import os
@@ -45,20 +46,6 @@ def byte_tokenizer(specials=()):
     return tok
 
 
-def reference(hf_tok, template, special_tokens):
-    """transformers' tokenizer around a `tokenizers` tokenizer, with this template and special tokens."""
-    transformers = pytest.importorskip("transformers")
-    ref = transformers.PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(hf_tok.to_str()),
-                                               **special_tokens)
-    ref.chat_template = template
-    return ref
-
-
-def ref_ids(ref, messages, add_generation_prompt):
-    out = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
-
-
 @pytest.fixture(scope="module")
 def smollm2():
     """SmolLM2-135M-Instruct's tokenizer and chat template, from the GGUF metadata only."""
@@ -69,15 +56,16 @@ def smollm2():
 
 
 @pytest.fixture(scope="module")
-def smollm2_ref(smollm2):
-    return reference(smollm2.tok, smollm2.chat_template, smollm2.special_tokens)
+def smollm2_ref(smollm2, hf):
+    """transformers' tokenizer around the same `tokenizers` tokenizer, template and special tokens."""
+    return hf.tokenizer(smollm2.tok, smollm2.chat_template, smollm2.special_tokens)
 
 
 # -- rendering equals transformers ---------------------------------------------------------------
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("conv", list(CONVERSATIONS))
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_shared_templates_render_as_transformers(family, conv, add_generation_prompt):
+def test_shared_templates_render_as_transformers(family, conv, add_generation_prompt, hf):
     path = os.path.join(SHARED, f"{family}.jinja")
     if not os.path.exists(path):
         pytest.skip(f"{path} not found (shared/ sits beside the repository in CI)")
@@ -87,7 +75,7 @@ def test_shared_templates_render_as_transformers(family, conv, add_generation_pr
         pytest.skip("Gemma refuses system messages: test_gemma_system_message_is_a_template_error")
     hf_tok = byte_tokenizer()
     ours = Tokenizer(hf_tok, chat_template=template, special_tokens=FAMILIES[family])
-    ref = reference(hf_tok, template, FAMILIES[family])
+    ref = hf.tokenizer(hf_tok, template, FAMILIES[family])
     msgs = CONVERSATIONS[conv]
     want = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert ours.apply_chat_template(msgs, add_generation_prompt) == want
@@ -100,7 +88,7 @@ def test_smollm2_renders_and_tokenizes_as_transformers(smollm2, smollm2_ref, con
     want = smollm2_ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert smollm2.apply_chat_template(msgs, add_generation_prompt) == want
     assert smollm2.apply_chat_template(msgs, add_generation_prompt, tokenize=True) == \
-        ref_ids(smollm2_ref, msgs, add_generation_prompt)
+        smollm2_ref.apply_chat_template(msgs, tokenize=True, add_generation_prompt=add_generation_prompt)
 
 
 def test_smollm2_default_system_message_comes_from_its_template(smollm2):
@@ -121,8 +109,10 @@ def test_smollm2_pair_ids_equal_the_whole_conversation(smollm2, smollm2_ref, ans
     prompt's newline) the concatenation equals transformers' ids of the whole conversation."""
     prompt = CONVERSATIONS["one_turn"]
     p, r = smollm2.encode_pair(prompt, answer)
-    assert p == smollm2.encode_prompt(prompt) == ref_ids(smollm2_ref, prompt, True)
-    assert p + r == ref_ids(smollm2_ref, prompt + [{"role": "assistant", "content": answer}], False)
+    assert p == smollm2.encode_prompt(prompt) == \
+        smollm2_ref.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
+    assert p + r == smollm2_ref.apply_chat_template(prompt + [{"role": "assistant", "content": answer}],
+                                                    tokenize=True)
     assert smollm2.decode(r, skip_special=False) == answer + "<|im_end|>\n"   # the end of turn is scored
     assert r[-2] == smollm2.token_id("<|im_end|>") and smollm2.end_of_turn_id == r[-2]
 
@@ -198,7 +188,7 @@ def test_templates_cannot_reach_python_internals(source):
         tok.apply_chat_template(CONVERSATIONS["one_turn"])
 
 
-def test_template_helpers_as_transformers_defines_them():
+def test_template_helpers_as_transformers_defines_them(hf):
     template = ("{{ messages | tojson }}|{{ {'k': 'é'} | tojson(indent=1) }}"
                 "|{{ strftime_now('%Y') | length }}"
                 "|{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.role }}"
@@ -209,7 +199,7 @@ def test_template_helpers_as_transformers_defines_them():
     msgs = CONVERSATIONS["two_turns"]
     ours = Tokenizer(hf_tok, chat_template=template).apply_chat_template(msgs)
     assert ours.split("|")[2] == "4" and ours.split("|")[3] == "user" and ours.split("|")[4] == "3"
-    assert ours == reference(hf_tok, template, {}).apply_chat_template(msgs, tokenize=False)
+    assert ours == hf.tokenizer(hf_tok, template).apply_chat_template(msgs)
 
 
 # -- where templates come from, and back ---------------------------------------------------------

@@ -3,8 +3,10 @@ and the task registry (experiments/tasks.py): each scorer on hand-written respon
 by fact and wording, the concise / explains conflict, the clear errors, a deterministic, cached build."""
 import json
 import os
+import random
 import statistics
 import types
+from itertools import permutations
 
 import pytest
 from hypothesis import given, strategies as st
@@ -47,6 +49,7 @@ def test_follows_is_the_fraction_of_instructions_followed():
     assert score(p, "paris.")["follows"] == 1.0
     assert score(p, "Paris.")["follows"] == 0.5
     assert score(p, "Paris, France.")["follows"] == 0.0
+    assert score(Q, "Paris, France.")["follows"] == 1.0       # a prompt without instructions
 
 
 def test_json_rejects_extra_keys_and_non_objects():
@@ -54,6 +57,26 @@ def test_json_rejects_extra_keys_and_non_objects():
     assert score(p, '{"answer": "Paris"}')["follows"] == 1.0
     for bad in ('{"answer": "Paris", "city": "Paris"}', '["Paris"]', "answer: Paris", '{"answer": "Paris"'):
         assert score(p, bad)["follows"] == 0.0, bad
+
+
+def test_json_fences_are_stripped_as_ifeval_does():
+    p = f'{Q} Answer in JSON with the keys "answer".'
+    for fence in ("```", "```json", "```JSON", "```Json"):
+        assert score(p, f'{fence}\n{{"answer": "Paris"}}\n```')["follows"] == 1.0, fence
+    assert score(p, '```python\n{"answer": "Paris"}\n```')["follows"] == 0.0
+
+
+@pytest.mark.parametrize("response, ok", [
+    ("Paris. Hope this helps.", True), ('"Paris. Hope this helps."', True), ('Paris. Hope this helps." \n', True),
+    ("Paris. HOPE THIS HELPS.", True), ("Paris. Hope this helps.X", False), ("Paris. Hope this helps!", False)])
+def test_end_phrase_after_white_space_and_quotes(response, ok):
+    assert I.CHECKS["end_phrase"](response, {"p": "Hope this helps."}) == ok
+
+
+@pytest.mark.parametrize("n", I.MAX_WORDS)
+def test_max_words_at_the_limit(n):
+    assert I.CHECKS["max_words"](" ".join(["word"] * n), {"n": n})
+    assert not I.CHECKS["max_words"](" ".join(["word"] * (n + 1)), {"n": n})
 
 
 @given(st.lists(st.from_regex(r"[A-Za-z0-9]{1,8}", fullmatch=True), max_size=30), st.sampled_from(I.MAX_WORDS))
@@ -88,29 +111,160 @@ def test_json_with_exactly_the_keys(keys, values):
 
 # -- the objectives ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prompt, right, wrong", [
-    ("What is 23 + 45? Do not use any commas.", ["68", "23 + 45 = 68.", "20 + 40 = 60 and 3 + 5 = 8 so 68",
-                                                 "sixty-eight? No: 68", '{"answer": 68}'],
-     ["69", "23 + 45 = 67.", "", "I cannot add."]),
+    ("What is 23 + 45? Do not use any commas.", ["68", "23 + 45 = 68.", "sixty-eight", "sixty-eight? No: 68",
+                                                 '{"answer": 68}', "68.0", "68 because 23 plus 45 makes 68"],
+     ["69", "23 + 45 = 67.", "", "I cannot add.", "20 + 40 = 60 and 3 + 5 = 8 so 68", "eight", "68.5",
+      "sixty eight"]),
+    ("What is 25 + 35? Do not use any commas.", ["sixty", "60", "Sixty."], ["sixty-one", "61"]),
     ("What is 7 times 8? Do not use any commas.", ["56", "7 times 8 is 56 because 7 groups of 8 make 56."],
-     ["54", "7 times 8 is 48."]),
-    ("What is the capital of Australia? Do not use any commas.", ["Canberra.", "canberra", "Not Sydney: Canberra"],
-     ["Sydney.", "Sydney, then Melbourne, then Canberra? Sydney.", "Australia."]),
-    ("What is the capital of Ukraine? Do not use any commas.", ["Kyiv", "Kiev"], ["Moscow"]),
+     ["54", "7 times 8 is 48.", "7 times 8 is 56 or 7 times 9 is 63."]),
+    ("What is the capital of Australia? Do not use any commas.", ["Canberra.", "canberra", "CANBERRA is the capital"],
+     ["Sydney.", "Sydney, then Melbourne, then Canberra? Sydney.", "Australia.", "Not Sydney: Canberra"]),
+    ("What is the capital of Ukraine? Do not use any commas.", ["Kyiv", "Kiev", "Kyiv (also spelled Kiev)"],
+     ["Moscow", "Kyiv or Moscow"]),
+    ("What is the capital of Mexico? Do not use any commas.", ["Mexico City", "The capital of Mexico is Mexico City."],
+     ["Mexico", "Mexico City or Rome"]),
     ("How many centimeters are in 3 meters? Do not use any commas.",
-     ["300", "3 meters is 300 centimeters.", "One meter is 100 centimeters so 3 meters is 300."],
-     ["30", "3 meters is 3000 centimeters."]),
-    ("How many grams are in 12 kilograms? Do not use any commas.", ["12,000 grams", "12000"], ["1200"]),
+     ["300", "3 meters is 300 centimeters.", "One meter is 100 centimeters so 3 meters is 300.",
+      "3 x 100 = 300", "1 meter = 100 cm: 300 cm"],
+     ["30", "3 meters is 3000 centimeters.", "100", "3"]),
+    ("How many grams are in 12 kilograms? Do not use any commas.", ["12,000 grams", "12000"], ["1200", "12"]),
     ("How many times does the letter 'r' appear in the word 'strawberry'? Do not use any commas.",
-     ["3", "three times", "The letter r appears 3 times."], ["2", "twice"]),
+     ["3", "three times", "The letter r appears 3 times.", "thrice"], ["2", "twice", "3 or 4"]),
+    ("How many times does the letter 'p' appear in the word 'alphabet'? Do not use any commas.",
+     ["once", "1", "one time"], ["two", "0"]),
     ("Sort these words alphabetically: tiger, apple, kettle. Do not use any commas.",
-     ["apple, kettle, tiger", "* apple\n* kettle\n* tiger", "tiger apple kettle sorted: apple kettle tiger"],
-     ["apple, tiger, kettle", "tiger, apple, kettle", "apple kettle"]),
+     ["apple, kettle, tiger", "* apple\n* kettle\n* tiger", "Apple Kettle Tiger. Again: apple kettle tiger",
+      '{"answer": "apple kettle tiger"}'],
+     ["apple, tiger, kettle", "tiger, apple, kettle", "apple kettle", "apple kettle tiger apple",
+      # the prompt's own order restated counts as an ordering offered
+      "tiger apple kettle sorted: apple kettle tiger"]),
 ])
 def test_correct_on_written_responses(prompt, right, wrong):
     for r in right:
         assert score(prompt, r)["correct"] == 1.0, r
     for r in wrong:
         assert score(prompt, r)["correct"] == 0.0, r
+
+
+ALL_ORDERS = "\n".join(", ".join(p) for p in permutations(["eagle", "honey", "jacket", "pencil"]))
+
+
+@pytest.mark.parametrize("prompt, hedge", [
+    # issue #30's: the right answer at one end, another answer at the other
+    ("What is 60 + 67?", "127? No wait, it is 137."),
+    ("What is 60 + 77?", "127? No wait, it is 137."),
+    ("What is 60 + 67?", "It is 128 or maybe 126, roughly 127."),
+    ("Sort these words alphabetically: jacket, pencil, eagle, honey.", ALL_ORDERS),
+    ("Sort these words alphabetically: jacket, pencil, eagle, honey.",
+     "eagle, honey, jacket, pencil is wrong. The correct order is pencil, jacket, honey, eagle."),
+    # the prompt's order is the reverse here: the reversed listing is not excused as a restatement
+    ("Sort these words alphabetically: pencil, jacket, honey, eagle.",
+     "eagle, honey, jacket, pencil is wrong. The correct order is pencil, jacket, honey, eagle."),
+    # others: an answer and its neighbours, a list of guesses, a range, an alternative in another field
+    ("What is 60 + 67?", "127, give or take one: 126 to 128."),
+    ("What is 60 + 67?", "* 127\n* 126"),
+    ("What is 60 + 67?", '{"answer": 127, "or": 128}'),
+    ("What is 60 + 67?", "Between 120 and 130; I say 127."),
+    ("What is 60 + 67?", "127 (or one hundred and twenty-eight)"),
+    ("What is 7 times 8?", "56, unless you meant 7 times 9, which is 63."),
+    ("What is the capital of Australia?", "Canberra or Sydney."),
+    ("What is the capital of Australia?", "Sydney? Canberra? Melbourne? I would say Canberra."),
+    ("What is the capital of Australia?", '{"answer": "Canberra", "reason": "not Sydney, as many think"}'),
+    ("How many centimeters are in 3 meters?", "300 (or 3000) centimeters."),
+    ("How many times does the letter 'r' appear in the word 'strawberry'?", "2 or 3 times, most likely 3."),
+    ("How many times does the letter 'r' appear in the word 'strawberry'?", "three, maybe four"),
+    ("Sort these words alphabetically: tiger, apple, kettle.", "apple, kettle, tiger or apple, tiger, kettle"),
+    ("Sort these words alphabetically: tiger, apple, kettle.", "apple kettle tiger\n(kettle apple tiger)"),
+])
+def test_a_hedge_scores_0(prompt, hedge):
+    assert score(prompt, hedge)["correct"] == 0.0
+
+
+def test_a_name_inside_a_longer_one_is_not_a_mention():
+    names = ["Mexico", "Mexico City", "Rome"]
+    assert I._mentions("Mexico City, not Rome; Mexico.", names) == [(0, "Mexico City"), (17, "Rome"), (23, "Mexico")]
+    assert I._mentions("Bogotá or bogota or Kiev", ["Bogota", "Kyiv"]) == [(0, "Bogota"), (10, "Bogota"), (20, "Kyiv")]
+
+
+def test_the_givens_are_never_the_answer():
+    """What is_correct leaves out of the offered answers (the question's numbers; for units also 1
+    and the factor) can never be the right answer, so leaving them out cannot excuse a hedge."""
+    for fam in ("sum", "product", "units", "letters"):
+        for key in I.facts(fam):
+            specs = [{"family": fam, "fact": f} for f in
+                     ([{"a": key[0], "b": key[1]}] if fam in ("sum", "product") else
+                      [dict(one=u[0], many=u[1], into=u[2], factor=u[3], q=q) for u in I.UNITS if u[0] == key
+                       for q in range(2, 13)] if fam == "units" else
+                      [{"word": key, "letter": c} for c in set(key)])]
+            for spec in specs:
+                assert float(I.answer(spec)) not in I.givens(spec), spec
+    spec = I.parse_prompt("How many centimeters are in 3 meters?")
+    assert I.givens(spec) == {3.0, 100.0, 1.0}
+    assert I.givens(I.parse_prompt("What is 7 times 8?")) == {7.0, 8.0}
+    assert I.givens(I.parse_prompt("How many times does the letter 'r' appear in the word 'strawberry'?")) == set()
+
+
+HEDGE_PROMPTS = I.prompts(60, 7, "train") + I.prompts(30, 7, "test")
+SPELLED = {v: w for w, v in I.NUMBER_WORDS.items()} | {
+    t + u: f"{tw}-{w}" if u else tw for tw, t in I.TENS.items() for w, u in I.NUMBER_WORDS.items() if u < 10}
+
+
+def _wrong_answers(spec):
+    """A strategy of wrong answers to a prompt (never a given), written as a response might write them."""
+    right, fam = I.answer(spec), spec["family"]
+    if fam == "capital":
+        return st.sampled_from([c for c in I.CITIES if c != right])
+    if fam == "sort":
+        return st.permutations(right).filter(lambda p: p != right).flatmap(
+            lambda p: st.sampled_from([", ".join(p), " ".join(p), "\n".join("* " + w for w in p)]))
+    return st.integers(0, 20_000).filter(lambda v: v != right and v not in I.givens(spec)).flatmap(
+        lambda v: st.sampled_from([str(v), f"{v:,}", f"{v}.0"] + ([SPELLED[v]] if v in SPELLED else [])))
+
+
+def _responses(spec):
+    """The task's written answers, right or wrong, in each style, and short texts of the words,
+    numbers and cities a response to this prompt may hold."""
+    right = I.answer(spec)
+    tokens = ["the", "is", "or", "not", ",", ".", "-", "\n", "*", "1", "one", "12", "Sydney", "Canberra"] + \
+        (list(right) if isinstance(right, list) else [str(right)]) + [str(int(g)) for g in I.givens(spec)]
+    return st.one_of(
+        st.sampled_from(I.STYLES).map(lambda style: I.write_response(spec, style)),
+        st.sampled_from(I.STYLES).map(lambda style: I.write_response(spec, style, I._wrong(spec, random.Random(0)))),
+        st.lists(st.sampled_from(tokens), max_size=10).map(" ".join))
+
+
+@given(st.data())
+def test_inserting_a_wrong_answer_never_raises_correct(data):
+    """Any response, a wrong answer put between any two of its words, bare or in a hedging or
+    rejecting frame: `correct` never goes up; for a number or a city it is 0."""
+    prompt = data.draw(st.sampled_from(HEDGE_PROMPTS))
+    spec = I.parse_prompt(prompt)
+    response = data.draw(_responses(spec))
+    wrong = data.draw(_wrong_answers(spec))
+    frame = data.draw(st.sampled_from(["{}", "or {}", "maybe {}?", "not {}", "({})", "{} is wrong.", "* {}\n"]))
+    # at either end or beside white space: never inside a word or a number
+    cuts = [i for i in range(len(response) + 1)
+            if i in (0, len(response)) or response[i - 1].isspace() or response[i].isspace()]
+    i = data.draw(st.sampled_from(cuts))
+    hedged = response[:i] + " " + frame.format(wrong) + " " + response[i:]
+    after = score(prompt, hedged)["correct"]
+    assert after <= score(prompt, response)["correct"], hedged
+    # (for `sort`, a wrong order can join the words around it into right listings: "apple
+    # [kettle tiger apple] kettle tiger" reads as the right order twice)
+    assert after == 0.0 or spec["family"] == "sort", hedged
+
+
+def test_right_answers_in_every_style_score_1():
+    """The task's own answers, right, in each style and family, with every kind of instruction."""
+    seen = set()
+    for split in I.SPLITS:
+        for p in I.prompts(300, 2, split):
+            spec = I.parse_prompt(p)
+            for style in I.STYLES:
+                assert score(p, I.write_response(spec, style))["correct"] == 1.0, (p, style)
+                seen.add((spec["family"], style))
+    assert seen == {(f, s) for f in I.FAMILIES for s in I.STYLES}
 
 
 def test_explains_needs_a_reason_and_its_grounds():
@@ -126,6 +280,28 @@ def test_explains_needs_a_reason_and_its_grounds():
     assert score(ps, "apple kettle tiger since a comes before k")["explains"] == 1.0
     pl = "How many times does the letter 'r' appear in the word 'strawberry'? Do not use any commas."
     assert score(pl, "3 because s-t-r-a-w-b-e-r-r-y has three.")["explains"] == 1.0
+    # the grounds must be in a reason: the sentence of the connective, or the JSON "reason"
+    assert score(p, "3 meters is 300 centimeters; 100 each. I know because I checked.")["explains"] == 0.5
+    assert score(p, "One meter is 100 centimeters.\nSo 300.")["explains"] == 0.5
+    assert score(p, "One meter is 100 centimeters, so 300.")["explains"] == 1.0
+    assert score(pj, '{"answer": "France: Paris", "reason": "Seat of government."}')["explains"] == 0.5
+    assert score(pj, '{"answer": "Paris", "reason": "France"}')["explains"] == 0.0     # one word: no reason
+    assert score(pj, '{"answer": "Paris", "reason": "France decided."}')["explains"] == 1.0   # two words
+    assert score(pj, '{"answer": "France: Paris", "reason": "It decided."}')["explains"] == 0.5
+    assert score(pj, '{"answer": "Paris because of France", "reason": ""}')["explains"] == 1.0
+    pp = "What is 7 times 8? Do not use any commas."
+    assert score(pp, "56 because 7 groups of 8 make 56")["explains"] == 1.0
+    assert score(pp, "56 because 7 groups of eight make 56")["explains"] == 1.0
+    assert score(pp, "56 because 7 groups make 56")["explains"] == 0.5              # one operand only
+    assert score(ps, "apple kettle tiger since their first letters are a k t")["explains"] == 1.0
+    assert score(ps, "apple kettle tiger since I sorted them")["explains"] == 0.5
+    pw = "How many times does the letter 'p' appear in the word 'alphabet'? Do not use any commas."
+    assert score(pw, "once because a l p h a b e t has one p")["explains"] == 1.0
+    assert score(pw, "once because alphabet has one p")["explains"] == 1.0
+    assert score(pw, "once because alpha has one p")["explains"] == 0.5
+    pc = "What is the capital of the Netherlands? Do not use any commas."
+    assert score(pc, "Amsterdam because Netherlands law says so")["explains"] == 1.0
+    assert score(pc, "Amsterdam because the law says so")["explains"] == 0.5
 
 
 def test_concise_against_the_budget():

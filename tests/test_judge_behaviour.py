@@ -6,10 +6,14 @@ judge template's answer up to the label ("Better: ", "Better for 'correct': "), 
 judge prompt: it finds the two responses between "\\nA: ", "\\nB: " and "\\nChoose", and puts logit
 s + BIAS on label A and -s on label B, s = SLOPE * (len(A) - len(B)): it prefers the longer response,
 with a bias towards position A (under a principle whose name says "short": the shorter one, s
-negated). At every other position its logits are (OFF_CUE, 0). So
+negated). Every other token of its vocabulary gets logit 0, and at every other position its label
+logits are (OFF_CUE, 0). So, read at the last prompt position,
 
-    p_A(x, a, b)  = sigmoid(2 s + BIAS)                      read at the last prompt position
-    p(a > b)      = 1/2 [p_A(x, a, b) + 1 - p_A(x, b, a)]    the position-swapped average
+    P(A | x, a, b) = e^(s + BIAS) / Z,  P(B | x, a, b) = e^-s / Z
+        Z = e^(s + BIAS) + e^-s                     the 'pair' rule (OSP): the two labels only
+        Z = e^(s + BIAS) + e^-s + (V - 2)           the 'vocab' rule (Self-Judge): every token
+    L_a = 1/2 [P(A | x, a, b) + P(B | x, b, a)],  L_b = 1/2 [P(B | x, a, b) + P(A | x, b, a)]
+    p(a > b) = L_a / (L_a + L_b)                    (= 1/2 [p_A(x, a, b) + 1 - p_A(x, b, a)] for 'pair')
 
 and a judge that read one position early would see (OFF_CUE, 0) instead.
 """
@@ -21,6 +25,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
 
+from nanoalign import judge
 from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.judge import TEMPLATES, best_of, first_probs, judge_pairs, swapped_probs, tournament
 from nanoalign.testing import tiny_model
@@ -29,6 +34,8 @@ from tests.helpers import byte_tokenizer, call_method, examples, one_thread, rec
 TOK = byte_tokenizer()
 ID_A, ID_B = TOK.encode("A")[0], TOK.encode("B")[0]
 SLOPE, BIAS, OFF_CUE = 0.1, 0.75, -4.0   # small enough that p stays below 1 in float32
+VOCAB = 262
+RULES = ["vocab", "pair"]
 CUE = re.compile(r"Better( for '[^']*')?: $")
 
 
@@ -42,7 +49,7 @@ class RuleJudge(torch.nn.Module):
     """The interface of model.model.Transformer (forward(ids, attn) -> hidden, logits(hidden),
     lm_head.weight, cfg.eos_ids) with known behaviour; hidden states are the two label logits."""
 
-    def __init__(self, vocab=262):
+    def __init__(self, vocab=VOCAB):
         super().__init__()
         self.lm_head = torch.nn.Linear(2, vocab, bias=False)
         with torch.no_grad():
@@ -88,12 +95,28 @@ def sigmoid(x):
 
 
 def p_first(a, b, principle=None):
-    """What the rule says the label probability of position A is."""
+    """What the rule says the label probability of position A is, over the two labels."""
     return sigmoid(2 * sign(principle) * SLOPE * (len(a) - len(b)) + BIAS)
 
 
-def p_swapped(a, b, principle=None):
-    return 0.5 * (p_first(a, b, principle) + 1 - p_first(b, a, principle))
+def label_probs(a, b, principle, likelihood):
+    """(P(A), P(B)) after reading J(x, a, b), by the rule of `likelihood`."""
+    s = sign(principle) * SLOPE * (len(a) - len(b))
+    ea, eb = math.exp(s + BIAS), math.exp(-s)
+    z = ea + eb + (VOCAB - 2 if likelihood == "vocab" else 0)
+    return ea / z, eb / z
+
+
+def likelihoods(a, b, principle=None, likelihood="pair"):
+    """(L_a, L_b): each response's label probability averaged over both position orders."""
+    pa1, pb1 = label_probs(a, b, principle, likelihood)
+    pa2, pb2 = label_probs(b, a, principle, likelihood)
+    return 0.5 * (pa1 + pb2), 0.5 * (pb1 + pa2)
+
+
+def p_swapped(a, b, principle=None, likelihood="pair"):
+    la, lb = likelihoods(a, b, principle, likelihood)
+    return la / (la + lb)
 
 
 text = st.text(alphabet="abcxyz 0123456789.+=?", min_size=1, max_size=12)
@@ -116,29 +139,84 @@ def test_first_probs_reads_the_label_at_the_last_prompt_position(rows, template,
 
 
 @settings(max_examples=examples(15))
+@pytest.mark.parametrize("likelihood", RULES)
 @given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=5), batch_size=st.integers(1, 4))
-def test_swapped_probs_average_both_position_orders(rows, batch_size):
+def test_swapped_probs_average_both_position_orders(likelihood, rows, batch_size):
     items = [(x, *unequal(a, b)) for x, a, b in rows]
-    got = swapped_probs(JUDGE, TOK, TEMPLATES["compact"], items, batch_size=batch_size)
+    got = swapped_probs(JUDGE, TOK, TEMPLATES["compact"], items, batch_size=batch_size, likelihood=likelihood)
     for g, (_, a, b) in zip(got.tolist(), items):
-        assert g == pytest.approx(p_swapped(a, b), abs=1e-6)
+        assert g == pytest.approx(p_swapped(a, b, likelihood=likelihood), abs=1e-6)
         # the longer response wins once the position bias is averaged out
         assert (g > 0.5) == (len(a) > len(b))
 
 
 @settings(max_examples=examples(10))
+@pytest.mark.parametrize("likelihood", RULES)
 @given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=3),
        names=st.lists(st.sampled_from(["long", "longer", "short"]), min_size=1, max_size=4))
-def test_principles_are_combined_by_jm_pr(rows, names):
+def test_principles_are_combined_by_jm_pr(likelihood, rows, names):
     """JM-PR (the Self-Judge paper's principle-aware rule): a is preferred when it wins under more
-    than half of the principles; the result is the win rate, or on a tie the mean probability."""
+    than half of the principles; the result is the win rate, or on a tie the mean likelihood of the
+    judge tokens across principles, mean L_a against mean L_b."""
     items = [(x, *unequal(a, b)) for x, a, b in rows]
     got = judge_pairs(JUDGE, TOK, TEMPLATES["compact_principle"], items,
-                      [(n, f"prefer {n} answers") for n in names])
+                      [(n, f"prefer {n} answers") for n in names], likelihood=likelihood)
     for g, (_, a, b) in zip(got.tolist(), items):
-        P = [p_swapped(a, b, n) for n in names]
+        P = [p_swapped(a, b, n, likelihood) for n in names]
         rate = sum(1.0 if q > 0.5 else 0.5 if q == 0.5 else 0.0 for q in P) / len(P)
-        assert g == pytest.approx(sum(P) / len(P) if rate == 0.5 else rate, abs=1e-6)
+        la = sum(likelihoods(a, b, n, likelihood)[0] for n in names)
+        lb = sum(likelihoods(a, b, n, likelihood)[1] for n in names)
+        assert g == pytest.approx(la / (la + lb) if rate == 0.5 else rate, abs=1e-6)
+
+
+@settings(max_examples=examples(10))
+@pytest.mark.parametrize("likelihood", RULES)
+@given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=3),
+       names=st.lists(st.sampled_from(["long", "longer", "short"]), min_size=1, max_size=4))
+def test_principles_are_averaged_for_osp(likelihood, rows, names):
+    """OSP's target under several principles: the mean of each principle's swapped p."""
+    items = [(x, *unequal(a, b)) for x, a, b in rows]
+    got = judge_pairs(JUDGE, TOK, TEMPLATES["compact_principle"], items,
+                      [(n, f"prefer {n} answers") for n in names], likelihood=likelihood, combine="mean")
+    for g, (_, a, b) in zip(got.tolist(), items):
+        assert g == pytest.approx(sum(p_swapped(a, b, n, likelihood) for n in names) / len(names), abs=1e-6)
+
+
+class OrderJudge(RuleJudge):
+    """Fixed full-vocabulary label probabilities, by which response is shown first: P(A) = 0.06,
+    P(B) = 0.02 (the other 0.92 on one other token) with 'first' in position A, P(A) = 0.6,
+    P(B) = 0.3 (0.1 elsewhere) with 'second' there. Its logits are the logs of those probabilities."""
+
+    def forward(self, ids, attn=None):
+        flag = [float("\nA: first\n" in TOK.decode(row[m.bool()].tolist())) for row, m in zip(ids, attn)]
+        return torch.tensor(flag).view(-1, 1, 1).expand(ids.shape[0], ids.shape[1], 1)
+
+    def logits(self, h):
+        probs = torch.zeros(h.shape[0], VOCAB, dtype=torch.float64)
+        for i, first in enumerate(h[:, 0].tolist()):
+            probs[i, [ID_A, ID_B, ord("z")]] = torch.tensor([0.06, 0.02, 0.92] if first else [0.6, 0.3, 0.1],
+                                                             dtype=torch.float64)
+        return probs.log()
+
+
+def test_the_two_papers_rules_can_pick_different_winners():
+    """Self-Judge's rule averages each response's judge-token likelihood over both orders:
+    L_first = (0.06 + 0.3) / 2 = 0.18 < L_second = (0.02 + 0.6) / 2 = 0.31, so 'second' wins.
+    OSP's softmax over the two labels, averaged: (0.06/0.08 + 0.3/0.9) / 2 = 0.542, 'first' wins."""
+    t, item = TEMPLATES["compact"], ("q", "first", "second")
+    vocab = swapped_probs(OrderJudge(), TOK, t, [item], likelihood="vocab").item()
+    pair = swapped_probs(OrderJudge(), TOK, t, [item], likelihood="pair").item()
+    assert vocab == pytest.approx(0.18 / 0.49, abs=1e-6) and vocab < 0.5
+    assert pair == pytest.approx((0.75 + 1 / 3) / 2, abs=1e-6) and pair > 0.5
+    # each method's default is its paper's rule, and the tournament decides as the rule says
+    assert best_of(OrderJudge(), TOK, t, "q", ["first", "second"]) == 1
+    assert best_of(OrderJudge(), TOK, t, "q", ["first", "second"], likelihood="pair") == 0
+    from tests.helpers import method_config
+    self_judge = ("jsft", "self_judge", "self_judge_offpolicy")
+    assert [method_config(m).likelihood for m in self_judge] == ["vocab"] * 3
+    assert [method_config(m).likelihood for m in ("pref_aug", "osp")] == ["pair"] * 2
+    with pytest.raises(judge.JudgeError, match="'softmax' is unknown"):
+        swapped_probs(OrderJudge(), TOK, t, [item], likelihood="softmax")
 
 
 @settings(max_examples=examples(10))

@@ -255,3 +255,28 @@ def test_sequence_logprob_defaults_and_reduction_names(monkeypatch):
     for red in ("sum", "mean", "none"):
         out = sl.sequence_logprob(hb, wb, y, torch.zeros_like(m), red, backend="torch")
         assert out.dtype == torch.float32 and (out == 0).all()
+
+
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5), reduction=st.sampled_from(["sum", "mean"]),
+       seed=st.integers(0, 10_000), chunk=st.integers(1, 20))
+@example(lengths=[1], reduction="mean", seed=0, chunk=1).via("one row of one token")
+@example(lengths=[1, 9, 1], reduction="sum", seed=1, chunk=3).via("length-1 rows around a long one")
+def test_packed_rows_give_the_padded_rows_log_probs_and_gradients(lengths, reduction, seed, chunk):
+    """The packed layout (rows back to back, cu_seqlens) against the right-padded one of the same
+    rows: the same per-row sums and means (the same bits: a row sums in the same order) and the
+    same gradients, written back to the same tokens."""
+    R, T, d, V = len(lengths), max(lengths), 16, 37
+    h, w, y, m = inputs(R, T, d, V, torch.float32, seed)
+    real = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]        # (R, T): not a pad
+    m = m * real                                                            # pads are never kept
+    padded = sequence_logprob(h, w, y, m, reduction, backend="torch", chunk_size=chunk)
+    cu = torch.tensor([0] + lengths).cumsum(0)
+    hp = h.detach()[real].requires_grad_()                                  # (N, d), row-major
+    packed = sequence_logprob(hp, w, y[real], m[real], reduction, backend="torch", chunk_size=chunk,
+                              cu_seqlens=cu)
+    assert packed.shape == (R,) and torch.equal(packed, padded)
+    up = torch.randn(R, generator=torch.Generator().manual_seed(seed))
+    gh, gw = torch.autograd.grad((padded * up).sum(), [h, w])
+    ghp, gwp = torch.autograd.grad((packed * up).sum(), [hp, w])
+    assert torch.allclose(ghp, gh[real], rtol=1e-6, atol=1e-7) and (gh[~real] == 0).all()
+    assert torch.allclose(gwp, gw, rtol=1e-5, atol=1e-7)

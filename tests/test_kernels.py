@@ -84,3 +84,28 @@ def test_odds_ratio_matches_float64_formula(a, b):
 
 def test_odds_ratio_z_gradient_flows():
     check_odds_ratio_z_gradient("triton")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen attention runs on CUDA only")
+@pytest.mark.parametrize("window", [None, 3])
+def test_packed_rows_on_cuda_match_the_padded_batch(window):
+    """Packed rows on a GPU go through torch's flash-attention varlen kernel (model/model.py
+    PackedRows); under bf16 autocast their per-row log-probs and gradients match the padded batch's
+    to bf16 precision (tests/test_losses.py checks the CPU's per-row attention exactly)."""
+    from nanoalign.common import batch_logps
+    from nanoalign.data import make_batch
+    from tests.helpers import tiny
+    model = tiny(0, sliding_window=window).cuda()
+    g = torch.Generator().manual_seed(0)
+    ex = [{"ids": torch.randint(3, 101, (n,), generator=g).tolist(), "n_prompt": p}
+          for n, p in [(1, 1), (12, 4), (7, 2), (2, 1)]]
+    params = list(model.parameters())
+    out = []
+    for packed in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            lp = batch_logps(model, make_batch(ex, "sft", 0, "cuda", packed=packed), "mean")
+        out.append((lp, torch.autograd.grad(lp.sum(), params)))
+    (a, ga), (b, gb) = out
+    assert rel_err(b, a) <= TOL[torch.bfloat16]
+    for x, y in zip(ga, gb):
+        assert rel_err(y, x) <= 5 * TOL[torch.bfloat16]

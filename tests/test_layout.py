@@ -15,6 +15,8 @@ from nanoalign.common import Method, batch_logps, option, register
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ("kernels", "model", "nanoalign")
+# the library runs without them; transformers is only the tests' reference, in its own process
+NOT_IN_LIBRARY = ("transformers", "trl", "accelerate", "peft", "datasets")
 
 
 # -- a method that exists only in this file ---------------------------------------------------------
@@ -136,6 +138,53 @@ def test_no_import_cycles():
     for m in sorted(edges):
         if m not in state:
             visit(m, [])
+
+
+def outside_imports(src, banned=NOT_IN_LIBRARY):
+    """[(line, module)] of the imports in `src` of a banned package (at any depth in the file)."""
+    found = []
+    for node in ast.walk(ast.parse(src)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            names = [str(node.args[0].value)]
+        found += [(node.lineno, n) for n in names if n.split(".")[0] in banned]
+    return found
+
+
+def test_the_library_never_imports_transformers():
+    for top in LIBRARY:
+        for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
+            for n in sorted(names):
+                if n.endswith(".py"):
+                    path = os.path.join(dirpath, n)
+                    found = outside_imports(open(path).read())
+                    assert not found, f"{os.path.relpath(path, ROOT)} imports {found}"
+
+
+def test_the_import_check_sees_each_form():
+    src = ("import os\nimport transformers.models.llama as L\ndef f():\n    from peft import LoraConfig\n"
+           "    importlib.import_module('trl')\n    from .datasets import x\n    import datasets_helper\n"
+           "    __import__('accelerate')\n")
+    assert outside_imports(src) == [(2, "transformers.models.llama"), (4, "peft"), (5, "trl"),
+                                    (8, "accelerate")]
+
+
+def test_the_transformers_reference_cannot_import_the_repository(hf):
+    """The reference runs where the repository is not on sys.path, so `kernels` is Hugging Face's
+    (or absent, with transformers < 5.25) and the project's packages cannot be found."""
+    where = hf.ask("where", modules=["kernels", "nanoalign", "model"])[0]
+    on_path = {os.path.realpath(p or ".") for p in where["sys_path"]}
+    assert not on_path & {os.path.realpath(ROOT), os.path.realpath(os.path.join(ROOT, "tests"))}, on_path
+    assert not os.path.realpath(where["cwd"]).startswith(os.path.realpath(ROOT) + os.sep)
+    assert where["modules"]["nanoalign"] is None and where["modules"]["model"] is None
+    kernels = where["modules"]["kernels"] or []
+    for place in kernels if isinstance(kernels, list) else [kernels]:
+        assert not os.path.realpath(place).startswith(os.path.realpath(ROOT) + os.sep), place
 
 
 def test_the_walker_sees_a_cycle(tmp_path, monkeypatch):

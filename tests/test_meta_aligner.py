@@ -111,3 +111,27 @@ def test_stage_all_chains_three_runs(tmp_path):
     assert final.endswith("preference/ckpt")
     assert json.load(open(tmp_path / "run" / "equal" / "ckpt" / "state.json"))["config"]["init_from"] \
         .endswith("warmup/ckpt")
+
+
+def test_a_conversational_row_keeps_every_turn_and_the_answer_text(monkeypatch):
+    """A TRL-style row: the prompt shows the system message and every turn with its role name, the
+    answer its text (not a Python list), and inference (`correct`) builds the very same prompt."""
+    from nanoalign import meta_aligner
+    from tests.helpers import byte_tokenizer
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "What is 1 + 1?"}]
+    answer = [{"role": "assistant", "content": "3"}]
+    r = {"prompt": conv, "chosen": [{"role": "assistant", "content": "2."}], "rejected": answer,
+         "labels": {"c": "1"}, "objectives": {"c": OBJ["c"]}}
+    (e,), _ = build_sets([r], 0)
+    assert e["prompt"] == ("Edit the following Question-Answer pair to make it better considering the "
+                           "following objectives: c: is correct | Question: System: Be brief.\nUser: Hi\n"
+                           "Assistant: Hello!\nUser: What is 1 + 1? | Answer: 3 | Edit:")
+    tok, seen = byte_tokenizer(), []
+
+    def generate(model, ids, *a, **k):
+        seen.extend(ids)
+        return [[] for _ in ids]
+    monkeypatch.setattr(meta_aligner, "generate", generate)
+    meta_aligner.correct(None, tok, [conv], [answer], [("c", OBJ["c"])])
+    assert seen == [tok.encode_prompt(e["prompt"])]

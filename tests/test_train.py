@@ -1,7 +1,9 @@
 """The training loop: gradient accumulation, exact resume, Ctrl-C, non-finite losses, bad input."""
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +67,44 @@ def test_resume_gives_the_same_losses(tmp_path):
     assert first + second == straight                     # float32 on the CPU: bit for bit
     st = json.load(open(tmp_path / "b" / "run" / "ckpt" / "state.json"))
     assert st["step"] == 6 and st["config"]["method"] == "dpo"
+
+
+def file_hashes(root):
+    """{path relative to root: sha256 of its bytes} of every file under root."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.relpath(os.path.join(d, n), root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def test_resuming_a_copied_run_reads_and_writes_only_the_copy(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.main(["--method", "sft", "--init_from", "scratch", "--model_preset", "tiny", "--max_steps", "4",
+                "--batch_size", "4", "--n_train", "16", "--val_data", "", "--final_eval", "false",
+                "--log_every", "1", "--out_dir", str(a)])
+    shutil.copytree(a, b)                      # its state.json still says out_dir a
+    before = file_hashes(a)
+    train.main(["--out_dir", str(b), "--resume", "--max_steps", "6"])
+    assert file_hashes(a) == before            # the original: not read into, not written, byte for byte
+    st = json.load(open(b / "ckpt" / "state.json"))
+    assert st["step"] == 6 and st["config"]["out_dir"] == str(b)
+    steps = [json.loads(x)["step"] for x in open(b / "metrics.jsonl") if '"train"' in x]
+    assert steps == [1, 2, 3, 4, 5, 6]         # the copy's own log, continued
+    assert file_hashes(b)["ckpt/model.safetensors"] != before["ckpt/model.safetensors"]
+    assert f"checkpoint: {b / 'ckpt'} (step 6)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_out_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys, resume):
+    f = tmp_path / "taken.txt"
+    f.write_text("not a run")
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--method", "sft", "--out_dir", str(f)] + resume)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: --out_dir {f} exists and is not a directory\n"
+    assert f.read_text() == "not a run"
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """TRL's preference rows, as TRL documents them, read and tokenized as the checkpoint's template gives
 them: an explicit prompt, or an implicit one (the shared beginning of chosen and rejected), in both
-the conversational and the standard (string) form."""
+the conversational and the standard (string) form. On SmolLM2 the ids are also transformers' own
+(in its own process: the `hf` fixture, tests/hf_reference.py)."""
 import importlib.util
 import json
 
@@ -57,10 +58,13 @@ def test_rows_that_share_nothing_are_a_clear_error(tmp_path):
 
 
 # -- on SmolLM2-135M-Instruct: the ids are what its template gives ------------------------------------
-@pytest.mark.parametrize("row", [
+CONVERSATIONAL = pytest.mark.parametrize("row", [
     {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]},                 # explicit prompt
     {"chosen": [USER, GOOD], "rejected": [USER, BAD]},                       # implicit prompt
 ], ids=["explicit", "implicit"])
+
+
+@CONVERSATIONAL
 def test_conversational_trl_rows_tokenize_as_the_template_renders(tmp_path, smollm2, row):
     rows, _ = read_jsonl(write(tmp_path, row), "pref")
     (ex,), dropped = tokenize_rows(rows, smollm2, "pref", 512)
@@ -73,6 +77,18 @@ def test_conversational_trl_rows_tokenize_as_the_template_renders(tmp_path, smol
         full = smollm2.apply_chat_template([USER, answer], tokenize=True)
         assert ex[side] == full                                  # prompt + response = the whole turn
         assert smollm2.decode(ex[side][n:], skip_special=False) == answer["content"] + "<|im_end|>\n"
+
+
+@CONVERSATIONAL
+def test_conversational_trl_rows_are_the_ids_transformers_gives(tmp_path, smollm2, hf, row):
+    """What TRL would train on: transformers' template ids of the prompt, and of the whole turn."""
+    ref = hf.tokenizer(smollm2.tok, smollm2.chat_template, smollm2.special_tokens)
+    rows, _ = read_jsonl(write(tmp_path, row), "pref")
+    (ex,), _ = tokenize_rows(rows, smollm2, "pref", 512)
+    prompt = ref.apply_chat_template([USER], tokenize=True, add_generation_prompt=True)
+    for side, answer in (("chosen", GOOD), ("rejected", BAD)):
+        assert ex[side][:ex[f"n_prompt_{side}"]] == prompt
+        assert ex[side] == ref.apply_chat_template([USER, answer], tokenize=True)
 
 
 @pytest.mark.slow

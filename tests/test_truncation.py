@@ -3,7 +3,8 @@ nanoalign.data.tokenize_rows and make_batch.
 
 The rules (nanoalign/data.py): prompt and response are tokenized separately; a response longer than
 the room left (max_length - prompt) loses tokens from the RIGHT; a batch is right-padded with
-targets[b, t] = ids[b, t + 1] and mask[b, t] = 1 exactly where that target is a kept response token.
+targets[b, t] = ids[b, t + 1] and mask[b, t] = 1 exactly where that target is a kept response token;
+a packed batch holds the same rows back to back besides (`check_packed`).
 Prompt lengths are drawn at max_length - 1 (room for one response token), and the current rule for a
 prompt of max_length tokens or more (a bad row) is in one test, named for it, below.
 """
@@ -62,6 +63,20 @@ def check_batch(batch, seqs, n_examples):
     kept = [len(s) - n for s, n in seqs]                   # the kept response tokens of each row
     assert batch["mask"].sum(1).tolist() == kept
     assert batch["n_tokens"] == sum(kept[:n_examples])
+    if "packed" in batch:
+        check_packed(batch, seqs)
+
+
+def check_packed(batch, seqs):
+    """The padding-free layout: the rows' tokens back to back, each target the next token of its
+    own row, the padded batch's response mask read at each token's slot, rows bounded by
+    cu_seqlens."""
+    p = batch["packed"]
+    assert p["ids"].tolist() == [[t for s, _ in seqs for t in s]]
+    assert p["cu_seqlens"].tolist() == [sum(len(s) for s, _ in seqs[:i]) for i in range(len(seqs) + 1)]
+    assert p["targets"].tolist() == [s[t + 1] if t + 1 < len(s) else PAD for s, _ in seqs for t in range(len(s))]
+    mask = batch["mask"].reshape(-1)[p["slot"]]
+    assert mask.tolist() == [float(t + 1 < len(s) and t + 1 >= n) for s, n in seqs for t in range(len(s))]
 
 
 def cut(p_ids, r_ids, max_length):
@@ -71,15 +86,16 @@ def cut(p_ids, r_ids, max_length):
 
 @settings(max_examples=examples(30))
 @pytest.mark.parametrize("kind", KINDS)
-@given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=4), extra=st.sampled_from([0, 1, 2, 5]))
-def test_responses_are_cut_from_the_right_and_masked(kind, rows, extra):
+@given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=4), extra=st.sampled_from([0, 1, 2, 5]),
+       packed=st.booleans())
+def test_responses_are_cut_from_the_right_and_masked(kind, rows, extra, packed):
     # the longest prompt gets max_length - 1 - extra tokens: with extra = 0, room for one response token
     max_length = max(n_prompt(p) for p, _, _ in rows) + 1 + extra
     sj_limit = 10_000
     ex, dropped = tokenize_rows([row_of(kind, *r, i) for i, r in enumerate(rows)], TOK, kind, max_length,
                                 sj_max_length=sj_limit)
     assert dropped == 0 and len(ex) == len(rows)
-    batch = make_batch(ex, kind, PAD)
+    batch = make_batch(ex, kind, PAD, packed=packed)     # packed: the padded tensors plus its layout
     want = [(cut(TOK.encode_prompt(p), response_ids(r1), max_length),
              cut(TOK.encode_prompt(p), response_ids(r2), max_length)) for p, r1, r2 in rows]
     if kind == "prompt":

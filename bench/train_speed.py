@@ -1,0 +1,360 @@
+"""
+One training step, ours side by side with TRL's ORPOTrainer and DPOTrainer: the median step time
+and the peak memory of each, same rows, same batch, in one run, and the ratios.
+
+    python -m bench.train_speed                     # SmolLM2-135M-Instruct on the CPU (issue #29)
+    python -m bench.train_speed --preset tiny       # a random 0.1M model: checks the harness (1-2 min)
+    python -m bench.train_speed --preset gpu_1p7b   # SmolLM2-1.7B's shape on one GPU (bf16, + Liger)
+    python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 \
+        --steps 1 --warmup 1                        # its rehearsal on the CPU: only sizes differ
+
+Each measurement runs in a process of its own, so that its peak memory (peak RSS on the CPU, peak
+allocated on CUDA) is its own:
+- ours: this file as `python -m bench.train_speed --child ...`, the training loop's own step
+  (train.py: make_batch, accumulate_gradients, clip, AdamW) without its logging and checkpointing;
+- TRL: this file as a script under `python -I`, in TRL's own environment (--trl_python, default
+  $TRL_PYTHON or /work/venv-trl/bin/python) and a working directory outside the repository: the
+  project's top-level kernels/ would shadow Hugging Face's `kernels` package, which transformers
+  imports. Only `trl_child` below imports TRL / transformers; it reads no project module.
+
+The rows (`make_rows`) are deterministic conversations, so both sides render them with the same chat
+template: 256 rows, prompt ~50 tokens, responses ~60 at the cpu preset. Both take the same batch
+size (pairs per step) and max_length; the first --warmup steps are not timed. TRL at its defaults
+(bf16 autocast, gradient checkpointing on) and at equal settings (float32, or bf16, checkpointing
+off as ours); ours as train.py runs it (--dtype and --packed, each 'auto' unless set here).
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# model: where the weights come from; prompt/response: words per row (SmolLM2's tokenizer: ~1.2
+# tokens a word, and its chat template adds ~30 tokens to a prompt)
+PRESETS = {
+    "cpu": dict(device="cpu", model="smollm2-135m", rows=256, batch=4, max_length=256, prompt=18,
+                response=45, steps=8, warmup=2,
+                ours=[dict(dtype="float32"), dict()],
+                trl=["default", "float32", "bfloat16"]),
+    "tiny": dict(device="cpu", model="tiny", rows=32, batch=4, max_length=128, prompt=6, response=6,
+                 steps=2, warmup=1, ours=[dict()], trl=["default"]),
+    # SmolLM2-1.7B's shape with random weights (the real ones are not shipped offline), bf16; TRL
+    # with Liger's fused kernels where liger_kernel imports; then the largest batch at 2048 tokens
+    "gpu_1p7b": dict(device="cuda", model="smollm2-1.7b", rows=256, batch=4, max_length=1024,
+                     prompt=350, response=380, steps=5, warmup=2, ours=[dict(dtype="bfloat16")],
+                     trl=["default", "bfloat16", "liger"], max_batch_length=2048),
+}
+SMOLLM2_1P7B = dict(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, hidden_dim=8192,
+                    rope_theta=130000.0, max_seq_len=8192, tie_embeddings=True, bos_token_id=1,
+                    eos_token_id=2, pad_token_id=2)
+# TRL's settings: its defaults, and the ones equal to ours (gradient checkpointing off, as ours is)
+TRL_SETTINGS = {"default": {}, "float32": dict(bf16=False, gradient_checkpointing=False),
+                "bfloat16": dict(bf16=True, gradient_checkpointing=False),
+                "liger": dict(bf16=True, gradient_checkpointing=False, use_liger_kernel=True)}
+
+WORDS = ("time year people way day man thing woman life child world school state family student "
+         "group country problem hand part place case week company system program question work "
+         "government number night point home water room mother area money story fact month lot "
+         "right study book eye job word business issue side kind head house service friend father "
+         "power hour game line end member law car city community name president team minute idea "
+         "kid body information back parent face others level office door health person art war "
+         "history party result change morning reason research girl guy moment air teacher force "
+         "education river light garden music paper market road table window answer voice summer").split()
+
+
+def make_rows(n, prompt_words, response_words, seed=0):
+    """n preference rows as conversations (a user prompt, two assistant answers), the same on
+    every run: words drawn by a seeded generator."""
+    rng = random.Random(seed)
+
+    def text(k):
+        return " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
+    return [{"prompt": [{"role": "user", "content": f"Question {i}: {text(prompt_words)}"}],
+             "chosen": [{"role": "assistant", "content": text(response_words)}],
+             "rejected": [{"role": "assistant", "content": text(response_words)}]} for i in range(n)]
+
+
+# -- the model directories -------------------------------------------------------------------------
+def model_dir(p, work, checkpoint, layers=None):
+    """A Hugging Face directory both sides load: the converted SmolLM2-135M-Instruct (cpu), or random
+    weights of a preset's shape saved with a tokenizer (tiny: the built-in task's byte tokenizer;
+    1.7B: SmolLM2's, from the converted 135M directory)."""
+    import torch
+    from model.checkpoint import load, save_model
+    from model.model import Transformer, config_from_preset
+    smol = checkpoint
+    if p["model"] != "tiny" and not os.path.exists(os.path.join(smol, "config.json")):
+        from model.gguf_import import convert, default_gguf_path
+        convert(default_gguf_path(), smol)
+    if p["model"] == "smollm2-135m":
+        return smol
+    d = os.path.join(work, p["model"])
+    torch.manual_seed(0)
+    if p["model"] == "tiny":
+        from experiments.task import build_tokenizer
+        tok = build_tokenizer()
+        cfg = config_from_preset("tiny", dim=64, n_layers=layers or 2, hidden_dim=176)
+    else:
+        _, tok = load(smol)
+        cfg = config_from_preset("smollm2-135m", **{**SMOLLM2_1P7B, "n_layers": layers or 24})
+    save_model(Transformer(cfg), d, tok)
+    return d
+
+
+# -- ours (a child process) --------------------------------------------------------------------------
+def ours_child(spec):
+    """Steps of our training loop on the spec's rows; returns the step times and the peak memory.
+    With spec['max_batch'], instead the largest batch (doubling) that runs one step."""
+    import torch
+    import train
+    from model.checkpoint import load
+    from nanoalign import REGISTRY
+    from nanoalign.common import Run, frozen_copy
+    from nanoalign.data import make_batch
+    dev = spec["device"]
+    cfg = train.make_config(method=spec["method"], init_from=spec["model_dir"], train_data=spec["rows"],
+                            val_data="", batch_size=spec["batch"], max_length=spec["max_length"],
+                            device=dev, **spec["setting"])
+    method = REGISTRY[cfg.method]
+    model, tok = load(cfg.init_from, torch.float32, dev)
+    model.grad_checkpoint = cfg.grad_checkpoint
+    run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
+    ex = train.load_split(cfg, method, "train", run)
+    opt = train.make_optimizer(model, cfg)
+    packed = train.packed_batches(cfg, model)
+
+    def step(rows):
+        batch = make_batch(rows, method.eats, tok.pad_id, dev, packed)
+        train.accumulate_gradients(model, method, [batch], run, cfg)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return batch
+
+    if spec.get("max_batch"):
+        return {"max_batch": largest_batch(lambda b: step((ex * b)[:b]))}
+    times, tokens = [], []
+    for i in range(spec["warmup"] + spec["steps"]):
+        t = time.perf_counter()
+        b = step(ex[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+        times.append(time.perf_counter() - t)
+        tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
+    return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
+            "compute": f"{'bfloat16' if train.autocast_dtype(cfg, model) else 'float32'}, "
+                       f"{'packed' if packed else 'padded'}", **peak(dev)}
+
+
+# -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------
+def trl_child(spec):
+    import torch
+    import transformers
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    if spec["method"] == "orpo":
+        from trl.experimental.orpo import ORPOConfig as Config, ORPOTrainer as Trainer
+    else:
+        from trl import DPOConfig as Config, DPOTrainer as Trainer
+    setting = dict(TRL_SETTINGS[spec["setting"]])
+    liger = setting.get("use_liger_kernel", False)
+    if liger:
+        try:
+            import liger_kernel  # noqa: F401
+        except ImportError:
+            return {"skipped": "liger_kernel does not import"}
+    dev = spec["device"]
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    rows = [json.loads(line) for line in open(spec["rows"])]
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t = [], None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.t)
+
+    def trainer(batch, steps, timer=None):
+        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(dev)
+        args = Config(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch,
+                      gradient_accumulation_steps=1, max_steps=steps, max_length=spec["max_length"],
+                      report_to="none", save_strategy="no", use_cpu=dev == "cpu", seed=0,
+                      logging_steps=10_000, dataloader_num_workers=0, **setting)
+        return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                       processing_class=tok, callbacks=[timer] if timer else [])
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+                "trl": trl.__version__}
+    if liger:
+        import importlib.metadata
+        versions["liger_kernel"] = importlib.metadata.version("liger_kernel")
+    if spec.get("max_batch"):
+        return {"max_batch": largest_batch(lambda b: trainer(b, 1).train()), "versions": versions}
+    timer = Timer()
+    t = trainer(spec["batch"], spec["warmup"] + spec["steps"], timer)
+    t.train()
+    return {"times": timer.times[spec["warmup"]:], "versions": versions,
+            "compute": ("bfloat16" if t.args.bf16 else "float32")
+                       + (", grad checkpointing" if t.args.gradient_checkpointing else "")
+                       + (", liger" if liger else ""), **peak(dev)}
+
+
+# -- shared by both children ------------------------------------------------------------------------
+def peak(dev):
+    import torch
+    if dev == "cuda":
+        return {"peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+    import resource
+    return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}   # KiB on Linux
+
+
+def largest_batch(step, limit=256):
+    """The largest batch (1, 2, 4, ...) whose step runs without running out of GPU memory."""
+    import torch
+    best, b = 0, 1
+    while b <= limit:
+        try:
+            step(b)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        best, b = b, 2 * b
+    return best
+
+
+def child_main(argv):
+    spec = json.loads(argv[1])
+    out = ours_child(spec) if argv[0] == "--child" else trl_child(spec)
+    print("RESULT " + json.dumps(out))
+
+
+# -- the parent: one process per measurement, then the table -------------------------------------------
+def run_child(cmd, cwd, env=None):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.returncode}"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
+    ap.add_argument("--methods", default="orpo,dpo")
+    ap.add_argument("--steps", type=int, help="timed steps per measurement (default: the preset's)")
+    ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")
+    ap.add_argument("--device", help="default: the preset's")
+    ap.add_argument("--layers", type=int, help="fewer layers than the preset's model (a rehearsal)")
+    ap.add_argument("--max_length", type=int, help="another max_length; the rows scale with it")
+    ap.add_argument("--batch", type=int, help="pairs per step (default: the preset's)")
+    ap.add_argument("--threads", type=int, help="CPU threads of each side (OMP_NUM_THREADS; default: "
+                    "torch's, one per core). On a machine shared with other work, 1 keeps a side's "
+                    "threads from spinning while its partner is descheduled")
+    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "smollm2-135m"),
+                    help="the converted SmolLM2-135M-Instruct (made from the GGUF if missing)")
+    ap.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", "/work/venv-trl/bin/python"),
+                    help="the interpreter of TRL's environment; '' = ours only")
+    a = ap.parse_args()
+    p = dict(PRESETS[a.preset])
+    p.update({k: v for k, v in dict(steps=a.steps, warmup=a.warmup, device=a.device, batch=a.batch).items()
+              if v is not None})
+    if a.max_length:    # rows of the same share of max_length: prompt ~1/5, responses ~1/4 each
+        p.update(prompt=max(1, p["prompt"] * a.max_length // p["max_length"]),
+                 response=max(1, p["response"] * a.max_length // p["max_length"]), max_length=a.max_length)
+    if p["device"] == "cpu":
+        p.pop("max_batch_length", None)         # "the largest batch that fits" is a GPU question
+    work = tempfile.mkdtemp(prefix="train_speed_")
+    trl_py = a.trl_python if a.trl_python and os.path.exists(a.trl_python) else None
+    try:
+        sys.path.insert(0, REPO)
+        rows_path = os.path.join(work, "rows.jsonl")
+        with open(rows_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in make_rows(p["rows"], p["prompt"], p["response"]))
+        spec = dict(model_dir=model_dir(p, work, a.checkpoint, a.layers), rows=rows_path, device=p["device"],
+                    batch=p["batch"], max_length=p["max_length"], steps=p["steps"], warmup=p["warmup"])
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {})}
+        ours = [sys.executable, "-m", "bench.train_speed", "--child"]
+        theirs = [trl_py, "-I", os.path.abspath(__file__), "--trl-child"]
+        results, versions = [], {}
+        for method in a.methods.split(","):
+            jobs = [("ours", s, ours, REPO) for s in p["ours"]]
+            if trl_py:
+                jobs += [("TRL", s, theirs, work) for s in p["trl"]]
+            for side, setting, cmd, cwd in jobs:
+                r = run_child(cmd + [json.dumps({**spec, "method": method, "setting": setting})], cwd, env)
+                versions.update(r.pop("versions", {}))
+                results.append((method, side, setting, r))
+                print(f"  {method} {side} {setting}: {summary(r)}", file=sys.stderr, flush=True)
+            if p.get("max_batch_length"):
+                long_rows = os.path.join(work, "long_rows.jsonl")
+                with open(long_rows, "w") as f:
+                    n = p["max_batch_length"] // 2      # ~1000 prompt and ~1000 response tokens
+                    f.writelines(json.dumps(r) + "\n" for r in make_rows(64, n * 5 // 6, n * 5 // 6))
+                mb = {**spec, "method": method, "rows": long_rows, "max_length": p["max_batch_length"],
+                      "max_batch": True}
+                for side, setting, cmd, cwd in [("ours", p["ours"][0], ours, REPO)] + (
+                        [("TRL", s, theirs, work) for s in p["trl"]] if trl_py else []):
+                    r = run_child(cmd + [json.dumps({**mb, "setting": setting})], cwd, env)
+                    results.append((method, side, setting, {"max_batch": r.get("max_batch"), **r}))
+        print(table(results, p, a))
+        if versions:
+            print("TRL's environment: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def summary(r):
+    if "times" in r:
+        return f"median {statistics.median(r['times']):.3f} s, peak {r['peak_mib']:.0f} MiB ({r['compute']})"
+    return json.dumps(r)
+
+
+def table(results, p, a):
+    """One line per measurement; the ratios are TRL-default's over each (time and memory: >1 = ours
+    is faster / smaller) for ours, and over TRL's own settings for TRL."""
+    import torch
+    mem = "peak RSS" if p["device"] == "cpu" else "peak alloc"
+    lines = [f"{a.preset}: {p['model']}{f' ({a.layers} layers)' if a.layers else ''} on {p['device']}, "
+             f"{p['rows']} rows, {p['batch']} pairs a step, max_length {p['max_length']}, median of "
+             f"{p['steps']} steps after {p['warmup']}, {a.threads or torch.get_num_threads()} "
+             f"thread(s) a side; torch {torch.__version__}",
+             f"{'method':6s} {'side':4s} {'setting':22s} {'compute':34s} {'step s':>8s} "
+             f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s}"]
+    default = {m: r for m, side, s, r in results if side == "TRL" and s == "default" and "times" in r}
+    for m, side, s, r in results:
+        name = ("--" + " --".join(f"{k} {v}" for k, v in s.items()) if s else "train.py's defaults") \
+            if side == "ours" else f"{s}"
+        if "max_batch" in r and "times" not in r:
+            lines.append(f"{m:6s} {side:4s} {name:22s} largest batch at max_length "
+                         f"{p['max_batch_length']}: {r['max_batch']}")
+            continue
+        if "times" not in r:
+            lines.append(f"{m:6s} {side:4s} {name:22s} {json.dumps(r)}")
+            continue
+        t, d = statistics.median(r["times"]), default.get(m)
+        ratio = f"{statistics.median(d['times']) / t:24.2f} {d['peak_mib'] / r['peak_mib']:11.2f}" if d else ""
+        lines.append(f"{m:6s} {side:4s} {name:22s} {r['compute']:34s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("--child", "--trl-child"):
+        if sys.argv[1] == "--child":
+            sys.path.insert(0, REPO)
+        child_main(sys.argv[1:])
+    else:
+        main()
