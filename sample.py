@@ -32,7 +32,7 @@ from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
                              parse_principles)
 from nanoalign.meta_aligner import correct, parse_objectives
-from experiments.task import OBJECTIVES
+from nanoalign.tasks.arith import OBJECTIVES
 
 
 def build_parser():

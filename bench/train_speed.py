@@ -114,6 +114,7 @@ def ours_child(spec):
     With spec['max_batch'], instead the largest batch (doubling) that runs one step."""
     import torch
     import train
+    from nanoalign.tasks import get_task
     from model.checkpoint import load
     from nanoalign import REGISTRY
     from nanoalign.common import Run, frozen_copy
@@ -126,7 +127,7 @@ def ours_child(spec):
     model, tok = load(cfg.init_from, torch.float32, dev)
     model.grad_checkpoint = cfg.grad_checkpoint
     run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
-    ex = train.load_split(cfg, method, "train", run)
+    ex = train.load_split(cfg, method, get_task(cfg.task), "train", run)
     opt = train.make_optimizer(model, cfg)
     packed = train.packed_batches(cfg, model)
 

@@ -10,10 +10,10 @@ Train several methods on the built-in task with the same seeds and budget; print
     python -m experiments.compare --preset instruct_smoke --seeds 1      # the same, CPU-sized
 
 The instruct presets run each paper's headline comparison from SmolLM2-135M-Instruct on the
-instruct task (experiments/instruct.py), as full fine-tunes: at 135M parameters a full fine-tune is
+instruct task (nanoalign/tasks/instruct.py), as full fine-tunes: at 135M parameters a full fine-tune is
 cheap on one GPU, MO-ORPO's paper trained full weights, and LoRA would add a second variable to a
 comparison of losses. Per seed, the start model's on-policy samples are built first
-(python -m experiments.instruct build; cached in out/compare/<preset>/data-s<seed>), and the start
+(python -m nanoalign.tasks.instruct build; cached in out/compare/<preset>/data-s<seed>), and the start
 model's scores per objective on the test prompts are printed before any run.
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
@@ -40,20 +40,24 @@ trains from the JSFT run). Columns (mean ± sample standard deviation over seeds
                sample.py --best_of judges), on the first 100 test prompts
 """
 import argparse
+import dataclasses
 import json
 import os
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 import train
-from experiments.tasks import get_task
+from nanoalign.config import options_of
+from nanoalign.tasks import get_task
 from model.checkpoint import load
 from nanoalign.data import make_batch, tokenize_rows
-from experiments.evaluate import greedy_answers
+from nanoalign.tasks.evaluate import greedy_answers
 from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import TEMPLATES, attach_sj, best_of, judge_pairs, parse_principles
 from nanoalign.meta_aligner import correct, run_stages
@@ -126,7 +130,7 @@ TASK_OF = {"instruct": ("instruct", {"k": 4, "n_prompts": 1000, "max_new_tokens"
 COLUMNS = {"mo_orpo": ["win_vs_sft", "sj_acc", "correct", "length"],
            "self_judge": ["win_vs_sft", "correct", "length", "judge_acc"] + _BEST,
            "osp": ["win_vs_sft", "correct", "length", "judge_acc", "judge_agree", "p_std",
-                   "t_sample", "t_judge", "t_update", "step_s"]}
+                   "t_sample", "t_judge", "step_s"]}
 COLUMNS["instruct"] = COLUMNS["instruct_smoke"] = ["win_vs_sft", "follows", "correct", "concise", "explains",
                                                    "length", "sj_acc", "judge_acc", "judge_agree", "best4"]
 
@@ -141,8 +145,8 @@ def win_rate(task, prompts, new, old):
 
 
 def _val_rows(cfg, n):
-    samples = {"samples": cfg.task_data} if cfg.task_data else {}
-    return get_task(cfg.task).preference_rows(n, cfg.seed, "val", **samples)
+    task = get_task(cfg.task)
+    return task.rows("pref", "val", cfg.seed, dataclasses.replace(options_of(cfg, task.Options), n_val=n))
 
 
 def sj_batches(tok, cfg, n=256, bs=32):
@@ -255,7 +259,7 @@ def evaluate_run(model, tok, cfg, prompts, sft_answers, extras):
         res["judge_acc"] = label_judge_accuracy(model, tok, cfg)
     if "agree" in extras:   # on-policy runs: means over the logged steps of the training metrics
         recs = [json.loads(x) for x in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
-        for k in ("judge_agree", "p_std", "t_sample", "t_judge", "t_update", "step_s"):
+        for k in ("judge_agree", "p_std", "t_sample", "t_judge", "step_s"):
             v = [r[k] for r in recs if k in r]
             if v:
                 res[k] = sum(v) / len(v)
@@ -283,9 +287,9 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
     task = get_task(cfg.task)
     t0 = time.time()
     if cfg.method == "meta_aligner" and cfg.meta_stage == "all":
-        ckpt = run_stages(cfg, train.train)
+        ckpt = run_stages(cfg, lambda c: train.train(c, task))
     else:
-        train.train(cfg)
+        train.train(cfg, task)
         ckpt = os.path.join(out, "ckpt")
     model, tok = load(ckpt)
     res = {"label": label, "seed": seed, **effective_weights(cfg.method, cfg), "steps": cfg.max_steps,
@@ -324,7 +328,9 @@ def table(results, cols, weights):
     for lab in labels:
         rs = [r for r in results if r["label"] == lab]
         lines.append(f"| {lab} | " + " | ".join(f"{rs[0][k]:g}" for k in lead) + " | " +
-                     " | ".join(fmt([r[c] for r in rs]) if c in rs[0] else "-" for c in cols) + " |")
+                     " | ".join(fmt([r[c] for r in rs if c in r]) if any(c in r for r in rs) else "-"
+                                for c in cols) + " |")   # a metric a seed did not log (no oracle
+                                                         # disagreement to score) is left out of its mean
     return "\n".join(lines)
 
 
@@ -333,7 +339,7 @@ def start_of(a, seed, task_name, root):
     trained here if missing; for instruct SmolLM2-135M-Instruct) and, for instruct, its on-policy
     data built from that start (cached)."""
     cfg = train.parse_config(["--seed", str(seed), "--task", task_name] + a.extra)
-    start = a.start or train.warm_checkpoint(cfg)
+    start = a.start or train.start_checkpoint(cfg, get_task(task_name)).init_from
     flags = ["--task", task_name]
     if a.preset in TASK_OF:
         data = os.path.join(root, f"data-s{seed}")
@@ -341,6 +347,45 @@ def start_of(a, seed, task_name, root):
                                   command=f"python -m experiments.compare --preset {a.preset} (seed {seed})")
         flags += ["--task_data", data]
     return start, flags + ["--init_from", start]
+
+
+def _without(argv, names):
+    """argv without the flags `names` (and their values), in both '--x v' and '--x=v' forms."""
+    out, skip = [], False
+    for i, t in enumerate(argv):
+        if skip:
+            skip = False
+        elif t in names:
+            skip = True
+        elif not any(t.startswith(n + "=") for n in names):
+            out.append(t)
+    return out
+
+
+def run_seeds_in_parallel(argv, seeds, jobs, root):
+    """Each seed's runs in its own `python -m experiments.compare ... --seeds S` process, `jobs` at a
+    time, each logging to root/seed-S.log; every finished run leaves its result.json, so the caller
+    then makes the table without training again. A failed seed stops here, showing its log's end."""
+    base = _without(argv, ("--seeds", "--jobs"))
+    cut = base.index("--") if "--" in base else len(base)
+    os.makedirs(root, exist_ok=True)
+    pending, running = list(seeds), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            s = pending.pop(0)
+            log = os.path.join(root, f"seed-{s}.log")
+            cmd = [sys.executable, "-m", "experiments.compare"] + base[:cut] + ["--seeds", str(s)] + base[cut:]
+            running.append((s, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)))
+            print(f"== seed {s}: running in its own process, log {log}", flush=True)
+        time.sleep(0.5)
+        for s, log, p in [r for r in running if r[2].poll() is not None]:
+            running.remove((s, log, p))
+            if p.returncode != 0:
+                for _, _, q in running:
+                    q.kill()
+                tail = open(log).read()[-3000:]
+                raise SystemExit(f"error: seed {s} failed (exit {p.returncode}); the end of {log}:\n{tail}")
+            print(f"== seed {s}: done", flush=True)
 
 
 def main(argv=None):
@@ -359,10 +404,16 @@ def main(argv=None):
     ap.add_argument("--n_test", type=int, default=200, help="test prompts (default: %(default)s)")
     ap.add_argument("--answer_tokens", type=int, default=0, help="new tokens of an evaluated answer "
                     "(default: the task's, 32 for arith and 128 for instruct)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in a process of its own "
+                    "(one GPU holds several small runs); the table is then made from their cached "
+                    "results (default: %(default)s)")
     ap.add_argument("extra", nargs="*", help="more train.py flags for every run, after --")
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = ap.parse_args(argv)
     ANSWER_TOKENS["n"] = a.answer_tokens
     seeds = [int(s) for s in a.seeds.split(",")]
+    if a.jobs > 1 and len(seeds) > 1:
+        run_seeds_in_parallel(argv, seeds, a.jobs, os.path.join(a.out, a.preset))
     runs = [r for r in PRESETS[a.preset] if not a.methods or r[0] in a.methods.split(",")]
     root = os.path.join(a.out, a.preset)
     task_name = TASK_OF.get(a.preset, ("arith",))[0]

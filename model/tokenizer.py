@@ -24,7 +24,7 @@ of a pair stay exactly the ids the model is prompted with when sampling (encode_
 template the boundary sits right after the generation prompt (a newline or a special token, where
 byte-level BPE splits anyway), so for SmolLM2 prompt ids + response ids equal the ids of the full
 text, except for an answer that starts with two or more whitespace characters, which BPE would merge
-with the prompt's final newline (tests/test_chat_templates.py checks both cases).
+with the prompt's final newline (tests/model/test_chat_templates.py checks both cases).
 
 Token ids follow transformers' apply_chat_template(tokenize=True): the rendered text is encoded with
 add_special_tokens=False, so a BOS appears only where the template writes {{ bos_token }}. (Only the

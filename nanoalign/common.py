@@ -42,8 +42,9 @@ class NoOptions:
     """A method without options of its own."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Method:
+    """A method, declared by keyword in its file: Method(name=..., reads=..., eats=..., ...)."""
     name: str
     reads: str                # the JSONL row kind read from --train_data: "sft", "pref" or "prompt"
     eats: str                 # the example kind its loss eats (a key of nanoalign.data.KINDS)
@@ -52,7 +53,13 @@ class Method:
     help: str
     options: type = NoOptions  # the method's own options (a dataclass built with `option`)
     needs_ref: bool = False   # a frozen copy of the initial model goes in run.ref
+    setup: Callable = None    # (run, cfg, device) -> None, before the data: what the method needs
+                              # beside the model (a --judge_from judge, the principles it judges by)
     prepare: Callable = None  # (rows, cfg, split, run) -> rows of kind `eats` (e.g. add SJ triples)
+    tokenize_options: Callable = None  # cfg -> keyword arguments of data.tokenize_rows (MO-ORPO's
+                                       # sj_max_length)
+    rollout: Callable = None  # (model, batch, run, cfg) -> (batch for `loss`, metrics): the on-policy
+                              # round (sample, judge), called by the loop before `loss`, no gradients
     main: Callable = None     # (cfg, train) -> replaces one train(cfg) call (MetaAligner's stages)
     metrics: dict = None      # {metric name: what it means}, printed as the log's legend
     defaults: dict = None     # shared options whose default differs for this method (max_length)
@@ -80,9 +87,11 @@ class Run:
     step: int = 0                        # optimizer steps done
     epoch: float = 0.0                   # epochs of data seen (fractional)
     epochs: float = 1.0                  # epochs the whole run will see
-    cache: dict = field(default_factory=dict)  # a method's own memory across steps
-    keep: dict = field(default_factory=dict)   # {file name: JSON value} written into every checkpoint
-                                               # of the run (a judge's principles, for its judging later)
+    principles: Optional[list] = None    # [(name, description)] an on-policy judge judges under
+    memory: dict = field(default_factory=dict)  # a method's own state across steps (the off-policy
+                                                # baseline's cached pairs)
+    checkpoint_files: dict = field(default_factory=dict)  # {file name: JSON value} written into
+                                                # every checkpoint of the run (a judge's principles)
 
 
 def batch_logps(model, batch, reduction="sum", mask=None):

@@ -57,7 +57,9 @@ METRICS = {"margin": "reward margin beta * h, h = (pol_w - ref_w) - (pol_l - ref
            "reward_acc": "fraction of pairs with h > 0"}
 
 
-def _offline(fn):
+def pairs_loss(fn):
+    """The loss of a method that trains on preference pairs against run.ref with fn (DPO, IPO, and
+    Self-Judge on its rollout's pairs): (sum of per-pair losses, margin metrics)."""
     def loss(model, batch, run, cfg):
         losses, h = pair_losses(fn, model, batch, run.ref, cfg.beta)
         return losses.sum(), pair_metrics(h, cfg.beta)
@@ -65,10 +67,10 @@ def _offline(fn):
 
 
 register(
-    Method("dpo", "pref", "pref", "n_examples", _offline(dpo_loss),
-           "DPO against a frozen copy of the starting model (--beta)", DPOOptions, needs_ref=True,
-           metrics=METRICS),
-    Method("ipo", "pref", "pref", "n_examples", _offline(ipo_loss),
-           "IPO: squared loss towards a log-ratio margin of 1/(2 beta)", DPOOptions, needs_ref=True,
-           metrics=METRICS),
+    Method(name="dpo", reads="pref", eats="pref", unit="n_examples", loss=pairs_loss(dpo_loss),
+           help="DPO against a frozen copy of the starting model (--beta)", options=DPOOptions,
+           needs_ref=True, metrics=METRICS),
+    Method(name="ipo", reads="pref", eats="pref", unit="n_examples", loss=pairs_loss(ipo_loss),
+           help="IPO: squared loss towards a log-ratio margin of 1/(2 beta)", options=DPOOptions,
+           needs_ref=True, metrics=METRICS),
 )

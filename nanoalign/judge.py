@@ -377,7 +377,7 @@ def parse_principles(spec, where="--principles"):
 
 def main(argv=None):
     from model.checkpoint import CheckpointError, load
-    # The parser is prose (help texts) and argparse's rules; tests/test_mutants.py checks its behaviour,
+    # The parser is prose (help texts) and argparse's rules; tests/judge/test_cli.py checks its behaviour,
     # and mutating the wording of each help text would only test the tests' copy of it (docs/mutation.md).
     # pragma: no mutate start
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,

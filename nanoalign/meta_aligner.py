@@ -161,7 +161,8 @@ def correct(aligner, tok, prompts, answers, objectives, max_new_tokens=48, batch
     return out
 
 
-register(Method("meta_aligner", "pref", "sft", "n_tokens", sft_loss, "MetaAligner: SFT an aligner "
-                "that edits answers towards named objectives (--meta_stage warmup|equal|preference|all)",
-                MetaOptions, prepare=stage_rows, main=run_stages, metrics=METRICS,
+register(Method(name="meta_aligner", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
+                help="MetaAligner: SFT an aligner that edits answers towards named objectives "
+                     "(--meta_stage warmup|equal|preference|all)",
+                options=MetaOptions, prepare=stage_rows, main=run_stages, metrics=METRICS,
                 defaults={"max_length": 384}))

@@ -166,5 +166,7 @@ _OPTIONS = {"scalarization": OneWeight, "sj_sft": OneWeight,
             "conjoined": with_defaults(TwoWeights, "ConjoinedOptions", w1=0.7, w2=0.3),
             "conditional": with_defaults(TwoWeights, "ConditionalOptions", w1=0.9, w2=0.1),
             "epoch_by_epoch": SJOptions, "task_by_task": SJOptions}
-register(*[Method(k, "pref", "mo", "n_examples", _loss(k), v, _OPTIONS[k], prepare=_prepare,
-                  metrics=METRICS) for k, v in _HELP.items()])
+register(*[Method(name=k, reads="pref", eats="mo", unit="n_examples", loss=_loss(k), help=v,
+                  options=_OPTIONS[k], prepare=_prepare, metrics=METRICS,
+                  tokenize_options=lambda cfg: {"sj_max_length": cfg.sj_max_length})
+           for k, v in _HELP.items()])

@@ -1,7 +1,8 @@
 """
 The on-policy round shared by Self-Judge (nanoalign/self_judge.py) and OSP (nanoalign/osp.py):
 
-    sample -> judge -> pairs -> update
+    sample -> judge -> pairs        a method's `rollout`, which the loop calls with no gradients
+    -> update                       its `loss`, a plain pair loss on those pairs
 
 1. sample      n responses per prompt from the policy, one batched KV-cached generate call
 2. judge       p(a > b) for response pairs, by a judge model scoring the two label tokens in both
@@ -9,7 +10,8 @@ The on-policy round shared by Self-Judge (nanoalign/self_judge.py) and OSP (nano
                eval mode; a --judge_from judge reads the decoded texts with its own tokenizer
 3. pairs       each pair oriented by the judge (p >= 1/2: a is the chosen one), as a preference batch
                of the prompt ids + response ids, never re-tokenized
-4. update      a pairwise loss against the frozen reference (nanoalign/dpo.py pair_losses)
+4. update      a pairwise loss against the frozen reference (nanoalign/dpo.py pair_losses), in the
+               method's loss; train.py calls rollout then loss, in that order, every micro-batch
 
 Only the methods' choices differ (how many samples, which pairs, which loss), so each method file
 reads as its paper's algorithm and this file holds the plumbing once. `judge_probs` is the one
@@ -19,8 +21,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from model.checkpoint import read_json
-from nanoalign.common import evaluating, option
+import torch
+
+from model.checkpoint import load, read_json
+from nanoalign.common import evaluating, frozen_copy, option
 from nanoalign.data import DataError, make_batch
 from nanoalign.dpo import DPOOptions
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs,
@@ -101,21 +105,24 @@ def judgment_data(rows, t, run, split="train"):
         raise DataError(f"judge template '{t.name}' trains on rationales, which only a built-in "
                         f"task's oracle writes; choose a template without rationale")
     if aware and split == "train":
-        run.keep[PRINCIPLES_FILE] = {k: r["objectives"][k] for r in rows for k in r["labels"]}
+        run.checkpoint_files[PRINCIPLES_FILE] = {k: r["objectives"][k] for r in rows for k in r["labels"]}
     return judgment_rows(rows, t, aware, run.task and run.task.rationale)
 
 
-def prompt_rows(rows, cfg, split, run):
-    """Start-up: check the judge template against the policy's tokenizer and a --judge_from judge's
-    own (a bad one fails before training, not mid-run), find the principles it judges under and keep
-    them with the run's checkpoints, so that its self-rejection later judges under the same ones."""
+def setup(run, cfg, device):
+    """Start-up of an on-policy method, before any data is read: a --judge_from judge loaded with its
+    own tokenizer and chat template; the judge template checked against every tokenizer that reads
+    it (a bad one fails now, not mid-run); the principles it judges under (run.principles), kept with
+    the run's checkpoints, so that its self-rejection later judges under the same ones."""
+    if cfg.judge_from:
+        judge, run.judge_tok = load(cfg.judge_from, torch.float32, device)
+        run.judge = frozen_copy(judge)
     t = template_of(cfg, run.tok)
     if run.judge_tok is not None:
         check_template(run.judge_tok, t)
-    run.cache["principles"] = principles_of(cfg, t)
-    if run.cache["principles"] is not None:
-        run.keep[PRINCIPLES_FILE] = dict(run.cache["principles"])
-    return rows
+    run.principles = principles_of(cfg, t)
+    if run.principles is not None:
+        run.checkpoint_files[PRINCIPLES_FILE] = dict(run.principles)
 
 
 # -- 1. sample -----------------------------------------------------------------------------------------
@@ -212,5 +219,4 @@ def cost(samples, clock, n_drawn):
 
 METRICS = {"judge_agree": "judge's choice = the built-in task's oracle, on pairs it does not tie",
            "sample_len": "mean sample length (tokens)", "samples_per_s": "samples drawn per second",
-           "t_sample": "seconds sampling", "t_judge": "seconds judging",
-           "t_update": "seconds in the update's forwards (the loop's step_s adds the backward)"}
+           "t_sample": "seconds sampling", "t_judge": "seconds judging (the rest of step_s is the update)"}

@@ -59,8 +59,9 @@ def orpo_loss(model, batch, run, cfg):
                   "logp_w": lp_w.mean().item(), "logp_l": lp_l.mean().item()}
 
 
-register(Method("orpo", "pref", "pref", "n_examples", orpo_loss,
-                "ORPO: SFT on chosen + lambda * odds-ratio loss (no reference model)", ORPOOptions,
+register(Method(name="orpo", reads="pref", eats="pref", unit="n_examples", loss=orpo_loss,
+                help="ORPO: SFT on chosen + lambda * odds-ratio loss (no reference model)",
+                options=ORPOOptions,
                 metrics={"z": "log odds ratio of chosen over rejected (eq. 3)", "L_SFT": "NLL of the "
                          "chosen response per token", "L_OR": "odds-ratio loss -log sigmoid(z)",
                          "logp_w": "mean token log-prob of chosen", "logp_l": "of rejected"}))

@@ -28,10 +28,11 @@ beta: 0.1 by default, the paper's value for Mistral-7B with LoRA; its full fine-
 (dialogue) and 0.02 (summaries). 0.1 suits small models and few steps, where a tiny beta barely moves
 the policy; set --beta to the paper's value for a full fine-tune of a real model.
 
-The round sample -> judge -> pairs -> update is nanoalign/onpolicy.py's, shared with Self-Judge.
+osp_rollout is the round sample -> judge -> pairs (the loop calls it with no gradients; the plumbing
+is nanoalign/onpolicy.py's, shared with Self-Judge); osp_loss is the update on its pairs.
 Metrics: target strength p and predicted strength p_hat (mean, std), SPCE, judge agreement with the
-oracle on the pairs (built-in task), mean sample length, and the cost split t_sample / t_judge /
-t_update (the policy and reference forwards; the loop's step_s adds the backward).
+oracle on the pairs (built-in task), mean sample length, and the cost split t_sample / t_judge (the
+rest of the loop's step_s is the update).
 """
 from dataclasses import dataclass
 
@@ -82,12 +83,15 @@ def _stats(prefix, t):
     return {f"{prefix}_mean": t.mean().item(), f"{prefix}_std": t.std().item() if t.numel() > 1 else 0.0}
 
 
-def osp_loss(model, batch, run, cfg):
+def osp_rollout(model, batch, run, cfg):
+    """Alg. 1 lines 5-8, one round (the loop calls it with no gradients): K samples per prompt, the
+    pi_SFT judge's scores s(y), K//2 pairs and their target strengths p. Returns the pair batch
+    (chosen = y_h rows first, its "p" the soft targets) or, for RAFT, each prompt's best sample."""
     tok, t, K = run.tok, TEMPLATES[cfg.judge_template], cfg.osp_k
     judge, jtok = onpolicy.judge_of(run, run.ref)
-    how = dict(principles=run.cache.get("principles"), likelihood=cfg.likelihood, combine="mean")
+    how = dict(principles=run.principles, likelihood=cfg.likelihood, combine="mean")
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
-    B, clock = len(prompts), onpolicy.Clock()
+    B, clock, device = len(prompts), onpolicy.Clock(), model.lm_head.weight.device
     samples = onpolicy.sample(model, tok, prompts, K, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
     texts = [[tok.decode(s) for s in row] for row in samples]
     flat_samples = [y for row in samples for y in row]
@@ -97,13 +101,10 @@ def osp_loss(model, batch, run, cfg):
                                  [y for row in texts for y in row], [""] * (B * K), **how).view(B, K)
     if cfg.pairing == "raft":                   # RAFT: SFT on each prompt's best sample
         best = s.argmax(1).tolist()
-        b = onpolicy.response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id,
-                                    model.lm_head.weight.device)
+        b = onpolicy.response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id, device)
         clock.lap("t_judge")
-        loss = -batch_logps(model, b, "mean")
-        clock.lap("t_update")
-        m = {"raft_nll": loss.mean().item(), "score_best": s.max(1).values.mean().item()}
-        return loss.sum(), {**m, **onpolicy.cost(flat_samples, clock, B * K)}
+        return b, {"score_best": s.max(1).values.mean().item(),
+                   **onpolicy.cost(flat_samples, clock, B * K)}
     pairs = [ranked_pairs(s[i].tolist()) if cfg.pairing == "ranked" else random_pairs(K)
              for i in range(B)]
     flat = [(i, hi, lo) for i in range(B) for hi, lo in pairs[i]]              # B * K//2 pairs
@@ -115,16 +116,24 @@ def osp_loss(model, batch, run, cfg):
         highs, lows = onpolicy.orient(highs, lows, p)
         p = torch.maximum(p, 1 - p)             # p(winner > loser), as the pairs now stand
     clock.lap("t_judge")
-    pb = onpolicy.pair_batch([prompts[i] for i, _, _ in flat], highs, lows, tok.pad_id,
-                             model.lm_head.weight.device)
-    p = p.to(model.lm_head.weight.dtype)
+    pb = onpolicy.pair_batch([prompts[i] for i, _, _ in flat], highs, lows, tok.pad_id, device)
+    pb["p"] = p.to(device)                      # (B * K//2,) soft targets, in pair order
+    pb["n_examples"] = B                        # the loss is a mean over prompts, whatever K is
+    return pb, {**agree, **onpolicy.cost(flat_samples, clock, B * K)}
+
+
+def osp_loss(model, batch, run, cfg):
+    """Eq. 8 on a rollout's pairs against the frozen pi_SFT (or the DPO / IPO ablation), each
+    prompt's K//2 pair losses averaged; RAFT: the NLL per token of each prompt's best sample."""
+    if cfg.pairing == "raft":
+        loss = -batch_logps(model, batch, "mean")
+        return loss.sum(), {"raft_nll": loss.mean().item()}
+    p = batch["p"].to(model.lm_head.weight.dtype)
     fn = {"spce": lambda *x: spce_loss(*x[:4], p, x[4]), "dpo": dpo_loss, "ipo": ipo_loss}[cfg.osp_loss]
-    per_pair, h = pair_losses(fn, model, pb, run.ref, cfg.beta)
-    loss = per_pair.view(B, K // 2).mean(1)                                   # mean over a prompt's pairs
-    clock.lap("t_update")
-    m = {**pair_metrics(h, cfg.beta), **_stats("p", p), **_stats("p_hat", torch.sigmoid(cfg.beta * h))}
-    m.update(agree, **onpolicy.cost(flat_samples, clock, B * K))
-    return loss.sum(), m
+    per_pair, h = pair_losses(fn, model, {**batch, "n_examples": len(p)}, run.ref, cfg.beta)
+    loss = per_pair.view(batch["n_examples"], cfg.osp_k // 2).mean(1)        # mean over a prompt's pairs
+    return loss.sum(), {**pair_metrics(h, cfg.beta), **_stats("p", p),
+                        **_stats("p_hat", torch.sigmoid(cfg.beta * h))}
 
 
 def pref_aug_rows(rows, cfg, split, run):
@@ -137,12 +146,13 @@ METRICS = {**onpolicy.METRICS, "p_mean": "target strength p(y_h > y_l) from the 
            "p_hat_std": "its spread", "margin": "beta * h", "reward_acc": "fraction with h > 0",
            "raft_nll": "RAFT: NLL per token of the best sample", "score_best": "RAFT: its judge score"}
 register(
-    Method("pref_aug", "pref", "sft", "n_tokens", sft_loss, "OSP preference augmentation: SFT on "
-           "judge instructions from preference pairs (both orders)",
-           with_defaults(onpolicy.JudgeTemplateOptions, "PrefAugOptions", likelihood="pair"),
-           prepare=pref_aug_rows,
-           metrics=SFT_METRICS, defaults={"max_length": 384}),
-    Method("osp", "prompt", "prompt", "n_examples", osp_loss, "OSP: K samples per prompt, ranked pairs, "
-           "soft targets from the frozen SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", OSPOptions,
-           needs_ref=True, prepare=onpolicy.prompt_rows, metrics=METRICS),
+    Method(name="pref_aug", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
+           help="OSP preference augmentation: SFT on judge instructions from preference pairs (both "
+                "orders)", options=with_defaults(onpolicy.JudgeTemplateOptions, "PrefAugOptions",
+                                                 likelihood="pair"),
+           prepare=pref_aug_rows, metrics=SFT_METRICS, defaults={"max_length": 384}),
+    Method(name="osp", reads="prompt", eats="prompt", unit="n_examples", rollout=osp_rollout,
+           loss=osp_loss, help="OSP: K samples per prompt, ranked pairs, soft targets from the frozen "
+           "SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", options=OSPOptions, needs_ref=True,
+           setup=onpolicy.setup, metrics=METRICS),
 )

@@ -26,10 +26,11 @@ docs/methods.md#self-judge): one model that is both the policy and the judge.
 
 Self-rejection at inference: `sample.py --best_of N` (judge.best_of, a tournament of N-1 judgments),
 under the principles a run judged under (kept in its checkpoint, principles.json).
-The round sample -> judge -> pairs -> DPO is nanoalign/onpolicy.py's, shared with OSP.
+The round sample -> judge -> pairs is each method's `rollout` (the loop calls it with no gradients),
+built from nanoalign/onpolicy.py's plumbing, shared with OSP; the update is DPO on its pairs.
 Metrics: judge agreement with the oracle on the sampled pairs (built-in task), DPO reward margin and
-accuracy, mean sample length (tokens), samples/s, and where the time goes: t_sample, t_judge,
-t_update (the policy and reference forwards; the loop's step_s includes the backward too).
+accuracy, mean sample length (tokens), samples/s, and where the time goes: t_sample, t_judge (the
+rest of the loop's step_s is the update).
 """
 import zlib
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch
 
 from nanoalign import onpolicy
 from nanoalign.common import Method, option, register
-from nanoalign.dpo import METRICS as DPO_METRICS, dpo_loss, pair_losses, pair_metrics
+from nanoalign.dpo import METRICS as DPO_METRICS, dpo_loss, pairs_loss
 from nanoalign.judge import TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
 
@@ -73,19 +74,16 @@ def judge_and_orient(run, cfg, judge, ptexts, first, second):
     samples' decoded texts. (wins, losses, metrics)."""
     (jm, jtok), t = judge, TEMPLATES[cfg.judge_template]
     a, b = [run.tok.decode(x) for x in first], [run.tok.decode(x) for x in second]
-    p = onpolicy.judge_probs(jm, jtok, t, ptexts, a, b, run.cache.get("principles"),
+    p = onpolicy.judge_probs(jm, jtok, t, ptexts, a, b, run.principles,
                              likelihood=cfg.likelihood, combine="jm_pr")
     wins, losses = onpolicy.orient(first, second, p)
     return wins, losses, onpolicy.agreement(run.task, ptexts, a, b, p.tolist())
 
 
-def dpo_update(model, run, cfg, prompts, wins, losses):
-    batch = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device)
-    loss, h = pair_losses(dpo_loss, model, batch, run.ref, cfg.beta)
-    return loss, pair_metrics(h, cfg.beta)
-
-
-def self_judge_loss(model, batch, run, cfg):
+def self_judge_rollout(model, batch, run, cfg):
+    """Sec. 3.2, one round (the loop calls it with no gradients, then the DPO loss on its pairs):
+    two samples per prompt from pi_theta, judged with position swap by pi_ref (--judge policy: by
+    pi_theta; --judge_from: by that checkpoint), oriented into (chosen, rejected)."""
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
     clock = onpolicy.Clock()
     s = onpolicy.sample(model, run.tok, prompts, 2, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
@@ -93,18 +91,16 @@ def self_judge_loss(model, batch, run, cfg):
     judge = onpolicy.judge_of(run, model if cfg.judge == "policy" else run.ref)
     wins, losses, agree = judge_and_orient(run, cfg, judge, ptexts, [x[0] for x in s], [x[1] for x in s])
     clock.lap("t_judge")
-    loss, m = dpo_update(model, run, cfg, prompts, wins, losses)
-    clock.lap("t_update")
-    m.update(agree, **onpolicy.cost([y for x in s for y in x], clock, 2 * len(s)))
-    return loss.sum(), m
+    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device)
+    return pairs, {**agree, **onpolicy.cost([y for x in s for y in x], clock, 2 * len(s))}
 
 
-def offpolicy_loss(model, batch, run, cfg):
-    """Each distinct prompt's pair is sampled from pi_ref with a generator seeded by (seed, prompt)
-    and judged once, by pi_ref, and the oriented pair is cached: the cache is the same after a
-    resume, whatever the batch a prompt first appears in."""
+def offpolicy_rollout(model, batch, run, cfg):
+    """The off-policy baseline's round: each distinct prompt's pair is sampled from pi_ref with a
+    generator seeded by (seed, prompt) and judged once, by pi_ref, and the oriented pair is cached:
+    the cache is the same after a resume, whatever the batch a prompt first appears in."""
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
-    cache = run.cache.setdefault("offpolicy", {})    # prompt ids -> (chosen sample, rejected sample)
+    cache = run.memory.setdefault("offpolicy", {})    # prompt ids -> (chosen sample, rejected sample)
     clock = onpolicy.Clock()
     new = [i for i, p in enumerate(prompts) if tuple(p) not in cache]
     s = []
@@ -119,24 +115,27 @@ def offpolicy_loss(model, batch, run, cfg):
                                         [ptexts[i] for i in new], [x[0] for x in s], [x[1] for x in s])
         cache.update({tuple(prompts[i]): (a, b) for i, a, b in zip(new, w, lo)})
     clock.lap("t_judge")
-    wins, losses = zip(*[cache[tuple(p)] for p in prompts])
-    loss, m = dpo_update(model, run, cfg, prompts, list(wins), list(losses))
-    clock.lap("t_update")
-    m.update(agree, **onpolicy.cost(list(wins) + list(losses), clock, 2 * len(new)))
-    m["cached_prompts"] = float(len(cache))
-    return loss.sum(), m
+    wins, losses = map(list, zip(*[cache[tuple(p)] for p in prompts]))
+    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device)
+    m = {**agree, **onpolicy.cost(wins + losses, clock, 2 * len(new)), "cached_prompts": float(len(cache))}
+    return pairs, m
 
 
 METRICS = {**DPO_METRICS, **onpolicy.METRICS, "cached_prompts": "prompts whose pair is cached "
            "(off-policy)"}
 register(
-    Method("jsft", "pref", "sft", "n_tokens", sft_loss, "Self-Judge JSFT: SFT on chosen responses + "
-           "judgment instructions in both orders (--judge_template, --jsft_judge)", JSFTOptions,
+    Method(name="jsft", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
+           help="Self-Judge JSFT: SFT on chosen responses + judgment instructions in both orders "
+                "(--judge_template, --jsft_judge)", options=JSFTOptions,
            prepare=jsft_rows, metrics=SFT_METRICS, defaults={"max_length": 384}),
-    Method("self_judge", "prompt", "prompt", "n_examples", self_judge_loss, "Self-Judge: on-policy "
-           "DPO, two samples per prompt judged by the frozen reference (--judge policy: by the "
-           "policy)", SelfJudgeOptions, needs_ref=True, prepare=onpolicy.prompt_rows, metrics=METRICS),
-    Method("self_judge_offpolicy", "prompt", "prompt", "n_examples", offpolicy_loss, "Self-Judge's "
-           "off-policy baseline: pairs sampled once from the initial policy, judged by it, then DPO",
-           onpolicy.OnPolicyOptions, needs_ref=True, prepare=onpolicy.prompt_rows, metrics=METRICS),
+    Method(name="self_judge", reads="prompt", eats="prompt", unit="n_examples",
+           rollout=self_judge_rollout, loss=pairs_loss(dpo_loss),
+           help="Self-Judge: on-policy DPO, two samples per prompt judged by the frozen reference "
+                "(--judge policy: by the policy)", options=SelfJudgeOptions, needs_ref=True,
+           setup=onpolicy.setup, metrics=METRICS),
+    Method(name="self_judge_offpolicy", reads="prompt", eats="prompt", unit="n_examples",
+           rollout=offpolicy_rollout, loss=pairs_loss(dpo_loss),
+           help="Self-Judge's off-policy baseline: pairs sampled once from the initial policy, "
+                "judged by it, then DPO", options=onpolicy.OnPolicyOptions, needs_ref=True,
+           setup=onpolicy.setup, metrics=METRICS),
 )

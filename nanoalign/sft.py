@@ -18,5 +18,6 @@ def sft_loss(model, batch, run, cfg):
 
 METRICS = {"nll_per_token": "negative log-likelihood per response token"}
 
-register(Method("sft", "sft", "sft", "n_tokens", sft_loss,
-                "supervised fine-tuning on {prompt, response} rows (prompt masked)", metrics=METRICS))
+register(Method(name="sft", reads="sft", eats="sft", unit="n_tokens", loss=sft_loss,
+                help="supervised fine-tuning on {prompt, response} rows (prompt masked)",
+                metrics=METRICS))

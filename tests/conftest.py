@@ -2,13 +2,16 @@ import os
 import sys
 
 # Triton kernels run on the CPU through the interpreter (set before triton is imported anywhere).
-# On a GPU machine run `TRITON_INTERPRET=0 pytest tests/test_kernels.py` to test the real kernels.
+# On a GPU machine run `TRITON_INTERPRET=0 pytest tests/kernels/test_triton.py` to test the real kernels.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
+from model.checkpoint import save_model  # noqa: E402
+from nanoalign.tasks import arith as task  # noqa: E402
 from tests.hf_reference import Missing, Reference  # noqa: E402
 
 settings.register_profile("ci", deadline=None, max_examples=25, print_blob=True)
@@ -26,3 +29,12 @@ def hf():
         pytest.skip(str(e))
     yield ref
     ref.close()
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    d = tmp_path_factory.mktemp("start")
+    torch.manual_seed(0)
+    from model.model import Transformer, config_from_preset
+    save_model(Transformer(config_from_preset("tiny")), str(d), task.build_tokenizer())
+    return str(d)

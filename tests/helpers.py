@@ -6,10 +6,17 @@ method_config, judge_by_rule, record_on_policy), so an API change is adapted her
 """
 import contextlib
 import dataclasses
+import math
+import os
+import re
+import types
 
 import torch
 
+import train
 from model.model import ModelConfig, Transformer
+from nanoalign.data import make_batch, tokenize_rows
+from nanoalign.testing import tiny_model
 
 
 @contextlib.contextmanager
@@ -40,7 +47,7 @@ def tiny(seed=0, **kw):
 
 def byte_tokenizer():
     """The built-in task's byte-level tokenizer (ids 0-255 = bytes, 256 bos, 257 eos, 258 pad)."""
-    from experiments.task import build_tokenizer
+    from nanoalign.tasks.arith import build_tokenizer
     return build_tokenizer()
 
 
@@ -57,12 +64,24 @@ def method_config(name, **options):
 
 
 def call_method(name, model, batch, tok=None, ref=None, epoch=0.0, epochs=1.0, **options):
-    """(loss summed over the micro-batch, metrics) of method `name`, as the training loop calls it.
+    """(loss summed over the micro-batch, metrics) of method `name`, as the training loop calls it:
+    a method with a rollout first turns the batch of prompts into its pairs, with no gradients.
     tok / ref: the tokenizer and frozen reference model; epoch / epochs: where the run is."""
     from nanoalign import REGISTRY
     from nanoalign.common import Run
     cfg = method_config(name, **options)
-    return REGISTRY[name].loss(model, batch, Run(tok=tok, ref=ref, epoch=epoch, epochs=epochs), cfg)
+    return method_step(REGISTRY[name], model, batch, Run(tok=tok, ref=ref, epoch=epoch, epochs=epochs), cfg)
+
+
+def method_step(method, model, batch, run, cfg):
+    """(loss, metrics) of one micro-batch in the loop's order: a method with a rollout first turns
+    the batch of prompts into the batch its loss eats, with no gradients; then its loss."""
+    if not method.rollout:
+        return method.loss(model, batch, run, cfg)
+    with torch.no_grad():
+        batch, rolled = method.rollout(model, batch, run, cfg)
+    loss, mets = method.loss(model, batch, run, cfg)
+    return loss, {**rolled, **mets}
 
 
 # -- the on-policy methods' judge and samples ----------------------------------------------------------
@@ -147,3 +166,241 @@ def rel_err(a, b):
 
 def grads(out, h, w, upstream):
     return torch.autograd.grad((out * upstream).sum(), [h, w])
+
+
+# -- TOK: the built-in task's byte-level tokenizer -------------------------------------------------
+TOK = byte_tokenizer()
+
+
+# -- a stub judge whose logits are a known function of what it read (RuleJudge) --------------------
+ID_A, ID_B = TOK.encode("A")[0], TOK.encode("B")[0]
+SLOPE, BIAS, OFF_CUE = 0.1, 0.75, -4.0   # small enough that p stays below 1 in float32
+VOCAB = 262
+CUE = re.compile(r"Better( for '[^']*')?: $")
+
+
+class RuleJudge(torch.nn.Module):
+    """The interface of model.model.Transformer (forward(ids, attn) -> hidden, logits(hidden),
+    lm_head.weight, cfg.eos_ids) with known behaviour; hidden states are the two label logits."""
+
+    def __init__(self, vocab=VOCAB):
+        super().__init__()
+        self.lm_head = torch.nn.Linear(2, vocab, bias=False)
+        with torch.no_grad():
+            self.lm_head.weight.zero_()
+            self.lm_head.weight[ID_A, 0] = 1.0
+            self.lm_head.weight[ID_B, 1] = 1.0
+        self.cfg = types.SimpleNamespace(eos_ids=[TOK.eos_id], max_seq_len=1 << 20)
+
+    @staticmethod
+    def judgment(text):
+        """(logit A, logit B) after reading `text` (bytes as latin-1 characters)."""
+        cue = CUE.search(text)
+        if not cue:
+            return OFF_CUE, 0.0
+        a0 = text.index("\nA: ") + 4
+        b0 = text.rindex("\nB: ")
+        end = text.rindex("\nChoose")
+        s = sign(cue.group(1)) * SLOPE * ((b0 - a0) - (end - b0 - 4))
+        return s + BIAS, -s
+
+    def forward(self, ids, attn=None):
+        attn = torch.ones_like(ids) if attn is None else attn
+        out = torch.zeros(ids.shape[0], ids.shape[1], 2)
+        for b in range(ids.shape[0]):
+            text = ""
+            for t in range(ids.shape[1]):
+                if attn[b, t]:                                   # padding is not read
+                    i = int(ids[b, t])
+                    text += chr(i) if i < 256 else "\0"          # special tokens: one placeholder
+                out[b, t] = torch.tensor(self.judgment(text))
+        return out
+
+    def logits(self, h):
+        return self.lm_head(h).float()
+
+
+def sign(principle):
+    return -1.0 if principle and "short" in principle else 1.0
+
+
+JUDGE = RuleJudge()
+
+
+# -- the methods' equations written out in float64; an on-policy setup with a known judge ----------
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def close(got, want, rtol=RTOL, atol=ATOL):
+    return abs(got - want) <= atol + rtol * abs(want)
+
+
+def assert_metrics(got, want):
+    for k, v in want.items():
+        assert k in got, f"metric {k} missing"
+        assert close(got[k], v), f"metric {k}: {got[k]} != {v}"
+
+
+def lp_sum(model, ids, n_prompt):
+    return response_token_logps(model, ids, n_prompt).sum().item()
+
+
+def lp_mean(model, ids, n_prompt):
+    return response_token_logps(model, ids, n_prompt).mean().item()
+
+
+def log_sigmoid(x):
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def log_odds(a):
+    """ORPO eq. 2: log(p / (1 - p)) of a mean log-prob a < 0."""
+    return a - math.log(-math.expm1(a))
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def swapped(examples):
+    """The same examples with chosen and rejected exchanged."""
+    return [{"chosen": e["rejected"], "n_prompt_chosen": e["n_prompt_rejected"],
+             "rejected": e["chosen"], "n_prompt_rejected": e["n_prompt_chosen"]} for e in examples]
+
+
+def orpo_terms(model, examples, lam, prompt_loss=False):
+    """ORPO eq. 1-4 per example: L_SFT, L_OR, z, logp_w, logp_l and L = L_SFT + lam * L_OR."""
+    out = []
+    for e in examples:
+        a = lp_mean(model, e["chosen"], e["n_prompt_chosen"])
+        b = lp_mean(model, e["rejected"], e["n_prompt_rejected"])
+        z = log_odds(a) - log_odds(b)                            # eq. 3
+        l_or = -log_sigmoid(z)                                   # eq. 4
+        # eq. 1's NLL: the chosen response's tokens (with prompt_loss: every token after the first)
+        l_sft = -(lp_mean(model, e["chosen"], 1) if prompt_loss else a)
+        out.append({"L_SFT": l_sft, "L_OR": l_or, "z": z, "logp_w": a, "logp_l": b,
+                    "L": l_sft + lam * l_or})
+    return out
+
+
+def score(y):
+    """The stub judge's taste: longer responses, ties broken by a fixed function of the text."""
+    return len(y) + (sum(map(ord, y)) % 997) / 1000
+
+
+def longer_rule(prompt, a, b):
+    """p(a > b) = sigmoid((score(a) - score(b)) / 10): a soft, antisymmetric preference for longer
+    text (gentle enough not to round to 1 for a sample against the blank), rounded to float32 as a
+    real judge's probabilities are (so ties and p = 1/2 read the same here)."""
+    return torch.tensor(1 / (1 + math.exp(-(score(a) - score(b)) / 10)), dtype=torch.float32).item()
+
+
+PROMPTS = ["What is 3 + 4?", "What is 12 + 9?", "What is 7 + 15?", "What is 1 + 1?"]
+
+
+def on_policy_setup(seed, n_prompts):
+    tok = byte_tokenizer()
+    kw = dict(vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258, max_seq_len=64,
+              init_std=0.3)
+    policy, ref = tiny_model(seed, **kw), tiny_model(seed + 1, **kw)
+    ex, _ = tokenize_rows([{"prompt": p} for p in PROMPTS[:n_prompts]], tok, "prompt", 64)
+    return tok, policy, ref, make_batch(ex, "prompt", tok.pad_id)
+
+
+def pair_h(policy, ref, prompt, w, lo):
+    n = len(prompt)
+    return (lp_sum(policy, prompt + w, n) - lp_sum(ref, prompt + w, n)) - \
+        (lp_sum(policy, prompt + lo, n) - lp_sum(ref, prompt + lo, n))
+
+
+# -- a small model with room for the judge prompts -------------------------------------------------
+def small_model(seed=0):  # test_train's small model with room for the judge prompts
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=264, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                   hidden_dim=48, max_seq_len=512, tie_embeddings=True,
+                                   bos_token_id=256, eos_token_id=257, pad_token_id=258))
+
+
+# -- the repository's paths; a short run's config, its gradients -----------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+
+
+def grads_of(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def run_cfg(tmp_path, **kw):
+    base = dict(method="orpo", init_from="scratch", model_preset="tiny", out_dir=str(tmp_path / "run"),
+                max_steps=6, batch_size=4, grad_accum=2, n_train=64, n_val=16, log_every=1,
+                eval_every=3, eval_batches=1, final_eval=False, warmup_steps=2, lr=1e-3, seed=3)
+    return train.make_config(**{**base, **kw})
+
+
+# -- random token ids ------------------------------------------------------------------------------
+def ids(seed, B=3, T=11, V=101):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# -- principles; a short run from the command line -------------------------------------------------
+PRINCIPLES = [("correct", "the sum is right"), ("concise", "short"), ("format", "ends with a period")]
+
+
+def _short_run(tmp_path, capsys, **kw):
+    argv = ["--method", "sft", "--init_from", "scratch", "--max_steps", "2", "--batch_size", "4",
+            "--n_train", "16", "--out_dir", str(tmp_path / "run"), "--final_eval", "false",
+            "--log_every", "1"]
+    for k, v in kw.items():
+        argv += [f"--{k}", str(v)]
+    train.main(argv)
+    return capsys.readouterr().out
+
+
+# -- labelled preference rows; an off-policy setup, a task's stand-in, a judge recorder ------------
+def pref_rows(n=2):
+    return [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}.", "rejected": "no", "_where": f"f:{i + 1}",
+             "labels": {"correct": "1", "format": "equal"},
+             "objectives": {"correct": "the sum is right", "format": "ends with a period"}} for i in range(n)]
+
+
+def offpolicy_setup():
+    from nanoalign.data import make_batch, tokenize_rows
+    from nanoalign.testing import tiny_model
+    tok = byte_tokenizer()
+    kw = dict(vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258, max_seq_len=64)
+    ex, _ = tokenize_rows([{"prompt": p} for p in ("What is 1 + 2?", "What is 3 + 4?")], tok, "prompt", 64)
+    return tok, tiny_model(0, **kw), tiny_model(1, **kw), tiny_model(2, **kw), make_batch(ex, "prompt", tok.pad_id)
+
+
+class OracleTask:
+    """A built-in task's stand-in for metrics: the oracle prefers the text with the larger score."""
+    @staticmethod
+    def score(y):
+        return len(y) + sum(map(ord, y)) / 1e5
+
+    def oracle_scores(self, prompt, response):
+        return {"overall": self.score(response)}
+
+
+def judge_recorder(monkeypatch, rule):
+    """Replace onpolicy.judge_probs by `rule`; returns the calls (judge, n items, principles)."""
+    from nanoalign import onpolicy
+    calls = []
+
+    def stub(judge, tok, template, prompts, a, b, principles=None, likelihood=None, combine=None):
+        calls.append((judge, len(prompts), principles))
+        return torch.tensor([float(rule(*it)) for it in zip(prompts, a, b)], dtype=torch.float32)
+    monkeypatch.setattr(onpolicy, "judge_probs", stub)
+    return calls
+
+
+def by_score(x, a, b):
+    return float(OracleTask.score(a) > OracleTask.score(b))
+
+
+# -- two preference examples, as token ids ---------------------------------------------------------
+EXAMPLES = [  # prompt + chosen, prompt + rejected: token ids, prompts of 2-4 tokens, unequal lengths
+    {"chosen": [5, 6, 7, 8, 9], "n_prompt_chosen": 2, "rejected": [5, 6, 10], "n_prompt_rejected": 2},
+    {"chosen": [11, 12, 13, 14, 15, 16, 17], "n_prompt_chosen": 4,
+     "rejected": [11, 12, 13, 14, 18, 19], "n_prompt_rejected": 4},
+]

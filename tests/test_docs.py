@@ -15,14 +15,24 @@ The checks are pure functions of a text, so the tests also show that they fail o
 citation.
 """
 import ast
+import importlib.util
 import io
 import os
 import re
 import tokenize
 
 import pytest
+from hypothesis import Phase, settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, one_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
 SKIP_DIRS = {".git", "out", "checkpoints", "logs", "__pycache__", ".pytest_cache", ".hypothesis",
              "node_modules", ".venv", "venv", "shared"}
 IGNORED_PREFIXES = ("out/", "checkpoints/", "logs/", "../shared", "path/to/", "shared/")
@@ -299,3 +309,48 @@ def test_private_citations_are_found():
     assert private_citations("see " + PRIVATE_NOTES + " 'ORPO'") == [(1, PRIVATE_NOTES)]
     assert private_citations("(" + PAPER_FILES[2] + ".txt, eq. 7)") == [(1, PAPER_FILES[2] + ".txt")]
     assert private_citations("the METHODS list of a module") == []
+
+
+def test_every_equation_of_the_methods_names_its_code_and_its_test():
+    """docs/methods.md: a section that states a formula (a line of inline math with '=' or a loss
+    'L_...') ends with 'In code: ... Tested by: ...', citing at least one function and one test;
+    test_every_cited_path_exists checks that each named function and test exists."""
+    text = open(os.path.join(ROOT, "docs", "methods.md"), encoding="utf-8").read()
+    sections = re.split(r"\n(?=#{2,3} )", text)
+    missing = []
+    for sec in sections[1:]:
+        title = sec.splitlines()[0]
+        formula = re.search(r"^`[^`]*(=|L_)[^`]*`\s*$", sec, re.M)
+        link = re.search(r"^In code: (.*)\. Tested by: (.*)\.$", sec, re.M)
+        if formula and not (link and "`tests/" in link.group(2) and "`" in link.group(1)):
+            missing.append(title)
+    assert not missing, f"sections with a formula but no 'In code: ... Tested by: ...': {missing}"
+
+
+# -- the README's example of property-testing your own loss ----------------------------------------
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def test_readme_property_test_example_runs_and_can_fail(tmp_path):
+    section = open(README).read().split("\n## Property-test your own loss\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1 and len(blocks[0].splitlines()) < 30
+    path = tmp_path / "readme_example.py"                  # a real file: Hypothesis reads the source
+    path.write_text(blocks[0])
+    spec = importlib.util.spec_from_file_location("readme_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tests = [getattr(mod, name) for name in dir(mod) if name.startswith("test_")]
+    assert len(tests) == 3
+    for t in tests:
+        t()
+    # the same properties catch the loss with chosen and rejected exchanged
+    good = mod.hinge_loss
+    mod.hinge_loss = lambda pw, pl, rw, rl, beta: good(pl, pw, rl, rw, beta)
+    failed = 0
+    for t in tests:
+        try:        # no shrinking: a failure is all this needs
+            settings(phases=[Phase.generate], database=None)(t)()
+        except Exception:
+            failed += 1
+    assert failed >= 2

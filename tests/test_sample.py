@@ -93,7 +93,7 @@ def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, m
     checkpoint judges under the JSFT principles (kept with every checkpoint) by JM-PR, with the
     Self-Judge likelihood rule; --principles overrides them."""
     import train
-    from experiments import task
+    from nanoalign.tasks import arith as task
     from nanoalign import judge
     from nanoalign.onpolicy import PRINCIPLES_FILE
     common = ["--max_steps", "1", "--final_eval", "false", "--val_data", "", "--judge_template",

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every GPU line of the speed issue, in one call on one GPU (written for an H200, budget ~5 minutes):
+#
+#     bash bench/gpu.sh            # on the GPU machine, from the repository root
+#     bash bench/gpu.sh --rehearse # the same steps at tiny sizes on the CPU (checks the wiring only)
+#
+# A GPU is lent only now and then, for ~15 minutes in all (machine start included), so each step has
+# its own time limit and a failed step does not stop the others; every line it prints is a number to
+# copy into docs/performance.md with the date, the device and this command. TRL and Liger-Kernel are
+# optional peers: the TRL side runs in $TRL_PYTHON (a venv with trl, transformers and liger-kernel
+# installed from wheels carried to the machine, which has no network); without it those rows are
+# skipped and said so. The real checkpoint must be at checkpoints/smollm2-135m (python -m
+# model.gguf_import --out checkpoints/smollm2-135m, before the GPU session).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+rehearse=0; [ "${1:-}" = "--rehearse" ] && rehearse=1
+step() { local t=$1; shift; echo; echo "== $* (limit ${t}s)"; timeout "$t" "$@" || echo "!! exit $? ($*)"; }
+
+python - <<'EOF'
+import torch, triton, platform
+dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+print(f"== {dev}; torch {torch.__version__}; triton {triton.__version__}; python {platform.python_version()}")
+EOF
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+if [ $rehearse = 1 ]; then
+  step 300 python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 --steps 1 --warmup 1
+  step 120 python -m bench.decode_speed --max_new_tokens 4
+  exit 0
+fi
+
+# 1. the compiled Triton kernels against their torch references (the CPU runs them interpreted)
+step 120 env TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py
+# 2. ORPO and DPO steps at SmolLM2-1.7B's shape (bs 4, max_length 1024, bf16): ours, TRL, TRL + Liger;
+#    peak memory; the largest batch that fits at max_length 2048
+step 200 python -m bench.train_speed --preset gpu_1p7b
+# 3. decoding at batch 1 / 8 / 32 against transformers' generate, with the bandwidth floor
+step 90 python -m bench.decode_speed --max_new_tokens 128
+# 4. the share of a Self-Judge step spent sampling (the log's t_sample / step_s)
+step 90 python train.py --method self_judge --init_from checkpoints/smollm2-135m --task instruct \
+    --max_steps 6 --batch_size 8 --gen_max_tokens 64 --log_every 1 --final_eval false \
+    --out_dir out/gpu_self_judge
+# 5. DDP and FSDP2 under torchrun on this one GPU
+step 120 python -m pytest -q -p no:cacheprovider tests/train/test_scale.py

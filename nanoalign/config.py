@@ -1,0 +1,336 @@
+"""
+The configuration of a run: one flat dataclass per (method, task), built from three declarations,
+
+    SharedConfig            below: what every run has (data, optimizer, schedule, scale, logging)
+    the method's options    its file in nanoalign/ (e.g. nanoalign/osp.py OSPOptions)
+    the task's options      its module in nanoalign/tasks/ (e.g. nanoalign/tasks/arith.py Options)
+
+read from flags, a JSON file (--config) or the checkpoint of the run being resumed. Every value is
+checked against its declaration (type, choices, minimum) wherever it came from; an unknown key is an
+error naming the flag, or the file and key. train.py only calls parse_config / make_config.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from model.chat_template import FORMATS
+from model.checkpoint import CheckpointError, read_json
+from model.lora import parse_targets
+from nanoalign import DEFAULT_METHOD, REGISTRY
+from nanoalign.common import option
+from nanoalign.tasks import TASKS, get_task
+
+
+# --dtype auto and --packed auto, by model size (docs/performance.md#bf16-and-padding-free-batches-on-the-cpu):
+# bf16 pays on SmolLM2-135M (1.5-2x a float32 step) and not on the built-in task's 0.77M model
+# (3-18% slower: its matmuls are too small to win back the casts). Packing measured ~8% faster on
+# the 0.77M model too, but other matmul shapes round differently, and the default run's printed
+# table must stay as it is; so both start between the sizes measured
+FAST_MIN_PARAMS = 20_000_000
+
+
+@dataclass
+class SharedConfig:
+    """The options every method has; a method adds its own (its file's options dataclass)."""
+    method: str = option(DEFAULT_METHOD, "which method to train; 'list' prints each method with its "
+                         "options")
+    init_from: str = option("default", "'default' (the cached SFT warm-up on the built-in task), "
+                            "'scratch' (a fresh model of --model_preset), or a Hugging Face checkpoint "
+                            "directory")
+    model_preset: str = option("tiny", "model config for --init_from scratch (model/model.py PRESETS)")
+    chat_format: str = option("", "'' = the checkpoint's own chat template; or a named format for a "
+                              "checkpoint that has none (model/chat_template.py FORMATS)",
+                              choices=("",) + tuple(FORMATS))
+    train_data: str = option("builtin", "'builtin' (the rows of the built-in --task) or a JSONL file "
+                             "of the rows the method reads")
+    task: str = option("arith", "the built-in task (nanoalign/tasks/): 'arith' (What is 17 + 8?, a "
+                       "tiny model) or 'instruct' (questions with format instructions, for "
+                       "SmolLM2-135M-Instruct); its options follow the method's", choices=tuple(TASKS))
+    val_data: str = option("auto", "a JSONL file for the held-out loss; 'builtin'; 'auto' = the "
+                           "built-in task's when training on it, none otherwise; '' = none")
+    out_dir: str = option("", "run directory: checkpoint in out_dir/ckpt, metrics in "
+                          "out_dir/metrics.jsonl; '' means out/<method>")
+    resume: bool = option(False, "continue the run in out_dir from its last checkpoint (only the "
+                          "settings in RESUMABLE may change)")
+    max_steps: int = option(300, "optimizer steps", minimum=1)
+    batch_size: int = option(16, "examples per micro-batch", minimum=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step (the loss is normalized over all)",
+                             minimum=1)
+    lr: float = option(3e-4, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0)
+    warmup_steps: int = option(20, "linear warm-up steps", minimum=0)
+    weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0)
+    beta1: float = option(0.9, "AdamW beta1", minimum=0.0)
+    beta2: float = option(0.95, "AdamW beta2", minimum=0.0)
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", minimum=0.0)
+    max_length: int = option(128, "tokens per sequence; responses are cut from the right; a prompt "
+                             "that leaves no room for a response is a bad row (an error, or skipped "
+                             "with --skip_bad_rows); a judgment target that does not fit is dropped "
+                             "and counted", minimum=2)
+    skip_bad_rows: bool = option(False, "skip (and count) bad data rows instead of stopping")
+    seed: int = option(1337, "random seed (data order, init, sampling)")
+    deterministic: bool = option(True, "on CUDA, use torch's deterministic algorithms where they "
+                                 "exist, so that a rerun or a resume can repeat a run bit for bit "
+                                 "(somewhat slower)")
+    log_every: int = option(10, "print and record metrics every N steps", minimum=1)
+    eval_every: int = option(100, "held-out loss every N steps (0 = only at the end; it always runs "
+                             "at the end when there is validation data)", minimum=0)
+    eval_batches: int = option(8, "micro-batches of held-out data per evaluation", minimum=1)
+    ckpt_every: int = option(0, "checkpoint every N steps (0 = only at the end)", minimum=0)
+    final_eval: bool = option(True, "on the built-in task, end with the table of greedy answers "
+                              "before and after (never on your own data)")
+    device: str = option("auto", "'auto', 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
+    dtype: str = option("auto", "compute dtype of the forwards: 'bfloat16' is autocast (float32 "
+                        "master weights and AdamW state, log-sum-exp and losses in float32); 'auto' "
+                        "= bfloat16 on CUDA, and on a CPU with bf16 instructions for a model of "
+                        f"{FAST_MIN_PARAMS // 10**6}M parameters or more, else float32",
+                        choices=("auto", "float32", "bfloat16"))
+    packed: str = option("auto", "padding-free batches: each micro-batch's rows back to back, no "
+                         "matmul on a pad (the padded batch is the reference); 'auto' = on for a "
+                         f"model of {FAST_MIN_PARAMS // 10**6}M parameters or more",
+                         choices=("auto", "true", "false"))
+    # scale: LoRA, activation checkpointing, several processes (launch with torchrun)
+    lora_r: int = option(0, "LoRA rank; 0 = train every weight. With LoRA, checkpoints hold the "
+                         "adapters only (python -m model.lora merges them) and a method's reference "
+                         "model is the base with adapters off", minimum=0)
+    lora_alpha: float = option(16.0, "LoRA alpha: the adapter update is scaled by alpha / r")
+    lora_dropout: float = option(0.05, "LoRA dropout on the adapters' input", minimum=0.0)
+    lora_targets: str = option("q,k,v,o,gate,up,down", "projections that get adapters, from "
+                               "q,k,v,o,gate,up,down")
+    grad_checkpoint: bool = option(False, "activation checkpointing: recompute each block in backward")
+    parallel: str = option("ddp", "under torchrun: 'ddp' (weights replicated) or 'fsdp' (FSDP2 "
+                           "fully_shard: weights, grads and AdamW state sharded); --batch_size is "
+                           "per process", choices=("ddp", "fsdp"))
+
+
+# what --resume may change; every other setting comes from the checkpoint, and a different value is
+# refused (a resumed run must be the run it continues)
+RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
+             "final_eval", "device", "skip_bad_rows")
+
+
+def config_class(method, task=SharedConfig.task):
+    """The config dataclass of one method on one task: SharedConfig's fields, the method's options,
+    the task's options; the method's `defaults` change shared defaults (JSFT's longer max_length)."""
+    m = REGISTRY[method]
+    fields = []
+    for f in (dataclasses.fields(SharedConfig) + dataclasses.fields(m.options)
+              + dataclasses.fields(get_task(task).Options)):
+        default = (m.defaults or {}).get(f.name, method if f.name == "method" else f.default)
+        fields.append((f.name, f.type, dataclasses.field(default=default, metadata=f.metadata)))
+    return dataclasses.make_dataclass(f"{method}_{task}_config", fields, frozen=False)
+
+
+def _known_keys():
+    """Every option of any method or task: an old checkpoint's config holds all methods' knobs."""
+    keys = {f.name for f in dataclasses.fields(SharedConfig)}
+    for m in REGISTRY.values():
+        keys |= {f.name for f in dataclasses.fields(m.options)}
+    for t in TASKS:
+        keys |= {f.name for f in dataclasses.fields(get_task(t).Options)}
+    return keys
+
+
+def _tname(f):
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+def check_value(f, v, where):
+    """Type, choices and minimum of one option value; an error names the flag, or the file and key."""
+    t, name = _tname(f), f"--{f.name}" if where == "flags" else f"{where}: '{f.name}'"
+    want = {"int": int, "float": (int, float), "bool": bool, "str": str}[t]
+    if not isinstance(v, want) or (t in ("int", "float") and isinstance(v, bool)):
+        raise SystemExit(f"error: {name} must be {t}, got {type(v).__name__} {v!r}")
+    ch, lo = f.metadata.get("choices"), f.metadata.get("minimum")
+    if ch and v not in ch:
+        raise SystemExit(f"error: {name} must be one of {', '.join(ch)}, got {v!r}")
+    if lo is not None and v < lo:
+        raise SystemExit(f"error: {name} must be >= {lo}, got {v!r}")
+
+
+def config_from_dict(d, where, saved=False):
+    """The method's config from a dict; unknown keys, wrong types and values outside an option's
+    choices are errors naming `where`. A key of another method's options is an error too, except in
+    a saved config (saved=True): old checkpoints recorded every method's knobs, and those are dropped."""
+    method, task = d.get("method", SharedConfig.method), d.get("task", SharedConfig.task)
+    if method not in REGISTRY:
+        raise SystemExit(f"error: {where}: method '{method}' is unknown; choose from {', '.join(REGISTRY)}")
+    if task not in TASKS:
+        raise SystemExit(f"error: {where}: task '{task}' is unknown; choose from {', '.join(TASKS)}")
+    cls, known = config_class(method, task), _known_keys()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in d:
+        if k not in known:
+            raise SystemExit(f"error: {where}: unknown config key '{k}'")
+        if k not in fields and not saved:
+            raise SystemExit(f"error: {where}: '{k}' is not an option of --method {method} on --task "
+                             f"{task} (python train.py --method list shows each method's)")
+    kept = {k: v for k, v in d.items() if k in fields}
+    for k, v in kept.items():
+        check_value(fields[k], v, where)
+    cfg = cls(**kept)
+    try:
+        parse_targets(cfg.lora_targets)
+    except ValueError as e:
+        raise SystemExit(f"error: {where}: {e}")
+    return cfg
+
+
+def make_config(**kw):
+    """A checked config from keyword arguments (tests, experiments/): make_config(method=NAME, beta=0.2)."""
+    return config_from_dict(kw, "config")
+
+
+def _bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def describe(name):
+    """One method and its options, for --method list."""
+    m = REGISTRY[name]
+    lines = [f"{name:22s} {m.help}"]
+    for f in dataclasses.fields(m.options):
+        lines.append(f"    --{f.name} (default {f.default!r}): {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def parse_config(argv=None, description=None):
+    """Flags -> the chosen method's config. First the method and the task (from the flags, the
+    --config file or the checkpoint being resumed), then a parser of their options, so --help shows
+    exactly them. `description` heads --help (train.py's docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    pre.add_argument("--method")
+    pre.add_argument("--task")
+    pre.add_argument("--out_dir")
+    pre.add_argument("--resume", nargs="?", const="true")
+    early, _ = pre.parse_known_args(argv)
+    saved = os.path.join(early.out_dir or "", "ckpt", "state.json")
+    try:
+        d = read_json(early.config) if early.config else {}
+        if early.resume not in (None, "false") and os.path.exists(saved):   # the run's method, task
+            run = read_json(saved)["config"]
+            d = {**d, **{k: run[k] for k in ("method", "task") if k in run and not getattr(early, k)}}
+    except CheckpointError as e:
+        pre.exit(2, f"error: {e}\n")
+    method = early.method or d.get("method", SharedConfig.method)
+    task = early.task or d.get("task", SharedConfig.task)
+    if method == "list":
+        print("\n\n".join(describe(n) for n in REGISTRY))
+        sys.exit(0)
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        epilog=f"These are the options of --method {method} on --task {task} (the shared ones first, "
+               f"then the method's, then the task's). `python train.py --method NAME --help` shows "
+               f"another method's.")
+    if method not in REGISTRY:
+        ap.error(f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')")
+    if task not in TASKS:
+        ap.error(f"--task {task!r} is unknown; choose from {', '.join(TASKS)}")
+    ap.add_argument("--config", default=None, help="a JSON file of config values (flags override)")
+    conv = {"int": int, "float": float, "bool": _bool, "str": str}
+    for f in dataclasses.fields(config_class(method, task)):
+        kw = dict(nargs="?", const=True) if _tname(f) == "bool" else {}
+        ch = f.metadata.get("choices")
+        ap.add_argument(f"--{f.name}", type=conv[_tname(f)], default=None, metavar=_tname(f).upper(),
+                        help=f"{f.metadata['help']} (default: {f.default!r}"
+                             + (f"; one of {', '.join(ch)})" if ch else ")"), **kw)
+    a = ap.parse_args(argv)
+    flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
+    given = {**d, **flags}
+    try:
+        out_dir = given.get("out_dir") or os.path.join("out", method)
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise SystemExit(f"error: --out_dir {out_dir} exists and is not a directory")
+        if d:
+            config_from_dict({**d, "method": method, "task": task}, a.config)
+        if given.get("resume"):
+            return resume_config(given, a.config or "flags")
+        cfg = config_from_dict({**given, "method": method, "task": task}, "flags")
+    except SystemExit as e:   # one line, exit code 2, as argparse does for a bad flag
+        ap.exit(2, f"{e}\n")
+    if cfg.parallel == "fsdp" and REGISTRY[cfg.method].rollout:
+        ap.error(f"--method {cfg.method} samples on-policy, and under FSDP every forward is a "
+                 f"collective: ranks sampling different lengths would hang. Use --parallel ddp "
+                 f"(with --lora_r for a large model)")
+    return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
+
+
+def resume_config(given, where="flags"):
+    """The checkpoint's config, with only RESUMABLE settings taken from `given`; any other setting
+    given with a different value than the run used is refused, naming it. The out_dir is the one
+    given, never the one saved: a copied or moved run directory resumes from and writes into itself."""
+    method = given.get("method", SharedConfig.method)
+    out_dir = given.get("out_dir") or os.path.join("out", method)
+    path = os.path.join(out_dir, "ckpt", "state.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: --resume: {path} does not exist; is --out_dir the run's directory?")
+    saved = read_json(path)["config"]
+    saved_cfg = config_from_dict(saved, path, saved=True)
+    for k, v in given.items():
+        if k not in RESUMABLE and k != "out_dir" and hasattr(saved_cfg, k) and getattr(saved_cfg, k) != v:
+            raise SystemExit(f"error: --resume: '{k}' was {getattr(saved_cfg, k)!r} in this run "
+                             f"({path}), got {v!r}; a resumed run keeps its settings except "
+                             f"{', '.join(RESUMABLE)}. Start a new --out_dir to change it")
+        if k not in RESUMABLE and k != "out_dir" and not hasattr(saved_cfg, k):
+            raise SystemExit(f"error: --resume: '{k}' is not an option of --method "
+                             f"{saved_cfg.method}, which this run ({path}) trains")
+    keep = {k: v for k, v in given.items() if k in RESUMABLE}
+    return dataclasses.replace(saved_cfg, **keep, out_dir=out_dir)
+
+
+def shared_options(cfg):
+    """The run's shared and task options (a task's warm-up trains with the same ones)."""
+    names = [f.name for f in dataclasses.fields(SharedConfig) + dataclasses.fields(get_task(cfg.task).Options)]
+    return {k: getattr(cfg, k) for k in names}
+
+
+def options_of(cfg, options):
+    """An options dataclass (a task's Options) filled from the run's flat config."""
+    return options(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(options)})
+
+
+def cpu_has_bf16():
+    """bf16 dot-product instructions (AVX512-BF16, or AMX on Intel): oneDNN's bf16 GEMMs then run at
+    about twice float32's rate; without them bf16 is emulated and slower than float32. (torch's
+    own checks are private: a torch without them counts as a CPU without the instructions.)"""
+    return any(getattr(torch.cpu, f, lambda: False)()
+               for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def autocast_dtype(cfg, model):
+    """--dtype as the autocast dtype of the forwards: torch.bfloat16, or None (plain float32)."""
+    if cfg.dtype != "auto":
+        return torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    p = next(model.parameters())
+    big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+    return torch.bfloat16 if p.is_cuda or (big and cpu_has_bf16()) else None
+
+
+def packed_batches(cfg, model):
+    """--packed: whether micro-batches are made padding-free (nanoalign/data.py pack)."""
+    if cfg.packed != "auto":
+        return cfg.packed == "true"
+    return sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+
+
+def make_optimizer(model, cfg):
+    """AdamW over the trained weights. Fused (one kernel for all parameters instead of a loop of
+    foreach launches, and none of foreach's parameter-sized temporaries) on CUDA, and on the CPU for
+    a model of FAST_MIN_PARAMS or more; a smaller one keeps foreach's arithmetic, the one the
+    built-in task's printed table was made with."""
+    p = next(model.parameters())
+    big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+    return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                             fused=p.is_cuda or big)

@@ -1,0 +1,316 @@
+"""Reading and checking rows (nanoalign/data.py): validate_row and read_jsonl, implicit prompts,
+message lists, and every bad row named by its file, line and field, including rows a chat template
+refuses."""
+import json
+import os
+
+import pytest
+
+from nanoalign.data import (DataError, implicit_prompt, make_batch, read_jsonl, tokenize_pair, tokenize_rows,
+                            validate_row)
+from nanoalign.tasks import arith as task
+from tests.helpers import FIX, TOK
+
+
+# -- bad rows name the file, line and field --------------------------------------------------------
+def write(tmp_path, text):
+    p = tmp_path / "data.jsonl"
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n', r":2: malformed JSON"),
+    ('{"prompt": "a", "chosen": "b"}\n', r":1: missing field 'rejected'"),
+    ('{"prompt": "a", "chosen": 3, "rejected": "c"}\n', r":1: field 'chosen' must be a string or a list"),
+    ('\n{"prompt": "a", "chosen": "b", "rejected": "  "}\n', r":2: field 'rejected' is empty"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, text, pattern):
+    path = write(tmp_path, text)
+    with pytest.raises(DataError, match=r"data\.jsonl" + pattern):
+        read_jsonl(path, "pref")
+
+
+def test_prompt_longer_than_max_length(tmp_path):
+    path = write(tmp_path, '{"prompt": "%s", "chosen": "b", "rejected": "c"}\n' % ("x" * 200))
+    rows, _ = read_jsonl(path, "pref")
+    with pytest.raises(DataError, match=r"data\.jsonl:1: field 'prompt' is \d+ tokens"):
+        tokenize_rows(rows, task.build_tokenizer(), "pref", 64)
+
+
+def test_skip_bad_rows_counts(tmp_path):
+    path = write(tmp_path, '{"prompt": "a", "chosen": "b", "rejected": "c"}\nnot json\n'
+                           '{"prompt": "a"}\n{"prompt": "%s", "chosen": "b", "rejected": "c"}\n' % ("x" * 200))
+    rows, skipped = read_jsonl(path, "pref", skip_bad=True)
+    ex, dropped = tokenize_rows(rows, task.build_tokenizer(), "pref", 64, skip_bad=True)
+    assert (len(ex), skipped, dropped) == (1, 2, 1)
+
+
+def test_fixtures_load_in_both_formats():
+    tok = task.build_tokenizer()
+    for kind, name in (("pref", "pref.jsonl"), ("sft", "sft.jsonl")):
+        rows, _ = read_jsonl(os.path.join(FIX, name), kind)
+        ex, _ = tokenize_rows(rows, tok, kind, 128)
+        b = make_batch(ex, kind, tok.pad_id)
+        assert len(ex) == 4 and b["n_tokens"] > 0
+        # the response mask covers exactly response + EOS tokens
+        key = "ids" if kind == "sft" else "chosen"
+        resp = rows[0]["response" if kind == "sft" else "chosen"]
+        assert b["mask"][0].sum().item() == len(tok.encode(resp)) + 1
+        assert b["targets"][0][b["mask"][0].bool()].tolist() == ex[0][key][-(len(tok.encode(resp)) + 1):]
+
+
+# -- a conversation without an assistant turn ------------------------------------------------------
+def test_a_chosen_conversation_without_an_assistant_turn_names_the_row(tmp_path):
+    f = tmp_path / "p.jsonl"
+    good = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    bad = {"prompt": "q", "chosen": [{"role": "user", "content": "q"}], "rejected": "b"}
+    f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=rf"{f}:2: field 'chosen' is a message list with no assistant"):
+        read_jsonl(str(f), "pref")
+    rows, skipped = read_jsonl(str(f), "pref", skip_bad=True)
+    assert len(rows) == 1 and skipped == 1
+
+
+# -- validate_row, implicit prompts, read_jsonl ----------------------------------------------------
+W = "rows.jsonl:7"                     # the `where` a row carries into every error message
+USER = {"role": "user", "content": "hi"}
+BOT = {"role": "assistant", "content": "hello"}
+
+
+def error_of(row, kind, where=W):
+    with pytest.raises(DataError) as e:
+        validate_row(row, kind, where)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("field", ["chosen", "rejected"])
+def test_an_empty_response_is_an_error_naming_the_row_and_the_field(field):
+    row = {"prompt": "p", "chosen": "c", "rejected": "r", field: "  "}
+    assert error_of(row, "pref") == f"{W}: field '{field}' is empty"
+
+
+def test_an_empty_prompt_string_is_allowed():
+    assert validate_row({"prompt": "", "response": "r"}, "sft", W)["prompt"] == ""
+    assert validate_row({"prompt": "", "chosen": "c", "rejected": "r"}, "pref", W)["prompt"] == ""
+
+
+@pytest.mark.parametrize("bad", [
+    [], [{"role": "user"}], [{"content": "x"}], [{"role": 1, "content": "x"}],
+    [{"role": "user", "content": 3}], ["hi"], [USER, {"role": "user", "content": None}],
+])
+def test_a_text_field_must_be_a_string_or_a_list_of_messages(bad):
+    msg = error_of({"prompt": bad, "response": "r"}, "sft")
+    assert msg == (f"{W}: field 'prompt' must be a string or a list of {{\"role\", \"content\"}} "
+                   f"messages, got list")
+
+
+def test_a_text_field_of_another_type_names_that_type():
+    assert error_of({"prompt": "p", "response": 5}, "sft").endswith("messages, got int")
+    assert error_of({"prompt": {"a": 1}}, "prompt").startswith(f"{W}: field 'prompt' must be")
+
+
+def test_messages_are_kept_as_given():
+    row = {"prompt": [USER], "chosen": [USER, BOT], "rejected": "r", "extra": 1}
+    out = validate_row(row, "pref", W)
+    assert out == row and out is not row
+
+
+@pytest.mark.parametrize("kind, fields, name", [
+    ("pref", ("prompt", "chosen", "rejected"), "preference"),
+    ("sft", ("prompt", "response"), "sft"),
+    ("prompt", ("prompt",), "prompt"),
+])
+def test_a_missing_field_names_it_and_the_fields_the_kind_needs(kind, fields, name):
+    full = {f: "x" for f in fields}
+    for f in fields:
+        row = {k: v for k, v in full.items() if k != f}
+        if kind == "pref" and f == "prompt":
+            continue                               # no prompt: TRL's implicit prompt, tested below
+        assert error_of(row, kind) == f"{W}: missing field '{f}' (a {name} row needs {', '.join(fields)})"
+
+
+@pytest.mark.parametrize("field", ["chosen", "rejected"])
+def test_a_response_list_needs_an_assistant_message(field):
+    row = {"prompt": "p", "chosen": [USER, BOT], "rejected": [USER, BOT], field: [USER]}
+    assert error_of(row, "pref") == (f"{W}: field '{field}' is a message list with no assistant "
+                                     f"message; the response is the last assistant message")
+    row[field] = [USER, {"role": "assistant", "content": "x"}, USER]    # one anywhere is enough
+    assert validate_row(row, "pref", W)[field] == row[field]
+
+
+def test_an_sft_response_list_needs_an_assistant_message():
+    assert error_of({"prompt": "p", "response": [USER]}, "sft").startswith(
+        f"{W}: field 'response' is a message list with no assistant")
+    assert validate_row({"prompt": "p", "response": [BOT]}, "sft", W)["response"] == [BOT]
+
+
+def test_implicit_prompt_of_two_strings_keeps_the_space_with_the_responses():
+    row = {"chosen": "Q: 2+2? A: four", "rejected": "Q: 2+2? A: 5", "score": 3}
+    out = validate_row(row, "pref", W)
+    assert (out["prompt"], out["chosen"], out["rejected"]) == ("Q: 2+2? A:", " four", " 5")
+    assert out["score"] == 3
+    assert implicit_prompt("abc", "abd", W) == ("ab", "c", "d")         # no space: split as it is
+
+
+def test_implicit_prompt_of_two_conversations_is_their_shared_leading_messages():
+    sys = {"role": "system", "content": "be brief"}
+    c = [sys, USER, {"role": "assistant", "content": "yes"}]
+    r = [sys, USER, {"role": "assistant", "content": "no"}]
+    out = validate_row({"chosen": c, "rejected": r}, "pref", W)
+    assert out["prompt"] == [sys, USER] and out["chosen"] == c[2:] and out["rejected"] == r[2:]
+
+
+def test_implicit_prompt_of_multi_turn_conversations_stops_at_the_first_difference():
+    u2 = {"role": "user", "content": "and?"}
+    c = [USER, {"role": "assistant", "content": "a1"}, u2, {"role": "assistant", "content": "a2"}]
+    r = [USER, {"role": "assistant", "content": "b1"}, u2, {"role": "assistant", "content": "b2"}]
+    assert implicit_prompt(c, r, W) == ([USER], c[1:], r[1:])
+
+
+@pytest.mark.parametrize("c, r, field", [
+    ("Q: hi", "Q: hi there", "chosen"), ("Q: hi there", "Q: hi", "rejected"),
+    ([USER, BOT], [USER, BOT, USER, BOT], "chosen"), ([USER, BOT, USER, BOT], [USER, BOT], "rejected"),
+])
+def test_implicit_prompt_when_one_side_is_a_prefix_of_the_other(c, r, field):
+    msg = error_of({"chosen": c, "rejected": r}, "pref")    # that side's response is empty: a bad row
+    assert msg.startswith(f"{W}: field '{field}' ")
+
+
+@pytest.mark.parametrize("c, r, what", [
+    ("abc", "xbc", "text"), ([USER, BOT], [BOT, USER], "message"),
+])
+def test_implicit_prompt_needs_a_shared_beginning(c, r, what):
+    assert error_of({"chosen": c, "rejected": r}, "pref") == (
+        f"{W}: no 'prompt' field, and 'chosen' and 'rejected' share no leading {what} to take as "
+        f"the prompt")
+
+
+def test_implicit_prompt_of_a_string_and_a_list_is_an_error():
+    assert error_of({"chosen": "abc", "rejected": [USER, BOT]}, "pref") == (
+        f"{W}: no 'prompt' field, and 'chosen' / 'rejected' are not both strings or both message lists")
+
+
+def test_implicit_prompt_checks_each_field_first():
+    assert error_of({"chosen": " ", "rejected": "x"}, "pref") == f"{W}: field 'chosen' is empty"
+    assert error_of({"chosen": "x", "rejected": 3}, "pref").startswith(f"{W}: field 'rejected' must")
+
+
+def test_an_implicit_prompt_response_without_assistant_turn_is_an_error():
+    c, r = [USER, {"role": "user", "content": "a"}], [USER, {"role": "user", "content": "b"}]
+    assert "field 'chosen' is a message list with no assistant message" in \
+        error_of({"chosen": c, "rejected": r}, "pref")
+
+
+def test_sft_messages_row_takes_the_last_assistant_message_as_response():
+    msgs = [USER, BOT, {"role": "user", "content": "more"}, {"role": "assistant", "content": "ok"}]
+    out = validate_row({"messages": msgs, "id": 9}, "sft", W)
+    assert out["prompt"] == msgs[:-1] and out["response"] == "ok" and out["id"] == 9
+
+
+@pytest.mark.parametrize("msgs, why", [
+    ([USER], "must end with an assistant message"),
+    ("just text", "must end with an assistant message"),
+    ([USER, {"role": "assistant", "content": "  "}], "has an empty final assistant message"),
+    ([USER, BOT, USER, {"role": "assistant", "content": ""}], "has an empty final assistant message"),
+])
+def test_sft_messages_rows_must_end_with_a_real_answer(msgs, why):
+    assert error_of({"messages": msgs}, "sft") == f"{W}: field 'messages' {why}"
+
+
+def test_sft_messages_must_be_messages():
+    assert error_of({"messages": [1]}, "sft").startswith(f"{W}: field 'messages' must be a string")
+
+
+def test_a_row_must_be_an_object_and_a_kind_must_be_readable():
+    assert error_of([1, 2], "pref") == f"{W}: expected a JSON object, got list"
+    assert error_of({"prompt": "p"}, "mo") == f"{W}: 'mo' examples are built by a method, not read from a file"
+    msg = error_of({"prompt": "p"}, "nope")
+    assert msg == "unknown data kind 'nope'; the kinds are sft, pref, prompt, mo"
+
+
+def test_read_jsonl_numbers_lines_skips_blank_ones_and_counts_bad_rows(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"prompt": "a"}) + "\n\n   \n" + "{oops\n" + json.dumps({"x": 1}) + "\n"
+                 + json.dumps({"prompt": "b"}) + "\n")
+    rows, skipped = read_jsonl(str(f), "prompt", skip_bad=True)
+    assert [(r["prompt"], r["_where"]) for r in rows] == [("a", f"{f}:1"), ("b", f"{f}:6")]
+    assert skipped == 2
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt")
+    assert str(e.value).startswith(f"{f}:4: malformed JSON (") and "at column 2)" in str(e.value)
+
+
+def test_read_jsonl_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(DataError, match=r"nope\.jsonl: cannot open \(No such file or directory\)"):
+        read_jsonl(str(missing), "prompt")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"x": 1}) + "\n")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(bad), "prompt", skip_bad=True)
+    assert str(e.value) == f"{bad}: no usable rows"
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(bad), "prompt")
+    assert str(e.value).startswith(f"{bad}:1: missing field 'prompt'")
+
+
+def test_a_prompt_the_template_refuses_is_a_bad_row_naming_it():
+    from nanoalign.data import tokenize_rows
+
+    class Refuses:
+        def encode_prompt(self, prompt):
+            if "system" in str(prompt):
+                raise ValueError("this template has no system role")
+            return [5, 6]
+    rows = [{"prompt": "ok", "_where": "f:1"}, {"prompt": [{"role": "system", "content": "x"}], "_where": "f:2"}]
+    with pytest.raises(DataError) as e:
+        tokenize_rows(rows, Refuses(), "prompt", 16)
+    assert str(e.value) == "f:2: this template has no system role"
+    out, dropped = tokenize_rows(rows, Refuses(), "prompt", 16, skip_bad=True)
+    assert [x["prompt"] for x in out] == [[5, 6]] and dropped == 1
+
+
+# -- a tokenizer's own error names the row ---------------------------------------------------------
+class Refuses:
+    """A tokenizer whose chat template refuses any text containing 'BAD' (like Gemma refusing a
+    system message): its ValueError must come back as a DataError naming the row."""
+
+    @staticmethod
+    def _check(*parts):
+        if "BAD" in str(parts):
+            raise ValueError("the template refuses this")
+
+    def encode_pair(self, prompt, response):
+        self._check(prompt, response)
+        return [5, 6], [7, 8]
+
+    def encode_prompt(self, prompt):
+        self._check(prompt)
+        return [5, 6]
+
+
+@pytest.mark.parametrize("kind, row", [
+    ("sft", {"prompt": "p", "response": "BAD"}),
+    ("pref", {"prompt": "p", "chosen": "c", "rejected": "r BAD"}),     # only the rejected side refused
+    ("pref", {"prompt": "p", "chosen": "c BAD", "rejected": "r"}),
+    ("prompt", {"prompt": "BAD"}),
+    ("mo", {"prompt": "p", "chosen": "c", "rejected": "r",            # only the SJ triple refused
+            "sj": {"prompt": [{"role": "user", "content": "BAD"}], "chosen": "A", "rejected": "B"}}),
+])
+def test_a_template_error_is_a_data_error_naming_the_row(kind, row):
+    """A template's ValueError on any part of a row is a DataError '<file>:<line>: <error>'."""
+    rows = [{**row, "_where": "f.jsonl:3"}]
+    with pytest.raises(DataError) as e:
+        tokenize_rows(rows, Refuses(), kind, 16, sj_max_length=16)
+    assert str(e.value) == "f.jsonl:3: the template refuses this"
+    assert tokenize_rows(rows, Refuses(), kind, 16, skip_bad=True, sj_max_length=16) == ([], 1)
+
+
+def test_tokenize_pair_without_a_where_names_the_row_as_row():
+    """tokenize_pair's errors name 'row' when the caller gives no location (as tokenize_rows does)."""
+    p, _ = TOK.encode_pair("What is 2 + 2?", "4")
+    with pytest.raises(DataError) as e:
+        tokenize_pair(TOK, "What is 2 + 2?", "4", len(p))
+    assert str(e.value) == (f"row: field 'prompt' is {len(p)} tokens, which leaves no room for the "
+                            f"response within max_length={len(p)}")

@@ -1,0 +1,71 @@
+"""The comparison tool (experiments/compare.py): its instruct preset, CPU-sized, runs every method of
+the four papers, and it judges each run as the run itself judges (template, rule, principles)."""
+import json
+
+import pytest
+import torch
+
+import train
+from experiments import compare
+from model.checkpoint import save_model
+from model.model import Transformer, config_from_preset
+from nanoalign import onpolicy
+from nanoalign.tasks import arith as task
+from tests.helpers import PRINCIPLES
+
+
+def test_instruct_smoke_preset_runs_every_method_with_seeds_in_parallel(tmp_path, capsys):
+    """The GPU command's wiring (--jobs: each seed in a process of its own, then one table from their
+    cached results), at the smoke preset's size, two seeds at once."""
+    torch.manual_seed(0)
+    start = str(tmp_path / "start")
+    save_model(Transformer(config_from_preset("tiny")), start, task.build_tokenizer())
+    root = tmp_path / "out" / "instruct_smoke"
+    compare.main(["--preset", "instruct_smoke", "--seeds", "1,2", "--jobs", "2", "--start", start,
+                  "--n_test", "3", "--answer_tokens", "8", "--out", str(tmp_path / "out"), "--",
+                  "--max_length", "512"])
+    out = capsys.readouterr().out
+    assert "== the start" in out and "follows" in out and "explains" in out
+    table = out[out.index("instruct_smoke: 2 seed(s)"):]
+    for label, _, _ in compare.PRESETS["instruct_smoke"]:
+        assert f"| {label} |" in table, label
+        for s in (1, 2):                                  # each run trained once, in its seed's process
+            assert (root / f"{label}-s{s}" / "result.json").exists(), (label, s)
+    for s in (1, 2):
+        assert (root / f"data-s{s}" / "build.json").exists()
+        assert f"== {compare.PRESETS['instruct_smoke'][0][0]} seed {s}" in (root / f"seed-{s}.log").read_text()
+    # the parent trained nothing itself: every result was there before it made the table
+    assert "== seed 1: done" in out and "== seed 2: done" in out
+
+
+def test_a_failing_seed_process_stops_the_comparison_with_its_log(tmp_path):
+    with pytest.raises(SystemExit, match="seed 1 failed"):
+        compare.main(["--preset", "instruct_smoke", "--seeds", "1,2", "--jobs", "2", "--start",
+                      str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+
+
+# -- each run is judged as the run judges ----------------------------------------------------------
+def test_compare_judges_each_run_as_the_run_judges(tmp_path, monkeypatch):
+    """experiments/compare.py's judge_acc and bestN use the run's own template, likelihood rule and
+    principles, not a fixed 'compact' template."""
+    from experiments import compare
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / onpolicy.PRINCIPLES_FILE).write_text(json.dumps(dict(PRINCIPLES[:2])))
+    cfg = train.make_config(method="self_judge", judge_template="compact_principle", out_dir=str(tmp_path))
+    j = compare.judging(cfg)
+    assert (j["t"].name, j["principles"], j["likelihood"], j["combine"]) == \
+        ("compact_principle", PRINCIPLES[:2], "vocab", "jm_pr")
+    cfg = train.make_config(method="osp", judge_template="compact_principle", principles="a:b",
+                            out_dir=str(tmp_path))
+    j = compare.judging(cfg)
+    assert (j["principles"], j["likelihood"], j["combine"]) == ([("a", "b")], "pair", "mean")
+    j = compare.judging(train.make_config(method="orpo"))
+    assert (j["t"].name, j["principles"], j["likelihood"]) == ("compact", None, "vocab")
+    seen = []
+
+    def spy(model, tok, t, items, principles=None, batch_size=64, likelihood="vocab", combine="jm_pr"):
+        seen.append((t.name, principles, likelihood, combine))
+        return torch.ones(len(items))
+    monkeypatch.setattr(compare, "judge_pairs", spy)
+    assert compare.label_judge_accuracy(None, None, cfg, n=4) == 1.0
+    assert seen == [("compact_principle", [("a", "b")], "pair", "mean")]

@@ -1,0 +1,128 @@
+"""The judge's command line (python -m nanoalign.judge): the swapped probability of each row, principles
+by JM-PR, one-line errors that blame a row only for its own error, help for every flag."""
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    """A saved tiny judge (byte-level tokenizer, a context long enough for the A.5 templates)."""
+    from model.checkpoint import save_model
+    from tests.helpers import byte_tokenizer
+    from nanoalign.testing import tiny_model
+    d = tmp_path_factory.mktemp("judge")
+    save_model(tiny_model(3, vocab_size=264, max_seq_len=1024, init_std=0.3), str(d), byte_tokenizer())
+    return str(d)
+
+
+def judge_cli(capsys, argv):
+    from nanoalign.judge import main
+    main(argv)
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_judge_cli_prints_the_swapped_probability_of_each_row(judge_dir, tmp_path, capsys):
+    from model.checkpoint import load
+    from nanoalign.judge import TEMPLATES, judge_pairs
+    rows = [{"prompt": "What is 1 + 1?", "a": "2.", "b": "It is 3"},
+            {"prompt": "Hi", "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": "Go"},
+            {"prompt": "What is 1 + 1?", "a": "It is 3", "b": "2."}]
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps(rows[0]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[1:]) + "\n")
+    model, tok = load(judge_dir)
+    items = [("What is 1 + 1?", "2.", "It is 3"), ("Hi", "Hello!", "Go"), ("What is 1 + 1?", "It is 3", "2.")]
+    for template, extra in (("ultrafeedback", []), ("compact", ["--template", "compact", "--batch_size", "1"])):
+        got = judge_cli(capsys, ["--init_from", judge_dir, "--pairs", str(f)] + extra)
+        want = judge_pairs(model, tok, TEMPLATES[template], items).tolist()
+        assert [g["row"] for g in got] == [0, 1, 2]
+        assert [g["p(a>b)"] for g in got] == [round(p, 4) for p in want]
+        assert abs(got[0]["p(a>b)"] + got[2]["p(a>b)"] - 1) <= 2e-4      # the same pair, swapped
+
+
+def test_judge_cli_judges_under_principles_by_jm_pr(judge_dir, tmp_path, capsys):
+    from model.checkpoint import load
+    from nanoalign.judge import TEMPLATES, judge_pairs
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "What is 1 + 1?", "a": "2.", "b": "It is 3"}) + "\n")
+    principles = [("correct", "the sum is right"), ("format", "ends with a period")]
+    got = judge_cli(capsys, ["--init_from", judge_dir, "--pairs", str(f), "--template", "compact_principle",
+                             "--principles", "correct:the sum is right,format:ends with a period"])
+    model, tok = load(judge_dir)
+    want = judge_pairs(model, tok, TEMPLATES["compact_principle"], [("What is 1 + 1?", "2.", "It is 3")],
+                       principles)
+    assert [g["p(a>b)"] for g in got] == [round(want.item(), 4)]
+
+
+def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
+    from nanoalign.judge import main
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + json.dumps({"prompt": "q", "a": "x"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+    assert str(e.value) == f"error: {f}:3: bad row (KeyError('b')); need prompt, a, b"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n{not json\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+    assert str(e.value).startswith(f"error: {f}:2: bad row (JSONDecodeError(")
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact_principle"])
+    assert str(e.value).startswith("error: judge template 'compact_principle' judges under principles")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(tmp_path / "none.jsonl"), "--template", "compact"])
+    assert str(e.value).startswith("error: [Errno 2] No such file or directory")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", str(tmp_path / "no_such_dir"), "--pairs", str(f)])
+    assert str(e.value).startswith("error: ") and "no_such_dir" in str(e.value)
+    with pytest.raises(SystemExit):
+        main(["--init_fro", judge_dir, "--pairs", str(f)])          # no abbreviations
+    assert "the following arguments are required: --init_from" in capsys.readouterr().err
+
+
+def test_judge_cli_blames_a_row_only_for_the_rows_own_error(monkeypatch, tmp_path):
+    """A KeyError raised anywhere but in reading a row (here: a stand-in loader) is not reported as a
+    bad row of the pairs file. (A config.json's own bad fields are CheckpointErrors: test_model.py.)"""
+    import model.checkpoint as checkpoint
+    from nanoalign.judge import main
+
+    def broken(d):
+        raise KeyError("factor")
+    monkeypatch.setattr(checkpoint, "load", broken)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    with pytest.raises(KeyError, match="factor"):
+        main(["--init_from", str(tmp_path), "--pairs", str(f)])
+
+
+def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir, capsys):
+    """The parser is left out of the mutation run (its help texts are prose); its rules are tested here."""
+    import nanoalign.judge as judge
+    with pytest.raises(SystemExit) as e:
+        judge.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and judge.__doc__.strip().splitlines()[0] in out
+    for flag in ("--init_from", "--pairs", "--template", "--principles", "--batch_size"):
+        assert flag in out
+    assert "default: ultrafeedback" in out and "default: 16" in out
+    with pytest.raises(SystemExit) as e:
+        judge.main(["--init_from", judge_dir])
+    assert e.value.code == 2 and "required: --pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        judge.main(["--init_from", judge_dir, "--pairs", "p.jsonl", "--template", "no_such"])
+    assert e.value.code == 2 and "invalid choice: 'no_such'" in capsys.readouterr().err
+
+
+def test_judge_cli_passes_its_batch_size_on(judge_dir, tmp_path, monkeypatch, capsys):
+    import nanoalign.judge as judge
+    seen, real = [], judge.judge_pairs
+
+    def spy(*a, **k):
+        seen.append(a[5] if len(a) > 5 else k.get("batch_size"))
+        return real(*a, **k)
+    monkeypatch.setattr(judge, "judge_pairs", spy)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact", "--batch_size", "3"])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+    assert seen == [3, 16]

@@ -1,0 +1,101 @@
+"""The Triton kernels against their torch references. On the CPU the Triton kernels run in the
+interpreter (conftest.py sets TRITON_INTERPRET=1), so shapes stay small; on a GPU run
+`TRITON_INTERPRET=0 python -m pytest tests/kernels/test_triton.py`. The references themselves are
+tested in tests/kernels/test_reference.py, which needs no Triton."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from kernels.odds_ratio import odds_ratio_loss
+from kernels.seq_logprob import sequence_logprob
+from nanoalign.testing import logps
+from tests.helpers import grads, rel_err
+from tests.kernels.test_reference import (DEVICE, check_odds_ratio_formula, check_odds_ratio_z_gradient,
+                                          check_single_token_and_fully_masked, inputs, shapes)
+
+triton = pytest.importorskip("triton")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}   # relative, as the issue states
+
+
+@given(shape=shapes, dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       reduction=st.sampled_from(["sum", "mean", "none"]), seed=st.integers(0, 10_000),
+       masked_row=st.booleans(), chunk=st.integers(1, 16))
+def test_triton_matches_reference(shape, dtype, reduction, seed, masked_row, chunk):
+    B, T, d, V = shape
+    h, w, y, m = inputs(B, T, d, V, dtype, seed, masked_row=masked_row)
+    out_t = sequence_logprob(h, w, y, m, reduction, backend="triton", chunk_size=chunk)
+    out_r = sequence_logprob(h, w, y, m, reduction, backend="torch", chunk_size=16)
+    up = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
+    assert rel_err(out_t, out_r) <= TOL[dtype]
+    for gt, gr in zip(grads(out_t, h, w, up), grads(out_r, h, w, up)):
+        assert torch.isfinite(gt).all()
+        assert rel_err(gt, gr) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_many_blocks(dtype):
+    """Enough tokens for several groups of token blocks in the backward's rasterized grid (and, on
+    a GPU, several vocabulary spans in the forward), with a vocabulary no block size divides."""
+    h, w, y, m = inputs(4, 70, 64, 1000 if DEVICE == "cuda" else 200, dtype, 3, p_mask=0.8)
+    out_t = sequence_logprob(h, w, y, m, "sum", backend="triton", chunk_size=40)
+    out_r = sequence_logprob(h, w, y, m, "sum", backend="torch")
+    up = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    assert rel_err(out_t, out_r) <= TOL[dtype]
+    for gt, gr in zip(grads(out_t, h, w, up), grads(out_r, h, w, up)):
+        assert rel_err(gt, gr) <= TOL[dtype]
+
+
+def test_single_token_and_fully_masked():
+    check_single_token_and_fully_masked("triton")
+
+
+# -- odds ratio ---------------------------------------------------------------------------------
+@given(lw=st.lists(logps(), min_size=1, max_size=9), ll=st.lists(logps(), min_size=9, max_size=9),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_odds_ratio_finite_and_kernel_matches_reference(lw, ll, dtype):
+    aw = torch.tensor(lw).to(dtype).to(DEVICE).requires_grad_()
+    al = torch.tensor(ll[:len(lw)]).to(dtype).to(DEVICE).requires_grad_()
+    out = {}
+    for b in ("triton", "torch"):
+        loss, z = odds_ratio_loss(aw, al, backend=b)
+        gw, gl = torch.autograd.grad(loss.sum(), [aw, al])
+        for t in (loss, z, gw, gl):
+            assert torch.isfinite(t.float()).all()
+        out[b] = (loss, z, gw, gl)
+    for t, r in zip(out["triton"], out["torch"]):
+        # the reference adds float32 rounding; compare relative to magnitude, elementwise
+        assert torch.allclose(t.float(), r.float(), rtol=1e-4, atol=1e-4)
+
+
+@given(a=st.floats(-50, -1e-6), b=st.floats(-50, -1e-6))
+def test_odds_ratio_matches_float64_formula(a, b):
+    check_odds_ratio_formula(a, b, "triton")
+
+
+def test_odds_ratio_z_gradient_flows():
+    check_odds_ratio_z_gradient("triton")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen attention runs on CUDA only")
+@pytest.mark.parametrize("window", [None, 3])
+def test_packed_rows_on_cuda_match_the_padded_batch(window):
+    """Packed rows on a GPU go through torch's flash-attention varlen kernel (model/model.py
+    PackedRows); under bf16 autocast their per-row log-probs and gradients match the padded batch's
+    to bf16 precision (tests/methods/ checks the CPU's per-row attention exactly)."""
+    from nanoalign.common import batch_logps
+    from nanoalign.data import make_batch
+    from tests.helpers import tiny
+    model = tiny(0, sliding_window=window).cuda()
+    g = torch.Generator().manual_seed(0)
+    ex = [{"ids": torch.randint(3, 101, (n,), generator=g).tolist(), "n_prompt": p}
+          for n, p in [(1, 1), (12, 4), (7, 2), (2, 1)]]
+    params = list(model.parameters())
+    out = []
+    for packed in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            lp = batch_logps(model, make_batch(ex, "sft", 0, "cuda", packed=packed), "mean")
+        out.append((lp, torch.autograd.grad(lp.sum(), params)))
+    (a, ga), (b, gb) = out
+    assert rel_err(b, a) <= TOL[torch.bfloat16]
+    for x, y in zip(ga, gb):
+        assert rel_err(y, x) <= 5 * TOL[torch.bfloat16]

@@ -1,0 +1,110 @@
+"""What every method shares (nanoalign/common.py): options and their defaults, the method registry, the
+frozen reference copy and its log-probs, and batch_logps under autocast."""
+import pytest
+import torch
+
+from nanoalign.common import reference_logps
+from nanoalign.data import make_batch
+from nanoalign.testing import tiny_model
+from tests.helpers import EXAMPLES, one_thread, response_token_logps
+
+
+# -- the frozen copy and batch_logps ---------------------------------------------------------------
+def test_frozen_copy_is_a_separate_model_in_eval_mode_without_grads():
+    from nanoalign.common import frozen_copy
+    from nanoalign.testing import tiny_model
+    m = tiny_model(0).train()
+    ref = frozen_copy(m)
+    assert m.training and not ref.training
+    assert all(not p.requires_grad for p in ref.parameters())
+    assert all(p.requires_grad for p in m.parameters())
+    for (n, p), (n2, q) in zip(m.named_parameters(), ref.named_parameters()):
+        assert n == n2 and torch.equal(p, q) and p.data_ptr() != q.data_ptr()
+
+
+def test_batch_logps_hands_the_kernel_the_autocast_dtype(monkeypatch):
+    """Autocast does not reach inside the kernel: under it, batch_logps casts the hidden states and
+    the LM head to the autocast dtype itself; outside it, both stay float32."""
+    from nanoalign import common
+    from nanoalign.data import make_batch
+    from nanoalign.testing import tiny_model
+    seen, real = [], common.sequence_logprob
+
+    def spy(h, w, *a, **k):
+        seen.append((h.dtype, w.dtype))
+        return real(h, w, *a, **k)
+    monkeypatch.setattr(common, "sequence_logprob", spy)
+    model = tiny_model(0)
+    batch = make_batch([{"ids": [5, 6, 7, 8], "n_prompt": 1}, {"ids": [5, 9], "n_prompt": 1}], "sft", 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = common.batch_logps(model, batch)
+    plain = common.batch_logps(model, batch)
+    assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]
+    assert torch.allclose(low, plain, rtol=0.05, atol=0.05)
+
+
+# -- code that runs at import time, run again at test time ------------------------------------------------
+# mutmut's workers are forked from a process that has already imported nanoalign, so a function
+# called only while a module loads (an option declaration, a method's registration, a loss built by
+# a factory) keeps its import-time result under every mutant. These tests call those functions
+# again, at test time, and check what they build.
+def test_option_is_a_field_with_its_default_and_its_declaration():
+    import dataclasses
+    from nanoalign.common import option
+
+    @dataclasses.dataclass
+    class Opts:
+        mode: str = option("b", "which mode", choices=("a", "b"))
+        size: int = option(3, "how many", minimum=1)
+    f = {x.name: x for x in dataclasses.fields(Opts)}
+    assert Opts() == Opts("b", 3)
+    assert dict(f["mode"].metadata) == {"help": "which mode", "choices": ("a", "b"), "minimum": None}
+    assert dict(f["size"].metadata) == {"help": "how many", "choices": None, "minimum": 1}
+
+
+def test_with_defaults_changes_only_the_named_defaults():
+    import dataclasses
+    from nanoalign.common import with_defaults
+    from nanoalign.mo_orpo import TwoWeights
+    New = with_defaults(TwoWeights, "NewWeights", w2=0.05)
+    assert New.__name__ == "NewWeights"
+    old, new = dataclasses.fields(TwoWeights), dataclasses.fields(New)
+    assert [(f.name, f.type, dict(f.metadata)) for f in new] == [(f.name, f.type, dict(f.metadata)) for f in old]
+    got = {f.name: f.default for f in new}
+    assert got == {**{f.name: f.default for f in old}, "w2": 0.05}
+    with pytest.raises(AssertionError) as e:
+        with_defaults(TwoWeights, "Bad", w3=1.0, w0=2.0)
+    assert str(e.value) == "unknown options ['w0', 'w3']"
+
+
+def test_register_adds_each_method_once():
+    from nanoalign.common import REGISTRY, Method, register
+    a, b = (Method(name=f"_mutants_{k}", reads="sft", eats="sft", unit="n_tokens", loss=None,
+                   help="a test method") for k in "ab")
+    try:
+        register(a, b)
+        assert REGISTRY[a.name] is a and REGISTRY[b.name] is b
+        with pytest.raises(AssertionError, match="method '_mutants_a' registered twice"):
+            register(a)
+        assert REGISTRY[a.name] is a
+    finally:
+        REGISTRY.pop(a.name, None), REGISTRY.pop(b.name, None)
+
+
+# -- the frozen reference's log-probs --------------------------------------------------------------
+def rows_of(examples):
+    """The batch's rows in order (chosen rows first, then rejected): (ids, n_prompt)."""
+    return ([(e["chosen"], e["n_prompt_chosen"]) for e in examples]
+            + [(e["rejected"], e["n_prompt_rejected"]) for e in examples])
+
+
+@pytest.mark.parametrize("reduction", ["default", "sum", "mean"])
+def test_reference_logps_sums_by_default_and_honours_mean(reduction):
+    with one_thread():
+        ref = tiny_model(seed=3, init_std=0.3)
+        batch = make_batch(EXAMPLES, "pref", 0)
+        got = reference_logps(ref, batch) if reduction == "default" else reference_logps(ref, batch, reduction)
+        per_token = [response_token_logps(ref, ids, n) for ids, n in rows_of(EXAMPLES)]
+        agg = (lambda t: t.mean()) if reduction == "mean" else (lambda t: t.sum())
+        want = torch.stack([agg(t) for t in per_token])
+        assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4)

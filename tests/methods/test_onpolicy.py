@@ -1,0 +1,350 @@
+"""The on-policy round shared by Self-Judge and OSP (nanoalign/onpolicy.py): sampling and judging under
+the run's principles (one judge call per principle, JM-PR or the mean by the method's paper), a judge
+of its own (--judge_from, even with another vocabulary), pairs oriented by the judge, judgment data,
+the principles' sources, batches on the caller's device, and the cost split in the log."""
+import json
+import string
+
+import pytest
+import torch
+from hypothesis import assume, given, settings, strategies as st
+
+import train
+from nanoalign import REGISTRY, judge, onpolicy
+from nanoalign.common import Run
+from nanoalign.data import DataError, make_batch, tokenize_rows
+from nanoalign.tasks import arith as task
+from nanoalign.testing import tiny_model
+from tests.helpers import (JUDGE, PRINCIPLES, TOK, by_score, call_method, examples, judge_recorder,
+                           method_step, offpolicy_setup, pref_rows, record_on_policy, tiny)
+
+
+# -- pairs oriented by the judge's rule ------------------------------------------------------------
+def blen(ids):
+    """The length of a sample as the judge reads it: the bytes of its decoded text."""
+    return len(TOK.decode(ids).encode())
+
+
+def prompt_batch(n):
+    rows = [{"prompt": f"What is {i} + {2 * i + 1}?"} for i in range(n)]
+    ex, _ = tokenize_rows(rows, TOK, "prompt", 64)
+    return make_batch(ex, "prompt", TOK.pad_id)
+
+
+def policy(seed):
+    return tiny_model(seed, vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258,
+                      max_seq_len=96, init_std=0.3)
+
+
+@settings(max_examples=examples(5))
+@pytest.mark.parametrize("method,opts", [("self_judge", {}), ("osp", {"osp_k": 4}),
+                                         ("osp", {"osp_k": 5, "osp_loss": "dpo"})])
+@given(seed=st.integers(0, 10_000))
+def test_on_policy_pairs_are_oriented_by_the_judge(method, opts, seed):
+    with pytest.MonkeyPatch.context() as mp:
+        rec = record_on_policy(mp)
+        torch.manual_seed(seed)
+        loss, _ = call_method(method, policy(seed), prompt_batch(3), tok=TOK, ref=JUDGE,
+                              gen_max_tokens=8, **opts)
+    assert torch.isfinite(loss)
+    (_, wins, losses), = rec.pairs
+    lengths = [(blen(w), blen(lo)) for w, lo in zip(wins, losses)]
+    assume(any(a != b for a, b in lengths))               # samples of different lengths to judge
+    assert all(a >= b for a, b in lengths), lengths
+
+
+# -- the cost split in the log ---------------------------------------------------------------------
+def test_osp_and_self_judge_steps_log_the_cost_split(tmp_path):
+    import dataclasses
+    import json
+
+    import train
+    from tests.helpers import run_cfg
+    for method, extra in (("osp", {"osp_k": 3}), ("osp", {"pairing": "raft", "osp_k": 3}),
+                          ("self_judge", {}), ("self_judge_offpolicy", {})):
+        cfg = dataclasses.replace(run_cfg(tmp_path / method, method=method, max_steps=1, grad_accum=1,
+                                          val_data="", gen_max_tokens=6), **extra)
+        train.train(cfg)
+        rec = json.loads(open(tmp_path / method / "run" / "metrics.jsonl").readline())
+        assert {"t_sample", "t_judge", "step_s", "sample_len"} <= set(rec), method
+        assert rec["t_sample"] + rec["t_judge"] <= rec["step_s"] + 1e-3
+
+
+# -- principles, each paper's judging rule, a judge of its own -------------------------------------
+def test_on_policy_judging_runs_once_per_principle_and_never_renders_a_missing_one(monkeypatch):
+    seen = []
+
+    def stub(model, tok, t, items, likelihood="vocab", batch_size=64):
+        for it in items:
+            assert len(it) == 5 and it[3], "a principle template item without its principle"
+            msgs, _ = judge.render(t, *it)
+            assert "None" not in msgs[-1]["content"]
+            seen.append(it[3])
+        # a prefers under 'correct' only; b under the other two: JM-PR picks b
+        p = torch.tensor([0.9 if it[3] == "correct" else 0.2 for it in items])
+        return torch.stack([p.log(), (1 - p).log()], 1)         # log L_a, log L_b
+
+    monkeypatch.setattr(judge, "swapped_loglik", stub)
+    tok = task.build_tokenizer()
+    t = judge.TEMPLATES["compact_principle"]
+    p = onpolicy.judge_probs(tiny(), tok, t, ["What is 1 + 1?"], ["2."], ["3"], PRINCIPLES)
+    assert sorted(set(seen)) == sorted(n for n, _ in PRINCIPLES) and len(seen) == 3
+    assert p.item() < 0.5
+    with pytest.raises(judge.JudgeError, match="principle"):
+        judge.render(t, "q", "a", "b")                       # no principle: an error, not "None"
+
+
+def test_principles_come_from_the_flag_or_the_jsft_checkpoint(tmp_path):
+    t = judge.TEMPLATES["compact_principle"]
+    cfg = train.make_config(method="self_judge", init_from=str(tmp_path), principles="honesty:tells the truth")
+    assert onpolicy.principles_of(cfg, t) == [("honesty", "tells the truth")]
+    cfg = train.make_config(method="self_judge", init_from=str(tmp_path))
+    with pytest.raises(judge.JudgeError, match="--principles"):
+        onpolicy.principles_of(cfg, t)
+    (tmp_path / onpolicy.PRINCIPLES_FILE).write_text(json.dumps(dict(PRINCIPLES)))
+    assert onpolicy.principles_of(cfg, t) == PRINCIPLES
+    assert onpolicy.principles_of(cfg, judge.TEMPLATES["compact"]) is None
+
+
+def test_an_on_policy_run_keeps_the_principles_it_judged_under(tmp_path):
+    run = Run(tok=task.build_tokenizer())
+    cfg = train.make_config(method="self_judge", judge_template="compact_principle",
+                            principles="honesty:tells the truth,brevity:is short")
+    onpolicy.setup(run, cfg, "cpu")
+    assert run.checkpoint_files == {onpolicy.PRINCIPLES_FILE: {"honesty": "tells the truth",
+                                                               "brevity": "is short"}}
+    run = Run(tok=task.build_tokenizer())
+    onpolicy.setup(run, train.make_config(method="osp"), "cpu")
+    assert run.checkpoint_files == {}                    # a plain template judges under none
+
+
+@pytest.mark.parametrize("name, opts, rule", [
+    ("self_judge", {}, ("vocab", "jm_pr")),
+    ("self_judge_offpolicy", {}, ("vocab", "jm_pr")),
+    ("osp", {"osp_k": 2}, ("pair", "mean")),
+    ("osp", {"osp_k": 2, "pairing": "raft"}, ("pair", "mean")),
+    ("self_judge", {"likelihood": "pair"}, ("pair", "jm_pr")),
+    ("osp", {"osp_k": 2, "likelihood": "vocab"}, ("vocab", "mean")),
+])
+def test_each_method_judges_by_its_papers_rule_unless_told_otherwise(name, opts, rule, monkeypatch):
+    """Self-Judge: full-vocabulary likelihoods, principles by JM-PR; OSP: the two-label softmax,
+    principles by the mean. --likelihood picks the other rule."""
+    from tests.helpers import method_config
+    tok = task.build_tokenizer()
+    asked = []
+
+    def rule_stub(j, tok, t, prompts, a, b, principles=None, likelihood=None, combine=None):
+        asked.append((likelihood, combine))
+        return torch.full((len(prompts),), 0.7)
+    monkeypatch.setattr(onpolicy, "judge_probs", rule_stub)
+    x = "What is 1 + 2?"
+    batch = {"prompts": [tok.encode_prompt(x)], "examples": [{"row": {"prompt": x}}]}
+    cfg = method_config(name, gen_max_tokens=3, **opts)
+    method_step(REGISTRY[name], tiny(0, vocab_size=264), batch, Run(tok=tok, ref=tiny(1, vocab_size=264)), cfg)
+    assert asked and set(asked) == {rule}
+
+
+def test_judge_from_judges_in_place_of_the_reference(monkeypatch):
+    tok = task.build_tokenizer()
+    policy, ref, other = tiny(0, vocab_size=264), tiny(1, vocab_size=264), tiny(2, vocab_size=264)
+    used = []
+
+    def rule(j, tok, t, prompts, a, b, principles=None, **how):
+        used.append(j)
+        return torch.full((len(prompts),), 0.7)
+
+    monkeypatch.setattr(onpolicy, "judge_probs", rule)
+    batch = {"prompts": [tok.encode_prompt("What is 1 + 2?")], "examples": [{"row": {"prompt": "What is 1 + 2?"}}]}
+    for name in ("self_judge", "osp"):
+        cfg = train.make_config(method=name, gen_max_tokens=3, osp_k=2) if name == "osp" else \
+            train.make_config(method=name, gen_max_tokens=3)
+        used.clear()
+        method_step(REGISTRY[name], policy, batch, Run(tok=tok, ref=ref, judge=other), cfg)
+        assert used and all(j is other for j in used), name
+        used.clear()
+        method_step(REGISTRY[name], policy, batch, Run(tok=tok, ref=ref), cfg)
+        assert used and all(j is ref for j in used), name
+
+
+def char_tokenizer():
+    """A tokenizer unlike the built-in task's: one id per printable ASCII character (101 ids in all,
+    the built-in task's has 264, and other ids for the same characters) and the chatml template
+    instead of selfjudge."""
+    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
+    from model.tokenizer import Tokenizer
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
+    hf = HFTokenizer(models.BPE(vocab={"[UNK]": 0, **{c: i + 1 for i, c in enumerate(chars)}}, merges=[],
+                                unk_token="[UNK]"))
+    hf.decoder = decoders.Fuse()
+    hf.add_special_tokens([AddedToken(x, special=True, normalized=False)
+                           for x in ("<|im_start|>", "<|im_end|>", "<|pad|>")])
+    return Tokenizer(hf, eos_id=hf.token_to_id("<|im_end|>"), pad_id=hf.token_to_id("<|pad|>"),
+                     chat_format="chatml")
+
+
+@pytest.mark.parametrize("name", ["self_judge", "osp"])
+def test_a_judge_of_another_vocabulary_reads_the_samples_with_its_own_tokenizer(name, monkeypatch):
+    from tests.helpers import method_config, record_on_policy
+    tok, jtok = task.build_tokenizer(), char_tokenizer()
+    policy, ref = tiny(0, vocab_size=264, max_seq_len=128), tiny(1, vocab_size=264, max_seq_len=128)
+    jm = tiny(2, vocab_size=jtok.vocab_size, max_seq_len=256)
+    read, real = [], jm.forward
+
+    def forward(ids, mask, *a, **k):                     # every judge row, padding removed
+        read.extend(r[m.bool()].tolist() for r, m in zip(ids, mask))
+        return real(ids, mask, *a, **k)
+    jm.forward = forward
+    rec = record_on_policy(monkeypatch)
+    x = "What is 1 + 2?"
+    batch = {"prompts": [tok.encode_prompt(x)], "examples": [{"row": {"prompt": x}}]}
+    cfg = method_config(name, gen_max_tokens=3, **({"osp_k": 3} if name == "osp" else {}))
+    method_step(REGISTRY[name], policy, batch, Run(tok=tok, ref=ref, judge=jm, judge_tok=jtok), cfg)
+    texts = [tok.decode(y) for y in rec.samples[-1][0]] + [""]          # the samples, and OSP's blank
+    t = judge.TEMPLATES["compact"]
+    prefix, _ = judge.label_ids(jtok, t)
+    own = {tuple(judge.judge_ids(jtok, t, prefix, x, a, b)) for a in texts for b in texts}
+    assert read and all(tuple(r) in own for r in read)   # the judge's own ids of the decoded texts
+    assert max(max(r) for r in read) < jtok.vocab_size
+    if name == "self_judge":                             # one pair, both position orders
+        a, b = texts[:2]
+        assert sorted(map(tuple, read)) == sorted(tuple(judge.judge_ids(jtok, t, prefix, x, *o))
+                                                  for o in ((a, b), (b, a)))
+
+
+def test_a_judge_that_cannot_render_its_prompts_is_refused_at_start_up():
+    """A --judge_from tokenizer without a chat template (or whose template refuses the judgment)
+    cannot be bridged: one error naming why, before any step."""
+    from model.chat_template import ChatTemplate
+    from model.checkpoint import CheckpointError
+    tok, rows = task.build_tokenizer(), [{"prompt": "q"}]
+    bare = char_tokenizer()
+    bare.template = None                                 # a checkpoint with no template of its own
+    with pytest.raises(CheckpointError, match="no chat template"):
+        onpolicy.setup(Run(tok=tok, judge_tok=bare), train.make_config(method="self_judge"), "cpu")
+    strict = char_tokenizer()                            # a template that refuses system messages
+    strict.template = ChatTemplate("{% for m in messages %}{% if m['role'] == 'system' %}"
+                                   "{{ raise_exception('no system messages') }}{% endif %}"
+                                   "{{ m['content'] }}{% endfor %}", "strict template")
+    cfg = train.make_config(method="self_judge", judge_template="compact_principle", principles="a:b")
+    with pytest.raises(judge.JudgeError, match="'compact_principle': the chat template cannot render it"):
+        onpolicy.setup(Run(tok=tok, judge_tok=strict), cfg, "cpu")
+
+
+def test_train_judges_with_the_judge_from_checkpoints_own_tokenizer(tmp_path):
+    from model.checkpoint import save_model
+    from tests.helpers import run_cfg
+    jtok = char_tokenizer()
+    save_model(tiny(2, vocab_size=jtok.vocab_size, max_seq_len=512), str(tmp_path / "judge"), jtok)
+    cfg = run_cfg(tmp_path, method="self_judge", judge_from=str(tmp_path / "judge"), max_steps=1,
+                  grad_accum=1, val_data="", gen_max_tokens=3)
+    train.train(cfg)                  # the policy's byte ids would be out of this judge's vocabulary
+    rec = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
+    assert rec["step"] == 1 and rec["t_judge"] > 0
+
+
+# -- judgment data, principles, batches on the caller's device, ties -------------------------------
+def test_judgment_data_of_a_plain_template_is_both_orders_of_each_pair():
+    from nanoalign.common import Run
+    from nanoalign.judge import TEMPLATES, judgment_rows
+    from nanoalign.onpolicy import judgment_data
+    rows, run = pref_rows(), Run(tok=None)
+    got = judgment_data(rows, TEMPLATES["compact"], run)
+    assert got == judgment_rows(rows, TEMPLATES["compact"]) and len(got) == 4
+    assert run.checkpoint_files == {}
+
+
+def test_principle_aware_judgment_data_keeps_its_principles_and_needs_labels():
+    from nanoalign.common import Run
+    from nanoalign.judge import TEMPLATES, judgment_rows
+    from nanoalign.onpolicy import PRINCIPLES_FILE, judgment_data
+    t, rows, run = TEMPLATES["compact_principle"], pref_rows(), Run(tok=None)
+    got = judgment_data(rows, t, run)
+    assert got == judgment_rows(rows, t, True) and len(got) == 2 * 2      # 'format' is a tie
+    assert run.checkpoint_files == {PRINCIPLES_FILE: {"correct": "the sum is right", "format": "ends with a period"}}
+    for missing in ("labels", "objectives"):
+        bad = pref_rows()
+        del bad[1][missing]
+        with pytest.raises(DataError) as e:
+            judgment_data(bad, t, Run(tok=None))
+        assert str(e.value) == ("f:2: judge template 'compact_principle' is principle-aware and needs "
+                                "'labels' and 'objectives' fields on every row")
+    del bad[1]["_where"]
+    with pytest.raises(DataError, match="^row: judge template"):
+        judgment_data(bad, t, Run(tok=None))
+
+
+def test_a_rationale_template_needs_a_builtin_task():
+    from nanoalign.common import Run
+    from nanoalign.judge import TEMPLATES
+    from nanoalign.onpolicy import judgment_data
+    with pytest.raises(DataError) as e:
+        judgment_data(pref_rows(), TEMPLATES["compact_rationale"], Run(tok=None))
+    assert str(e.value) == ("judge template 'compact_rationale' trains on rationales, which only a "
+                            "built-in task's oracle writes; choose a template without rationale")
+
+    class Task:
+        @staticmethod
+        def rationale(prompt, answer, name):
+            return f"<{answer} under {name}>"
+    got = judgment_data(pref_rows(1), TEMPLATES["compact_rationale"], Run(tok=None, task=Task()))
+    assert got[0]["response"].endswith("\nEvaluation of Response B: <no under correct>")
+
+
+def test_principles_of_prefers_the_judge_checkpoint_over_the_start(tmp_path):
+    import train
+    from nanoalign.judge import TEMPLATES
+    from nanoalign.onpolicy import PRINCIPLES_FILE, principles_of
+    t = TEMPLATES["compact_principle"]
+    start, judge = tmp_path / "start", tmp_path / "judge"
+    start.mkdir(), judge.mkdir()
+    (start / PRINCIPLES_FILE).write_text(json.dumps({"a": "from the start"}))
+    (judge / PRINCIPLES_FILE).write_text(json.dumps({"b": "from the judge", "c": "too"}))
+    cfg = train.make_config(method="self_judge", init_from=str(start))
+    assert principles_of(cfg, t) == [("a", "from the start")]
+    cfg = train.make_config(method="self_judge", init_from=str(start), judge_from=str(judge))
+    assert principles_of(cfg, t) == [("b", "from the judge"), ("c", "too")]
+    cfg = train.make_config(method="self_judge", init_from=str(tmp_path), judge_from=str(tmp_path / "x"))
+    from nanoalign.judge import JudgeError
+    with pytest.raises(JudgeError) as e:
+        principles_of(cfg, t)
+    path = tmp_path / "x" / PRINCIPLES_FILE
+    assert str(e.value) == (f"judge template 'compact_principle' judges under principles: name them "
+                            f"with --principles name:description,... ({path} does not exist)")
+
+
+def test_on_policy_batches_are_built_on_the_callers_device(monkeypatch):
+    """The device a method names (its model's) is the device make_batch builds the batch on."""
+    from nanoalign import onpolicy
+    seen = []
+
+    def make_batch(examples, kind, pad_id, device="cpu", _real=onpolicy.make_batch):
+        seen.append((kind, device))
+        return _real(examples, kind, pad_id)
+    monkeypatch.setattr(onpolicy, "make_batch", make_batch)
+    gpu = torch.device("cuda", 3)
+    onpolicy.response_batch([[5, 6], [7]], [[8, 9, 2], [10, 2]], 0, gpu)
+    onpolicy.pair_batch([[5, 6], [7]], [[8, 2], [9, 2]], [[10, 2], [11, 12, 2]], 0, gpu)
+    assert seen == [("sft", gpu), ("pref", gpu)]
+
+
+@pytest.mark.parametrize("method, opts", [
+    ("self_judge", {}), ("self_judge_offpolicy", {}), ("osp", {"pairing": "ranked", "osp_k": 3}),
+    ("osp", {"pairing": "raft", "osp_k": 3}), ("osp", {"pairing": "random", "osp_k": 4}),
+])
+def test_on_policy_methods_judge_under_the_runs_principles(method, opts, monkeypatch):
+    from nanoalign import REGISTRY
+    from nanoalign.common import Run
+    from tests.helpers import method_config
+    tok, policy, ref, _, batch = offpolicy_setup()
+    calls = judge_recorder(monkeypatch, by_score)
+    principles = [("correct", "the sum is right"), ("format", "ends with a period")]
+    run = Run(tok=tok, ref=ref)
+    run.principles = principles
+    method_step(REGISTRY[method], policy, batch, run, method_config(method, gen_max_tokens=3, **opts))
+    assert calls and all(p == principles for _, _, p in calls)
+    assert all(j is ref for j, _, _ in calls)
+
+
+def test_orient_breaks_a_tie_for_the_first():
+    from nanoalign.onpolicy import orient
+    assert orient(["a", "b", "c"], ["x", "y", "z"], [0.5, 0.4999, 0.5001]) == (["a", "y", "c"], ["x", "b", "z"])

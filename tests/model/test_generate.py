@@ -1,0 +1,112 @@
+"""Decoding (model/generate.py, model/cpu_pack.py): greedy tokens against `transformers`, the KV cache
+against a full recompute, a left-padded batch against one prompt at a time, each row stopping at its
+own end of sequence, the context limit, and the CPU's packed decoding weights."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from model.checkpoint import save_model
+from model.generate import generate
+from tests.helpers import tiny
+from tests.model.test_model import CONFIGS
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_left_padded_batch_matches_transformers(name, tmp_path, hf):
+    m = tiny(5, **CONFIGS[name])
+    with torch.no_grad():      # sharp attention, so that a position gone wrong changes the tokens
+        for layer in m.layers:
+            layer.self_attn.q_proj.weight.mul_(4)
+            layer.self_attn.k_proj.weight.mul_(4)
+    save_model(m, tmp_path)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in (3, 11, 7)]
+    ours = generate(m, prompts, 12, eos_ids=[], temperature=0, pad_id=0)
+    L = max(map(len, prompts))
+    x = torch.tensor([[0] * (L - len(p)) + p for p in prompts])           # (3, L), left-padded
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    theirs, _ = hf.model(tmp_path).generate(x, mask, 12, pad_id=0)
+    assert theirs.tolist() == ours
+
+
+@given(cfg=st.sampled_from(list(CONFIGS)), T=st.integers(1, 20), new=st.integers(1, 8),
+       seed=st.integers(0, 1000))
+def test_kv_cache_equals_full_recompute(cfg, T, new, seed):
+    m = tiny(seed, **CONFIGS[cfg]).eval()
+    x = torch.randint(0, 101, (2, T + new), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full = m.logits(m(x))                               # (2, T+new, V)
+        cache = m.new_cache(2, T + new)
+        steps = [m.logits(m(x[:, :T], cache=cache))]
+        for t in range(T, T + new):
+            assert cache.pos == t
+            steps.append(m.logits(m(x[:, t:t + 1], cache=cache)))
+    inc = torch.cat(steps, 1)
+    assert (inc - full).abs().max().item() < 1e-5
+
+
+@given(lens=st.lists(st.integers(1, 12), min_size=2, max_size=5), seed=st.integers(0, 1000),
+       cfg=st.sampled_from(list(CONFIGS)))
+def test_left_padded_batch_equals_one_at_a_time(lens, seed, cfg):
+    m = tiny(seed, **CONFIGS[cfg])
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in lens]
+    batched = generate(m, prompts, 8, eos_ids=[2], temperature=0, pad_id=0)
+    single = [generate(m, [p], 8, eos_ids=[2], temperature=0, pad_id=0)[0] for p in prompts]
+    assert batched == single
+
+
+def test_each_row_stops_at_its_own_eos():
+    m = tiny(3)
+    with torch.no_grad():  # make token 2 (EOS) the greedy choice after token 7 only
+        m.lm_head.weight[2] = 0
+    prompts = [[5, 6, 7], [5, 6, 8]]
+    out = generate(m, prompts, 6, eos_ids=[2], temperature=0, pad_id=0)
+    for o in out:
+        assert 2 not in o[:-1]        # nothing is emitted after a row's EOS
+
+
+# -- bad input: one clear error naming the file and the field or tensor --------------------------
+def test_prompt_longer_than_context():
+    m = tiny()
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        generate(m, [[3] * 70], 4, eos_ids=[2])
+
+
+def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatch):
+    import model.cpu_pack as P
+    if not P._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(11).eval()
+    x = torch.randint(0, 101, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = m.logits(m(x))
+        with P.cpu_packed_linears(m, 3):
+            packed = m.logits(m(x))
+    assert (packed - plain).abs().max() <= 1e-5
+    assert "forward" not in vars(m.lm_head)                    # the plain forward is back
+    prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11]]
+    before = generate(m, prompts, 12, eos_ids=[], temperature=0)
+    with torch.no_grad():                                      # an in-place update, as AdamW does
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    after = generate(m, prompts, 12, eos_ids=[], temperature=0)
+    monkeypatch.setattr(P, "_CAN_PACK", False)
+    assert after == generate(m, prompts, 12, eos_ids=[], temperature=0)   # not a stale packing
+    assert after != before
+
+
+def test_cpu_packing_follows_the_batch_size(monkeypatch):
+    """oneDNN packs a weight for one expected batch; a new batch size repacks (a batch-1 packing
+    reused at batch 8 decoded at two thirds of the speed), and the tokens stay those of plain decoding."""
+    import model.cpu_pack as P
+    if not P._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(12).eval()
+    one, eight = [[3, 4, 5]], [[3, 4, 5], [6, 7]] * 4
+    generate(m, one, 4, eos_ids=[], temperature=0)
+    assert P._PACKED[m.lm_head][0][2] == 1
+    packed = generate(m, eight, 6, eos_ids=[], temperature=0)
+    assert P._PACKED[m.lm_head][0][2] == 8
+    monkeypatch.setattr(P, "_CAN_PACK", False)
+    assert packed == generate(m, eight, 6, eos_ids=[], temperature=0)

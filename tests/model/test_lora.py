@@ -1,0 +1,106 @@
+"""LoRA (model/lora.py): the adapters at init are the base model, only they learn, a merged checkpoint
+equals the adapted model, the adapters-off reference is the base, and a LoRA run resumes exactly and
+saves its adapters only."""
+import copy
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from safetensors.torch import load_file
+
+import train
+from model.checkpoint import load, save_adapters, save_model
+from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main
+from nanoalign.tasks import arith as task
+from tests.helpers import ids, tiny
+
+targets = st.lists(st.sampled_from(sorted(TARGETS)), min_size=1, unique=True).map(",".join)
+
+
+def train_adapters(model, steps=3):
+    """A few AdamW steps on random tokens, so B != 0 and the adapters change the model."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for s in range(steps):
+        x = ids(100 + s)
+        loss = torch.nn.functional.cross_entropy(model.logits(model(x[:, :-1])).flatten(0, 1),
+                                                 x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+@settings(max_examples=10, deadline=None)
+@given(r=st.integers(1, 8), alpha=st.sampled_from([1.0, 8.0, 16.0, 32.0]), t=targets,
+       seed=st.integers(0, 100))
+def test_lora_at_init_is_the_base_model(r, alpha, t, seed):
+    base = tiny(seed)
+    lora = apply_lora(copy.deepcopy(base), r, alpha, 0.0, t)
+    x = ids(seed)
+    with torch.no_grad():
+        assert torch.equal(lora.logits(lora(x)), base.logits(base(x)))
+
+
+@settings(max_examples=5, deadline=None)
+@given(r=st.integers(1, 8), t=targets, seed=st.integers(0, 100))
+def test_only_adapters_get_gradients(r, t, seed):
+    model = apply_lora(tiny(seed), r, 16.0, 0.1, t)
+    with torch.no_grad():                      # B = 0 would leave A's gradient exactly zero
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_B.normal_()
+    x = ids(seed)
+    model.logits(model(x)).logsumexp(-1).sum().backward()
+    n_adapters = 0
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            n_adapters += 1
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    assert n_adapters == 2 * len(t.split(",")) * model.cfg.n_layers
+
+
+def test_merged_checkpoint_equals_adapter_model(tmp_path):
+    base = tiny(1)
+    save_model(base, str(tmp_path / "base"), task.build_tokenizer())
+    model, tok = load(str(tmp_path / "base"))
+    train_adapters(apply_lora(model, 4, 8.0, 0.0))
+    save_adapters(model, str(tmp_path / "lora"), tok, str(tmp_path / "base"))
+    merge_main(["--adapter", str(tmp_path / "lora"), "--out", str(tmp_path / "merged")])
+    assert not os.path.exists(tmp_path / "merged" / "adapter_config.json")
+    merged, _ = load(str(tmp_path / "merged"))
+    reloaded, _ = load(str(tmp_path / "lora"))                  # adapters back on their base
+    x = ids(7)
+    with torch.no_grad():
+        want = model.logits(model(x))
+        assert (merged.logits(merged(x)) - want).abs().max() <= 1e-5
+        assert torch.equal(reloaded.logits(reloaded(x)), want)
+        assert (want - base.logits(base(x))).abs().max() > 1e-3  # the adapters did change it
+
+
+def test_reference_with_adapters_off_is_the_base():
+    base = tiny(2)
+    model = train_adapters(apply_lora(copy.deepcopy(base), 4, 16.0, 0.2))
+    ref = AdaptersOff(model)
+    x = ids(3)
+    with torch.no_grad():
+        assert torch.equal(ref.logits(ref(x)), base.logits(base(x)))
+        assert not torch.equal(model.logits(model(x)), base.logits(base(x)))
+    assert model.training                       # the reference does not flip the policy's mode
+    assert list(ref.parameters()) == []         # and holds no weights of its own
+
+
+def test_lora_dpo_resumes_exactly_and_saves_adapters_only(tmp_path, start):
+    from tests.helpers import run_cfg
+    kw = dict(method="dpo", init_from=start, lora_r=4, lora_alpha=8.0, lora_dropout=0.1, lr=1e-2)
+    straight = train.train(run_cfg(tmp_path / "a", **kw))
+    first = train.train(run_cfg(tmp_path / "b", **kw), stop_at=3)
+    second = train.train(run_cfg(tmp_path / "b", resume=True, **kw))
+    assert first + second == straight
+    ck = tmp_path / "b" / "run" / "ckpt"
+    assert not os.path.exists(ck / "model.safetensors")
+    assert all(".lora_" in k for k in load_file(str(ck / "adapter_model.safetensors")))
+    with pytest.raises(Exception, match="needs a base checkpoint"):
+        train.train(run_cfg(tmp_path / "c", method="dpo", lora_r=4))

@@ -1,0 +1,82 @@
+"""Configuration (train.py): flags, config files and help; bad flags, unknown keys, wrong types,
+argument prefixes and another method's options are refused; resuming refuses another method or a
+changed setting."""
+import dataclasses
+import json
+
+import pytest
+
+import train
+from nanoalign import config
+from tests.helpers import _short_run
+
+
+# -- bad flags, config files, help -----------------------------------------------------------------
+@pytest.mark.parametrize("argv,pattern", [
+    (["--method", "nope"], "--method 'nope' is unknown"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--resume", "maybe"], "argument --resume: expected true/false, got 'maybe'"),
+])
+def test_bad_flags(argv, pattern, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(argv)
+    assert pattern in capsys.readouterr().err
+
+
+def test_config_file_rejects_unknown_keys_and_wrong_types(tmp_path, capsys):
+    p = tmp_path / "c.json"
+    for content, message in (({"lr": "high"}, "'lr' must be float"),
+                             ({"learning_rate": 1e-3}, "unknown config key 'learning_rate'")):
+        p.write_text(json.dumps(content))
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(["--config", str(p)])
+        assert e.value.code == 2 and f"{p}: " in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            train.parse_config(["--config", str(p)])
+        assert message in capsys.readouterr().err
+    p.write_text(json.dumps({"lr": 1e-3, "max_steps": 7}))
+    cfg = train.parse_config(["--config", str(p), "--max_steps", "9"])
+    assert (cfg.lr, cfg.max_steps) == (1e-3, 9)
+
+
+def test_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(config.SharedConfig):
+        assert f"--{f.name}" in out
+
+
+# -- resume cannot mix runs; no argument prefixes; another method's options ------------------------
+def test_resume_refuses_another_method_or_a_changed_setting(tmp_path, capsys):
+    _short_run(tmp_path, capsys)
+    run = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--method", "orpo", "--out_dir", run, "--resume"])
+    assert e.value.code == 2 and "'method' was 'sft'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "sft", "--out_dir", run, "--resume", "--lr", "0.1"])
+    err = capsys.readouterr().err
+    assert "'lr' was 0.0003" in err and "got 0.1" in err and "max_steps" in err
+    cfg = train.parse_config(["--method", "sft", "--out_dir", run, "--resume", "--max_steps", "5"])
+    assert cfg.max_steps == 5 and cfg.n_train == 16          # allowed, and the rest is the run's
+    cfg = train.parse_config(["--out_dir", run, "--resume"])   # the method comes from the run
+    assert cfg.method == "sft"
+
+
+def test_argument_prefixes_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--max_step", "5"])
+    assert "unrecognized arguments: --max_step" in capsys.readouterr().err
+
+
+def test_another_methods_option_is_refused_not_dropped(tmp_path, capsys):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"method": "self_judge_offpolicy", "judge": "policy"}))
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--config", str(p)])
+    assert e.value.code == 2 and "'judge' is not an option of --method self_judge_offpolicy" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit, match="'w1' is not an option of --method orpo"):
+        train.make_config(method="orpo", w1=0.5)

@@ -1,0 +1,193 @@
+"""The training path's fast modes (train.py --packed, --dtype): padding-free batches give the padded
+batch's hidden states, log-probs, gradients and training step; bf16 autocast stays close to float64
+and really runs in bf16; the automatic choices follow the model size and the device."""
+import pytest
+import torch
+from hypothesis import example, given, settings, strategies as st
+
+from tests.helpers import examples, one_thread, tiny
+
+
+# -- the training path's fast modes: padding-free batches and bf16 autocast (train.py --packed, --dtype)
+def _rows(lengths, seed, room=0):
+    """SFT examples of the given (length, prompt length) with random ids: a prompt of at least 1
+    token, leaving `room` response tokens where the row is long enough."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"ids": torch.randint(3, 101, (n,), generator=g).tolist(), "n_prompt": max(1, min(p, n - room))}
+            for n, p in lengths]
+
+
+row_lengths = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12)), min_size=1, max_size=5)
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(lengths=row_lengths, seed=st.integers(0, 1000), window=st.sampled_from([None, 3]))
+@example(lengths=[(1, 1)], seed=0, window=None).via("a single row of one token")
+@example(lengths=[(1, 1), (12, 4), (1, 1), (2, 1)], seed=1, window=3).via("length-1 rows, a window")
+def test_packed_batches_give_the_padded_hidden_states_log_probs_and_gradients(lengths, seed, window):
+    """The padding-free forward (rows back to back, RoPE restarting per row, attention inside a row;
+    GQA, and a sliding window shorter than a row) against the padded reference: every real token's
+    hidden state, each row's summed and mean log-prob, and the gradients of every weight."""
+    from model.model import PackedRows
+    from nanoalign.common import batch_logps
+    from nanoalign.data import make_batch
+    with one_thread():
+        model = tiny(seed, sliding_window=window)
+        ex = _rows(lengths, seed)
+        padded, packed = make_batch(ex, "sft", 0), make_batch(ex, "sft", 0, packed=True)
+        real = padded["attn"].bool()
+        cu = packed["packed"]["cu_seqlens"]
+        # positions restart in each row (RoPE only sees differences inside a row, so the hidden
+        # states alone could not tell; a long packed batch would drift in float32 and past the
+        # model's context)
+        assert PackedRows(cu).positions.tolist() == [t for n, _ in lengths for t in range(n)]
+        h_pad = model(padded["ids"], padded["attn"])[real]                          # (N, dim)
+        h_pack = model(packed["packed"]["ids"], cu_seqlens=packed["packed"]["cu_seqlens"])[0]
+        assert torch.allclose(h_pack, h_pad, rtol=1e-5, atol=1e-5)
+        params = [p for p in model.parameters()]
+        up = torch.randn(len(ex), generator=torch.Generator().manual_seed(seed))
+        for reduction in ("sum", "mean"):
+            a, b = batch_logps(model, padded, reduction), batch_logps(model, packed, reduction)
+            assert torch.allclose(b, a, rtol=1e-5, atol=1e-5), reduction
+            ga = torch.autograd.grad((a * up).sum(), params, allow_unused=True)
+            gb = torch.autograd.grad((b * up).sum(), params, allow_unused=True)
+            for x, y in zip(ga, gb):
+                assert (x is None) == (y is None)
+                assert x is None or torch.allclose(y, x, rtol=1e-4, atol=1e-6), reduction
+
+
+def _pref(lengths, seed):
+    """Preference examples: chosen and rejected rows of the given lengths, prompts shared."""
+    rows = _rows(lengths + lengths[::-1], seed, room=1)
+    n = len(lengths)
+    return [{"chosen": c["ids"], "n_prompt_chosen": c["n_prompt"], "rejected": r["ids"],
+             "n_prompt_rejected": r["n_prompt"]} for c, r in zip(rows[:n], rows[n:])]
+
+
+def _step(name, model, ex, kind, **options):
+    """(loss, gradients) of one accumulate_gradients call, as train.py makes and runs a micro-batch."""
+    import train
+    from nanoalign import REGISTRY
+    from nanoalign.common import Run, frozen_copy
+    from nanoalign.data import make_batch
+    from tests.helpers import method_config
+    cfg = method_config(name, **options)
+    model.zero_grad(set_to_none=True)
+    run = Run(tok=None, ref=frozen_copy(model) if REGISTRY[name].needs_ref else None)
+    batch = make_batch(ex, kind, 0, packed=train.packed_batches(cfg, model))
+    loss, _ = train.accumulate_gradients(model, REGISTRY[name], [batch], run, cfg)
+    return loss, [p.grad.clone() for p in model.parameters()]
+
+
+METHODS = [("sft", "sft", {}), ("orpo", "pref", {"prompt_loss": True}), ("dpo", "pref", {}),
+           ("conjoined", "mo", {})]
+
+
+def _examples(kind, lengths, seed):
+    if kind == "sft":
+        return _rows(lengths, seed, room=1)       # every row trains on at least one token
+    pref = _pref(lengths, seed)
+    return pref if kind == "pref" else [{"align": a, "sj": s} for a, s in zip(pref, _pref(lengths, seed + 1))]
+
+
+@pytest.mark.parametrize("name,kind,options", METHODS)
+@settings(max_examples=examples(8), deadline=None)
+@given(lengths=st.lists(st.tuples(st.integers(2, 12), st.integers(1, 11)), min_size=1, max_size=3),
+       seed=st.integers(0, 1000))
+def test_training_step_on_packed_batches_equals_the_padded_one(name, kind, options, lengths, seed):
+    """train.py --packed true against --packed false, through the training path (make_batch, the
+    method's loss, accumulate_gradients): the same loss and gradients. ORPO's --prompt_loss reads a
+    mask built in the padded layout, which the packed batch must read at the right tokens."""
+    with one_thread():
+        ex = _examples(kind, lengths, seed)
+        a = _step(name, tiny(seed), ex, kind, packed="false", **options)
+        b = _step(name, tiny(seed), ex, kind, packed="true", **options)
+    assert abs(a[0] - b[0]) <= 1e-5 * max(1.0, abs(a[0]))
+    for x, y in zip(a[1], b[1]):
+        assert torch.allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
+# bf16 keeps 8 significant bits (relative rounding 2^-9): through a 2-layer model, a loss within 2%
+# and gradients within 10% of float64's; float32 within 1e-5 and 1e-4
+DTYPE_TOL = {"float32": (1e-5, 1e-4), "bfloat16": (2e-2, 1e-1)}
+
+
+@pytest.mark.parametrize("name,kind,options", METHODS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@settings(max_examples=examples(5), deadline=None)
+@given(seed=st.integers(0, 1000))
+def test_bf16_autocast_losses_and_gradients_stay_close_to_float64(name, kind, options, dtype, seed):
+    """--dtype through the training path, against the same step of a float64 copy of the model: the
+    loss and every gradient within the dtype's tolerance (relative to the largest entry). The
+    weights and their gradients stay float32 under autocast (AdamW's state is made from them)."""
+    with one_thread():
+        ex = _examples(kind, [(9, 4), (6, 2), (11, 5)], seed)
+        ref_loss, ref_grads = _step(name, tiny(seed).double(), ex, kind, dtype="float32", **options)
+        model = tiny(seed)
+        loss, grads = _step(name, model, ex, kind, dtype=dtype, **options)
+    tol_loss, tol_grad = DTYPE_TOL[dtype]
+    assert abs(loss - ref_loss) <= tol_loss * max(1.0, abs(ref_loss))
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.float32
+        assert (g.double() - r).abs().max() <= tol_grad * r.abs().max().clamp(min=1e-3)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_autocast_really_runs_in_bf16():
+    """The bf16 setting is not float32 in disguise: its loss differs from float32's (and the float32
+    one from float64's by far less)."""
+    with one_thread():
+        ex = _examples("pref", [(9, 4), (6, 2)], 0)
+        f64 = _step("orpo", tiny(0).double(), ex, "pref", dtype="float32")[0]
+        f32 = _step("orpo", tiny(0), ex, "pref", dtype="float32")[0]
+        bf16 = _step("orpo", tiny(0), ex, "pref", dtype="bfloat16")[0]
+    assert abs(bf16 - f64) > 10 * abs(f32 - f64)
+
+
+def test_auto_dtype_and_packing_follow_the_model_size_and_the_cpu(monkeypatch):
+    """'auto': float32 and padded for a small model (the built-in task's), bf16 and packed for one of
+    FAST_MIN_PARAMS or more on a CPU with bf16 instructions, float32 (still packed) without them;
+    an explicit choice wins."""
+    from nanoalign import config
+    from model.model import Transformer, config_from_preset
+    from tests.helpers import method_config
+    with torch.device("meta"):
+        big = Transformer(config_from_preset("smollm2-135m"))
+    small, auto = tiny(0), method_config("orpo")
+    assert big.num_params() >= config.FAST_MIN_PARAMS > small.num_params()
+    for has_bf16 in (True, False):
+        monkeypatch.setattr(config, "cpu_has_bf16", lambda: has_bf16)
+        assert config.autocast_dtype(auto, small) is None and not config.packed_batches(auto, small)
+        assert config.autocast_dtype(auto, big) == (torch.bfloat16 if has_bf16 else None)
+        assert config.packed_batches(auto, big)
+        assert config.autocast_dtype(method_config("orpo", dtype="bfloat16"), small) == torch.bfloat16
+        assert config.autocast_dtype(method_config("orpo", dtype="float32"), big) is None
+        assert config.packed_batches(method_config("orpo", packed="true"), small)
+        assert not config.packed_batches(method_config("orpo", packed="false"), big)
+
+
+def test_dtype_and_packed_are_options_in_help(capsys):
+    import train
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "orpo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--dtype STR" in out and "one of auto, float32, bfloat16" in out
+    assert "--packed STR" in out and "one of auto, true, false" in out
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "orpo", "--dtype", "float16"])
+
+
+def test_adamw_is_fused_exactly_where_the_fast_paths_are(monkeypatch):
+    """make_optimizer: foreach AdamW for a small CPU model (the arithmetic the built-in task's table
+    was made with), fused at FAST_MIN_PARAMS or more; its state is float32 either way."""
+    from nanoalign import config
+    from tests.helpers import method_config
+    model, cfg = tiny(0), method_config("orpo")
+    assert not config.make_optimizer(model, cfg).defaults["fused"]
+    monkeypatch.setattr(config, "FAST_MIN_PARAMS", 0)
+    opt = config.make_optimizer(model, cfg)
+    assert opt.defaults["fused"]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(v.dtype == torch.float32 for st in opt.state.values() for k, v in st.items() if k != "step")

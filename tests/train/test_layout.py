@@ -1,0 +1,244 @@
+"""The shape of the code: methods live in their own files, layers point down, no import cycles."""
+import ast
+import dataclasses
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import train
+from nanoalign import REGISTRY, onpolicy
+from nanoalign.common import Method, batch_logps, option, register
+from nanoalign.data import KINDS
+from tests.helpers import ROOT
+
+LIBRARY = ("kernels", "model", "nanoalign")
+# the library runs without them; transformers is only the tests' reference, in its own process
+NOT_IN_LIBRARY = ("transformers", "trl", "accelerate", "peft", "datasets")
+
+
+# -- a method that exists only in this file ---------------------------------------------------------
+@dataclass
+class ToyOptions:
+    toy_weight: float = option(0.5, "scale of the toy loss", minimum=0.0)
+
+
+SEEN = []
+
+
+def toy_loss(model, batch, run, cfg):
+    SEEN.append(cfg.toy_weight)
+    lp = batch_logps(model, batch, "sum")
+    return -cfg.toy_weight * lp.sum(), {"toy": float(cfg.toy_weight)}
+
+
+@pytest.fixture
+def toy_method():
+    register(Method(name="toy_sft", reads="sft", eats="sft", unit="n_tokens", loss=toy_loss,
+                    help="a toy: scaled SFT", options=ToyOptions, metrics={"toy": "the toy weight"}))
+    yield REGISTRY["toy_sft"]
+    del REGISTRY["toy_sft"]
+
+
+def test_a_method_registered_in_a_test_file_trains_through_the_cli(toy_method, tmp_path, capsys):
+    argv = ["--method", "toy_sft", "--toy_weight", "0.25", "--init_from", "scratch", "--max_steps", "2",
+            "--batch_size", "4", "--n_train", "16", "--out_dir", str(tmp_path), "--final_eval", "false",
+            "--log_every", "1", "--val_data", ""]
+    SEEN.clear()
+    train.main(argv)
+    out = capsys.readouterr().out
+    assert SEEN == [0.25, 0.25]                         # its own option reached its loss, twice
+    assert "toy = the toy weight" in out                 # its metric is explained in the legend
+    assert os.path.exists(tmp_path / "ckpt" / "state.json")
+    # its help lists its option; another method's help does not
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "toy_sft", "--help"])
+    assert "--toy_weight" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "sft", "--help"])
+    assert "--toy_weight" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:                 # and validates it from the declaration
+        train.parse_config(["--method", "toy_sft", "--toy_weight", "-1"])
+    assert e.value.code == 2 and "--toy_weight must be >= 0.0" in capsys.readouterr().err
+
+
+# -- a method with an on-policy round, also only in this file ------------------------------------
+CALLS = []
+
+
+def toy_rollout(model, batch, run, cfg):
+    """Greedy-free toy round: each prompt's 'sample' is the prompt's last token, paired against the
+    first; recorded with whether autograd was on."""
+    CALLS.append(("rollout", torch.is_grad_enabled(), model.training))
+    prompts = batch["prompts"]
+    wins, losses = [[p[-1]] for p in prompts], [[p[0]] for p in prompts]
+    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device)
+    return pairs, {"toy_rolled": float(len(prompts))}
+
+
+def toy_pair_loss(model, batch, run, cfg):
+    CALLS.append(("loss", torch.is_grad_enabled(), batch["n_examples"]))
+    lp = batch_logps(model, batch, "sum")
+    B = batch["n_examples"]
+    return -(lp[:B] - lp[B:]).sum(), {}
+
+
+@pytest.fixture
+def toy_rollout_method():
+    register(Method(name="toy_onpolicy", reads="prompt", eats="prompt", unit="n_examples",
+                    rollout=toy_rollout, loss=toy_pair_loss, help="a toy with a rollout"))
+    yield REGISTRY["toy_onpolicy"]
+    del REGISTRY["toy_onpolicy"]
+
+
+def test_a_method_with_a_rollout_trains_through_main_rollout_first_and_without_autograd(
+        toy_rollout_method, tmp_path, capsys):
+    CALLS.clear()
+    train.main(["--method", "toy_onpolicy", "--init_from", "scratch", "--max_steps", "2",
+                "--batch_size", "3", "--grad_accum", "2", "--n_train", "12", "--out_dir", str(tmp_path),
+                "--final_eval", "false", "--log_every", "1", "--val_data", ""])
+    kinds = [c[0] for c in CALLS]
+    # each step: both micro-batches' rollouts, then both losses; two steps
+    assert kinds == ["rollout", "rollout", "loss", "loss"] * 2
+    assert all(not grad for k, grad, _ in CALLS if k == "rollout")      # never under autograd
+    assert all(grad and n == 3 for k, grad, n in CALLS if k == "loss")  # the loss on 3 pairs, with grads
+    assert "toy_rolled 3.0000" in capsys.readouterr().out               # its metrics reach the log
+    with pytest.raises(SystemExit):                                     # FSDP refuses a rollout
+        train.parse_config(["--method", "toy_onpolicy", "--parallel", "fsdp"])
+
+
+def test_no_method_is_named_in_train_py():
+    src = open(os.path.join(ROOT, "train.py")).read()
+    strings = {n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant)
+               and isinstance(n.value, str)}
+    words = set(re.findall(r"[A-Za-z_]+", " ".join(strings)))
+    named = sorted(set(REGISTRY) & (strings | words))
+    assert not named, f"train.py names methods {named}; they belong in their own files"
+
+
+def test_every_method_declares_options_with_help():
+    for name, m in REGISTRY.items():
+        assert dataclasses.is_dataclass(m.options), name
+        for f in dataclasses.fields(m.options):
+            assert f.metadata.get("help"), f"{name}: option {f.name} has no help"
+        assert m.eats in KINDS and m.reads in train.KINDS, name
+
+
+# -- imports ---------------------------------------------------------------------------------------
+def repo_modules():
+    """{module name: set of repo modules it imports (at any depth in the file)}."""
+    files = {}
+    for top in LIBRARY + ("experiments",):
+        for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
+            for n in names:
+                if n.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(dirpath, n), ROOT)[:-3].replace(os.sep, ".")
+                    files[rel.removesuffix(".__init__")] = os.path.join(dirpath, n)
+    for n in ("train", "sample"):
+        files[n] = os.path.join(ROOT, n + ".py")
+    graph = {}
+    for mod, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps |= {n for n in names if n in files and n != mod}
+        graph[mod] = deps
+    return graph
+
+
+def test_layers_point_down():
+    graph = repo_modules()
+    for mod, deps in graph.items():
+        if mod.split(".")[0] in LIBRARY:
+            up = {d for d in deps if d.split(".")[0] in ("experiments", "train", "sample")}
+            assert not up, f"{mod} imports {up}: the library must not import experiments/ or train"
+        if mod in ("train", "sample"):                 # experiments/ sits above the loop, never below
+            up = {d for d in deps if d.split(".")[0] == "experiments"}
+            assert not up, f"{mod} imports {up}: experiments/ may import the loop, not the reverse"
+        if mod.split(".")[0] == "kernels":
+            assert all(d.split(".")[0] == "kernels" for d in deps), f"{mod} imports {deps}"
+        if mod.split(".")[0] == "model":
+            assert all(d.split(".")[0] in ("kernels", "model") for d in deps), f"{mod} imports {deps}"
+
+
+def test_no_import_cycles():
+    graph = repo_modules()
+    # a package's __init__ importing its own submodules is not a cycle through them
+    edges = {m: {d for d in ds if not (d.startswith(m + ".") and m in ("nanoalign", "kernels"))}
+             for m, ds in graph.items()}
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in sorted(edges.get(m, ())):
+            if state.get(d) == "open":
+                pytest.fail("import cycle: " + " -> ".join(path + [m, d]))
+            if d not in state:
+                visit(d, path + [m])
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [])
+
+
+def outside_imports(src, banned=NOT_IN_LIBRARY):
+    """[(line, module)] of the imports in `src` of a banned package (at any depth in the file)."""
+    found = []
+    for node in ast.walk(ast.parse(src)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            names = [str(node.args[0].value)]
+        found += [(node.lineno, n) for n in names if n.split(".")[0] in banned]
+    return found
+
+
+def test_the_library_never_imports_transformers():
+    for top in LIBRARY:
+        for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
+            for n in sorted(names):
+                if n.endswith(".py"):
+                    path = os.path.join(dirpath, n)
+                    found = outside_imports(open(path).read())
+                    assert not found, f"{os.path.relpath(path, ROOT)} imports {found}"
+
+
+def test_the_import_check_sees_each_form():
+    src = ("import os\nimport transformers.models.llama as L\ndef f():\n    from peft import LoraConfig\n"
+           "    importlib.import_module('trl')\n    from .datasets import x\n    import datasets_helper\n"
+           "    __import__('accelerate')\n")
+    assert outside_imports(src) == [(2, "transformers.models.llama"), (4, "peft"), (5, "trl"),
+                                    (8, "accelerate")]
+
+
+def test_the_transformers_reference_cannot_import_the_repository(hf):
+    """The reference runs where the repository is not on sys.path, so `kernels` is Hugging Face's
+    (or absent, with transformers < 5.25) and the project's packages cannot be found."""
+    where = hf.ask("where", modules=["kernels", "nanoalign", "model"])[0]
+    on_path = {os.path.realpath(p or ".") for p in where["sys_path"]}
+    assert not on_path & {os.path.realpath(ROOT), os.path.realpath(os.path.join(ROOT, "tests"))}, on_path
+    assert not os.path.realpath(where["cwd"]).startswith(os.path.realpath(ROOT) + os.sep)
+    assert where["modules"]["nanoalign"] is None and where["modules"]["model"] is None
+    kernels = where["modules"]["kernels"] or []
+    for place in kernels if isinstance(kernels, list) else [kernels]:
+        assert not os.path.realpath(place).startswith(os.path.realpath(ROOT) + os.sep), place
+
+
+def test_the_walker_sees_a_cycle(tmp_path, monkeypatch):
+    """The cycle test can fail: a fake graph with a cycle is caught."""
+    fake = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
+    monkeypatch.setattr(sys.modules[__name__], "repo_modules", lambda: fake)
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycles()

@@ -1,0 +1,88 @@
+"""The training loop (train.py): gradient accumulation equals one big batch, non-finite losses stop the
+run, a bad output directory is one line, own data is validated on its own, and the log explains
+itself."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import train
+from model.model import ModelConfig, Transformer
+from nanoalign import REGISTRY
+from nanoalign.data import make_batch, tokenize_rows
+from nanoalign.tasks import arith as task
+from tests.helpers import FIX, _short_run, grads_of, run_cfg
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(vocab_size=264, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                   hidden_dim=48, max_seq_len=128, tie_embeddings=True,
+                                   bos_token_id=256, eos_token_id=257, pad_token_id=258))
+
+
+@pytest.mark.parametrize("method", ["sft", "orpo"])
+def test_grad_accumulation_equals_one_big_batch(method):
+    m = REGISTRY[method]
+    tok = task.build_tokenizer()
+    rows = (task.sft_rows if m.eats == "sft" else task.preference_rows)(8, 0)
+    ex, _ = tokenize_rows(rows, tok, m.eats, 128)
+    lengths = {len(e["ids"] if m.eats == "sft" else e["chosen"]) for e in ex}
+    assert len(lengths) > 2                                   # uneven response lengths
+    cfg = train.make_config(method=method)
+    model = small_model()
+    train.accumulate_gradients(model, m, [make_batch(ex, m.eats, tok.pad_id)], None, cfg)
+    one = grads_of(model)
+    model.zero_grad()
+    micro = [make_batch(ex[i:i + 2], m.eats, tok.pad_id) for i in range(0, 8, 2)]
+    train.accumulate_gradients(model, m, micro, None, cfg)
+    for a, b in zip(one, grads_of(model)):
+        assert (a - b).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_out_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys, resume):
+    f = tmp_path / "taken.txt"
+    f.write_text("not a run")
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--method", "sft", "--out_dir", str(f)] + resume)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: --out_dir {f} exists and is not a directory\n"
+    assert f.read_text() == "not a run"
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = REGISTRY["orpo"].loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, run, cfg):
+        calls["n"] += 1
+        loss, m = real(model, batch, run, cfg)
+        return (loss * float("nan") if calls["n"] > 6 else loss), m   # step 4 (2 micro-batches/step)
+    monkeypatch.setattr(REGISTRY["orpo"], "loss", poisoned)
+    with pytest.raises(SystemExit, match="non-finite"):
+        train.train(run_cfg(tmp_path, ckpt_every=2, eval_every=0))
+    st = json.load(open(tmp_path / "run" / "ckpt" / "state.json"))
+    assert st["step"] == 2
+
+
+# -- own data is validated on its own; the log explains itself -------------------------------------
+def test_own_data_runs_no_builtin_evaluation_and_validates_at_the_end(tmp_path, capsys):
+    out = _short_run(tmp_path, capsys, train_data=os.path.join(FIX, "sft.jsonl"), batch_size=2,
+                     final_eval="true", eval_every=100, val_data=os.path.join(FIX, "sft.jsonl"))
+    assert "Built-in task" not in out and "What is 7 + 5" not in out
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in recs if r["split"] == "val"] == [2]
+    shutil.rmtree(tmp_path / "run")
+    out = _short_run(tmp_path, capsys, train_data=os.path.join(FIX, "sft.jsonl"), batch_size=2)
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert not [r for r in recs if r["split"] == "val"]       # 'auto': no built-in validation
+
+
+def test_the_log_has_a_legend_and_ends_with_where_and_how_to_sample(tmp_path, capsys):
+    out = _short_run(tmp_path, capsys)
+    assert "metrics: loss = " in out and "nll_per_token = " in out
+    ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
+    assert f"checkpoint: {ckpt}" in out and f"python sample.py --init_from {ckpt}" in out

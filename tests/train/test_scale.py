@@ -1,0 +1,168 @@
+"""Scaling out (nanoalign/dist.py, train.py): activation checkpointing, and DDP / FSDP2 across two CPU
+processes (torchrun): two ranks equal one process with twice the batch, FSDP checkpoints resume
+exactly, the rank's device, and cleanup."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.lora import LoRALinear, apply_lora
+from nanoalign import dist
+from tests.helpers import ROOT, ids, tiny
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_activation_checkpointing_same_loss_and_grads(lora):
+    def run(ckpt):
+        torch.manual_seed(0)
+        m = tiny(4, n_layers=3)
+        if lora:
+            apply_lora(m, 4, 16.0, 0.3)                   # dropout: recompute must replay the RNG
+            for x in m.modules():
+                if isinstance(x, LoRALinear):
+                    torch.nn.init.normal_(x.lora_B)
+        m.grad_checkpoint = ckpt
+        m.train()
+        torch.manual_seed(1)
+        x = ids(5)
+        loss = torch.nn.functional.cross_entropy(m.logits(m(x[:, :-1])).flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    (l0, g0), (l1, g1) = run(False), run(True)
+    assert abs(l0 - l1) <= 1e-6 and g0.keys() == g1.keys() and g0
+    for n in g0:
+        assert (g0[n] - g1[n]).abs().max() <= 1e-6, n
+
+
+# -- two processes -------------------------------------------------------------------------------
+def _run(args, nproc):
+    """Run train.py (under torchrun when nproc > 1); returns its stdout and then its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    pre = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(29500 + os.getpid() % 1000)] if nproc > 1 else [sys.executable])
+    r = subprocess.run(pre + [os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+# the device two ranks train on here (with fewer than two GPUs they fall back to the CPU), so
+# that the one-process run they are compared with computes on the same kind of device
+TWO_RANK_DEVICE = "cuda" if torch.cuda.device_count() >= 2 else "cpu"
+
+
+def _params(d):
+    return load_file(os.path.join(d, "ckpt", "model.safetensors"))
+
+
+# sft: a per-token loss, so ranks hold different numbers of units; conjoined: two forwards (the
+# alignment and self-judgement batches) before one backward; dpo: the frozen reference
+@pytest.mark.parametrize("parallel,method", [("ddp", "sft"), ("fsdp", "sft"), ("ddp", "conjoined"),
+                                             ("fsdp", "dpo")])
+def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, parallel, method):
+    # lr 1e-4: the two runs sum the same gradients in a different order (~1e-9 apart), and AdamW's
+    # first steps move a weight by ~lr whatever its gradient's size, so for a gradient near eps the
+    # rounding can flip a step of up to lr; a small lr keeps that under the 1e-5 being tested
+    common = ["--method", method, "--init_from", start, "--max_steps", "3", "--n_train", "64",
+              "--val_data", "", "--final_eval", "false", "--warmup_steps", "1", "--lr", "1e-4",
+              "--seed", "5", "--grad_accum", "2", "--device", TWO_RANK_DEVICE]
+    _run(common + ["--batch_size", "8", "--out_dir", str(tmp_path / "one")], 1)
+    out = _run(common + ["--batch_size", "4", "--parallel", parallel, "--out_dir", str(tmp_path / "two")], 2)
+    assert "x2," in out and "4x2x2" in out and "peak memory" in out   # it ran on two ranks
+    one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
+    start_w = load_file(os.path.join(start, "model.safetensors"))
+    assert one.keys() == two.keys()
+    moved = 0.0
+    for k in one:
+        assert (one[k] - two[k]).abs().max() <= 1e-5, k
+        moved = max(moved, (one[k] - start_w[k]).abs().max().item())
+    assert moved > 5e-5                                           # 3 steps did change the weights
+
+
+def test_fsdp_checkpoint_resumes_exactly(tmp_path, start):
+    """The full state gathered from the shards (weights + AdamW by parameter name) and loaded back."""
+    common = ["--method", "orpo", "--init_from", start, "--n_train", "64", "--val_data", "",
+              "--final_eval", "false", "--warmup_steps", "1", "--lr", "1e-3", "--seed", "5",
+              "--batch_size", "4", "--parallel", "fsdp"]
+    _run(common + ["--max_steps", "4", "--out_dir", str(tmp_path / "a")], 2)
+    _run(common + ["--max_steps", "2", "--out_dir", str(tmp_path / "b")], 2)
+    _run(common + ["--max_steps", "4", "--out_dir", str(tmp_path / "b"), "--resume"], 2)
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("device,local_rank,ranks,gpus,want", [
+    ("cuda", 1, 2, 1, "cpu"),            # one GPU, two ranks: both on the CPU, not cuda:1
+    ("cuda", 0, 2, 0, "cpu"),            # no GPU at all
+    ("cuda", 1, 2, 2, "cuda:1"),         # a GPU for each rank
+    ("cuda:0", 1, 2, 8, "cuda:1"),       # any CUDA device: the rank's own GPU
+    ("cpu", 1, 2, 8, "cpu"),
+])
+def test_rank_device(monkeypatch, device, local_rank, ranks, gpus, want):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    got, note = dist.rank_device(device, local_rank, ranks)
+    assert got == want
+    if want == "cpu" and device.startswith("cuda"):
+        assert f"{ranks} ranks on this machine but {gpus} GPU(s)" in note
+        assert "\n" not in note
+    else:
+        assert note is None
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="a GPU for each rank: no fallback")
+def test_fewer_gpus_than_ranks_train_on_the_cpu(tmp_path, start):
+    out = _run(["--method", "sft", "--init_from", start, "--max_steps", "1", "--n_train", "16",
+                "--val_data", "", "--final_eval", "false", "--batch_size", "4",
+                "--parallel", "fsdp", "--device", "cuda", "--out_dir", str(tmp_path / "run")], 2)
+    assert "on cpu x2" in out
+    assert out.count("ranks on this machine but") == 1          # one note, from rank 0
+
+
+CLEANUP_SCRIPT = """
+import os, sys, torch
+from torch.distributed.fsdp import fully_shard
+from nanoalign import dist
+from tests.helpers import tiny
+
+def gloo_threads():
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{t}/comm") as f:
+            names.append(f.read().strip())
+    return sorted(n for n in names if "gloo" in n)
+
+def run():   # what train() leaves behind: a sharded model, its optimizer, a gathered full state
+    assert dist.setup("cpu") == "cpu" and dist.world() == 1
+    model = tiny(0)
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 101, (2, 9))
+    model.logits(model(x)).sum().backward()
+    opt.step()
+    dist.full_state(model, opt)
+    dist.barrier()
+
+run()
+before = gloo_threads()
+dist.cleanup()
+print("gloo threads before:", len(before), "after:", len(gloo_threads()))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_cleanup_frees_the_group_and_joins_its_threads():
+    """destroy_process_group() alone leaves the gloo group of an FSDP2 run alive (its DeviceMesh
+    holds it), and its threads then ran on through interpreter shutdown and exit()."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "WORLD_SIZE": "1",
+           "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(30500 + os.getpid() % 1000)}
+    r = subprocess.run([sys.executable, "-c", CLEANUP_SCRIPT], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    before, after = (int(n) for n in r.stdout.split("before:")[1].split("after:"))
+    assert before >= 2 and after == 0, r.stdout
