@@ -10,29 +10,29 @@ One training loop for every nanoalign method.
 The loop knows no method by name: a method (a file in nanoalign/ that registers itself) says which
 rows it reads, which examples its loss eats, its options, and turns a micro-batch into (loss summed
 over its units, metrics). Order of one step, always the same: learning rate -> grad_accum
-micro-batches (forward, backward) -> clip -> finite check -> AdamW -> log / evaluate / checkpoint.
-Ctrl-C finishes the step in flight, writes a checkpoint, prints the command that resumes it and exits;
-`--resume` continues it exactly (model, AdamW state, RNG states, data position, step).
+micro-batches (an on-policy method's rollout first; forward, backward) -> clip -> finite check ->
+AdamW -> log / evaluate / checkpoint. Ctrl-C finishes the step in flight, writes a checkpoint, prints
+the command that resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG
+states, data position, step: nanoalign/checkpoint.py).
 """
 import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from model.checkpoint import CheckpointError, atomic_write_json, load, read_json, save_adapters, save_model
+from model.checkpoint import CheckpointError, load
 from model.lora import AdaptersOff, apply_lora, merge
 from model.model import Transformer, config_from_preset
 from nanoalign import REGISTRY, dist
+from nanoalign.checkpoint import load_train_state, save_checkpoint
 from nanoalign.common import Run, frozen_copy
-from nanoalign.config import (autocast_dtype, make_config, make_optimizer, options_of, packed_batches,
-                              parse_config, resume_config, shared_options)
+from nanoalign.config import (autocast, autocast_dtype, make_config, make_optimizer, options_of,
+                              packed_batches, parse_config, resume_config, shared_options)
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
 from nanoalign.onpolicy import inherited
@@ -40,11 +40,7 @@ from nanoalign.tasks import get_task
 from nanoalign.tasks.evaluate import format_table, oracle_eval
 
 
-# -- setup: the pieces train() calls before the loop, in the order it calls them ------------------
-def pick_device(cfg):
-    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-
-
+# -- the pieces train() calls, in the order it calls them -----------------------------------------
 def init_model(cfg, task, device):
     """The model and tokenizer a run starts from (--init_from), with LoRA adapters if asked."""
     if cfg.init_from == "scratch":
@@ -60,16 +56,12 @@ def init_model(cfg, task, device):
     return model, tok
 
 
-def val_source(cfg):
-    if cfg.val_data == "auto":
-        return "builtin" if cfg.train_data == "builtin" else ""
-    return cfg.val_data
-
-
 def load_split(cfg, method, task, split, run):
     """Tokenized examples of one split: the built-in task's rows or a JSONL file's, read as the
     method's row kind, turned into what its loss eats by method.prepare (if any), then tokenized."""
-    src = cfg.train_data if split == "train" else val_source(cfg)
+    src = cfg.train_data if split == "train" else cfg.val_data
+    if split == "val" and src == "auto":   # the built-in task's when training on it, else none
+        src = "builtin" if cfg.train_data == "builtin" else ""
     if not src:
         return []
     if src == "builtin":
@@ -88,123 +80,13 @@ def load_split(cfg, method, task, split, run):
     return ex
 
 
-def lr_at(step, cfg):
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
-    """Model in the HF layout (or LoRA adapters) + train state (safetensors + JSON), written to a
-    temp dir then renamed. Under FSDP every rank helps gather the full state; rank 0 writes."""
-    msd, sd = dist.full_state(model, opt) if dist.is_fsdp(model) else (None, opt.state_dict())
-    model = dist.unwrapped(model)
-    if dist.is_main():
-        tmp, old = path + ".tmp", path + ".old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if getattr(model, "lora", None):
-            save_adapters(model, tmp, tok, cfg.init_from, msd)
-        else:
-            save_model(model, tmp, tok, state=msd)
-        tensors = {f"opt.{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
-        for name, value in run.checkpoint_files.items():    # what the method asked to keep with its model
-            atomic_write_json(value, os.path.join(tmp, name))
-        atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
-                           "param_groups": sd["param_groups"]}, os.path.join(tmp, "state.json"))
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()   # nobody reads the checkpoint before rank 0 has finished writing it
-
-
-def load_train_state(path, model, opt):
-    st = read_json(os.path.join(path, "state.json"))
-    f = os.path.join(path, "train_state.safetensors")
-    try:
-        t = load_file(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{f}: missing, so this run cannot resume exactly (AdamW state, RNG); "
-                              f"start from its weights with --init_from {path} instead") from None
-    except Exception as e:   # safetensors raises its own error types for a cut or damaged file
-        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); was the checkpoint cut "
-                              f"short? Start from its weights with --init_from {path} instead") from None
-    state = {}
-    for k, v in t.items():
-        if k.startswith("opt."):   # opt.<param index or, from FSDP, parameter name>.<AdamW field>
-            pid, name = k[4:].rsplit(".", 1)
-            state.setdefault(int(pid) if pid.isdigit() else pid, {})[name] = v
-    osd = {"state": state, "param_groups": st["param_groups"]}
-    if dist.is_fsdp(model):
-        dist.load_full_optimizer(model, opt, osd)
-    else:
-        opt.load_state_dict(osd)
-    torch.set_rng_state(t["rng.torch"])
-    if "rng.cuda" in t and torch.cuda.is_available():
-        torch.cuda.set_rng_state(t["rng.cuda"])
-    return st["step"], st["data_pos"]
-
-
-def rollout(model, method, micro, run, cfg):
-    """The on-policy round of a method that has one (Self-Judge, OSP): each micro-batch of prompts
-    becomes the batch its loss eats, sampled and judged by method.rollout with no gradients."""
-    out, mets = [], {}
-    dev, dt = next(model.parameters()).device.type, autocast_dtype(cfg, model)
-    for b in micro:
-        with torch.no_grad(), torch.autocast(dev, dtype=dt or torch.bfloat16, enabled=dt is not None):
-            b, m = method.rollout(dist.unwrapped(model), b, run, cfg)
-        out.append(b)
-        for k, v in m.items():
-            mets[k] = mets.get(k, 0.0) + v / len(micro)
-    return out, mets
-
-
-def accumulate_gradients(model, method, micro, run, cfg):
-    """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
-    the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
-    # with W processes: the units of the global batch, times W because DDP / FSDP average over ranks
-    denom = dist.all_sum(sum(b[method.unit] for b in micro)) / dist.world()
-    loss_total, mets = 0.0, {}
-    dev, dt = next(model.parameters()).device.type, autocast_dtype(cfg, model)
-    for i, b in enumerate(micro):
-        # autocast (--dtype): the weights and AdamW stay float32, matmuls run in dt
-        with dist.no_sync(model, last=i == len(micro) - 1):
-            with torch.autocast(dev, dtype=dt or torch.bfloat16, enabled=dt is not None):
-                loss_sum, m = method.loss(model, b, run, cfg)
-            (loss_sum / denom).backward()
-        loss_total += loss_sum.item() / denom
-        for k, v in m.items():
-            mets[k] = mets.get(k, 0.0) + v / len(micro)
-    return dist.all_sum(loss_total) / dist.world(), dist.mean_metrics(mets)
-
-
-@torch.no_grad()
-def held_out_loss(model, method, val, run, cfg):
-    model.eval()
-    tot, units = 0.0, 0
-    dev, dt = next(model.parameters()).device, autocast_dtype(cfg, model)
-    for i in range(max(1, min(cfg.eval_batches, len(val) // cfg.batch_size))):
-        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.eats, run.tok.pad_id,
-                       dev, packed_batches(cfg, model))
-        with torch.autocast(dev.type, dtype=dt or torch.bfloat16, enabled=dt is not None):
-            loss, _ = method.loss(model, b, run, cfg)
-        tot, units = tot + loss.item(), units + b[method.unit]
-    model.train()
-    return tot / max(units, 1)
-
-
-def peak_memory(device):
-    """Peak memory of this process so far, in MiB: CUDA max allocated, or peak RSS on the CPU."""
-    if str(device).startswith("cuda"):
-        return {"peak_cuda_alloc_mib": torch.cuda.max_memory_allocated() / 2**20}
-    import resource
-    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+def legend(method):
+    """What each logged number means: printed once at the start of a run."""
+    items = {"loss": "the method's loss, averaged over the effective batch", "lr": "learning rate",
+             "grad_norm": "gradient norm before clipping", "step_s": "seconds for this step",
+             "tok_per_s": "tokens through the model per second since the last log line",
+             **(method.metrics or {})}
+    return "metrics: " + "; ".join(f"{k} = {v}" for k, v in items.items())
 
 
 class StopFlag:
@@ -224,15 +106,65 @@ class StopFlag:
         signal.signal(signal.SIGINT, self.prev)
 
 
-LOOP_METRICS = {"loss": "the method's loss, averaged over the effective batch", "lr": "learning rate",
-                "grad_norm": "gradient norm before clipping", "step_s": "seconds for this step",
-                "tok_per_s": "tokens through the model per second since the last log line"}
+def lr_at(step, cfg):
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def legend(method):
-    """What each logged number means: printed once at the start of a run."""
-    items = {**LOOP_METRICS, **(method.metrics or {})}
-    return "metrics: " + "; ".join(f"{k} = {v}" for k, v in items.items())
+def rollout(model, method, micro, run, cfg):
+    """The on-policy round of a method that has one (Self-Judge, OSP): each micro-batch of prompts
+    becomes the batch its loss eats, sampled and judged by method.rollout with no gradients."""
+    out, mets = [], {}
+    for b in micro:
+        with torch.no_grad(), autocast(cfg, model):
+            b, m = method.rollout(dist.unwrapped(model), b, run, cfg)
+        out.append(b)
+        for k, v in m.items():
+            mets[k] = mets.get(k, 0.0) + v / len(micro)
+    return out, dist.mean_metrics(mets)
+
+
+def accumulate_gradients(model, method, micro, run, cfg):
+    """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
+    the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
+    # with W processes: the units of the global batch, times W because DDP / FSDP average over ranks
+    denom = dist.all_sum(sum(b[method.unit] for b in micro)) / dist.world()
+    loss_total, mets = 0.0, {}
+    for i, b in enumerate(micro):
+        with dist.no_sync(model, last=i == len(micro) - 1):
+            with autocast(cfg, model):   # --dtype: the weights and AdamW stay float32
+                loss_sum, m = method.loss(model, b, run, cfg)
+            (loss_sum / denom).backward()
+        loss_total += loss_sum.item() / denom
+        for k, v in m.items():
+            mets[k] = mets.get(k, 0.0) + v / len(micro)
+    return dist.all_sum(loss_total) / dist.world(), dist.mean_metrics(mets)
+
+
+@torch.no_grad()
+def held_out_loss(model, method, val, run, cfg):
+    model.eval()
+    tot, units = 0.0, 0
+    dev = next(model.parameters()).device
+    for i in range(max(1, min(cfg.eval_batches, len(val) // cfg.batch_size))):
+        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.eats, run.tok.pad_id,
+                       dev, packed_batches(cfg, model))
+        with autocast(cfg, model):
+            loss, _ = method.loss(model, b, run, cfg)
+        tot, units = tot + loss.item(), units + b[method.unit]
+    model.train()
+    return tot / max(units, 1)
+
+
+def peak_memory(device):
+    """Peak memory of this process so far, in MiB: CUDA max allocated, or peak RSS on the CPU."""
+    if str(device).startswith("cuda"):
+        return {"peak_cuda_alloc_mib": torch.cuda.max_memory_allocated() / 2**20}
+    import resource
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -241,7 +173,7 @@ def train(cfg, task=None, stop_at=None):
     per-step losses. `task`: the built-in task (looked up from cfg.task if not given). `stop_at` is
     for tests: it stops after that step exactly as Ctrl-C does (checkpoint, then return)."""
     method, task = REGISTRY[cfg.method], task or get_task(cfg.task)
-    device = dist.setup(pick_device(cfg))   # joins the torchrun group, if launched by torchrun
+    device = dist.setup(cfg.device)   # 'auto' resolved; joins the torchrun group, if launched by it
     ckpt = os.path.join(cfg.out_dir, "ckpt")
     if cfg.resume:  # the saved config wins; only RESUMABLE settings may change
         cfg = resume_config(dataclasses.asdict(cfg))
@@ -252,10 +184,9 @@ def train(cfg, task=None, stop_at=None):
         raise CheckpointError("--lora_r needs a base checkpoint to adapt (--init_from DIR or default), "
                               "not --init_from scratch: a LoRA checkpoint stores the adapters only")
     if torch.device(device).type == "cuda":
-        # CUDA ops built on atomic adds sum in a new order on every run, so two GPU runs drift
-        # apart in the last bits; an exact resume needs one order. warn_only: an op with no
-        # deterministic version warns (naming itself) instead of stopping the run. cuBLAS needs the
-        # workspace setting too, read when its handle is first made.
+        # an exact resume needs one summation order; CUDA ops built on atomic adds take a new one on
+        # every run. warn_only: an op with no deterministic version names itself and runs on. cuBLAS
+        # reads its workspace setting when its handle is first made
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.manual_seed(cfg.seed)
@@ -295,7 +226,7 @@ def train(cfg, task=None, stop_at=None):
     print(legend(method))
     model.train()
     stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
-    history, val_step = [], None
+    history, val_step, rollout_mets = [], None, {}
     try:
         while step < cfg.max_steps and not stop.hit:
             lr = lr_at(step, cfg)
@@ -307,11 +238,10 @@ def train(cfg, task=None, stop_at=None):
             t_step = time.time()
             micro = [make_batch([train_ex[i] for i in order.next()[rows]], method.eats, tok.pad_id,
                                 device, packed) for _ in range(cfg.grad_accum)]
-            rollout_mets = {}
             if method.rollout:   # on-policy: sample and judge, no gradients; then a plain pair loss
                 micro, rollout_mets = rollout(model, method, micro, run, cfg)
             loss_total, mets = accumulate_gradients(model, method, micro, run, cfg)
-            mets = {**dist.mean_metrics(rollout_mets), **mets}
+            mets = {**rollout_mets, **mets}
             tokens += sum(b["n_seen"] for b in micro)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not (math.isfinite(loss_total) and math.isfinite(gnorm.item())):
@@ -333,8 +263,7 @@ def train(cfg, task=None, stop_at=None):
                 extra = " ".join(f"{k} {v:.4f}" for k, v in mets.items())
                 print(f"step {step:5d} | loss {loss_total:.4f} | {extra} | {rec['tok_per_s']:.0f} tok/s"
                       f" | {el:.0f}s elapsed, eta {eta:.0f}s")
-                metrics_f.write(json.dumps(rec) + "\n")
-                metrics_f.flush()
+                print(json.dumps(rec), file=metrics_f, flush=True)
             if val_ex and cfg.eval_every and step % cfg.eval_every == 0:
                 vl, val_step = held_out_loss(model, method, val_ex, run, cfg), step
                 print(f"step {step:5d} | val loss {vl:.4f}")
@@ -355,23 +284,20 @@ def train(cfg, task=None, stop_at=None):
     peak = peak_memory(device)
     print(f"checkpoint: {ckpt} (step {step}); peak memory of this process: "
           + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
-    if dist.is_main():
-        with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, "split": "end", **peak}) + "\n")
+    with open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull, "a") as f:
+        print(json.dumps({"step": step, "split": "end", **peak}), file=f)
     if stop.hit:
         print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
               f"  python train.py --method {cfg.method} --out_dir {cfg.out_dir} --resume")
-        if stop_at is not None:
-            return history
-        sys.exit(130)
+        if stop_at is None:
+            sys.exit(130)
     return history
 
 
 # -- the command line: the built-in task's start and table around one run -------------------------
 def start_checkpoint(cfg, task):
     """cfg with --init_from default resolved to the task's start: the arithmetic task's cached SFT
-    warm-up (a run of its own, trained by train() before this one), the instruct task's real
-    checkpoint."""
+    warm-up (a run of its own, trained by train() first), the instruct task's real checkpoint."""
     if cfg.init_from != "default" or cfg.resume:
         return cfg
     path = task.warm_start(shared_options(cfg), lambda **kw: train(make_config(**kw), task))
@@ -397,7 +323,7 @@ def main(argv=None):
     method, task = REGISTRY[cfg.method], get_task(cfg.task)
     try:
         cfg = start_checkpoint(cfg, task)
-        device, before = dist.setup(pick_device(cfg)), None
+        device, before = dist.setup(cfg.device), None
         if cfg.final_eval and cfg.train_data == "builtin" and not cfg.resume and not method.main:
             torch.manual_seed(cfg.seed)
             model, tok = init_model(cfg, task, device)

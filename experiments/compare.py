@@ -7,10 +7,11 @@ Train several methods on the built-in task with the same seeds and budget; print
     python -m experiments.compare --preset osp --seeds 1,2,3 --max_steps 30 --n_train 80
     python -m experiments.compare --preset meta --seeds 1,2,3 --max_steps 300 --n_train 4000
     python -m experiments.compare --preset instruct --seeds 1,2,3        # SmolLM2-135M-Instruct
-    python -m experiments.compare --preset instruct_smoke --seeds 1      # the same, CPU-sized
+    python -m experiments.compare --preset instruct_cpu --seeds 1,2,3    # the same on a 2-core CPU, ~1 h
+    python -m experiments.compare --preset instruct_smoke --seeds 1      # its wiring, in a minute
 
 The instruct presets run each paper's headline comparison from SmolLM2-135M-Instruct on the
-instruct task (nanoalign/tasks/instruct.py), as full fine-tunes: at 135M parameters a full fine-tune is
+instruct task (nanoalign/tasks/instruct/), as full fine-tunes: at 135M parameters a full fine-tune is
 cheap on one GPU, MO-ORPO's paper trained full weights, and LoRA would add a second variable to a
 comparison of losses. Per seed, the start model's on-policy samples are built first
 (python -m nanoalign.tasks.instruct build; cached in out/compare/<preset>/data-s<seed>), and the start
@@ -120,18 +121,44 @@ def _instruct(gen, k, extra=(), full=True):
 
 
 PRESETS["instruct"] = _instruct(128, 4)
+# Each paper's headline comparison on the 2-core CPU: three seeds, one process each, in about an
+# hour (docs/results.md). What it cuts from "instruct", and why: sampling dominates a CPU run, so
+# answers get 48 new tokens (the start's greedy answers average about 20), each seed builds its
+# preference data from 48 prompts x 4 samples, and there are 48 test prompts; 20 steps of 4 pairs
+# (10 for the on-policy runs, whose steps sample and judge; OSP samples 4 answers for 2 prompts a
+# step), at a learning rate of 3e-5 so that so few steps move the model; and only the headline runs
+# (the other MO-ORPO variants, offline DPO, IPO and the pairing ablations stay in "instruct"). The
+# ORPO run is also the policy MetaAligner corrects. Still full fine-tunes, as in "instruct".
+_CPU = ["--max_length", "320", "--batch_size", "4", "--lr", "3e-5", "--warmup_steps", "3", "--log_every", "2"]
+_CPU_ON = ["--gen_max_tokens", "48", "--max_steps", "10"]
+PRESETS["instruct_cpu"] = (
+    [(m, ["--method", m] + _CPU, _MO) for m in ("orpo", "conjoined")] +
+    [("jsft", ["--method", "jsft"] + _CPU, ["judge_acc"]),
+     ("self_judge", ["--method", "self_judge", "--init_from", "{jsft}"] + _CPU + _CPU_ON, ["judge_acc", "best4"]),
+     ("offpolicy", ["--method", "self_judge_offpolicy", "--init_from", "{jsft}"] + _CPU + _CPU_ON, []),
+     ("pref_aug", ["--method", "pref_aug"] + _CPU, ["judge_acc"])] +
+    [(f"osp_{lab}", ["--method", "osp", "--init_from", "{pref_aug}", "--osp_k", "4"] + _CPU + _CPU_ON
+      + ["--batch_size", "2"] + fl, ["agree"]) for lab, fl in (("spce", []), ("dpo", ["--osp_loss", "dpo"]))] +
+    [("aligner", ["--method", "meta_aligner"] + _CPU + ["--max_steps", "12"], ["meta"]),
+     ("aligner_no_explains", ["--method", "meta_aligner", "--meta_holdout", "explains"] + _CPU
+      + ["--max_steps", "12"], ["meta_holdout"])])
 # every method for a step or two on a handful of prompts: the CI smoke test of the preset's wiring
 PRESETS["instruct_smoke"] = _instruct(8, 2, ["--batch_size", "2", "--max_steps", "1", "--n_train", "4"], full=False)
 # (task, build settings) per preset; the arithmetic presets need no build
 TASK_OF = {"instruct": ("instruct", {"k": 4, "n_prompts": 1000, "max_new_tokens": 128}),
+           "instruct_cpu": ("instruct", {"k": 4, "n_prompts": 48, "n_val": 16, "max_new_tokens": 48}),
            "instruct_smoke": ("instruct", {"k": 4, "n_prompts": 16, "n_val": 8, "max_new_tokens": 8,
                                            "temperature": 1.0})}
+
+# a preset's own defaults for this script's flags (the command line still wins)
+DEFAULTS = {"instruct_cpu": {"max_steps": 20, "n_train": 192, "n_test": 48, "answer_tokens": 48, "jobs": 3,
+                             "n_judge": 48, "n_best": 32, "meta_eval": "short"}}
 
 COLUMNS = {"mo_orpo": ["win_vs_sft", "sj_acc", "correct", "length"],
            "self_judge": ["win_vs_sft", "correct", "length", "judge_acc"] + _BEST,
            "osp": ["win_vs_sft", "correct", "length", "judge_acc", "judge_agree", "p_std",
                    "t_sample", "t_judge", "step_s"]}
-COLUMNS["instruct"] = COLUMNS["instruct_smoke"] = ["win_vs_sft", "follows", "correct", "concise", "explains",
+COLUMNS["instruct"] = COLUMNS["instruct_smoke"] = COLUMNS["instruct_cpu"] = ["win_vs_sft", "follows", "correct", "concise", "explains",
                                                    "length", "sj_acc", "judge_acc", "judge_agree", "best4"]
 
 
@@ -197,20 +224,28 @@ def best_of_accuracy(task, model, tok, cfg, prompts, n, seed):
     return hits / len(prompts)
 
 
-def meta_eval(aligner, tok, cfg, prompts, sft_answers, holdout_only):
+def meta_eval(aligner, tok, cfg, prompts, sft_answers, holdout_only, short=False):
     """Per-objective win / tie rates of corrected over original answers, for three policies (the
     start, the seed's ORPO run, and a weak rule-based policy read as if from a file), aligned on each
-    objective alone and on all (or, for the hold-out aligner, on the held-out one alone, zero-shot)."""
+    objective alone and on all (or, for the hold-out aligner, on the held-out one alone, zero-shot).
+    short (--meta_eval short, the CPU preset): the start and the ORPO run only, aligned on all
+    objectives at once (the hold-out aligner: on the held-out one)."""
     task = get_task(cfg.task)
     root = os.path.dirname(cfg.out_dir)
-    orpo = load(os.path.join(root, f"orpo_policy-s{cfg.seed}", "ckpt"))
-    weak_rows = task.weak_rows(len(prompts), cfg.seed)
-    weak, weak_prompts = [r["response"] for r in weak_rows], [r["prompt"] for r in weak_rows]
-    policies = {"sft": (prompts, sft_answers),
-                "orpo": (prompts, greedy_answers(*orpo, prompts, answer_len(task))),
-                "weak": (weak_prompts, weak)}
+    label = "orpo_policy" if os.path.isdir(os.path.join(root, f"orpo_policy-s{cfg.seed}")) else "orpo"
+    kept = os.path.join(root, f"{label}-s{cfg.seed}", "answers.json")   # its evaluation's, if it made them
+    if os.path.exists(kept) and json.load(open(kept))["prompts"] == prompts:
+        orpo_answers = json.load(open(kept))["answers"]
+    else:
+        orpo_answers = greedy_answers(*load(os.path.join(root, f"{label}-s{cfg.seed}", "ckpt")), prompts,
+                                      answer_len(task))
+    policies = {"sft": (prompts, sft_answers), "orpo": (prompts, orpo_answers)}
+    if not short:
+        weak_rows = task.weak_rows(len(prompts), cfg.seed)
+        policies["weak"] = ([r["prompt"] for r in weak_rows], [r["response"] for r in weak_rows])
     held = [o for o in cfg.meta_holdout.split(",") if o]
-    targets = [held] if holdout_only else [[o] for o in task.OBJECTIVES] + [list(task.OBJECTIVES)]
+    targets = ([held] if holdout_only else [list(task.OBJECTIVES)] if short else
+               [[o] for o in task.OBJECTIVES] + [list(task.OBJECTIVES)])
     out = {}
     for pol, (ps, ans) in policies.items():
         for tgt in targets:
@@ -249,14 +284,18 @@ def scores(task, prompts, answers):
     return res
 
 
-def evaluate_run(model, tok, cfg, prompts, sft_answers, extras):
+def evaluate_run(model, tok, cfg, prompts, sft_answers, extras, a):
     task = get_task(cfg.task)
-    ans = greedy_answers(model, tok, prompts, answer_len(task))
-    res = {"win_vs_sft": win_rate(task, prompts, ans, sft_answers), **scores(task, prompts, ans)}
+    res = {}
+    if cfg.method != "meta_aligner":   # an aligner is a corrector, not a policy: its own answers say nothing
+        ans = greedy_answers(model, tok, prompts, answer_len(task))
+        with open(os.path.join(cfg.out_dir, "answers.json"), "w") as f:   # MetaAligner corrects these
+            json.dump({"prompts": prompts, "answers": ans}, f)
+        res = {"win_vs_sft": win_rate(task, prompts, ans, sft_answers), **scores(task, prompts, ans)}
     if "sj_acc" in extras:
-        res["sj_acc"] = judge_accuracy(model, sj_batches(tok, cfg))
+        res["sj_acc"] = judge_accuracy(model, sj_batches(tok, cfg, a.n_judge))
     if "judge_acc" in extras:
-        res["judge_acc"] = label_judge_accuracy(model, tok, cfg)
+        res["judge_acc"] = label_judge_accuracy(model, tok, cfg, a.n_judge)
     if "agree" in extras:   # on-policy runs: means over the logged steps of the training metrics
         recs = [json.loads(x) for x in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
         for k in ("judge_agree", "p_std", "t_sample", "t_judge", "step_s"):
@@ -264,10 +303,11 @@ def evaluate_run(model, tok, cfg, prompts, sft_answers, extras):
             if v:
                 res[k] = sum(v) / len(v)
     if "meta" in extras or "meta_holdout" in extras:
-        res["meta"] = meta_eval(model, tok, cfg, prompts, sft_answers, "meta_holdout" in extras)
+        res["meta"] = meta_eval(model, tok, cfg, prompts, sft_answers, "meta_holdout" in extras,
+                                short=a.meta_eval == "short")
     for e in extras:
         if e.startswith("best"):
-            res[e] = best_of_accuracy(task, model, tok, cfg, prompts[:100], int(e[4:]), cfg.seed)
+            res[e] = best_of_accuracy(task, model, tok, cfg, prompts[:a.n_best], int(e[4:]), cfg.seed)
     return res
 
 
@@ -295,7 +335,7 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
     res = {"label": label, "seed": seed, **effective_weights(cfg.method, cfg), "steps": cfg.max_steps,
            "epochs": cfg.max_steps * cfg.grad_accum * cfg.batch_size / cfg.n_train,
            "train_s": time.time() - t0,
-           **evaluate_run(model, tok, cfg, prompts, sft_cache[(task.__name__, seed)], extras)}
+           **evaluate_run(model, tok, cfg, prompts, sft_cache[(task.__name__, seed)], extras, a)}
     with open(res_path, "w") as f:
         json.dump(res, f)
     return res
@@ -327,6 +367,8 @@ def table(results, cols, weights):
     lines = ["| method | " + " | ".join(lead + cols) + " |", "|" + "---|" * (1 + len(lead) + len(cols))]
     for lab in labels:
         rs = [r for r in results if r["label"] == lab]
+        if not any(c in r for r in rs for c in cols):   # an aligner's numbers are in its own table
+            continue
         lines.append(f"| {lab} | " + " | ".join(f"{rs[0][k]:g}" for k in lead) + " | " +
                      " | ".join(fmt([r[c] for r in rs if c in r]) if any(c in r for r in rs) else "-"
                                 for c in cols) + " |")   # a metric a seed did not log (no oracle
@@ -375,7 +417,10 @@ def run_seeds_in_parallel(argv, seeds, jobs, root):
             s = pending.pop(0)
             log = os.path.join(root, f"seed-{s}.log")
             cmd = [sys.executable, "-m", "experiments.compare"] + base[:cut] + ["--seeds", str(s)] + base[cut:]
-            running.append((s, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)))
+            # the cores shared out: seeds that oversubscribe them with threads wait on each other
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+            running.append((s, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                                     env=env)))
             print(f"== seed {s}: running in its own process, log {log}", flush=True)
         time.sleep(0.5)
         for s, log, p in [r for r in running if r[2].poll() is not None]:
@@ -407,8 +452,17 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in a process of its own "
                     "(one GPU holds several small runs); the table is then made from their cached "
                     "results (default: %(default)s)")
+    ap.add_argument("--n_judge", type=int, default=256, help="held-out rows of the judging accuracies "
+                    "sj_acc and judge_acc (default: %(default)s)")
+    ap.add_argument("--n_best", type=int, default=100, help="test prompts of the best-of-N columns "
+                    "(default: %(default)s)")
+    ap.add_argument("--meta_eval", default="full", choices=["full", "short"], help="MetaAligner's "
+                    "evaluation: 'full' = three policies aligned on each objective and on all; 'short' = "
+                    "the start and the ORPO run aligned on all (default: %(default)s)")
     ap.add_argument("extra", nargs="*", help="more train.py flags for every run, after --")
     argv = sys.argv[1:] if argv is None else list(argv)
+    known, _ = ap.parse_known_args(argv)
+    ap.set_defaults(**DEFAULTS.get(known.preset, {}))   # the preset's defaults; flags given still win
     a = ap.parse_args(argv)
     ANSWER_TOKENS["n"] = a.answer_tokens
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -7,7 +7,8 @@ The configuration of a run: one flat dataclass per (method, task), built from th
 
 read from flags, a JSON file (--config) or the checkpoint of the run being resumed. Every value is
 checked against its declaration (type, choices, minimum) wherever it came from; an unknown key is an
-error naming the flag, or the file and key. train.py only calls parse_config / make_config.
+error naming the flag, or the file and key. train.py calls parse_config / make_config, and the
+helpers at the end of this file for what a config decides in the loop (autocast, packing, AdamW).
 """
 import argparse
 import dataclasses
@@ -315,6 +316,14 @@ def autocast_dtype(cfg, model):
     p = next(model.parameters())
     big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
     return torch.bfloat16 if p.is_cuda or (big and cpu_has_bf16()) else None
+
+
+def autocast(cfg, model):
+    """The context the forwards run in: bfloat16 autocast when autocast_dtype says so (the weights
+    and AdamW state stay float32, the matmuls run in bfloat16), else plain float32."""
+    dt = autocast_dtype(cfg, model)
+    return torch.autocast(next(model.parameters()).device.type, dtype=dt or torch.bfloat16,
+                          enabled=dt is not None)
 
 
 def packed_batches(cfg, model):

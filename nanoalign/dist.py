@@ -61,7 +61,9 @@ def rank_device(device, local_rank, local_ranks):
 
 
 def setup(device):
-    """Join the torchrun group if launched by torchrun. Returns the device this rank uses."""
+    """Join the torchrun group if launched by torchrun. Returns the device this rank uses; 'auto' is
+    CUDA if there is a GPU, else the CPU."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if "WORLD_SIZE" not in os.environ:
         return device
     local = int(os.environ.get("LOCAL_RANK", 0))

@@ -6,7 +6,7 @@ so that a method trains and is measured with no download.
     task = get_task("arith")          # a module that has every member of `Task`
 
   arith     nanoalign/tasks/arith.py      "What is 17 + 8?", a tiny byte-level model (the default)
-  instruct  nanoalign/tasks/instruct.py   questions with IFEval-style format instructions, for
+  instruct  nanoalign/tasks/instruct/     questions with IFEval-style format instructions, for
                                           SmolLM2-135M-Instruct; preference data built on-policy
 
 train.py looks the task up once and hands it on: its rows feed the loop as a data file's would, its

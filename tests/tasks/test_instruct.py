@@ -1,5 +1,5 @@
-"""The `instruct` task (nanoalign/tasks/instruct.py) and its on-policy data build
-(nanoalign/tasks/instruct_data.py): every scorer on written responses and on any text, the fact and
+"""The `instruct` task (nanoalign/tasks/instruct/) and its on-policy data build
+(nanoalign/tasks/instruct/samples.py): every scorer on written responses and on any text, the fact and
 wording splits, the prompts, and the build."""
 import json
 import os
@@ -11,7 +11,8 @@ from itertools import permutations
 import pytest
 from hypothesis import given, strategies as st
 
-from nanoalign.tasks import instruct as I, instruct_data as D
+from nanoalign.tasks import instruct as I
+from nanoalign.tasks.instruct import responses, samples as D, scoring
 from tests.helpers import byte_tokenizer, one_thread, tiny
 
 
@@ -181,8 +182,10 @@ def test_a_hedge_scores_0(prompt, hedge):
 
 def test_a_name_inside_a_longer_one_is_not_a_mention():
     names = ["Mexico", "Mexico City", "Rome"]
-    assert I._mentions("Mexico City, not Rome; Mexico.", names) == [(0, "Mexico City"), (17, "Rome"), (23, "Mexico")]
-    assert I._mentions("Bogotá or bogota or Kiev", ["Bogota", "Kyiv"]) == [(0, "Bogota"), (10, "Bogota"), (20, "Kyiv")]
+    assert scoring._mentions("Mexico City, not Rome; Mexico.", names) == \
+        [(0, "Mexico City"), (17, "Rome"), (23, "Mexico")]
+    assert scoring._mentions("Bogotá or bogota or Kiev", ["Bogota", "Kyiv"]) == \
+        [(0, "Bogota"), (10, "Bogota"), (20, "Kyiv")]
 
 
 def test_the_givens_are_never_the_answer():
@@ -228,7 +231,8 @@ def _responses(spec):
         (list(right) if isinstance(right, list) else [str(right)]) + [str(int(g)) for g in I.givens(spec)]
     return st.one_of(
         st.sampled_from(I.STYLES).map(lambda style: I.write_response(spec, style)),
-        st.sampled_from(I.STYLES).map(lambda style: I.write_response(spec, style, I._wrong(spec, random.Random(0)))),
+        st.sampled_from(I.STYLES).map(
+            lambda style: I.write_response(spec, style, responses._wrong(spec, random.Random(0)))),
         st.lists(st.sampled_from(tokens), max_size=10).map(" ".join))
 
 
@@ -515,11 +519,11 @@ def test_an_interrupted_build_continues_to_the_same_files(tmp_path, monkeypatch)
         whole = _build(tmp_path / "whole", 3, model, tok)
         real, calls = D.sample_split, []
 
-        def stop_after_train(model, tok, task, split, *a):
+        def stop_after_train(model, tok, split, *a):
             calls.append(split)
             if split == "val":
                 raise KeyboardInterrupt
-            return real(model, tok, task, split, *a)
+            return real(model, tok, split, *a)
         monkeypatch.setattr(D, "sample_split", stop_after_train)
         with pytest.raises(KeyboardInterrupt):
             _build(tmp_path / "cut", 3, model, tok)

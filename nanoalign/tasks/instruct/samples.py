@@ -1,7 +1,7 @@
 """
-On-policy preference data for a built-in task (the `instruct` task, nanoalign/tasks/instruct.py, whose
-command line this is): K samples per prompt from the start model, scored by the task's oracle,
-written as the JSONL kinds nanoalign reads.
+On-policy preference data for the `instruct` task: K samples per prompt from the start model,
+scored by the task's oracle, written as the JSONL kinds nanoalign reads, and read back as
+preference rows (the task's 'pref' rows, train.py --task_data DIR).
 
     python -m nanoalign.tasks.instruct build --init_from checkpoints/smollm2-135m --out out/instruct_data \
         --k 4 --n_prompts 2000 --seed 1 [--n_val 256] [--temperature 0.7] [--top_p 0.9]
@@ -24,21 +24,24 @@ continues where it stopped. A directory whose build.json holds the same settings
 
 A checkpoint without a chat template is an error (NoChatTemplateError): the task's prompts are chat
 turns, and a base model's raw continuation of them says nothing about the instruct policy.
-
-The task is an argument (a module with NAME, VERSION, SPLITS, prompts, oracle_scores and
-pairs_from_samples), so this file imports nothing of the task and the task imports it.
 """
-import argparse
 import json
 import os
-import shlex
-import sys
+import random
 import time
+from itertools import combinations
 
 import torch
 
 from model.files import CheckpointError, atomic_write_json
+from nanoalign.tasks.instruct.generate import prompts
+from nanoalign.tasks.instruct.scoring import OBJECTIVES, oracle_scores
+from nanoalign.tasks.instruct.tables import NAME
 
+# the version of the task's prompts and scores that a build records (build.json): bump it when
+# wording.py, generate.py, truth.py or scoring.py change what they give
+VERSION = 2
+MAX_NEW_TOKENS = 128      # answers here are longer than the arithmetic task's 32 tokens
 SIDECAR = "build.json"
 SAMPLES = "samples.jsonl"
 PARTIAL = "samples.partial.jsonl"
@@ -52,6 +55,7 @@ class BuildError(CheckpointError):
     """A data directory that holds another build."""
 
 
+# -- sampling ------------------------------------------------------------------------------------------
 def encode_prompt(tok, prompt):
     """Token ids of a user prompt up to where the assistant speaks, through the checkpoint's chat
     template: the one place this module asks a tokenizer for prompt ids. Works with nanoalign's
@@ -74,9 +78,9 @@ def encode_prompt(tok, prompt):
     raise NoChatTemplateError(f"{type(tok).__name__}: neither encode_prompt nor apply_chat_template")
 
 
-def settings(task, init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size):
+def settings(init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size):
     """What decides the samples: the cache key of a build."""
-    return {"task": task.NAME, "task_version": task.VERSION, "init_from": init_from, "k": k,
+    return {"task": NAME, "task_version": VERSION, "init_from": init_from, "k": k,
             "n_prompts": n_prompts, "n_val": n_val, "seed": seed, "temperature": temperature,
             "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
 
@@ -100,16 +104,16 @@ def _write_jsonl(rows, path):
     os.replace(tmp, path)
 
 
-def sample_split(model, tok, task, split, n, s, partial_f, done):
+def sample_split(model, tok, split, n, s, partial_f, done):
     """Scored sample records of one split's n prompts, batch by batch; batches already in `done`
     (an interrupted build's records) are taken as they are."""
     from nanoalign.onpolicy import sample
     device = next(model.parameters()).device
-    prompts = task.prompts(n, s["seed"], split)
+    texts_of_split = prompts(n, s["seed"], split)
     stop = set(model.cfg.eos_ids + [tok.eos_id])
     out = []
     for b, i in enumerate(range(0, n, s["batch_size"])):
-        batch = prompts[i:i + s["batch_size"]]
+        batch = texts_of_split[i:i + s["batch_size"]]
         if all((split, i + j) in done for j in range(len(batch))):
             out += [done[(split, i + j)] for j in range(len(batch))]
             continue
@@ -119,7 +123,7 @@ def sample_split(model, tok, task, split, n, s, partial_f, done):
         for j, (p, cands) in enumerate(zip(batch, samples)):
             texts = [tok.decode(c).strip() for c in cands]
             rec = {"split": split, "index": i + j, "prompt": p, "responses": texts,
-                   "scores": [task.oracle_scores(p, t) for t in texts],
+                   "scores": [oracle_scores(p, t) for t in texts],
                    "truncated": [not c or c[-1] not in stop for c in cands]}
             out.append(rec)
             partial_f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -127,22 +131,51 @@ def sample_split(model, tok, task, split, n, s, partial_f, done):
     return out
 
 
-def _summary(task, records, pairs):
+# -- preference rows from scored samples -----------------------------------------------------------------
+def preference_row(prompt, r1, r2, s1=None, s2=None):
+    """A preference row {prompt, chosen, rejected, labels, objectives, scores} of two scored
+    responses (the one with the higher overall score is chosen), or None when they tie."""
+    s1, s2 = s1 or oracle_scores(prompt, r1), s2 or oracle_scores(prompt, r2)
+    if s1["overall"] == s2["overall"]:
+        return None
+    if s2["overall"] > s1["overall"]:
+        r1, r2, s1, s2 = r2, r1, s2, s1
+    labels = {k: "1" if s1[k] > s2[k] else "2" if s2[k] > s1[k] else "equal" for k in OBJECTIVES}
+    return {"prompt": prompt, "chosen": r1, "rejected": r2, "labels": labels, "objectives": OBJECTIVES,
+            "scores": [s1, s2]}
+
+
+def pairs_from_samples(records):
+    """Preference rows from scored samples [{prompt, responses, ...}]: every pair of distinct
+    responses of a prompt whose overall scores differ, in a fixed order."""
+    rows = []
+    for rec in records:
+        texts = list(dict.fromkeys(t for t in rec["responses"] if t.strip()))
+        scores = {t: oracle_scores(rec["prompt"], t) for t in texts}
+        for a, b in combinations(texts, 2):
+            row = preference_row(rec["prompt"], a, b, scores[a], scores[b])
+            if row:
+                rows.append(row)
+    return rows
+
+
+# -- the data directory ----------------------------------------------------------------------------------
+def _summary(records, pairs):
     n = sum(len(r["responses"]) for r in records) or 1
-    mean = {k: sum(s[k] for r in records for s in r["scores"]) / n for k in list(task.OBJECTIVES) + ["overall"]}
+    mean = {k: sum(s[k] for r in records for s in r["scores"]) / n for k in list(OBJECTIVES) + ["overall"]}
     return {"prompts": len(records), "samples": n, "pairs": pairs, "mean_scores": mean,
             "truncated": sum(sum(r["truncated"]) for r in records) / n}
 
 
-def build(task, out, k=4, n_prompts=1000, seed=0, n_val=None, model=None, tok=None, init_from=None,
+def build(out, k=4, n_prompts=1000, seed=0, n_val=None, model=None, tok=None, init_from=None,
           temperature=0.7, top_p=0.9, max_new_tokens=128, batch_size=16, device="cpu", command=None,
           log=print):
-    """Build (or reuse) the on-policy data directory `out` of a task; returns its sidecar dict (with
+    """Build (or reuse) the task's on-policy data directory `out`; returns its sidecar dict (with
     "reused": True when nothing was sampled). The model comes from `init_from` (loaded only when
     sampling is needed) unless `model` and `tok` are given; `init_from` is recorded either way and is
     part of the cache key. n_val defaults to max(16, n_prompts // 8)."""
     n_val = max(16, n_prompts // 8) if n_val is None else n_val
-    s = settings(task, init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size)
+    s = settings(init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size)
     side = os.path.join(out, SIDECAR)
     if os.path.exists(side):
         with open(side) as f:
@@ -172,14 +205,14 @@ def build(task, out, k=4, n_prompts=1000, seed=0, n_val=None, model=None, tok=No
     with open(partial, "a", encoding="utf-8") as pf:
         records = []
         for split, n in (("train", n_prompts), ("val", n_val)):
-            records += sample_split(model, tok, task, split, n, s, pf, done)
+            records += sample_split(model, tok, split, n, s, pf, done)
             log(f"{split}: {n} prompts x {k} samples ({time.time() - t0:.0f}s)")
     _write_jsonl(records, os.path.join(out, SAMPLES))
     counts = {}
     for split in ("train", "val"):
-        rows = task.pairs_from_samples([r for r in records if r["split"] == split])
+        rows = pairs_from_samples([r for r in records if r["split"] == split])
         _write_jsonl(rows, os.path.join(out, f"pref.{split}.jsonl"))
-        counts[split] = _summary(task, [r for r in records if r["split"] == split], len(rows))
+        counts[split] = _summary([r for r in records if r["split"] == split], len(rows))
     side_data = {**s, "command": command, "finished": True, "seconds": round(time.time() - t0, 1),
                  "counts": counts}
     atomic_write_json(side_data, side)
@@ -196,36 +229,22 @@ def load_samples(path, split=None):
     return [r for r in recs if split is None or r["split"] == split]
 
 
-def main(task, argv=None):
-    """The `build` command line of a task module: python -m nanoalign.tasks.<task> build ..."""
-    argv = sys.argv[1:] if argv is None else argv
-    prog = f"python -m {task.__name__ if task.__name__ != '__main__' else 'nanoalign.tasks.' + task.NAME} build"
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--init_from", required=True, help="checkpoint directory of the start model")
-    ap.add_argument("--out", required=True, help="data directory (reused when built with these settings)")
-    ap.add_argument("--k", type=int, default=4, help="samples per prompt")
-    ap.add_argument("--n_prompts", type=int, default=1000, help="training prompts")
-    ap.add_argument("--n_val", type=int, default=None, help="validation prompts (default n_prompts/8, >= 16)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--top_p", type=float, default=0.9)
-    ap.add_argument("--max_new_tokens", type=int, default=task.MAX_NEW_TOKENS)
-    ap.add_argument("--batch_size", type=int, default=16, help="prompts per generate call (x k rows)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    a = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    command = f"{prog} " + " ".join(shlex.quote(x) for x in argv)
-    try:
-        side = build(task, a.out, a.k, a.n_prompts, a.seed, a.n_val, init_from=a.init_from,
-                     temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
-                     batch_size=a.batch_size, device=device, command=command)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    for split, c in side.get("counts", {}).items():
-        print(f"{split}: {c['prompts']} prompts, {c['samples']} samples, {c['pairs']} pairs, truncated "
-              f"{c['truncated']:.2f}; mean " + ", ".join(f"{k} {v:.3f}" for k, v in c["mean_scores"].items()))
-    print(f"preference rows: {os.path.join(a.out, 'pref.train.jsonl')} (val: pref.val.jsonl)")
-    return side
+def _records(source, split):
+    if isinstance(source, (str, os.PathLike)):
+        return load_samples(str(source), split)
+    return [r for r in source if r.get("split", split) == split]
 
+
+def preference_rows(n, seed, split="train", samples=None):
+    """Up to n preference rows of a split from on-policy samples: a directory built by
+    `python -m nanoalign.tasks.instruct build`, or sample records {prompt, responses, split}. Every
+    non-tied pair of a prompt's samples is a row; the seed shuffles them. Fewer than n pairs: all of
+    them, never repeats."""
+    if not samples:
+        from nanoalign.data import DataError
+        raise DataError(f"the '{NAME}' task's preference rows are built on-policy from the start model: "
+                        f"run `python -m nanoalign.tasks.instruct build --init_from CKPT --out DIR --k 4 "
+                        f"--n_prompts N --seed S`, then pass --task_data DIR")
+    rows = pairs_from_samples(_records(samples, split))
+    random.Random(f"instruct-pref-{seed}-{split}").shuffle(rows)
+    return rows[:n]

@@ -1,5 +1,6 @@
-"""A pytest plugin for the mutation run (bench/mutation.sh, docs/mutation.md), loaded by setup.cfg's
-[mutmut] pytest_add_cli_args with `--hypothesis-profile=mutation`:
+"""A pytest plugin for the mutation run (.ci/mutation, docs/mutation.md), loaded by setup.cfg's
+[mutmut] pytest_add_cli_args (`-p tests.mutation_order`) with `--hypothesis-profile=mutation`; not a
+test file (pytest collects only test_*.py):
 
 - each mutant's tests run fastest first, by the durations mutmut measured in its stats run
   (mutants/mutmut-stats.json). mutmut stops a mutant's run at its first failing test, so a mutant

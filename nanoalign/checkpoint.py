@@ -1,0 +1,76 @@
+"""
+A run's checkpoint directory (out_dir/ckpt): the model, as model/checkpoint.py writes it (a Hugging
+Face folder, or LoRA adapters on their base), plus what an exact `--resume` needs beside it:
+
+    train_state.safetensors   AdamW's state tensors (opt.<param>.<field>) and the RNG states
+    state.json                step, data position, the run's config, AdamW's param groups
+    <name>.json               files a method keeps with its model (run.checkpoint_files)
+
+Only safetensors and JSON, like the model's files. train.py saves one every --ckpt_every steps, on
+Ctrl-C and at the end, and loads one on --resume; nanoalign/config.py checks the saved config.
+"""
+import dataclasses
+import os
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import CheckpointError, atomic_write_json, read_json, save_adapters, save_model
+from nanoalign import dist
+
+
+def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
+    """Model in the HF layout (or LoRA adapters) + train state (safetensors + JSON), written to a
+    temp dir then renamed. Under FSDP every rank helps gather the full state; rank 0 writes."""
+    msd, sd = dist.full_state(model, opt) if dist.is_fsdp(model) else (None, opt.state_dict())
+    model = dist.unwrapped(model)
+    if dist.is_main():
+        tmp, old = path + ".tmp", path + ".old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(model, "lora", None):
+            save_adapters(model, tmp, tok, cfg.init_from, msd)
+        else:
+            save_model(model, tmp, tok, state=msd)
+        tensors = {f"opt.{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
+        for name, value in run.checkpoint_files.items():    # what the method asked to keep with its model
+            atomic_write_json(value, os.path.join(tmp, name))
+        atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
+                           "param_groups": sd["param_groups"]}, os.path.join(tmp, "state.json"))
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()   # nobody reads the checkpoint before rank 0 has finished writing it
+
+
+def load_train_state(path, model, opt):
+    """Load AdamW's state into `opt` and restore the RNG states; returns (step, data position)."""
+    st = read_json(os.path.join(path, "state.json"))
+    f = os.path.join(path, "train_state.safetensors")
+    try:
+        t = load_file(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{f}: missing, so this run cannot resume exactly (AdamW state, RNG); "
+                              f"start from its weights with --init_from {path} instead") from None
+    except Exception as e:   # safetensors raises its own error types for a cut or damaged file
+        raise CheckpointError(f"{f}: not a readable safetensors file ({e}); was the checkpoint cut "
+                              f"short? Start from its weights with --init_from {path} instead") from None
+    state = {}
+    for k, v in t.items():
+        if k.startswith("opt."):   # opt.<param index or, from FSDP, parameter name>.<AdamW field>
+            pid, name = k[4:].rsplit(".", 1)
+            state.setdefault(int(pid) if pid.isdigit() else pid, {})[name] = v
+    osd = {"state": state, "param_groups": st["param_groups"]}
+    if dist.is_fsdp(model):
+        dist.load_full_optimizer(model, opt, osd)
+    else:
+        opt.load_state_dict(osd)
+    torch.set_rng_state(t["rng.torch"])
+    if "rng.cuda" in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(t["rng.cuda"])
+    return st["step"], st["data_pos"]
