@@ -367,8 +367,8 @@ def table(results, cols, weights):
     lines = ["| method | " + " | ".join(lead + cols) + " |", "|" + "---|" * (1 + len(lead) + len(cols))]
     for lab in labels:
         rs = [r for r in results if r["label"] == lab]
-        if not any(c in r for r in rs for c in cols):   # an aligner's numbers are in its own table
-            continue
+        if any("meta" in r for r in rs) and not any(c in r for r in rs for c in cols):
+            continue   # an aligner scored by meta_eval: its numbers are in its own table
         lines.append(f"| {lab} | " + " | ".join(f"{rs[0][k]:g}" for k in lead) + " | " +
                      " | ".join(fmt([r[c] for r in rs if c in r]) if any(c in r for r in rs) else "-"
                                 for c in cols) + " |")   # a metric a seed did not log (no oracle
