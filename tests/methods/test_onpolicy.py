@@ -242,6 +242,22 @@ def test_train_judges_with_the_judge_from_checkpoints_own_tokenizer(tmp_path):
     assert rec["step"] == 1 and rec["t_judge"] > 0
 
 
+def test_a_judge_from_checkpoint_saved_in_bfloat16_judges_as_a_frozen_float32_copy(tmp_path):
+    """setup loads a --judge_from judge in float32 whatever its file holds (judge probabilities in
+    bfloat16 would round the JM-PR ties away), frozen, with the checkpoint's own tokenizer."""
+    from model.checkpoint import save_model
+    jtok, judge_model = char_tokenizer(), tiny(2, vocab_size=char_tokenizer().vocab_size, max_seq_len=512)
+    save_model(judge_model, str(tmp_path / "judge"), jtok, dtype=torch.bfloat16)
+    run = Run(tok=task.build_tokenizer())
+    onpolicy.setup(run, train.make_config(method="self_judge", judge_from=str(tmp_path / "judge")), "cpu")
+    params = list(run.judge.parameters())
+    assert params and all(p.dtype == torch.float32 and not p.requires_grad for p in params)
+    assert not run.judge.training
+    for got, want in zip(params, judge_model.parameters()):      # the file's weights, widened
+        assert torch.equal(got, want.detach().to(torch.bfloat16).float())
+    assert run.judge_tok.encode("What is 2 + 2?") == jtok.encode("What is 2 + 2?")
+
+
 # -- judgment data, principles, batches on the caller's device, ties -------------------------------
 def test_judgment_data_of_a_plain_template_is_both_orders_of_each_pair():
     from nanoalign.common import Run
