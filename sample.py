@@ -19,10 +19,12 @@ chat template unless --raw. All prompts (x --num_samples) go through one batched
 generation with the KV cache.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -32,6 +34,7 @@ from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
                              parse_principles)
 from nanoalign.meta_aligner import correct, parse_objectives
+from nanoalign.config import FAST_MIN_PARAMS, autocast
 from nanoalign.tasks.arith import OBJECTIVES
 
 
@@ -90,8 +93,19 @@ def build_parser():
                     metavar="DEV",
                     help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
                     "here %(default)s)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                    help="dtype the weights are loaded in (default: %(default)s)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="'auto' = float32 weights, with the matmuls in bfloat16 (autocast) where "
+                    "train.py's --dtype auto would train so: on CUDA, or for a model of "
+                    f"{FAST_MIN_PARAMS // 10**6}M parameters or more on a CPU with bf16 instructions "
+                    "(docs/performance.md measures what that buys); else plain "
+                    "float32. 'float32', 'bfloat16', 'float16': the weights loaded in that dtype, no "
+                    "autocast (default: %(default)s)")
+    ap.add_argument("--compile", action="store_true",
+                    help="decode with the compiled static-cache step (torch.compile; gpt-fast "
+                    "style, model/generate.py): fewer seconds per token, but the first call "
+                    "compiles, a minute or two on a CPU, so it pays for long or repeated "
+                    "generations; greedy tokens equal the eager decode's up to float rounding. "
+                    "Plain sampling only, not --best_of or --aligner (default: off)")
     ap.add_argument("--aligner", default=None, metavar="DIR",
                     help="MetaAligner checkpoint: correct the answers (of --init_from, or of "
                     "--answers_file) towards --objectives; the policy is untouched "
@@ -141,14 +155,26 @@ def read_answers(path):
     return prompts, answers
 
 
+def load_for_sampling(a, path):
+    """(model, tokenizer) from `path` in --dtype's weight dtype (float32 for 'auto')."""
+    return load(path, torch.float32 if a.dtype == "auto" else getattr(torch, a.dtype), a.device)
+
+
+def precision(a, model):
+    """The context the model samples in: under --dtype auto, train.py's rule
+    (nanoalign/config.py `autocast`: bfloat16 autocast or plain float32); else the weights' dtype."""
+    return autocast(SimpleNamespace(dtype="auto"), model) if a.dtype == "auto" else contextlib.nullcontext()
+
+
 def align_main(a, prompts, answers):
     """MetaAligner inference: correct (prompt, answer) pairs; print original and corrected."""
     try:
         objs = parse_objectives(a.objectives, OBJECTIVES)
-        aligner, atok = load(a.aligner, getattr(torch, a.dtype), a.device)
+        aligner, atok = load_for_sampling(a, a.aligner)
     except (ValueError, CheckpointError) as e:
         sys.exit(f"error: {e}")
-    fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens)
+    with precision(a, aligner):
+        fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens)
     for p, y, z in zip(prompts, answers, fixed):
         print(json.dumps({"prompt": p, "answer": y, "corrected": z}))
     return fixed
@@ -165,18 +191,20 @@ def main(argv=None):
     if not prompts:
         sys.exit("give at least one --prompt or a --prompts_file")
     try:
-        model, tok = load(a.init_from, getattr(torch, a.dtype), a.device)
+        model, tok = load_for_sampling(a, a.init_from)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     if a.best_of > 1:
-        return best_of_main(a, model, tok, prompts)
+        with precision(a, model):
+            return best_of_main(a, model, tok, prompts)
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode(p) if a.raw else tok.encode_prompt(p, a.system) for p in prompts]
     batch = [i for i in ids for _ in range(a.num_samples)]
     t0 = time.time()
     try:
-        outs = generate(model, batch, a.max_new_tokens, tok.stop_ids,
-                        a.temperature, a.top_k, a.top_p, g, tok.pad_id or 0)
+        with precision(a, model):
+            outs = generate(model, batch, a.max_new_tokens, tok.stop_ids,
+                            a.temperature, a.top_k, a.top_p, g, tok.pad_id or 0, compiled=a.compile)
     except ValueError as e:
         sys.exit(f"error: {e}")
     dt = time.time() - t0

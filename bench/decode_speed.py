@@ -1,70 +1,193 @@
 """
-Greedy decoding speed on the CPU: nanoalign's generate() beside transformers' generate(), same
-weights, same prompts, same run. A script, not a test.
+Greedy decoding speed: nanoalign's generate() beside transformers' generate(), same weights, same
+prompts, one run. A script, not a test.
 
-    python -m bench.decode_speed --init_from checkpoints/smollm2-135m
+    python -m bench.decode_speed --init_from checkpoints/smollm2-135m        # the CPU table
+    python -m bench.decode_speed --ours float32,bf16 --batches 1 --max_new_tokens 16   # a quick look
+    python -m bench.decode_speed --model smollm2-1.7b --batches 1,8,32       # on a GPU (bench/gpu.sh)
 
 Both decode exactly max_new_tokens (EOS ignored) so they do the same work; tokens/s counts the new
-tokens of all rows. The ratio is ours / theirs. transformers runs in its own interpreter
+tokens of all rows, the prompt's forward included. transformers runs in its own interpreter
 (tests/hf_reference.py: the top-level kernels/ would shadow Hugging Face's `kernels` here) and times
 its own generate(); the two never run at the same time.
+
+Ours, in each of these settings (--ours picks):
+  float32        float32 weights, eager decode: the reference
+  bf16           the matmuls in bfloat16, eager. On the CPU: float32 weights under bfloat16
+                 autocast, as sample.py --dtype auto and train.py's on-policy rollouts sample on a
+                 CPU with bf16 instructions (model/cpu_pack.py packs bf16 copies of the weights). On
+                 CUDA: bfloat16 weights (sample.py --dtype bfloat16), as a bf16 checkpoint is served
+  bf16_compiled  the same, with the compiled static-cache step (model/generate.py, compiled=True;
+                 CUDA graphs on a GPU); its compile is done in the untimed first pass
+transformers in two: as its users load it (from_pretrained's default, dtype "auto": the dtype
+config.json names; float32 for the GGUF import, bfloat16 for --model smollm2-1.7b, which is saved
+in it), and in the other of float32 / bfloat16. Each of ours is printed against transformers'
+default and against transformers in the same compute dtype.
+
+The bandwidth floor: a decode step reads every weight once, so no step can be faster than the
+weights' bytes over the memory bandwidth (measured here: a large copy). "of ceiling" is a setting's
+tokens/s over batch x that bound: how much of the step is still something other than reading weights.
 """
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 
 import torch
 
+from bench.train_speed import SMOLLM2_1P7B
 from model.checkpoint import load
+from model.files import read_json
 from model.generate import generate
 from tests.hf_reference import Missing, transformers_process
 
-PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
-           "Explain photosynthesis in one sentence.", "List three prime numbers.",
-           "What is 12 times 7?", "Name a famous painter.", "Why is the sky blue?",
-           "Give me a synonym for happy."]
+TOPICS = ["the capital of France", "a haiku about the sea", "photosynthesis in one sentence",
+          "three prime numbers", "12 times 7", "a famous painter", "why the sky is blue",
+          "a synonym for happy"]
+PROMPTS = [f"Question {i + 1}: tell me about {TOPICS[i % len(TOPICS)]}." for i in range(32)]
+OURS = ("float32", "bf16", "bf16_compiled")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init_from", default="checkpoints/smollm2-135m", help="checkpoint directory")
+    ap.add_argument("--model", default="checkpoint", choices=("checkpoint", "smollm2-1.7b"),
+                    help="'checkpoint' = --init_from; 'smollm2-1.7b' = random weights of that shape "
+                    "in bfloat16 (the real ones are not shipped offline) with --init_from's tokenizer")
+    ap.add_argument("--layers", type=int, help="fewer layers for --model smollm2-1.7b (a rehearsal "
+                    "on the CPU)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max_new_tokens", type=int, default=128, help="new tokens per row")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes, at most "
+                    f"{len(PROMPTS)} (default: 1,8 on the CPU, 1,8,32 on CUDA)")
+    ap.add_argument("--ours", default=",".join(OURS), help=f"comma-separated, from {','.join(OURS)}")
+    ap.add_argument("--theirs", default="default,other", help="transformers' settings: 'default' "
+                    "(always run: the ratios are over it) and 'other' (float32 or bfloat16, whichever "
+                    "the default is not); 'default' alone saves time on a GPU")
+    ap.add_argument("--reps", type=int, default=2, help="timed passes per setting after an untimed "
+                    "one; the best is printed (a busy machine only ever slows a pass down)")
     a = ap.parse_args()
+    a.batches = [int(b) for b in (a.batches or ("1,8" if a.device == "cpu" else "1,8,32")).split(",")]
+    a.ours, a.theirs = a.ours.split(","), a.theirs.split(",")
+    if bad := [o for o in a.ours if o not in OURS] + [b for b in a.batches if not 1 <= b <= len(PROMPTS)]:
+        ap.error(f"unknown setting or batch size: {bad}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    work = tempfile.mkdtemp(prefix="decode_speed_")
     try:
+        path = a.init_from if a.model == "checkpoint" else random_1p7b(a.init_from, work, a.layers)
         with transformers_process(torch.get_num_threads()) as hf:
-            run(a, hf)
+            run(a, hf, path)
     except Missing as e:
         sys.exit(f"error: {e}; this benchmark compares with it (pip install transformers)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def run(a, hf):
-    model, tok = load(a.init_from)
-    ref = hf.model(a.init_from)  # its generate() decodes exactly max_new_tokens, as ours does here
-    print(f"greedy decoding, {a.max_new_tokens} new tokens, float32, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, transformers {hf.version}")
-    print(f"{'batch':>5s} {'nanoalign tok/s':>16s} {'transformers tok/s':>19s} {'ratio':>6s}")
-    for bs in (1, 8):
+def random_1p7b(tokenizer_dir, work, layers=None):
+    """SmolLM2-1.7B's shape, random weights saved in bfloat16, --init_from's tokenizer."""
+    from model.checkpoint import save_model
+    from model.model import Transformer, config_from_preset
+    _, tok = load(tokenizer_dir)
+    torch.manual_seed(0)
+    d = os.path.join(work, "smollm2-1.7b")
+    shape = {**SMOLLM2_1P7B, "n_layers": layers or SMOLLM2_1P7B["n_layers"]}
+    save_model(Transformer(config_from_preset("smollm2-135m", **shape)), d, tok, dtype=torch.bfloat16)
+    return d
+
+
+def bandwidth(device):
+    """Bytes per second of a large copy (read + write), the best of three."""
+    x = torch.empty(2**28 if device == "cuda" else 2**26, dtype=torch.float32, device=device)  # 1 GiB / 256 MiB
+    y, best = torch.empty_like(x), 0.0
+    for _ in range(4):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        y.copy_(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * x.numel() * 4 / (time.perf_counter() - t0))
+    return best
+
+
+def settings(device, name):
+    """(weights' dtype, autocast dtype or None, compiled) of one of ours."""
+    if name == "float32":
+        return torch.float32, None, False
+    if device == "cpu":
+        return torch.float32, torch.bfloat16, name == "bf16_compiled"
+    return torch.bfloat16, None, name == "bf16_compiled"
+
+
+def run(a, hf, path):
+    conf = read_json(os.path.join(path, "config.json"))
+    auto = conf.get("dtype") or conf.get("torch_dtype") or "float32"     # what dtype "auto" loads
+    theirs = {"default": hf.model(path, "auto", a.device)}
+    for dt in ("float32", "bfloat16"):
+        if dt != auto and "other" in a.theirs:
+            theirs[dt] = hf.model(path, dt, a.device)
+    bw = bandwidth(a.device)
+    models = {}
+    for name in a.ours:
+        wd = settings(a.device, name)[0]
+        if wd not in models:
+            models[wd] = load(path, wd, a.device)
+    tok = next(iter(models.values()))[1]
+    n_params = sum(p.numel() for p in next(iter(models.values()))[0].parameters())
+    dev = torch.cuda.get_device_name() if a.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"greedy decoding, {a.max_new_tokens} new tokens, {path} ({n_params / 1e6:.0f}M parameters), "
+          f"{dev}, best of {a.reps} after 1; torch {torch.__version__}, transformers {hf.version}; "
+          f"memory bandwidth (a copy) {bw / 1e9:.0f} GB/s")
+    print(f"{'batch':>5s} {'side':12s} {'setting':16s} {'tok/s':>8s} {'vs transformers default':>24s} "
+          f"{'vs same dtype':>14s} {'of ceiling':>11s}")
+
+    def ceiling(bs, dtype):      # tok/s if a step took only the time to read the weights once
+        return bs * bw / (n_params * torch.finfo(dtype).bits / 8)
+
+    for bs in a.batches:
         ids = [tok.encode_prompt(p) for p in PROMPTS[:bs]]
-        res = {}
-        for name in ("nanoalign", "transformers"):
-            for rep in range(2):  # the first pass warms up allocators and caches
-                if name == "nanoalign":
+        L = max(map(len, ids))
+        x = torch.tensor([[tok.pad_id] * (L - len(i)) + i for i in ids])
+        m = torch.tensor([[0] * (L - len(i)) + [1] * len(i) for i in ids])
+        hf_rate = {}
+        for name, ref in theirs.items():       # timed in its own process, around its generate() only
+            def once(ref=ref):
+                y, seconds = ref.generate(x, m, a.max_new_tokens, tok.pad_id)
+                return y.numel(), seconds
+            hf_rate[name] = best_rate(a, once)
+            dt = auto if name == "default" else name
+            label = f"default ({auto})" if name == "default" else name
+            print(f"{bs:5d} {'transformers':12s} {label:16s} {hf_rate[name]:8.1f} "
+                  f"{hf_rate[name] / hf_rate['default']:24.2f} {'':14s} "
+                  f"{hf_rate[name] / ceiling(bs, getattr(torch, dt)):11.0%}")
+        hf_rate[auto] = hf_rate["default"]
+        for name in a.ours:
+            wd, ad, compiled = settings(a.device, name)
+            model = models[wd][0]
+
+            def once():
+                with torch.autocast(a.device, dtype=ad or torch.bfloat16, enabled=ad is not None):
                     t0 = time.perf_counter()
                     out = generate(model, ids, a.max_new_tokens, eos_ids=[], temperature=0,
-                                   pad_id=tok.pad_id)
-                    n, seconds = sum(len(o) for o in out), time.perf_counter() - t0
-                else:  # timed in its own process, around its generate() only
-                    L = max(map(len, ids))
-                    x = torch.tensor([[tok.pad_id] * (L - len(i)) + i for i in ids])
-                    m = torch.tensor([[0] * (L - len(i)) + [1] * len(i) for i in ids])
-                    y, seconds = ref.generate(x, m, a.max_new_tokens, tok.pad_id)
-                    n = y.numel()
-                res[name] = n / seconds
-        print(f"{bs:5d} {res['nanoalign']:16.1f} {res['transformers']:19.1f} "
-              f"{res['nanoalign'] / res['transformers']:6.2f}")
+                                   pad_id=tok.pad_id, compiled=compiled)
+                    if a.device == "cuda":
+                        torch.cuda.synchronize()
+                    return sum(len(o) for o in out), time.perf_counter() - t0
+            rate = best_rate(a, once)
+            compute = "bfloat16" if torch.bfloat16 in (wd, ad) else "float32"
+            same = f"{rate / hf_rate[compute]:14.2f}" if compute in hf_rate else f"{'-':>14s}"
+            print(f"{bs:5d} {'nanoalign':12s} {name:16s} {rate:8.1f} {rate / hf_rate['default']:24.2f} "
+                  f"{same} {rate / ceiling(bs, getattr(torch, compute)):11.0%}")
+
+
+def best_rate(a, once):
+    """Tokens/s of `once()` -> (new tokens, seconds): an untimed pass, then the best of a.reps."""
+    once()
+    return max(n / s for n, s in (once() for _ in range(a.reps)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 if [ $rehearse = 1 ]; then
   step 300 python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 --steps 1 --warmup 1
-  step 120 python -m bench.decode_speed --max_new_tokens 4
+  step 300 python -m bench.decode_speed --batches 1,2 --max_new_tokens 4 --reps 1
+  step 300 python -m bench.decode_speed --model smollm2-1.7b --layers 1 --batches 1,2 --ours bf16,bf16_compiled --theirs default --max_new_tokens 4 --reps 1
   exit 0
 fi
 
@@ -34,8 +35,10 @@ step 120 env TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider tests/ke
 # 2. ORPO and DPO steps at SmolLM2-1.7B's shape (bs 4, max_length 1024, bf16): ours, TRL, TRL + Liger;
 #    peak memory; the largest batch that fits at max_length 2048
 step 200 python -m bench.train_speed --preset gpu_1p7b
-# 3. decoding at batch 1 / 8 / 32 against transformers' generate, with the bandwidth floor
-step 90 python -m bench.decode_speed --max_new_tokens 128
+# 3. decoding at SmolLM2-1.7B's shape against transformers' generate at its default (bf16), with the
+#    bandwidth floor: eager at batch 1 / 8 / 32, then the compiled step (CUDA graphs) at batch 1
+step 150 python -m bench.decode_speed --model smollm2-1.7b --batches 1,8,32 --ours bf16 --theirs default --max_new_tokens 64 --reps 1
+step 150 python -m bench.decode_speed --model smollm2-1.7b --batches 1 --ours bf16_compiled --theirs default --max_new_tokens 128 --reps 1
 # 4. the share of a Self-Judge step spent sampling (the log's t_sample / step_s)
 step 90 python train.py --method self_judge --init_from checkpoints/smollm2-135m --task instruct \
     --max_steps 6 --batch_size 8 --gen_max_tokens 64 --log_every 1 --final_eval false \

@@ -98,7 +98,7 @@ def model_dir(p, work, checkpoint, layers=None):
     d = os.path.join(work, p["model"])
     torch.manual_seed(0)
     if p["model"] == "tiny":
-        from experiments.task import build_tokenizer
+        from nanoalign.tasks.arith import build_tokenizer
         tok = build_tokenizer()
         cfg = config_from_preset("tiny", dim=64, n_layers=layers or 2, hidden_dim=176)
     else:

@@ -13,6 +13,7 @@ files in the temporary directory, never pickle.
 
     with transformers_process() as hf:              # the tests: the session fixture `hf` (conftest.py)
         ref = hf.model("ckpt/")                     # AutoModelForCausalLM, float32
+        hf.model("ckpt/", dtype="auto")             # or as transformers loads it by default
         ref.logits(ids)                             # (B, T, V)
         ref.generate(ids, mask, 32, pad_id)         # greedy, EOS ignored: (new ids (B, 32), seconds)
         ref.save_pretrained("out/")
@@ -63,8 +64,10 @@ class Reference:
             raise Missing(hello["missing"])
         self.version = hello["transformers"]
 
-    def model(self, path):
-        return RefModel(self, os.path.abspath(path))     # absolute: the child works elsewhere
+    def model(self, path, dtype="float32", device="cpu"):
+        """dtype: 'float32' (the tests' reference), 'bfloat16', or 'auto' (from_pretrained's
+        default in transformers 5: the dtype config.json names); device: where it runs."""
+        return RefModel(self, os.path.abspath(path), dtype, device)   # absolute: the child works elsewhere
 
     def tokenizer(self, source, chat_template=None, special_tokens=None):
         """`source`: a checkpoint directory (AutoTokenizer), or a `tokenizers.Tokenizer` wrapped as
@@ -119,20 +122,20 @@ class Reference:
 
 
 class RefModel:
-    def __init__(self, hf, path):
-        self.hf, self.path = hf, path
+    def __init__(self, hf, path, dtype, device):
+        self.hf, self.path, self.where = hf, path, dict(dtype=dtype, device=device)
 
     def logits(self, ids):
-        return self.hf.ask("logits", {"ids": ids}, dir=self.path)[1]["logits"]
+        return self.hf.ask("logits", {"ids": ids}, dir=self.path, **self.where)[1]["logits"]
 
     def generate(self, ids, attention_mask, max_new_tokens, pad_id):
         """Greedy, exactly max_new_tokens (EOS ignored); (the new ids, seconds generate() took)."""
         a, t = self.hf.ask("generate", {"ids": ids, "mask": attention_mask}, dir=self.path,
-                           max_new_tokens=max_new_tokens, pad_id=pad_id)
+                           max_new_tokens=max_new_tokens, pad_id=pad_id, **self.where)
         return t["new"], a["seconds"]
 
     def save_pretrained(self, dst):
-        self.hf.ask("save_pretrained", dir=self.path, dst=os.path.abspath(dst))
+        self.hf.ask("save_pretrained", dir=self.path, dst=os.path.abspath(dst), **self.where)
 
 
 class RefTokenizer:
@@ -180,8 +183,10 @@ def serve(threads):
         return cache[key]
 
     def model(req):
-        return cached("model", {"dir": req["dir"]}, lambda: transformers.AutoModelForCausalLM
-                      .from_pretrained(req["dir"], dtype=torch.float32).eval())
+        dtype = req["dtype"] if req["dtype"] == "auto" else getattr(torch, req["dtype"])
+        return cached("model", {"dir": req["dir"], "dtype": req["dtype"], "device": req["device"]},
+                      lambda: transformers.AutoModelForCausalLM.from_pretrained(req["dir"], dtype=dtype)
+                      .to(req["device"]).eval())
 
     def tokenizer(spec):
         def build():
@@ -196,19 +201,21 @@ def serve(threads):
 
     def logits(req):
         with torch.no_grad():
-            out = model(req)(input_ids=load_file(req["inputs"])["ids"]).logits
+            out = model(req)(input_ids=load_file(req["inputs"])["ids"].to(req["device"])).logits
         save_file({"logits": out.float().contiguous()}, req["out"])
         return {}
 
     def generate(req):
-        m, t = model(req), load_file(req["inputs"])
+        m, t = model(req), load_file(req["inputs"], device=req["device"])
         m.generation_config.eos_token_id = None        # exactly max_new_tokens, as ours is run
         t0 = time.perf_counter()
         with torch.no_grad():
             y = m.generate(input_ids=t["ids"], attention_mask=t["mask"], do_sample=False,
                            max_new_tokens=req["max_new_tokens"], pad_token_id=req["pad_id"])
+        if y.is_cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        save_file({"new": y[:, t["ids"].shape[1]:].contiguous()}, req["out"])
+        save_file({"new": y[:, t["ids"].shape[1]:].cpu().contiguous()}, req["out"])
         return {"seconds": seconds}
 
     def save_pretrained(req):

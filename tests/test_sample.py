@@ -123,6 +123,40 @@ def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, m
     assert seen == [1, 1] and "likelihood 'pair', principles honesty by JM-PR" in capsys.readouterr().out
 
 
+
+@pytest.mark.parametrize("params,has_bf16,dtype,want", [
+    (0, True, "auto", (torch.float32, torch.bfloat16)),        # a big model, a bf16 CPU: autocast
+    (10**12, True, "auto", (torch.float32, None)),             # the tiny model: float32
+    (0, False, "auto", (torch.float32, None)),                 # no bf16 instructions: float32
+    (0, True, "float32", (torch.float32, None)),
+    (0, True, "bfloat16", (torch.bfloat16, None)),             # bf16 weights, no autocast
+])
+def test_dtype_auto_samples_by_train_pys_rule(tmp_path, monkeypatch, params, has_bf16, dtype, want):
+    """--dtype auto keeps float32 weights and autocasts to bfloat16 exactly where train.py's
+    --dtype auto trains so (a model of FAST_MIN_PARAMS or more, on a CPU with bf16 instructions);
+    an explicit dtype loads the weights in it, without autocast. --compile reaches generate()."""
+    import nanoalign.config as config
+    from model.checkpoint import save_model
+    from nanoalign.tasks import arith
+    tok = arith.build_tokenizer()
+    save_model(tiny(1, vocab_size=tok.vocab_size), str(tmp_path / "m"), tok)
+    monkeypatch.setattr(config, "FAST_MIN_PARAMS", params)
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: has_bf16)
+    seen = []
+
+    def spy(model, *args, compiled=False, **kw):
+        seen.append((next(model.parameters()).dtype,
+                     torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
+                     compiled))
+        return [[1]]
+    monkeypatch.setattr(sample, "generate", spy)
+    sample.main(["--init_from", str(tmp_path / "m"), "--prompt", "hi", "--raw", "--dtype", dtype,
+                 "--device", "cpu"])
+    sample.main(["--init_from", str(tmp_path / "m"), "--prompt", "hi", "--raw", "--dtype", dtype,
+                 "--device", "cpu", "--compile"])
+    assert seen == [want + (False,), want + (True,)]
+
+
 # -- the compiled static-cache decode (model/generate.py `decode_step`) against the eager one ------
 # One tiny model for the whole module (GQA and a sliding window of 5, so the fixed-shape mask's
 # window and pad columns both matter), compiled once per batch size: compiling is the slow part.
