@@ -94,10 +94,10 @@ def build_parser():
                     help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
                     "here %(default)s)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="'auto' = float32 weights, with the matmuls in bfloat16 (autocast) where "
-                    "train.py's --dtype auto would train so: on CUDA, or for a model of "
-                    f"{FAST_MIN_PARAMS // 10**6}M parameters or more on a CPU with bf16 instructions "
-                    "(docs/performance.md measures what that buys); else plain "
+                    help="'auto' = float32 weights, with the matmuls in bfloat16 (autocast) on CUDA, "
+                    f"or for a model of {FAST_MIN_PARAMS // 10**6}M parameters or more on a CPU with "
+                    "bf16 instructions (a decode step mostly reads weights: bf16 halves the bytes; "
+                    "docs/performance.md measures it); else plain "
                     "float32. 'float32', 'bfloat16', 'float16': the weights loaded in that dtype, no "
                     "autocast (default: %(default)s)")
     ap.add_argument("--compile", action="store_true",
@@ -161,9 +161,11 @@ def load_for_sampling(a, path):
 
 
 def precision(a, model):
-    """The context the model samples in: under --dtype auto, train.py's rule
-    (nanoalign/config.py `autocast`: bfloat16 autocast or plain float32); else the weights' dtype."""
-    return autocast(SimpleNamespace(dtype="auto"), model) if a.dtype == "auto" else contextlib.nullcontext()
+    """The context the model samples in: under --dtype auto, decoding's rule (nanoalign/config.py
+    `autocast_dtype`: bfloat16 autocast or plain float32); else the weights' dtype."""
+    if a.dtype != "auto":
+        return contextlib.nullcontext()
+    return autocast(SimpleNamespace(dtype="auto"), model, decoding=True)
 
 
 def align_main(a, prompts, answers):

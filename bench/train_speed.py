@@ -21,7 +21,8 @@ The rows (`make_rows`) are deterministic conversations, so both sides render the
 template: 256 rows, prompt ~50 tokens, responses ~60 at the cpu preset. Both take the same batch
 size (pairs per step) and max_length; the first --warmup steps are not timed. TRL at its defaults
 (bf16 autocast, gradient checkpointing on) and at equal settings (float32, or bf16, checkpointing
-off as ours); ours as train.py runs it (--dtype and --packed, each 'auto' unless set here).
+off as ours); ours as train.py runs it (--dtype and --packed, each 'auto' unless set here), in
+float32 and bf16, and (cpu preset) with --grad_checkpoint, TRL's default's memory-for-time trade.
 """
 import argparse
 import json
@@ -41,7 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {
     "cpu": dict(device="cpu", model="smollm2-135m", rows=256, batch=4, max_length=256, prompt=18,
                 response=45, steps=8, warmup=2,
-                ours=[dict(dtype="float32"), dict()],
+                ours=[dict(dtype="float32"), dict(dtype="bfloat16"), dict(), dict(grad_checkpoint=True)],
                 trl=["default", "float32", "bfloat16"]),
     "tiny": dict(device="cpu", model="tiny", rows=32, batch=4, max_length=128, prompt=6, response=6,
                  steps=2, warmup=1, ours=[dict()], trl=["default"]),
@@ -89,7 +90,7 @@ def model_dir(p, work, checkpoint, layers=None):
     import torch
     from model.checkpoint import load, save_model
     from model.model import Transformer, config_from_preset
-    smol = checkpoint
+    smol = os.path.abspath(checkpoint)     # TRL's side runs in another directory
     if p["model"] != "tiny" and not os.path.exists(os.path.join(smol, "config.json")):
         from model.gguf_import import convert, default_gguf_path
         convert(default_gguf_path(), smol)
@@ -151,7 +152,8 @@ def ours_child(spec):
         tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
     return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
             "compute": f"{'bfloat16' if train.autocast_dtype(cfg, model) else 'float32'}, "
-                       f"{'packed' if packed else 'padded'}", **peak(dev)}
+                       f"{'packed' if packed else 'padded'}"
+                       + (", grad checkpointing" if cfg.grad_checkpoint else ""), **peak(dev)}
 
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------
@@ -333,22 +335,22 @@ def table(results, p, a):
              f"{p['rows']} rows, {p['batch']} pairs a step, max_length {p['max_length']}, median of "
              f"{p['steps']} steps after {p['warmup']}, {a.threads or torch.get_num_threads()} "
              f"thread(s) a side; torch {torch.__version__}",
-             f"{'method':6s} {'side':4s} {'setting':22s} {'compute':34s} {'step s':>8s} "
+             f"{'method':6s} {'side':4s} {'setting':24s} {'compute':34s} {'step s':>8s} "
              f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s}"]
     default = {m: r for m, side, s, r in results if side == "TRL" and s == "default" and "times" in r}
     for m, side, s, r in results:
         name = ("--" + " --".join(f"{k} {v}" for k, v in s.items()) if s else "train.py's defaults") \
             if side == "ours" else f"{s}"
         if "max_batch" in r and "times" not in r:
-            lines.append(f"{m:6s} {side:4s} {name:22s} largest batch at max_length "
+            lines.append(f"{m:6s} {side:4s} {name:24s} largest batch at max_length "
                          f"{p['max_batch_length']}: {r['max_batch']}")
             continue
         if "times" not in r:
-            lines.append(f"{m:6s} {side:4s} {name:22s} {json.dumps(r)}")
+            lines.append(f"{m:6s} {side:4s} {name:24s} {json.dumps(r)}")
             continue
         t, d = statistics.median(r["times"]), default.get(m)
         ratio = f"{statistics.median(d['times']) / t:24.2f} {d['peak_mib'] / r['peak_mib']:11.2f}" if d else ""
-        lines.append(f"{m:6s} {side:4s} {name:22s} {r['compute']:34s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
+        lines.append(f"{m:6s} {side:4s} {name:24s} {r['compute']:34s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
     return "\n".join(lines)
 
 

@@ -87,7 +87,8 @@ class SharedConfig:
     device: str = option("auto", "'auto', 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
     dtype: str = option("auto", "compute dtype of the forwards: 'bfloat16' is autocast (float32 "
                         "master weights and AdamW state, log-sum-exp and losses in float32); 'auto' "
-                        "= bfloat16 on CUDA, and on a CPU with bf16 instructions for a model of "
+                        "= bfloat16 on CUDA, and on a CPU whose bf16 matmuls outrun float32's (AMX, or "
+                        "AVX512-BF16 on AMD) for a model of "
                         f"{FAST_MIN_PARAMS // 10**6}M parameters or more, else float32",
                         choices=("auto", "float32", "bfloat16"))
     packed: str = option("auto", "padding-free batches: each micro-batch's rows back to back, no "
@@ -302,26 +303,51 @@ def options_of(cfg, options):
 
 
 def cpu_has_bf16():
-    """bf16 dot-product instructions (AVX512-BF16, or AMX on Intel): oneDNN's bf16 GEMMs then run at
-    about twice float32's rate; without them bf16 is emulated and slower than float32. (torch's
-    own checks are private: a torch without them counts as a CPU without the instructions.)"""
+    """bf16 instructions (AVX512-BF16, or AMX on Intel): oneDNN then runs bf16 matmuls natively;
+    without them bf16 is emulated and slower than float32. (torch's own checks are private: a torch
+    without them counts as a CPU without the instructions.)"""
     return any(getattr(torch.cpu, f, lambda: False)()
                for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def autocast_dtype(cfg, model):
-    """--dtype as the autocast dtype of the forwards: torch.bfloat16, or None (plain float32)."""
+def cpu_vendor():
+    """/proc/cpuinfo's vendor_id ('GenuineIntel', 'AuthenticAMD'), or '' where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+def cpu_bf16_trains_faster():
+    """Whether bf16 matmuls outrun float32's here, so that training in bf16 pays. Having the
+    instructions is not enough (docs/performance.md, bf16 on the CPU): on an Intel Xeon with
+    AVX512-BF16 but no AMX, oneDNN's bf16 GEMMs ran at 0.55-0.83x float32's rate and SmolLM2-135M's
+    ORPO step took 1.7-1.8x float32's time. On an AMD EPYC with AVX512-BF16, bf16 steps took 0.5-0.7x
+    float32's (measured on a busy machine). With AMX, Intel's bf16 matrix tiles, oneDNN multiplies
+    bf16 on the tiles; that machine's float32-against-bf16 step was not measured here."""
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return True
+    return cpu_has_bf16() and cpu_vendor() == "AuthenticAMD"
+
+
+def autocast_dtype(cfg, model, decoding=False):
+    """--dtype as the autocast dtype of the forwards: torch.bfloat16, or None (plain float32).
+    'auto' on a CPU, for a model of FAST_MIN_PARAMS or more: bf16 for training where bf16 matmuls
+    are faster (cpu_bf16_trains_faster); for decoding (decoding=True: sample.py) wherever the CPU has
+    bf16 instructions at all, since a decode step mostly reads weights and bf16 halves the bytes."""
     if cfg.dtype != "auto":
         return torch.bfloat16 if cfg.dtype == "bfloat16" else None
     p = next(model.parameters())
     big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
-    return torch.bfloat16 if p.is_cuda or (big and cpu_has_bf16()) else None
+    fast = cpu_has_bf16() if decoding else cpu_bf16_trains_faster()
+    return torch.bfloat16 if p.is_cuda or (big and fast) else None
 
 
-def autocast(cfg, model):
+def autocast(cfg, model, decoding=False):
     """The context the forwards run in: bfloat16 autocast when autocast_dtype says so (the weights
     and AdamW state stay float32, the matmuls run in bfloat16), else plain float32."""
-    dt = autocast_dtype(cfg, model)
+    dt = autocast_dtype(cfg, model, decoding)
     return torch.autocast(next(model.parameters()).device.type, dtype=dt or torch.bfloat16,
                           enabled=dt is not None)
 

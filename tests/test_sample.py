@@ -131,9 +131,10 @@ def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, m
     (0, True, "float32", (torch.float32, None)),
     (0, True, "bfloat16", (torch.bfloat16, None)),             # bf16 weights, no autocast
 ])
-def test_dtype_auto_samples_by_train_pys_rule(tmp_path, monkeypatch, params, has_bf16, dtype, want):
-    """--dtype auto keeps float32 weights and autocasts to bfloat16 exactly where train.py's
-    --dtype auto trains so (a model of FAST_MIN_PARAMS or more, on a CPU with bf16 instructions);
+def test_dtype_auto_samples_in_bf16_wherever_the_cpu_has_bf16_instructions(tmp_path, monkeypatch,
+                                                                           params, has_bf16, dtype, want):
+    """--dtype auto keeps float32 weights and autocasts to bfloat16 exactly where the model has FAST_MIN_PARAMS or more and the CPU bf16 instructions (decoding's rule: bf16 halves
+    the bytes a step reads, even where train.py's --dtype auto keeps float32, which is forced here);
     an explicit dtype loads the weights in it, without autocast. --compile reaches generate()."""
     import nanoalign.config as config
     from model.checkpoint import save_model
@@ -142,6 +143,7 @@ def test_dtype_auto_samples_by_train_pys_rule(tmp_path, monkeypatch, params, has
     save_model(tiny(1, vocab_size=tok.vocab_size), str(tmp_path / "m"), tok)
     monkeypatch.setattr(config, "FAST_MIN_PARAMS", params)
     monkeypatch.setattr(config, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(config, "cpu_bf16_trains_faster", lambda: False)
     seen = []
 
     def spy(model, *args, compiled=False, **kw):

@@ -126,3 +126,19 @@ def test_judge_cli_passes_its_batch_size_on(judge_dir, tmp_path, monkeypatch, ca
     judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact", "--batch_size", "3"])
     judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
     assert seen == [3, 16]
+
+
+def test_judge_cli_judges_by_the_likelihood_rule_it_is_given(judge_dir, tmp_path, monkeypatch, capsys):
+    import nanoalign.judge as judge
+    seen, real = [], judge.judge_pairs
+
+    def spy(*a, **k):
+        seen.append(k.get("likelihood", a[6] if len(a) > 6 else "vocab"))
+        return real(*a, **k)
+    monkeypatch.setattr(judge, "judge_pairs", spy)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    for rule in ("pair", "vocab"):
+        judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact", "--likelihood", rule])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+    assert seen == ["pair", "vocab", "vocab"]

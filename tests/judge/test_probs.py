@@ -23,7 +23,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from model.lora import apply_lora
 from nanoalign import judge
@@ -105,6 +105,7 @@ def test_swapped_probs_average_both_position_orders(likelihood, rows, batch_size
 @pytest.mark.parametrize("likelihood", RULES)
 @given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=3),
        names=st.lists(st.sampled_from(["long", "longer", "short"]), min_size=1, max_size=4))
+@example(rows=[("q", "ab", "abcdef")], names=["long", "short"])     # always a tie: one win each
 def test_principles_are_combined_by_jm_pr(likelihood, rows, names):
     """JM-PR (the Self-Judge paper's principle-aware rule): a is preferred when it wins under more
     than half of the principles; the result is the win rate, or on a tie the mean likelihood of the

@@ -182,6 +182,29 @@ def test_conditional_logs_active_fraction_and_both_log_odds(tmp_path):
     assert 0 <= r["sj_active"] <= 1 and {"z_align", "z_sj", "L_SFT_sj", "L_OR_align"} <= set(r)
 
 
+pair_scores = st.tuples(st.integers(-3, 3), st.integers(-3, 3))      # (log p(c), log p(r)), ties likely
+
+
+@settings(max_examples=examples(50))
+@given(batches=st.lists(st.lists(pair_scores, min_size=1, max_size=4), max_size=3))
+@example(batches=[[(1, 0), (2, 2), (3, 1)], [(0, -1)]])        # two batches and a tie: 3/4
+@example(batches=[[(1, 0)]])                                   # one won pair: 1.0
+def test_judge_accuracy_is_the_fraction_of_pairs_whose_better_answer_scores_higher(batches):
+    """Over every batch together: a pair is a hit when the answer naming the better response has
+    the strictly higher log-prob (a tie is no verdict); no pairs at all score 0."""
+    from nanoalign import mo_orpo
+
+    def logps(model, b, reduction="sum"):  # the chosen rows first, then the rejected (make_batch)
+        assert reduction == "sum"
+        return torch.tensor([float(c) for c, _ in b["pairs"]] + [float(r) for _, r in b["pairs"]])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mo_orpo, "batch_logps", logps)
+        got = mo_orpo.judge_accuracy(torch.nn.Linear(1, 1), [{"n_examples": len(b), "pairs": b}
+                                                              for b in batches])
+    pairs = [q for b in batches for q in b]
+    assert got == (sum(c > r for c, r in pairs) / len(pairs) if pairs else 0)
+
+
 def test_judge_accuracy_scores_in_eval_mode_and_restores_the_mode():
     """MO-ORPO's self-judgement accuracy is a measurement: LoRA dropout off while it scores (so the
     same model scores the same twice), the model's training mode as it was after."""

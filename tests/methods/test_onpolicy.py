@@ -94,6 +94,27 @@ def test_on_policy_judging_runs_once_per_principle_and_never_renders_a_missing_o
         judge.render(t, "q", "a", "b")                       # no principle: an error, not "None"
 
 
+@pytest.mark.parametrize("likelihood", ["vocab", "pair"])
+@pytest.mark.parametrize("combine, want", [("mean", (0.95 + 0.4 + 0.4) / 3), ("jm_pr", 1 / 3)])
+def test_on_policy_judging_uses_the_likelihood_rule_and_combination_it_is_given(likelihood, combine,
+                                                                                want, monkeypatch):
+    """OSP judges by the 'pair' rule and the mean over principles, Self-Judge by 'vocab' and JM-PR:
+    judge_probs must hand both choices on. Under principle 'correct' a wins with p = 0.95, under the
+    other two it loses (0.4): the mean prefers a, JM-PR (one win of three) prefers b."""
+    rules = []
+
+    def stub(model, tok, t, items, likelihood="vocab", batch_size=64):
+        rules.append(likelihood)
+        p = torch.tensor([0.95 if it[3] == "correct" else 0.4 for it in items], dtype=torch.float64)
+        return torch.stack([p.log(), (1 - p).log()], 1)         # log L_a, log L_b
+    monkeypatch.setattr(judge, "swapped_loglik", stub)
+    p = onpolicy.judge_probs(tiny(), task.build_tokenizer(), judge.TEMPLATES["compact_principle"],
+                             ["What is 1 + 1?"], ["2."], ["3"], PRINCIPLES, likelihood=likelihood,
+                             combine=combine)
+    assert rules == [likelihood] * len(PRINCIPLES)
+    assert p.item() == pytest.approx(want)
+
+
 def test_principles_come_from_the_flag_or_the_jsft_checkpoint(tmp_path):
     t = judge.TEMPLATES["compact_principle"]
     cfg = train.make_config(method="self_judge", init_from=str(tmp_path), principles="honesty:tells the truth")

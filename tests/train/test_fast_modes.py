@@ -146,7 +146,8 @@ def test_bf16_autocast_really_runs_in_bf16():
 
 def test_auto_dtype_and_packing_follow_the_model_size_and_the_cpu(monkeypatch):
     """'auto': float32 and padded for a small model (the built-in task's), bf16 and packed for one of
-    FAST_MIN_PARAMS or more on a CPU with bf16 instructions, float32 (still packed) without them;
+    FAST_MIN_PARAMS or more on a CPU whose bf16 matmuls are the faster, float32 (still packed) on
+    another;
     an explicit choice wins."""
     from nanoalign import config
     from model.model import Transformer, config_from_preset
@@ -156,7 +157,8 @@ def test_auto_dtype_and_packing_follow_the_model_size_and_the_cpu(monkeypatch):
     small, auto = tiny(0), method_config("orpo")
     assert big.num_params() >= config.FAST_MIN_PARAMS > small.num_params()
     for has_bf16 in (True, False):
-        monkeypatch.setattr(config, "cpu_has_bf16", lambda: has_bf16)
+        monkeypatch.setattr(config, "cpu_bf16_trains_faster", lambda: has_bf16)
+        monkeypatch.setattr(config, "cpu_has_bf16", lambda: not has_bf16)   # decoding's rule, not this
         assert config.autocast_dtype(auto, small) is None and not config.packed_batches(auto, small)
         assert config.autocast_dtype(auto, big) == (torch.bfloat16 if has_bf16 else None)
         assert config.packed_batches(auto, big)
@@ -164,6 +166,34 @@ def test_auto_dtype_and_packing_follow_the_model_size_and_the_cpu(monkeypatch):
         assert config.autocast_dtype(method_config("orpo", dtype="float32"), big) is None
         assert config.packed_batches(method_config("orpo", packed="true"), small)
         assert not config.packed_batches(method_config("orpo", packed="false"), big)
+
+
+@pytest.mark.parametrize("amx, bf16, vendor, faster", [
+    (True, True, "GenuineIntel", True),              # AMX tiles: bf16 GEMMs outrun float32's
+    (False, True, "AuthenticAMD", True),             # AVX512-BF16 on an AMD EPYC
+    (False, True, "GenuineIntel", False),            # AVX512-BF16 alone on an Intel Xeon: slower
+    (False, False, "AuthenticAMD", False),           # no bf16 instructions: emulated, slower
+    (False, True, "", False),                        # no /proc/cpuinfo: don't guess
+])
+def test_training_takes_bf16_only_where_its_matmuls_were_measured_faster(monkeypatch, amx, bf16,
+                                                                         vendor, faster):
+    from nanoalign import config
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: bf16 or amx)
+    monkeypatch.setattr(config, "cpu_vendor", lambda: vendor)
+    assert config.cpu_bf16_trains_faster() is faster
+
+
+def test_the_cpu_vendor_is_read_from_proc_cpuinfo(monkeypatch, tmp_path):
+    import builtins
+    from nanoalign import config
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+    assert config.cpu_vendor() == "AuthenticAMD"
+    info.unlink()
+    assert config.cpu_vendor() == ""
 
 
 def test_dtype_and_packed_are_options_in_help(capsys):
