@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
@@ -163,9 +162,7 @@ def load_for_sampling(a, path):
 def precision(a, model):
     """The context the model samples in: under --dtype auto, decoding's rule (nanoalign/config.py
     `autocast_dtype`: bfloat16 autocast or plain float32); else the weights' dtype."""
-    if a.dtype != "auto":
-        return contextlib.nullcontext()
-    return autocast(SimpleNamespace(dtype="auto"), model, decoding=True)
+    return autocast(a, model, decoding=True) if a.dtype == "auto" else contextlib.nullcontext()
 
 
 def align_main(a, prompts, answers):

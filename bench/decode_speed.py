@@ -14,8 +14,9 @@ its own generate(); the two never run at the same time.
 Ours, in each of these settings (--ours picks):
   float32        float32 weights, eager decode: the reference
   bf16           the matmuls in bfloat16, eager. On the CPU: float32 weights under bfloat16
-                 autocast, as sample.py --dtype auto and train.py's on-policy rollouts sample on a
-                 CPU with bf16 instructions (model/cpu_pack.py packs bf16 copies of the weights). On
+                 autocast, as sample.py --dtype auto samples on a CPU with bf16 instructions (and
+                 train.py's on-policy rollouts where it trains in bf16; model/cpu_pack.py packs bf16
+                 copies of the weights). On
                  CUDA: bfloat16 weights (sample.py --dtype bfloat16), as a bf16 checkpoint is served
   bf16_compiled  the same, with the compiled static-cache step (model/generate.py, compiled=True;
                  CUDA graphs on a GPU); its compile is done in the untimed first pass

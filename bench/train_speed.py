@@ -161,6 +161,8 @@ def trl_child(spec):
     import torch
     import transformers
     import trl
+    # TRL's trainers take their rows as a datasets.Dataset, as TRL's users hand them over; `datasets`
+    # is TRL's own dependency (pip install trl brings it), imported only here, in TRL's environment
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     if spec["method"] == "orpo":

@@ -12,6 +12,7 @@ helpers at the end of this file for what a config decides in the loop (autocast,
 """
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -310,10 +311,11 @@ def cpu_has_bf16():
                for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def cpu_vendor():
-    """/proc/cpuinfo's vendor_id ('GenuineIntel', 'AuthenticAMD'), or '' where there is none."""
+@functools.cache          # train.py asks at every micro-batch; the CPU does not change under it
+def cpu_vendor(cpuinfo="/proc/cpuinfo"):
+    """The vendor_id of `cpuinfo` ('GenuineIntel', 'AuthenticAMD'), or '' where there is none."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
     except OSError:
         return ""
@@ -338,10 +340,11 @@ def autocast_dtype(cfg, model, decoding=False):
     bf16 instructions at all, since a decode step mostly reads weights and bf16 halves the bytes."""
     if cfg.dtype != "auto":
         return torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    p = next(model.parameters())
-    big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
-    fast = cpu_has_bf16() if decoding else cpu_bf16_trains_faster()
-    return torch.bfloat16 if p.is_cuda or (big and fast) else None
+    if next(model.parameters()).is_cuda:
+        return torch.bfloat16
+    if sum(q.numel() for q in model.parameters()) < FAST_MIN_PARAMS:
+        return None
+    return torch.bfloat16 if (cpu_has_bf16() if decoding else cpu_bf16_trains_faster()) else None
 
 
 def autocast(cfg, model, decoding=False):

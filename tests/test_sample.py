@@ -123,7 +123,6 @@ def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, m
     assert seen == [1, 1] and "likelihood 'pair', principles honesty by JM-PR" in capsys.readouterr().out
 
 
-
 @pytest.mark.parametrize("params,has_bf16,dtype,want", [
     (0, True, "auto", (torch.float32, torch.bfloat16)),        # a big model, a bf16 CPU: autocast
     (10**12, True, "auto", (torch.float32, None)),             # the tiny model: float32
@@ -133,9 +132,10 @@ def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, m
 ])
 def test_dtype_auto_samples_in_bf16_wherever_the_cpu_has_bf16_instructions(tmp_path, monkeypatch,
                                                                            params, has_bf16, dtype, want):
-    """--dtype auto keeps float32 weights and autocasts to bfloat16 exactly where the model has FAST_MIN_PARAMS or more and the CPU bf16 instructions (decoding's rule: bf16 halves
-    the bytes a step reads, even where train.py's --dtype auto keeps float32, which is forced here);
-    an explicit dtype loads the weights in it, without autocast. --compile reaches generate()."""
+    """--dtype auto keeps float32 weights and autocasts to bfloat16 exactly where the model has
+    FAST_MIN_PARAMS or more and the CPU bf16 instructions (decoding's rule: bf16 halves the bytes a
+    step reads, even where train.py's --dtype auto keeps float32, which is forced here); an explicit
+    dtype loads the weights in it, without autocast. --compile reaches generate()."""
     import nanoalign.config as config
     from model.checkpoint import save_model
     from nanoalign.tasks import arith

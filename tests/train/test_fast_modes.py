@@ -184,16 +184,14 @@ def test_training_takes_bf16_only_where_its_matmuls_were_measured_faster(monkeyp
     assert config.cpu_bf16_trains_faster() is faster
 
 
-def test_the_cpu_vendor_is_read_from_proc_cpuinfo(monkeypatch, tmp_path):
-    import builtins
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
     from nanoalign import config
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
-    real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
-    assert config.cpu_vendor() == "AuthenticAMD"
-    info.unlink()
-    assert config.cpu_vendor() == ""
+    assert config.cpu_vendor(str(info)) == "AuthenticAMD"
+    (tmp_path / "none").write_text("processor\t: 0\n")
+    assert config.cpu_vendor(str(tmp_path / "none")) == ""                 # no vendor_id line
+    assert config.cpu_vendor(str(tmp_path / "missing")) == ""              # no such file
 
 
 def test_dtype_and_packed_are_options_in_help(capsys):
