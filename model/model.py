@@ -84,6 +84,44 @@ def config_from_preset(name, **overrides):
     return ModelConfig(**{**PRESETS[name], **overrides})
 
 
+class RecomputeInBackward(torch.autograd.Function):
+    """
+    y = fn(*inputs), keeping only the inputs for backward and running fn again there.
+
+    For the cheap elementwise pieces between the matmuls: RMSNorm's normalization and SwiGLU's
+    silu(gate) * up. Called plainly, autograd keeps their intermediates for backward (the
+    normalized x; silu(gate)), one more (tokens x width) tensor per piece and layer: a quarter of a
+    training step's activations for SmolLM2-135M, which is what put our peak memory above TRL's on
+    the CPU (docs/performance.md). Running them again costs a few elementwise passes, no matmul.
+    backward differentiates the very same fn with autograd, under the autocast that forward ran
+    in, so the gradients are bitwise those of fn called plainly (tests/model/test_model.py). The
+    same trade as --grad_checkpoint, made only where it is nearly free.
+    """
+    @staticmethod
+    def forward(ctx, fn, *inputs):
+        dev = inputs[0].device.type
+        ctx.fn, ctx.autocast = fn, (dev, torch.get_autocast_dtype(dev), torch.is_autocast_enabled(dev))
+        ctx.save_for_backward(*inputs)
+        return fn(*inputs)                      # autograd.Function runs forward without grad
+
+    @staticmethod
+    def backward(ctx, grad):
+        dev, dtype, on = ctx.autocast
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
+        with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=on):
+            y = ctx.fn(*inputs)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(y, wanted, grad))
+        return (None, *(next(grads) if t.requires_grad else None for t in inputs))
+
+
+def lean(fn, *inputs):
+    """fn(*inputs), through RecomputeInBackward when a backward will need it, else plainly."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return RecomputeInBackward.apply(fn, *inputs)
+    return fn(*inputs)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -91,10 +129,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # normalize in float32 like the reference, then cast back before the scale (as HF does)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return lean(self.norm, x, x, self.weight)
+
+    def norm(self, x, x_sq, weight):
+        # normalize in float32 like the reference, then cast back before the scale (as HF does).
+        # x_sq is x again: x goes in once per use, so that RecomputeInBackward hands back its two
+        # gradient terms apart and autograd sums them with the skip connection's in the order it
+        # does for the plain expression (bitwise the same gradients, tests/model/test_model.py)
+        r = torch.rsqrt(x_sq.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * (x.float() * r).to(x.dtype)
 
 
 def rope_frequencies(cfg):
@@ -218,7 +261,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(lean(swiglu, self.gate_proj(x), self.up_proj(x)))
+
+
+def swiglu(gate, up):
+    return F.silu(gate) * up
 
 
 class Block(nn.Module):

@@ -3,8 +3,12 @@ process: the `hf` fixture, tests/hf_reference.py) for each architecture, a check
 through it, and the sliding window."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import model.model as model_module
 from model.checkpoint import load_model, save_model
+from model.model import RMSNorm, lean, swiglu
 from tests.helpers import tiny
 
 CONFIGS = {
@@ -54,3 +58,80 @@ def test_sliding_window_matters():
         b = m.logits(m(x))
     assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)    # inside the window: identical
     assert (a[:, 5:] - b[:, 5:]).abs().max() > 1e-3        # beyond it: different
+
+
+# -- RecomputeInBackward: the elementwise pieces keep only their inputs --------------------------------
+def _grads(fn, inputs, upstream, bf16):
+    """fn's output (forward under bf16 autocast if asked) and the gradients of `inputs` (those that
+    require grad) for `upstream`; backward outside autocast, as train.py runs it."""
+    inputs = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = fn(*inputs)
+    y.backward(upstream)
+    return y, [t.grad for t in inputs]
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 7), width=st.integers(1, 40), which=st.sampled_from(["norm", "swiglu", "matmul"]),
+       bf16=st.booleans(), weight_grad=st.booleans(), seed=st.integers(0, 2**16))
+def test_recompute_in_backward_gives_bitwise_the_plain_gradients(rows, width, which, bf16, weight_grad, seed):
+    """lean(fn, ...) against fn called plainly: the same output and bitwise the same gradients, in
+    float32 and under bf16 autocast (the matmul is there because autocast changes it: a recompute
+    outside forward's autocast would differentiate a float32 product instead), with and without a
+    second input that needs no gradient (a frozen norm weight under LoRA)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, rows, width, generator=g, requires_grad=True)
+    if which == "norm":          # as RMSNorm.forward calls it: x once per use
+        norm = RMSNorm(width, 1e-5).norm
+        plain, leaned = (lambda a, w: norm(a, a, w)), (lambda a, w: lean(norm, a, a, w))
+        other = torch.randn(width, generator=g)
+    else:
+        fn = swiglu if which == "swiglu" else (lambda a, b: a @ b)
+        plain, leaned = fn, (lambda a, b: lean(fn, a, b))
+        other = torch.randn(*((2, rows, width) if which == "swiglu" else (width, 3)), generator=g)
+    other.requires_grad_(weight_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ref_y = plain(x, other)
+    upstream = torch.randn(ref_y.shape, generator=g).to(ref_y.dtype)
+    y0, g0 = _grads(plain, [x, other], upstream, bf16)
+    y1, g1 = _grads(leaned, [x, other], upstream, bf16)
+    assert torch.equal(y0, y1)
+    for a, b in zip(g0, g1):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+    assert (g1[1] is not None) == weight_grad
+
+
+def _saved_bytes(model, x):
+    """Bytes autograd keeps for backward in model(x), parameters not counted, each storage once."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = model(x)
+    return sum(n for ptr, n in seen.items() if ptr not in params), y
+
+
+def test_a_training_forward_keeps_neither_the_normalized_rows_nor_silu_gate(monkeypatch):
+    """What RecomputeInBackward is for, counted: against the plain pieces, a forward keeps, per
+    RMSNorm (2 a layer, and the final one), neither the normalized rows (B*T x dim) nor their
+    rsqrt (B*T), and per MLP not silu(gate) (B*T x hidden); and every parameter's gradient is
+    bitwise the same, so that a training run is the run it was (the default run's table)."""
+    m = tiny()
+    B, T, c = 3, 11, m.cfg
+    x = torch.randint(0, c.vocab_size, (B, T))
+    lean_bytes, y = _saved_bytes(m, x)
+    m.logits(y).logsumexp(-1).mean().backward()
+    lean_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    monkeypatch.setattr(model_module, "lean", lambda fn, *inputs: fn(*inputs))
+    plain_bytes, y = _saved_bytes(m, x)
+    m.logits(y).logsumexp(-1).mean().backward()
+    n_norms = 2 * c.n_layers + 1
+    assert plain_bytes - lean_bytes == 4 * B * T * (n_norms * (c.dim + 1) + c.n_layers * c.hidden_dim)
+    # bitwise, although a block's residual x gets three gradient terms (the skip connection and
+    # the norm's two uses of x) and two of them come back from one RecomputeInBackward: RMSNorm
+    # passes x in once per use, so autograd adds the terms in the plain graph's order
+    assert all(torch.equal(a, p.grad) for a, p in zip(lean_grads, m.parameters()))
