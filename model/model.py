@@ -9,7 +9,7 @@ checkpoint loads with a plain `load_state_dict` and what we save loads back in `
                                           + RMSNorm -> SwiGLU MLP ] -> RMSNorm -> hidden states
     hidden states -> lm_head -> logits
 
-Two things differ from the usual nanoGPT-style file, both on purpose:
+Three things differ from the usual nanoGPT-style file, all on purpose:
 - `forward` returns the final hidden states, not logits. Alignment losses only need log-probs of the
   response tokens, and kernels/seq_logprob.py computes those straight from (hidden, lm_head weight)
   without ever holding the (tokens x vocab) logits. `logits()` is the separate call for sampling.
@@ -17,6 +17,9 @@ Two things differ from the usual nanoGPT-style file, both on purpose:
   then a loop of one-token forwards (or, compiled, of generate.py's fixed-shape `decode_step` on a
   `StaticKVCache`). Rows may be left-padded: `attn_mask` marks real tokens,
   positions count from each row's first real token, and padded keys are never attended to.
+- When a gradient is needed, RMSNorm and the SwiGLU product keep only their inputs for backward
+  and compute the rest again there (`RecomputeInBackward`): less memory for a few elementwise passes, and the same
+  gradients bit for bit.
 """
 import math
 from dataclasses import dataclass
@@ -90,12 +93,14 @@ class RecomputeInBackward(torch.autograd.Function):
 
     For the cheap elementwise pieces between the matmuls: RMSNorm's normalization and SwiGLU's
     silu(gate) * up. Called plainly, autograd keeps their intermediates for backward (the
-    normalized x; silu(gate)), one more (tokens x width) tensor per piece and layer: a quarter of a
-    training step's activations for SmolLM2-135M, which is what put our peak memory above TRL's on
-    the CPU (docs/performance.md). Running them again costs a few elementwise passes, no matmul.
-    backward differentiates the very same fn with autograd, under the autocast that forward ran
-    in, so the gradients are bitwise those of fn called plainly (tests/model/test_model.py). The
-    same trade as --grad_checkpoint, made only where it is nearly free.
+    normalized x; silu(gate)), one more (tokens x width) tensor per piece and layer: a quarter of
+    what an ORPO step of SmolLM2-135M keeps (1,089 -> 838 MiB; the process's peak RSS fell less,
+    see docs/performance.md). Running them again costs a few elementwise passes, no matmul, and no
+    time we could measure. backward differentiates the very same fn with autograd, under the
+    autocast that forward ran in, so the gradients are bitwise those of fn called plainly
+    (tests/model/test_model.py). The trade --grad_checkpoint makes for a whole block, made only
+    where it is nearly free (with --grad_checkpoint both apply). First derivatives only: nothing
+    here needs a second, and autograd.grad inside backward would give a wrong one, so it refuses.
     """
     @staticmethod
     def forward(ctx, fn, *inputs):
@@ -106,6 +111,8 @@ class RecomputeInBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if torch.is_grad_enabled():     # backward(create_graph=True): a double backward
+            raise RuntimeError("RecomputeInBackward gives first derivatives only")
         dev, dtype, on = ctx.autocast
         inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
         with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=on):
@@ -131,12 +138,12 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         return lean(self.norm, x, x, self.weight)
 
-    def norm(self, x, x_sq, weight):
+    def norm(self, x, x_for_rms, weight):
         # normalize in float32 like the reference, then cast back before the scale (as HF does).
-        # x_sq is x again: x goes in once per use, so that RecomputeInBackward hands back its two
-        # gradient terms apart and autograd sums them with the skip connection's in the order it
-        # does for the plain expression (bitwise the same gradients, tests/model/test_model.py)
-        r = torch.rsqrt(x_sq.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        # x_for_rms is x again: x goes in once per use, so that RecomputeInBackward hands back its
+        # two gradient terms apart and autograd sums them with the skip connection's in the order
+        # it does for the plain expression (bitwise the same gradients, tests/model/test_model.py)
+        r = torch.rsqrt(x_for_rms.float().pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * (x.float() * r).to(x.dtype)
 
 

@@ -261,15 +261,17 @@ def test_sequence_logprob_defaults_and_reduction_names(monkeypatch):
 
 
 @given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5), reduction=st.sampled_from(["sum", "mean"]),
-       seed=st.integers(0, 10_000), chunk=st.integers(1, 20))
-@example(lengths=[1], reduction="mean", seed=0, chunk=1).via("one row of one token")
-@example(lengths=[1, 9, 1], reduction="sum", seed=1, chunk=3).via("length-1 rows around a long one")
-def test_packed_rows_give_the_padded_rows_log_probs_and_gradients(lengths, reduction, seed, chunk):
+       seed=st.integers(0, 10_000), chunk=st.integers(1, 20), dtype=st.sampled_from([torch.float32, torch.float64]))
+@example(lengths=[1], reduction="mean", seed=0, chunk=1, dtype=torch.float32).via("one row of one token")
+@example(lengths=[1, 9, 1], reduction="sum", seed=1, chunk=3, dtype=torch.float32).via("length-1 rows around a long one")
+@example(lengths=[2, 3], reduction="mean", seed=2, chunk=4, dtype=torch.float64).via("float64 stays float64")
+def test_packed_rows_give_the_padded_rows_log_probs_and_gradients(lengths, reduction, seed, chunk, dtype):
     """The packed layout (rows back to back, cu_seqlens) against the right-padded one of the same
-    rows: the same per-row sums and means (the same bits: a row sums in the same order) and the
-    same gradients, written back to the same tokens."""
+    rows: the same per-row sums and means (the same bits: a row sums in the same order), in the
+    input's precision (float64 in, float64 out, as the docstring promises), and the same gradients,
+    written back to the same tokens."""
     R, T, d, V = len(lengths), max(lengths), 16, 37
-    h, w, y, m = inputs(R, T, d, V, torch.float32, seed)
+    h, w, y, m = inputs(R, T, d, V, dtype, seed)
     real = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]        # (R, T): not a pad
     m = m * real                                                            # pads are never kept
     padded = sequence_logprob(h, w, y, m, reduction, backend="torch", chunk_size=chunk)
@@ -277,12 +279,22 @@ def test_packed_rows_give_the_padded_rows_log_probs_and_gradients(lengths, reduc
     hp = h.detach()[real].requires_grad_()                                  # (N, d), row-major
     packed = sequence_logprob(hp, w, y[real], m[real], reduction, backend="torch", chunk_size=chunk,
                               cu_seqlens=cu)
-    assert packed.shape == (R,) and torch.equal(packed, padded)
+    assert packed.shape == (R,) and packed.dtype == padded.dtype and torch.equal(packed, padded)
     up = torch.randn(R, generator=torch.Generator().manual_seed(seed))
     gh, gw = torch.autograd.grad((padded * up).sum(), [h, w])
     ghp, gwp = torch.autograd.grad((packed * up).sum(), [hp, w])
     assert torch.allclose(ghp, gh[real], rtol=1e-6, atol=1e-7) and (gh[~real] == 0).all()
     assert torch.allclose(gwp, gw, rtol=1e-5, atol=1e-7)
+
+
+def test_zero_packed_rows_give_an_empty_result():
+    """A packed batch of no rows (cu_seqlens [0]): an empty (0,) result for sum and mean, not an
+    error on the longest of no rows."""
+    h, w = torch.zeros(0, 16), torch.randn(37, 16)
+    y, m = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    for reduction in ("sum", "mean"):
+        out = sequence_logprob(h, w, y, m, reduction, backend="torch", cu_seqlens=torch.tensor([0]))
+        assert out.shape == (0,)
 
 
 # -- the plain log-softmax reference, by hand ------------------------------------------------------
