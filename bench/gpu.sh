@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU line of the speed issue, in one call on one GPU (written for an H200, budget ~5 minutes):
 #
-#     bash bench/gpu.sh            # on the GPU machine, from the repository root
-#     bash bench/gpu.sh --rehearse # the same steps at tiny sizes on the CPU (checks the wiring only)
+#     bash bench/gpu.sh              # on the GPU machine, from the repository root
+#     bash bench/gpu.sh --steps 1,5  # only these of the numbered steps below (bench/device_run.sh)
+#     bash bench/gpu.sh --rehearse   # the same steps at tiny sizes on the CPU (checks the wiring only)
 #
 # A GPU is lent only now and then, for ~15 minutes in all (machine start included), so each step has
 # its own time limit and a failed step does not stop the others; every line it prints is a number to
@@ -13,8 +14,16 @@
 # model.gguf_import --out checkpoints/smollm2-135m, before the GPU session).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-rehearse=0; [ "${1:-}" = "--rehearse" ] && rehearse=1
+rehearse=0; steps=1,2,3,4,5
+while [ $# -gt 0 ]; do
+  case $1 in
+    --rehearse) rehearse=1; shift ;;
+    --steps) steps=$2; shift 2 ;;
+    *) echo "usage: bash bench/gpu.sh [--rehearse] [--steps 1,2,...]" >&2; exit 2 ;;
+  esac
+done
 step() { local t=$1; shift; echo; echo "== $* (limit ${t}s)"; timeout "$t" "$@" || echo "!! exit $? ($*)"; }
+only() { [[ ",$steps," == *",$1,"* ]]; }     # only N: step N was asked for
 
 python - <<'EOF'
 import torch, triton, platform
@@ -24,24 +33,25 @@ EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 if [ $rehearse = 1 ]; then
-  step 300 python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 --steps 1 --warmup 1
-  step 300 python -m bench.decode_speed --batches 1,2 --max_new_tokens 4 --reps 1
-  step 300 python -m bench.decode_speed --model smollm2-1.7b --layers 1 --batches 1,2 --ours bf16,bf16_compiled --theirs default --max_new_tokens 4 --reps 1
+  only 2 && step 300 python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 --steps 1 --warmup 1
+  only 3 && step 300 python -m bench.decode_speed --batches 1,2 --max_new_tokens 4 --reps 1
+  only 3 && step 300 python -m bench.decode_speed --model smollm2-1.7b --layers 1 --batches 1,2 --ours bf16,bf16_compiled --theirs default --max_new_tokens 4 --reps 1
   exit 0
 fi
 
 # 1. the compiled Triton kernels against their torch references (the CPU runs them interpreted)
-step 120 env TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py
+only 1 && step 120 env TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py
 # 2. ORPO and DPO steps at SmolLM2-1.7B's shape (bs 4, max_length 1024, bf16): ours, TRL, TRL + Liger;
 #    peak memory; the largest batch that fits at max_length 2048
-step 200 python -m bench.train_speed --preset gpu_1p7b
+only 2 && step 200 python -m bench.train_speed --preset gpu_1p7b
 # 3. decoding at SmolLM2-1.7B's shape against transformers' generate at its default (bf16), with the
 #    bandwidth floor: eager at batch 1 / 8 / 32, then the compiled step (CUDA graphs) at batch 1
-step 150 python -m bench.decode_speed --model smollm2-1.7b --batches 1,8,32 --ours bf16 --theirs default --max_new_tokens 64 --reps 1
-step 150 python -m bench.decode_speed --model smollm2-1.7b --batches 1 --ours bf16_compiled --theirs default --max_new_tokens 128 --reps 1
+only 3 && step 150 python -m bench.decode_speed --model smollm2-1.7b --batches 1,8,32 --ours bf16 --theirs default --max_new_tokens 64 --reps 1
+only 3 && step 150 python -m bench.decode_speed --model smollm2-1.7b --batches 1 --ours bf16_compiled --theirs default --max_new_tokens 128 --reps 1
 # 4. the share of a Self-Judge step spent sampling (the log's t_sample / step_s)
-step 90 python train.py --method self_judge --init_from checkpoints/smollm2-135m --task instruct \
+only 4 && step 90 python train.py --method self_judge --init_from checkpoints/smollm2-135m --task instruct \
     --max_steps 6 --batch_size 8 --gen_max_tokens 64 --log_every 1 --final_eval false \
     --out_dir out/gpu_self_judge
 # 5. DDP and FSDP2 under torchrun on this one GPU
-step 120 python -m pytest -q -p no:cacheprovider tests/train/test_scale.py
+only 5 && step 120 python -m pytest -q -p no:cacheprovider tests/train/test_scale.py
+exit 0

@@ -34,7 +34,8 @@ def _one_thread():
 
 
 SKIP_DIRS = {".git", "out", "checkpoints", "logs", "__pycache__", ".pytest_cache", ".hypothesis",
-             "node_modules", ".venv", "venv", "shared"}
+             "node_modules", ".venv", "venv", "shared", "mutants",
+             ".device", ".device-keep"}     # bench/device_pack.sh's and device_run.sh's, ignored by git
 IGNORED_PREFIXES = ("out/", "checkpoints/", "logs/", "../shared", "path/to/", "shared/")
 PLANNED_ROOTS = {"docs", "experiments", "bench"}     # cited before they exist: still checked
 # Written in pieces so that this file does not cite them itself.

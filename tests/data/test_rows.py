@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from hypothesis import example, given, strategies as st
 
 from nanoalign.data import (DataError, implicit_prompt, make_batch, read_jsonl, tokenize_pair, tokenize_rows,
                             validate_row)
@@ -314,3 +315,36 @@ def test_tokenize_pair_without_a_where_names_the_row_as_row():
         tokenize_pair(TOK, "What is 2 + 2?", "4", len(p))
     assert str(e.value) == (f"row: field 'prompt' is {len(p)} tokens, which leaves no room for the "
                             f"response within max_length={len(p)}")
+
+
+@pytest.mark.parametrize("kind, row", [
+    ("prompt", {"prompt": "x" * 20}),
+    ("sft", {"prompt": "x" * 20, "response": "y"}),
+    ("pref", {"prompt": "x" * 20, "chosen": "y", "rejected": "z"}),
+])
+def test_tokenize_rows_names_a_row_without_where_as_row(kind, row):
+    """A row that carries no "_where" (built in code, not read from a file) is named 'row' in the
+    error of a prompt too long for max_length."""
+    with pytest.raises(DataError) as e:
+        tokenize_rows([row], TOK, kind, 8)
+    assert str(e.value).startswith("row: field 'prompt'")
+
+
+# -- what tokenize_rows drops, and counts ----------------------------------------------------------
+SFT_ROWS = {                             # under max_length=16 with the byte tokenizer TOK
+    "fits": {"prompt": "q", "response": "a"},                               # 6 + 2 tokens
+    "bad": {"prompt": "x" * 20, "response": "a"},                           # a 25-token prompt: DataError
+    "whole": {"prompt": "q", "response": "y" * 20, "keep_whole": True},     # 6 + 21 tokens: not cut, dropped
+}
+
+
+@given(st.lists(st.sampled_from(sorted(SFT_ROWS)), max_size=8))
+@example(["bad", "bad"])
+@example(["whole", "fits", "whole"])
+def test_tokenize_rows_counts_every_dropped_row(labels):
+    """With skip_bad, every bad row and every keep_whole row too long to keep is dropped and counted
+    once; the rows that fit come back, in order."""
+    rows = [{**SFT_ROWS[k], "n": i} for i, k in enumerate(labels)]
+    out, dropped = tokenize_rows(rows, TOK, "sft", 16, skip_bad=True)
+    assert dropped == sum(k != "fits" for k in labels)
+    assert [e["row"]["n"] for e in out] == [i for i, k in enumerate(labels) if k == "fits"]

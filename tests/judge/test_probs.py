@@ -167,8 +167,37 @@ def test_the_two_papers_rules_can_pick_different_winners():
     self_judge = ("jsft", "self_judge", "self_judge_offpolicy")
     assert [method_config(m).likelihood for m in self_judge] == ["vocab"] * 3
     assert [method_config(m).likelihood for m in ("pref_aug", "osp")] == ["pair"] * 2
-    with pytest.raises(judge.JudgeError, match="'softmax' is unknown"):
+    with pytest.raises(judge.JudgeError) as e:
         swapped_probs(OrderJudge(), TOK, t, [item], likelihood="softmax")
+    assert str(e.value) == "likelihood 'softmax' is unknown; choose from vocab, pair"
+
+
+@settings(max_examples=examples(10))
+@given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=4))
+def test_the_judge_functions_default_to_the_vocab_rule(rows):
+    """Called without a likelihood, label_logprobs, swapped_loglik and the on-policy round's
+    judge_probs judge by the 'vocab' rule (Self-Judge's): each label's share of the whole vocabulary."""
+    from nanoalign import onpolicy
+    t, items = TEMPLATES["compact"], [(x, *unequal(a, b)) for x, a, b in rows]
+    got = judge.label_logprobs(JUDGE, TOK, t, items)
+    assert torch.equal(got, judge.label_logprobs(JUDGE, TOK, t, items, "vocab"))
+    want = [[math.log(q) for q in label_probs(a, b, None, "vocab")] for _, a, b in items]
+    assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-5)
+    got = judge.swapped_loglik(JUDGE, TOK, t, items)
+    assert torch.equal(got, judge.swapped_loglik(JUDGE, TOK, t, items, "vocab"))
+    want = [[math.log(q) for q in likelihoods(a, b, None, "vocab")] for _, a, b in items]
+    assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-5)
+    got = onpolicy.judge_probs(JUDGE, TOK, t, *zip(*items))
+    for g, (_, a, b) in zip(got.tolist(), items):
+        assert g == pytest.approx(p_swapped(a, b, likelihood="vocab"), abs=1e-6)
+
+
+def test_judge_pairs_names_an_unknown_combine():
+    """judge_pairs combines principles by 'jm_pr' or 'mean'; any other name is an error naming it."""
+    with pytest.raises(judge.JudgeError) as e:
+        judge_pairs(JUDGE, TOK, TEMPLATES["compact_principle"], [("q", "a", "bb")], [("c", "d")],
+                    combine="max")
+    assert str(e.value) == "combine 'max' is unknown; choose 'jm_pr' or 'mean'"
 
 
 @settings(max_examples=examples(10))
@@ -295,20 +324,25 @@ def test_the_judge_batch_is_built_on_the_models_device():
 
 
 def test_judging_nothing_is_an_empty_tensor():
-    """first_probs of no items: a tensor of 0 probabilities, no forward."""
+    """first_probs of no items: a tensor of 0 probabilities, no forward; label_logprobs of no items:
+    0 rows of the two labels' log-probabilities, shape (0, 2)."""
     m = Recorder()
     p = judge.first_probs(m, TOK, TEMPLATES["compact"], [])
     assert p.shape == (0,) and m.calls == []
+    assert judge.label_logprobs(m, TOK, TEMPLATES["compact"], []).shape == (0, 2) and m.calls == []
 
 
 ITEMS = [("q", "x", "y"), ("qq", "x", "yy"), ("q", "xxx", "y")]
 
 
-@pytest.mark.parametrize("how", ["swapped_probs", "judge_pairs", "judge_pairs_principles", "best_of"])
+@pytest.mark.parametrize("how", ["first_probs", "swapped_probs", "judge_pairs", "judge_pairs_principles",
+                                 "best_of"])
 def test_the_judge_never_runs_more_rows_than_batch_size(how):
     """batch_size (the CLI's --batch_size) bounds the rows of every judge forward pass."""
     m = Recorder()
-    if how == "swapped_probs":
+    if how == "first_probs":
+        judge.first_probs(m, TOK, TEMPLATES["compact"], ITEMS, batch_size=2)
+    elif how == "swapped_probs":
         judge.swapped_probs(m, TOK, TEMPLATES["compact"], ITEMS, batch_size=2)
     elif how == "judge_pairs":
         judge.judge_pairs(m, TOK, TEMPLATES["compact"], ITEMS, batch_size=2)

@@ -43,6 +43,35 @@ def test_batch_logps_hands_the_kernel_the_autocast_dtype(monkeypatch):
     assert torch.allclose(low, plain, rtol=0.05, atol=0.05)
 
 
+def test_batch_logps_runs_a_packed_batch_padding_free():
+    """A packed batch (make_batch(..., packed=True), train.py --packed) runs one forward on its real
+    tokens only: one (1, N) row of ids, N the batch's real tokens, with the rows' boundaries
+    cu_seqlens and no attention mask, to the padded batch's per-row log-probs. A padded batch runs
+    (B, T) ids with their mask."""
+    import inspect
+    from nanoalign.common import batch_logps
+    model = tiny_model(0)
+    examples = [{"ids": [5, 6, 7, 8], "n_prompt": 1}, {"ids": [5, 9], "n_prompt": 1},
+                {"ids": [3, 4, 5, 6, 7, 8, 9], "n_prompt": 2}]
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        packed = batch_logps(model, make_batch(examples, "sft", 0, packed=True))
+        (call,) = seen
+        assert call["idx"].shape == (1, 4 + 2 + 7) and call.get("attn_mask") is None
+        assert call["cu_seqlens"].tolist() == [0, 4, 6, 13]
+        seen.clear()
+        padded = batch_logps(model, make_batch(examples, "sft", 0))
+        (call,) = seen
+        assert call["idx"].shape == (3, 7) and call.get("cu_seqlens") is None
+    finally:
+        handle.remove()
+    assert packed.shape == (3,) and torch.allclose(packed, padded, rtol=1e-4, atol=1e-4)
+
+
 # -- code that runs at import time, run again at test time ------------------------------------------------
 # mutmut's workers are forked from a process that has already imported nanoalign, so a function
 # called only while a module loads (an option declaration, a method's registration, a loss built by

@@ -385,3 +385,34 @@ def test_on_policy_methods_judge_under_the_runs_principles(method, opts, monkeyp
 def test_orient_breaks_a_tie_for_the_first():
     from nanoalign.onpolicy import orient
     assert orient(["a", "b", "c"], ["x", "y", "z"], [0.5, 0.4999, 0.5001]) == (["a", "y", "c"], ["x", "b", "z"])
+
+
+# -- the judge's agreement with the task's oracle (a metric only) ---------------------------------
+def test_agreement_skips_prompts_outside_the_task():
+    """A prompt the task cannot read is skipped, and the pairs after it still count: here one pair
+    the oracle ranks ('4.' is right, '5.' wrong), which the judge (p = 0.9: the first) gets right."""
+    assert onpolicy.agreement(task, ["not a task prompt", "What is 2 + 2?"], ["x", "4."], ["y", "5."],
+                              [0.9, 0.9]) == {"judge_agree": 1.0}
+
+
+ANSWERS = ["4.", "4", "5.", "The sum is 4.", "x"]
+
+
+@settings(max_examples=examples(15))
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5), st.integers(0, 5), st.sampled_from(ANSWERS),
+                          st.sampled_from(ANSWERS), st.sampled_from([0.1, 0.5, 0.9])), max_size=6))
+def test_agreement_is_the_judges_hit_rate_on_the_pairs_the_oracle_ranks(pairs):
+    """judge_agree: over the pairs of the task's own prompts whose responses the oracle scores
+    differently, the fraction where the judge's choice (p >= 1/2: the first) is the oracle's better
+    one; {} without such a pair, or without a task."""
+    prompts = [f"What is {i} + {j}?" if ours else f"Tell me about {i} and {j}." for ours, i, j, *_ in pairs]
+    a, b, p = [r[3] for r in pairs], [r[4] for r in pairs], [r[5] for r in pairs]
+    hits = []
+    for x, (ours, _, _, ya, yb, q) in zip(prompts, pairs):
+        if ours:
+            sa, sb = task.oracle_scores(x, ya)["overall"], task.oracle_scores(x, yb)["overall"]
+            if sa != sb:
+                hits.append((sa > sb) == (q >= 0.5))
+    want = {"judge_agree": sum(hits) / len(hits)} if hits else {}
+    assert onpolicy.agreement(task, prompts, a, b, p) == pytest.approx(want)
+    assert onpolicy.agreement(None, prompts, a, b, p) == {}
