@@ -121,6 +121,43 @@ def test_principles_are_combined_by_jm_pr(likelihood, rows, names):
         assert g == pytest.approx(la / (la + lb) if rate == 0.5 else rate, abs=1e-6)
 
 
+@given(P=st.lists(st.lists(st.sampled_from([0.1, 0.3, 0.5, 0.7, 0.9]), min_size=3, max_size=3),
+                  min_size=1, max_size=4),
+       tie=st.lists(st.floats(0.01, 0.99), min_size=3, max_size=3), with_tie=st.booleans())
+@example(P=[[0.9], [0.2]], tie=[0.3], with_tie=True).via("one win each: the tie decides, not the mean of P")
+def test_jm_pr_is_the_win_rate_and_on_an_even_split_the_tie(P, tie, with_tie):
+    """jm_pr as its docstring states it: the fraction of principles under which a wins (p = 1/2
+    counts half), and where that is exactly 1/2, `tie` (by default the mean of P)."""
+    n = min(len(P[0]), len(tie))
+    P = torch.tensor([row[:n] for row in P], dtype=torch.float64)
+    tie = torch.tensor(tie[:n], dtype=torch.float64)
+    got = judge.jm_pr(P, tie if with_tie else None)
+    for i in range(n):
+        rate = sum(1.0 if q > 0.5 else 0.5 if q == 0.5 else 0.0 for q in P[:, i].tolist()) / len(P)
+        want = (tie[i].item() if with_tie else P[:, i].mean().item()) if rate == 0.5 else rate
+        assert got[i].item() == pytest.approx(want)
+
+
+@given(won=st.tuples(st.floats(0.02, 0.5), st.floats(0.02, 0.5)).filter(lambda t: t[0] > t[1] * 1.01),
+       lost=st.tuples(st.floats(0.02, 0.5), st.floats(0.02, 0.5)).filter(lambda t: t[0] * 1.01 < t[1]))
+@example(won=(0.5, 0.1), lost=(0.05, 0.2))
+def test_jm_pr_breaks_an_even_split_by_the_mean_judge_likelihoods(won, lost):
+    """Under the 'vocab' rule the label likelihoods L_a, L_b of a principle need not sum to one, so
+    the tie of an even split, mean L_a / (mean L_a + mean L_b) across principles, is not the mean of
+    the principles' p: a judge that gives a principle "won" likelihoods (L_a, L_b) = won and
+    another "lost" = lost decides by (won_a + lost_a) / (won_a + lost_a + won_b + lost_b)."""
+    L = {"won": won, "lost": lost}
+
+    def fake(model, tok, t, items, likelihood="vocab", batch_size=64):   # (N, 2) log L_a, log L_b
+        return torch.tensor([[math.log(L[n][0]), math.log(L[n][1])] for _, _, _, n, _ in items])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(judge, "swapped_loglik", fake)
+        got = judge_pairs(None, TOK, TEMPLATES["compact_principle"], [("q", "a", "b")],
+                          [("won", "d"), ("lost", "d")])
+    la, lb = won[0] + lost[0], won[1] + lost[1]
+    assert got.item() == pytest.approx(la / (la + lb), rel=1e-5)
+
+
 @settings(max_examples=examples(10))
 @pytest.mark.parametrize("likelihood", RULES)
 @given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=3),
