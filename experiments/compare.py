@@ -176,11 +176,18 @@ def _val_rows(cfg, n):
     return task.rows("pref", "val", cfg.seed, dataclasses.replace(options_of(cfg, task.Options), n_val=n))
 
 
-def sj_batches(tok, cfg, n=256, bs=32):
+def resolve_device(device):
+    """Where the comparison's own forwards run (building the task's data, the start's answers, every
+    evaluation): train.py's --device, 'auto' = CUDA when there is a GPU, as for the training runs."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def sj_batches(tok, cfg, n=256, bs=32, device="cpu"):
     rows = attach_sj(_val_rows(cfg, n), cfg.seed, "val")
     limit = getattr(cfg, "sj_max_length", SJOptions.sj_max_length)   # plain ORPO has no SJ task
     ex, _ = tokenize_rows(rows, tok, "mo", cfg.max_length, sj_max_length=limit)
-    return [make_batch([e["sj"] for e in ex[i:i + bs]], "pref", tok.pad_id) for i in range(0, len(ex), bs)]
+    return [make_batch([e["sj"] for e in ex[i:i + bs]], "pref", tok.pad_id, device)
+            for i in range(0, len(ex), bs)]
 
 
 def judging(cfg):
@@ -213,7 +220,7 @@ def answer_len(task):
 
 
 def best_of_accuracy(task, model, tok, cfg, prompts, n, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(model.lm_head.weight.device).manual_seed(seed)
     samples = sample_responses(model, tok, [tok.encode_prompt(p) for p in prompts], n, 1.0, 0.9,
                                answer_len(task), g)
     j, hits = judging(cfg), 0
@@ -237,8 +244,8 @@ def meta_eval(aligner, tok, cfg, prompts, sft_answers, holdout_only, short=False
     if os.path.exists(kept) and json.load(open(kept))["prompts"] == prompts:
         orpo_answers = json.load(open(kept))["answers"]
     else:
-        orpo_answers = greedy_answers(*load(os.path.join(root, f"{label}-s{cfg.seed}", "ckpt")), prompts,
-                                      answer_len(task))
+        orpo_answers = greedy_answers(*load(os.path.join(root, f"{label}-s{cfg.seed}", "ckpt"),
+                                            device=resolve_device(cfg.device)), prompts, answer_len(task))
     policies = {"sft": (prompts, sft_answers), "orpo": (prompts, orpo_answers)}
     if not short:
         weak_rows = task.weak_rows(len(prompts), cfg.seed)
@@ -293,7 +300,7 @@ def evaluate_run(model, tok, cfg, prompts, sft_answers, extras, a):
             json.dump({"prompts": prompts, "answers": ans}, f)
         res = {"win_vs_sft": win_rate(task, prompts, ans, sft_answers), **scores(task, prompts, ans)}
     if "sj_acc" in extras:
-        res["sj_acc"] = judge_accuracy(model, sj_batches(tok, cfg, a.n_judge))
+        res["sj_acc"] = judge_accuracy(model, sj_batches(tok, cfg, a.n_judge, device=model.lm_head.weight.device))
     if "judge_acc" in extras:
         res["judge_acc"] = label_judge_accuracy(model, tok, cfg, a.n_judge)
     if "agree" in extras:   # on-policy runs: means over the logged steps of the training metrics
@@ -331,7 +338,7 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
     else:
         train.train(cfg, task)
         ckpt = os.path.join(out, "ckpt")
-    model, tok = load(ckpt)
+    model, tok = load(ckpt, device=resolve_device(cfg.device))
     res = {"label": label, "seed": seed, **effective_weights(cfg.method, cfg), "steps": cfg.max_steps,
            "epochs": cfg.max_steps * cfg.grad_accum * cfg.batch_size / cfg.n_train,
            "train_s": time.time() - t0,
@@ -386,6 +393,7 @@ def start_of(a, seed, task_name, root):
     if a.preset in TASK_OF:
         data = os.path.join(root, f"data-s{seed}")
         get_task(task_name).build(data, init_from=start, seed=seed, **TASK_OF[a.preset][1],
+                                  device=resolve_device(cfg.device),
                                   command=f"python -m experiments.compare --preset {a.preset} (seed {seed})")
         flags += ["--task_data", data]
     return start, flags + ["--init_from", start]
@@ -475,7 +483,8 @@ def main(argv=None):
     prompts, sft_cache, results = task.test_prompts(a.n_test), {}, []
     for seed in seeds:
         start, flags = start_of(a, seed, task_name, root)
-        answers = greedy_answers(*load(start), prompts, answer_len(task))
+        answers = greedy_answers(*load(start, device=resolve_device(train.parse_config(a.extra).device)),
+                                 prompts, answer_len(task))
         sft_cache[(task.__name__, seed)] = answers
         print(f"== the start ({start}), seed {seed}, on {len(prompts)} test prompts: " +
               ", ".join(f"{k} {v:.3f}" for k, v in scores(task, prompts, answers).items()))

@@ -46,6 +46,45 @@ def test_a_failing_seed_process_stops_the_comparison_with_its_log(tmp_path):
     assert "seed-" in str(e.value) and "missing: not a directory" in str(e.value)  # the log's end, shown
 
 
+def test_the_comparisons_own_forwards_run_on_the_training_device(tmp_path, monkeypatch):
+    """On a GPU machine (--device auto, CUDA there) the task's data build, the start's answers and
+    each run's evaluation load their models on CUDA, as train.py's runs do, and the SJ batches meet
+    the model on its device; never the CPU by default. Here the loads record the device they were
+    asked for and load on the CPU, and 'auto' is resolved as a GPU machine resolves it."""
+    torch.manual_seed(0)
+    start = str(tmp_path / "start")
+    save_model(Transformer(config_from_preset("tiny")), start, task.build_tokenizer())
+    asked, real_load = [], compare.load
+
+    def load(d, *args, device="cpu", **kw):
+        asked.append(("load", device))
+        return real_load(d, *args, device="cpu", **kw)
+    built = []
+    instruct = compare.get_task("instruct")
+    real_build = instruct.build
+    monkeypatch.setattr(instruct, "build", lambda *a, device="cpu", **kw: (built.append(device),
+                                                                          real_build(*a, device="cpu", **kw))[1])
+    monkeypatch.setattr(compare, "load", load)
+    monkeypatch.setattr(compare, "resolve_device", lambda d: "cuda" if d == "auto" else d)
+    batches = []
+    real_sj = compare.sj_batches
+    monkeypatch.setattr(compare, "sj_batches", lambda *a, **kw: (batches.append(kw.get("device")),
+                                                                 real_sj(*a, **kw))[1])
+    compare.main(["--preset", "instruct_smoke", "--seeds", "1", "--methods", "orpo", "--start", start,
+                  "--n_test", "2", "--n_judge", "4", "--answer_tokens", "4", "--out", str(tmp_path / "out"),
+                  "--", "--max_length", "512"])
+    assert built == ["cuda"]
+    assert asked and all(dev == "cuda" for _, dev in asked), asked   # the start's, then the run's
+    assert [str(d) for d in batches] == ["cpu"]          # the model's own device (loaded on the CPU here)
+
+
+def test_resolve_device_is_cuda_only_where_there_is_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compare.resolve_device("auto") == "cuda" and compare.resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compare.resolve_device("auto") == "cpu"
+
+
 # -- each run is judged as the run judges ----------------------------------------------------------
 def test_compare_judges_each_run_as_the_run_judges(tmp_path, monkeypatch):
     """experiments/compare.py's judge_acc and bestN use the run's own template, likelihood rule and
