@@ -58,6 +58,7 @@ from nanoalign.config import options_of
 from nanoalign.tasks import get_task
 from model.checkpoint import load
 from nanoalign.data import make_batch, tokenize_rows
+from nanoalign.dist import resolve_device
 from nanoalign.tasks.evaluate import greedy_answers
 from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import TEMPLATES, attach_sj, best_of, judge_pairs, parse_principles
@@ -174,12 +175,6 @@ def win_rate(task, prompts, new, old):
 def _val_rows(cfg, n):
     task = get_task(cfg.task)
     return task.rows("pref", "val", cfg.seed, dataclasses.replace(options_of(cfg, task.Options), n_val=n))
-
-
-def resolve_device(device):
-    """Where the comparison's own forwards run (building the task's data, the start's answers, every
-    evaluation): train.py's --device, 'auto' = CUDA when there is a GPU, as for the training runs."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def sj_batches(tok, cfg, n=256, bs=32, device="cpu"):
@@ -300,7 +295,8 @@ def evaluate_run(model, tok, cfg, prompts, sft_answers, extras, a):
             json.dump({"prompts": prompts, "answers": ans}, f)
         res = {"win_vs_sft": win_rate(task, prompts, ans, sft_answers), **scores(task, prompts, ans)}
     if "sj_acc" in extras:
-        res["sj_acc"] = judge_accuracy(model, sj_batches(tok, cfg, a.n_judge, device=model.lm_head.weight.device))
+        batches = sj_batches(tok, cfg, a.n_judge, device=model.lm_head.weight.device)
+        res["sj_acc"] = judge_accuracy(model, batches)
     if "judge_acc" in extras:
         res["judge_acc"] = label_judge_accuracy(model, tok, cfg, a.n_judge)
     if "agree" in extras:   # on-policy runs: means over the logged steps of the training metrics
@@ -383,17 +379,16 @@ def table(results, cols, weights):
     return "\n".join(lines)
 
 
-def start_of(a, seed, task_name, root):
+def start_of(a, seed, task_name, root, device):
     """(start checkpoint, extra flags) of a seed: the task's start (for arith the cached SFT warm-up,
     trained here if missing; for instruct SmolLM2-135M-Instruct) and, for instruct, its on-policy
-    data built from that start (cached)."""
+    data built from that start (cached), sampled on `device`."""
     cfg = train.parse_config(["--seed", str(seed), "--task", task_name] + a.extra)
     start = a.start or train.start_checkpoint(cfg, get_task(task_name)).init_from
     flags = ["--task", task_name]
     if a.preset in TASK_OF:
         data = os.path.join(root, f"data-s{seed}")
-        get_task(task_name).build(data, init_from=start, seed=seed, **TASK_OF[a.preset][1],
-                                  device=resolve_device(cfg.device),
+        get_task(task_name).build(data, init_from=start, seed=seed, **TASK_OF[a.preset][1], device=device,
                                   command=f"python -m experiments.compare --preset {a.preset} (seed {seed})")
         flags += ["--task_data", data]
     return start, flags + ["--init_from", start]
@@ -481,10 +476,11 @@ def main(argv=None):
     task_name = TASK_OF.get(a.preset, ("arith",))[0]
     task = get_task(task_name)
     prompts, sft_cache, results = task.test_prompts(a.n_test), {}, []
+    # the comparison's own forwards (the data, the start's answers) where train.py's --device says
+    device = resolve_device(train.parse_config(a.extra).device)
     for seed in seeds:
-        start, flags = start_of(a, seed, task_name, root)
-        answers = greedy_answers(*load(start, device=resolve_device(train.parse_config(a.extra).device)),
-                                 prompts, answer_len(task))
+        start, flags = start_of(a, seed, task_name, root, device)
+        answers = greedy_answers(*load(start, device=device), prompts, answer_len(task))
         sft_cache[(task.__name__, seed)] = answers
         print(f"== the start ({start}), seed {seed}, on {len(prompts)} test prompts: " +
               ", ".join(f"{k} {v:.3f}" for k, v in scores(task, prompts, answers).items()))

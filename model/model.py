@@ -18,8 +18,8 @@ Three things differ from the usual nanoGPT-style file, all on purpose:
   `StaticKVCache`). Rows may be left-padded: `attn_mask` marks real tokens,
   positions count from each row's first real token, and padded keys are never attended to.
 - When a gradient is needed, RMSNorm and the SwiGLU product keep only their inputs for backward
-  and compute the rest again there (`RecomputeInBackward`): less memory for a few elementwise passes, and the same
-  gradients bit for bit.
+  and compute the rest again there (`RecomputeInBackward`): less memory for a few elementwise
+  passes, and the same gradients bit for bit.
 """
 import math
 from dataclasses import dataclass
@@ -114,7 +114,8 @@ class RecomputeInBackward(torch.autograd.Function):
         if torch.is_grad_enabled():     # backward(create_graph=True): a double backward
             raise RuntimeError("RecomputeInBackward gives first derivatives only")
         dev, dtype, on = ctx.autocast
-        inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
+        needs = ctx.needs_input_grad[1:]                   # [0] is fn's
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs)]
         with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=on):
             y = ctx.fn(*inputs)
         wanted = [t for t in inputs if t.requires_grad]

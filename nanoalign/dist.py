@@ -60,10 +60,15 @@ def rank_device(device, local_rank, local_ranks):
                    f"(torchrun --nproc_per_node {max(gpus, 1)}).")
 
 
+def resolve_device(device):
+    """'auto' is CUDA if there is a GPU, else the CPU; any other device name as it was given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def setup(device):
     """Join the torchrun group if launched by torchrun. Returns the device this rank uses; 'auto' is
     CUDA if there is a GPU, else the CPU."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
     if "WORLD_SIZE" not in os.environ:
         return device
     local = int(os.environ.get("LOCAL_RANK", 0))

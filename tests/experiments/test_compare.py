@@ -78,13 +78,6 @@ def test_the_comparisons_own_forwards_run_on_the_training_device(tmp_path, monke
     assert [str(d) for d in batches] == ["cpu"]          # the model's own device (loaded on the CPU here)
 
 
-def test_resolve_device_is_cuda_only_where_there_is_a_gpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert compare.resolve_device("auto") == "cuda" and compare.resolve_device("cpu") == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert compare.resolve_device("auto") == "cpu"
-
-
 # -- each run is judged as the run judges ----------------------------------------------------------
 def test_compare_judges_each_run_as_the_run_judges(tmp_path, monkeypatch):
     """experiments/compare.py's judge_acc and bestN use the run's own template, likelihood rule and

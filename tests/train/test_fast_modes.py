@@ -147,8 +147,7 @@ def test_bf16_autocast_really_runs_in_bf16():
 def test_auto_dtype_and_packing_follow_the_model_size_and_the_cpu(monkeypatch):
     """'auto': float32 and padded for a small model (the built-in task's), bf16 and packed for one of
     FAST_MIN_PARAMS or more on a CPU whose bf16 matmuls are the faster, float32 (still packed) on
-    another;
-    an explicit choice wins."""
+    another; an explicit choice wins."""
     from nanoalign import config
     from model.model import Transformer, config_from_preset
     from tests.helpers import method_config

@@ -112,6 +112,13 @@ def test_rank_device(monkeypatch, device, local_rank, ranks, gpus, want):
         assert note is None
 
 
+def test_resolve_device_is_cuda_only_where_there_is_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dist.resolve_device("auto") == "cuda" and dist.resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist.resolve_device("auto") == "cpu" and dist.resolve_device("cuda:1") == "cuda:1"
+
+
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="a GPU for each rank: no fallback")
 def test_fewer_gpus_than_ranks_train_on_the_cpu(tmp_path, start):
     out = _run(["--method", "sft", "--init_from", start, "--max_steps", "1", "--n_train", "16",

@@ -11,10 +11,9 @@ import random
 import shlex
 import sys
 
-import torch
-
 import nanoalign.tasks.instruct.samples as samples
 from model.files import CheckpointError
+from nanoalign.dist import resolve_device
 from nanoalign.tasks.instruct.generate import make_spec
 from nanoalign.tasks.instruct.responses import STYLES, write_response
 from nanoalign.tasks.instruct.scoring import oracle_scores
@@ -39,7 +38,7 @@ def build_main(argv):
     ap.add_argument("--batch_size", type=int, default=16, help="prompts per generate call (x k rows)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     a = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = resolve_device(a.device)
     command = f"{prog} " + " ".join(shlex.quote(x) for x in argv)
     try:
         side = samples.build(a.out, a.k, a.n_prompts, a.seed, a.n_val, init_from=a.init_from,
