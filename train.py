@@ -31,8 +31,8 @@ from model.model import Transformer, config_from_preset
 from nanoalign import REGISTRY, dist
 from nanoalign.checkpoint import load_train_state, save_checkpoint
 from nanoalign.common import Run, frozen_copy
-from nanoalign.config import (autocast, autocast_dtype, make_config, make_optimizer, options_of,
-                              packed_batches, parse_config, resume_config, shared_options)
+from nanoalign.config import (autocast, autocast_dtype, checkpoint_every, make_config, make_optimizer,
+                              options_of, packed_batches, parse_config, resume_config, shared_options)
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
 from nanoalign.onpolicy import inherited
@@ -202,7 +202,7 @@ def train(cfg, task=None, stop_at=None):
         model, _ = load(ckpt, torch.float32, device)
     if method.needs_ref and cfg.lora_r:
         run.ref = AdaptersOff(model)             # the same weights with the adapters switched off
-    model.grad_checkpoint = cfg.grad_checkpoint
+    model.checkpoint_every = checkpoint_every(cfg, model)
     model = dist.wrap(model, cfg.parallel)       # DDP / FSDP2 under torchrun, else the model itself
     if dist.world() > 1:                         # each rank samples its own prompts differently
         torch.manual_seed(cfg.seed + 1000 * dist.rank())

@@ -43,7 +43,7 @@ fi
 only 1 && step 120 env TRITON_INTERPRET=0 python -m pytest -q -p no:cacheprovider tests/kernels/test_triton.py
 # 2. ORPO and DPO steps at SmolLM2-1.7B's shape (bs 4, max_length 1024, bf16): ours, TRL, TRL + Liger;
 #    peak memory; the largest batch that fits at max_length 2048
-only 2 && step 200 python -m bench.train_speed --preset gpu_1p7b
+only 2 && step 240 python -m bench.train_speed --preset gpu_1p7b
 # 3. decoding at SmolLM2-1.7B's shape against transformers' generate at its default (bf16), with the
 #    bandwidth floor: eager at batch 1 / 8 / 32, then the compiled step (CUDA graphs) at batch 1
 only 3 && step 150 python -m bench.decode_speed --model smollm2-1.7b --batches 1,8,32 --ours bf16 --theirs default --max_new_tokens 64 --reps 1

@@ -21,8 +21,9 @@ The rows (`make_rows`) are deterministic conversations, so both sides render the
 template: 256 rows, prompt ~50 tokens, responses ~60 at the cpu preset. Both take the same batch
 size (pairs per step) and max_length; the first --warmup steps are not timed. TRL at its defaults
 (bf16 autocast, gradient checkpointing on) and at equal settings (float32, or bf16, checkpointing
-off as ours); ours as train.py runs it (--dtype and --packed, each 'auto' unless set here), in
-float32 and bf16, and (cpu preset) with --grad_checkpoint, TRL's default's memory-for-time trade.
+off); ours as train.py runs it (--dtype, --packed and --grad_checkpoint, each 'auto' unless set
+here: SmolLM2's sizes checkpoint every other block), at TRL's equal settings (float32 and bf16,
+no checkpointing) and (cpu preset) with --grad_checkpoint true, the trade TRL's default makes.
 """
 import argparse
 import json
@@ -42,14 +43,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {
     "cpu": dict(device="cpu", model="smollm2-135m", rows=256, batch=4, max_length=256, prompt=18,
                 response=45, steps=8, warmup=2,
-                ours=[dict(dtype="float32"), dict(dtype="bfloat16"), dict(), dict(grad_checkpoint=True)],
+                ours=[dict(dtype="float32", grad_checkpoint="false"),
+                      dict(dtype="bfloat16", grad_checkpoint="false"), dict(), dict(grad_checkpoint="true")],
                 trl=["default", "float32", "bfloat16"]),
     "tiny": dict(device="cpu", model="tiny", rows=32, batch=4, max_length=128, prompt=6, response=6,
                  steps=2, warmup=1, ours=[dict()], trl=["default"]),
     # SmolLM2-1.7B's shape with random weights (the real ones are not shipped offline), bf16; TRL
     # with Liger's fused kernels where liger_kernel imports; then the largest batch at 2048 tokens
     "gpu_1p7b": dict(device="cuda", model="smollm2-1.7b", rows=256, batch=4, max_length=1024,
-                     prompt=350, response=380, steps=5, warmup=2, ours=[dict(dtype="bfloat16")],
+                     prompt=350, response=380, steps=5, warmup=2,
+                     ours=[dict(dtype="bfloat16"), dict(dtype="bfloat16", grad_checkpoint="false")],
                      trl=["default", "bfloat16", "liger"], max_batch_length=2048),
 }
 SMOLLM2_1P7B = dict(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, hidden_dim=8192,
@@ -126,7 +129,7 @@ def ours_child(spec):
                             device=dev, **spec["setting"])
     method = REGISTRY[cfg.method]
     model, tok = load(cfg.init_from, torch.float32, dev)
-    model.grad_checkpoint = cfg.grad_checkpoint
+    model.checkpoint_every = train.checkpoint_every(cfg, model)
     run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
     ex = train.load_split(cfg, method, get_task(cfg.task), "train", run)
     opt = train.make_optimizer(model, cfg)
@@ -153,7 +156,8 @@ def ours_child(spec):
     return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
             "compute": f"{'bfloat16' if train.autocast_dtype(cfg, model) else 'float32'}, "
                        f"{'packed' if packed else 'padded'}"
-                       + (", grad checkpointing" if cfg.grad_checkpoint else ""), **peak(dev)}
+                       + {0: "", 1: ", grad checkpointing", 2: ", grad checkpointing half"}[model.checkpoint_every],
+            **peak(dev)}
 
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------
@@ -333,26 +337,27 @@ def table(results, p, a):
     is faster / smaller) for ours, and over TRL's own settings for TRL."""
     import torch
     mem = "peak RSS" if p["device"] == "cpu" else "peak alloc"
+    names = [("--" + " --".join(f"{k} {v}" for k, v in s.items()) if s else "train.py's defaults")
+             if side == "ours" else f"{s}" for m, side, s, r in results]
+    w = max([24] + [len(n) for n in names])                 # the setting column fits the longest
     lines = [f"{a.preset}: {p['model']}{f' ({a.layers} layers)' if a.layers else ''} on {p['device']}, "
              f"{p['rows']} rows, {p['batch']} pairs a step, max_length {p['max_length']}, median of "
              f"{p['steps']} steps after {p['warmup']}, {a.threads or torch.get_num_threads()} "
              f"thread(s) a side; torch {torch.__version__}",
-             f"{'method':6s} {'side':4s} {'setting':24s} {'compute':34s} {'step s':>8s} "
+             f"{'method':6s} {'side':4s} {'setting':{w}s} {'compute':40s} {'step s':>8s} "
              f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s}"]
     default = {m: r for m, side, s, r in results if side == "TRL" and s == "default" and "times" in r}
-    for m, side, s, r in results:
-        name = ("--" + " --".join(f"{k} {v}" for k, v in s.items()) if s else "train.py's defaults") \
-            if side == "ours" else f"{s}"
+    for (m, side, s, r), name in zip(results, names):
         if "max_batch" in r and "times" not in r:
-            lines.append(f"{m:6s} {side:4s} {name:24s} largest batch at max_length "
+            lines.append(f"{m:6s} {side:4s} {name:{w}s} largest batch at max_length "
                          f"{p['max_batch_length']}: {r['max_batch']}")
             continue
         if "times" not in r:
-            lines.append(f"{m:6s} {side:4s} {name:24s} {json.dumps(r)}")
+            lines.append(f"{m:6s} {side:4s} {name:{w}s} {json.dumps(r)}")
             continue
         t, d = statistics.median(r["times"]), default.get(m)
         ratio = f"{statistics.median(d['times']) / t:24.2f} {d['peak_mib'] / r['peak_mib']:11.2f}" if d else ""
-        lines.append(f"{m:6s} {side:4s} {name:24s} {r['compute']:34s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
+        lines.append(f"{m:6s} {side:4s} {name:{w}s} {r['compute']:40s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
     return "\n".join(lines)
 
 

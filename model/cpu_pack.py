@@ -23,13 +23,22 @@ bfloat16 input by a float32 packed weight). bfloat16 halves the bytes a step rea
 busy machine). Anywhere else (a GPU, float16, a torch without oneDNN) the context manager does
 nothing.
 
+Sibling linears that read the same input are packed as one weight and run as one product: q, k and v
+(the model's `Attention.qkv`), gate and up (`MLP.gate_up`). cpu_packed_linears replaces those two
+methods for the block, as it replaces each remaining linear's forward, and splits the product's
+columns back into the three (two) outputs. SmolLM2-135M's 211 linears took 23.6 ms a step in bf16
+at batch 1, its 121 grouped products 20.5 ms (batch 8: 31.1 and 29.2 ms; timed alone): oneDNN
+reads a larger matrix closer to the memory's bandwidth, and the step makes 90 fewer calls (the
+compiled step gained more, 1.17x -> 1.65x transformers at batch 1: docs/performance.md). Each
+output column is the same dot product either way, rounded as oneDNN's blocking has it.
+
 Inside torch.compile (the compiled decode step, `cpu_packed_linears(model, B, traced=True)`), a
 packed weight is an opaque oneDNN tensor that the compiler cannot trace, and without it inductor
-calls MKL's sgemm and loses the packing. So there each linear calls the custom op
-`nanoalign::packed_linear(x, weight, slot)` instead: the graph keeps the call as it is, and at run
-time the op finds the module's packed weight by its slot number. The weight itself is an input of
-the op, so the compiled graph sees the parameter (and its shape), and a weight that changed in place
-is repacked on the next entry without a recompile.
+calls MKL's sgemm and loses the packing. So there each packed product calls the custom op
+`nanoalign::packed_linear(x, weights, slot)` instead: the graph keeps the call as it is, and at run
+time the op finds the packed weight by its slot number. The weights themselves are inputs of the
+op, so the compiled graph sees the parameters (and their shapes), and a weight that changed in
+place is repacked on the next entry without a recompile.
 """
 import contextlib
 import functools
@@ -39,13 +48,11 @@ import torch
 import torch.nn as nn
 
 MAX_PACKED = 1_000_000_000
-_PACKED = weakref.WeakKeyDictionary()     # module -> ((address, version, batch, dtype), packed)
+# a parent module's method -> the linears it runs on one input, packed as one weight (model/model.py)
+GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}
+_PACKED = weakref.WeakKeyDictionary()   # owner module -> {method: ((addresses, versions, batch, dtype), packed)}
 _CAN_PACK = hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
-_SLOTS = []                               # slot -> weakref to its nn.Linear (for the custom op)
-
-
-def _packed_forward(packed, dtype, x):
-    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], "")
+_SLOTS = []                             # slot -> (weakref to the owner, method), for the custom op
 
 
 def packing_dtype(w):
@@ -59,63 +66,104 @@ def packing_dtype(w):
     return dtype if dtype == torch.float32 or bf16_ok else None
 
 
+def packing_units(model):
+    """(owner, method, linears) for every product a decode step runs packed: each GROUPS method whose
+    linears are all plain nn.Linear (a LoRA layer is not, and keeps its own forward), then every
+    other plain nn.Linear on its own, as (the linear, "forward", [the linear])."""
+    units, grouped = [], set()
+    for m in model.modules():
+        for method, names in GROUPS.items():
+            linears = [getattr(m, n, None) for n in names]
+            if hasattr(m, method) and all(type(lin) is nn.Linear for lin in linears):
+                units.append((m, method, linears))
+                grouped.update(map(id, linears))
+    units += [(m, "forward", [m]) for m in model.modules()
+              if type(m) is nn.Linear and id(m) not in grouped]
+    return units
+
+
+def _pack(owner, method, linears, batch_size, dtype):
+    """The oneDNN-packed weight of one unit, packed again only when a weight or the batch changed."""
+    key = (tuple(lin.weight.data_ptr() for lin in linears),
+           tuple(lin.weight._version for lin in linears), batch_size, dtype)
+    done = _PACKED.setdefault(owner, {})
+    if done.get(method, (None,))[0] != key:
+        w = torch.cat([lin.weight.detach().to(dtype) for lin in linears])   # (sum of outs, in)
+        done[method] = (key, torch.ops.mkldnn._reorder_linear_weight(w, batch_size))
+    return done[method][1]
+
+
+def _split(y, sizes):
+    """A unit's product back into its linears' outputs (views), or itself for a lone linear."""
+    return y if len(sizes) == 1 else y.split(sizes, dim=-1)
+
+
+def _packed_forward(packed, dtype, sizes, x):
+    return _split(torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], ""), sizes)
+
+
 # The custom op for compiled graphs. A plain Library kernel, not torch.library.custom_op: the
-# latter's Python wrappers cost ~35 us a call here, against ~6 us (211 linears a SmolLM2 step).
+# latter's Python wrappers cost ~35 us a call here, against ~6 us (121 products a SmolLM2 step).
 _LIB = torch.library.Library("nanoalign", "FRAGMENT")
-_LIB.define("packed_linear(Tensor x, Tensor weight, int slot) -> Tensor")
+_LIB.define("packed_linear(Tensor x, Tensor[] weights, int slot) -> Tensor")
 
 
-def _packed_linear_cpu(x, weight, slot):
-    return torch.ops.mkldnn._linear_pointwise(x, _PACKED[_SLOTS[slot]()][1], None, "none", [], "")
+def _packed_linear_cpu(x, weights, slot):
+    owner, method = _SLOTS[slot]
+    return torch.ops.mkldnn._linear_pointwise(x, _PACKED[owner()][method][1], None, "none", [], "")
 
 
-def _packed_linear_meta(x, weight, slot):       # shapes only, for the compiler's tracing
-    return x.new_empty(x.shape[:-1] + weight.shape[:1])
+def _packed_linear_meta(x, weights, slot):       # shapes only, for the compiler's tracing
+    return x.new_empty(x.shape[:-1] + (sum(w.shape[0] for w in weights),))
 
 
 _LIB.impl("packed_linear", _packed_linear_cpu, "CPU")
 _LIB.impl("packed_linear", _packed_linear_meta, "Meta")
 
 
-def _traced_forward(m, x):
-    return torch.ops.nanoalign.packed_linear(x.to(m._packed_dtype), m.weight, m._packed_slot)
+def _traced_forward(owner, method, linears, dtype, x):
+    out = torch.ops.nanoalign.packed_linear(x.to(dtype), [lin.weight for lin in linears],
+                                            owner._packed_slots[method])
+    return _split(out, [lin.weight.shape[0] for lin in linears])
 
 
-def _traced_forward_of(m):
-    """m's forward through the custom op, and its slot number, both kept on the module: a compiled
-    graph guards on the forward it traced, so it must be the same object at every entry (a new one
-    each time recompiled the step at every generate call). A deepcopy's copied slot still points at
-    the original module; it is checked, and a copy gets its own."""
-    s = getattr(m, "_packed_slot", None)
-    if s is None or _SLOTS[s]() is not m:
-        m._packed_slot = len(_SLOTS)
-        _SLOTS.append(weakref.ref(m))
-        m._traced_forward = functools.partial(_traced_forward, m)
-    return m._traced_forward
+def _traced_forward_of(owner, method, linears, dtype):
+    """The unit's forward through the custom op, and its slot number, both kept on the owner: a
+    compiled graph guards on the function it traced, so it must be the same object at every entry
+    (a new one each time recompiled the step at every generate call). A deepcopy's copied slot
+    still points at the original module; it is checked, and a copy gets its own."""
+    slots = vars(owner).setdefault("_packed_slots", {})      # method -> slot
+    fns = vars(owner).setdefault("_packed_traced", {})       # (method, dtype) -> forward
+    s = slots.get(method)
+    if s is None or _SLOTS[s][0]() is not owner:
+        slots[method] = len(_SLOTS)
+        _SLOTS.append((weakref.ref(owner), method))
+        for key in [k for k in fns if k[0] == method]:
+            del fns[key]
+    if (method, dtype) not in fns:
+        fns[method, dtype] = functools.partial(_traced_forward, owner, method, linears, dtype)
+    return fns[method, dtype]
 
 
 @contextlib.contextmanager
 def cpu_packed_linears(model, batch_size, traced=False):
-    """Inside the block, every plain nn.Linear of `model` computes with its oneDNN-packed weight;
-    traced=True routes it through the custom op, for a function that torch.compile traces."""
-    w = model.lm_head.weight
-    dtype = packing_dtype(w)
-    linears = [m for m in model.modules() if type(m) is nn.Linear]
-    if dtype is None or sum(m.weight.numel() for m in linears) > MAX_PACKED:
+    """Inside the block, every plain nn.Linear of `model` computes with its oneDNN-packed weight
+    (grouped as GROUPS says); traced=True routes them through the custom op, for a function that
+    torch.compile traces."""
+    dtype = packing_dtype(model.lm_head.weight)
+    units = packing_units(model)
+    if dtype is None or sum(lin.weight.numel() for _, _, ls in units for lin in ls) > MAX_PACKED:
         yield
         return
-    for m in linears:
-        key = (m.weight.data_ptr(), m.weight._version, batch_size, dtype)   # packed for this batch
-        if key != _PACKED.get(m, (None,))[0]:
-            _PACKED[m] = (key, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach().to(dtype),
-                                                                       batch_size))
+    for owner, method, linears in units:
+        packed = _pack(owner, method, linears, batch_size, dtype)
         if traced:
-            m._packed_dtype = dtype
-            m.forward = _traced_forward_of(m)                       # shadows Linear.forward
+            fn = _traced_forward_of(owner, method, linears, dtype)
         else:
-            m.forward = functools.partial(_packed_forward, _PACKED[m][1], dtype)
+            fn = functools.partial(_packed_forward, packed, dtype, [lin.weight.shape[0] for lin in linears])
+        setattr(owner, method, fn)                         # shadows the class's method
     try:
         yield
     finally:
-        for m in linears:
-            del m.forward
+        for owner, method, _ in units:
+            delattr(owner, method)

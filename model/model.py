@@ -246,9 +246,10 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache):
         B, T, _ = x.shape
         nh, nkv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
-        q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)    # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)   # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)   # (B, nkv, T, hs)
+        q, k, v = self.qkv(x)                                    # (B, T, nh * hs), (B, T, nkv * hs) x 2
+        q = q.view(B, T, nh, hd).transpose(1, 2)                 # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hd).transpose(1, 2)                # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)                # (B, nkv, T, hs)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # generation: store this step's keys/values, attend to all so far
             k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
@@ -260,6 +261,12 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
 
+    def qkv(self, x):
+        """The three projections of x. A method of its own because decoding on the CPU replaces it
+        with one product against the three weights packed as one (model/cpu_pack.py): at batch 1 a
+        step is mostly reading weights, and one larger matrix reads faster than three small ones."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg):
@@ -269,7 +276,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(lean(swiglu, self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(lean(swiglu, *self.gate_up(x)))
+
+    def gate_up(self, x):
+        """Both input projections of x; one packed product while decoding on the CPU, as
+        Attention.qkv."""
+        return self.gate_proj(x), self.up_proj(x)
 
 
 def swiglu(gate, up):
@@ -301,9 +313,10 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
         self.apply(self._init_weights)
-        # activation checkpointing (train.py --grad_checkpoint): keep only each block's input and
-        # recompute the block in backward, trading ~1/3 more compute for O(layers) less memory
-        self.grad_checkpoint = False
+        # activation checkpointing (train.py --grad_checkpoint): blocks 0, k, 2k, ... keep only
+        # their input and run again in backward (0 = none, 1 = every block, 2 = every other one).
+        # Each checkpointed block costs its forward once more and saves all it would have kept
+        self.checkpoint_every = 0
 
     @staticmethod
     def _init_weights(m):
@@ -374,8 +387,9 @@ class Transformer(nn.Module):
         return self.norm(self._blocks(x, cos, sin, rows, None))
 
     def _blocks(self, x, cos, sin, mask, cache):
-        for layer in self.layers:
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+        for i, layer in enumerate(self.layers):
+            k = self.checkpoint_every
+            if k and i % k == 0 and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache,
                                                       use_reentrant=False)
             else:

@@ -291,7 +291,7 @@ def test_decoding_under_bf16_autocast_packs_bf16_weights(decode_model, monkeypat
     prompts = random_prompts([6, 2, 9], 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         eager = generate(decode_model, prompts, 10, eos_ids=[], temperature=0)
-        assert P._PACKED[decode_model.lm_head][0][3] == torch.bfloat16
+        assert P._PACKED[decode_model.lm_head]["forward"][0][3] == torch.bfloat16
         compiled = generate(decode_model, prompts, 10, eos_ids=[], temperature=0, compiled=True)
         monkeypatch.setattr(P, "_CAN_PACK", False)
         plain = generate(decode_model, prompts, 10, eos_ids=[], temperature=0)

@@ -105,8 +105,47 @@ def test_cpu_packing_follows_the_batch_size(monkeypatch):
     m = tiny(12).eval()
     one, eight = [[3, 4, 5]], [[3, 4, 5], [6, 7]] * 4
     generate(m, one, 4, eos_ids=[], temperature=0)
-    assert P._PACKED[m.lm_head][0][2] == 1
+    assert P._PACKED[m.lm_head]["forward"][0][2] == 1
     packed = generate(m, eight, 6, eos_ids=[], temperature=0)
-    assert P._PACKED[m.lm_head][0][2] == 8
+    assert P._PACKED[m.lm_head]["forward"][0][2] == 8
     monkeypatch.setattr(P, "_CAN_PACK", False)
     assert packed == generate(m, eight, 6, eos_ids=[], temperature=0)
+
+
+@given(targets=st.sets(st.sampled_from(["q", "k", "v", "o", "gate", "up", "down"])),
+       B=st.integers(1, 4), T=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_sibling_linears_packed_as_one_product_equal_the_plain_linears(targets, B, T, seed):
+    """q/k/v and gate/up run as one packed product each (Attention.qkv and MLP.gate_up replaced
+    inside the block), unless one of them is a LoRA layer; every plain linear is packed exactly once;
+    the outputs are the plain ones (float32: different summation order, last bits only); and the
+    model's own methods are back after the block."""
+    import model.cpu_pack as P
+    from model.lora import apply_lora
+    if not P._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(seed).eval()
+    if targets:
+        m = apply_lora(m, 2, 4.0, 0.0, ",".join(sorted(targets)))
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if "lora_B" in name:
+                    p.normal_()
+    units = P.packing_units(m)
+    members = [id(lin) for _, _, linears in units for lin in linears]
+    plain = [id(x) for x in m.modules() if type(x) is torch.nn.Linear]
+    assert sorted(members) == sorted(plain)                    # each plain linear once, nothing else
+    attn, mlp = m.layers[0].self_attn, m.layers[0].mlp
+    grouped = {method for owner, method, _ in units if owner in (attn, mlp)}
+    assert ("qkv" in grouped) == (not targets & {"q", "k", "v"})
+    assert ("gate_up" in grouped) == (not targets & {"gate", "up"})
+    x = torch.randn(B, T, m.cfg.dim, generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(0, 101, (B, T), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want = [*attn.qkv(x), *mlp.gate_up(x), m.logits(m(ids))]
+        with P.cpu_packed_linears(m, B):
+            assert ("qkv" in vars(attn)) == ("qkv" in grouped)
+            got = [*attn.qkv(x), *mlp.gate_up(x), m.logits(m(ids))]
+    assert not {"qkv", "gate_up", "forward"} & (set(vars(attn)) | set(vars(mlp)) | set(vars(m.lm_head)))
+    for w, g in zip(want, got, strict=True):
+        assert g.shape == w.shape
+        assert (g - w).abs().max() <= 1e-5 * (1 + w.abs().max())

@@ -138,9 +138,9 @@ def test_a_training_forward_keeps_neither_the_normalized_rows_nor_silu_gate(monk
 
 
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("grad_checkpoint", [False, True])
+@pytest.mark.parametrize("checkpoint_every", [0, 1, 2])
 @pytest.mark.parametrize("lora", [False, True])
-def test_recompute_in_backward_leaves_every_training_path_bitwise_the_same(packed, grad_checkpoint, lora,
+def test_recompute_in_backward_leaves_every_training_path_bitwise_the_same(packed, checkpoint_every, lora,
                                                                            monkeypatch):
     """Each way train.py trains (packed rows, --grad_checkpoint, LoRA's frozen base with frozen
     norm weights) gives bitwise the gradients of the plain pieces."""
@@ -151,7 +151,7 @@ def test_recompute_in_backward_leaves_every_training_path_bitwise_the_same(packe
         for p in m.parameters():          # (B starts at zero: give A a gradient too)
             if p.requires_grad:
                 p.data.normal_(0, 0.1)
-    m.grad_checkpoint = grad_checkpoint
+    m.checkpoint_every = checkpoint_every
     lengths = [5, 1, 9]
     x = torch.randint(3, m.cfg.vocab_size, (1, sum(lengths)) if packed else (3, 9))
     cu = torch.tensor([0] + lengths).cumsum(0) if packed else None

@@ -65,6 +65,17 @@ def test_resume_refuses_another_method_or_a_changed_setting(tmp_path, capsys):
     assert cfg.method == "sft"
 
 
+@pytest.mark.parametrize("old, now", [(True, "true"), (False, "false")])
+def test_a_run_saved_with_a_boolean_grad_checkpoint_still_resumes_as_it_ran(old, now, capsys):
+    """--grad_checkpoint was a bool before it took 'half' and 'auto': a saved config's bool reads as
+    the choice it meant (an old run resumes as it ran); anywhere else a bool is a wrong type."""
+    from nanoalign.config import config_from_dict
+    assert config_from_dict({"method": "sft", "grad_checkpoint": old}, "state.json",
+                            saved=True).grad_checkpoint == now
+    with pytest.raises(SystemExit, match="'grad_checkpoint' must be str"):
+        config_from_dict({"method": "sft", "grad_checkpoint": old}, "run.json")
+
+
 def test_argument_prefixes_are_refused(capsys):
     with pytest.raises(SystemExit):
         train.parse_config(["--max_step", "5"])

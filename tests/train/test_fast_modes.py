@@ -144,10 +144,10 @@ def test_bf16_autocast_really_runs_in_bf16():
     assert abs(bf16 - f64) > 10 * abs(f32 - f64)
 
 
-def test_auto_dtype_and_packing_follow_the_model_size_and_the_cpu(monkeypatch):
-    """'auto': float32 and padded for a small model (the built-in task's), bf16 and packed for one of
-    FAST_MIN_PARAMS or more on a CPU whose bf16 matmuls are the faster, float32 (still packed) on
-    another; an explicit choice wins."""
+def test_auto_dtype_packing_and_checkpointing_follow_the_model_size_and_the_cpu(monkeypatch):
+    """'auto': float32, padded and no checkpointing for a small model (the built-in task's); for one
+    of FAST_MIN_PARAMS or more, packed, every other block checkpointed, and bf16 on a CPU whose bf16
+    matmuls are the faster, float32 on another; an explicit choice wins."""
     from nanoalign import config
     from model.model import Transformer, config_from_preset
     from tests.helpers import method_config
@@ -165,6 +165,10 @@ def test_auto_dtype_and_packing_follow_the_model_size_and_the_cpu(monkeypatch):
         assert config.autocast_dtype(method_config("orpo", dtype="float32"), big) is None
         assert config.packed_batches(method_config("orpo", packed="true"), small)
         assert not config.packed_batches(method_config("orpo", packed="false"), big)
+        assert (config.checkpoint_every(auto, small), config.checkpoint_every(auto, big)) == (0, 2)
+        for choice, every in (("false", 0), ("half", 2), ("true", 1)):
+            for m in (small, big):
+                assert config.checkpoint_every(method_config("orpo", grad_checkpoint=choice), m) == every
 
 
 @pytest.mark.parametrize("amx, bf16, vendor, faster", [

@@ -15,7 +15,10 @@ from tests.helpers import ROOT, ids, tiny
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_activation_checkpointing_same_loss_and_grads(lora):
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_activation_checkpointing_same_loss_and_grads(lora, every):
+    """Checkpointing every block, every other one, or every third (of 3 blocks: the first alone)
+    gives bitwise the loss and gradients of keeping every activation."""
     def run(ckpt):
         torch.manual_seed(0)
         m = tiny(4, n_layers=3)
@@ -24,17 +27,42 @@ def test_activation_checkpointing_same_loss_and_grads(lora):
             for x in m.modules():
                 if isinstance(x, LoRALinear):
                     torch.nn.init.normal_(x.lora_B)
-        m.grad_checkpoint = ckpt
+        m.checkpoint_every = ckpt
         m.train()
         torch.manual_seed(1)
         x = ids(5)
         loss = torch.nn.functional.cross_entropy(m.logits(m(x[:, :-1])).flatten(0, 1), x[:, 1:].flatten())
         loss.backward()
         return loss.item(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
-    (l0, g0), (l1, g1) = run(False), run(True)
-    assert abs(l0 - l1) <= 1e-6 and g0.keys() == g1.keys() and g0
+    (l0, g0), (l1, g1) = run(0), run(every)
+    assert l0 == l1 and g0.keys() == g1.keys() and g0
     for n in g0:
-        assert (g0[n] - g1[n]).abs().max() <= 1e-6, n
+        assert torch.equal(g0[n], g1[n]), n
+
+
+def test_checkpointing_fewer_blocks_keeps_more_for_backward():
+    """What autograd keeps for backward (bytes of distinct storages, parameters not counted) falls
+    as more blocks are checkpointed: none > every other one > all; and outside training or without
+    a gradient nothing is checkpointed (the same as none)."""
+    m = tiny(0, n_layers=4)
+    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    x = ids(4)
+
+    def kept(every, train=True):
+        m.checkpoint_every = every
+        m.train(train)
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x).sum()
+        return sum(seen.values())
+    none, half, every_block = kept(0), kept(2), kept(1)
+    assert none > half > every_block > 0
+    assert kept(1, train=False) == kept(0, train=False)
 
 
 # -- two processes -------------------------------------------------------------------------------
