@@ -339,12 +339,13 @@ def table(results, p, a):
     mem = "peak RSS" if p["device"] == "cpu" else "peak alloc"
     names = [("--" + " --".join(f"{k} {v}" for k, v in s.items()) if s else "train.py's defaults")
              if side == "ours" else f"{s}" for m, side, s, r in results]
-    w = max([24] + [len(n) for n in names])                 # the setting column fits the longest
+    w = max([24] + [len(n) for n in names])                 # the columns fit their longest entry
+    cw = max([34] + [len(r.get("compute", "")) for *_, r in results])
     lines = [f"{a.preset}: {p['model']}{f' ({a.layers} layers)' if a.layers else ''} on {p['device']}, "
              f"{p['rows']} rows, {p['batch']} pairs a step, max_length {p['max_length']}, median of "
              f"{p['steps']} steps after {p['warmup']}, {a.threads or torch.get_num_threads()} "
              f"thread(s) a side; torch {torch.__version__}",
-             f"{'method':6s} {'side':4s} {'setting':{w}s} {'compute':40s} {'step s':>8s} "
+             f"{'method':6s} {'side':4s} {'setting':{w}s} {'compute':{cw}s} {'step s':>8s} "
              f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s}"]
     default = {m: r for m, side, s, r in results if side == "TRL" and s == "default" and "times" in r}
     for (m, side, s, r), name in zip(results, names):
@@ -357,7 +358,7 @@ def table(results, p, a):
             continue
         t, d = statistics.median(r["times"]), default.get(m)
         ratio = f"{statistics.median(d['times']) / t:24.2f} {d['peak_mib'] / r['peak_mib']:11.2f}" if d else ""
-        lines.append(f"{m:6s} {side:4s} {name:{w}s} {r['compute']:40s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
+        lines.append(f"{m:6s} {side:4s} {name:{w}s} {r['compute']:{cw}s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
     return "\n".join(lines)
 
 

@@ -133,16 +133,19 @@ def _traced_forward_of(owner, method, linears, dtype):
     (a new one each time recompiled the step at every generate call). A deepcopy's copied slot
     still points at the original module; it is checked, and a copy gets its own."""
     slots = vars(owner).setdefault("_packed_slots", {})      # method -> slot
-    fns = vars(owner).setdefault("_packed_traced", {})       # (method, dtype) -> forward
+    fns = vars(owner).setdefault("_packed_traced", {})       # (method, dtype, linears) -> forward
     s = slots.get(method)
     if s is None or _SLOTS[s][0]() is not owner:
         slots[method] = len(_SLOTS)
         _SLOTS.append((weakref.ref(owner), method))
         for key in [k for k in fns if k[0] == method]:
             del fns[key]
-    if (method, dtype) not in fns:
-        fns[method, dtype] = functools.partial(_traced_forward, owner, method, linears, dtype)
-    return fns[method, dtype]
+    key = (method, dtype, tuple(map(id, linears)))           # a linear replaced: a new forward
+    if key not in fns:
+        for old in [k for k in fns if k[0] == method]:       # (which keeps no old module alive)
+            del fns[old]
+        fns[key] = functools.partial(_traced_forward, owner, method, linears, dtype)
+    return fns[key]
 
 
 @contextlib.contextmanager
@@ -155,15 +158,22 @@ def cpu_packed_linears(model, batch_size, traced=False):
     if dtype is None or sum(lin.weight.numel() for _, _, ls in units for lin in ls) > MAX_PACKED:
         yield
         return
-    for owner, method, linears in units:
-        packed = _pack(owner, method, linears, batch_size, dtype)
-        if traced:
-            fn = _traced_forward_of(owner, method, linears, dtype)
-        else:
-            fn = functools.partial(_packed_forward, packed, dtype, [lin.weight.shape[0] for lin in linears])
-        setattr(owner, method, fn)                         # shadows the class's method
-    try:
+    formed = {(id(owner), method) for owner, method, _ in units}
+    for m in model.modules():     # a group no longer formed (LoRA came after): drop its packed copy
+        for method in set(_PACKED.get(m, ())) & set(GROUPS):
+            if (id(m), method) not in formed:
+                del _PACKED[m][method]
+    done = []
+    try:                          # (an error or Ctrl-C while packing still puts every method back)
+        for owner, method, linears in units:
+            packed = _pack(owner, method, linears, batch_size, dtype)
+            if traced:
+                fn = _traced_forward_of(owner, method, linears, dtype)
+            else:
+                fn = functools.partial(_packed_forward, packed, dtype, [lin.weight.shape[0] for lin in linears])
+            setattr(owner, method, fn)                     # shadows the class's method
+            done.append((owner, method))
         yield
     finally:
-        for owner, method, _ in units:
+        for owner, method in done:
             delattr(owner, method)

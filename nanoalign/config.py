@@ -105,9 +105,10 @@ class SharedConfig:
     lora_targets: str = option("q,k,v,o,gate,up,down", "projections that get adapters, from "
                                "q,k,v,o,gate,up,down")
     grad_checkpoint: str = option("auto", "activation checkpointing: blocks keep only their input and "
-                                  "run again in backward. 'true' = every block (least memory, a step "
+                                  "run again in backward. 'true' = every block (least memory; a CPU step "
                                   "took 1.13-1.3x the time: TRL's default), 'half' = every other "
-                                  "block (1.02-1.07x), 'false' = none; 'auto' = 'half' for a model of "
+                                  "block (1.02-1.07x; on a GPU not measured yet), 'false' = none; "
+                                  "'auto' = 'half' for a model of "
                                   f"{FAST_MIN_PARAMS // 10**6}M parameters or more (as lean as TRL's "
                                   "default, docs/performance.md), else 'false'",
                                   choices=("auto", "false", "half", "true"))
@@ -117,9 +118,10 @@ class SharedConfig:
 
 
 # what --resume may change; every other setting comes from the checkpoint, and a different value is
-# refused (a resumed run must be the run it continues)
+# refused (a resumed run must be the run it continues). grad_checkpoint changes no number (bitwise
+# the same gradients), only memory and time
 RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
-             "final_eval", "device", "skip_bad_rows")
+             "final_eval", "device", "skip_bad_rows", "grad_checkpoint")
 
 
 def config_class(method, task=SharedConfig.task):
@@ -164,8 +166,8 @@ def check_value(f, v, where):
 def config_from_dict(d, where, saved=False):
     """The method's config from a dict; unknown keys, wrong types and values outside an option's
     choices are errors naming `where`. A key of another method's options is an error too, except in
-    a saved config (saved=True): old checkpoints recorded every method's knobs, and those are dropped;
-    and their grad_checkpoint, then a bool, reads as 'true' / 'false'."""
+    a saved config (saved=True): old checkpoints recorded every method's knobs, and those are dropped.
+    A switch (a str option with 'true' and 'false' among its choices) takes a bool as that string."""
     method, task = d.get("method", SharedConfig.method), d.get("task", SharedConfig.task)
     if method not in REGISTRY:
         raise SystemExit(f"error: {where}: method '{method}' is unknown; choose from {', '.join(REGISTRY)}")
@@ -180,8 +182,9 @@ def config_from_dict(d, where, saved=False):
             raise SystemExit(f"error: {where}: '{k}' is not an option of --method {method} on --task "
                              f"{task} (python train.py --method list shows each method's)")
     kept = {k: v for k, v in d.items() if k in fields}
-    if saved and isinstance(kept.get("grad_checkpoint"), bool):    # a run saved when it was a bool
-        kept["grad_checkpoint"] = str(kept["grad_checkpoint"]).lower()
+    for k, v in kept.items():        # a switch's bool (--grad_checkpoint was one until 2026-12-06)
+        if isinstance(v, bool) and _is_switch(fields[k]):
+            kept[k] = "true" if v else "false"
     for k, v in kept.items():
         check_value(fields[k], v, where)
     cfg = cls(**kept)
@@ -195,6 +198,19 @@ def config_from_dict(d, where, saved=False):
 def make_config(**kw):
     """A checked config from keyword arguments (tests, experiments/): make_config(method=NAME, beta=0.2)."""
     return config_from_dict(kw, "config")
+
+
+def _is_switch(f):
+    """A str option whose choices include 'true' and 'false' beside others ('auto', 'half')."""
+    return _tname(f) == "str" and {"true", "false"} <= set(f.metadata.get("choices") or ())
+
+
+def _switch(s):
+    """A switch's flag value: a bool's spellings (True, no, 1, ...) as 'true' / 'false', else as given."""
+    try:
+        return "true" if _bool(s) else "false"
+    except argparse.ArgumentTypeError:
+        return s
 
 
 def _bool(s):
@@ -253,8 +269,11 @@ def parse_config(argv=None, description=None):
     conv = {"int": int, "float": float, "bool": _bool, "str": str}
     for f in dataclasses.fields(config_class(method, task)):
         kw = dict(nargs="?", const=True) if _tname(f) == "bool" else {}
+        if _is_switch(f):                         # --grad_checkpoint alone means 'true', as a bool's
+            kw = dict(nargs="?", const="true")
         ch = f.metadata.get("choices")
-        ap.add_argument(f"--{f.name}", type=conv[_tname(f)], default=None, metavar=_tname(f).upper(),
+        ap.add_argument(f"--{f.name}", type=_switch if _is_switch(f) else conv[_tname(f)], default=None,
+                        metavar=_tname(f).upper(),
                         help=f"{f.metadata['help']} (default: {f.default!r}"
                              + (f"; one of {', '.join(ch)})" if ch else ")"), **kw)
     a = ap.parse_args(argv)

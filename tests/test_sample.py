@@ -270,16 +270,23 @@ def test_traced_packed_linears_equal_the_packed_ones():
     if not P._CAN_PACK:
         pytest.skip("this torch build has no oneDNN linear")
     m = tiny(5).eval()
+    attn, mlp = m.layers[0].self_attn, m.layers[0].mlp
     x = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         with P.cpu_packed_linears(m, 2):
             packed = m.logits(m(x))
         with P.cpu_packed_linears(m, 2, traced=True):
-            traced, first = m.logits(m(x)), m.lm_head.forward
+            traced, first = m.logits(m(x)), (m.lm_head.forward, attn.qkv, mlp.gate_up)
         with P.cpu_packed_linears(m, 2, traced=True):
-            assert m.lm_head.forward is first
+            assert (m.lm_head.forward, attn.qkv, mlp.gate_up) == first
+            assert all(a is b for a, b in zip((m.lm_head.forward, attn.qkv, mlp.gate_up), first))
+        old_k = attn.k_proj
+        attn.k_proj = torch.nn.Linear(old_k.in_features, old_k.out_features, bias=False)
+        with P.cpu_packed_linears(m, 2, traced=True):   # a replaced linear: a new forward, without the old
+            assert attn.qkv is not first[1] and attn.k_proj in attn.qkv.args[2]
+            assert not any(f.args[2][1] is old_k for f in vars(attn)["_packed_traced"].values())
     assert torch.equal(traced, packed)
-    assert "forward" not in vars(m.lm_head)
+    assert not {"forward", "qkv", "gate_up"} & (set(vars(m.lm_head)) | set(vars(attn)) | set(vars(mlp)))
 
 
 def test_decoding_under_bf16_autocast_packs_bf16_weights(decode_model, monkeypatch):

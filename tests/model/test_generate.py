@@ -149,3 +149,42 @@ def test_sibling_linears_packed_as_one_product_equal_the_plain_linears(targets, 
     for w, g in zip(want, got, strict=True):
         assert g.shape == w.shape
         assert (g - w).abs().max() <= 1e-5 * (1 + w.abs().max())
+
+
+def test_packing_that_fails_midway_puts_every_method_back(monkeypatch):
+    """An error (or Ctrl-C) while packing leaves no packed forward on the model: a training step
+    after it would otherwise run oneDNN's linear, which has no gradient."""
+    import model.cpu_pack as P
+    if not P._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(2)
+    calls, pack = [], P._pack
+
+    def failing(*args):
+        calls.append(args[1])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return pack(*args)
+    monkeypatch.setattr(P, "_pack", failing)
+    with pytest.raises(KeyboardInterrupt):
+        with P.cpu_packed_linears(m, 1):
+            pass
+    assert len(calls) == 4 and {"qkv", "gate_up"} <= set(calls)      # groups were patched first
+    assert not any({"qkv", "gate_up", "forward"} & set(vars(x)) for x in m.modules())
+
+
+def test_a_group_broken_up_by_lora_keeps_no_packed_copy():
+    """After LoRA replaces q_proj, q/k/v are no longer one group: the group's packed weight goes (it
+    would be a stale copy of the three weights for as long as the model lives)."""
+    import model.cpu_pack as P
+    from model.lora import apply_lora
+    if not P._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(3)
+    generate(m, [[3, 4, 5]], 2, eos_ids=[], temperature=0)
+    attn = m.layers[0].self_attn
+    assert {"qkv"} <= set(P._PACKED[attn])
+    apply_lora(m, 2, 4.0, 0.0, "q")
+    generate(m, [[3, 4, 5]], 2, eos_ids=[], temperature=0)
+    assert "qkv" not in P._PACKED[attn] and "gate_up" in P._PACKED[m.layers[0].mlp]
+    assert P._PACKED[attn.k_proj]["forward"][0][2] == 1           # k and v now packed alone

@@ -65,15 +65,34 @@ def test_resume_refuses_another_method_or_a_changed_setting(tmp_path, capsys):
     assert cfg.method == "sft"
 
 
-@pytest.mark.parametrize("old, now", [(True, "true"), (False, "false")])
-def test_a_run_saved_with_a_boolean_grad_checkpoint_still_resumes_as_it_ran(old, now, capsys):
-    """--grad_checkpoint was a bool before it took 'half' and 'auto': a saved config's bool reads as
-    the choice it meant (an old run resumes as it ran); anywhere else a bool is a wrong type."""
+@pytest.mark.parametrize("argv, want", [
+    ([], "auto"), (["--grad_checkpoint"], "true"), (["--grad_checkpoint", "True"], "true"),
+    (["--grad_checkpoint", "no"], "false"), (["--grad_checkpoint", "half"], "half"),
+])
+def test_grad_checkpoint_takes_a_bools_spellings_as_well_as_half_and_auto(argv, want):
+    """--grad_checkpoint was a bool until it took 'half' and 'auto': the old spellings still work, on
+    the command line and as a JSON bool (a config file, a saved run)."""
     from nanoalign.config import config_from_dict
-    assert config_from_dict({"method": "sft", "grad_checkpoint": old}, "state.json",
-                            saved=True).grad_checkpoint == now
-    with pytest.raises(SystemExit, match="'grad_checkpoint' must be str"):
-        config_from_dict({"method": "sft", "grad_checkpoint": old}, "run.json")
+    assert train.parse_config(["--method", "sft"] + argv).grad_checkpoint == want
+    for old in (True, False):
+        for where, saved in (("run.json", False), ("state.json", True)):
+            assert config_from_dict({"method": "sft", "grad_checkpoint": old}, where,
+                                    saved).grad_checkpoint == str(old).lower()
+
+
+def test_a_resumed_run_may_change_grad_checkpointing(tmp_path, capsys):
+    """Checkpointing changes no number, so a resume may turn it on or off; a run saved when it was a
+    bool resumes too (the SFT warm-up resumes with every option of the run that needs it)."""
+    _short_run(tmp_path, capsys)
+    run = str(tmp_path / "run")
+    cfg = train.parse_config(["--out_dir", run, "--resume", "--grad_checkpoint", "true"])
+    assert cfg.grad_checkpoint == "true" and cfg.method == "sft"
+    state = tmp_path / "run" / "ckpt" / "state.json"
+    st = json.loads(state.read_text())
+    st["config"]["grad_checkpoint"] = False                  # as saved before 2026-12-06
+    state.write_text(json.dumps(st))
+    assert train.parse_config(["--out_dir", run, "--resume"]).grad_checkpoint == "false"
+    assert train.parse_config(["--out_dir", run, "--resume", "--grad_checkpoint", "auto"]).grad_checkpoint == "auto"
 
 
 def test_argument_prefixes_are_refused(capsys):

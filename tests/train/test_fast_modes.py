@@ -197,13 +197,16 @@ def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
     assert config.cpu_vendor(str(tmp_path / "missing")) == ""              # no such file
 
 
-def test_dtype_and_packed_are_options_in_help(capsys):
+def test_dtype_packed_and_grad_checkpoint_are_options_in_help(capsys):
+    """Each with its choices; the two switches may also stand alone (--packed means --packed true)."""
     import train
     with pytest.raises(SystemExit):
         train.parse_config(["--method", "orpo", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--dtype STR" in out and "one of auto, float32, bfloat16" in out
-    assert "--packed STR" in out and "one of auto, true, false" in out
+    assert "--packed [STR]" in out and "one of auto, true, false" in out
+    assert "--grad_checkpoint [STR]" in out and "one of auto, false, half, true" in out
+    assert train.parse_config(["--method", "orpo", "--packed"]).packed == "true"
     with pytest.raises(SystemExit):
         train.parse_config(["--method", "orpo", "--dtype", "float16"])
 
