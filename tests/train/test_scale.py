@@ -87,10 +87,12 @@ def _params(d):
 
 
 # sft: a per-token loss, so ranks hold different numbers of units; conjoined: two forwards (the
-# alignment and self-judgement batches) before one backward; dpo: the frozen reference
-@pytest.mark.parametrize("parallel,method", [("ddp", "sft"), ("fsdp", "sft"), ("ddp", "conjoined"),
-                                             ("fsdp", "dpo")])
-def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, parallel, method):
+# alignment and self-judgement batches) before one backward; dpo: the frozen reference; and FSDP2
+# with every other block checkpointed on the two ranks only (checkpointing changes no number)
+@pytest.mark.parametrize("parallel,method,ckpt", [("ddp", "sft", "false"), ("fsdp", "sft", "false"),
+                                                  ("ddp", "conjoined", "false"), ("fsdp", "dpo", "false"),
+                                                  ("fsdp", "orpo", "half")])
+def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, parallel, method, ckpt):
     # lr 1e-4: the two runs sum the same gradients in a different order (~1e-9 apart), and AdamW's
     # first steps move a weight by ~lr whatever its gradient's size, so for a gradient near eps the
     # rounding can flip a step of up to lr; a small lr keeps that under the 1e-5 being tested
@@ -98,7 +100,8 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, paral
               "--val_data", "", "--final_eval", "false", "--warmup_steps", "1", "--lr", "1e-4",
               "--seed", "5", "--grad_accum", "2", "--device", TWO_RANK_DEVICE]
     _run(common + ["--batch_size", "8", "--out_dir", str(tmp_path / "one")], 1)
-    out = _run(common + ["--batch_size", "4", "--parallel", parallel, "--out_dir", str(tmp_path / "two")], 2)
+    out = _run(common + ["--batch_size", "4", "--parallel", parallel, "--grad_checkpoint", ckpt,
+                         "--out_dir", str(tmp_path / "two")], 2)
     assert "x2," in out and "4x2x2" in out and "peak memory" in out   # it ran on two ranks
     one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
     start_w = load_file(os.path.join(start, "model.safetensors"))
