@@ -138,8 +138,6 @@ def _traced_forward_of(owner, method, linears, dtype):
     if s is None or _SLOTS[s][0]() is not owner:
         slots[method] = len(_SLOTS)
         _SLOTS.append((weakref.ref(owner), method))
-        for key in [k for k in fns if k[0] == method]:
-            del fns[key]
     key = (method, dtype, tuple(map(id, linears)))           # a linear replaced: a new forward
     if key not in fns:
         for old in [k for k in fns if k[0] == method]:       # (which keeps no old module alive)
