@@ -4,7 +4,7 @@ one token per step for every row until each row has produced its own EOS (or max
 
 Left padding keeps every row's next token in the same column, so one (B, 1) forward serves the
 whole batch; the model counts positions from each row's first real token and never attends to pads.
-Keys and values of past positions live in a KVCache (model/model.py); on the CPU the linears run
+Keys and values of past positions live in a KVCache (model/kv_cache.py); on the CPU the linears run
 with prepacked weights (model/cpu_pack.py). Used by sample.py, the evaluation, and the on-policy
 methods (all sampling lives here, once). Pass the tokenizer's `stop_ids` as eos_ids: EOS, the chat
 template's end of turn, and generation_config.json's eos_token_id.
@@ -29,7 +29,7 @@ import math
 import torch
 
 from model.cpu_pack import cpu_packed_linears
-from model.model import KVCache, StaticKVCache
+from model.kv_cache import KVCache, StaticKVCache
 
 STATIC_LEN_STEP = 256   # a StaticKVCache's length is rounded up to this: one compiled graph serves
                         # every prompt + max_new_tokens up to it (more columns only cost masked

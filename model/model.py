@@ -13,9 +13,9 @@ Three things differ from the usual nanoGPT-style file, all on purpose:
 - `forward` returns the final hidden states, not logits. Alignment losses only need log-probs of the
   response tokens, and kernels/seq_logprob.py computes those straight from (hidden, lm_head weight)
   without ever holding the (tokens x vocab) logits. `logits()` is the separate call for sampling.
-- `forward` takes an optional `KVCache` (below), so generation (model/generate.py) is a prefill and
-  then a loop of one-token forwards (or, compiled, of generate.py's fixed-shape `decode_step` on a
-  `StaticKVCache`). Rows may be left-padded: `attn_mask` marks real tokens,
+- `forward` takes an optional `KVCache` (model/kv_cache.py), so generation (model/generate.py) is
+  a prefill and then a loop of one-token forwards (or, compiled, of generate.py's fixed-shape
+  `decode_step` on a `StaticKVCache`). Rows may be left-padded: `attn_mask` marks real tokens,
   positions count from each row's first real token, and padded keys are never attended to.
 - When a gradient is needed, RMSNorm and the SwiGLU product keep only their inputs for backward
   and compute the rest again there (`RecomputeInBackward`): less memory for a few elementwise
@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+
+from model.kv_cache import KVCache
 
 try:   # torch >= 2.10: flash-attention for packed rows on CUDA (PackedRows)
     from torch.nn.attention.varlen import varlen_attn
@@ -171,66 +173,6 @@ def apply_rope(x, cos, sin):
     # x: (B, nh, T, hs); cos/sin: (B, 1, T, hs). HF's "rotate_half" layout: first half / second half.
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, every layer's (B, n_kv_heads, max_len, head_dim).
-    A forward with a cache writes its T positions at `pos` and attends to everything up to them; the
-    model then advances `pos` by T. Left-padded positions are stored like any other; attn_mask hides
-    them."""
-
-    def __init__(self, cfg, batch_size, max_len, dtype=torch.float32, device="cpu"):
-        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.max_len, self.pos = max_len, 0
-
-    def update(self, layer, k, v):
-        """Store layer `layer`'s new (B, nkv, T, hs) keys/values at pos; return all of that layer's
-        keys/values so far, (B, nkv, pos + T, hs) each."""
-        end = self.pos + k.shape[2]
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-
-class StaticKVCache(KVCache):
-    """A KVCache for the compiled decode step (model/generate.py `decode_step`), gpt-fast style.
-
-    The prefill goes through `Transformer.forward` like any KVCache. Each decode step then goes
-    through `at(input_pos)`: it writes its one position in place at a tensor index and attends to
-    all max_len columns, the ones not written yet hidden by the mask. So every step has the same
-    shapes and the same tensors, whatever the position: torch.compile builds one graph for the
-    whole loop (a cache read up to `pos`, as KVCache does, would be a new shape each step and a
-    recompile), and on CUDA that graph can be captured once and replayed (CUDA graphs need fixed
-    shapes and fixed addresses; the buffers are marked static for that, and written, never
-    reallocated)."""
-
-    def __init__(self, cfg, batch_size, max_len, dtype=torch.float32, device="cpu"):
-        super().__init__(cfg, batch_size, max_len, dtype, device)
-        if torch.device(device).type == "cuda":
-            for t in self.k + self.v:
-                torch._dynamo.mark_static_address(t)
-
-    def at(self, input_pos):
-        """The cache as the decode step at column `input_pos` ((1,) long tensor) sees it."""
-        return _CacheAt(self, input_pos)
-
-
-class _CacheAt:
-    """StaticKVCache.at(input_pos): what Attention calls `update` on during a decode step."""
-
-    def __init__(self, cache, input_pos):
-        self.cache, self.input_pos = cache, input_pos
-
-    def update(self, layer, k, v):
-        """Write the step's (B, nkv, 1, hs) key/value at column input_pos, in place; return the
-        layer's whole (B, nkv, max_len, hs) buffers. (Under autocast v comes out of its linear in
-        bfloat16: cast to the cache's dtype, as KVCache's slice assignment does.)"""
-        kc, vc = self.cache.k[layer], self.cache.v[layer]
-        kc.index_copy_(2, self.input_pos, k.to(kc.dtype))
-        vc.index_copy_(2, self.input_pos, v.to(vc.dtype))
-        return kc, vc
 
 
 class Attention(nn.Module):

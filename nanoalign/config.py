@@ -331,6 +331,11 @@ def options_of(cfg, options):
     return options(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(options)})
 
 
+def is_large(model):
+    """FAST_MIN_PARAMS or more: where each 'auto' (dtype, packing, checkpointing, fused AdamW) turns on."""
+    return sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+
+
 def cpu_has_bf16():
     """bf16 instructions (AVX512-BF16, or AMX on Intel): oneDNN then runs bf16 matmuls natively;
     without them bf16 is emulated and slower than float32. (torch's own checks are private: a torch
@@ -370,7 +375,7 @@ def autocast_dtype(cfg, model, decoding=False):
         return torch.bfloat16 if cfg.dtype == "bfloat16" else None
     if next(model.parameters()).is_cuda:
         return torch.bfloat16
-    if sum(q.numel() for q in model.parameters()) < FAST_MIN_PARAMS:
+    if not is_large(model):
         return None
     return torch.bfloat16 if (cpu_has_bf16() if decoding else cpu_bf16_trains_faster()) else None
 
@@ -387,14 +392,14 @@ def packed_batches(cfg, model):
     """--packed: whether micro-batches are made padding-free (nanoalign/data.py pack)."""
     if cfg.packed != "auto":
         return cfg.packed == "true"
-    return sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+    return is_large(model)
 
 
 def checkpoint_every(cfg, model):
     """--grad_checkpoint as the model's checkpoint_every: 0 (no block), 2 (every other), 1 (all)."""
     choice = cfg.grad_checkpoint
     if choice == "auto":
-        choice = "half" if sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS else "false"
+        choice = "half" if is_large(model) else "false"
     return {"false": 0, "half": 2, "true": 1}[choice]
 
 
@@ -404,7 +409,7 @@ def make_optimizer(model, cfg):
     a model of FAST_MIN_PARAMS or more; a smaller one keeps foreach's arithmetic, the one the
     built-in task's printed table was made with."""
     p = next(model.parameters())
-    big = sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
+    big = is_large(model)
     return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr,
                              betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              fused=p.is_cuda or big)

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import sample
 from model.generate import decode_step, generate, left_pad
-from model.model import StaticKVCache
+from model.kv_cache import StaticKVCache
 from tests.helpers import tiny
 
 
