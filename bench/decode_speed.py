@@ -5,6 +5,7 @@ prompts, one run. A script, not a test.
     python -m bench.decode_speed --init_from checkpoints/smollm2-135m        # the CPU table
     python -m bench.decode_speed --ours float32,bf16 --batches 1 --max_new_tokens 16   # a quick look
     python -m bench.decode_speed --model smollm2-1.7b --batches 1,8,32       # on a GPU (bench/gpu.sh)
+    python -m bench.decode_speed --products --batches 1,2,4,8,16             # the CPU products alone
 
 Both decode exactly max_new_tokens (EOS ignored) so they do the same work; tokens/s counts the new
 tokens of all rows, the prompt's forward included. transformers runs in its own interpreter
@@ -28,6 +29,12 @@ default and against transformers in the same compute dtype.
 The bandwidth floor: a decode step reads every weight once, so no step can be faster than the
 weights' bytes over the memory bandwidth (measured here: a large copy). "of ceiling" is a setting's
 tokens/s over batch x that bound: how much of the step is still something other than reading weights.
+
+--products (CPU only, no transformers): the decode step's matrix products alone, every packed product
+of the model once (model/cpu_pack.py, as a step runs them), at each batch size, in bfloat16 and in
+float32, beside merely reading as many bytes (a float32 `x.sum()`). It tells where a step's time goes: while the
+products take as long as the read, the weights' bytes are the limit (and halving them halves the
+step); once they take longer, the CPU's multiply-adds are.
 """
 import argparse
 import os
@@ -40,6 +47,7 @@ import torch
 
 from bench.train_speed import SMOLLM2_1P7B
 from model.checkpoint import load
+from model.cpu_pack import cpu_packed_linears, packing_units
 from model.files import read_json
 from model.generate import generate
 from tests.hf_reference import Missing, transformers_process
@@ -68,6 +76,8 @@ def main():
     ap.add_argument("--theirs", default="default,other", help="transformers' settings: 'default' "
                     "(always run: the ratios are over it) and 'other' (float32 or bfloat16, whichever "
                     "the default is not); 'default' alone saves time on a GPU")
+    ap.add_argument("--products", action="store_true", help="time the decode step's matrix products "
+                    "alone on the CPU (see above) instead of decoding")
     ap.add_argument("--reps", type=int, default=2, help="timed passes per setting after an untimed "
                     "one; the best is printed (a busy machine only ever slows a pass down)")
     a = ap.parse_args()
@@ -77,6 +87,10 @@ def main():
         ap.error(f"unknown setting or batch size: {bad}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.products:
+        if a.device != "cpu" or a.model != "checkpoint":
+            ap.error("--products times the CPU's packed products of --init_from: --device cpu only")
+        return products(a)
     work = tempfile.mkdtemp(prefix="decode_speed_")
     try:
         path = a.init_from if a.model == "checkpoint" else random_1p7b(a.init_from, work, a.layers)
@@ -183,6 +197,44 @@ def run(a, hf, path):
             same = f"{rate / hf_rate[compute]:14.2f}" if compute in hf_rate else f"{'-':>14s}"
             print(f"{bs:5d} {'nanoalign':12s} {name:16s} {rate:8.1f} {rate / hf_rate['default']:24.2f} "
                   f"{same} {rate / ceiling(bs, getattr(torch, compute)):11.0%}")
+
+
+def products(a):
+    """Print the time of one pass over the model's packed decode products at each batch size."""
+    model, _ = load(a.init_from, torch.float32, "cpu")
+    units = packing_units(model)                   # (owner, method, linears) per packed product
+    n = sum(lin.weight.numel() for _, _, linears in units for lin in linears)
+    reps = max(a.reps, 5)                          # a pass takes milliseconds: more of them
+
+    def best_ms(fn):
+        fn()
+        return 1e3 * min(timed(fn) for _ in range(reps))
+
+    print(f"the decode step's {len(units)} packed products of {a.init_from} ({n / 1e6:.0f}M weights), "
+          f"cpu, {torch.get_num_threads()} threads, best of {reps}; torch {torch.__version__}")
+    # the read floor: a float32 sum over as many bytes as the weights hold in each dtype (a sum over
+    # bf16 values would time the CPU's conversions, not the memory: it ran at half the speed here)
+    floor = {dt: best_ms(lambda x=torch.randn(n * dt.itemsize // 4): x.sum())
+             for dt in (torch.bfloat16, torch.float32)}
+    print("reading the weights' bytes (a float32 x.sum() over as many): " + ", ".join(
+        f"{str(dt)[6:]} {ms:.1f} ms ({n * dt.itemsize / ms / 1e6:.1f} GB/s)" for dt, ms in floor.items()))
+    print(f"{'batch':>5s} {'dtype':9s} {'ms':>7s} {'weights GB/s':>13s} {'GFLOP/s':>8s} {'read / products':>16s}")
+    for bs in a.batches:
+        for dt in (torch.bfloat16, torch.float32):
+            # bf16 as sample.py decodes in it on a bf16 CPU: float32 weights under autocast
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dt == torch.bfloat16), \
+                    cpu_packed_linears(model, bs):
+                calls = [(getattr(owner, method), torch.randn(bs, 1, linears[0].in_features).to(dt))
+                         for owner, method, linears in units]       # each product and a (B, 1, in) input
+                ms = best_ms(lambda: [f(x) for f, x in calls])
+            print(f"{bs:5d} {str(dt)[6:]:9s} {ms:7.2f} {n * dt.itemsize / ms / 1e6:13.1f} "
+                  f"{2 * n * bs / ms / 1e6:8.1f} {floor[dt] / ms:16.0%}")
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def best_rate(a, once):

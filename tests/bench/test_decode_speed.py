@@ -1,0 +1,31 @@
+"""bench/decode_speed.py's --products harness: it times the decode step's packed products of a
+checkpoint and prints a row per batch size and dtype. Its numbers are not tested; that it still runs
+after the code under it (model/cpu_pack.py) moved is."""
+import os
+import subprocess
+import sys
+
+from model.checkpoint import save_model
+from tests.helpers import byte_tokenizer, tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_products_prints_a_row_per_batch_and_dtype(tmp_path):
+    save_model(tiny(), str(tmp_path), byte_tokenizer())
+    r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--init_from",
+                        str(tmp_path), "--batches", "1,3", "--threads", "1", "--device", "cpu"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines()
+            if line.split()[:1] in (["1"], ["3"]) and len(line.split()) == 6]
+    assert [(row[0], row[1]) for row in rows] == [("1", "bfloat16"), ("1", "float32"),
+                                                 ("3", "bfloat16"), ("3", "float32")], r.stdout
+    for row in rows:                 # milliseconds, GB/s, GFLOP/s: positive numbers
+        assert all(float(v) > 0 for v in row[2:5]), row
+
+
+def test_products_refuses_a_gpu_run():
+    r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--device", "cuda"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--device cpu only" in r.stderr, r.stderr[-2000:]
