@@ -78,9 +78,11 @@ def main():
                     "the default is not); 'default' alone saves time on a GPU")
     ap.add_argument("--products", action="store_true", help="time the decode step's matrix products "
                     "alone on the CPU (see above) instead of decoding")
-    ap.add_argument("--reps", type=int, default=2, help="timed passes per setting after an untimed "
-                    "one; the best is printed (a busy machine only ever slows a pass down)")
+    ap.add_argument("--reps", type=int, default=None, help="timed passes per setting after an untimed "
+                    "one; the best is printed (a busy machine only ever slows a pass down) (default: 2; "
+                    "5 with --products, whose passes take milliseconds)")
     a = ap.parse_args()
+    a.reps = a.reps or (5 if a.products else 2)
     a.batches = [int(b) for b in (a.batches or ("1,8" if a.device == "cpu" else "1,8,32")).split(",")]
     a.ours, a.theirs = a.ours.split(","), a.theirs.split(",")
     if bad := [o for o in a.ours if o not in OURS] + [b for b in a.batches if not 1 <= b <= len(PROMPTS)]:
@@ -204,14 +206,13 @@ def products(a):
     model, _ = load(a.init_from, torch.float32, "cpu")
     units = packing_units(model)                   # (owner, method, linears) per packed product
     n = sum(lin.weight.numel() for _, _, linears in units for lin in linears)
-    reps = max(a.reps, 5)                          # a pass takes milliseconds: more of them
 
     def best_ms(fn):
         fn()
-        return 1e3 * min(timed(fn) for _ in range(reps))
+        return 1e3 * min(timed(fn) for _ in range(a.reps))
 
     print(f"the decode step's {len(units)} packed products of {a.init_from} ({n / 1e6:.0f}M weights), "
-          f"cpu, {torch.get_num_threads()} threads, best of {reps}; torch {torch.__version__}")
+          f"cpu, {torch.get_num_threads()} threads, best of {a.reps}; torch {torch.__version__}")
     # the read floor: a float32 sum over as many bytes as the weights hold in each dtype (a sum over
     # bf16 values would time the CPU's conversions, not the memory: it ran at half the speed here)
     floor = {dt: best_ms(lambda x=torch.randn(n * dt.itemsize // 4): x.sum())
