@@ -82,7 +82,10 @@ def main():
                     "one; the best is printed (a busy machine only ever slows a pass down) (default: 2; "
                     "5 with --products, whose passes take milliseconds)")
     a = ap.parse_args()
-    a.reps = a.reps or (5 if a.products else 2)
+    if a.reps is None:
+        a.reps = 5 if a.products else 2
+    if a.reps < 1:
+        ap.error(f"--reps {a.reps}: at least one timed pass")
     a.batches = [int(b) for b in (a.batches or ("1,8" if a.device == "cpu" else "1,8,32")).split(",")]
     a.ours, a.theirs = a.ours.split(","), a.theirs.split(",")
     if bad := [o for o in a.ours if o not in OURS] + [b for b in a.batches if not 1 <= b <= len(PROMPTS)]:

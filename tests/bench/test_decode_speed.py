@@ -29,3 +29,10 @@ def test_products_refuses_a_gpu_run():
     r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--device", "cuda"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--device cpu only" in r.stderr, r.stderr[-2000:]
+
+
+def test_products_refuses_no_timed_pass():
+    """--reps 0 is an error, not the default in disguise (and no min() over zero passes)."""
+    r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--reps", "0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--reps 0: at least one timed pass" in r.stderr, r.stderr[-2000:]
