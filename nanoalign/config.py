@@ -150,6 +150,11 @@ def _tname(f):
     return f.type if isinstance(f.type, str) else f.type.__name__
 
 
+def _listed(choices):
+    """Choices for a message: the empty string shown as '', the rest bare (`one of '', chatml, ...`)."""
+    return ", ".join(c if c else "''" for c in choices)
+
+
 def check_value(f, v, where):
     """Type, choices and minimum of one option value; an error names the flag, or the file and key."""
     t, name = _tname(f), f"--{f.name}" if where == "flags" else f"{where}: '{f.name}'"
@@ -158,7 +163,7 @@ def check_value(f, v, where):
         raise SystemExit(f"error: {name} must be {t}, got {type(v).__name__} {v!r}")
     ch, lo = f.metadata.get("choices"), f.metadata.get("minimum")
     if ch and v not in ch:
-        raise SystemExit(f"error: {name} must be one of {', '.join(ch)}, got {v!r}")
+        raise SystemExit(f"error: {name} must be one of {_listed(ch)}, got {v!r}")
     if lo is not None and v < lo:
         raise SystemExit(f"error: {name} must be >= {lo}, got {v!r}")
 
@@ -275,7 +280,7 @@ def parse_config(argv=None, description=None):
         ap.add_argument(f"--{f.name}", type=_switch if _is_switch(f) else conv[_tname(f)], default=None,
                         metavar=_tname(f).upper(),
                         help=f"{f.metadata['help']} (default: {f.default!r}"
-                             + (f"; one of {', '.join(ch)})" if ch else ")"), **kw)
+                             + (f"; one of {_listed(ch)})" if ch else ")"), **kw)
     a = ap.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
     given = {**d, **flags}

@@ -17,6 +17,7 @@ from tests.helpers import _short_run
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--resume", "maybe"], "argument --resume: expected true/false, got 'maybe'"),
+    (["--chat_format", "bogus"], "--chat_format must be one of '', chatml, inst, selfjudge, raw, got 'bogus'"),
 ])
 def test_bad_flags(argv, pattern, capsys):
     with pytest.raises(SystemExit):
