@@ -31,7 +31,7 @@ from model.model import Transformer, config_from_preset
 from nanoalign import REGISTRY, dist
 from nanoalign.checkpoint import load_train_state, save_checkpoint
 from nanoalign.common import Run, frozen_copy
-from nanoalign.config import (autocast, autocast_dtype, checkpoint_every, make_config, make_optimizer,
+from nanoalign.config import (autocast, checkpoint_every, compute_of, make_config, make_optimizer,
                               options_of, packed_batches, parse_config, resume_config, shared_options)
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
@@ -220,9 +220,9 @@ def train(cfg, task=None, stop_at=None):
     print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
           f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
           f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
-    packed, dt = packed_batches(cfg, model), autocast_dtype(cfg, model)
-    print(f"compute: {'bfloat16 autocast' if dt else 'float32'}, {'packed' if packed else 'padded'} "
-          f"batches (--dtype {cfg.dtype}, --packed {cfg.packed})")
+    packed = packed_batches(cfg, model)
+    print(f"compute: {compute_of(cfg, model)} (--dtype {cfg.dtype}, --packed {cfg.packed}, "
+          f"--grad_checkpoint {cfg.grad_checkpoint})")
     print(legend(method))
     model.train()
     stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()

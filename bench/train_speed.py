@@ -154,10 +154,7 @@ def ours_child(spec):
         times.append(time.perf_counter() - t)
         tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
     return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
-            "compute": f"{'bfloat16' if train.autocast_dtype(cfg, model) else 'float32'}, "
-                       f"{'packed' if packed else 'padded'}"
-                       + {0: "", 1: ", grad checkpointing", 2: ", grad checkpointing half"}[model.checkpoint_every],
-            **peak(dev)}
+            "compute": train.compute_of(cfg, model), **peak(dev)}
 
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------

@@ -408,6 +408,14 @@ def checkpoint_every(cfg, model):
     return {"false": 0, "half": 2, "true": 1}[choice]
 
 
+def compute_of(cfg, model):
+    """What a run computes in once each 'auto' is resolved, in words (train.py's start line, and
+    bench/train_speed.py's table): 'bfloat16, packed, grad checkpointing half'."""
+    return (f"{'bfloat16' if autocast_dtype(cfg, model) else 'float32'}, "
+            f"{'packed' if packed_batches(cfg, model) else 'padded'}"
+            + {0: "", 1: ", grad checkpointing", 2: ", grad checkpointing half"}[checkpoint_every(cfg, model)])
+
+
 def make_optimizer(model, cfg):
     """AdamW over the trained weights. Fused (one kernel for all parameters instead of a loop of
     foreach launches, and none of foreach's parameter-sized temporaries) on CUDA, and on the CPU for

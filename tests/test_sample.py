@@ -278,7 +278,6 @@ def test_traced_packed_linears_equal_the_packed_ones():
         with P.cpu_packed_linears(m, 2, traced=True):
             traced, first = m.logits(m(x)), (m.lm_head.forward, attn.qkv, mlp.gate_up)
         with P.cpu_packed_linears(m, 2, traced=True):
-            assert (m.lm_head.forward, attn.qkv, mlp.gate_up) == first
             assert all(a is b for a, b in zip((m.lm_head.forward, attn.qkv, mlp.gate_up), first))
         old_k = attn.k_proj
         attn.k_proj = torch.nn.Linear(old_k.in_features, old_k.out_features, bias=False)

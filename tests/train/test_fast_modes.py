@@ -166,6 +166,12 @@ def test_auto_dtype_packing_and_checkpointing_follow_the_model_size_and_the_cpu(
         assert config.packed_batches(method_config("orpo", packed="true"), small)
         assert not config.packed_batches(method_config("orpo", packed="false"), big)
         assert (config.checkpoint_every(auto, small), config.checkpoint_every(auto, big)) == (0, 2)
+        assert config.compute_of(auto, small) == "float32, padded"          # train.py's start line
+        assert config.compute_of(auto, big) == ("bfloat16" if has_bf16 else "float32") + \
+            ", packed, grad checkpointing half"
+        assert config.compute_of(method_config("orpo", grad_checkpoint="true", packed="true",
+                                               dtype="bfloat16"), small) == \
+            "bfloat16, packed, grad checkpointing"
         for choice, every in (("false", 0), ("half", 2), ("true", 1)):
             for m in (small, big):
                 assert config.checkpoint_every(method_config("orpo", grad_checkpoint=choice), m) == every

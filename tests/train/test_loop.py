@@ -81,8 +81,9 @@ def test_own_data_runs_no_builtin_evaluation_and_validates_at_the_end(tmp_path, 
     assert not [r for r in recs if r["split"] == "val"]       # 'auto': no built-in validation
 
 
-def test_the_log_has_a_legend_and_ends_with_where_and_how_to_sample(tmp_path, capsys):
+def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_sample(tmp_path, capsys):
     out = _short_run(tmp_path, capsys)
+    assert "compute: float32, padded (--dtype auto, --packed auto, --grad_checkpoint auto)\n" in out
     assert "metrics: loss = " in out and "nll_per_token = " in out
     ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
     assert f"checkpoint: {ckpt}" in out and f"python sample.py --init_from {ckpt}" in out
