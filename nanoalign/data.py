@@ -8,7 +8,8 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}
   labels      optional, on preference rows: {objective: "1" | "2" | "equal"} (response 1 = chosen;
-              MetaAligner and principle-aware judges use it, nanoalign/meta_aligner.py)
+              1 and 2 may be JSON numbers), with "objectives": {objective: description};
+              MetaAligner and principle-aware judges use them (check_labels, nanoalign/meta_aligner.py)
 
 Every kind is one row of the table `KINDS` at the bottom: how a row of that kind is read and checked,
 how it becomes token ids, how examples become a batch. An unknown kind is an error (a KeyError from
@@ -93,6 +94,29 @@ def implicit_prompt(chosen, rejected, where):
                     f"both message lists")
 
 
+LABELS = ("1", "2", "equal")   # per objective: response 1 (chosen) is better, response 2 is, a tie
+
+
+def check_labels(row, where):
+    """A row's per-objective labels (MetaAligner, principle-aware judges): {objective: "1" | "2" |
+    "equal"}, JSON's numbers 1 and 2 read as "1" and "2", and every labelled objective described in
+    'objectives'. Returns the row with its labels as strings. Anything else is an error here: a
+    label read loosely later (`1` is not `"1"`) would silently reverse a judgment."""
+    labels, markers = row.get("labels"), row.get("objectives")
+    if not isinstance(labels, dict) or not isinstance(markers, dict):
+        raise DataError(f"{where}: per-objective rows need 'labels' {{objective: 1|2|equal}} and "
+                        f"'objectives' {{objective: description}}")
+    out = {}
+    for k, v in labels.items():
+        out[k] = str(v) if type(v) is int else v          # not bool: True is no label
+        if out[k] not in LABELS:
+            raise DataError(f"{where}: objective '{k}': label {v!r} is not one of 1, 2, equal")
+        if not isinstance(markers.get(k), str):
+            raise DataError(f"{where}: objective '{k}' is labelled but has no marker (description) "
+                            f"in 'objectives'")
+    return {**row, "labels": out}
+
+
 def _read_pref(row, where):
     if "prompt" not in row and "chosen" in row and "rejected" in row:
         c = _check_text(row["chosen"], where, "chosen")
@@ -102,7 +126,7 @@ def _read_pref(row, where):
     out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where)
     for f in ("chosen", "rejected"):
         _check_response(out[f], where, f)
-    return out
+    return check_labels(out, where) if "labels" in out else out
 
 
 def _read_sft(row, where):

@@ -182,7 +182,8 @@ def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
         else:
             jobs = [(None, None, "1")]
         for name, desc, lab in jobs:
-            better, worse = (r["chosen"], r["rejected"]) if lab == "1" else (r["rejected"], r["chosen"])
+            # a KeyError, not a reversed judgment, for a label that data.check_labels did not read
+            better, worse = {"1": (r["chosen"], r["rejected"]), "2": (r["rejected"], r["chosen"])}[lab]
             for first_better in (True, False):
                 a, b = (better, worse) if first_better else (worse, better)
                 msgs, ans = render(template, r["prompt"], _text(a), _text(b), name, desc)

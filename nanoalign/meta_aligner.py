@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from model.generate import generate
 from model.tokenizer import answer_text
 from nanoalign.common import Method, option, register
-from nanoalign.data import DataError
+from nanoalign.data import DataError, check_labels
 from nanoalign.judge import prompt_text
 from nanoalign.sft import METRICS, sft_loss
 
@@ -69,31 +69,17 @@ def template(q, y, objs, t):
     return PROMPT.format(t=t, objectives=render_objectives(objs), q=prompt_text(q), y=answer_text(y))
 
 
-def check_labels(row, where):
-    """A row's labels must be 1/2/equal and every labelled objective must have a marker."""
-    labels, markers = row.get("labels"), row.get("objectives")
-    if not isinstance(labels, dict) or not isinstance(markers, dict):
-        raise DataError(f"{where}: MetaAligner rows need 'labels' {{objective: 1|2|equal}} and "
-                        f"'objectives' {{objective: description}}")
-    for k, v in labels.items():
-        if str(v) not in ("1", "2", "equal"):
-            raise DataError(f"{where}: objective '{k}': label {v!r} is not one of 1, 2, equal")
-        if not isinstance(markers.get(k), str):
-            raise DataError(f"{where}: objective '{k}' is labelled but has no marker (description) "
-                            f"in 'objectives'")
-
-
 def build_sets(rows, seed, holdout=()):
     """Algorithm 1: (D_p, D_e), lists of {prompt, response, input}."""
     rng = random.Random(f"meta-{seed}")
     d_p, d_e = [], []
     for r in rows:
-        check_labels(r, r.get("_where", "row"))
+        r = check_labels(r, r.get("_where", "row"))
         q, y1, y2 = r["prompt"], r["chosen"], r["rejected"]
         groups = {"1": [], "2": [], "equal": []}
         for k, v in r["labels"].items():
             if k not in holdout:
-                groups[str(v)].append((k, r["objectives"][k]))
+                groups[v].append((k, r["objectives"][k]))
         for g in groups.values():
             rng.shuffle(g)
         if groups["1"]:

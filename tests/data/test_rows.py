@@ -348,3 +348,31 @@ def test_tokenize_rows_counts_every_dropped_row(labels):
     out, dropped = tokenize_rows(rows, TOK, "sft", 16, skip_bad=True)
     assert dropped == sum(k != "fits" for k in labels)
     assert [e["row"]["n"] for e in out] == [i for i, k in enumerate(labels) if k == "fits"]
+
+
+# -- per-objective labels: read strictly, once, when the file is read -------------------------------
+def labelled(labels, objectives=None):
+    return json.dumps({"prompt": "q?", "chosen": "4.", "rejected": "5.", "labels": labels,
+                       "objectives": {"correct": "the sum is right"} if objectives is None else objectives})
+
+
+def test_labels_written_as_json_numbers_are_read_as_the_strings_they_stand_for(tmp_path):
+    path = write(tmp_path, labelled({"correct": 1, "b": 2, "c": "equal"},
+                                    {"correct": "right", "b": "brief", "c": "clear"}) + "\n")
+    rows, _ = read_jsonl(path, "pref")
+    assert rows[0]["labels"] == {"correct": "1", "b": "2", "c": "equal"}
+
+
+@pytest.mark.parametrize("labels, objectives, pattern", [
+    ({"correct": "A"}, None, r":1: objective 'correct': label 'A' is not one of 1, 2, equal"),
+    ({"correct": True}, None, r":1: objective 'correct': label True is not one of 1, 2, equal"),
+    ({"correct": 3}, None, r":1: objective 'correct': label 3 is not one of 1, 2, equal"),
+    ({"correct": 1.0}, None, r":1: objective 'correct': label 1\.0 is not one of 1, 2, equal"),
+    ({"brief": "1"}, None, r":1: objective 'brief' is labelled but has no marker"),
+    (["correct"], None, r":1: per-objective rows need 'labels' \{objective: 1\|2\|equal\} and 'objectives'"),
+    ({"correct": "1"}, "right", r":1: per-objective rows need 'labels'"),
+])
+def test_a_bad_label_names_the_file_line_and_objective(tmp_path, labels, objectives, pattern):
+    path = write(tmp_path, labelled(labels, objectives) + "\n")
+    with pytest.raises(DataError, match=r"data\.jsonl" + pattern):
+        read_jsonl(path, "pref")

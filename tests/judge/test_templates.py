@@ -45,6 +45,28 @@ def test_jsft_rows_both_orders_and_principles():
         assert task.rationale(q, first, obj) in j["response"]
 
 
+def test_a_principle_label_written_as_a_number_judges_as_its_string(tmp_path):
+    """JSON's 1 is "response 1 is better", as "1" is: once an integer label taught the judge the
+    opposite (anything but the string "1" read as "rejected is better")."""
+    import json
+    from nanoalign.data import read_jsonl
+    objs = {"correct": "the sum is right", "brief": "short"}
+    for name, labels in (("num", {"correct": 1, "brief": 2}), ("str", {"correct": "1", "brief": "2"})):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(
+            {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "The answer is 5.",
+             "labels": labels, "objectives": objs}) + "\n")
+    num, _ = read_jsonl(str(tmp_path / "num.jsonl"), "pref")
+    txt, _ = read_jsonl(str(tmp_path / "str.jsonl"), "pref")
+    t = TEMPLATES["compact_principle"]
+    got = judgment_rows(num, t, True)
+    assert got == judgment_rows(txt, t, True) and len(got) == 4
+    first = {j["prompt"][0]["content"]: j for j in got[0::2]}      # the better answer shown first
+    assert "A: 4." in first["the sum is right"]["prompt"][-1]["content"]
+    assert "A: The answer is 5." in first["short"]["prompt"][-1]["content"]
+    assert all(j["response"].endswith("A") for j in got[0::2])
+    assert all(j["response"].endswith("B") for j in got[1::2])
+
+
 # -- multi-turn prompts keep their roles -----------------------------------------------------------
 def test_judge_prompts_show_multi_turn_roles():
     conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},

@@ -95,9 +95,10 @@ def test_bad_labels_name_file_line_objective(tmp_path, bad, pattern):
     good = row({"c": "1"})
     broken = {**row({"c": "1"}), "labels": bad}
     f.write_text(json.dumps(good) + "\n" + json.dumps(broken) + "\n")
-    rows, _ = read_jsonl(str(f), "pref")
     with pytest.raises(DataError, match=str(f).replace(".", r"\.") + pattern):
-        build_sets(rows, 0)
+        read_jsonl(str(f), "pref")                  # when the file is read, before any training
+    with pytest.raises(DataError, match=r"^f\.jsonl" + pattern):
+        build_sets([{**broken, "_where": "f.jsonl:2"}], 0)    # and rows built in code, too
 
 
 def test_a_conversational_row_keeps_every_turn_and_the_answer_text(monkeypatch):
@@ -162,7 +163,7 @@ def test_meta_aligner_rows_need_both_tables():
         row = {"prompt": "q", "chosen": "c", "rejected": "r", **bad}
         with pytest.raises(DataError) as e:
             build_sets([row], 0)
-        assert str(e.value) == ("row: MetaAligner rows need 'labels' {objective: 1|2|equal} and "
+        assert str(e.value) == ("row: per-objective rows need 'labels' {objective: 1|2|equal} and "
                                 "'objectives' {objective: description}")
     with pytest.raises(DataError, match=r"^f\.jsonl:3: objective 'a': label '4'"):
         build_sets([meta_row({"a": "4"}, "f.jsonl:3")], 0)
