@@ -106,9 +106,11 @@ def build_parser():
                     "generations; greedy tokens equal the eager decode's up to float rounding. "
                     "Plain sampling only, not --best_of or --aligner (default: off)")
     ap.add_argument("--aligner", default=None, metavar="DIR",
-                    help="MetaAligner checkpoint: correct the answers (of --init_from, or of "
-                    "--answers_file) towards --objectives; the policy is untouched "
-                    "(default: none, no correction)")
+                    help="MetaAligner checkpoint: correct the answers (of --init_from, its "
+                    "--best_of winners, or of --answers_file) towards --objectives; the policy is "
+                    "untouched, and the correction is decoded greedily (--temperature and the "
+                    "other sampling flags apply to the policy's answers) (default: none, no "
+                    "correction)")
     ap.add_argument("--objectives", default="correct,concise,format", metavar="LIST",
                     help="for --aligner: comma-separated name[:description]; a name the built-in "
                     "task knows needs no description, any other (one the aligner never saw) does "
@@ -132,6 +134,8 @@ def parse_args(argv=None):
         ap.error("--num_samples, --best_of and --max_new_tokens must be >= 1")
     if a.best_of > 1 and a.raw:
         ap.error("--best_of judges through the chat template; drop --raw")
+    if a.best_of > 1 and a.num_samples > 1:
+        ap.error("--best_of N samples N per prompt and prints one winner; drop --num_samples")
     return a
 
 
@@ -172,8 +176,11 @@ def align_main(a, prompts, answers):
         aligner, atok = load_for_sampling(a, a.aligner)
     except (ValueError, CheckpointError) as e:
         sys.exit(f"error: {e}")
-    with precision(a, aligner):
-        fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens)
+    try:
+        with precision(a, aligner):
+            fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens)
+    except ValueError as e:              # an edit prompt longer than the aligner's context, say
+        sys.exit(f"error: --aligner: {e}")
     for p, y, z in zip(prompts, answers, fixed):
         print(json.dumps({"prompt": p, "answer": y, "corrected": z}))
     return fixed
@@ -194,8 +201,14 @@ def main(argv=None):
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     if a.best_of > 1:
-        with precision(a, model):
-            return best_of_main(a, model, tok, prompts)
+        try:
+            with precision(a, model):
+                winners = best_of_main(a, model, tok, prompts)
+        except ValueError as e:          # a judge prompt longer than the model's context, say
+            sys.exit(f"error: --best_of: {e}")
+        if a.aligner:                    # the tournament's winners are the answers to correct
+            return align_main(a, prompts, [tok.decode(w) for w in winners])
+        return winners
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode(p) if a.raw else tok.encode_prompt(p, a.system) for p in prompts]
     batch = [i for i in ids for _ in range(a.num_samples)]

@@ -123,6 +123,53 @@ def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, m
     assert seen == [1, 1] and "likelihood 'pair', principles honesty by JM-PR" in capsys.readouterr().out
 
 
+def test_self_rejection_winners_are_what_the_aligner_corrects(tmp_path, capsys, monkeypatch):
+    """--best_of N --aligner DIR: the tournament's winners, one per prompt, go to MetaAligner (once
+    the correction was silently skipped); --num_samples beside --best_of is refused."""
+    from model.checkpoint import save_model
+    from nanoalign.tasks import arith
+    tok = arith.build_tokenizer()
+    save_model(tiny(1, vocab_size=tok.vocab_size, max_seq_len=256), str(tmp_path / "m"), tok)
+    got, real = {}, sample.best_of_main
+
+    def spy_best_of(*args):
+        got["winners"] = real(*args)
+        return got["winners"]
+
+    def spy_correct(aligner, atok, prompts, answers, objectives, max_new_tokens):
+        got["pairs"] = list(zip(prompts, answers))
+        return [f"fixed {i}" for i in range(len(answers))]
+    monkeypatch.setattr(sample, "best_of_main", spy_best_of)
+    monkeypatch.setattr(sample, "correct", spy_correct)
+    prompts = ["What is 1 + 2?", "What is 3 + 4?"]
+    sample.main(["--init_from", str(tmp_path / "m"), "--prompt", prompts[0], "--prompt", prompts[1],
+                 "--best_of", "3", "--judge_template", "compact", "--max_new_tokens", "3",
+                 "--aligner", str(tmp_path / "m"), "--device", "cpu"])
+    assert len(got["winners"]) == 2
+    assert got["pairs"] == [(p, tok.decode(w)) for p, w in zip(prompts, got["winners"])]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["prompt"], r["corrected"]) for r in rows] == [(prompts[0], "fixed 0"), (prompts[1], "fixed 1")]
+    with pytest.raises(SystemExit) as e:
+        sample.parse_args(["--init_from", "DIR", "--best_of", "2", "--num_samples", "2"])
+    assert e.value.code == 2 and "drop --num_samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, what", [(["--best_of", "2", "--judge_template", "compact"], "--best_of"),
+                                         (["--aligner", "SMALL"], "--aligner")])
+def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(tmp_path, flags, what):
+    from model.checkpoint import save_model
+    from nanoalign.tasks import arith
+    tok = arith.build_tokenizer()
+    save_model(tiny(1, vocab_size=tok.vocab_size, max_seq_len=256), str(tmp_path / "m"), tok)
+    save_model(tiny(1, vocab_size=tok.vocab_size, max_seq_len=40), str(tmp_path / "small"), tok)
+    flags = [str(tmp_path / "small") if f == "SMALL" else f for f in flags]
+    init = tmp_path / ("small" if what == "--best_of" else "m")
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--init_from", str(init), "--prompt", "What is 1 + 2?", "--max_new_tokens", "3",
+                     "--device", "cpu"] + flags)
+    assert str(e.value).startswith(f"error: {what}: ") and "tokens is longer than the model's context" in str(e.value)
+
+
 @pytest.mark.parametrize("params,has_bf16,dtype,want", [
     (0, True, "auto", (torch.float32, torch.bfloat16)),        # a big model, a bf16 CPU: autocast
     (10**12, True, "auto", (torch.float32, None)),             # the tiny model: float32
