@@ -21,10 +21,12 @@ from kernels import sequence_logprob
 
 
 # -- options: one dataclass per method, each field with its default, help and allowed values ---------
-def option(default, help, choices=None, minimum=None):
+def option(default, help, choices=None, minimum=None, maximum=None, above=None, below=None):
     """A field of an options dataclass; train.py turns it into a --flag with this help, and checks
-    `choices` / `minimum` for every value, whether it came from a flag, a JSON config or a resume."""
-    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+    `choices` and the bounds (minimum <= v <= maximum, above < v < below) for every value, whether it
+    came from a flag, a JSON config or a resume."""
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
+                                            "maximum": maximum, "above": above, "below": below})
 
 
 def with_defaults(options, name, **defaults):

@@ -6,13 +6,14 @@ The configuration of a run: one flat dataclass per (method, task), built from th
     the task's options      its module in nanoalign/tasks/ (e.g. nanoalign/tasks/arith.py Options)
 
 read from flags, a JSON file (--config) or the checkpoint of the run being resumed. Every value is
-checked against its declaration (type, choices, minimum) wherever it came from; an unknown key is an
+checked against its declaration (type, choices, bounds) wherever it came from; an unknown key is an
 error naming the flag, or the file and key. train.py calls parse_config / make_config, and the
 helpers at the end of this file for what a config decides in the loop (autocast, packing, AdamW).
 """
 import argparse
 import dataclasses
 import functools
+import operator
 import os
 import sys
 from dataclasses import dataclass
@@ -62,12 +63,12 @@ class SharedConfig:
     batch_size: int = option(16, "examples per micro-batch", minimum=1)
     grad_accum: int = option(1, "micro-batches per optimizer step (the loss is normalized over all)",
                              minimum=1)
-    lr: float = option(3e-4, "peak learning rate")
+    lr: float = option(3e-4, "peak learning rate", minimum=0.0)
     min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0)
     warmup_steps: int = option(20, "linear warm-up steps", minimum=0)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0)
-    beta1: float = option(0.9, "AdamW beta1", minimum=0.0)
-    beta2: float = option(0.95, "AdamW beta2", minimum=0.0)
+    beta1: float = option(0.9, "AdamW beta1", minimum=0.0, below=1.0)
+    beta2: float = option(0.95, "AdamW beta2", minimum=0.0, below=1.0)
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", minimum=0.0)
     max_length: int = option(128, "tokens per sequence; responses are cut from the right; a prompt "
                              "that leaves no room for a response is a bad row (an error, or skipped "
@@ -101,7 +102,8 @@ class SharedConfig:
                          "adapters only (python -m model.lora merges them) and a method's reference "
                          "model is the base with adapters off", minimum=0)
     lora_alpha: float = option(16.0, "LoRA alpha: the adapter update is scaled by alpha / r")
-    lora_dropout: float = option(0.05, "LoRA dropout on the adapters' input", minimum=0.0)
+    lora_dropout: float = option(0.05, "LoRA dropout on the adapters' input", minimum=0.0,
+                                 below=1.0)
     lora_targets: str = option("q,k,v,o,gate,up,down", "projections that get adapters, from "
                                "q,k,v,o,gate,up,down")
     grad_checkpoint: str = option("auto", "activation checkpointing: blocks keep only their input and "
@@ -155,17 +157,27 @@ def _listed(choices):
     return ", ".join(c if c else "''" for c in choices)
 
 
+BOUNDS = (("minimum", ">=", operator.ge), ("above", ">", operator.gt),
+          ("maximum", "<=", operator.le), ("below", "<", operator.lt))
+
+
+def bounds(f):
+    """[(">=", 0.0, operator.ge), ...]: the bounds an option declares (nanoalign/common.option)."""
+    return [(op, f.metadata[k], holds) for k, op, holds in BOUNDS if f.metadata.get(k) is not None]
+
+
 def check_value(f, v, where):
-    """Type, choices and minimum of one option value; an error names the flag, or the file and key."""
+    """Type, choices and bounds of one option value; an error names the flag, or the file and key."""
     t, name = _tname(f), f"--{f.name}" if where == "flags" else f"{where}: '{f.name}'"
     want = {"int": int, "float": (int, float), "bool": bool, "str": str}[t]
     if not isinstance(v, want) or (t in ("int", "float") and isinstance(v, bool)):
         raise SystemExit(f"error: {name} must be {t}, got {type(v).__name__} {v!r}")
-    ch, lo = f.metadata.get("choices"), f.metadata.get("minimum")
+    ch = f.metadata.get("choices")
     if ch and v not in ch:
         raise SystemExit(f"error: {name} must be one of {_listed(ch)}, got {v!r}")
-    if lo is not None and v < lo:
-        raise SystemExit(f"error: {name} must be >= {lo}, got {v!r}")
+    for op, bound, holds in bounds(f):
+        if not holds(v, bound):
+            raise SystemExit(f"error: {name} must be {op} {bound}, got {v!r}")
 
 
 def config_from_dict(d, where, saved=False):
@@ -280,7 +292,8 @@ def parse_config(argv=None, description=None):
         ap.add_argument(f"--{f.name}", type=_switch if _is_switch(f) else conv[_tname(f)], default=None,
                         metavar=_tname(f).upper(),
                         help=f"{f.metadata['help']} (default: {f.default!r}"
-                             + (f"; one of {_listed(ch)})" if ch else ")"), **kw)
+                             + (f"; one of {_listed(ch)}" if ch else "")
+                             + "".join(f"; {op} {b}" for op, b, _ in bounds(f)) + ")", **kw)
     a = ap.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
     given = {**d, **flags}

@@ -20,7 +20,7 @@ from nanoalign.common import Method, batch_logps, option, reference_logps, regis
 
 @dataclass
 class DPOOptions:
-    beta: float = option(0.1, "strength of the pull towards the reference (DPO / IPO beta)", minimum=0.0)
+    beta: float = option(0.1, "strength of the pull towards the reference (DPO / IPO beta)", above=0.0)
 
 
 def log_ratio_diff(pol_w, pol_l, ref_w, ref_l):

@@ -53,7 +53,7 @@ class MetaOptions:
                              "in out_dir/<stage>; the warm-up gets max_steps // 5)",
                              choices=STAGES + ("all",))
     meta_warmup_frac: float = option(0.1, "fraction of the equal set used for the warm-up",
-                                     minimum=0.0)
+                                     minimum=0.0, maximum=1.0)
     meta_holdout: str = option("", "comma-separated objectives left out of training (the paper's "
                                "zero-shot test)")
 

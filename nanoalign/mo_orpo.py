@@ -50,7 +50,7 @@ class SJOptions(ORPOOptions):
 class OneWeight(SJOptions):
     """scalarization, sj_sft: w1 for the alignment task, 1 - w1 for the SJ task."""
     w1: float = option(0.6, "weight of the alignment task; the SJ task gets 1 - w1 (paper 0.6)",
-                       minimum=0.0)
+                       minimum=0.0, maximum=1.0)
 
 
 @dataclass

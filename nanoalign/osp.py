@@ -52,7 +52,7 @@ TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling
 class OSPOptions(onpolicy.OnPolicyOptions):
     beta: float = option(0.1, "SPCE / DPO / IPO beta. 0.1 is the OSP paper's value for Mistral-7B "
                          "with LoRA and suits a small model over few steps; its full fine-tunes used "
-                         "0.001 (dialogue) and 0.02 (summaries)", minimum=0.0)
+                         "0.001 (dialogue) and 0.02 (summaries)", above=0.0)
     osp_k: int = option(7, "samples per prompt (K // 2 pairs; paper 7)", minimum=2)
     osp_loss: str = option("spce", "'spce' (soft targets, eq. 8), or the ablations 'dpo' / 'ipo' (hard "
                            "labels from the same judge)", choices=("spce", "dpo", "ipo"))

@@ -87,8 +87,9 @@ def test_option_is_a_field_with_its_default_and_its_declaration():
         size: int = option(3, "how many", minimum=1)
     f = {x.name: x for x in dataclasses.fields(Opts)}
     assert Opts() == Opts("b", 3)
-    assert dict(f["mode"].metadata) == {"help": "which mode", "choices": ("a", "b"), "minimum": None}
-    assert dict(f["size"].metadata) == {"help": "how many", "choices": None, "minimum": 1}
+    none = dict(minimum=None, maximum=None, above=None, below=None)
+    assert dict(f["mode"].metadata) == {"help": "which mode", "choices": ("a", "b"), **none}
+    assert dict(f["size"].metadata) == {"help": "how many", "choices": None, **{**none, "minimum": 1}}
 
 
 def test_with_defaults_changes_only_the_named_defaults():

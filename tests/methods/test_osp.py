@@ -191,7 +191,7 @@ def test_osp_beta_help_states_the_default_and_the_papers_values(capsys):
     with pytest.raises(SystemExit):
         train.parse_config(["--method", "osp", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "0.001 (dialogue)" in out and "0.02 (summaries)" in out and "(default: 0.1)" in out
+    assert "0.001 (dialogue)" in out and "0.02 (summaries)" in out and "(default: 0.1; > 0.0)" in out
 
 
 # -- pref_aug rows, the pairings' generator, the step's sampling and metrics -----------------------

@@ -18,6 +18,11 @@ from tests.helpers import _short_run
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--resume", "maybe"], "argument --resume: expected true/false, got 'maybe'"),
     (["--chat_format", "bogus"], "--chat_format must be one of '', chatml, inst, selfjudge, raw, got 'bogus'"),
+    (["--method", "dpo", "--beta", "0"], "--beta must be > 0.0, got 0.0"),        # DPO would learn nothing
+    (["--method", "ipo", "--beta=-1"], "--beta must be > 0.0, got -1.0"),
+    (["--method", "scalarization", "--w1", "1.5"], "--w1 must be <= 1.0, got 1.5"),  # SJ weight -0.5
+    (["--beta2", "1"], "--beta2 must be < 1.0, got 1.0"),                       # AdamW refuses it
+    (["--lr=-1e-4"], "--lr must be >= 0.0, got -0.0001"),
 ])
 def test_bad_flags(argv, pattern, capsys):
     with pytest.raises(SystemExit):
@@ -47,6 +52,17 @@ def test_help_lists_every_field(capsys):
     out = capsys.readouterr().out
     for f in dataclasses.fields(config.SharedConfig):
         assert f"--{f.name}" in out
+
+
+def test_help_shows_each_options_bounds(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")             # one line per flag
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "scalarization", "--help"])
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("--")}
+    assert lines["--w1"].endswith("(default: 0.6; >= 0.0; <= 1.0)")
+    assert lines["--beta1"].endswith("(default: 0.9; >= 0.0; < 1.0)")
+    assert lines["--batch_size"].endswith("(default: 16; >= 1)")
+    assert lines["--dtype"].endswith("one of auto, float32, bfloat16)")
 
 
 # -- resume cannot mix runs; no argument prefixes; another method's options ------------------------
