@@ -11,8 +11,8 @@ The loop knows no method by name: a method (a file in nanoalign/ that registers 
 rows it reads, which examples its loss eats, its options, and turns a micro-batch into (loss summed
 over its units, metrics). Order of one step, always the same: learning rate -> grad_accum
 micro-batches (an on-policy method's rollout first; forward, backward) -> clip -> finite check ->
-AdamW -> log / evaluate / checkpoint. Ctrl-C finishes the step in flight, writes a checkpoint, prints
-the command that resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG
+AdamW -> log / evaluate / checkpoint. Ctrl-C (or SIGTERM) finishes the step in flight, writes a
+checkpoint, prints the command that resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG
 states, data position, step: nanoalign/checkpoint.py).
 """
 import dataclasses
@@ -29,7 +29,8 @@ from model.checkpoint import CheckpointError, load
 from model.lora import AdaptersOff, apply_lora, merge
 from model.model import Transformer, config_from_preset
 from nanoalign import REGISTRY, dist
-from nanoalign.checkpoint import load_train_state, save_checkpoint
+from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
+                                  save_checkpoint, saved_step)
 from nanoalign.common import Run, frozen_copy
 from nanoalign.config import (autocast, checkpoint_every, compute_of, make_config, make_optimizer,
                               options_of, packed_batches, parse_config, resume_config, shared_options)
@@ -90,20 +91,23 @@ def legend(method):
 
 
 class StopFlag:
-    """First Ctrl-C: finish this step, checkpoint, exit. Second Ctrl-C: stop at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM (`kill`, a cluster's preemption): finish this step,
+    checkpoint, exit with 128 + the signal's number. A second signal: stop at once."""
 
     def __init__(self):
-        self.hit = False
-        self.prev = signal.signal(signal.SIGINT, self._handle)
+        self.hit, self.signum = False, signal.SIGINT
+        self.prev = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def _handle(self, *_):
+    def _handle(self, signum, _):
         if self.hit:
             raise KeyboardInterrupt
-        self.hit = True
-        print("\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+        self.hit, self.signum = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this step and writing a checkpoint ({name} again to abort)")
 
     def restore(self):
-        signal.signal(signal.SIGINT, self.prev)
+        for s, handler in self.prev.items():
+            signal.signal(s, handler)
 
 
 def lr_at(step, cfg):
@@ -177,6 +181,13 @@ def train(cfg, task=None, stop_at=None):
     ckpt = os.path.join(cfg.out_dir, "ckpt")
     if cfg.resume:  # the saved config wins; only RESUMABLE settings may change
         cfg = resume_config(dataclasses.asdict(cfg))
+        done = saved_step(ckpt)
+        if done >= cfg.max_steps:
+            raise CheckpointError(f"the run in {cfg.out_dir} is at step {done} and --max_steps is "
+                                  f"{cfg.max_steps}: nothing to resume; raise --max_steps to train on")
+    elif saved_step(ckpt):
+        print(f"note: {cfg.out_dir} holds an earlier run (step {saved_step(ckpt)}); this run replaces "
+              f"it and its metrics.jsonl (--resume would have continued it)")
     if cfg.init_from == "default":
         raise CheckpointError("--init_from default names the built-in task's start: resolve it with "
                               "train.start_checkpoint(cfg, task) first (train.main does)")
@@ -207,6 +218,10 @@ def train(cfg, task=None, stop_at=None):
     if dist.world() > 1:                         # each rank samples its own prompts differently
         torch.manual_seed(cfg.seed + 1000 * dist.rank())
     train_ex = load_split(cfg, method, task, "train", run)
+    if os.path.isfile(cfg.train_data):          # kept with every checkpoint: --resume checks it
+        run.checkpoint_files[DATA_FILE] = data_fingerprint(cfg.train_data)
+        if cfg.resume:
+            check_same_data(ckpt, run.checkpoint_files[DATA_FILE])
     # an on-policy method's held-out loss would need a rollout per evaluation: it has none
     val_ex = load_split(cfg, method, task, "val", run) if not method.rollout else []
     opt = make_optimizer(model, cfg)
@@ -215,7 +230,8 @@ def train(cfg, task=None, stop_at=None):
     order = BatchOrder(len(train_ex), cfg.batch_size * dist.world(), cfg.seed, pos)
     rows = slice(dist.rank() * cfg.batch_size, (dist.rank() + 1) * cfg.batch_size)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull, "a")
+    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull,
+                     "a" if cfg.resume else "w")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
           f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
@@ -227,6 +243,7 @@ def train(cfg, task=None, stop_at=None):
     model.train()
     stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
     history, val_step, rollout_mets = [], None, {}
+    saved = step if cfg.resume else None       # the step of this run's newest checkpoint
     try:
         while step < cfg.max_steps and not stop.hit:
             lr = lr_at(step, cfg)
@@ -270,13 +287,15 @@ def train(cfg, task=None, stop_at=None):
                 metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                 save_checkpoint(ckpt, model, tok, opt, cfg, step, order, run)
+                saved = step
         if val_ex and val_step != step:   # every run with validation data ends with its loss
             vl = held_out_loss(model, method, val_ex, run, cfg)
             print(f"step {step:5d} | val loss {vl:.4f} (end of run)")
             metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
     except FloatingPointError as e:
-        sys.exit(f"error: non-finite {e}; stopped without updating. The last good checkpoint "
-                 f"(if any) is intact in {ckpt}")
+        kept = (f"this run's last good checkpoint (step {saved}) is intact in {ckpt}" if saved is not None
+                else "this run wrote no checkpoint before it (--ckpt_every N writes one every N steps)")
+        sys.exit(f"error: non-finite {e}; stopped without updating; {kept}")
     finally:
         stop.restore()
         metrics_f.close()
@@ -290,7 +309,7 @@ def train(cfg, task=None, stop_at=None):
         print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
               f"  python train.py --method {cfg.method} --out_dir {cfg.out_dir} --resume")
         if stop_at is None:
-            sys.exit(130)
+            sys.exit(128 + stop.signum)
     return history
 
 

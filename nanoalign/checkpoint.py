@@ -5,11 +5,13 @@ Face folder, or LoRA adapters on their base), plus what an exact `--resume` need
     train_state.safetensors   AdamW's state tensors (opt.<param>.<field>) and the RNG states
     state.json                step, data position, the run's config, AdamW's param groups
     <name>.json               files a method keeps with its model (run.checkpoint_files)
+    train_data.json           the --train_data file's sha256: --resume refuses changed rows
 
 Only safetensors and JSON, like the model's files. train.py saves one every --ckpt_every steps, on
 Ctrl-C and at the end, and loads one on --resume; nanoalign/config.py checks the saved config.
 """
 import dataclasses
+import hashlib
 import os
 import shutil
 
@@ -74,3 +76,30 @@ def load_train_state(path, model, opt):
     if "rng.cuda" in t and torch.cuda.is_available():
         torch.cuda.set_rng_state(t["rng.cuda"])
     return st["step"], st["data_pos"]
+
+
+def saved_step(path):
+    """The step of the run checkpoint in `path`, 0 if there is none."""
+    state = os.path.join(path, "state.json")
+    return read_json(state)["step"] if os.path.exists(state) else 0
+
+
+DATA_FILE = "train_data.json"
+
+
+def data_fingerprint(path):
+    """{train_data, sha256} of a training data file, kept with every checkpoint of the run."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"train_data": path, "sha256": h.hexdigest()}
+
+
+def check_same_data(path, now):
+    """An exact resume reads the rows the run started with: a changed file is an error."""
+    kept = os.path.join(path, DATA_FILE)
+    if os.path.exists(kept) and read_json(kept)["sha256"] != now["sha256"]:
+        raise CheckpointError(f"{now['train_data']} changed since the run in {path} read it (its sha256 "
+                              f"differs from the one in {kept}); an exact --resume needs the same rows: "
+                              f"restore the file, or start a new run from its weights with --init_from {path}")

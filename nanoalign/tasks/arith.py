@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
 from model.tokenizer import Tokenizer
+from nanoalign.checkpoint import saved_step
 from nanoalign.common import option
 
 NAME = "arith"
@@ -52,7 +53,7 @@ class Options:
     n_val: int = option(256, "built-in task: validation rows", minimum=1)
     n_warm: int = option(4000, "built-in task: SFT rows of the warm-up for --init_from default", minimum=1)
     warm_steps: int = option(800, "built-in task: SFT warm-up steps for --init_from default", minimum=1)
-    warm_lr: float = option(2e-3, "built-in task: SFT warm-up learning rate")
+    warm_lr: float = option(2e-3, "built-in task: SFT warm-up learning rate", above=0.0)
 
 
 # -- the oracle ----------------------------------------------------------------------------------
@@ -153,13 +154,15 @@ def warm_start(shared, train_fn):
     key = f"{shared['model_preset']}-s{shared['seed']}-n{shared['n_warm']}-w{shared['warm_steps']}-" \
           f"lr{shared['warm_lr']:g}"
     path = os.path.join("out", "_warm", key)
-    if not os.path.exists(os.path.join(path, "ckpt", "config.json")):
-        print(f"== SFT warm-up of a '{shared['model_preset']}' model on the built-in task -> {path}")
+    # a warm-up stopped by Ctrl-C leaves a checkpoint of its last step: continue it, never use it
+    done = saved_step(os.path.join(path, "ckpt"))
+    if done < shared["warm_steps"]:
+        print(f"== SFT warm-up of a '{shared['model_preset']}' model on the built-in task -> {path}"
+              + (f" (continued from step {done} of {shared['warm_steps']})" if done else ""))
         train_fn(**{**shared, "method": "sft", "init_from": "scratch", "out_dir": path,
                     "n_train": shared["n_warm"], "max_steps": shared["warm_steps"],
                     "lr": shared["warm_lr"], "final_eval": False, "warmup_steps": 20,
-                    "resume": os.path.exists(os.path.join(path, "ckpt", "state.json")),
-                    "train_data": "builtin", "val_data": "builtin"})
+                    "resume": done > 0, "train_data": "builtin", "val_data": "builtin"})
         print("== warm-up done")
     return os.path.join(path, "ckpt")
 

@@ -62,10 +62,24 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
         loss, m = real(model, batch, run, cfg)
         return (loss * float("nan") if calls["n"] > 6 else loss), m   # step 4 (2 micro-batches/step)
     monkeypatch.setattr(REGISTRY["orpo"], "loss", poisoned)
-    with pytest.raises(SystemExit, match="non-finite"):
+    with pytest.raises(SystemExit, match="non-finite") as e:
         train.train(run_cfg(tmp_path, ckpt_every=2, eval_every=0))
     st = json.load(open(tmp_path / "run" / "ckpt" / "state.json"))
-    assert st["step"] == 2
+    assert st["step"] == 2 and "last good checkpoint (step 2) is intact" in str(e.value)
+    calls["n"] = 0            # a new run in the same place, poisoned before its first checkpoint
+    with pytest.raises(SystemExit, match="non-finite") as e:
+        train.train(run_cfg(tmp_path, ckpt_every=5, eval_every=0))
+    assert "this run wrote no checkpoint" in str(e.value)        # not the earlier run's, as its own
+
+
+def test_a_new_run_in_an_earlier_runs_directory_says_so_and_starts_its_own_metrics(tmp_path, capsys):
+    train.train(run_cfg(tmp_path, max_steps=3, eval_every=0))
+    assert "holds an earlier run" not in capsys.readouterr().out
+    train.train(run_cfg(tmp_path, max_steps=2, eval_every=0))
+    out = capsys.readouterr().out
+    assert f"note: {tmp_path / 'run'} holds an earlier run (step 3); this run replaces it" in out
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [(r["step"], r["split"]) for r in recs] == [(1, "train"), (2, "train"), (2, "val"), (2, "end")]
 
 
 # -- own data is validated on its own; the log explains itself -------------------------------------

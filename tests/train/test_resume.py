@@ -54,7 +54,8 @@ def test_resuming_a_copied_run_reads_and_writes_only_the_copy(tmp_path, capsys):
     assert f"checkpoint: {b / 'ckpt'} (step 6)" in capsys.readouterr().out
 
 
-def test_ctrl_c_writes_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])     # Ctrl-C; kill, a preemption
+def test_ctrl_c_writes_a_checkpoint(tmp_path, sig):
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-u", "train.py", "--method", "sft", "--init_from", "scratch",
                           "--max_steps", "100000", "--final_eval", "false", "--n_train", "64",
@@ -64,11 +65,55 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         if line.startswith("step"):
             break
     time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     rest = p.stdout.read()
-    assert p.wait(60) == 130, rest
+    assert p.wait(60) == 128 + sig, rest
     st = json.load(open(out / "ckpt" / "state.json"))
-    assert 0 < st["step"] < 100000 and "checkpoint" in rest
+    assert 0 < st["step"] < 100000 and "checkpoint" in rest and "--resume" in rest
+
+
+def test_an_interrupted_warm_up_is_continued_not_used(tmp_path, monkeypatch):
+    """--init_from default: a warm-up stopped by Ctrl-C left a checkpoint of its last step, which
+    the next run once took for the finished warm-up (it only looked for config.json)."""
+    from nanoalign.tasks import arith
+    monkeypatch.chdir(tmp_path)                             # the cache is out/_warm, under the cwd
+    shared = train.shared_options(train.make_config(n_warm=16, warm_steps=4, batch_size=4))
+    calls = []
+
+    def stopped_at_2(**kw):
+        calls.append(kw["resume"])
+        return train.train(train.make_config(**kw), arith, stop_at=2)
+    ckpt = arith.warm_start(shared, stopped_at_2)
+    assert calls == [False] and json.load(open(os.path.join(ckpt, "state.json")))["step"] == 2
+
+    def whole(**kw):
+        calls.append(kw["resume"])
+        return train.train(train.make_config(**kw), arith)
+    assert arith.warm_start(shared, whole) == ckpt
+    assert calls == [False, True] and json.load(open(os.path.join(ckpt, "state.json")))["step"] == 4
+    assert arith.warm_start(shared, whole) == ckpt and calls == [False, True]     # done: cached
+
+
+def test_resume_refuses_changed_rows_and_a_run_with_nothing_left(tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}.", "rejected": "no"} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["--method", "orpo", "--init_from", "scratch", "--train_data", str(data), "--val_data", "",
+            "--batch_size", "2", "--final_eval", "false", "--out_dir", str(tmp_path / "run")]
+    train.main(argv + ["--max_steps", "2"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:                    # finished: nothing to resume
+        train.main(["--out_dir", str(tmp_path / "run"), "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is at step 2 and --max_steps is 2: nothing to resume" in err
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))       # the same rows, reordered
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out_dir", str(tmp_path / "run"), "--resume", "--max_steps", "4"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{data} changed since the run in {tmp_path / 'run' / 'ckpt'} read it" in err
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))              # restored: it resumes
+    train.main(["--out_dir", str(tmp_path / "run"), "--resume", "--max_steps", "4"])
+    assert json.load(open(tmp_path / "run" / "ckpt" / "state.json"))["step"] == 4
 
 
 # -- a damaged train state; the command that resumes -----------------------------------------------
