@@ -27,6 +27,7 @@ Batches are right-padded: training rows need no left padding because positions s
 that are response tokens. A packed batch (make_batch(..., packed=True), train.py --packed) adds the
 same rows back to back without padding (`pack`); the padded tensors are its readable reference.
 """
+import codecs
 import json
 from dataclasses import dataclass
 from typing import Callable
@@ -44,11 +45,28 @@ def _check_text(v, where, field):
         if not v.strip() and field != "prompt":
             raise DataError(f"{where}: field '{field}' is empty")
         return v
-    if isinstance(v, list) and v and all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                                         and isinstance(m.get("content"), str) for m in v):
-        return v
+    if isinstance(v, list):
+        return _check_messages(v, where, field)
     raise DataError(f"{where}: field '{field}' must be a string or a list of "
                     f"{{\"role\", \"content\"}} messages, got {type(v).__name__}")
+
+
+def _check_messages(msgs, where, field):
+    """A message list: not empty, and every message an object with a string 'role' and a string
+    'content'. The error names the first message that is not (numbered from 1) and what it lacks.
+    Which roles there are is the chat template's business, not checked here."""
+    if not msgs:
+        raise DataError(f"{where}: field '{field}' is an empty list; a message list needs at least "
+                        f"one {{\"role\", \"content\"}} message")
+    for n, m in enumerate(msgs, 1):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: field '{field}': message {n} is not a {{\"role\", \"content\"}} "
+                            f"object, got {type(m).__name__}")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                got = f"got {type(m[key]).__name__}" if key in m else "it has none"
+                raise DataError(f"{where}: field '{field}': message {n} has no string '{key}' ({got})")
+    return msgs
 
 
 def _check_fields(row, fields, kind, where):
@@ -156,19 +174,44 @@ def validate_row(row, kind, where):
     return read(row, where)
 
 
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def decode_line(raw, where):
+    """One line of a JSONL file, bytes -> text: UTF-8, whatever the platform's default encoding,
+    with a byte order mark at its start dropped (Windows editors write one). A line that is not
+    UTF-8 (a Latin-1 line) is a bad row naming the first byte that is not, and its column."""
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        col = len(raw[:e.start].decode("utf-8")) + 1      # the bytes before e.start are UTF-8
+        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {col}; Latin-1 "
+                        f"or Windows-1252?); re-save the file as UTF-8") from None
+
+
 def read_jsonl(path, kind, skip_bad=False):
-    """Rows of a JSONL file, validated. Returns (rows, n_skipped)."""
+    """Rows of a JSONL file, validated. Returns (rows, n_skipped).
+
+    The file is read as bytes and each line (ending at "\n") decoded on its own (`decode_line`), so
+    a line that is not UTF-8 is one bad row, skipped and counted with skip_bad. A UTF-16 file (what
+    Windows PowerShell's `>` writes: a UTF-16 byte order mark, or NUL bytes, on line 1) is an error
+    even with skip_bad: every line of it is bad."""
     rows, skipped = [], 0
     try:
-        f = open(path)
+        f = open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
     with f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        for i, raw in enumerate(f, 1):
             where = f"{path}:{i}"
+            if i == 1 and (raw.startswith(UTF16_BOMS) or b"\x00" in raw):
+                raise DataError(f"{where}: the file looks like UTF-16 (what Windows PowerShell's '>' "
+                                f"writes), not UTF-8; re-save it as UTF-8")
             try:
+                line = decode_line(raw, where)
+                if not line.strip():
+                    continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:

@@ -96,14 +96,68 @@ def test_an_empty_prompt_string_is_allowed():
     assert validate_row({"prompt": "", "chosen": "c", "rejected": "r"}, "pref", W)["prompt"] == ""
 
 
-@pytest.mark.parametrize("bad", [
-    [], [{"role": "user"}], [{"content": "x"}], [{"role": 1, "content": "x"}],
-    [{"role": "user", "content": 3}], ["hi"], [USER, {"role": "user", "content": None}],
+@pytest.mark.parametrize("bad, why", [
+    ([], "is an empty list; a message list needs at least one {\"role\", \"content\"} message"),
+    ([{"role": "user"}], ": message 1 has no string 'content' (it has none)"),
+    ([{"content": "x"}], ": message 1 has no string 'role' (it has none)"),
+    ([{"role": 1, "content": "x"}], ": message 1 has no string 'role' (got int)"),
+    ([{"role": "user", "content": 3}], ": message 1 has no string 'content' (got int)"),
+    (["hi"], ": message 1 is not a {\"role\", \"content\"} object, got str"),
+    ([USER, {"role": "user", "content": None}], ": message 2 has no string 'content' (got NoneType)"),
+    ([USER, BOT, [USER]], ": message 3 is not a {\"role\", \"content\"} object, got list"),
 ])
-def test_a_text_field_must_be_a_string_or_a_list_of_messages(bad):
+def test_a_bad_message_list_names_the_message_and_what_it_lacks(bad, why):
+    """A list that is not a list of messages says what is wrong with it, not 'got list'."""
     msg = error_of({"prompt": bad, "response": "r"}, "sft")
-    assert msg == (f"{W}: field 'prompt' must be a string or a list of {{\"role\", \"content\"}} "
-                   f"messages, got list")
+    assert msg == f"{W}: field 'prompt'" + (" " if why.startswith("is") else "") + why
+
+
+VALID_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]),
+                                       "content": st.text(max_size=5)})
+JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+                          lambda v: st.lists(v, max_size=3) | st.dictionaries(st.text(max_size=5), v,
+                                                                              max_size=3),
+                          max_leaves=6)
+DEFECTS = [   # (a message that is not one, what the error says about message n)
+    ({"role": "user"}, "has no string 'content' (it has none)"),
+    ({"content": "x"}, "has no string 'role' (it has none)"),
+    ({"role": "user", "content": 5}, "has no string 'content' (got int)"),
+    ({"role": None, "content": "x"}, "has no string 'role' (got NoneType)"),
+    ({"role": "user", "content": ["x"]}, "has no string 'content' (got list)"),
+    ("hi", "is not a {\"role\", \"content\"} object, got str"),
+    (7, "is not a {\"role\", \"content\"} object, got int"),
+    (None, "is not a {\"role\", \"content\"} object, got NoneType"),
+]
+
+
+@given(st.lists(VALID_MESSAGE, max_size=4), st.sampled_from(DEFECTS), st.lists(JSON_VALUE, max_size=3),
+       st.sampled_from(["prompt", "response"]))
+def test_a_message_list_error_names_its_first_bad_message(good, defect, rest, field):
+    """Whatever follows it, the error names the first message that is not a {"role", "content"}
+    object of strings, by its number counted from 1, and what is wrong with it."""
+    bad, why = defect
+    row = {"prompt": "p", "response": [BOT], field: good + [bad] + rest}
+    assert error_of(row, "sft") == f"{W}: field '{field}': message {len(good) + 1} {why}"
+
+
+def _old_rule(v):    # which lists were accepted before the messages said what is wrong: unchanged
+    return bool(v) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                           and isinstance(m.get("content"), str) for m in v)
+
+
+@given(st.lists(VALID_MESSAGE | JSON_VALUE, max_size=4))
+@example([])
+@example([USER, {"role": "user", "content": "", "name": 1}])
+def test_which_message_lists_are_accepted_is_unchanged(v):
+    """A list prompt is accepted, as given, exactly when it is a non-empty list of objects with a
+    string 'role' and 'content' (any role, any extra keys, empty content too); otherwise the error
+    names the field and what is wrong inside the list, not that it is a list."""
+    row = {"prompt": v}
+    if _old_rule(v):
+        assert validate_row(row, "prompt", W)["prompt"] == v
+    else:
+        msg = error_of(row, "prompt")
+        assert msg.startswith(f"{W}: field 'prompt'") and "must be a string or a list" not in msg
 
 
 def test_a_text_field_of_another_type_names_that_type():
@@ -220,7 +274,15 @@ def test_sft_messages_rows_must_end_with_a_real_answer(msgs, why):
 
 
 def test_sft_messages_must_be_messages():
-    assert error_of({"messages": [1]}, "sft").startswith(f"{W}: field 'messages' must be a string")
+    assert error_of({"messages": [1]}, "sft") == (
+        f"{W}: field 'messages': message 1 is not a {{\"role\", \"content\"}} object, got int")
+    assert error_of({"messages": []}, "sft") == (
+        f"{W}: field 'messages' is an empty list; a message list needs at least one "
+        f"{{\"role\", \"content\"}} message")
+    assert error_of({"messages": [USER, {"role": "assistant"}]}, "sft") == (
+        f"{W}: field 'messages': message 2 has no string 'content' (it has none)")
+    assert error_of({"messages": 3}, "sft") == (
+        f"{W}: field 'messages' must be a string or a list of {{\"role\", \"content\"}} messages, got int")
 
 
 def test_a_row_must_be_an_object_and_a_kind_must_be_readable():
@@ -254,6 +316,72 @@ def test_read_jsonl_errors_name_the_file(tmp_path):
     with pytest.raises(DataError) as e:
         read_jsonl(str(bad), "prompt")
     assert str(e.value).startswith(f"{bad}:1: missing field 'prompt'")
+
+
+# -- encodings: UTF-8 whatever the platform, a BOM is fine, anything else names the line ------------
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A directory for the property tests below (a function-scoped tmp_path is one per test, not
+    one per hypothesis example)."""
+    return tmp_path_factory.mktemp("encodings")
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)    # any text UTF-8 can hold
+ASCII = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, blacklist_characters='"\\'),
+                max_size=5)
+
+
+def jsonl(prompts):
+    return "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in prompts)
+
+
+@given(st.lists(TEXT, min_size=1, max_size=4), st.sampled_from(["\n", "\r\n"]))
+@example(["caf\u00e9", "\u4f60\u597d", "\ufeffx"], "\r\n")
+def test_a_utf8_file_reads_the_same_with_or_without_a_byte_order_mark(scratch, prompts, newline):
+    """UTF-8, read as UTF-8 (not the platform's default encoding); a leading byte order mark, which
+    Windows editors write, is dropped rather than read as malformed JSON."""
+    f = scratch / "bom.jsonl"
+    data = jsonl(prompts).replace("\n", newline).encode("utf-8")
+    f.write_bytes(data)
+    plain, _ = read_jsonl(str(f), "prompt")
+    f.write_bytes(b"\xef\xbb\xbf" + data)
+    with_bom, skipped = read_jsonl(str(f), "prompt")
+    assert [r["prompt"] for r in with_bom] == [r["prompt"] for r in plain] == prompts
+    assert [r["_where"] for r in with_bom] == [f"{f}:{i}" for i in range(1, len(prompts) + 1)]
+    assert skipped == 0
+
+
+@given(st.lists(TEXT, min_size=1, max_size=3), st.sampled_from(["utf-16", "utf-16-le", "utf-16-be"]),
+       st.booleans())
+def test_a_utf16_file_is_an_error_that_says_so(scratch, prompts, encoding, skip_bad):
+    """A UTF-16 file (Windows PowerShell's `>`), with or without a byte order mark, is one error
+    naming the file and saying what to do, with --skip_bad_rows too: every line of it is bad."""
+    f = scratch / "utf16.jsonl"
+    f.write_bytes(jsonl(prompts).encode(encoding))
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt", skip_bad=skip_bad)
+    assert str(e.value) == (f"{f}:1: the file looks like UTF-16 (what Windows PowerShell's '>' "
+                            f"writes), not UTF-8; re-save it as UTF-8")
+
+
+@given(st.lists(ASCII, min_size=1, max_size=3), st.integers(0, 3), TEXT, st.integers(0x80, 0xff), ASCII)
+@example(["a", "b"], 1, "", 0xe9, "t")                 # 'caf\xe9' written in Latin-1
+@example(["a"], 0, "\u4f60\u597d \u00e9", 0xe9, "")    # the column counts characters, not bytes
+def test_a_line_that_is_not_utf8_is_a_bad_row_naming_its_line_and_column(scratch, good, at, head, byte, tail):
+    """A line with a byte that is not UTF-8 (one Latin-1 line among UTF-8 ones) is a DataError naming
+    the file, the line and the column of that byte; with skip_bad it is skipped and counted."""
+    at = min(at, len(good))
+    before = json.dumps({"prompt": head}, ensure_ascii=False)[:-2]          # up to the closing '"}'
+    bad = before.encode("utf-8") + bytes([byte]) + tail.encode("ascii") + b'"}\n'
+    f = scratch / "latin1.jsonl"
+    f.write_bytes(jsonl(good[:at]).encode("utf-8") + bad + jsonl(good[at:]).encode("utf-8"))
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt")
+    assert str(e.value) == (f"{f}:{at + 1}: not UTF-8 text (byte 0x{byte:02x} at column {len(before) + 1}; "
+                            f"Latin-1 or Windows-1252?); re-save the file as UTF-8")
+    rows, skipped = read_jsonl(str(f), "prompt", skip_bad=True)
+    assert [r["prompt"] for r in rows] == good and skipped == 1
+    assert [r["_where"] for r in rows] == [f"{f}:{i}" for i in range(1, len(good) + 2) if i != at + 1]
 
 
 def test_a_prompt_the_template_refuses_is_a_bad_row_naming_it():
