@@ -213,6 +213,14 @@ def train(cfg, task=None, stop_at=None):
         model, _ = load(ckpt, torch.float32, device)
     if method.needs_ref and cfg.lora_r:
         run.ref = AdaptersOff(model)             # the same weights with the adapters switched off
+    # a length limit beyond the model's context would stop the run when a long row comes, hours in
+    context = model.cfg.max_seq_len
+    limits = {"max_length": cfg.max_length,
+              **(method.tokenize_options(cfg) if method.tokenize_options else {})}
+    for name, n in limits.items():
+        if n > context:
+            raise CheckpointError(f"--{name} {n} is longer than the model's context ({context} tokens, "
+                                  f"max_position_embeddings); lower it to {context} or less")
     model.checkpoint_every = checkpoint_every(cfg, model)
     model = dist.wrap(model, cfg.parallel)       # DDP / FSDP2 under torchrun, else the model itself
     if dist.world() > 1:                         # each rank samples its own prompts differently
@@ -229,7 +237,10 @@ def train(cfg, task=None, stop_at=None):
     # one order of global batches; rank r takes rows [r*B, (r+1)*B) of each
     order = BatchOrder(len(train_ex), cfg.batch_size * dist.world(), cfg.seed, pos)
     rows = slice(dist.rank() * cfg.batch_size, (dist.rank() + 1) * cfg.batch_size)
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"--out_dir {cfg.out_dir}: cannot create it ({e.strerror})") from None
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull,
                      "a" if cfg.resume else "w")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

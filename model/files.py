@@ -22,6 +22,8 @@ def read_json(path):
             return json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except OSError as e:                 # a directory, no permission, ...
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") \
             from None

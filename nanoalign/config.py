@@ -13,6 +13,7 @@ helpers at the end of this file for what a config decides in the loop (autocast,
 import argparse
 import dataclasses
 import functools
+import math
 import operator
 import os
 import sys
@@ -23,6 +24,7 @@ import torch
 from model.chat_template import FORMATS
 from model.checkpoint import CheckpointError, read_json
 from model.lora import parse_targets
+from model.model import PRESETS
 from nanoalign import DEFAULT_METHOD, REGISTRY
 from nanoalign.common import option
 from nanoalign.tasks import TASKS, get_task
@@ -44,7 +46,8 @@ class SharedConfig:
     init_from: str = option("default", "'default' (the cached SFT warm-up on the built-in task), "
                             "'scratch' (a fresh model of --model_preset), or a Hugging Face checkpoint "
                             "directory")
-    model_preset: str = option("tiny", "model config for --init_from scratch (model/model.py PRESETS)")
+    model_preset: str = option("tiny", "model config for --init_from scratch (model/model.py PRESETS)",
+                               choices=tuple(PRESETS))
     chat_format: str = option("", "'' = the checkpoint's own chat template; or a named format for a "
                               "checkpoint that has none (model/chat_template.py FORMATS)",
                               choices=("",) + tuple(FORMATS))
@@ -64,7 +67,8 @@ class SharedConfig:
     grad_accum: int = option(1, "micro-batches per optimizer step (the loss is normalized over all)",
                              minimum=1)
     lr: float = option(3e-4, "peak learning rate", minimum=0.0)
-    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0)
+    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0,
+                                 maximum=1.0)
     warmup_steps: int = option(20, "linear warm-up steps", minimum=0)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0)
     beta1: float = option(0.9, "AdamW beta1", minimum=0.0, below=1.0)
@@ -101,7 +105,8 @@ class SharedConfig:
     lora_r: int = option(0, "LoRA rank; 0 = train every weight. With LoRA, checkpoints hold the "
                          "adapters only (python -m model.lora merges them) and a method's reference "
                          "model is the base with adapters off", minimum=0)
-    lora_alpha: float = option(16.0, "LoRA alpha: the adapter update is scaled by alpha / r")
+    lora_alpha: float = option(16.0, "LoRA alpha: the adapter update is scaled by alpha / r",
+                               above=0.0)
     lora_dropout: float = option(0.05, "LoRA dropout on the adapters' input", minimum=0.0,
                                  below=1.0)
     lora_targets: str = option("q,k,v,o,gate,up,down", "projections that get adapters, from "
@@ -172,6 +177,8 @@ def check_value(f, v, where):
     want = {"int": int, "float": (int, float), "bool": bool, "str": str}[t]
     if not isinstance(v, want) or (t in ("int", "float") and isinstance(v, bool)):
         raise SystemExit(f"error: {name} must be {t}, got {type(v).__name__} {v!r}")
+    if t == "float" and not math.isfinite(v):
+        raise SystemExit(f"error: {name} must be a finite number, got {v!r}")
     ch = f.metadata.get("choices")
     if ch and v not in ch:
         raise SystemExit(f"error: {name} must be one of {_listed(ch)}, got {v!r}")
@@ -209,6 +216,9 @@ def config_from_dict(d, where, saved=False):
         parse_targets(cfg.lora_targets)
     except ValueError as e:
         raise SystemExit(f"error: {where}: {e}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: {where}: device 'cuda', but this torch ({torch.__version__}) sees no "
+                         f"CUDA GPU; use 'cpu', or 'auto' (CUDA when there is one)")
     return cfg
 
 
@@ -262,6 +272,9 @@ def parse_config(argv=None, description=None):
     saved = os.path.join(early.out_dir or "", "ckpt", "state.json")
     try:
         d = read_json(early.config) if early.config else {}
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{early.config}: a config file holds one JSON object "
+                                  f"{{\"key\": value, ...}}, got {type(d).__name__}")
         if early.resume not in (None, "false") and os.path.exists(saved):   # the run's method, task
             run = read_json(saved)["config"]
             d = {**d, **{k: run[k] for k in ("method", "task") if k in run and not getattr(early, k)}}

@@ -23,6 +23,10 @@ from tests.helpers import _short_run
     (["--method", "scalarization", "--w1", "1.5"], "--w1 must be <= 1.0, got 1.5"),  # SJ weight -0.5
     (["--beta2", "1"], "--beta2 must be < 1.0, got 1.0"),                       # AdamW refuses it
     (["--lr=-1e-4"], "--lr must be >= 0.0, got -0.0001"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),                 # passes any bound
+    (["--lora_alpha", "inf"], "--lora_alpha must be a finite number, got inf"),
+    (["--min_lr_ratio", "2"], "--min_lr_ratio must be <= 1.0, got 2.0"),          # lr above its peak
+    (["--model_preset", "huge"], "--model_preset must be one of tiny, smollm2-135m, mistral-7b, llama3-8b"),
 ])
 def test_bad_flags(argv, pattern, capsys):
     with pytest.raises(SystemExit):
@@ -44,6 +48,24 @@ def test_config_file_rejects_unknown_keys_and_wrong_types(tmp_path, capsys):
     p.write_text(json.dumps({"lr": 1e-3, "max_steps": 7}))
     cfg = train.parse_config(["--config", str(p), "--max_steps", "9"])
     assert (cfg.lr, cfg.max_steps) == (1e-3, 9)
+
+
+def test_a_config_file_that_is_a_folder_or_not_an_object_is_one_line(tmp_path, capsys):
+    (tmp_path / "list.json").write_text("[1]")
+    for path, message in ((tmp_path, f"error: {tmp_path}: cannot read (Is a directory)"),
+                          (tmp_path / "list.json", "a config file holds one JSON object")):
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(["--config", str(path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_cuda_without_a_gpu_is_refused_at_once(capsys, monkeypatch):
+    monkeypatch.setattr(config.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--device", "cuda"])
+    assert "device 'cuda', but this torch" in str(e.value) + capsys.readouterr().err
+    assert train.parse_config(["--device", "auto"]).device == "auto"
 
 
 def test_help_lists_every_field(capsys):

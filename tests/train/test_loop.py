@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import train
+from model.checkpoint import CheckpointError
 from model.model import ModelConfig, Transformer
 from nanoalign import REGISTRY
 from nanoalign.data import make_batch, tokenize_rows
@@ -70,6 +71,21 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="non-finite") as e:
         train.train(run_cfg(tmp_path, ckpt_every=5, eval_every=0))
     assert "this run wrote no checkpoint" in str(e.value)        # not the earlier run's, as its own
+
+
+@pytest.mark.parametrize("method, kw, flag", [("orpo", {"max_length": 513}, "--max_length 513"),
+                                              ("scalarization", {"sj_max_length": 600}, "--sj_max_length 600")])
+def test_a_length_limit_beyond_the_models_context_is_refused_before_any_step(tmp_path, method, kw, flag):
+    """The tiny preset's context is 512: a longer limit once ran until a long row came, then crashed."""
+    with pytest.raises(CheckpointError, match=f"^{flag} is longer than the model's context \\(512 tokens"):
+        train.train(run_cfg(tmp_path, method=method, **kw))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_an_out_dir_that_cannot_be_made_is_one_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match=r"--out_dir .*afile/sub: cannot create it \(Not a directory\)"):
+        train.train(run_cfg(tmp_path, out_dir=str(tmp_path / "afile" / "sub")))
 
 
 def test_a_new_run_in_an_earlier_runs_directory_says_so_and_starts_its_own_metrics(tmp_path, capsys):
