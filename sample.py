@@ -21,7 +21,9 @@ generation with the KV cache.
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
 import sys
 import time
 
@@ -124,18 +126,55 @@ def build_parser():
 def parse_args(argv=None):
     ap = build_parser()
     a = ap.parse_args(argv)
+    for flag in ("init_from", "prompts_file", "aligner", "answers_file"):
+        if getattr(a, flag) == "":
+            ap.error(f"--{flag} is empty; give a path")
     if a.init_from is None and not (a.aligner and a.answers_file):
         ap.error("--init_from is required (unless --aligner corrects an --answers_file)")
+    # the numbers
+    for flag in ("temperature", "top_p"):
+        if getattr(a, flag) is not None and not math.isfinite(getattr(a, flag)):
+            ap.error(f"--{flag} must be a finite number, not {getattr(a, flag)}")
     if a.temperature < 0:
         ap.error("--temperature must be >= 0")
     if a.top_p is not None and not 0 < a.top_p <= 1:
         ap.error("--top_p must be in (0, 1]")
+    if a.top_k is not None and a.top_k < 1:
+        ap.error("--top_k must be >= 1 (leave it out for no cut)")
     if a.num_samples < 1 or a.max_new_tokens < 1 or a.best_of < 1:
         ap.error("--num_samples, --best_of and --max_new_tokens must be >= 1")
+    # the device: checked here, so a typo is not a torch traceback after the model has loaded
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", a.device):
+        ap.error(f"--device {a.device!r}: use cpu, cuda or cuda:N")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {a.device}: this torch sees no CUDA GPU; use --device cpu")
+    if a.device.startswith("cuda:") and int(a.device[5:]) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        ap.error(f"--device {a.device}: this torch sees {n} GPU(s), cuda:0 to cuda:{n - 1}")
+    # flags that would otherwise be silently ignored
     if a.best_of > 1 and a.raw:
         ap.error("--best_of judges through the chat template; drop --raw")
     if a.best_of > 1 and a.num_samples > 1:
         ap.error("--best_of N samples N per prompt and prints one winner; drop --num_samples")
+    for flag in ("judge_template", "principles", "likelihood"):
+        if getattr(a, flag) is not None and a.best_of == 1:
+            ap.error(f"--{flag} applies only with --best_of N (N > 1)")
+    if a.compile and (a.best_of > 1 or a.aligner):
+        ap.error("--compile applies to plain sampling only; drop it with --best_of or --aligner")
+    if a.answers_file and not a.aligner:
+        ap.error("--answers_file applies only with --aligner (it holds the answers to correct)")
+    if a.answers_file and (a.init_from or a.prompt or a.prompts_file):
+        ap.error("--answers_file gives the prompts and answers to correct; drop --init_from, "
+                 "--prompt and --prompts_file")
+    if a.objectives != ap.get_default("objectives") and not a.aligner:
+        ap.error("--objectives applies only with --aligner")
+    if a.system is not None and a.raw:
+        ap.error("--system goes into the chat template, which --raw skips; drop one of them")
+    if a.temperature == 0 and a.best_of == 1:
+        for flag in ("top_k", "top_p"):
+            if getattr(a, flag) is not None:
+                ap.error(f"--{flag} applies only when sampling (--temperature above 0, or "
+                         f"--best_of); at --temperature 0 decoding is greedy")
     return a
 
 

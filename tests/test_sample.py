@@ -170,6 +170,74 @@ def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(t
     assert str(e.value).startswith(f"error: {what}: ") and "tokens is longer than the model's context" in str(e.value)
 
 
+def parse_error(argv, capsys):
+    """The message of the usage error (exit 2) that parse_args gives for argv."""
+    with pytest.raises(SystemExit) as e:
+        sample.parse_args(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--temperature", "nan"], "--temperature must be a finite number, not nan"),
+    (["--temperature", "inf"], "--temperature must be a finite number, not inf"),
+    (["--temperature", "1", "--top_p", "nan"], "--top_p must be a finite number, not nan"),
+    (["--temperature", "1", "--top_k", "-1"], "--top_k must be >= 1"),
+    (["--temperature", "1", "--top_k", "0"], "--top_k must be >= 1"),     # once quietly 'no cut'
+    (["--device", "tpu"], "--device 'tpu': use cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device 'cuda:x': use cpu, cuda or cuda:N"),
+    (["--compile", "--best_of", "2"], "--compile applies to plain sampling only"),
+    (["--compile", "--aligner", "A"], "--compile applies to plain sampling only"),
+    (["--judge_template", "compact"], "--judge_template applies only with --best_of"),
+    (["--principles", "a:b"], "--principles applies only with --best_of"),
+    (["--likelihood", "pair"], "--likelihood applies only with --best_of"),
+    (["--objectives", "concise"], "--objectives applies only with --aligner"),
+    (["--answers_file", "F"], "--answers_file applies only with --aligner"),
+    (["--aligner", "A", "--answers_file", "F"], "--answers_file gives the prompts and answers to "
+                                                "correct; drop --init_from"),
+    (["--system", "be brief", "--raw"], "--system goes into the chat template, which --raw skips"),
+    (["--top_k", "5"], "--top_k applies only when sampling"),
+    (["--top_p", "0.9"], "--top_p applies only when sampling"),
+])
+def test_bad_numbers_devices_and_ignored_flags_are_usage_errors(argv, message, capsys):
+    """Each was a torch traceback (nan, top_k -1, an unknown device) or a flag silently ignored."""
+    assert message in parse_error(["--init_from", "DIR"] + argv, capsys)
+
+
+@pytest.mark.parametrize("argv, field, value", [
+    (["--init_from", "DIR", "--temperature", "0.8", "--top_k", "5", "--top_p", "0.9"], "top_p", 0.9),
+    (["--init_from", "DIR", "--best_of", "2", "--top_k", "5", "--likelihood", "pair"], "top_k", 5),
+    (["--init_from", "DIR", "--aligner", "A", "--objectives", "concise"], "objectives", "concise"),
+    (["--aligner", "A", "--answers_file", "F", "--objectives", "concise"], "answers_file", "F"),
+    (["--init_from", "DIR", "--compile", "--temperature", "0.8", "--system", "hi"], "system", "hi"),
+])
+def test_the_flags_are_accepted_where_they_apply(argv, field, value):
+    """--best_of samples (at 1.0 when --temperature is 0), so --top_k applies there."""
+    assert getattr(sample.parse_args(argv), field) == value
+
+
+@pytest.mark.parametrize("flag", ["--init_from", "--prompts_file", "--aligner", "--answers_file"])
+def test_an_empty_path_is_named(flag, capsys):
+    """`--init_from ''` said 'error: : not a directory'; an empty --aligner or file was ignored."""
+    argv = ["--aligner", "A", "--answers_file", ""] if flag == "--answers_file" else \
+        [flag, ""] if flag == "--init_from" else ["--init_from", "DIR", flag, ""]
+    assert f"{flag} is empty" in parse_error(argv, capsys)
+
+
+def test_the_device_is_checked_before_loading(monkeypatch, capsys):
+    """--device cuda on a CPU-only torch was an AssertionError from deep in torch; cuda:N beyond
+    the visible GPUs a RuntimeError."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--device cuda: this torch sees no CUDA GPU" in parse_error(
+        ["--init_from", "DIR", "--device", "cuda"], capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert "--device cuda:2: this torch sees 2 GPU(s), cuda:0 to cuda:1" in parse_error(
+        ["--init_from", "DIR", "--device", "cuda:2"], capsys)
+    assert [sample.parse_args(["--init_from", "DIR", "--device", d]).device
+            for d in ("cuda", "cuda:1", "cpu")] == ["cuda", "cuda:1", "cpu"]
+
+
 @pytest.mark.parametrize("params,has_bf16,dtype,want", [
     (0, True, "auto", (torch.float32, torch.bfloat16)),        # a big model, a bf16 CPU: autocast
     (10**12, True, "auto", (torch.float32, None)),             # the tiny model: float32
