@@ -178,22 +178,56 @@ def parse_args(argv=None):
     return a
 
 
+def read_lines(path, flag):
+    """[(line number, text)] of a UTF-8 text file (a BOM allowed); errors name the flag, the file
+    and the line, not a traceback."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        sys.exit(f"error: {flag} {path}: cannot open ({e.strerror})")
+    lines = []
+    for i, raw in enumerate(data.splitlines(), 1):     # \n, \r\n or \r, as text mode splits
+        try:
+            lines.append((i, raw.decode("utf-8-sig" if i == 1 else "utf-8")))
+        except UnicodeDecodeError as e:
+            sys.exit(f"error: {flag} {path}:{i}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                     f"column {e.start + 1})")
+    return lines
+
+
+def is_text(v, answer=False):
+    """What MetaAligner's template reads (nanoalign/meta_aligner.py `template`): a string, or a list
+    of {"role", "content"} messages, an answer's with an assistant turn (its text is the answer)."""
+    if isinstance(v, str):
+        return True
+    return (isinstance(v, list) and len(v) > 0
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str) for m in v)
+            and (not answer or any(m["role"] == "assistant" for m in v)))
+
+
 def read_answers(path):
     """(prompts, answers) from a JSONL file of {prompt, answer} rows; errors name file and line."""
     prompts, answers = [], []
-    try:
-        with open(path) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                    prompts.append(r["prompt"])
-                    answers.append(r["answer"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    sys.exit(f"error: {path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})")
-    except OSError as e:
-        sys.exit(f"error: {path}: cannot open ({e.strerror})")
+    for i, line in read_lines(path, "--answers_file"):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            prompt, answer = r["prompt"], r["answer"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            sys.exit(f"error: {path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})")
+        if not is_text(prompt):
+            sys.exit(f"error: {path}:{i}: 'prompt' must be a string or a list of "
+                     f"{{\"role\", \"content\"}} messages, got {type(prompt).__name__}")
+        if not is_text(answer, answer=True):
+            sys.exit(f"error: {path}:{i}: 'answer' must be a string or a list of {{\"role\", "
+                     f"\"content\"}} messages with an assistant one, got {type(answer).__name__}")
+        prompts.append(prompt)
+        answers.append(answer)
+    if not prompts:
+        sys.exit(f"error: --answers_file {path}: no rows to correct")
     return prompts, answers
 
 
@@ -227,14 +261,20 @@ def align_main(a, prompts, answers):
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.aligner:                        # a policy would "correct" by answering the edit prompt
+        method = trained_config(a.aligner).get("method", "meta_aligner")
+        if method != "meta_aligner":
+            sys.exit(f"error: --aligner {a.aligner}: a '{method}' checkpoint (its state.json), "
+                     f"not a MetaAligner; train one with train.py --method meta_aligner")
     if a.aligner and a.answers_file:
         return align_main(a, *read_answers(a.answers_file))
     prompts = list(a.prompt)
     if a.prompts_file:
-        with open(a.prompts_file) as f:
-            prompts += [line.rstrip("\n") for line in f if line.strip()]
+        lines = read_lines(a.prompts_file, "--prompts_file")
+        prompts += [line for _, line in lines if line.strip()]
     if not prompts:
-        sys.exit("give at least one --prompt or a --prompts_file")
+        sys.exit(f"error: --prompts_file {a.prompts_file}: no prompts (every line is blank)"
+                 if a.prompts_file else "error: give at least one --prompt or a --prompts_file")
     try:
         model, tok = load_for_sampling(a, a.init_from)
     except CheckpointError as e:
@@ -259,6 +299,13 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"error: {e}")
     dt = time.time() - t0
+    # generate() stops every row where the context is full, silently: a row without a stop token
+    # that is shorter than --max_new_tokens was cut there
+    cut = sum(1 for o in outs if len(o) < a.max_new_tokens and not (o and o[-1] in tok.stop_ids))
+    if cut:
+        print(f"--- {cut} of {len(outs)} samples cut short by the model's context ("
+              f"{model.cfg.max_seq_len} tokens) before --max_new_tokens {a.max_new_tokens}",
+              file=sys.stderr)
     if a.aligner:
         return align_main(a, [prompts[i // a.num_samples] for i in range(len(outs))],
                           [tok.decode(o) for o in outs])
@@ -307,7 +354,12 @@ def best_of_main(a, model, tok, prompts):
     for p, cands in zip(prompts, sample_responses(model, tok, ids, a.best_of, a.temperature or 1.0,
                                                   a.top_p, a.max_new_tokens, g, a.top_k)):
         texts = [tok.decode(c) for c in cands]
-        w = best_of(model, tok, t, p, texts, principles=principles, likelihood=likelihood)
+        try:
+            w = best_of(model, tok, t, p, texts, principles=principles, likelihood=likelihood)
+        except ValueError as e:          # a judge prompt longer than the model's context, say
+            if t.name == "compact" or isinstance(e, JudgeError):
+                raise
+            raise ValueError(f"{e}; a shorter --judge_template such as 'compact' may fit") from None
         under = f", principles {', '.join(n for n, _ in principles)} by JM-PR" if principles else ""
         print(f"--- {p!r}: best of {a.best_of} (template '{t.name}', likelihood '{likelihood}'{under})")
         print(texts[w])

@@ -154,9 +154,13 @@ def test_self_rejection_winners_are_what_the_aligner_corrects(tmp_path, capsys, 
     assert e.value.code == 2 and "drop --num_samples" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, what", [(["--best_of", "2", "--judge_template", "compact"], "--best_of"),
-                                         (["--aligner", "SMALL"], "--aligner")])
-def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(tmp_path, flags, what):
+@pytest.mark.parametrize("flags, what, hint", [
+    (["--best_of", "2", "--judge_template", "compact"], "--best_of", False),
+    (["--best_of", "2"], "--best_of", True),              # 'ultrafeedback': 'compact' may fit
+    (["--aligner", "SMALL"], "--aligner", False)])
+def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(tmp_path, flags, what,
+                                                                                hint):
+    """... naming the flag; a judge template other than 'compact' suggests that shorter one."""
     from model.checkpoint import save_model
     from nanoalign.tasks import arith
     tok = arith.build_tokenizer()
@@ -168,6 +172,7 @@ def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(t
         sample.main(["--init_from", str(init), "--prompt", "What is 1 + 2?", "--max_new_tokens", "3",
                      "--device", "cpu"] + flags)
     assert str(e.value).startswith(f"error: {what}: ") and "tokens is longer than the model's context" in str(e.value)
+    assert ("a shorter --judge_template such as 'compact' may fit" in str(e.value)) == hint
 
 
 def parse_error(argv, capsys):
@@ -236,6 +241,112 @@ def test_the_device_is_checked_before_loading(monkeypatch, capsys):
         ["--init_from", "DIR", "--device", "cuda:2"], capsys)
     assert [sample.parse_args(["--init_from", "DIR", "--device", d]).device
             for d in ("cuda", "cuda:1", "cpu")] == ["cuda", "cuda:1", "cpu"]
+
+
+def run_aligner(tmp_path, rows, capsys, monkeypatch, raw=None):
+    """sample.main on an --answers_file of `rows` (JSON-encoded unless `raw` bytes are given), the
+    correction stubbed: (the pairs it was given, or the SystemExit message)."""
+    f = tmp_path / "answers.jsonl"
+    f.write_bytes(raw if raw is not None else "".join(json.dumps(r) + "\n" for r in rows).encode())
+    got = {}
+
+    def spy_correct(aligner, atok, prompts, answers, objectives, max_new_tokens):
+        got["pairs"] = list(zip(prompts, answers))
+        return ["fixed"] * len(answers)
+    monkeypatch.setattr(sample, "correct", spy_correct)
+    monkeypatch.setattr(sample, "load_for_sampling", lambda a, path: (None, None))
+    try:
+        sample.main(["--aligner", str(tmp_path), "--answers_file", str(f), "--dtype", "float32"])
+    except SystemExit as e:
+        return str(e)
+    return got["pairs"]
+
+
+def test_answers_file_rows_are_checked_and_read_as_utf8(tmp_path, capsys, monkeypatch):
+    """An int answer was a TypeError later, an empty file exited 0 with no output, a BOM made line 1
+    malformed JSON, and a non-UTF-8 byte was a UnicodeDecodeError traceback."""
+    f = tmp_path / "answers.jsonl"
+    chat = [{"role": "user", "content": "q"}]
+    reply = [{"role": "assistant", "content": "4"}]
+    assert run_aligner(tmp_path, [{"prompt": "q", "answer": "a"}, {"prompt": chat, "answer": reply}],
+                       capsys, monkeypatch) == [("q", "a"), (chat, reply)]   # messages, as template reads
+    assert run_aligner(tmp_path, [{"prompt": "q", "answer": "a"}, {"prompt": "q", "answer": 2}],
+                       capsys, monkeypatch) == (f"error: {f}:2: 'answer' must be a string or a list of "
+                                                f"{{\"role\", \"content\"}} messages with an assistant "
+                                                f"one, got int")
+    assert run_aligner(tmp_path, [{"prompt": 7, "answer": "a"}], capsys, monkeypatch).startswith(
+        f"error: {f}:1: 'prompt' must be a string")
+    assert run_aligner(tmp_path, [{"prompt": "q", "answer": chat}], capsys, monkeypatch).startswith(
+        f"error: {f}:1: 'answer' must be")                      # no assistant turn: no answer in it
+    assert run_aligner(tmp_path, None, capsys, monkeypatch, raw=b"\n") == \
+        f"error: --answers_file {f}: no rows to correct"
+    bom = "\ufeff" + json.dumps({"prompt": "q", "answer": "a"}) + "\n"
+    assert run_aligner(tmp_path, None, capsys, monkeypatch, raw=bom.encode()) == [("q", "a")]
+    latin1 = (json.dumps({"prompt": "q", "answer": "a"}) + "\n" + '{"prompt": "caf\xe9", "answer": "a"}\n')
+    assert run_aligner(tmp_path, None, capsys, monkeypatch, raw=latin1.encode("latin-1")) == \
+        f"error: --answers_file {f}:2: not UTF-8 text (byte 0xe9 at column 16)"
+
+
+def test_an_aligner_checkpoint_of_another_method_is_refused(tmp_path, capsys, monkeypatch):
+    """A policy checkpoint (ORPO, say) as --aligner 'corrected' by answering the edit prompt; a
+    checkpoint that records method meta_aligner, or none (from elsewhere), is used."""
+    rows = [{"prompt": "q", "answer": "a"}]
+    (tmp_path / "state.json").write_text(json.dumps({"step": 1, "config": {"method": "orpo"}}))
+    assert run_aligner(tmp_path, rows, capsys, monkeypatch) == (
+        f"error: --aligner {tmp_path}: a 'orpo' checkpoint (its state.json), not a MetaAligner; "
+        f"train one with train.py --method meta_aligner")
+    (tmp_path / "state.json").write_text(json.dumps({"step": 1, "config": {"method": "meta_aligner"}}))
+    assert run_aligner(tmp_path, rows, capsys, monkeypatch) == [("q", "a")]
+
+
+@pytest.fixture
+def saved_tiny(tmp_path):
+    from model.checkpoint import save_model
+    from nanoalign.tasks import arith
+    save_model(tiny(1, vocab_size=arith.build_tokenizer().vocab_size, max_seq_len=40),
+               str(tmp_path / "m"), arith.build_tokenizer())
+    return str(tmp_path / "m")
+
+
+def test_prompts_file_errors_name_the_file_and_a_bom_is_dropped(saved_tiny, tmp_path, capsys,
+                                                                  monkeypatch):
+    """A missing file or a directory was a FileNotFoundError/IsADirectoryError traceback, a
+    non-UTF-8 byte a UnicodeDecodeError one, and a BOM stayed in the first prompt as '\\ufeff'."""
+    def run(path):
+        with pytest.raises(SystemExit) as e:
+            sample.main(["--init_from", saved_tiny, "--prompts_file", str(path), "--device", "cpu"])
+        return str(e.value)
+    assert run(tmp_path / "nope.txt") == f"error: --prompts_file {tmp_path / 'nope.txt'}: cannot open " \
+                                         f"(No such file or directory)"
+    assert run(tmp_path) == f"error: --prompts_file {tmp_path}: cannot open (Is a directory)"
+    (tmp_path / "p.txt").write_bytes(b"hi\n\xff\n")
+    assert run(tmp_path / "p.txt") == f"error: --prompts_file {tmp_path / 'p.txt'}:2: not UTF-8 text " \
+                                      f"(byte 0xff at column 1)"
+    (tmp_path / "p.txt").write_bytes(b"\n  \n")
+    assert run(tmp_path / "p.txt") == f"error: --prompts_file {tmp_path / 'p.txt'}: no prompts " \
+                                      f"(every line is blank)"
+    seen = []
+    monkeypatch.setattr(sample, "generate", lambda model, batch, *a, **kw: seen.extend(batch) or
+                        [[1] for _ in batch])
+    (tmp_path / "p.txt").write_bytes("\ufeffhi\r\nyo\n".encode())
+    sample.main(["--init_from", saved_tiny, "--prompts_file", str(tmp_path / "p.txt"), "--raw",
+                 "--device", "cpu"])
+    assert seen == [list(b"hi"), list(b"yo")]
+
+
+def test_samples_cut_by_the_context_are_counted(saved_tiny, capsys, monkeypatch):
+    """generate() stops every row where the model's context is full, before --max_new_tokens and
+    without a word; sample.py says how many samples it cut."""
+    from model.tokenizer import Tokenizer
+    monkeypatch.setattr(Tokenizer, "stop_ids", property(lambda self: []))   # no row stops early
+    argv = ["--init_from", saved_tiny, "--prompt", "1 + 2 =", "--prompt", "3 + 4 =", "--raw",
+            "--device", "cpu"]
+    outs = sample.main(argv + ["--max_new_tokens", "100"])
+    assert [len(o) for o in outs] == [40 - 7] * 2
+    assert ("--- 2 of 2 samples cut short by the model's context (40 tokens) before "
+            "--max_new_tokens 100") in capsys.readouterr().err
+    outs = sample.main(argv + ["--max_new_tokens", "5"])
+    assert [len(o) for o in outs] == [5, 5] and "cut short" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("params,has_bf16,dtype,want", [
