@@ -36,6 +36,7 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
                              parse_principles)
 from nanoalign.meta_aligner import correct, parse_objectives
 from nanoalign.config import FAST_MIN_PARAMS, autocast
+from nanoalign.data import DataError, check_response, check_text, decode_line
 from nanoalign.tasks.arith import OBJECTIVES
 
 
@@ -179,32 +180,16 @@ def parse_args(argv=None):
 
 
 def read_lines(path, flag):
-    """[(line number, text)] of a UTF-8 text file (a BOM allowed); errors name the flag, the file
-    and the line, not a traceback."""
+    """[(line number, text)] of a UTF-8 text file (a BOM allowed), each line decoded as the data
+    files are (nanoalign/data.py `decode_line`); errors name the flag, the file and the line."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            raw = f.read().split(b"\n")
+        return [(i, decode_line(r, f"{path}:{i}").rstrip("\r")) for i, r in enumerate(raw, 1)]
     except OSError as e:
         sys.exit(f"error: {flag} {path}: cannot open ({e.strerror})")
-    lines = []
-    for i, raw in enumerate(data.splitlines(), 1):     # \n, \r\n or \r, as text mode splits
-        try:
-            lines.append((i, raw.decode("utf-8-sig" if i == 1 else "utf-8")))
-        except UnicodeDecodeError as e:
-            sys.exit(f"error: {flag} {path}:{i}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
-                     f"column {e.start + 1})")
-    return lines
-
-
-def is_text(v, answer=False):
-    """What MetaAligner's template reads (nanoalign/meta_aligner.py `template`): a string, or a list
-    of {"role", "content"} messages, an answer's with an assistant turn (its text is the answer)."""
-    if isinstance(v, str):
-        return True
-    return (isinstance(v, list) and len(v) > 0
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str) for m in v)
-            and (not answer or any(m["role"] == "assistant" for m in v)))
+    except DataError as e:
+        sys.exit(f"error: {flag} {e}")
 
 
 def read_answers(path):
@@ -218,12 +203,11 @@ def read_answers(path):
             prompt, answer = r["prompt"], r["answer"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             sys.exit(f"error: {path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})")
-        if not is_text(prompt):
-            sys.exit(f"error: {path}:{i}: 'prompt' must be a string or a list of "
-                     f"{{\"role\", \"content\"}} messages, got {type(prompt).__name__}")
-        if not is_text(answer, answer=True):
-            sys.exit(f"error: {path}:{i}: 'answer' must be a string or a list of {{\"role\", "
-                     f"\"content\"}} messages with an assistant one, got {type(answer).__name__}")
+        try:                             # what MetaAligner's template reads, checked as data rows are
+            prompt = check_text(prompt, f"{path}:{i}", "prompt")
+            answer = check_response(check_text(answer, f"{path}:{i}", "answer"), f"{path}:{i}", "answer")
+        except DataError as e:
+            sys.exit(f"error: {e}")
         prompts.append(prompt)
         answers.append(answer)
     if not prompts:

@@ -40,7 +40,7 @@ class DataError(ValueError):
 
 
 # -- reading: one checker per row kind ----------------------------------------------------------------
-def _check_text(v, where, field):
+def check_text(v, where, field):
     if isinstance(v, str):
         if not v.strip() and field != "prompt":
             raise DataError(f"{where}: field '{field}' is empty")
@@ -74,11 +74,11 @@ def _check_fields(row, fields, kind, where):
     for f in fields:
         if f not in row:
             raise DataError(f"{where}: missing field '{f}' (a {kind} row needs {', '.join(fields)})")
-        out[f] = _check_text(row[f], where, f)
+        out[f] = check_text(row[f], where, f)
     return out
 
 
-def _check_response(v, where, field):
+def check_response(v, where, field):
     """A response given as messages must contain an assistant turn (its last one is the response)."""
     if isinstance(v, list) and not any(m["role"] == "assistant" for m in v):
         raise DataError(f"{where}: field '{field}' is a message list with no assistant message; "
@@ -137,26 +137,26 @@ def check_labels(row, where):
 
 def _read_pref(row, where):
     if "prompt" not in row and "chosen" in row and "rejected" in row:
-        c = _check_text(row["chosen"], where, "chosen")
-        r = _check_text(row["rejected"], where, "rejected")
+        c = check_text(row["chosen"], where, "chosen")
+        r = check_text(row["rejected"], where, "rejected")
         p, c, r = implicit_prompt(c, r, where)
         row = {**row, "prompt": p, "chosen": c, "rejected": r}
     out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where)
     for f in ("chosen", "rejected"):
-        _check_response(out[f], where, f)
+        check_response(out[f], where, f)
     return check_labels(out, where) if "labels" in out else out
 
 
 def _read_sft(row, where):
     if "messages" in row:
-        msgs = _check_text(row["messages"], where, "messages")
+        msgs = check_text(row["messages"], where, "messages")
         if isinstance(msgs, str) or msgs[-1]["role"] != "assistant":
             raise DataError(f"{where}: field 'messages' must end with an assistant message")
         if not msgs[-1]["content"].strip():
             raise DataError(f"{where}: field 'messages' has an empty final assistant message")
         return {**row, "prompt": msgs[:-1], "response": msgs[-1]["content"]}
     out = _check_fields(row, ("prompt", "response"), "sft", where)
-    _check_response(out["response"], where, "response")
+    check_response(out["response"], where, "response")
     return out
 
 
