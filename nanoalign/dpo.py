@@ -6,6 +6,7 @@ to Understand Learning from Human Preferences", arXiv:2310.12036) against a froz
     h      = (logp_sum_pol(y_w) - logp_sum_ref(y_w)) - (logp_sum_pol(y_l) - logp_sum_ref(y_l))
     DPO    = -log sigmoid(beta * h)            d/d h = -beta * sigmoid(-beta * h)
     IPO    = (h - 1 / (2 * beta))^2            minimized at h = 1 / (2 * beta)
+                                               (h of summed log-probs; TRL's ipo averages per token)
 
 The pure functions take the four log-prob tensors so tests can drive them; the reference log-probs
 come from `run.ref`, a frozen copy of the starting model (nanoalign.common.frozen_copy).

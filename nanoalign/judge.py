@@ -22,7 +22,9 @@ Three pieces, top to bottom:
    position, one batched forward for all rows, both position orders. Two papers, two rules
    (`likelihood`): Self-Judge ("vocab", section 3.1) averages each response's judge-token
    likelihoods over the two orders, p(a > b) = L_a / (L_a + L_b); OSP ("pair", section 3.2) takes
-   the softmax over the two label logits, averaged over the two orders. Under a principle template,
+   the softmax over the two label logits, averaged over the two orders. (This project first gave
+   Self-Judge the two-label rule too; its default follows its paper and released code since
+   2026-12-04, and --likelihood pair restores the other.) Under a principle template,
    one judgment per principle, combined by the Self-Judge paper's JM-PR rule (`jm_pr`) or, for OSP,
    by the mean (`combine`).
 3. The single-elimination tournament (self-rejection): N candidates, N-1 judgments, one batched

@@ -10,7 +10,8 @@ Two tasks, both trained with the ORPO loss (nanoalign/orpo.py, eq. 1-4), from th
 The SJ task adds no information: every SJ triple derives from the alignment triple beside it in the
 batch, and both are scored in the same step, so z_sj below belongs to the same example as z_align.
 
-Per example, with L_task = L_SFT + lam * L_OR and z = the task's log odds ratio:
+Per example, with L_task = L_SFT + lam * L_OR and z = the task's log odds ratio (--prompt_loss
+counts the alignment prompt in L_SFT_align, never the SJ prompt, which shows both responses):
 
   scalarization   L = w1 * L_align + (1 - w1) * L_sj                            (sec. 3.2; w1 = 0.6)
   conjoined       L = w1 * (L_SFT_align + lam * -logsigmoid(z_align - sg(z_sj))) + w2 * L_sj
@@ -21,7 +22,7 @@ Per example, with L_task = L_SFT + lam * L_OR and z = the task's log odds ratio:
   conditional     L = w1 * L_align + w2 * L_sj  if z_sj < 0,  else L_align       (Algorithm 1, an
                   epsilon-constraint: stop training SJ once it is "solved"; w1 = 0.9, w2 = 0.1).
                   Metric sj_active = fraction of examples whose SJ term was on.
-  epoch_by_epoch  L_align on even epochs, L_sj on odd ones                      (Table 2, w = 1/1)
+  epoch_by_epoch  L_align and L_sj on alternate epochs, the last one L_align    (Table 2, w = 1/1)
   task_by_task    L_sj for the first half of the run's epochs, then L_align      (Table 2, w = 1/1)
   sj_sft          scalarization with L_sj = L_SFT_sj alone (no odds ratio): the paper's control
   orpo            the baseline, L_align alone (nanoalign/orpo.py; scalarization with w1 = 1)
@@ -29,6 +30,8 @@ Per example, with L_task = L_SFT + lam * L_OR and z = the task's log odds ratio:
 Metrics every step: z_align, z_sj, each task's L_SFT and L_OR, L_align, L_sj (the right panel of
 Figure 3 plots final L_align against final L_sj: `python -m experiments.plot`).
 """
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,9 +85,12 @@ def conditional(L_align, L_sj, z_sj, w1, w2):
 
 
 def phase(kind, epoch, epochs):
-    """Which task the epoch-wise schedules train now: 'align' or 'sj'. epoch is fractional."""
+    """Which task the epoch-wise schedules train now: 'align' or 'sj'. epoch is fractional. Both
+    end on the alignment task, the one that is evaluated: epoch_by_epoch alternates whole epochs
+    backwards from the last (with an even count it starts with SJ), task_by_task trains SJ first."""
     if kind == "epoch_by_epoch":
-        return "align" if int(epoch) % 2 == 0 else "sj"
+        last = math.ceil(epochs) - 1                 # the index of the run's last (maybe partial) epoch
+        return "align" if (last - int(epoch)) % 2 == 0 else "sj"
     return "sj" if epoch < epochs / 2 else "align"
 
 
@@ -117,7 +123,9 @@ def _loss(kind):
     def loss(model, batch, run, cfg):
         need_a, need_s = _needs(kind, run)
         a = task_terms(model, batch["align"], cfg) if need_a else None
-        s = task_terms(model, batch["sj"], cfg) if need_s else None
+        # --prompt_loss is the alignment task's: the SJ prompt x' holds both responses, so counting
+        # it in L_SFT_sj would train the model to write the rejected one
+        s = task_terms(model, batch["sj"], dataclasses.replace(cfg, prompt_loss=False)) if need_s else None
         per_ex, mets = mo_loss(kind, a, s, cfg, run)
         for name, t in (("align", a), ("sj", s)):
             if t is not None:
@@ -131,8 +139,11 @@ def _loss(kind):
 def judge_accuracy(model, batches):
     """Self-judgement accuracy on held-out SJ preference batches: the fraction of judge prompts where
     the model gives the answer naming the better response (c) a higher log-prob than the one naming
-    the worse (r). Both answers share everything but the name, so this is the model's verdict. Scored
-    in eval mode (a LoRA model's dropout off), the model's mode restored after."""
+    the worse (r); a tie counts as a miss. Both answers share everything but the name, so this is
+    the model's verdict. It compares summed log-probs, where training moves z_sj, built on per-token
+    means: where the two names differ in length ("Option I" / "Option II"), a model with no
+    preference still prefers the shorter one, so the metric and z_sj can disagree. Scored in eval
+    mode (a LoRA model's dropout off), the model's mode restored after."""
     hits = n = 0
     with evaluating(model):
         for b in batches:

@@ -16,7 +16,8 @@ eq. 7-9; docs/methods.md#osp).
                  principle's p (judge.principle_mean: monotone in every principle's p, and soft)
             then, with h = (logp_sum_theta(y_h) - logp_sum_SFT(y_h)) - (logp_sum_theta(y_l) - logp_sum_SFT(y_l))
             and p_hat = sigmoid(beta * h):
-              L_SPCE = -[p * log(p_hat) + (1 - p) * log(1 - p_hat)]                   (eq. 8)
+              L_SPCE = -[p * log(p_hat) + (1 - p) * log(1 - p_hat)]                   (eq. 8; printed
+                                      without the minus, the log-likelihood it maximizes)
             For p in {0, 1} this is exactly DPO; d L_SPCE / d h = beta * (p_hat - p).
 
 Ablations (the paper's): --osp_loss dpo (hard labels: the pair oriented by p >= 1/2) or ipo

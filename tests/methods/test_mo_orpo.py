@@ -152,8 +152,20 @@ def test_long_sj_prompts_are_dropped_and_counted():
 
 # -- schedules, defaults, metrics, the figure's Pareto front --------------------------------------
 def test_phase_schedules():
-    assert [phase("epoch_by_epoch", e + 0.5, 4) for e in range(4)] == ["align", "sj", "align", "sj"]
+    assert [phase("epoch_by_epoch", e + 0.5, 4) for e in range(4)] == ["sj", "align", "sj", "align"]
+    assert [phase("epoch_by_epoch", e + 0.5, 3) for e in range(3)] == ["align", "sj", "align"]
     assert [phase("task_by_task", e + 0.5, 4) for e in range(4)] == ["sj", "sj", "align", "align"]
+
+
+@given(epochs=st.floats(0.05, 12), kind=st.sampled_from(["epoch_by_epoch", "task_by_task"]))
+def test_both_sequential_schedules_end_on_the_evaluated_task(epochs, kind):
+    """Whatever the run's length, its last step trains alignment; epoch_by_epoch switches task at
+    every whole epoch, task_by_task once."""
+    end = epochs * (1 - 1e-9)
+    assert phase(kind, end, epochs) == "align"
+    starts = [phase(kind, e, epochs) for e in range(math.ceil(epochs))]
+    switches = sum(x != y for x, y in zip(starts, starts[1:]))
+    assert switches == (len(starts) - 1 if kind == "epoch_by_epoch" else int(len(starts) > 1 and "sj" in starts))
 
 
 def test_method_defaults_apply_unless_set(tmp_path):
@@ -171,7 +183,7 @@ def test_epoch_by_epoch_alternates_in_the_loop(tmp_path):
     cfg = run_cfg(tmp_path, method="epoch_by_epoch", n_train=16, max_steps=8, val_data="")
     train.train(cfg)
     recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
-    assert [r["task_sj"] for r in recs if r.get("split") == "train"] == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert [r["task_sj"] for r in recs if r.get("split") == "train"] == [1, 1, 0, 0, 1, 1, 0, 0]
     assert all(("z_sj" in r) == bool(r["task_sj"]) for r in recs if r.get("split") == "train")
 
 
@@ -232,10 +244,12 @@ def test_judge_accuracy_scores_in_eval_mode_and_restores_the_mode():
 
 
 # -- every variant's loss against the paper, in float64 --------------------------------------------
-def mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs):
-    """Per kind, the loss of MO-ORPO sec. 3.2 / eq. 6 / Alg. 1 / Table 2, from the two tasks' ORPO terms."""
+def mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs, prompt_loss=False):
+    """Per kind, the loss of MO-ORPO sec. 3.2 / eq. 6 / Alg. 1 / Table 2, from the two tasks' ORPO terms.
+    prompt_loss counts the alignment prompt in L_SFT_align, never the SJ prompt (it shows both
+    responses)."""
     ex = batch["examples"]
-    a = orpo_terms(model, [e["align"] for e in ex], lam)
+    a = orpo_terms(model, [e["align"] for e in ex], lam, prompt_loss)
     s = orpo_terms(model, [e["sj"] for e in ex], lam)
     mets = {}
     if kind == "scalarization":
@@ -250,7 +264,8 @@ def mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs):
         per = [w1 * x["L"] + w2 * y["L"] if y["z"] < 0 else x["L"] for x, y in zip(a, s)]
         mets["sj_active"] = mean([float(y["z"] < 0) for y in s])
     else:
-        sj_now = (int(epoch) % 2 == 1) if kind == "epoch_by_epoch" else (epoch < epochs / 2)
+        # of the 4 epochs, the last (3) trains alignment and they alternate: SJ in 0 and 2
+        sj_now = (int(epoch) in (0, 2)) if kind == "epoch_by_epoch" else (epoch < epochs / 2)
         per = [y["L"] if sj_now else x["L"] for x, y in zip(a, s)]
         mets["task_sj"] = float(sj_now)
         a, s = (None, s) if sj_now else (a, None)
@@ -268,20 +283,21 @@ MO = ["scalarization", "conjoined", "conditional", "epoch_by_epoch", "task_by_ta
 @settings(max_examples=examples(12))
 @pytest.mark.parametrize("kind", MO)
 @given(model=tiny_models(), batch=mo_batches(), lam=st.floats(0.05, 2.0), w1=st.floats(0.1, 0.9),
-       w2=st.floats(0.1, 0.9), epoch=st.floats(0, 3.99))
-def test_mo_orpo_variants_match_the_paper(kind, model, batch, lam, w1, w2, epoch):
+       w2=st.floats(0.1, 0.9), epoch=st.floats(0, 3.99), prompt_loss=st.booleans())
+def test_mo_orpo_variants_match_the_paper(kind, model, batch, lam, w1, w2, epoch, prompt_loss):
     epochs = 4.0
-    want, want_m, z_sj = mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs)
+    want, want_m, z_sj = mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs, prompt_loss)
     assume(all(abs(z) > 1e-4 for z in z_sj))            # the conditional's z_sj < 0 is unambiguous
     assume(abs(epoch - round(epoch)) > 1e-6 and abs(epoch - epochs / 2) > 1e-6)
     # chosen and rejected of either task exchanged must change the answer
     for task in ("align", "sj"):
         ex2 = [{**e, task: swapped([e[task]])[0]} for e in batch["examples"]]
-        other = mo_expected(kind, model, {"examples": ex2}, lam, w1, w2, epoch, epochs)[0]
+        other = mo_expected(kind, model, {"examples": ex2}, lam, w1, w2, epoch, epochs, prompt_loss)[0]
         assume(not close(other, want, 1e-3, 1e-3) or kind in ("epoch_by_epoch", "task_by_task"))
     opts = {"w1": w1} if kind in ("scalarization", "sj_sft") else {"w1": w1, "w2": w2} \
         if kind in ("conjoined", "conditional") else {}
-    loss, m = call_method(kind, model, batch, epoch=epoch, epochs=epochs, orpo_lambda=lam, **opts)
+    loss, m = call_method(kind, model, batch, epoch=epoch, epochs=epochs, orpo_lambda=lam,
+                          prompt_loss=prompt_loss, **opts)
     assert close(loss.item(), want)
     assert_metrics(m, want_m)
 
@@ -305,7 +321,8 @@ def test_task_by_task_switches_to_alignment_at_half_the_epochs():
     assert [phase("task_by_task", e, 4.0) for e in (0.0, 1.99, 2.0, 3.5)] == ["sj", "sj", "align", "align"]
     assert [phase("task_by_task", e, 3.0) for e in (1.4999, 1.5)] == ["sj", "align"]
     assert [phase("epoch_by_epoch", e, 4.0) for e in (0.0, 0.99, 1.0, 2.5, 3.2)] == \
-        ["align", "align", "sj", "align", "sj"]
+        ["sj", "sj", "align", "sj", "align"]
+    assert [phase("epoch_by_epoch", e, 3.5) for e in (0.2, 1.2, 2.2, 3.2)] == ["sj", "align", "sj", "align"]
 
 
 # -- code that runs at import time, run again at test time ------------------------------------------------
@@ -364,7 +381,7 @@ MO_EXAMPLES = [
 
 
 @pytest.mark.parametrize("kind, epoch, epochs, trained", [
-    ("epoch_by_epoch", 0.5, 2.0, "align"), ("epoch_by_epoch", 1.5, 2.0, "sj"),
+    ("epoch_by_epoch", 0.5, 2.0, "sj"), ("epoch_by_epoch", 1.5, 2.0, "align"),
     ("task_by_task", 0.5, 2.0, "sj"), ("task_by_task", 1.5, 2.0, "align"),
 ])
 def test_a_schedule_scores_only_the_task_it_trains(kind, epoch, epochs, trained):
