@@ -8,6 +8,7 @@ tensor. Our parameter names are the Hugging Face ones without the "model." prefi
 so a state dict maps one for one.
 """
 import os
+import re
 
 import torch
 from safetensors.torch import save_file
@@ -106,35 +107,63 @@ def _weight_files(d):
                           f"(nanoalign loads safetensors only, never pickled .bin files)")
 
 
+def _read_tensor(h, path, hf_name, shape=None):
+    """Tensor `hf_name` of an open safetensors file, checked against the shape config.json implies."""
+    if hf_name not in h.keys():
+        raise CheckpointError(f"{path}: tensor '{hf_name}' is missing")
+    try:
+        t = h.get_tensor(hf_name)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read tensor '{hf_name}' ({e})") from None
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise CheckpointError(f"{path}: tensor '{hf_name}' has shape {tuple(t.shape)}, "
+                              f"config.json implies {tuple(shape)}")
+    return t
+
+
+def _check_all_used(path, names, expected, cfg, config_path):
+    """Every tensor of a weights file must be one config.json describes: a file of 4 layers under a
+    config of 2 would otherwise load as a silently truncated model. Skipped, as transformers skips
+    them: the per-layer `rotary_emb.inv_freq` buffers of old Llama checkpoints (both recompute them
+    from config.json), and under tie_word_embeddings an `lm_head.weight` (_check_tied_head)."""
+    unused = sorted(n for n in names if n not in expected and not n.endswith("rotary_emb.inv_freq")
+                    and not (cfg.tie_embeddings and n == "lm_head.weight"))
+    if not unused:
+        return
+    layers = [int(m.group(1)) for n in unused if (m := re.match(r"model\.layers\.(\d+)\.", n))]
+    hint = (f"; {config_path}: field 'num_hidden_layers' is {cfg.n_layers}, but this file holds "
+            f"tensors of layer {max(layers)}" if layers and max(layers) >= cfg.n_layers else "")
+    first = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
+    raise CheckpointError(f"{path}: {len(unused)} tensor(s) that {config_path} does not describe "
+                          f"would go unused ({first}){hint}")
+
+
 def load_model(d, dtype=torch.float32, device="cpu"):
-    """Load a Hugging Face Llama/Mistral directory into a Transformer. Returns (model, cfg)."""
+    """Load a Hugging Face Llama/Mistral directory into a Transformer. Returns (model, cfg).
+    Every tensor config.json describes must be there with its shape, and every tensor there must be
+    one config.json describes (except the few that transformers knowingly skips: _check_all_used)."""
     if not os.path.isdir(d):
         raise CheckpointError(f"{d}: not a directory")
-    cfg = config_from_hf(os.path.join(d, "config.json"))
+    config_path = os.path.join(d, "config.json")
+    cfg = config_from_hf(config_path)
     with torch.device("meta"):
         model = Transformer(cfg)
     files = _weight_files(d)
     expected = {_hf_name(n): p.shape for n, p in model.named_parameters()}
     state, handles = {}, {}
     try:
+        for path in dict.fromkeys(files.values()):   # every file once, in the order listed
+            handles[path] = open_safetensors(path)
+            _check_all_used(path, handles[path].keys(), expected, cfg, config_path)
         for hf_name, shape in expected.items():
             path = files.get(hf_name, files.get(None))
             if path is None:
                 raise CheckpointError(f"{d}/model.safetensors.index.json: tensor '{hf_name}' is not "
                                       f"in the weight_map")
-            if path not in handles:
-                handles[path] = open_safetensors(path)
-            h = handles[path]
-            if hf_name not in h.keys():
-                raise CheckpointError(f"{path}: tensor '{hf_name}' is missing")
-            try:
-                t = h.get_tensor(hf_name)
-            except Exception as e:
-                raise CheckpointError(f"{path}: cannot read tensor '{hf_name}' ({e})") from None
-            if tuple(t.shape) != tuple(shape):
-                raise CheckpointError(f"{path}: tensor '{hf_name}' has shape {tuple(t.shape)}, "
-                                      f"config.json implies {tuple(shape)}")
-            state[hf_name[6:] if hf_name.startswith("model.") else hf_name] = t.to(dtype)
+            state[hf_name[6:] if hf_name.startswith("model.") else hf_name] = \
+                _read_tensor(handles[path], path, hf_name, shape).to(dtype)
+        if cfg.tie_embeddings:
+            _check_tied_head(handles, files, config_path)
     finally:
         handles.clear()
     if cfg.tie_embeddings:
@@ -144,6 +173,21 @@ def load_model(d, dtype=torch.float32, device="cpu"):
         model.lm_head.weight = model.embed_tokens.weight
     model.inv_freq = rope_frequencies(cfg)  # buffers were built on the meta device
     return model.to(device), cfg
+
+
+def _check_tied_head(handles, files, config_path):
+    """Under tie_word_embeddings a stored lm_head.weight is allowed only as a copy of the embedding
+    (torch-saved checkpoints hold both names). transformers unties a different one and uses it;
+    tying it away here would silently load another model."""
+    for path, h in handles.items():
+        if "lm_head.weight" in h.keys():
+            name = "model.embed_tokens.weight"
+            embed_path = files.get(name, files.get(None))
+            embedding = _read_tensor(handles[embed_path], embed_path, name)
+            if not torch.equal(_read_tensor(h, path, "lm_head.weight", embedding.shape), embedding):
+                raise CheckpointError(f"{path}: tensor 'lm_head.weight' differs from '{name}', but "
+                                      f"{config_path}: field 'tie_word_embeddings' is true (one "
+                                      f"tensor for both)")
 
 
 def parameters_to_save(model, state=None):
