@@ -84,8 +84,10 @@ def build_parser():
                     "trained with, else 'ultrafeedback')")
     ap.add_argument("--principles", default=None, metavar="LIST",
                     help="for --best_of with a principle template: name:description,... to judge "
-                    "under, each match decided by JM-PR (default: the principles kept in the "
-                    "checkpoint, its principles.json)")
+                    "under, each match decided by JM-PR; a description may hold commas, only a "
+                    "comma followed by a new 'name:' starts the next principle (a name is letters, "
+                    "digits, _ and -) (default: the principles kept in the checkpoint, its "
+                    "principles.json)")
     ap.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS),
                     help="for --best_of, how the judge's label probabilities become p(a > b), a "
                     f"choice: 'vocab' = {LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} "
@@ -116,7 +118,10 @@ def build_parser():
                     "correction)")
     ap.add_argument("--objectives", default="correct,concise,format", metavar="LIST",
                     help="for --aligner: comma-separated name[:description]; a name the built-in "
-                    "task knows needs no description, any other (one the aligner never saw) does "
+                    "task knows needs no description, any other (one the aligner never saw) does. "
+                    "A description may hold commas: only a comma followed by a new 'name:' (a name "
+                    "is letters, digits, _ and -) or one after a bare name starts the next "
+                    "objective, so after a description write a known name as 'name:' "
                     "(default: %(default)s)")
     ap.add_argument("--answers_file", default=None, metavar="FILE",
                     help="for --aligner: JSONL of {prompt, answer} rows from any source, corrected "

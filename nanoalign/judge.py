@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,8 @@ from nanoalign.common import evaluating
 
 
 class JudgeError(ValueError):
-    """A judge template that cannot work with this tokenizer; the message names the template."""
+    """A judge template that cannot work with this tokenizer, or a malformed name:description list;
+    the message names the template or the flag."""
 
 
 @dataclass(frozen=True)
@@ -367,15 +369,40 @@ def best_of(model, tok, t, prompt, candidates, batch_size=64, principles=None, l
     return tournament(len(candidates), judge_fn)
 
 
-def parse_principles(spec, where="--principles"):
-    """'name:description,name:description' -> [(name, description)]."""
-    out = []
-    for part in filter(None, (x.strip() for x in spec.split(","))):
-        name, _, desc = part.partition(":")
-        if not name.strip() or not desc.strip():
-            raise JudgeError(f"{where}: '{part}' must be name:description")
+NAME = r"[\w-]+"                             # a principle's or objective's name: letters, digits, _, -
+_NEW_ENTRY = re.compile(rf"\s*{NAME}\s*:")     # what follows a comma that starts the next entry
+
+
+def parse_named(spec, where, bare=False):
+    """'name:description,name:description' -> [(name, description)], the list syntax of
+    --principles and --objectives; with `bare`, a name may stand alone (its description is '').
+
+    A comma starts a new entry only where a new 'name:' follows it, or after a bare name, so a
+    description may hold commas: 'helpfulness:accurate, relevant, and up-to-date' is one entry, and
+    'honesty:be honest, e.g.: hedge' too ('e.g.' is no name). Empty entries (',,', a trailing comma)
+    are skipped. A bad entry is a JudgeError naming `where` and the entry."""
+    entries = []
+    for piece in spec.split(","):
+        if entries and ":" in entries[-1] and piece.strip() and not _NEW_ENTRY.match(piece):
+            entries[-1] += "," + piece          # the description before it goes on
+        else:
+            entries.append(piece)
+    out, syntax = [], "name[:description]" if bare else "name:description"
+    for entry in filter(None, (e.strip() for e in entries)):
+        name, _, desc = entry.partition(":")
+        if not re.fullmatch(NAME, name.strip()):
+            raise JudgeError(f"{where}: '{entry}' must be {syntax}, a name being letters, digits, _ "
+                             f"and -")
+        if not desc.strip() and not bare:
+            raise JudgeError(f"{where}: '{entry}' must be {syntax}")
         out.append((name.strip(), desc.strip()))
     return out
+
+
+def parse_principles(spec, where="--principles"):
+    """'name:description,name:description' -> [(name, description)]; descriptions may hold commas
+    (parse_named)."""
+    return parse_named(spec, where)
 
 
 def main(argv=None):
@@ -392,7 +419,9 @@ def main(argv=None):
                     help="judgment template (the Self-Judge paper's appendix A.5, or a compact one; "
                          "default: %(default)s)")
     ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
-                    "judged under each, decided by JM-PR (default: none)")
+                    "judged under each, decided by JM-PR; a description may hold commas, only a comma "
+                    "followed by a new 'name:' starts the next principle (a name is letters, "
+                    "digits, _ and -) (default: none)")
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
     ap.add_argument("--likelihood", default="vocab", choices=sorted(LIKELIHOODS),
                     help="how label probabilities become p(a>b), a choice: 'vocab' = "

@@ -39,7 +39,7 @@ from model.generate import generate
 from model.tokenizer import answer_text
 from nanoalign.common import Method, option, register
 from nanoalign.data import DataError, check_labels
-from nanoalign.judge import prompt_text
+from nanoalign.judge import parse_named, prompt_text
 from nanoalign.sft import METRICS, sft_loss
 
 PROMPT = ("Edit the following Question-Answer pair to make it {t} considering the following "
@@ -121,15 +121,15 @@ def run_stages(cfg, train_fn):
 
 
 def parse_objectives(spec, known=None):
-    """'correct,format:ends with a period' -> [(name, description)]; a name without a description
+    """'correct,format:ends with a period, nothing else' -> [(name, description)], the syntax of
+    --principles (judge.parse_named: descriptions may hold commas); a name without a description
     takes it from `known` (the built-in task's objectives)."""
     out = []
-    for part in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, desc = part.partition(":")
-        desc = desc.strip() or (known or {}).get(name.strip())
+    for name, desc in parse_named(spec, "--objectives", bare=True):
+        desc = desc or (known or {}).get(name)
         if not desc:
             raise ValueError(f"objective '{name}' needs a description: --objectives {name}:<description>")
-        out.append((name.strip(), desc))
+        out.append((name, desc))
     if not out:
         raise ValueError("name at least one objective")
     return out

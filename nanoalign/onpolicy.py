@@ -55,6 +55,8 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
     gen_max_tokens: int = option(32, "max new tokens per sample", minimum=1)
     principles: str = option("", "for a principle template: 'name:description,...' to judge under "
                              "(each judged, then combined: JM-PR for Self-Judge, the mean for OSP); "
+                             "a description may hold commas, only a comma followed by a new 'name:' "
+                             "starts the next principle (a name is letters, digits, _ and -); "
                              "'' = the principles kept in the judge's checkpoint (principles.json)")
 
 

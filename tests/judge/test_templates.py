@@ -3,8 +3,10 @@ prompts, system messages for principles), how its answer is read (exactly one la
 token), the judge's own training rows (judgment_rows: both orders, rationales, never cut), the
 --principles parser, and a template that cannot work refused at start-up."""
 import dataclasses
+import re
 
 import pytest
+from hypothesis import example, given, strategies as st
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
 import train
@@ -97,12 +99,49 @@ def test_parse_principles_splits_names_from_descriptions():
     assert parse_principles(" honesty : tells the truth ,, brevity:is: short,") == \
         [("honesty", "tells the truth"), ("brevity", "is: short")]
     assert parse_principles("") == []
-    for bad in ("honesty", "honesty:  ", " :x"):
+    name_rule = ", a name being letters, digits, _ and -"
+    for spec, bad, says in (("honesty,a:b", "honesty", ""), ("a:b,honesty:  ", "honesty:", ""),
+                            (" :x,a:b", ":x", name_rule), ("my rule:x,a:b", "my rule:x", name_rule)):
         with pytest.raises(JudgeError) as e:
-            parse_principles(f"a:b,{bad}", where="cfg.json")
-        assert str(e.value) == f"cfg.json: '{bad.strip()}' must be name:description"
+            parse_principles(spec, where="cfg.json")
+        assert str(e.value) == f"cfg.json: '{bad}' must be name:description{says}"
     with pytest.raises(JudgeError, match=r"^--principles: 'x' must be"):
         parse_principles("x")
+
+
+def test_principle_descriptions_may_hold_commas():
+    """A comma starts the next principle only before a new 'name:' (the Self-Judge paper's own
+    descriptions hold commas); 'e.g.' is no name, so 'e.g.: ...' stays in the description."""
+    from nanoalign.judge import parse_principles
+    helpful = "helpfulness:provide accurate, relevant, and up-to-date information"
+    assert parse_principles(helpful) == \
+        [("helpfulness", "provide accurate, relevant, and up-to-date information")]
+    assert parse_principles("honesty:be honest, e.g.: hedge when unsure") == \
+        [("honesty", "be honest, e.g.: hedge when unsure")]
+    assert parse_principles(f"{helpful}, honesty :be honest, e.g.: hedge,harmless-2:no harm") == \
+        [("helpfulness", "provide accurate, relevant, and up-to-date information"),
+         ("honesty", "be honest, e.g.: hedge"), ("harmless-2", "no harm")]
+    assert parse_principles("a:b,honesty") == [("a", "b,honesty")]      # no 'name:' after the comma
+
+
+# a description may hold anything but a comma that looks like the start of the next entry (', name:')
+# or one with nothing but spaces up to the next comma or the end (an empty entry, skipped)
+ENTRY_START = re.compile(r",\s*[A-Za-z0-9_-]+\s*:|,\s*(,|$)")
+names = st.from_regex(r"[A-Za-z0-9_-]+", fullmatch=True)
+descriptions = st.text(alphabet="ab yz.,:;-_'0", min_size=1).map(str.strip).filter(
+    lambda d: d and not ENTRY_START.search(d))
+
+
+@given(st.lists(st.tuples(names, descriptions), min_size=1, max_size=5), st.sampled_from([",", ", "]))
+@example([("helpfulness", "accurate, relevant, and up-to-date"), ("honesty", "be honest, e.g.: hedge")], ",")
+def test_named_lists_round_trip(entries, sep):
+    """Joined as 'name:description,name:description', every list reads back as it was, for
+    --principles and --objectives alike (one parser)."""
+    from nanoalign.judge import parse_principles
+    from nanoalign.meta_aligner import parse_objectives
+    spec = sep.join(f"{n}:{d}" for n, d in entries)
+    assert parse_principles(spec) == entries
+    assert parse_objectives(spec) == entries
 
 
 def test_setup_checks_the_template_and_finds_the_principles(tmp_path):

@@ -74,6 +74,19 @@ def test_template_and_objective_parsing():
         parse_objectives("polite", {"correct": "right"})
 
 
+def test_objective_descriptions_may_hold_commas():
+    """--objectives reads --principles' syntax (judge.parse_named): a comma starts the next objective
+    only before a new 'name:' or after a bare name, so a known name after a description is 'name:'."""
+    known = {"correct": "right", "concise": "short"}
+    assert parse_objectives("correct,polite:says please, thanks, e.g.: sorry,concise:", known) == \
+        [("correct", "right"), ("polite", "says please, thanks, e.g.: sorry"), ("concise", "short")]
+    assert parse_objectives("polite:says please, concise", known) == [("polite", "says please, concise")]
+    with pytest.raises(ValueError) as e:
+        parse_objectives("correct,be polite:says please", known)
+    assert str(e.value) == ("--objectives: 'be polite:says please' must be name[:description], a name "
+                            "being letters, digits, _ and -")
+
+
 def test_warmup_targets_are_the_input_answers():
     rows = [row({"c": "equal", "k": "1"}, y1=f"g{i}", y2=f"b{i}") for i in range(40)]
     cfg = train.make_config(method="meta_aligner", meta_stage="warmup", meta_warmup_frac=0.5)
