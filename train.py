@@ -317,8 +317,11 @@ def train(cfg, task=None, stop_at=None):
     with open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull, "a") as f:
         print(json.dumps({"step": step, "split": "end", **peak}), file=f)
     if stop.hit:
-        print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
-              f"  python train.py --method {cfg.method} --out_dir {cfg.out_dir} --resume")
+        if step < cfg.max_steps:
+            print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
+                  f"  python train.py --method {cfg.method} --out_dir {cfg.out_dir} --resume")
+        else:                          # stopped in the end-of-run evaluation: nothing to resume
+            print(f"stopped after the last step ({step}): the run is complete, its checkpoint written")
         if stop_at is None:
             sys.exit(128 + stop.signum)
     return history

@@ -1,6 +1,7 @@
 """Stopping and resuming (train.py): a resumed run gives the same losses, a copied run reads and writes
 only the copy, Ctrl-C writes a checkpoint, a stopped run prints the command that resumes it, a
 damaged train state is one clear line."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -138,3 +139,7 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(tmp_path, capsys):
     train.train(cfg, stop_at=1)
     out = capsys.readouterr().out
     assert f"python train.py --method sft --out_dir {tmp_path / 'run'} --resume" in out
+    # stopped after the last step (Ctrl-C in the end-of-run evaluation): complete, no --resume to offer
+    train.train(dataclasses.replace(cfg, resume=True), stop_at=4)
+    out = capsys.readouterr().out
+    assert "--resume" not in out and "stopped after the last step (4): the run is complete" in out
