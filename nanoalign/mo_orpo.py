@@ -86,11 +86,12 @@ def conditional(L_align, L_sj, z_sj, w1, w2):
 
 def phase(kind, epoch, epochs):
     """Which task the epoch-wise schedules train now: 'align' or 'sj'. epoch is fractional. Both
-    end on the alignment task, the one that is evaluated: epoch_by_epoch alternates whole epochs
-    backwards from the last (with an even count it starts with SJ), task_by_task trains SJ first."""
+    end on the alignment task, the one that is evaluated: epoch_by_epoch alternates whole epochs of
+    data backwards from the last (with an even count it starts with SJ; 150 steps of 37 batches an
+    epoch are 4.05 epochs: four, the last 2 steps joining the fourth), task_by_task trains SJ first."""
     if kind == "epoch_by_epoch":
-        last = math.ceil(epochs) - 1                 # the index of the run's last (maybe partial) epoch
-        return "align" if (last - int(epoch)) % 2 == 0 else "sj"
+        n = max(1, math.floor(epochs + 0.5))    # whole epochs: a last part under half joins the one before
+        return "align" if (n - 1 - min(int(epoch), n - 1)) % 2 == 0 else "sj"
     return "sj" if epoch < epochs / 2 else "align"
 
 

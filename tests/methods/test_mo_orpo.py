@@ -159,13 +159,23 @@ def test_phase_schedules():
 
 @given(epochs=st.floats(0.05, 12), kind=st.sampled_from(["epoch_by_epoch", "task_by_task"]))
 def test_both_sequential_schedules_end_on_the_evaluated_task(epochs, kind):
-    """Whatever the run's length, its last step trains alignment; epoch_by_epoch switches task at
-    every whole epoch, task_by_task once."""
-    end = epochs * (1 - 1e-9)
-    assert phase(kind, end, epochs) == "align"
-    starts = [phase(kind, e, epochs) for e in range(math.ceil(epochs))]
-    switches = sum(x != y for x, y in zip(starts, starts[1:]))
-    assert switches == (len(starts) - 1 if kind == "epoch_by_epoch" else int(len(starts) > 1 and "sj" in starts))
+    """Whatever the run's length, its last step trains alignment. epoch_by_epoch gives each whole
+    epoch of data one task and switches at every whole epoch; task_by_task switches once."""
+    assert phase(kind, epochs * (1 - 1e-9), epochs) == "align"
+    if kind == "epoch_by_epoch":
+        whole = [phase(kind, k + 0.01, epochs) for k in range(int(epochs))]
+        assert whole == [phase(kind, k + 0.99, epochs) for k in range(int(epochs))]
+        assert all(x != y for x, y in zip(whole, whole[1:]))
+
+
+def test_epoch_by_epoch_of_the_results_table_ends_on_a_whole_alignment_epoch():
+    """150 steps of 16 over 600 rows: 37 batches an epoch, 4.05 epochs. The fourth whole epoch
+    trains alignment, and the 2 steps past it join it (the schedule once alternated from the start:
+    align, sj, align, sj, then 2 steps of align)."""
+    epochs = 150 / 37
+    assert [phase("epoch_by_epoch", e, epochs) for e in (0.5, 1.5, 2.5, 3.5, 4.02)] == \
+        ["sj", "align", "sj", "align", "align"]
+    assert [phase("epoch_by_epoch", e, 3.4) for e in (0.5, 1.5, 2.5, 3.2)] == ["align", "sj", "align", "align"]
 
 
 def test_method_defaults_apply_unless_set(tmp_path):
