@@ -9,7 +9,8 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}
   labels      optional, on preference rows: {objective: "1" | "2" | "equal"} (response 1 = chosen;
               1 and 2 may be JSON numbers), with "objectives": {objective: description};
-              MetaAligner and principle-aware judges use them (check_labels, nanoalign/meta_aligner.py)
+              MetaAligner and principle-aware judges read them, through check_labels (other
+              methods leave a "labels" field alone)
 
 Every kind is one row of the table `KINDS` at the bottom: how a row of that kind is read and checked,
 how it becomes token ids, how examples become a batch. An unknown kind is an error (a KeyError from
@@ -144,7 +145,7 @@ def _read_pref(row, where):
     out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where)
     for f in ("chosen", "rejected"):
         check_response(out[f], where, f)
-    return check_labels(out, where) if "labels" in out else out
+    return out
 
 
 def _read_sft(row, where):
@@ -190,39 +191,43 @@ def decode_line(raw, where):
                         f"or Windows-1252?); re-save the file as UTF-8") from None
 
 
-def read_jsonl(path, kind, skip_bad=False):
-    """Rows of a JSONL file, validated. Returns (rows, n_skipped).
-
-    The file is read as bytes and each line (ending at "\n") decoded on its own (`decode_line`), so
-    a line that is not UTF-8 is one bad row, skipped and counted with skip_bad. A UTF-16 file (what
-    Windows PowerShell's `>` writes: a UTF-16 byte order mark, or NUL bytes, on line 1) is an error
-    even with skip_bad: every line of it is bad."""
-    rows, skipped = [], 0
+def raw_lines(path):
+    """("file:N", the line's bytes) of a text file, each line ending at "\n", to be decoded on its own
+    (`decode_line`). A file that cannot be opened is an error, and so is a UTF-16 file (what Windows
+    PowerShell's `>` writes: a UTF-16 byte order mark, or NUL bytes, on line 1): every line of it
+    would be bad."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
     with f:
         for i, raw in enumerate(f, 1):
-            where = f"{path}:{i}"
             if i == 1 and (raw.startswith(UTF16_BOMS) or b"\x00" in raw):
-                raise DataError(f"{where}: the file looks like UTF-16 (what Windows PowerShell's '>' "
+                raise DataError(f"{path}:1: the file looks like UTF-16 (what Windows PowerShell's '>' "
                                 f"writes), not UTF-8; re-save it as UTF-8")
+            yield f"{path}:{i}", raw
+
+
+def read_jsonl(path, kind, skip_bad=False):
+    """Rows of a JSONL file, validated. Returns (rows, n_skipped). Each line is decoded on its own,
+    so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad."""
+    rows, skipped = [], 0
+    for where, raw in raw_lines(path):
+        try:
+            line = decode_line(raw, where)
+            if not line.strip():
+                continue
             try:
-                line = decode_line(raw, where)
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-                row = validate_row(row, kind, where)
-                row["_where"] = where
-                rows.append(row)
-            except DataError:
-                if not skip_bad:
-                    raise
-                skipped += 1
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            row = validate_row(row, kind, where)
+            row["_where"] = where
+            rows.append(row)
+        except DataError:
+            if not skip_bad:
+                raise
+            skipped += 1
     if not rows:
         raise DataError(f"{path}: no usable rows")
     return rows, skipped

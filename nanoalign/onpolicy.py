@@ -25,7 +25,7 @@ import torch
 
 from model.checkpoint import load, read_json
 from nanoalign.common import evaluating, frozen_copy, option
-from nanoalign.data import DataError, make_batch
+from nanoalign.data import DataError, check_labels, make_batch
 from nanoalign.dpo import DPOOptions
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs,
                              judgment_rows, parse_principles)
@@ -103,6 +103,8 @@ def judgment_data(rows, t, run, split="train"):
         if aware and not ("labels" in r and "objectives" in r):
             raise DataError(f"{r.get('_where', 'row')}: judge template '{t.name}' is principle-aware "
                             f"and needs 'labels' and 'objectives' fields on every row")
+    if aware:                            # JSON's 1 read as "1"; a label of no meaning an error
+        rows = [check_labels(r, r.get("_where", "row")) for r in rows]
     if t.rationale and run.task is None:
         raise DataError(f"judge template '{t.name}' trains on rationales, which only a built-in "
                         f"task's oracle writes; choose a template without rationale")

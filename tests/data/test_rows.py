@@ -7,8 +7,8 @@ import os
 import pytest
 from hypothesis import example, given, strategies as st
 
-from nanoalign.data import (DataError, implicit_prompt, make_batch, read_jsonl, tokenize_pair, tokenize_rows,
-                            validate_row)
+from nanoalign.data import (DataError, check_labels, implicit_prompt, make_batch, read_jsonl, tokenize_pair,
+                            tokenize_rows, validate_row)
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, TOK
 
@@ -478,29 +478,33 @@ def test_tokenize_rows_counts_every_dropped_row(labels):
     assert [e["row"]["n"] for e in out] == [i for i, k in enumerate(labels) if k == "fits"]
 
 
-# -- per-objective labels: read strictly, once, when the file is read -------------------------------
+# -- per-objective labels: read as they are; checked by the methods that read them ---------------
 def labelled(labels, objectives=None):
-    return json.dumps({"prompt": "q?", "chosen": "4.", "rejected": "5.", "labels": labels,
-                       "objectives": {"correct": "the sum is right"} if objectives is None else objectives})
+    return {"prompt": "q?", "chosen": "4.", "rejected": "5.", "labels": labels,
+            "objectives": {"correct": "the sum is right"} if objectives is None else objectives}
 
 
-def test_labels_written_as_json_numbers_are_read_as_the_strings_they_stand_for(tmp_path):
-    path = write(tmp_path, labelled({"correct": 1, "b": 2, "c": "equal"},
-                                    {"correct": "right", "b": "brief", "c": "clear"}) + "\n")
+def test_a_labels_field_is_read_as_it_is_for_methods_that_do_not_use_it(tmp_path):
+    """DPO or ORPO data may hold its own 'labels' (ratings, say): reading it is no error."""
+    path = write(tmp_path, json.dumps(labelled({"helpfulness": 4.5}, {})) + "\n")
     rows, _ = read_jsonl(path, "pref")
-    assert rows[0]["labels"] == {"correct": "1", "b": "2", "c": "equal"}
+    assert rows[0]["labels"] == {"helpfulness": 4.5}
+
+
+def test_labels_written_as_json_numbers_are_read_as_the_strings_they_stand_for():
+    row = labelled({"correct": 1, "b": 2, "c": "equal"}, {"correct": "right", "b": "brief", "c": "clear"})
+    assert check_labels(row, "f:1")["labels"] == {"correct": "1", "b": "2", "c": "equal"}
 
 
 @pytest.mark.parametrize("labels, objectives, pattern", [
-    ({"correct": "A"}, None, r":1: objective 'correct': label 'A' is not one of 1, 2, equal"),
-    ({"correct": True}, None, r":1: objective 'correct': label True is not one of 1, 2, equal"),
-    ({"correct": 3}, None, r":1: objective 'correct': label 3 is not one of 1, 2, equal"),
-    ({"correct": 1.0}, None, r":1: objective 'correct': label 1\.0 is not one of 1, 2, equal"),
-    ({"brief": "1"}, None, r":1: objective 'brief' is labelled but has no marker"),
-    (["correct"], None, r":1: per-objective rows need 'labels' \{objective: 1\|2\|equal\} and 'objectives'"),
-    ({"correct": "1"}, "right", r":1: per-objective rows need 'labels'"),
+    ({"correct": "A"}, None, r"^f:3: objective 'correct': label 'A' is not one of 1, 2, equal"),
+    ({"correct": True}, None, r"^f:3: objective 'correct': label True is not one of 1, 2, equal"),
+    ({"correct": 3}, None, r"^f:3: objective 'correct': label 3 is not one of 1, 2, equal"),
+    ({"correct": 1.0}, None, r"^f:3: objective 'correct': label 1\.0 is not one of 1, 2, equal"),
+    ({"brief": "1"}, None, r"^f:3: objective 'brief' is labelled but has no marker"),
+    (["correct"], None, r"^f:3: per-objective rows need 'labels' \{objective: 1\|2\|equal\} and 'objectives'"),
+    ({"correct": "1"}, "right", r"^f:3: per-objective rows need 'labels'"),
 ])
-def test_a_bad_label_names_the_file_line_and_objective(tmp_path, labels, objectives, pattern):
-    path = write(tmp_path, labelled(labels, objectives) + "\n")
-    with pytest.raises(DataError, match=r"data\.jsonl" + pattern):
-        read_jsonl(path, "pref")
+def test_a_bad_label_names_the_row_and_objective(labels, objectives, pattern):
+    with pytest.raises(DataError, match=pattern):
+        check_labels(labelled(labels, objectives), "f:3")

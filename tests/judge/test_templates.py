@@ -57,11 +57,13 @@ def test_a_principle_label_written_as_a_number_judges_as_its_string(tmp_path):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(
             {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "The answer is 5.",
              "labels": labels, "objectives": objs}) + "\n")
+    from nanoalign.common import Run
+    from nanoalign.onpolicy import judgment_data
     num, _ = read_jsonl(str(tmp_path / "num.jsonl"), "pref")
     txt, _ = read_jsonl(str(tmp_path / "str.jsonl"), "pref")
     t = TEMPLATES["compact_principle"]
-    got = judgment_rows(num, t, True)
-    assert got == judgment_rows(txt, t, True) and len(got) == 4
+    got = judgment_data(num, t, Run(tok=None))
+    assert got == judgment_data(txt, t, Run(tok=None)) and len(got) == 4
     first = {j["prompt"][0]["content"]: j for j in got[0::2]}      # the better answer shown first
     assert "A: 4." in first["the sum is right"]["prompt"][-1]["content"]
     assert "A: The answer is 5." in first["short"]["prompt"][-1]["content"]
