@@ -36,7 +36,7 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
                              parse_principles)
 from nanoalign.meta_aligner import correct, parse_objectives
 from nanoalign.config import FAST_MIN_PARAMS, autocast
-from nanoalign.data import DataError, check_response, check_text, decode_line
+from nanoalign.data import DataError, check_response, check_text, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
 
 
@@ -172,6 +172,12 @@ def parse_args(argv=None):
     if a.answers_file and (a.init_from or a.prompt or a.prompts_file):
         ap.error("--answers_file gives the prompts and answers to correct; drop --init_from, "
                  "--prompt and --prompts_file")
+    if a.answers_file:                   # the answers are given: nothing is sampled
+        extra = [f"--{k}" for k in ("best_of", "num_samples", "temperature", "top_k", "top_p", "seed",
+                                     "system", "raw") if getattr(a, k) != ap.get_default(k)]
+        if extra:
+            ap.error(f"{', '.join(extra)} shape(s) the policy's sampling, and --answers_file gives the "
+                     f"answers; drop them")
     if a.objectives != ap.get_default("objectives") and not a.aligner:
         ap.error("--objectives applies only with --aligner")
     if a.system is not None and a.raw:
@@ -185,14 +191,10 @@ def parse_args(argv=None):
 
 
 def read_lines(path, flag):
-    """[(line number, text)] of a UTF-8 text file (a BOM allowed), each line decoded as the data
-    files are (nanoalign/data.py `decode_line`); errors name the flag, the file and the line."""
+    """[("file:N", text)] of a UTF-8 text file (a BOM allowed), read as the data files are
+    (nanoalign/data.py `raw_lines`, `decode_line`); errors name the flag, the file and the line."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read().split(b"\n")
-        return [(i, decode_line(r, f"{path}:{i}").rstrip("\r")) for i, r in enumerate(raw, 1)]
-    except OSError as e:
-        sys.exit(f"error: {flag} {path}: cannot open ({e.strerror})")
+        return [(where, decode_line(raw, where).rstrip("\r\n")) for where, raw in raw_lines(path)]
     except DataError as e:
         sys.exit(f"error: {flag} {e}")
 
@@ -200,17 +202,17 @@ def read_lines(path, flag):
 def read_answers(path):
     """(prompts, answers) from a JSONL file of {prompt, answer} rows; errors name file and line."""
     prompts, answers = [], []
-    for i, line in read_lines(path, "--answers_file"):
+    for where, line in read_lines(path, "--answers_file"):
         if not line.strip():
             continue
         try:
             r = json.loads(line)
             prompt, answer = r["prompt"], r["answer"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            sys.exit(f"error: {path}:{i}: need a JSON object with 'prompt' and 'answer' ({e})")
+            sys.exit(f"error: {where}: need a JSON object with 'prompt' and 'answer' ({e})")
         try:                             # what MetaAligner's template reads, checked as data rows are
-            prompt = check_text(prompt, f"{path}:{i}", "prompt")
-            answer = check_response(check_text(answer, f"{path}:{i}", "answer"), f"{path}:{i}", "answer")
+            prompt = check_text(prompt, where, "prompt")
+            answer = check_response(check_text(answer, where, "answer"), where, "answer")
         except DataError as e:
             sys.exit(f"error: {e}")
         prompts.append(prompt)

@@ -221,6 +221,14 @@ def test_the_flags_are_accepted_where_they_apply(argv, field, value):
     assert getattr(sample.parse_args(argv), field) == value
 
 
+@pytest.mark.parametrize("flags", [["--best_of", "4"], ["--num_samples", "3"], ["--temperature", "0.7"],
+                                   ["--raw"], ["--seed", "5"], ["--system", "hi"]])
+def test_sampling_flags_beside_an_answers_file_are_refused(flags, capsys):
+    """--answers_file gives the answers: flags that shape the policy's sampling did nothing."""
+    err = parse_error(["--aligner", "A", "--answers_file", "F"] + flags, capsys)
+    assert f"{flags[0]} shape(s) the policy's sampling, and --answers_file gives the answers" in err
+
+
 @pytest.mark.parametrize("flag", ["--init_from", "--prompts_file", "--aligner", "--answers_file"])
 def test_an_empty_path_is_named(flag, capsys):
     """`--init_from ''` said 'error: : not a directory'; an empty --aligner or file was ignored."""
@@ -322,6 +330,11 @@ def test_prompts_file_errors_name_the_file_and_a_bom_is_dropped(saved_tiny, tmp_
     (tmp_path / "p.txt").write_bytes(b"hi\n\xff\n")
     assert run(tmp_path / "p.txt").startswith(f"error: --prompts_file {tmp_path / 'p.txt'}:2: not UTF-8 "
                                               f"text (byte 0xff at column 1;")
+    for utf16 in ("hi\nyo\n".encode("utf-16"), "hi\nyo\n".encode("utf-16-le")):   # with a BOM, without
+        (tmp_path / "p.txt").write_bytes(utf16)                    # (once read as prompts 'h\x00i\x00')
+        assert run(tmp_path / "p.txt") == f"error: --prompts_file {tmp_path / 'p.txt'}:1: the file looks " \
+                                          f"like UTF-16 (what Windows PowerShell's '>' writes), not UTF-8; " \
+                                          f"re-save it as UTF-8"
     (tmp_path / "p.txt").write_bytes(b"\n  \n")
     assert run(tmp_path / "p.txt") == f"error: --prompts_file {tmp_path / 'p.txt'}: no prompts " \
                                       f"(every line is blank)"
