@@ -177,17 +177,21 @@ def train(cfg, task=None, stop_at=None):
     per-step losses. `task`: the built-in task (looked up from cfg.task if not given). `stop_at` is
     for tests: it stops after that step exactly as Ctrl-C does (checkpoint, then return)."""
     method, task = REGISTRY[cfg.method], task or get_task(cfg.task)
+    # (under torchrun, ranks without a GPU each fall back to the CPU with a note: dist.rank_device)
+    if cfg.device == "cuda" and not torch.cuda.is_available() and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(f"error: --device cuda, but this torch ({torch.__version__}) sees no CUDA "
+                         f"GPU; use --device cpu, or auto (CUDA when there is one)")
     device = dist.setup(cfg.device)   # 'auto' resolved; joins the torchrun group, if launched by it
     ckpt = os.path.join(cfg.out_dir, "ckpt")
+    done = saved_step(ckpt)           # 0: no checkpoint there
     if cfg.resume:  # the saved config wins; only RESUMABLE settings may change
         cfg = resume_config(dataclasses.asdict(cfg))
-        done = saved_step(ckpt)
         if done >= cfg.max_steps:
             raise CheckpointError(f"the run in {cfg.out_dir} is at step {done} and --max_steps is "
                                   f"{cfg.max_steps}: nothing to resume; raise --max_steps to train on")
-    elif saved_step(ckpt):
-        print(f"note: {cfg.out_dir} holds an earlier run (step {saved_step(ckpt)}); this run replaces "
-              f"it and its metrics.jsonl (--resume would have continued it)")
+    elif done:
+        print(f"note: {cfg.out_dir} holds an earlier run (step {done}); this run replaces it and its "
+              f"metrics.jsonl (--resume would have continued it)")
     if cfg.init_from == "default":
         raise CheckpointError("--init_from default names the built-in task's start: resolve it with "
                               "train.start_checkpoint(cfg, task) first (train.main does)")

@@ -216,10 +216,6 @@ def config_from_dict(d, where, saved=False):
         parse_targets(cfg.lora_targets)
     except ValueError as e:
         raise SystemExit(f"error: {where}: {e}")
-    # (under torchrun, ranks without a GPU each fall back to the CPU with a note: dist.rank_device)
-    if cfg.device == "cuda" and not torch.cuda.is_available() and "WORLD_SIZE" not in os.environ:
-        raise SystemExit(f"error: {where}: device 'cuda', but this torch ({torch.__version__}) sees no "
-                         f"CUDA GPU; use 'cpu', or 'auto' (CUDA when there is one)")
     return cfg
 
 

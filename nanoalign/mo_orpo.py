@@ -126,7 +126,8 @@ def _loss(kind):
         a = task_terms(model, batch["align"], cfg) if need_a else None
         # --prompt_loss is the alignment task's: the SJ prompt x' holds both responses, so counting
         # it in L_SFT_sj would train the model to write the rejected one
-        s = task_terms(model, batch["sj"], dataclasses.replace(cfg, prompt_loss=False)) if need_s else None
+        sj_cfg = dataclasses.replace(cfg, prompt_loss=False) if cfg.prompt_loss else cfg
+        s = task_terms(model, batch["sj"], sj_cfg) if need_s else None
         per_ex, mets = mo_loss(kind, a, s, cfg, run)
         for name, t in (("align", a), ("sj", s)):
             if t is not None:

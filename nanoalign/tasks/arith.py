@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
+from model.checkpoint import read_json
 from model.tokenizer import Tokenizer
 from nanoalign.checkpoint import saved_step
 from nanoalign.common import option
@@ -154,15 +155,19 @@ def warm_start(shared, train_fn):
     key = f"{shared['model_preset']}-s{shared['seed']}-n{shared['n_warm']}-w{shared['warm_steps']}-" \
           f"lr{shared['warm_lr']:g}"
     path = os.path.join("out", "_warm", key)
-    # a warm-up stopped by Ctrl-C leaves a checkpoint of its last step: continue it, never use it
-    done = saved_step(os.path.join(path, "ckpt"))
+    # a warm-up stopped by Ctrl-C leaves a checkpoint of its last step: continue it, never use it,
+    # and with its own settings (a resumed run refuses others; this run's may differ, max_length say)
+    ckpt = os.path.join(path, "ckpt")
+    done = saved_step(ckpt)
     if done < shared["warm_steps"]:
         print(f"== SFT warm-up of a '{shared['model_preset']}' model on the built-in task -> {path}"
               + (f" (continued from step {done} of {shared['warm_steps']})" if done else ""))
-        train_fn(**{**shared, "method": "sft", "init_from": "scratch", "out_dir": path,
-                    "n_train": shared["n_warm"], "max_steps": shared["warm_steps"],
-                    "lr": shared["warm_lr"], "final_eval": False, "warmup_steps": 20,
-                    "resume": done > 0, "train_data": "builtin", "val_data": "builtin"})
+        fresh = {**shared, "method": "sft", "init_from": "scratch", "out_dir": path,
+                 "n_train": shared["n_warm"], "max_steps": shared["warm_steps"], "lr": shared["warm_lr"],
+                 "final_eval": False, "warmup_steps": 20, "resume": False, "train_data": "builtin",
+                 "val_data": "builtin"}
+        train_fn(**({**read_json(os.path.join(ckpt, "state.json"))["config"], "resume": True}
+                    if done else fresh))
         print("== warm-up done")
     return os.path.join(path, "ckpt")
 

@@ -60,12 +60,16 @@ def test_a_config_file_that_is_a_folder_or_not_an_object_is_one_line(tmp_path, c
         assert e.value.code == 2 and message in err and "Traceback" not in err
 
 
-def test_cuda_without_a_gpu_is_refused_at_once(capsys, monkeypatch):
-    monkeypatch.setattr(config.torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit) as e:
-        train.parse_config(["--device", "cuda"])
-    assert "device 'cuda', but this torch" in str(e.value) + capsys.readouterr().err
-    assert train.parse_config(["--device", "auto"]).device == "auto"
+def test_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Checked on the config the run ends with: a --config file's 'cuda' that a flag overrides, or
+    a resumed run's, is not refused."""
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit, match="--device cuda, but this torch .* sees no CUDA GPU"):
+        train.train(train.make_config(device="cuda", out_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "c.json").write_text(json.dumps({"device": "cuda"}))
+    assert train.parse_config(["--config", str(tmp_path / "c.json"), "--device", "cpu"]).device == "cpu"
 
 
 def test_help_lists_every_field(capsys):

@@ -90,7 +90,8 @@ def test_an_interrupted_warm_up_is_continued_not_used(tmp_path, monkeypatch):
     def whole(**kw):
         calls.append(kw["resume"])
         return train.train(train.make_config(**kw), arith)
-    assert arith.warm_start(shared, whole) == ckpt
+    other = {**shared, "max_length": 256}                   # the next run's own settings differ
+    assert arith.warm_start(other, whole) == ckpt           # the warm-up continues with its own
     assert calls == [False, True] and json.load(open(os.path.join(ckpt, "state.json")))["step"] == 4
     assert arith.warm_start(shared, whole) == ckpt and calls == [False, True]     # done: cached
 
