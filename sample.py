@@ -35,7 +35,7 @@ from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
                              parse_principles)
 from nanoalign.meta_aligner import correct, parse_objectives
-from nanoalign.config import FAST_MIN_PARAMS, autocast
+from nanoalign.compute import FAST_MIN_PARAMS, autocast
 from nanoalign.data import DataError, check_response, check_text, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
 

@@ -32,8 +32,8 @@ from nanoalign import REGISTRY, dist
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
                                   save_checkpoint, saved_step)
 from nanoalign.common import Run, frozen_copy
-from nanoalign.config import (autocast, checkpoint_every, compute_of, make_config, make_optimizer,
-                              options_of, packed_batches, parse_config, resume_config, shared_options)
+from nanoalign.compute import autocast, checkpoint_every, compute_of, make_optimizer, packed_batches
+from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
 from nanoalign.onpolicy import inherited

@@ -7,19 +7,16 @@ The configuration of a run: one flat dataclass per (method, task), built from th
 
 read from flags, a JSON file (--config) or the checkpoint of the run being resumed. Every value is
 checked against its declaration (type, choices, bounds) wherever it came from; an unknown key is an
-error naming the flag, or the file and key. train.py calls parse_config / make_config, and the
-helpers at the end of this file for what a config decides in the loop (autocast, packing, AdamW).
+error naming the flag, or the file and key. train.py calls parse_config / make_config; what a
+config decides in the loop (autocast, packing, checkpointing, AdamW) is nanoalign/compute.py.
 """
 import argparse
 import dataclasses
-import functools
 import math
 import operator
 import os
 import sys
 from dataclasses import dataclass
-
-import torch
 
 from model.chat_template import FORMATS
 from model.checkpoint import CheckpointError, read_json
@@ -27,15 +24,8 @@ from model.lora import parse_targets
 from model.model import PRESETS
 from nanoalign import DEFAULT_METHOD, REGISTRY
 from nanoalign.common import option
+from nanoalign.compute import FAST_MIN_PARAMS
 from nanoalign.tasks import TASKS, get_task
-
-
-# --dtype auto and --packed auto, by model size (docs/performance.md#bf16-and-padding-free-batches-on-the-cpu):
-# bf16 pays on SmolLM2-135M (1.5-2x a float32 step) and not on the built-in task's 0.77M model
-# (3-18% slower: its matmuls are too small to win back the casts). Packing measured ~8% faster on
-# the 0.77M model too, but other matmul shapes round differently, and the default run's printed
-# table must stay as it is; so both start between the sizes measured
-FAST_MIN_PARAMS = 20_000_000
 
 
 @dataclass
@@ -357,95 +347,3 @@ def shared_options(cfg):
 def options_of(cfg, options):
     """An options dataclass (a task's Options) filled from the run's flat config."""
     return options(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(options)})
-
-
-def is_large(model):
-    """FAST_MIN_PARAMS or more: where each 'auto' (dtype, packing, checkpointing, fused AdamW) turns on."""
-    return sum(q.numel() for q in model.parameters()) >= FAST_MIN_PARAMS
-
-
-def cpu_has_bf16():
-    """bf16 instructions (AVX512-BF16, or AMX on Intel): oneDNN then runs bf16 matmuls natively;
-    without them bf16 is emulated and slower than float32. (torch's own checks are private: a torch
-    without them counts as a CPU without the instructions.)"""
-    return any(getattr(torch.cpu, f, lambda: False)()
-               for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-@functools.cache          # train.py asks at every micro-batch; the CPU does not change under it
-def cpu_vendor(cpuinfo="/proc/cpuinfo"):
-    """The vendor_id of `cpuinfo` ('GenuineIntel', 'AuthenticAMD'), or '' where there is none."""
-    try:
-        with open(cpuinfo) as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
-
-
-def cpu_bf16_trains_faster():
-    """Whether bf16 matmuls outrun float32's here, so that training in bf16 pays. Having the
-    instructions is not enough (docs/performance.md, bf16 on the CPU): on an Intel Xeon with
-    AVX512-BF16 but no AMX, oneDNN's bf16 GEMMs ran at 0.55-0.83x float32's rate and SmolLM2-135M's
-    ORPO step took 1.7-1.8x float32's time. On an AMD EPYC with AVX512-BF16, bf16 steps took 0.5-0.7x
-    float32's (measured on a busy machine). With AMX, Intel's bf16 matrix tiles, oneDNN multiplies
-    bf16 on the tiles; that machine's float32-against-bf16 step was not measured here."""
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
-        return True
-    return cpu_has_bf16() and cpu_vendor() == "AuthenticAMD"
-
-
-def autocast_dtype(cfg, model, decoding=False):
-    """--dtype as the autocast dtype of the forwards: torch.bfloat16, or None (plain float32).
-    'auto' on a CPU, for a model of FAST_MIN_PARAMS or more: bf16 for training where bf16 matmuls
-    are faster (cpu_bf16_trains_faster); for decoding (decoding=True: sample.py) wherever the CPU has
-    bf16 instructions at all, since a decode step mostly reads weights and bf16 halves the bytes."""
-    if cfg.dtype != "auto":
-        return torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    if next(model.parameters()).is_cuda:
-        return torch.bfloat16
-    if not is_large(model):
-        return None
-    return torch.bfloat16 if (cpu_has_bf16() if decoding else cpu_bf16_trains_faster()) else None
-
-
-def autocast(cfg, model, decoding=False):
-    """The context the forwards run in: bfloat16 autocast when autocast_dtype says so (the weights
-    and AdamW state stay float32, the matmuls run in bfloat16), else plain float32."""
-    dt = autocast_dtype(cfg, model, decoding)
-    return torch.autocast(next(model.parameters()).device.type, dtype=dt or torch.bfloat16,
-                          enabled=dt is not None)
-
-
-def packed_batches(cfg, model):
-    """--packed: whether micro-batches are made padding-free (nanoalign/data.py pack)."""
-    if cfg.packed != "auto":
-        return cfg.packed == "true"
-    return is_large(model)
-
-
-def checkpoint_every(cfg, model):
-    """--grad_checkpoint as the model's checkpoint_every: 0 (no block), 2 (every other), 1 (all)."""
-    choice = cfg.grad_checkpoint
-    if choice == "auto":
-        choice = "half" if is_large(model) else "false"
-    return {"false": 0, "half": 2, "true": 1}[choice]
-
-
-def compute_of(cfg, model):
-    """What a run computes in once each 'auto' is resolved, in words (train.py's start line, and
-    bench/train_speed.py's table): 'bfloat16, packed, grad checkpointing half'."""
-    return (f"{'bfloat16' if autocast_dtype(cfg, model) else 'float32'}, "
-            f"{'packed' if packed_batches(cfg, model) else 'padded'}"
-            + {0: "", 1: ", grad checkpointing", 2: ", grad checkpointing half"}[checkpoint_every(cfg, model)])
-
-
-def make_optimizer(model, cfg):
-    """AdamW over the trained weights. Fused (one kernel for all parameters instead of a loop of
-    foreach launches, and none of foreach's parameter-sized temporaries) on CUDA, and on the CPU for
-    a model of FAST_MIN_PARAMS or more; a smaller one keeps foreach's arithmetic, the one the
-    built-in task's printed table was made with."""
-    p = next(model.parameters())
-    big = is_large(model)
-    return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                             fused=p.is_cuda or big)

@@ -375,14 +375,14 @@ def test_dtype_auto_samples_in_bf16_wherever_the_cpu_has_bf16_instructions(tmp_p
     FAST_MIN_PARAMS or more and the CPU bf16 instructions (decoding's rule: bf16 halves the bytes a
     step reads, even where train.py's --dtype auto keeps float32, which is forced here); an explicit
     dtype loads the weights in it, without autocast. --compile reaches generate()."""
-    import nanoalign.config as config
+    from nanoalign import compute
     from model.checkpoint import save_model
     from nanoalign.tasks import arith
     tok = arith.build_tokenizer()
     save_model(tiny(1, vocab_size=tok.vocab_size), str(tmp_path / "m"), tok)
-    monkeypatch.setattr(config, "FAST_MIN_PARAMS", params)
-    monkeypatch.setattr(config, "cpu_has_bf16", lambda: has_bf16)
-    monkeypatch.setattr(config, "cpu_bf16_trains_faster", lambda: False)
+    monkeypatch.setattr(compute, "FAST_MIN_PARAMS", params)
+    monkeypatch.setattr(compute, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(compute, "cpu_bf16_trains_faster", lambda: False)
     seen = []
 
     def spy(model, *args, compiled=False, **kw):

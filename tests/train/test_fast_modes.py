@@ -148,33 +148,33 @@ def test_auto_dtype_packing_and_checkpointing_follow_the_model_size_and_the_cpu(
     """'auto': float32, padded and no checkpointing for a small model (the built-in task's); for one
     of FAST_MIN_PARAMS or more, packed, every other block checkpointed, and bf16 on a CPU whose bf16
     matmuls are the faster, float32 on another; an explicit choice wins."""
-    from nanoalign import config
+    from nanoalign import compute
     from model.model import Transformer, config_from_preset
     from tests.helpers import method_config
     with torch.device("meta"):
         big = Transformer(config_from_preset("smollm2-135m"))
     small, auto = tiny(0), method_config("orpo")
-    assert big.num_params() >= config.FAST_MIN_PARAMS > small.num_params()
+    assert big.num_params() >= compute.FAST_MIN_PARAMS > small.num_params()
     for has_bf16 in (True, False):
-        monkeypatch.setattr(config, "cpu_bf16_trains_faster", lambda: has_bf16)
-        monkeypatch.setattr(config, "cpu_has_bf16", lambda: not has_bf16)   # decoding's rule, not this
-        assert config.autocast_dtype(auto, small) is None and not config.packed_batches(auto, small)
-        assert config.autocast_dtype(auto, big) == (torch.bfloat16 if has_bf16 else None)
-        assert config.packed_batches(auto, big)
-        assert config.autocast_dtype(method_config("orpo", dtype="bfloat16"), small) == torch.bfloat16
-        assert config.autocast_dtype(method_config("orpo", dtype="float32"), big) is None
-        assert config.packed_batches(method_config("orpo", packed="true"), small)
-        assert not config.packed_batches(method_config("orpo", packed="false"), big)
-        assert (config.checkpoint_every(auto, small), config.checkpoint_every(auto, big)) == (0, 2)
-        assert config.compute_of(auto, small) == "float32, padded"          # train.py's start line
-        assert config.compute_of(auto, big) == ("bfloat16" if has_bf16 else "float32") + \
+        monkeypatch.setattr(compute, "cpu_bf16_trains_faster", lambda: has_bf16)
+        monkeypatch.setattr(compute, "cpu_has_bf16", lambda: not has_bf16)   # decoding's rule, not this
+        assert compute.autocast_dtype(auto, small) is None and not compute.packed_batches(auto, small)
+        assert compute.autocast_dtype(auto, big) == (torch.bfloat16 if has_bf16 else None)
+        assert compute.packed_batches(auto, big)
+        assert compute.autocast_dtype(method_config("orpo", dtype="bfloat16"), small) == torch.bfloat16
+        assert compute.autocast_dtype(method_config("orpo", dtype="float32"), big) is None
+        assert compute.packed_batches(method_config("orpo", packed="true"), small)
+        assert not compute.packed_batches(method_config("orpo", packed="false"), big)
+        assert (compute.checkpoint_every(auto, small), compute.checkpoint_every(auto, big)) == (0, 2)
+        assert compute.compute_of(auto, small) == "float32, padded"          # train.py's start line
+        assert compute.compute_of(auto, big) == ("bfloat16" if has_bf16 else "float32") + \
             ", packed, grad checkpointing half"
-        assert config.compute_of(method_config("orpo", grad_checkpoint="true", packed="true",
+        assert compute.compute_of(method_config("orpo", grad_checkpoint="true", packed="true",
                                                dtype="bfloat16"), small) == \
             "bfloat16, packed, grad checkpointing"
         for choice, every in (("false", 0), ("half", 2), ("true", 1)):
             for m in (small, big):
-                assert config.checkpoint_every(method_config("orpo", grad_checkpoint=choice), m) == every
+                assert compute.checkpoint_every(method_config("orpo", grad_checkpoint=choice), m) == every
 
 
 @pytest.mark.parametrize("amx, bf16, vendor, faster", [
@@ -186,21 +186,21 @@ def test_auto_dtype_packing_and_checkpointing_follow_the_model_size_and_the_cpu(
 ])
 def test_training_takes_bf16_only_where_its_matmuls_were_measured_faster(monkeypatch, amx, bf16,
                                                                          vendor, faster):
-    from nanoalign import config
+    from nanoalign import compute
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    monkeypatch.setattr(config, "cpu_has_bf16", lambda: bf16 or amx)
-    monkeypatch.setattr(config, "cpu_vendor", lambda: vendor)
-    assert config.cpu_bf16_trains_faster() is faster
+    monkeypatch.setattr(compute, "cpu_has_bf16", lambda: bf16 or amx)
+    monkeypatch.setattr(compute, "cpu_vendor", lambda: vendor)
+    assert compute.cpu_bf16_trains_faster() is faster
 
 
 def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
-    from nanoalign import config
+    from nanoalign import compute
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
-    assert config.cpu_vendor(str(info)) == "AuthenticAMD"
+    assert compute.cpu_vendor(str(info)) == "AuthenticAMD"
     (tmp_path / "none").write_text("processor\t: 0\n")
-    assert config.cpu_vendor(str(tmp_path / "none")) == ""                 # no vendor_id line
-    assert config.cpu_vendor(str(tmp_path / "missing")) == ""              # no such file
+    assert compute.cpu_vendor(str(tmp_path / "none")) == ""                 # no vendor_id line
+    assert compute.cpu_vendor(str(tmp_path / "missing")) == ""              # no such file
 
 
 def test_dtype_packed_and_grad_checkpoint_are_options_in_help(capsys):
@@ -220,12 +220,12 @@ def test_dtype_packed_and_grad_checkpoint_are_options_in_help(capsys):
 def test_adamw_is_fused_exactly_where_the_fast_paths_are(monkeypatch):
     """make_optimizer: foreach AdamW for a small CPU model (the arithmetic the built-in task's table
     was made with), fused at FAST_MIN_PARAMS or more; its state is float32 either way."""
-    from nanoalign import config
+    from nanoalign import compute
     from tests.helpers import method_config
     model, cfg = tiny(0), method_config("orpo")
-    assert not config.make_optimizer(model, cfg).defaults["fused"]
-    monkeypatch.setattr(config, "FAST_MIN_PARAMS", 0)
-    opt = config.make_optimizer(model, cfg)
+    assert not compute.make_optimizer(model, cfg).defaults["fused"]
+    monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 0)
+    opt = compute.make_optimizer(model, cfg)
     assert opt.defaults["fused"]
     for p in model.parameters():
         p.grad = torch.ones_like(p)
