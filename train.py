@@ -71,8 +71,8 @@ def load_split(cfg, method, task, split, run):
         rows, skipped = read_jsonl(src, method.reads, cfg.skip_bad_rows)
     if method.prepare:
         rows = method.prepare(rows, cfg, split, run)
-    limits = method.tokenize_options(cfg) if method.tokenize_options else {}
-    ex, dropped = tokenize_rows(rows, run.tok, method.eats, cfg.max_length, cfg.skip_bad_rows, **limits)
+    ex, dropped = tokenize_rows(rows, run.tok, method.eats, cfg.max_length, cfg.skip_bad_rows,
+                                **method.tokenize_options(cfg))
     if skipped or dropped:
         print(f"{src} [{split}]: dropped {skipped + dropped} of {len(rows) + skipped} rows "
               f"({KINDS[method.eats].summary})")
@@ -219,9 +219,7 @@ def train(cfg, task=None, stop_at=None):
         run.ref = AdaptersOff(model)             # the same weights with the adapters switched off
     # a length limit beyond the model's context would stop the run when a long row comes, hours in
     context = model.cfg.max_seq_len
-    limits = {"max_length": cfg.max_length,
-              **(method.tokenize_options(cfg) if method.tokenize_options else {})}
-    for name, n in limits.items():
+    for name, n in {"max_length": cfg.max_length, **method.tokenize_options(cfg)}.items():
         if n > context:
             raise CheckpointError(f"--{name} {n} is longer than the model's context ({context} tokens, "
                                   f"max_position_embeddings); lower it to {context} or less")

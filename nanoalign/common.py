@@ -58,8 +58,8 @@ class Method:
     setup: Callable = None    # (run, cfg, device) -> None, before the data: what the method needs
                               # beside the model (a --judge_from judge, the principles it judges by)
     prepare: Callable = None  # (rows, cfg, split, run) -> rows of kind `eats` (e.g. add SJ triples)
-    tokenize_options: Callable = None  # cfg -> keyword arguments of data.tokenize_rows (MO-ORPO's
-                                       # sj_max_length)
+    tokenize_options: Callable = lambda cfg: {}  # cfg -> keyword arguments of data.tokenize_rows,
+                                                 # length limits beside max_length (MO-ORPO's sj_max_length)
     rollout: Callable = None  # (model, batch, run, cfg) -> (batch for `loss`, metrics): the on-policy
                               # round (sample, judge), called by the loop before `loss`, no gradients
     main: Callable = None     # (cfg, train) -> replaces one train(cfg) call (MetaAligner's stages)
