@@ -274,7 +274,7 @@ def main(argv=None):
         try:
             with precision(a, model):
                 winners = best_of_main(a, model, tok, prompts)
-        except ValueError as e:          # a judge prompt longer than the model's context, say
+        except ValueError as e:          # a prompt longer than the model's context, say
             sys.exit(f"error: --best_of: {e}")
         if a.aligner:                    # the tournament's winners are the answers to correct
             return align_main(a, prompts, [tok.decode(w) for w in winners])
@@ -348,9 +348,9 @@ def best_of_main(a, model, tok, prompts):
         try:
             w = best_of(model, tok, t, p, texts, principles=principles, likelihood=likelihood)
         except ValueError as e:          # a judge prompt longer than the model's context, say
-            if t.name == "compact" or isinstance(e, JudgeError):
-                raise
-            raise ValueError(f"{e}; a shorter --judge_template such as 'compact' may fit") from None
+            shorter = t.name != "compact" and not isinstance(e, JudgeError)
+            sys.exit(f"error: --best_of: {e}" + ("; a shorter --judge_template such as 'compact' may "
+                                                 "fit" if shorter else ""))
         under = f", principles {', '.join(n for n, _ in principles)} by JM-PR" if principles else ""
         print(f"--- {p!r}: best of {a.best_of} (template '{t.name}', likelihood '{likelihood}'{under})")
         print(texts[w])
