@@ -61,9 +61,9 @@ from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.dist import resolve_device
 from nanoalign.tasks.evaluate import greedy_answers
 from nanoalign.onpolicy import kept_principles, sample as sample_responses
-from nanoalign.judge import TEMPLATES, attach_sj, best_of, judge_pairs, parse_principles
+from nanoalign.judge import TEMPLATES, best_of, judge_pairs, parse_principles
 from nanoalign.meta_aligner import correct, run_stages
-from nanoalign.mo_orpo import SJOptions, judge_accuracy
+from nanoalign.mo_orpo import SJOptions, attach_sj, judge_accuracy
 
 # (label, train.py flags, extra evaluations). The budget flags (--max_steps, --n_train, --seed) come
 # from this script; a run's own flags come after them and win.

@@ -15,9 +15,8 @@ Three pieces, top to bottom:
    "... would be Response {label}". The Self-Judge paper's appendix A.5 templates (arXiv:2402.11253,
    Tables 13-18) are here verbatim in structure; 'compact' ones keep the same shape in few enough bytes for
    the built-in task's byte-level tiny model (the A.5 UltraFeedback template alone is ~500 bytes,
-   the tiny model's whole context is 512). `SJ_TEMPLATES` are the ~50 variations of the MO-ORPO
-   paper's self-judgement prompt (section 4: 5 wordings x 5 response-name pairs x 2 instruction
-   orders) and `sj_triple` builds the self-judgement triple from an alignment triple.
+   the tiny model's whole context is 512). MO-ORPO's ~50 self-judgement prompt variations are
+   JudgeTemplates too, kept with their method in nanoalign/mo_orpo.py.
 2. The judge probability (docs/methods.md#likelihood-rules): the next-token logits at the label
    position, one batched forward for all rows, both position orders. Two papers, two rules
    (`likelihood`): Self-Judge ("vocab", section 3.1) averages each response's judge-token
@@ -33,13 +32,13 @@ Three pieces, top to bottom:
 import argparse
 import json
 import math
-import random
 import re
 from dataclasses import dataclass
 
 import torch
 
 from model.generate import left_pad
+from model.tokenizer import answer_text
 from nanoalign.common import evaluating
 
 
@@ -97,35 +96,6 @@ TEMPLATES = {t.name: t for t in [
                   system="{description}", rationale=True),
 ]}
 
-# MO-ORPO self-judgement prompts: 5 wordings x 5 name pairs x 2 instruction orders = 50 variations.
-_SJ_WORDINGS = [
-    ("Which {noun} answers the question better?", "{noun} {x} is better."),
-    ("Compare the two {noun}s and pick the better one.", "The better one is {noun} {x}."),
-    ("You are a fair judge. Which {noun} is of higher quality?", "{noun} {x}."),
-    ("Decide which {noun} a careful expert would prefer.", "I prefer {noun} {x}."),
-    ("Pick the more helpful {noun}.", "{noun} {x} is more helpful."),
-]
-_SJ_NAMES = [("Response", "A", "B"), ("Answer", "1", "2"), ("Reply", "X", "Y"),
-             ("Output", "(a)", "(b)"), ("Option", "I", "II")]
-
-
-def _sj_templates():
-    out = []
-    for wi, (ask, ans) in enumerate(_SJ_WORDINGS):
-        for noun, x1, x2 in _SJ_NAMES:
-            body = "Question: {prompt}\n" + f"{noun} {x1}: {{a}}\n{noun} {x2}: {{b}}"
-            for order in ("first", "last"):
-                q = ask.format(noun=noun.lower())
-                user = f"{q}\n{body}" if order == "first" else f"{body}\n{q}"
-                out.append(JudgeTemplate(f"sj{wi}-{noun}-{order}", user,
-                                         ans.format(noun=noun, x="{label}"), labels=(x1, x2)))
-    return out
-
-
-SJ_TEMPLATES = _sj_templates()
-REJECTED_FIRST = 0.55  # MO-ORPO section 4: position-bias correction
-
-
 def prompt_text(prompt, roles=False):
     """A prompt as the judge (or MetaAligner) reads it: a string as it is; a conversation with its
     role names, one per turn, so the judge can tell the user's turns from the assistant's (a single
@@ -150,28 +120,6 @@ def render(t, prompt, a, b, principle=None, description=None):
     return msgs, t.answer.replace("{principle}", principle or "")
 
 
-def sj_triple(row, rng):
-    """MO-ORPO Fig. 1: the self-judgement triple (x', c, r) of one alignment row. x' shows x and both
-    responses (rejected first with probability 0.55); c names the better one, r the worse."""
-    t = SJ_TEMPLATES[rng.randrange(len(SJ_TEMPLATES))]
-    rej_first = rng.random() < REJECTED_FIRST
-    a, b = (row["rejected"], row["chosen"]) if rej_first else (row["chosen"], row["rejected"])
-    msgs, ans = render(t, row["prompt"], _text(a), _text(b))
-    win, lose = (t.labels[1], t.labels[0]) if rej_first else t.labels
-    return {"prompt": msgs, "chosen": ans.format(label=win), "rejected": ans.format(label=lose),
-            "template": t.name, "rejected_first": rej_first}
-
-
-def attach_sj(rows, seed, split):
-    """Every alignment row gets its self-judgement triple in row['sj'] (seeded, reproducible)."""
-    rng = random.Random(f"sj-{seed}-{split}")
-    return [{**r, "sj": sj_triple(r, rng)} for r in rows]
-
-
-def _text(r):
-    return r if isinstance(r, str) else [m for m in r if m["role"] == "assistant"][-1]["content"]
-
-
 # -- JSFT data: judgment instructions in both orders (Self-Judge section 3, OSP augmentation) -------
 def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
     """SFT rows {prompt, response} teaching the judge: each pair in both position orders, target =
@@ -188,13 +136,14 @@ def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
         for name, desc, lab in jobs:
             # a KeyError, not a reversed judgment, for a label that data.check_labels did not read
             better, worse = {"1": (r["chosen"], r["rejected"]), "2": (r["rejected"], r["chosen"])}[lab]
+            better, worse = answer_text(better), answer_text(worse)
             for first_better in (True, False):
                 a, b = (better, worse) if first_better else (worse, better)
-                msgs, ans = render(template, r["prompt"], _text(a), _text(b), name, desc)
+                msgs, ans = render(template, r["prompt"], a, b, name, desc)
                 resp = ans.format(label=template.labels[0 if first_better else 1])
                 if template.rationale:
-                    resp += (f"\nEvaluation of Response A: {rationale_fn(r['prompt'], _text(a), name)}"
-                             f"\nEvaluation of Response B: {rationale_fn(r['prompt'], _text(b), name)}")
+                    resp += (f"\nEvaluation of Response A: {rationale_fn(r['prompt'], a, name)}"
+                             f"\nEvaluation of Response B: {rationale_fn(r['prompt'], b, name)}")
                 out.append({"prompt": msgs, "response": resp, "keep_whole": True})  # never cut the label
     return out
 
@@ -440,7 +389,7 @@ def main(argv=None):
                 try:    # only a row's own error is blamed on the row (not, say, a KeyError in load)
                     r = json.loads(line)
                     x, y = (r["a"], r["b"]) if "a" in r else (r["chosen"], r["rejected"])
-                    items.append((r["prompt"], _text(x), _text(y)))
+                    items.append((r["prompt"], answer_text(x), answer_text(y)))
                 except (KeyError, json.JSONDecodeError) as e:
                     raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b") from None
         ps = judge_pairs(model, tok, t, items, principles, a.batch_size, likelihood=a.likelihood)

@@ -5,7 +5,7 @@ and docs/methods.md#self-judgement-data).
 
 Two tasks, both trained with the ORPO loss (nanoalign/orpo.py, eq. 1-4), from the same rows:
   alignment        (x, y_w, y_l)                        the user's preference data
-  self-judgement   (x', c, r) = judge.sj_triple(row)    x' shows x and both responses (rejected first
+  self-judgement   (x', c, r) = sj_triple(row)         x' shows x and both responses (rejected first
                    in 55% of rows, one of 50 prompt variations); c names the better one, r the worse.
 The SJ task adds no information: every SJ triple derives from the alignment triple beside it in the
 batch, and both are scored in the same step, so z_sj below belongs to the same example as z_align.
@@ -32,16 +32,67 @@ Figure 3 plots final L_align against final L_sj: `python -m experiments.plot`).
 """
 import dataclasses
 import math
+import random
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from model.tokenizer import answer_text
 from nanoalign.common import Method, batch_logps, evaluating, option, register, with_defaults
-from nanoalign.judge import attach_sj
+from nanoalign.judge import JudgeTemplate, render
 from nanoalign.orpo import ORPOOptions, orpo_terms
 
 
+# -- the self-judgement data (MO-ORPO Fig. 1, section 4) ---------------------------------------------
+# MO-ORPO self-judgement prompts: 5 wordings x 5 name pairs x 2 instruction orders = 50 variations.
+_SJ_WORDINGS = [
+    ("Which {noun} answers the question better?", "{noun} {x} is better."),
+    ("Compare the two {noun}s and pick the better one.", "The better one is {noun} {x}."),
+    ("You are a fair judge. Which {noun} is of higher quality?", "{noun} {x}."),
+    ("Decide which {noun} a careful expert would prefer.", "I prefer {noun} {x}."),
+    ("Pick the more helpful {noun}.", "{noun} {x} is more helpful."),
+]
+_SJ_NAMES = [("Response", "A", "B"), ("Answer", "1", "2"), ("Reply", "X", "Y"),
+             ("Output", "(a)", "(b)"), ("Option", "I", "II")]
+
+
+def _sj_templates():
+    out = []
+    for wi, (ask, ans) in enumerate(_SJ_WORDINGS):
+        for noun, x1, x2 in _SJ_NAMES:
+            body = "Question: {prompt}\n" + f"{noun} {x1}: {{a}}\n{noun} {x2}: {{b}}"
+            for order in ("first", "last"):
+                q = ask.format(noun=noun.lower())
+                user = f"{q}\n{body}" if order == "first" else f"{body}\n{q}"
+                out.append(JudgeTemplate(f"sj{wi}-{noun}-{order}", user,
+                                         ans.format(noun=noun, x="{label}"), labels=(x1, x2)))
+    return out
+
+
+SJ_TEMPLATES = _sj_templates()
+REJECTED_FIRST = 0.55  # MO-ORPO section 4: position-bias correction
+
+
+def sj_triple(row, rng):
+    """MO-ORPO Fig. 1: the self-judgement triple (x', c, r) of one alignment row. x' shows x and both
+    responses (rejected first with probability 0.55); c names the better one, r the worse."""
+    t = SJ_TEMPLATES[rng.randrange(len(SJ_TEMPLATES))]
+    rej_first = rng.random() < REJECTED_FIRST
+    a, b = (row["rejected"], row["chosen"]) if rej_first else (row["chosen"], row["rejected"])
+    msgs, ans = render(t, row["prompt"], answer_text(a), answer_text(b))
+    win, lose = (t.labels[1], t.labels[0]) if rej_first else t.labels
+    return {"prompt": msgs, "chosen": ans.format(label=win), "rejected": ans.format(label=lose),
+            "template": t.name, "rejected_first": rej_first}
+
+
+def attach_sj(rows, seed, split):
+    """Every alignment row gets its self-judgement triple in row['sj'] (seeded, reproducible)."""
+    rng = random.Random(f"sj-{seed}-{split}")
+    return [{**r, "sj": sj_triple(r, rng)} for r in rows]
+
+
+# -- the options and the losses ----------------------------------------------------------------------
 @dataclass
 class SJOptions(ORPOOptions):
     """Every variant: ORPO's options for both tasks, and the length limit of the SJ task."""

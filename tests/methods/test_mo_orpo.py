@@ -11,10 +11,10 @@ import torch
 from hypothesis import assume, example, given, settings, strategies as st
 
 import train
-from nanoalign import REGISTRY, judge
+from nanoalign import REGISTRY
 from nanoalign.data import make_batch, tokenize_rows
-from nanoalign.judge import REJECTED_FIRST, SJ_TEMPLATES, attach_sj, sj_triple
-from nanoalign.mo_orpo import conditional, conjoined_or, phase, weighted
+from nanoalign.mo_orpo import (REJECTED_FIRST, SJ_TEMPLATES, attach_sj, conditional, conjoined_or, phase,
+                               sj_triple, weighted)
 from nanoalign.orpo import odds_ratio
 from nanoalign.tasks import arith as task
 from nanoalign.testing import mo_batches, tiny_model, tiny_models
@@ -316,7 +316,7 @@ def test_mo_orpo_variants_match_the_paper(kind, model, batch, lam, w1, w2, epoch
 def test_mo_orpo_prepare_attaches_a_seeded_self_judgement_triple():
     import train
     from nanoalign import REGISTRY
-    from nanoalign.judge import attach_sj
+    from nanoalign.mo_orpo import attach_sj
     rows = pref_rows(4)
     cfg = train.make_config(method="scalarization", seed=3)
     got = REGISTRY["scalarization"].prepare(rows, cfg, "val", None)
@@ -358,7 +358,8 @@ def test_sj_templates_are_5_wordings_x_5_names_x_2_orders():
     """MO-ORPO section 4's self-judgement prompts, rebuilt: every wording with every response-name
     pair, the question before or after the two responses, labels the pair's own names."""
     import string
-    from nanoalign.judge import _SJ_NAMES, _SJ_WORDINGS, _sj_templates, render
+    from nanoalign.judge import render
+    from nanoalign.mo_orpo import _SJ_NAMES, _SJ_WORDINGS, _sj_templates
     ts = _sj_templates()
     assert len(ts) == 50 and len({t.name for t in ts}) == 50
     assert len({(t.user, t.answer) for t in ts}) == 50
@@ -422,7 +423,7 @@ class Draws:
 def test_the_rejected_response_goes_first_when_the_draw_is_below_0_55():
     """sj_triple: rejected first iff u < 0.55 for u = random() in [0, 1): probability exactly 0.55."""
     row = {"prompt": "q", "chosen": "good", "rejected": "bad"}
-    assert judge.sj_triple(row, Draws(0.55 - 2 ** -53))["rejected_first"] is True
-    sj = judge.sj_triple(row, Draws(0.55))
+    assert sj_triple(row, Draws(0.55 - 2 ** -53))["rejected_first"] is True
+    sj = sj_triple(row, Draws(0.55))
     assert sj["rejected_first"] is False
     assert sj["chosen"] == "Response A is better." and "Response A: good\n" in sj["prompt"][0]["content"]
