@@ -61,21 +61,24 @@ OURS = ("float32", "bf16", "bf16_compiled")
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--init_from", default="checkpoints/smollm2-135m", help="checkpoint directory")
+    ap.add_argument("--init_from", default="checkpoints/smollm2-135m", help="checkpoint directory (default: %(default)s)")
     ap.add_argument("--model", default="checkpoint", choices=("checkpoint", "smollm2-1.7b"),
                     help="'checkpoint' = --init_from; 'smollm2-1.7b' = random weights of that shape "
-                    "in bfloat16 (the real ones are not shipped offline) with --init_from's tokenizer")
+                    "in bfloat16 (the real ones are not shipped offline) with --init_from's tokenizer "
+                    "(default: %(default)s)")
     ap.add_argument("--layers", type=int, help="fewer layers for --model smollm2-1.7b (a rehearsal "
                     "on the CPU)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--max_new_tokens", type=int, default=128, help="new tokens per row")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda when a GPU is visible, else cpu; here %(default)s)")
+    ap.add_argument("--max_new_tokens", type=int, default=128, help="new tokens per row (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes, at most "
                     f"{len(PROMPTS)} (default: 1,8 on the CPU, 1,8,32 on CUDA)")
-    ap.add_argument("--ours", default=",".join(OURS), help=f"comma-separated, from {','.join(OURS)}")
+    ap.add_argument("--ours", default=",".join(OURS), help=f"comma-separated, from {','.join(OURS)} "
+                    "(default: all of them)")
     ap.add_argument("--theirs", default="default,other", help="transformers' settings: 'default' "
                     "(always run: the ratios are over it) and 'other' (float32 or bfloat16, whichever "
-                    "the default is not); 'default' alone saves time on a GPU")
+                    "the default is not); 'default' alone saves time on a GPU (default: %(default)s)")
     ap.add_argument("--products", action="store_true", help="time the decode step's matrix products "
                     "alone on the CPU (see above) instead of decoding")
     ap.add_argument("--reps", type=int, default=None, help="timed passes per setting after an untimed "

@@ -206,15 +206,17 @@ def profile(V, d, N):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu_memory", action="store_true", help="run the CPU peak-memory comparison")
-    ap.add_argument("--N", type=int, default=4096, help="tokens (CPU memory mode)")
-    ap.add_argument("--V", type=int, default=32000, help="vocabulary (CPU memory mode)")
-    ap.add_argument("--d", type=int, default=512, help="hidden size (CPU memory mode)")
-    ap.add_argument("--iters", type=int, default=10, help="timed iterations per path, median taken (GPU)")
-    ap.add_argument("--Ns", default="2048,8192,16384", help="comma-separated token counts (GPU)")
+    ap.add_argument("--N", type=int, default=4096, help="tokens (CPU memory mode) (default: %(default)s)")
+    ap.add_argument("--V", type=int, default=32000, help="vocabulary (CPU memory mode) (default: %(default)s)")
+    ap.add_argument("--d", type=int, default=512, help="hidden size (CPU memory mode) (default: %(default)s)")
+    ap.add_argument("--iters", type=int, default=10, help="timed iterations per path, median taken (GPU) (default: %(default)s)")
+    ap.add_argument("--Ns", default="2048,8192,16384", help="comma-separated token counts (GPU) (default: %(default)s)")
     ap.add_argument("--heads", default="llama3-8b,mistral-7b", help="comma-separated heads (GPU): "
-                    + ", ".join(f"{k} (V={v}, d={d})" for k, (v, d) in HEADS.items()))
+                    + ", ".join(f"{k} (V={v}, d={d})" for k, (v, d) in HEADS.items())
+                    + " (default: %(default)s)")
     ap.add_argument("--response_frac", type=float, default=1.0,
-                    help="fraction of each sequence that is response (GPU); the rest is masked prompt")
+                    help="fraction of each sequence that is response (GPU); the rest is masked prompt "
+                    "(default: %(default)s)")
     ap.add_argument("--sweep", action="store_true", help="time the Triton kernels' tile shapes (GPU)")
     ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of one Triton step (GPU)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)

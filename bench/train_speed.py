@@ -259,8 +259,12 @@ def run_child(cmd, cwd, env=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
-    ap.add_argument("--methods", default="orpo,dpo")
+    ap.add_argument("--preset", default="cpu", choices=tuple(PRESETS),
+                    help="what to measure: 'cpu' = SmolLM2-135M-Instruct, 'tiny' = a random 0.1M model "
+                    "(checks the harness), 'gpu_1p7b' = SmolLM2-1.7B's shape on CUDA "
+                    "(default: %(default)s)")
+    ap.add_argument("--methods", default="orpo,dpo", help="comma-separated, from orpo,dpo "
+                    "(default: %(default)s)")
     ap.add_argument("--steps", type=int, help="timed steps per measurement (default: the preset's)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")
     ap.add_argument("--device", help="default: the preset's")
@@ -271,9 +275,11 @@ def main():
                     "torch's, one per core). On a machine shared with other work, 1 keeps a side's "
                     "threads from spinning while its partner is descheduled")
     ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "smollm2-135m"),
-                    help="the converted SmolLM2-135M-Instruct (made from the GGUF if missing)")
+                    help="the converted SmolLM2-135M-Instruct (made from the GGUF if missing) "
+                    "(default: checkpoints/smollm2-135m in the repository)")
     ap.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", "/work/venv-trl/bin/python"),
-                    help="the interpreter of TRL's environment; '' = ours only")
+                    help="the interpreter of TRL's environment; '' = ours only "
+                    "(default: $TRL_PYTHON, else /work/venv-trl/bin/python)")
     a = ap.parse_args()
     p = dict(PRESETS[a.preset])
     p.update({k: v for k, v in dict(steps=a.steps, warmup=a.warmup, device=a.device, batch=a.batch).items()

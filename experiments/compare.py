@@ -442,7 +442,8 @@ def main(argv=None):
     ap.add_argument("--preset", default="mo_orpo", choices=sorted(PRESETS), help="which comparison "
                     "(default: %(default)s)")
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
-    ap.add_argument("--methods", default="", help="comma-separated subset of the preset's labels")
+    ap.add_argument("--methods", default="", help="comma-separated subset of the preset's labels "
+                    "(default: all of them)")
     ap.add_argument("--max_steps", type=int, default=150, help="optimizer steps per run (default: %(default)s)")
     ap.add_argument("--n_train", type=int, default=600, help="training rows (default: %(default)s; "
                     "150 steps x 16 = 4 epochs)")
@@ -450,8 +451,8 @@ def main(argv=None):
     ap.add_argument("--start", default="", help="the start checkpoint of every run (default: the task's: "
                     "the arithmetic SFT warm-up, or SmolLM2-135M-Instruct in checkpoints/smollm2-135m)")
     ap.add_argument("--n_test", type=int, default=200, help="test prompts (default: %(default)s)")
-    ap.add_argument("--answer_tokens", type=int, default=0, help="new tokens of an evaluated answer "
-                    "(default: the task's, 32 for arith and 128 for instruct)")
+    ap.add_argument("--answer_tokens", type=int, default=0, help="new tokens of an evaluated answer; 0 = the "
+                    "task's, 32 for arith and 128 for instruct (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in a process of its own "
                     "(one GPU holds several small runs); the table is then made from their cached "
                     "results (default: %(default)s)")

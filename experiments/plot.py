@@ -41,7 +41,7 @@ def pareto(points):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
-    ap.add_argument("--out", default="fig3.png", help="image file to write")
+    ap.add_argument("--out", default="fig3.png", help="image file to write (default: %(default)s)")
     a = ap.parse_args(argv)
     recs = {r.rstrip("/"): read_metrics(r) for r in a.runs}
     names = [os.path.basename(os.path.dirname(r) if r.endswith(".jsonl") else r) for r in recs]

@@ -10,16 +10,23 @@ The documentation's citations must lead somewhere a reader of a fresh clone can 
    ../shared and placeholder paths (path/to/...) are not checked.
 2. No file outside docs/ cites the project's private notes or its copies of the papers, which are
    not in the repository: the reference is docs/methods.md, and papers are cited by title.
+3. Every command line of the repository (train.py, sample.py, each `python -m` tool) explains every
+   flag in its --help and shows each default there.
 
 The checks are pure functions of a text, so the tests also show that they fail on a made-up
 citation.
 """
+import argparse
 import ast
+import contextlib
 import importlib.util
 import io
 import os
 import re
+import runpy
+import sys
 import tokenize
+import warnings
 
 import pytest
 from hypothesis import Phase, settings
@@ -326,6 +333,113 @@ def test_every_equation_of_the_methods_names_its_code_and_its_test():
         if formula and not (link and "`tests/" in link.group(2) and "`" in link.group(1)):
             missing.append(title)
     assert not missing, f"sections with a formula but no 'In code: ... Tested by: ...': {missing}"
+
+
+# -- the command lines ------------------------------------------------------------------------------
+# Every program with an argparse command line, as run from the repository root, and the source file
+# that builds its parser (train.py's is nanoalign/config.py's). A new one must join this table.
+CLIS = {"train.py": "nanoalign/config.py", "sample.py": "sample.py",
+        "experiments.compare": "experiments/compare.py", "experiments.plot": "experiments/plot.py",
+        "bench.kernels": "bench/kernels.py", "bench.decode_speed": "bench/decode_speed.py",
+        "bench.train_speed": "bench/train_speed.py", "nanoalign.judge": "nanoalign/judge.py",
+        "nanoalign.tasks.instruct": "nanoalign/tasks/instruct/cli.py",
+        "nanoalign.tasks.evaluate": "nanoalign/tasks/evaluate.py",
+        "model.gguf_import": "model/gguf_import.py", "model.lora": "model/lora.py"}
+
+
+class _Parser(Exception):
+    """Raised in place of parsing: carries the parser a command line built."""
+
+
+@contextlib.contextmanager
+def _argv(argv):
+    old = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = old
+
+
+def cli_parser(prog, args=()):
+    """The argparse parser that `python prog args` (or `python -m prog args`) parses its arguments
+    with, built as the program builds it and caught before it parses: nothing runs."""
+    real = argparse.ArgumentParser.parse_args
+
+    def caught(self, *a, **k):
+        raise _Parser(self)
+    argparse.ArgumentParser.parse_args = caught
+    try:
+        with _argv([prog] + list(args)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")             # runpy: "found in sys.modules ..."
+            if prog.endswith(".py"):
+                runpy.run_path(os.path.join(ROOT, prog), run_name="__main__")
+            else:
+                runpy.run_module(prog, run_name="__main__")
+    except _Parser as e:
+        return e.args[0]
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    raise AssertionError(f"{prog} {' '.join(args)} parsed no arguments")
+
+
+def unexplained_flags(parser):
+    """What --help leaves out: a flag (or positional argument) without a help text, or with a
+    default that its help does not show ('default' and the value, an absolute path excepted)."""
+    fmt, bad = parser._get_formatter(), []
+    for a in parser._actions:
+        if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
+            continue
+        name = "/".join(a.option_strings) or a.dest
+        text = fmt._expand_help(a) if a.help else ""
+        if len(text.split()) < 2:
+            bad.append(f"{name}: no help text")
+            continue
+        d = a.default
+        if not a.option_strings or a.required or d in (None, False, argparse.SUPPRESS, []):
+            continue
+        if "default" not in text.lower():
+            bad.append(f"{name}: its help does not show its default {d!r}")
+        elif isinstance(d, (int, float, str)) and not os.path.isabs(str(d)) and str(d) not in text:
+            bad.append(f"{name}: its help does not show its default {d!r}: {text!r}")
+    return bad
+
+
+def _cli_cases():
+    from nanoalign import REGISTRY
+    from nanoalign.tasks import TASKS
+    from experiments.compare import PRESETS
+    return ([("train.py", ["--method", m]) for m in REGISTRY] +
+            [("train.py", ["--task", t]) for t in TASKS] +
+            [("sample.py", []), ("experiments.plot", ["run"]), ("bench.kernels", []),
+             ("bench.decode_speed", []), ("bench.train_speed", []), ("nanoalign.judge", []),
+             ("nanoalign.tasks.instruct", ["examples"]), ("nanoalign.tasks.instruct", ["build"]),
+             ("nanoalign.tasks.evaluate", []), ("model.gguf_import", []), ("model.lora", [])] +
+            [("experiments.compare", ["--preset", p]) for p in PRESETS])
+
+
+@pytest.mark.parametrize("prog, args", _cli_cases(), ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_every_flag_of_every_command_line_is_explained_with_its_default(prog, args):
+    bad = unexplained_flags(cli_parser(prog, args))
+    assert not bad, f"python {prog} {' '.join(args)} --help:\n" + "\n".join(bad)
+
+
+def test_every_command_line_is_checked():
+    found = {rel for rel in repo_files((".py",)) if not rel.startswith("tests/")
+             and "argparse.ArgumentParser(" in open(os.path.join(ROOT, rel), encoding="utf-8").read()}
+    assert found == set(CLIS.values()), "add the command line to CLIS and to _cli_cases"
+    assert {p for p, _ in _cli_cases()} == set(CLIS)
+
+
+def test_an_unexplained_flag_or_default_is_found():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--a", type=int, default=3)                            # no help
+    ap.add_argument("--b", type=int, default=3, help="the b value")        # no default shown
+    ap.add_argument("--c", default="x,y", help="c (default: y)")           # the wrong default
+    ap.add_argument("--d", type=int, default=3, help="the d (default: %(default)s)")
+    ap.add_argument("--e", action="store_true", help="turns e on")
+    ap.add_argument("--f", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    assert [b.split(":")[0] for b in unexplained_flags(ap)] == ["--a", "--b", "--c"]
 
 
 # -- the README's example of property-testing your own loss ----------------------------------------

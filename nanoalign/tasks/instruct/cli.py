@@ -28,15 +28,21 @@ def build_main(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init_from", required=True, help="checkpoint directory of the start model")
     ap.add_argument("--out", required=True, help="data directory (reused when built with these settings)")
-    ap.add_argument("--k", type=int, default=4, help="samples per prompt")
-    ap.add_argument("--n_prompts", type=int, default=1000, help="training prompts")
+    ap.add_argument("--k", type=int, default=4, help="samples per prompt (default: %(default)s)")
+    ap.add_argument("--n_prompts", type=int, default=1000, help="training prompts (default: %(default)s)")
     ap.add_argument("--n_val", type=int, default=None, help="validation prompts (default n_prompts/8, >= 16)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--top_p", type=float, default=0.9)
-    ap.add_argument("--max_new_tokens", type=int, default=samples.MAX_NEW_TOKENS)
-    ap.add_argument("--batch_size", type=int, default=16, help="prompts per generate call (x k rows)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--seed", type=int, default=0, help="seed of the prompts and of the sampling "
+                    "(default: %(default)s)")
+    ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature "
+                    "(default: %(default)s)")
+    ap.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling: keep the most likely "
+                    "tokens whose probabilities sum to this (default: %(default)s)")
+    ap.add_argument("--max_new_tokens", type=int, default=samples.MAX_NEW_TOKENS,
+                    help="most new tokens per sample (default: %(default)s)")
+    ap.add_argument("--batch_size", type=int, default=16, help="prompts per generate call (x k rows) "
+                    "(default: %(default)s)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="'auto' = cuda when a GPU is visible, else cpu (default: %(default)s)")
     a = ap.parse_args(argv)
     device = resolve_device(a.device)
     command = f"{prog} " + " ".join(shlex.quote(x) for x in argv)
@@ -62,10 +68,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m nanoalign.tasks.instruct",
                                  description="build: on-policy preference data (see `build --help`); "
                                              "examples: prompts with the task's written answers, scored")
-    ap.add_argument("command", choices=["build", "examples"])
-    ap.add_argument("--n", type=int, default=5)
-    ap.add_argument("--split", default="train", choices=SPLITS)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("command", choices=["build", "examples"], help="'build' (its own flags: "
+                    "build --help) or 'examples'")
+    ap.add_argument("--n", type=int, default=5, help="examples: how many prompts (default: %(default)s)")
+    ap.add_argument("--split", default="train", choices=SPLITS, help="examples: the split the prompts "
+                    "come from (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="examples: seed of the prompts "
+                    "(default: %(default)s)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     for _ in range(a.n):
