@@ -445,8 +445,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="", help="comma-separated subset of the preset's labels "
                     "(default: all of them)")
     ap.add_argument("--max_steps", type=int, default=150, help="optimizer steps per run (default: %(default)s)")
-    ap.add_argument("--n_train", type=int, default=600, help="training rows (default: %(default)s; "
-                    "150 steps x 16 = 4 epochs)")
+    ap.add_argument("--n_train", type=int, default=600, help="training rows; at mo_orpo's 150 steps "
+                    "of 16, 600 rows are 4 epochs (default: %(default)s)")
     ap.add_argument("--out", default="out/compare", help="root directory of the runs (default: %(default)s)")
     ap.add_argument("--start", default="", help="the start checkpoint of every run (default: the task's: "
                     "the arithmetic SFT warm-up, or SmolLM2-135M-Instruct in checkpoints/smollm2-135m)")
@@ -465,8 +465,9 @@ def main(argv=None):
                     "the start and the ORPO run aligned on all (default: %(default)s)")
     ap.add_argument("extra", nargs="*", help="more train.py flags for every run, after --")
     argv = sys.argv[1:] if argv is None else list(argv)
-    known, _ = ap.parse_known_args(argv)
-    ap.set_defaults(**DEFAULTS.get(known.preset, {}))   # the preset's defaults; flags given still win
+    # the preset's defaults (flags given still win), set before --help prints them
+    known, _ = ap.parse_known_args([x for x in argv if x not in ("-h", "--help")])
+    ap.set_defaults(**DEFAULTS.get(known.preset, {}))
     a = ap.parse_args(argv)
     ANSWER_TOKENS["n"] = a.answer_tokens
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -1,6 +1,7 @@
 """The comparison tool (experiments/compare.py): its instruct preset, CPU-sized, runs every method of
 the four papers, and it judges each run as the run itself judges (template, rule, principles)."""
 import json
+import re
 
 import pytest
 import torch
@@ -103,3 +104,14 @@ def test_compare_judges_each_run_as_the_run_judges(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "judge_pairs", spy)
     assert compare.label_judge_accuracy(None, None, cfg, n=4) == 1.0
     assert seen == [("compact_principle", [("a", "b")], "pair", "mean")]
+
+
+def test_help_shows_the_presets_own_defaults(capsys, monkeypatch):
+    """`--preset instruct_cpu --help` shows the defaults that preset runs with, not mo_orpo's."""
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--preset", "instruct_cpu", "--help"])
+    assert e.value.code == 0
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
+    blocks = {b.split()[0]: " ".join(b.split()) for b in re.split(r"\n(?=  -)", options)}
+    for flag, value in compare.DEFAULTS["instruct_cpu"].items():
+        assert f"(default: {value})" in blocks[f"--{flag}"], blocks[f"--{flag}"]
