@@ -11,7 +11,9 @@ The documentation's citations must lead somewhere a reader of a fresh clone can 
 2. No file outside docs/ cites the project's private notes or its copies of the papers, which are
    not in the repository: the reference is docs/methods.md, and papers are cited by title.
 3. Every command line of the repository (train.py, sample.py, each `python -m` tool) explains every
-   flag in its --help and shows each default there.
+   flag in its --help and shows each default there, and every command that README.md and docs/*.md
+   write for them (in a code block, or inline in backticks) names flags that exist, with values from
+   their choices: `python train.py --method osp --osp_k 7` passes, `--osp_K 7` fails.
 
 The checks are pure functions of a text, so the tests also show that they fail on a made-up
 citation.
@@ -19,11 +21,13 @@ citation.
 import argparse
 import ast
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import os
 import re
 import runpy
+import shlex
 import sys
 import tokenize
 import warnings
@@ -440,6 +444,151 @@ def test_an_unexplained_flag_or_default_is_found():
     ap.add_argument("--e", action="store_true", help="turns e on")
     ap.add_argument("--f", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     assert [b.split(":")[0] for b in unexplained_flags(ap)] == ["--a", "--b", "--c"]
+
+
+def doc_commands(text):
+    """[(line_no, text)] of a markdown text's commands: each line of a code block, joined with its
+    `\\` continuations, and each inline code span (across line breaks)."""
+    out, lines, in_code, para, i = [], text.splitlines(), False, [], 0
+
+    def spans():
+        joined, starts, pos = "", [], 0
+        for n, t in para:
+            starts.append((pos, n))
+            joined += t + " "
+            pos += len(t) + 1
+        for m in re.finditer(r"`([^`]+)`", joined):
+            out.append((max(s for s in starts if s[0] <= m.start())[1], m.group(1)))
+        para.clear()
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            spans()
+            in_code = not in_code
+        elif in_code:
+            start = i
+            while line.rstrip().endswith("\\") and i + 1 < len(lines):
+                i += 1
+                line = line.rstrip()[:-1] + " " + lines[i].strip()
+            out.append((start + 1, line))
+        elif line.strip():
+            para.append((i + 1, line))
+        else:
+            spans()
+        i += 1
+    spans()
+    return out
+
+
+def invocations(command):
+    """[(program, args)] that a shell command runs: train.py, sample.py, and the repository's
+    modules under `python -m` (pytest, venv, ... are not the repository's); a `# comment` is cut,
+    a `<placeholder>` becomes one word."""
+    try:
+        words = shlex.split(re.sub(r"<[^>]*>", "PLACEHOLDER", command.split(" #")[0]))
+    except ValueError:
+        return []
+    out, seg = [], []
+    for w in words + ["&&"]:
+        if w not in ("&&", "||", ";", "|"):
+            seg.append(w)
+            continue
+        for k, x in enumerate(seg):
+            rest = seg[k + 1:]
+            if x == "torchrun":
+                j = next((j for j, y in enumerate(rest) if y.endswith(".py")), None)
+                if j is not None:
+                    out.append((rest[j], rest[j + 1:]))
+                break
+            if re.fullmatch(r"python3?", x):
+                if rest[:1] == ["-m"] and len(rest) > 1 and rest[1] in CLIS:
+                    out.append((rest[1], rest[2:]))
+                elif rest[:1] and rest[0] in CLIS:
+                    out.append((rest[0], rest[1:]))
+                break
+        seg = []
+    return out
+
+
+def _placeholder(value):
+    return bool(re.fullmatch(r"[A-Z][A-Z0-9_]*|\.\.\.", value))
+
+
+PICKERS = ("--method", "--task", "--preset")      # the flags that decide which options the others are
+
+
+def command_problems(prog, args):
+    """Why `prog args` would not parse: a flag it does not have, or a value not among the flag's
+    choices (placeholders such as NAME, DIR and `...` stand for any value; `a|b` is each of a, b)."""
+    args = [a.strip("[]") for a in args]
+    lead = []                        # a subcommand (instruct's build), positional arguments
+    for a in args:
+        if a.startswith("-"):
+            break
+        lead.append(a)
+    picks = [x for k, a in enumerate(args[:-1]) if a in PICKERS and not _placeholder(args[k + 1])
+             for x in (a, args[k + 1])]
+    try:
+        parser = cli_parser(prog, lead + picks)
+    except SystemExit:              # argparse said why on stderr
+        return [f"{' '.join(lead + picks)}: refused"]
+    options, bad, k = parser._option_string_actions, [], 0
+    choices = {name: act.choices for name, act in options.items()}
+    if prog == "train.py":           # its choices are checked after parsing, from the options' fields
+        from nanoalign.config import SharedConfig, config_class
+        picked = dict(zip(picks[::2], picks[1::2]))
+        fields = config_class(picked.get("--method", SharedConfig.method),
+                              picked.get("--task", SharedConfig.task))
+        choices.update({f"--{f.name}": f.metadata.get("choices") for f in dataclasses.fields(fields)})
+    while k < len(args):
+        a, k = args[k], k + 1
+        if a == "--":
+            break
+        if not a.startswith("-") or _placeholder(a):
+            continue
+        name, eq, value = a.partition("=")
+        act = options.get(name)
+        if act is None:
+            bad.append(f"{name}: no such flag")
+            continue
+        if act.nargs == 0:
+            continue
+        if not eq:
+            if k < len(args) and not args[k].startswith("--"):
+                value, k = args[k], k + 1
+            else:
+                if act.nargs != "?":
+                    bad.append(f"{name}: needs a value")
+                continue
+        if choices[name] and not _placeholder(value):
+            bad += [f"{name} {v}: not one of {sorted(choices[name])}" for v in value.split("|")
+                    if v not in choices[name]]
+    return bad
+
+
+def test_every_command_in_the_docs_parses():
+    bad = []
+    for rel in ["README.md"] + sorted(f"docs/{f}" for f in os.listdir(os.path.join(ROOT, "docs"))
+                                      if f.endswith(".md")):
+        for n, command in doc_commands(open(os.path.join(ROOT, rel), encoding="utf-8").read()):
+            for prog, args in invocations(command):
+                bad += [f"{rel}:{n}: {prog}: {why}" for why in command_problems(prog, args)]
+    assert not bad, "commands in the docs that would not parse:\n" + "\n".join(bad)
+
+
+def test_a_made_up_command_fails_and_a_real_one_passes():
+    text = ("Run `python train.py --method osp --osp_K 7` and\n`python -m experiments.compare --preset\n"
+            "no_such --seeds 1`:\n\n```\npython sample.py --init_from DIR \\\n    --best_of 4 --judge_temp x\n"
+            "torchrun --nproc_per_node N train.py ... [--parallel ddp|gloo]\n```\n")
+    found = [(n, prog, command_problems(prog, args)) for n, c in doc_commands(text)
+             for prog, args in invocations(c)]
+    assert found == [(1, "train.py", ["--osp_K: no such flag"]),
+                     (2, "experiments.compare", ["--preset no_such: refused"]),
+                     (6, "sample.py", ["--judge_temp: no such flag"]),
+                     (8, "train.py", ["--parallel gloo: not one of ['ddp', 'fsdp']"])]
+    real = ("`python train.py --method osp --osp_k 7 --init_from DIR && python sample.py --prompt x` "
+            "`PYTHON=x bash bench/gpu.sh` `python -m pytest -q` `python train.py --method NAME --help`")
+    assert [command_problems(p, a) for _, c in doc_commands(real) for p, a in invocations(c)] == [[]] * 3
 
 
 # -- the README's example of property-testing your own loss ----------------------------------------
