@@ -19,17 +19,18 @@ model's scores per objective on the test prompts are printed before any run.
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
 out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone,
-so an interrupted comparison continues where it stopped. The start of every run is the seed's cached
-SFT warm-up (train.py --init_from default), whose greedy answers are the "SFT" reference.
+so an interrupted comparison continues where it stopped. The start of every run is the task's start
+(--start): on the arithmetic task the seed's cached SFT warm-up (train.py --init_from default), on
+the instruct task SmolLM2-135M-Instruct; its greedy answers are the "SFT" reference.
 
 A run's flags may name "{<label>}", the checkpoint of an earlier run of the same seed (Self-Judge
 trains from the JSFT run). Columns (mean ± sample standard deviation over seeds):
-  win_vs_sft   oracle win rate of the run's greedy answers against the SFT start's, on the 200 test
-               prompts; a tie (equal oracle 'overall' score) counts 1/2 (MO-ORPO Table 2's WR, with
+  win_vs_sft   oracle win rate of the run's greedy answers against the SFT start's, on the --n_test
+               test prompts; a tie (equal oracle 'overall' score) counts 1/2 (MO-ORPO Table 2's WR, with
                the exact oracle in place of a GPT-4 judge)
   correct      oracle accuracy of the greedy answers; length: mean answer length in characters
   sj_acc       MO-ORPO self-judgement accuracy on held-out SJ triples (mo_orpo.judge_accuracy)
-  judge_acc    the label-token judge (judge.judge_pairs) on 256 held-out preference pairs:
+  judge_acc    the label-token judge (judge.judge_pairs) on --n_judge held-out preference pairs:
                p(chosen > rejected) > 1/2, judged as the run judges: its --judge_template, its
                --likelihood rule, and under a principle template its principles (JM-PR; OSP's
                runs: the mean)
@@ -38,7 +39,7 @@ trains from the JSFT run). Columns (mean ± sample standard deviation over seeds
                step in sampling / judging / the forward passes of the update, step_s: whole step
   bestN        self-rejection: oracle accuracy of the tournament winner among N samples (temperature
                1, top-p 0.9) with the run's model as judge (its template, rule and principles, as
-               sample.py --best_of judges), on the first 100 test prompts
+               sample.py --best_of judges), on the first --n_best test prompts
 """
 import argparse
 import dataclasses
