@@ -28,6 +28,11 @@ HF_KEYS = {"vocab_size": "vocab_size", "hidden_size": "dim", "num_hidden_layers"
            "eos_token_id": "eos_token_id", "pad_token_id": "pad_token_id"}
 REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
             "intermediate_size")
+# what transformers' LlamaConfig / MistralConfig assume for a field config.json leaves out (ModelConfig's
+# own defaults are another model's: hand-written and Llama-1 era configs omit some of these fields)
+HF_DEFAULTS = {"llama": {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048},
+               "mistral": {"rms_norm_eps": 1e-6, "max_position_embeddings": 4096 * 32,
+                           "num_key_value_heads": 8, "sliding_window": 4096}}
 
 
 # -- config.json ---------------------------------------------------------------------------------
@@ -44,9 +49,12 @@ def config_from_hf(path):
         if k not in hf:
             raise CheckpointError(f"{path}: required field '{k}' is missing")
     kw = {"model_type": mt}
+    hf = {**HF_DEFAULTS[mt], **hf}
     for k, field_name in HF_KEYS.items():
         if hf.get(k) is not None:
             kw[field_name] = hf[k]
+    if hf.get("num_key_value_heads") is None:   # transformers: absent or null = one per query head
+        kw["n_kv_heads"] = hf["num_attention_heads"]
     rp = hf.get("rope_parameters")  # transformers >= 5 moves rope_theta/rope_scaling here
     if isinstance(rp, dict):
         kw.setdefault("rope_theta", rp.get("rope_theta", 10000.0))

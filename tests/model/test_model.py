@@ -1,6 +1,8 @@
 """The model is the reference model (model/model.py): logits against `transformers` (in its own
 process: the `hf` fixture, tests/hf_reference.py) for each architecture, a checkpoint round trip
 through it, and the sliding window."""
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -32,6 +34,29 @@ def test_logits_match_transformers(name, tmp_path, hf):
     theirs = hf.model(tmp_path).logits(x)
     assert (ours - theirs).abs().max().item() < 1e-4
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.parametrize("name, fields, T", [
+    # Llama-1 era configs (huggyllama/llama-7b) have no num_key_value_heads: one kv head per head
+    ("llama-mha-untied", {"num_key_value_heads": None, "rms_norm_eps": None}, 23),
+    ("llama-mha-untied", {"num_key_value_heads": "null", "max_position_embeddings": None}, 23),
+    # MistralConfig's defaults: a 4096-token window, 131072 positions; 4100 tokens see both
+    ("mistral-window", {"rms_norm_eps": None, "sliding_window": None,
+                        "max_position_embeddings": None}, 4100),
+])
+def test_fields_config_json_leaves_out_mean_what_they_mean_to_transformers(name, fields, T, tmp_path, hf):
+    # None: the field is left out of config.json; "null": it is there as null
+    m = tiny(**CONFIGS[name])
+    save_model(m, tmp_path)
+    c = json.loads((tmp_path / "config.json").read_text())
+    for k, v in fields.items():
+        c.pop(k) if v is None else c.update({k: None})
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    ours, _ = load_model(str(tmp_path))
+    x = torch.randint(0, 101, (1, T))
+    with torch.no_grad():
+        got = ours.logits(ours(x))
+    assert (got - hf.model(tmp_path).logits(x)).abs().max().item() < 1e-4
 
 
 @pytest.mark.parametrize("name", ["llama-tied", "mistral-window"])
