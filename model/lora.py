@@ -37,8 +37,10 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.weight = base.weight                    # the base Parameter itself, frozen, same name
         self.weight.requires_grad_(False)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
+        # in the weight's dtype: F.linear refuses a bfloat16 input against float32 adapters
+        like = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))   # as nn.Linear (and the paper's code)
         self.scale, self.dropout, self.enabled = alpha / r, nn.Dropout(dropout), True
 
@@ -49,7 +51,9 @@ class LoRALinear(nn.Module):
         return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
 
     def merged_weight(self):
-        return self.weight + (self.lora_B @ self.lora_A) * self.scale    # (out, in)
+        """(out, in) W + scale * B A in W's dtype, summed in float32 and rounded once."""
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scale
+        return (self.weight.float() + delta).to(self.weight.dtype)
 
 
 def parse_targets(spec):
@@ -128,7 +132,8 @@ def merge(model):
     for parent, attr in _slots(model, TARGETS):
         m = getattr(parent, attr)
         if isinstance(m, LoRALinear):
-            lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=False, device=m.weight.device)
+            lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=False, device=m.weight.device,
+                            dtype=m.weight.dtype)
             with torch.no_grad():
                 lin.weight.copy_(m.merged_weight())
             setattr(parent, attr, lin)

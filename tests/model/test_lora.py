@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import train
 from model.checkpoint import load, save_adapters, save_model
-from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main
+from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main, merge
 from nanoalign.tasks import arith as task
 from tests.helpers import ids, tiny
 
@@ -78,6 +78,24 @@ def test_merged_checkpoint_equals_adapter_model(tmp_path):
         assert (merged.logits(merged(x)) - want).abs().max() <= 1e-5
         assert torch.equal(reloaded.logits(reloaded(x)), want)
         assert (want - base.logits(base(x))).abs().max() > 1e-3  # the adapters did change it
+
+
+def test_a_lora_checkpoint_loads_and_merges_in_bfloat16(tmp_path):
+    # sample.py --dtype bfloat16 on a LoRA run's checkpoint; a LoRA run started from one merges it
+    base = tiny(1)
+    save_model(base, str(tmp_path / "base"), task.build_tokenizer())
+    model, tok = load(str(tmp_path / "base"))
+    train_adapters(apply_lora(model, 4, 8.0, 0.0))
+    save_adapters(model, str(tmp_path / "lora"), tok, str(tmp_path / "base"))
+    x = ids(7)
+    with torch.no_grad():
+        want = model.logits(model(x))
+        half, _ = load(str(tmp_path / "lora"), torch.bfloat16)
+        assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+        assert (half.logits(half(x)) - want).abs().max() < 0.02   # the adapters move it 0.2
+        merge(half)
+        assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+        assert (half.logits(half(x)) - want).abs().max() < 0.02   # the adapters move it 0.2
 
 
 def test_reference_with_adapters_off_is_the_base():
