@@ -36,6 +36,7 @@ NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
          "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
          "ffn_down": "mlp.down_proj"}
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PRE_TOKENIZERS = ("gpt-2", "smollm")    # tokenizer.ggml.pre values whose splitting we rebuild
 
 
 def default_gguf_path():
@@ -126,6 +127,11 @@ def build_tokenizer(meta, origin="gguf"):
     if meta.get("tokenizer.ggml.model") != "gpt2":
         raise SystemExit(f"{origin}: tokenizer model {meta.get('tokenizer.ggml.model')!r} not "
                          f"supported (only byte-level BPE, 'gpt2')")
+    pre = meta.get("tokenizer.ggml.pre")
+    if pre not in PRE_TOKENIZERS:   # another split regex (Llama 3's 'llama-bpe', ...): other ids
+        raise SystemExit(f"{origin}: tokenizer.ggml.pre {pre!r} is not supported (only "
+                         f"{', '.join(map(repr, PRE_TOKENIZERS))}: the text would be split as "
+                         f"another tokenizer splits it)")
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
@@ -133,7 +139,7 @@ def build_tokenizer(meta, origin="gguf"):
     bl = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     # SmolLM's tokenizer splits digits one by one before the byte-level regex
     tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bl])
-                         if meta.get("tokenizer.ggml.pre") == "smollm" else bl)
+                         if pre == "smollm" else bl)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                             for t, ty in zip(tokens, types) if ty == 3])  # 3 = CONTROL
@@ -161,8 +167,16 @@ def convert(gguf_path, out):
     g = lambda k, d=None: meta.get(f"llama.{k}", d)  # noqa: E731
     n_head, n_kv = g("attention.head_count"), g("attention.head_count_kv", g("attention.head_count"))
     tied = "output.weight" not in t
+    # RoPE scaling (Llama 3.1's, as a rope_freqs tensor of factors, or linear/yarn metadata) is not
+    # converted: the model would run with plain RoPE
+    scaling = g("rope.scaling.type", "none")
+    if "rope_freqs.weight" in t or scaling != "none":
+        what = ("tensor 'rope_freqs.weight'" if "rope_freqs.weight" in t
+                else f"llama.rope.scaling.type {scaling!r}")
+        raise SystemExit(f"{gguf_path}: {what}: RoPE scaling is not supported in GGUF conversion")
     cfg = ModelConfig(vocab_size=t["token_embd.weight"].shape[0], dim=g("embedding_length"),
                       n_layers=g("block_count"), n_heads=n_head, n_kv_heads=n_kv,
+                      head_dim=g("attention.key_length"),      # absent: embedding_length / heads
                       hidden_dim=g("feed_forward_length"), norm_eps=g("attention.layer_norm_rms_epsilon"),
                       rope_theta=g("rope.freq_base", 10000.0), max_seq_len=g("context_length"),
                       tie_embeddings=tied, bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),

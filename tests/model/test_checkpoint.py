@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from model import gguf_import
 from model.checkpoint import CheckpointError, load, load_model, save_model
 from tests.helpers import tiny
 
@@ -159,3 +160,68 @@ def test_never_unpickles(saved):
     os.remove(saved / "model.safetensors")
     with pytest.raises(CheckpointError, match="safetensors only"):
         load(str(saved))
+
+
+# -- GGUF files (model/gguf_import.py) -----------------------------------------------------------
+def write_gguf(path, model, pre="gpt-2", extra_tensors=()):
+    """A float32 llama.cpp GGUF of `model`, written as llama.cpp's converter writes one: Q and K rows
+    permuted to its RoPE layout, head_dim as attention.key_length, a byte-level BPE vocabulary."""
+    gguf = pytest.importorskip("gguf")
+    cfg = model.cfg
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, v in [("block_count", cfg.n_layers), ("context_length", cfg.max_seq_len),
+                   ("embedding_length", cfg.dim), ("feed_forward_length", cfg.hidden_dim),
+                   ("attention.head_count", cfg.n_heads), ("attention.head_count_kv", cfg.n_kv_heads),
+                   ("attention.key_length", cfg.head_dim), ("attention.value_length", cfg.head_dim)]:
+        w.add_uint32(f"llama.{key}", v)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", cfg.norm_eps)
+    w.add_float32("llama.rope.freq_base", cfg.rope_theta)
+    tokens = [f"<{i}>" for i in range(3)] + [chr(c) for c in range(33, 33 + cfg.vocab_size - 4)] + ['!"']
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", pre)
+    w.add_array("tokenizer.ggml.tokens", tokens)
+    w.add_array("tokenizer.ggml.token_type", [3] * 3 + [1] * (len(tokens) - 3))
+    w.add_array("tokenizer.ggml.merges", ["! \""])
+    w.add_uint32("tokenizer.ggml.bos_token_id", 1)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+
+    def permute(t, n_head):      # llama.cpp's converter, LlamaModel.permute
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    names = {v: k for k, v in gguf_import.NAMES.items()}
+    sd = model.state_dict()
+    w.add_tensor("token_embd.weight", sd["embed_tokens.weight"].numpy())
+    w.add_tensor("output_norm.weight", sd["norm.weight"].numpy())
+    w.add_tensor("output.weight", sd["lm_head.weight"].numpy())
+    for i in range(cfg.n_layers):
+        for hf_name, g_name in names.items():
+            t = sd[f"layers.{i}.{hf_name}.weight"]
+            t = permute(t, cfg.n_heads) if g_name == "attn_q" else \
+                permute(t, cfg.n_kv_heads) if g_name == "attn_k" else t
+            w.add_tensor(f"blk.{i}.{g_name}.weight", t.numpy())
+    for name, t in extra_tensors:
+        w.add_tensor(name, t.numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def test_a_gguf_converts_back_to_the_model_it_was_made_from(tmp_path):
+    m = tiny(head_dim=16)                                    # 4 heads of 16 in a width of 48
+    gguf_import.convert(write_gguf(tmp_path / "m.gguf", m), str(tmp_path / "out"))
+    back, _ = load_model(str(tmp_path / "out"))
+    x = torch.randint(0, 101, (2, 9))
+    with torch.no_grad():
+        assert (back.logits(back(x)) - m.logits(m(x))).abs().max() < 1e-5
+
+
+def test_a_gguf_whose_conversion_would_be_wrong_is_refused(tmp_path):
+    # Llama 3's pre-tokenizer splits text by another regex than GPT-2's; Llama 3.1's RoPE scaling
+    # travels as the factors of a rope_freqs tensor
+    with pytest.raises(SystemExit, match=r"m\.gguf: tokenizer\.ggml\.pre 'llama-bpe'"):
+        gguf_import.convert(write_gguf(tmp_path / "m.gguf", tiny(), pre="llama-bpe"), str(tmp_path / "a"))
+    with pytest.raises(SystemExit, match=r"n\.gguf: tensor 'rope_freqs\.weight'"):
+        gguf_import.convert(write_gguf(tmp_path / "n.gguf", tiny(), extra_tensors=[
+            ("rope_freqs.weight", torch.ones(6))]), str(tmp_path / "b"))
