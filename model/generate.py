@@ -121,8 +121,10 @@ def generate(model, prompts, max_new_tokens, eos_ids, temperature=1.0, top_k=Non
              generator=None, pad_id=0, compiled=False):
     """
     prompts: list of token-id lists. Returns a list of generated id lists (EOS kept when produced,
-    nothing after it). Raises ValueError naming the limit when prompt + new tokens exceed the
-    context. compiled: decode with the compiled static-cache step (the module docstring), not eager.
+    nothing after it). Generation stops where the context is full: with the longest prompt of L
+    tokens, at most max_seq_len - L new tokens, whatever max_new_tokens says (sample.py counts the
+    rows cut so); a prompt longer than the context is a ValueError naming the limit. compiled:
+    decode with the compiled static-cache step (the module docstring), not eager.
     """
     if not prompts:
         return []

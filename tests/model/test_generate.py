@@ -73,6 +73,12 @@ def test_prompt_longer_than_context():
         generate(m, [[3] * 70], 4, eos_ids=[2])
 
 
+def test_new_tokens_stop_where_the_context_is_full():
+    m = tiny()                                              # max_seq_len 64
+    out = generate(m, [[3] * 60, [4] * 10], 20, eos_ids=[], temperature=0)
+    assert [len(o) for o in out] == [4, 4]                  # the longest prompt leaves 4 positions
+
+
 def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatch):
     import model.cpu_pack as P
     if not P._CAN_PACK:
