@@ -166,6 +166,9 @@ def load_adapters(d, dtype=torch.float32, device="cpu"):
         if k not in ac:
             raise CheckpointError(f"{path}: required field '{k}' is missing")
     base = ac["base_model"]
+    if not isinstance(base, str) or not os.path.isdir(base):   # a checkpoint copied without its base
+        raise CheckpointError(f"{path}: field 'base_model' is {base!r}, not a directory (the base "
+                              f"checkpoint these adapters go on; point it at where that one is now)")
     if is_adapter_dir(base):
         model, _ = load_adapters(base, dtype, device)
         merge(model)

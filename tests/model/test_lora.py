@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 
 import train
-from model.checkpoint import load, save_adapters, save_model
+from model.checkpoint import CheckpointError, load, save_adapters, save_model
 from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main, merge
 from nanoalign.tasks import arith as task
 from tests.helpers import ids, tiny
@@ -78,6 +78,17 @@ def test_merged_checkpoint_equals_adapter_model(tmp_path):
         assert (merged.logits(merged(x)) - want).abs().max() <= 1e-5
         assert torch.equal(reloaded.logits(reloaded(x)), want)
         assert (want - base.logits(base(x))).abs().max() > 1e-3  # the adapters did change it
+
+
+def test_a_lora_checkpoint_whose_base_moved_names_its_base_model_field(tmp_path):
+    model = tiny(1)
+    save_model(model, str(tmp_path / "base"), task.build_tokenizer())
+    save_adapters(apply_lora(model, 4, 8.0), str(tmp_path / "lora"), task.build_tokenizer(),
+                  str(tmp_path / "base"))
+    os.rename(tmp_path / "base", tmp_path / "moved")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/lora/adapter_config\.json: field "
+                                              rf"'base_model' is '{tmp_path}/base', not a directory"):
+        load(str(tmp_path / "lora"))
 
 
 def test_a_lora_checkpoint_loads_and_merges_in_bfloat16(tmp_path):
