@@ -53,6 +53,9 @@ def config_from_hf(path):
     for k, field_name in HF_KEYS.items():
         if hf.get(k) is not None:
             kw[field_name] = hf[k]
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):   # null: no such token (absent: 1 / 2)
+        if k in hf and hf[k] is None:
+            kw[HF_KEYS[k]] = None
     if hf.get("num_key_value_heads") is None:   # transformers: absent or null = one per query head
         kw["n_kv_heads"] = hf["num_attention_heads"]
     rp = hf.get("rope_parameters")  # transformers >= 5 moves rope_theta/rope_scaling here

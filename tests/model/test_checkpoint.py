@@ -155,6 +155,23 @@ def test_cli_errors_are_one_line(saved, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("field", ["bos_token_id", "eos_token_id", "pad_token_id"])
+def test_a_token_id_config_json_sets_to_null_is_none(saved, field):
+    # transformers reads null as no such token; absent is LlamaConfig's default (bos 1, eos 2). A null
+    # eos_token_id read as 2 made id 2 a stop id of generation, whatever token 2 is.
+    c = json.loads((saved / "config.json").read_text())
+    absent = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}[field]
+    c.pop(field)
+    (saved / "config.json").write_text(json.dumps(c))
+    model, _ = load_model(str(saved))
+    assert getattr(model.cfg, field) == absent
+    c[field] = None
+    (saved / "config.json").write_text(json.dumps(c))
+    model, _ = load_model(str(saved))
+    assert getattr(model.cfg, field) is None
+    assert field != "eos_token_id" or model.cfg.eos_ids == []
+
+
 def test_never_unpickles(saved):
     (saved / "pytorch_model.bin").write_bytes(b"not a pickle")
     os.remove(saved / "model.safetensors")
