@@ -29,9 +29,18 @@ def read_json(path):
             from None
 
 
+def read_json_object(path):
+    """A JSON file that must hold an object (config.json, tokenizer_config.json, ...): a list or a
+    number there is an error naming the file, not an AttributeError in whoever reads a field."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
 def read_json_if_exists(path):
-    """The parsed file, or {} when there is no such file (optional files: generation_config.json)."""
-    return read_json(path) if os.path.exists(path) else {}
+    """The parsed object, or {} when there is no such file (optional files: generation_config.json)."""
+    return read_json_object(path) if os.path.exists(path) else {}
 
 
 def atomic_write_json(obj, path):

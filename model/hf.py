@@ -13,7 +13,7 @@ import re
 import torch
 from safetensors.torch import save_file
 
-from model.files import CheckpointError, atomic_write_json, open_safetensors, read_json
+from model.files import CheckpointError, atomic_write_json, open_safetensors, read_json_object
 from model.model import ModelConfig, Transformer, rope_frequencies
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
@@ -38,9 +38,7 @@ HF_DEFAULTS = {"llama": {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048},
 # -- config.json ---------------------------------------------------------------------------------
 def config_from_hf(path):
     """Read config.json into a ModelConfig, naming the file and field on any problem."""
-    hf = read_json(path)
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    hf = read_json_object(path)
     mt = hf.get("model_type")
     if mt not in ARCHITECTURES:
         raise CheckpointError(f"{path}: field 'model_type' is {mt!r}; nanoalign supports "
@@ -110,7 +108,7 @@ def _weight_files(d):
     if os.path.exists(single):
         return {None: single}
     if os.path.exists(index):
-        wm = read_json(index).get("weight_map")
+        wm = read_json_object(index).get("weight_map")
         if not isinstance(wm, dict):
             raise CheckpointError(f"{index}: field 'weight_map' is missing or not an object")
         return {k: os.path.join(d, v) for k, v in wm.items()}

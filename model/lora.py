@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from model.files import CheckpointError, atomic_write_json, read_json, read_safetensors
+from model.files import CheckpointError, atomic_write_json, read_json_object, read_safetensors
 from model.hf import load_model, parameters_to_save, save_model
 from model.tokenizer import Tokenizer
 
@@ -161,7 +161,7 @@ def load_adapters(d, dtype=torch.float32, device="cpu"):
     """The base model (itself merged, if it is a LoRA checkpoint too) with this directory's live
     adapters. Returns (model, cfg)."""
     path = os.path.join(d, "adapter_config.json")
-    ac = read_json(path)
+    ac = read_json_object(path)
     for k in ("r", "alpha", "dropout", "targets", "base_model"):
         if k not in ac:
             raise CheckpointError(f"{path}: required field '{k}' is missing")

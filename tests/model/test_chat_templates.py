@@ -289,6 +289,14 @@ def test_template_that_does_not_parse_names_the_file(tmp_path, where):
         Tokenizer.from_dir(d)
 
 
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "generation_config.json"])
+def test_a_json_file_that_is_not_an_object_names_the_file(tmp_path, name):
+    d = checkpoint_dir(tmp_path)
+    (tmp_path / name).write_text('["</s>"]')
+    with pytest.raises(CheckpointError, match=rf"{name.replace('.', '[.]')}: expected a JSON object"):
+        Tokenizer.from_dir(d)
+
+
 def test_stop_ids_read_generation_config(tmp_path):
     d = checkpoint_dir(tmp_path, chat_template=CHATML)
     im_end, eos, s = (Tokenizer.from_dir(d).token_id(t) for t in ("<|im_end|>", "</s>", "<s>"))

@@ -118,6 +118,13 @@ def test_a_stray_tensor_in_any_shard_is_an_error(saved):
         load_model(str(saved))
 
 
+def test_an_index_that_is_not_an_object_names_the_file(saved):
+    os.remove(saved / "model.safetensors")
+    (saved / "model.safetensors.index.json").write_text('["model-1.safetensors"]')
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json: expected a JSON object"):
+        load_model(str(saved))
+
+
 def test_rotary_inv_freq_buffers_of_old_checkpoints_are_skipped(saved):
     """Old Llama checkpoints store every layer's rotary_emb.inv_freq; transformers skips them, and
     so do we: the frequencies come from config.json."""
