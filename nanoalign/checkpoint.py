@@ -2,7 +2,8 @@
 A run's checkpoint directory (out_dir/ckpt): the model, as model/checkpoint.py writes it (a Hugging
 Face folder, or LoRA adapters on their base), plus what an exact `--resume` needs beside it:
 
-    train_state.safetensors   AdamW's state tensors (opt.<param>.<field>) and the RNG states
+    train_state.safetensors   AdamW's state tensors (opt.<param>.<field>) and the RNG states, each
+                              rank's own under torchrun (rng.torch: rank 0's; rng.torch.rank<r>)
     state.json                step, data position, the run's config, AdamW's param groups
     <name>.json               files a method keeps with its model (run.checkpoint_files)
     train_data.json           the --train_data file's sha256: --resume refuses changed rows
@@ -26,6 +27,10 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
     """Model in the HF layout (or LoRA adapters) + train state (safetensors + JSON), written to a
     temp dir then renamed. Under FSDP every rank helps gather the full state; rank 0 writes."""
     msd, sd = dist.full_state(model, opt) if dist.is_fsdp(model) else (None, opt.state_dict())
+    # every rank's RNG streams: under torchrun each rank samples (on-policy) and drops out (LoRA)
+    # with its own, and a resume that gave them all rank 0's would draw alike on every rank
+    rngs = dist.gather(torch.get_rng_state())
+    cuda = dist.gather(torch.cuda.get_rng_state()) if torch.cuda.is_available() else None
     model = dist.unwrapped(model)
     if dist.is_main():
         tmp, old = path + ".tmp", path + ".old"
@@ -35,9 +40,10 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
         else:
             save_model(model, tmp, tok, state=msd)
         tensors = {f"opt.{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        for r, state in enumerate(rngs):
+            tensors[rng_key("torch", r)] = state
+        for r, state in enumerate(cuda or []):
+            tensors[rng_key("cuda", r)] = state
         save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
         for name, value in run.checkpoint_files.items():    # what the method asked to keep with its model
             atomic_write_json(value, os.path.join(tmp, name))
@@ -72,10 +78,19 @@ def load_train_state(path, model, opt):
         dist.load_full_optimizer(model, opt, osd)
     else:
         opt.load_state_dict(osd)
-    torch.set_rng_state(t["rng.torch"])
-    if "rng.cuda" in t and torch.cuda.is_available():
-        torch.cuda.set_rng_state(t["rng.cuda"])
+    # this rank's own streams; a rank the saving run did not have (more ranks now) keeps the
+    # stream train.py seeded it with
+    if rng_key("torch", dist.rank()) in t:
+        torch.set_rng_state(t[rng_key("torch", dist.rank())])
+    if rng_key("cuda", dist.rank()) in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(t[rng_key("cuda", dist.rank())])
     return st["step"], st["data_pos"]
+
+
+def rng_key(kind, rank):
+    """The name of a rank's RNG state in train_state.safetensors: rank 0's is rng.<kind>, as a
+    single process writes it."""
+    return f"rng.{kind}" if rank == 0 else f"rng.{kind}.rank{rank}"
 
 
 def saved_step(path):

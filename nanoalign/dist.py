@@ -16,9 +16,9 @@ the plain single-process one. With it:
   when ranks hold different numbers of tokens;
 - metrics are averaged over ranks; only rank 0 prints, writes metrics and writes checkpoints.
 On-policy methods sample on every rank for that rank's own prompts (each rank seeds its RNG with
-seed + rank), under DDP only: under FSDP every forward is a collective, and ranks that sample
-different lengths would wait on each other forever. For a 7B on-policy run use DDP with LoRA, as
-the Self-Judge and OSP papers did.
+seed + 1000 * rank, and a checkpoint keeps every rank's stream), under DDP only: under FSDP every
+forward is a collective, and ranks that sample different lengths would wait on each other
+forever. For a 7B on-policy run use DDP with LoRA, as the Self-Judge and OSP papers did.
 
 A CUDA run needs a GPU for each rank on the machine (two NCCL ranks cannot share one GPU): with
 fewer GPUs than ranks every rank runs on the CPU with gloo instead, and rank 0 prints a one-line
@@ -170,6 +170,15 @@ def all_sum(x):
     t = torch.tensor([float(x)], dtype=torch.float64)
     dist.all_reduce(t)
     return t.item()
+
+
+def gather(x):
+    """[x of rank 0, x of rank 1, ...] on every rank (any picklable x: a tensor, a dict)."""
+    if world() == 1:
+        return [x]
+    every = [None] * world()
+    dist.all_gather_object(every, x)
+    return every
 
 
 def mean_metrics(mets):

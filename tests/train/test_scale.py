@@ -125,6 +125,19 @@ def test_fsdp_checkpoint_resumes_exactly(tmp_path, start):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ddp_on_policy_run_resumes_exactly(tmp_path, start):
+    """Each rank samples from its own RNG stream (seeded seed + 1000 * rank): a resume must give
+    every rank its own stream back, not rank 0's, or the resumed ranks sample alike."""
+    common = ["--method", "self_judge", "--init_from", start, "--n_train", "32", "--val_data", "",
+              "--final_eval", "false", "--warmup_steps", "1", "--lr", "1e-3", "--seed", "5",
+              "--batch_size", "2", "--gen_max_tokens", "4", "--parallel", "ddp"]
+    _run(common + ["--max_steps", "3", "--out_dir", str(tmp_path / "a")], 2)
+    _run(common + ["--max_steps", "1", "--out_dir", str(tmp_path / "b")], 2)
+    _run(common + ["--max_steps", "3", "--out_dir", str(tmp_path / "b"), "--resume"], 2)
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("device,local_rank,ranks,gpus,want", [
     ("cuda", 1, 2, 1, "cpu"),            # one GPU, two ranks: both on the CPU, not cuda:1
     ("cuda", 0, 2, 0, "cpu"),            # no GPU at all
