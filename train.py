@@ -36,7 +36,7 @@ from nanoalign.compute import autocast, checkpoint_every, compute_of, make_optim
 from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
-from nanoalign.onpolicy import inherited
+from nanoalign.onpolicy import TIMES, inherited
 from nanoalign.tasks import get_task
 from nanoalign.tasks.evaluate import format_table, oracle_eval
 
@@ -118,17 +118,27 @@ def lr_at(step, cfg):
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def step_metrics(per_micro, totals=()):
+    """One step's metrics from its micro-batches' {name: float}: a name in `totals` (seconds spent)
+    summed, any other averaged over the micro-batches that logged it (judge agreement is logged only
+    where the oracle ranks a pair: a micro-batch without one is no agreement of 0); then over ranks."""
+    out = {}
+    for k in dict.fromkeys(k for m in per_micro for k in m):
+        got = [m[k] for m in per_micro if k in m]
+        out[k] = sum(got) if k in totals else sum(got) / len(got)
+    return dist.mean_metrics(out)
+
+
 def rollout(model, method, micro, run, cfg):
     """The on-policy round of a method that has one (Self-Judge, OSP): each micro-batch of prompts
     becomes the batch its loss eats, sampled and judged by method.rollout with no gradients."""
-    out, mets = [], {}
+    out, mets = [], []
     for b in micro:
         with torch.no_grad(), autocast(cfg, model):
             b, m = method.rollout(dist.unwrapped(model), b, run, cfg)
         out.append(b)
-        for k, v in m.items():
-            mets[k] = mets.get(k, 0.0) + v / len(micro)
-    return out, dist.mean_metrics(mets)
+        mets.append(m)
+    return out, step_metrics(mets, totals=TIMES)
 
 
 def accumulate_gradients(model, method, micro, run, cfg):
@@ -136,16 +146,15 @@ def accumulate_gradients(model, method, micro, run, cfg):
     the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
     # with W processes: the units of the global batch, times W because DDP / FSDP average over ranks
     denom = dist.all_sum(sum(b[method.unit] for b in micro)) / dist.world()
-    loss_total, mets = 0.0, {}
+    loss_total, mets = 0.0, []
     for i, b in enumerate(micro):
         with dist.no_sync(model, last=i == len(micro) - 1):
             with autocast(cfg, model):   # --dtype: the weights and AdamW stay float32
                 loss_sum, m = method.loss(model, b, run, cfg)
             (loss_sum / denom).backward()
         loss_total += loss_sum.item() / denom
-        for k, v in m.items():
-            mets[k] = mets.get(k, 0.0) + v / len(micro)
-    return dist.all_sum(loss_total) / dist.world(), dist.mean_metrics(mets)
+        mets.append(m)
+    return dist.all_sum(loss_total) / dist.world(), step_metrics(mets)
 
 
 @torch.no_grad()

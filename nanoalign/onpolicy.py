@@ -221,6 +221,8 @@ def cost(samples, clock, n_drawn):
     return m
 
 
+TIMES = ("t_sample", "t_judge")   # a step's seconds: summed over its micro-batches (train.py)
 METRICS = {"judge_agree": "judge's choice = the built-in task's oracle, on pairs it does not tie",
            "sample_len": "mean sample length (tokens)", "samples_per_s": "samples drawn per second",
-           "t_sample": "seconds sampling", "t_judge": "seconds judging (the rest of step_s is the update)"}
+           "t_sample": "seconds sampling in this step", "t_judge": "seconds judging in this step (the rest "
+           "of step_s is the update)"}

@@ -70,6 +70,36 @@ def test_osp_and_self_judge_steps_log_the_cost_split(tmp_path):
         assert rec["t_sample"] + rec["t_judge"] <= rec["step_s"] + 1e-3
 
 
+def test_the_cost_split_of_a_step_counts_every_micro_batch(tmp_path, monkeypatch):
+    """t_sample and t_judge are the step's seconds (the rest of step_s is the update), so with
+    --grad_accum 3 they add the three rollouts' laps: each sampling call here takes 0.3 s or more."""
+    import time
+
+    from tests.helpers import run_cfg
+    real = onpolicy.sample
+
+    def slow(*a, **kw):
+        time.sleep(0.3)
+        return real(*a, **kw)
+    monkeypatch.setattr(onpolicy, "sample", slow)
+    train.train(run_cfg(tmp_path, method="self_judge", max_steps=1, grad_accum=3, val_data="",
+                        gen_max_tokens=3))
+    rec = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
+    assert rec["t_sample"] >= 3 * 0.3
+    assert rec["t_sample"] + rec["t_judge"] <= rec["step_s"] + 1e-3
+
+
+def test_a_rollout_metric_is_averaged_over_the_micro_batches_that_logged_it():
+    """judge_agree is logged only where the oracle ranks some pair: a micro-batch without one has
+    no agreement to count, not an agreement of 0."""
+    import types
+    mets = iter([{"judge_agree": 1.0, "sample_len": 4.0}, {"sample_len": 6.0}])
+    method = types.SimpleNamespace(rollout=lambda model, b, run, cfg: (b, next(mets)))
+    cfg = train.make_config(method="self_judge")
+    _, got = train.rollout(tiny(), method, [{"n_examples": 2}, {"n_examples": 2}], None, cfg)
+    assert got == {"judge_agree": 1.0, "sample_len": 5.0}
+
+
 # -- principles, each paper's judging rule, a judge of its own -------------------------------------
 def test_on_policy_judging_runs_once_per_principle_and_never_renders_a_missing_one(monkeypatch):
     seen = []
