@@ -118,15 +118,19 @@ def lr_at(step, cfg):
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def step_metrics(per_micro, totals=()):
-    """One step's metrics from its micro-batches' {name: float}: a name in `totals` (seconds spent)
-    summed, any other averaged over the micro-batches that logged it (judge agreement is logged only
-    where the oracle ranks a pair: a micro-batch without one is no agreement of 0); then over ranks."""
+def step_metrics(per_micro, units, totals=()):
+    """One step's metrics from its micro-batches' {name: float} and their units (the tokens or
+    examples its loss sums over): a name in `totals` (seconds spent) summed, any other the mean
+    weighted by units over the micro-batches that logged it, so that a per-token or per-example mean
+    is that of the whole step (SFT's nll_per_token over micro-batches of unequal token counts), and
+    judge agreement, logged only where the oracle ranks a pair, is no agreement of 0 where it is not;
+    then over ranks, weighted alike (dist.mean_metrics)."""
     out = {}
     for k in dict.fromkeys(k for m in per_micro for k in m):
-        got = [m[k] for m in per_micro if k in m]
-        out[k] = sum(got) if k in totals else sum(got) / len(got)
-    return dist.mean_metrics(out)
+        got = [(m[k], n) for m, n in zip(per_micro, units) if k in m]
+        out[k] = (sum(v for v, _ in got) if k in totals
+                  else sum(v * n for v, n in got) / max(sum(n for _, n in got), 1e-30))
+    return dist.mean_metrics(out, sum(units))
 
 
 def rollout(model, method, micro, run, cfg):
@@ -138,7 +142,7 @@ def rollout(model, method, micro, run, cfg):
             b, m = method.rollout(dist.unwrapped(model), b, run, cfg)
         out.append(b)
         mets.append(m)
-    return out, step_metrics(mets, totals=TIMES)
+    return out, step_metrics(mets, [b[method.unit] for b in out], totals=TIMES)
 
 
 def accumulate_gradients(model, method, micro, run, cfg):
@@ -154,7 +158,7 @@ def accumulate_gradients(model, method, micro, run, cfg):
             (loss_sum / denom).backward()
         loss_total += loss_sum.item() / denom
         mets.append(m)
-    return dist.all_sum(loss_total) / dist.world(), step_metrics(mets)
+    return dist.all_sum(loss_total) / dist.world(), step_metrics(mets, [b[method.unit] for b in micro])
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ the plain single-process one. With it:
 - the loss is divided by the units (tokens or examples) of the *global* batch, times W because both
   engines average gradients over ranks, so W ranks give exactly the single-process gradient even
   when ranks hold different numbers of tokens;
-- metrics are averaged over ranks; only rank 0 prints, writes metrics and writes checkpoints.
+- metrics are averaged over ranks, weighted by their units; only rank 0 prints, writes metrics and
+  writes checkpoints.
 On-policy methods sample on every rank for that rank's own prompts (each rank seeds its RNG with
 seed + 1000 * rank, and a checkpoint keeps every rank's stream), under DDP only: under FSDP every
 forward is a collective, and ranks that sample different lengths would wait on each other
@@ -181,15 +182,17 @@ def gather(x):
     return every
 
 
-def mean_metrics(mets):
-    """Average a {name: float} dict over ranks. A name that only some ranks logged this step (judge
-    agreement where one rank had nothing to judge) is averaged over the ranks that logged it."""
+def mean_metrics(mets, weight=1.0):
+    """Average a {name: float} dict over ranks, each rank's weighted by `weight` (its units: tokens
+    or examples, so that a per-token mean is that of the global batch). A name that only some ranks
+    logged this step (judge agreement where one rank had nothing to judge) is averaged over the
+    ranks that logged it."""
     if world() == 1:
         return mets
-    every = [None] * world()
-    dist.all_gather_object(every, mets)
-    keys = sorted(set().union(*every))
-    return {k: sum(m[k] for m in every if k in m) / sum(k in m for m in every) for k in keys}
+    every = gather((mets, float(weight)))
+    keys = sorted(set().union(*(m for m, _ in every)))
+    return {k: sum(m[k] * w for m, w in every if k in m) / max(sum(w for m, w in every if k in m), 1e-30)
+            for k in keys}
 
 
 def is_fsdp(model):

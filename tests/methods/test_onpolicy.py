@@ -94,7 +94,7 @@ def test_a_rollout_metric_is_averaged_over_the_micro_batches_that_logged_it():
     no agreement to count, not an agreement of 0."""
     import types
     mets = iter([{"judge_agree": 1.0, "sample_len": 4.0}, {"sample_len": 6.0}])
-    method = types.SimpleNamespace(rollout=lambda model, b, run, cfg: (b, next(mets)))
+    method = types.SimpleNamespace(unit="n_examples", rollout=lambda model, b, run, cfg: (b, next(mets)))
     cfg = train.make_config(method="self_judge")
     _, got = train.rollout(tiny(), method, [{"n_examples": 2}, {"n_examples": 2}], None, cfg)
     assert got == {"judge_agree": 1.0, "sample_len": 5.0}

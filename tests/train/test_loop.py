@@ -34,13 +34,18 @@ def test_grad_accumulation_equals_one_big_batch(method):
     assert len(lengths) > 2                                   # uneven response lengths
     cfg = train.make_config(method=method)
     model = small_model()
-    train.accumulate_gradients(model, m, [make_batch(ex, m.eats, tok.pad_id)], None, cfg)
+    loss_one, mets_one = train.accumulate_gradients(model, m, [make_batch(ex, m.eats, tok.pad_id)], None, cfg)
     one = grads_of(model)
     model.zero_grad()
     micro = [make_batch(ex[i:i + 2], m.eats, tok.pad_id) for i in range(0, 8, 2)]
-    train.accumulate_gradients(model, m, micro, None, cfg)
+    loss_acc, mets_acc = train.accumulate_gradients(model, m, micro, None, cfg)
     for a, b in zip(one, grads_of(model)):
         assert (a - b).abs().max().item() <= 1e-6
+    # the logged numbers too: SFT's nll_per_token is per token of the step, not a mean of ratios
+    assert loss_acc == pytest.approx(loss_one, rel=1e-6)
+    assert mets_acc.keys() == mets_one.keys()
+    for k in mets_one:
+        assert mets_acc[k] == pytest.approx(mets_one[k], rel=1e-5, abs=1e-6), k
 
 
 @pytest.mark.parametrize("resume", [[], ["--resume"]])

@@ -1,6 +1,7 @@
 """Scaling out (nanoalign/dist.py, train.py): activation checkpointing, and DDP / FSDP2 across two CPU
 processes (torchrun): two ranks equal one process with twice the batch, FSDP checkpoints resume
 exactly, the rank's device, and cleanup."""
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from model.lora import LoRALinear, apply_lora
-from nanoalign import dist
+from nanoalign import REGISTRY, dist
 from tests.helpers import ROOT, ids, tiny
 
 
@@ -111,6 +112,16 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, paral
         assert (one[k] - two[k]).abs().max() <= 1e-5, k
         moved = max(moved, (one[k] - start_w[k]).abs().max().item())
     assert moved > 5e-5                                           # 3 steps did change the weights
+    # the log too: the loss and the method's metrics of each step (sft's nll_per_token is per token
+    # of the global batch, though the ranks hold different numbers of tokens)
+    def logged(d):
+        return [r for r in map(json.loads, open(os.path.join(d, "metrics.jsonl"))) if r["split"] == "train"]
+    names = ["loss", *REGISTRY[method].metrics]
+    for r1, r2 in zip(logged(tmp_path / "one"), logged(tmp_path / "two"), strict=True):
+        for k in names:
+            assert (k in r1) == (k in r2), k
+            if k in r1:
+                assert r2[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-6), (r1["step"], k)
 
 
 def test_fsdp_checkpoint_resumes_exactly(tmp_path, start):
