@@ -80,10 +80,16 @@ def _check_fields(row, fields, kind, where):
 
 
 def check_response(v, where, field):
-    """A response given as messages must contain an assistant turn (its last one is the response)."""
-    if isinstance(v, list) and not any(m["role"] == "assistant" for m in v):
-        raise DataError(f"{where}: field '{field}' is a message list with no assistant message; "
-                        f"the response is the last assistant message")
+    """A response given as messages must contain an assistant turn, and its last one, the response,
+    must not be empty (as a string response must not be)."""
+    if isinstance(v, list):
+        answers = [m["content"] for m in v if m["role"] == "assistant"]
+        if not answers:
+            raise DataError(f"{where}: field '{field}' is a message list with no assistant message; "
+                            f"the response is the last assistant message")
+        if not answers[-1].strip():
+            raise DataError(f"{where}: field '{field}' has an empty last assistant message (the "
+                            f"response)")
     return v
 
 

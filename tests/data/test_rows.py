@@ -194,6 +194,19 @@ def test_a_response_list_needs_an_assistant_message(field):
     assert validate_row(row, "pref", W)[field] == row[field]
 
 
+@pytest.mark.parametrize("kind, field", [("pref", "chosen"), ("pref", "rejected"), ("sft", "response")])
+@pytest.mark.parametrize("content", ["", "  \n"])
+def test_a_response_list_whose_answer_is_empty_is_an_error(kind, field, content):
+    """The response of a message list is its last assistant message: empty, it is the empty response
+    that a string field ('is empty') or an sft 'messages' row refuses, not a row to train on."""
+    row = {"prompt": "p", "chosen": "c", "rejected": "r"} if kind == "pref" else {"prompt": "p", "response": "r"}
+    row[field] = [USER, {"role": "assistant", "content": content}]
+    assert error_of(row, kind) == (f"{W}: field '{field}' has an empty last assistant message (the "
+                                   f"response)")
+    row[field] = [USER, {"role": "assistant", "content": content}, USER, BOT]   # an earlier one may be
+    assert validate_row(row, kind, W)[field] == row[field]
+
+
 def test_an_sft_response_list_needs_an_assistant_message():
     assert error_of({"prompt": "p", "response": [USER]}, "sft").startswith(
         f"{W}: field 'response' is a message list with no assistant")
