@@ -76,6 +76,12 @@ def load_split(cfg, method, task, split, run):
     if skipped or dropped:
         print(f"{src} [{split}]: dropped {skipped + dropped} of {len(rows) + skipped} rows "
               f"({KINDS[method.eats].summary})")
+    cut = [e for e in ex if e.get("cut")]
+    if cut:
+        where = [e["row"]["_where"] for e in cut if "_where" in e["row"]]
+        print(f"{src} [{split}]: cut the response of {len(cut)} of {len(ex)} examples to "
+              f"--max_length {cfg.max_length} (its first tokens kept)"
+              + (f": {', '.join(where[:3])}{', ...' if len(where) > 3 else ''}" if where else ""))
     if not ex:
         raise DataError(f"{src} [{split}]: no usable examples left")
     return ex

@@ -18,7 +18,7 @@ the table is turned into a DataError naming the kinds), never a fall-through.
 
 Prompt and response are tokenized separately and concatenated (docs/methods.md#sequence-log-probabilities).
 The response ends with the chat template's end of turn. Truncation to max_length: the response loses
-tokens from the RIGHT. A prompt that leaves no room for a response (len(prompt) >= max_length) is a
+tokens from the RIGHT (the example's "cut" says so; train.py counts and names those rows). A prompt that leaves no room for a response (len(prompt) >= max_length) is a
 bad row: an error naming the row, or with skip_bad a dropped row that is counted; never a silent 0/0
 in a mean. A row marked "keep_whole" (judgment targets, whose label must be scored) is dropped and
 counted, not cut, when its response does not fit.
@@ -262,31 +262,37 @@ def encode_prompt(tok, prompt, where):
         raise DataError(f"{where}: {e}") from None
 
 
-def tokenize_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
-    """(ids, n_prompt): the response cut from the right to fit max_length. A prompt that leaves no
-    room for a response raises; a keep_whole response that does not fit raises TooLong."""
+def _fit_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
+    """(ids, n_prompt, cut): tokenize_pair's, and whether the response lost tokens."""
     p, r = encode_pair(tok, prompt, response, where)
     if keep_whole and len(p) + len(r) > max_length:
         raise TooLong(where)
     if len(p) >= max_length:
         raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for the "
                         f"response within max_length={max_length}")
-    r = r[:max_length - len(p)]      # the response loses tokens from the right
-    return p + r, len(p)
+    kept = r[:max_length - len(p)]   # the response loses tokens from the right
+    return p + kept, len(p), len(kept) < len(r)
+
+
+def tokenize_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
+    """(ids, n_prompt): the response cut from the right to fit max_length. A prompt that leaves no
+    room for a response raises; a keep_whole response that does not fit raises TooLong."""
+    return _fit_pair(tok, prompt, response, max_length, where, keep_whole)[:2]
 
 
 def _sft_example(tok, row, limits, where):
-    ids, n = tokenize_pair(tok, row["prompt"], row["response"], limits["max_length"], where,
-                           row.get("keep_whole", False))
-    return {"ids": ids, "n_prompt": n, "row": row}
+    ids, n, cut = _fit_pair(tok, row["prompt"], row["response"], limits["max_length"], where,
+                            row.get("keep_whole", False))
+    return {"ids": ids, "n_prompt": n, "row": row, "cut": cut}
 
 
 def _pref_example(tok, row, limits, where, max_length=None):
     L = max_length or limits["max_length"]
     keep = row.get("keep_whole", False)
-    cw, nw = tokenize_pair(tok, row["prompt"], row["chosen"], L, where, keep)
-    cl, nl = tokenize_pair(tok, row["prompt"], row["rejected"], L, where, keep)
-    return {"chosen": cw, "n_prompt_chosen": nw, "rejected": cl, "n_prompt_rejected": nl, "row": row}
+    cw, nw, cut_w = _fit_pair(tok, row["prompt"], row["chosen"], L, where, keep)
+    cl, nl, cut_l = _fit_pair(tok, row["prompt"], row["rejected"], L, where, keep)
+    return {"chosen": cw, "n_prompt_chosen": nw, "rejected": cl, "n_prompt_rejected": nl, "row": row,
+            "cut": cut_w or cut_l}
 
 
 def _prompt_example(tok, row, limits, where):
@@ -302,13 +308,15 @@ def _mo_example(tok, row, limits, where):
     An SJ triple over sj_max_length drops the whole example (counted: the MO-ORPO paper filtered its
     data to fit the judge prompt)."""
     sj = {**row["sj"], "keep_whole": True}
-    return {"align": _pref_example(tok, row, limits, where),
-            "sj": _pref_example(tok, sj, limits, where, limits["sj_max_length"]), "row": row}
+    align = _pref_example(tok, row, limits, where)
+    return {"align": align, "sj": _pref_example(tok, sj, limits, where, limits["sj_max_length"]),
+            "row": row, "cut": align["cut"]}
 
 
 def tokenize_rows(rows, tok, kind, max_length, skip_bad=False, sj_max_length=None):
     """Rows -> examples of `kind` (see KINDS). Returns (examples, n_dropped): rows dropped because
-    they were bad (with skip_bad) or too long to cut."""
+    they were bad (with skip_bad) or too long to cut. An example with a response (sft, pref, mo)
+    says whether one lost tokens to max_length in its "cut"."""
     tokenize, limits = kind_of(kind).tokenize, {"max_length": max_length, "sj_max_length": sj_max_length}
     out, dropped = [], 0
     for row in rows:

@@ -102,6 +102,10 @@ def test_responses_are_cut_from_the_right_and_masked(kind, rows, extra, packed):
     if kind == "prompt":
         assert batch["prompts"] == [TOK.encode_prompt(p) for p, _, _ in rows]
         return
+    # an example says whether it lost response tokens (the run counts and names them)
+    lost = [n_prompt(p) + max(len(response_ids(r1)), len(response_ids(r2)) if kind != "sft" else 0)
+            > max_length for p, r1, r2 in rows]
+    assert [e["cut"] for e in ex] == lost
     if kind == "sft":
         check_batch(batch, [w for w, _ in want], len(rows))
         return

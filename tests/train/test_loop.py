@@ -116,6 +116,26 @@ def test_own_data_runs_no_builtin_evaluation_and_validates_at_the_end(tmp_path, 
     assert not [r for r in recs if r["split"] == "val"]       # 'auto': no built-in validation
 
 
+def test_responses_cut_to_max_length_are_counted_and_named(tmp_path, capsys):
+    """A response longer than fits is cut from the right, and the run says so: how many, and
+    where (it was silent: a preference pair cut to the same first tokens trains on nothing)."""
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": "What is 1 + 1?", "response": "2."}] * 3 + [{"prompt": "What is 1 + 1?",
+                                                                    "response": "2" * 200}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = run_cfg(tmp_path, method="sft", train_data=str(data), max_length=64)
+    m = REGISTRY["sft"]
+    ex = train.load_split(cfg, m, task, "train", train.Run(tok=task.build_tokenizer()))
+    assert len(ex) == 4
+    out = capsys.readouterr().out
+    assert f"{data} [train]: cut the response of 1 of 4 examples to --max_length 64 " in out
+    assert f"{data}:4" in out
+    rows[3] = rows[0]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train.load_split(cfg, m, task, "train", train.Run(tok=task.build_tokenizer()))
+    assert "cut" not in capsys.readouterr().out
+
+
 def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_sample(tmp_path, capsys):
     out = _short_run(tmp_path, capsys)
     assert "compute: float32, padded (--dtype auto, --packed auto, --grad_checkpoint auto)\n" in out
