@@ -182,6 +182,24 @@ def held_out_loss(model, method, val, run, cfg):
     return tot / max(units, 1)
 
 
+def keep_log_until(path, step):
+    """A resumed run's metrics.jsonl up to its checkpoint's step: a run that crashed after a
+    --ckpt_every checkpoint had logged later steps, which the resumed run trains again (each step
+    would be logged twice), and perhaps half a line."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):   # a line cut short by the crash
+                pass
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
 def peak_memory(device):
     """Peak memory of this process so far, in MiB: CUDA max allocated, or peak RSS on the CPU."""
     if str(device).startswith("cuda"):
@@ -262,6 +280,8 @@ def train(cfg, task=None, stop_at=None):
         os.makedirs(cfg.out_dir, exist_ok=True)
     except OSError as e:
         raise CheckpointError(f"--out_dir {cfg.out_dir}: cannot create it ({e.strerror})") from None
+    if cfg.resume and dist.is_main():
+        keep_log_until(os.path.join(cfg.out_dir, "metrics.jsonl"), step)
     metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull,
                      "a" if cfg.resume else "w")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

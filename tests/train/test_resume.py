@@ -28,6 +28,29 @@ def test_resume_gives_the_same_losses(tmp_path):
     assert st["step"] == 6 and st["config"]["method"] == "dpo"
 
 
+def test_a_run_resumed_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):
+    """A crash (not Ctrl-C: no checkpoint of its own) after --ckpt_every's checkpoint at step 2 has
+    logged step 3 too; --resume redoes step 3 from the checkpoint, and the log holds each step once,
+    with the losses of the run that continued."""
+    from nanoalign import REGISTRY
+    real, calls = REGISTRY["dpo"].loss, {"n": 0}
+
+    def crashes_in_step_4(model, batch, run, cfg):
+        calls["n"] += 1
+        if calls["n"] == 7:                                # step 4's first micro-batch (2 a step)
+            raise RuntimeError("out of memory")
+        return real(model, batch, run, cfg)
+    monkeypatch.setattr(REGISTRY["dpo"], "loss", crashes_in_step_4)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train.train(run_cfg(tmp_path, method="dpo", ckpt_every=2, eval_every=0))
+    monkeypatch.setattr(REGISTRY["dpo"], "loss", real)
+    second = train.train(run_cfg(tmp_path, method="dpo", ckpt_every=2, eval_every=0, resume=True))
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    train_recs = [r for r in recs if r["split"] == "train"]
+    assert [r["step"] for r in train_recs] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in train_recs[2:]] == second
+
+
 def file_hashes(root):
     """{path relative to root: sha256 of its bytes} of every file under root."""
     out = {}
