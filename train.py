@@ -69,13 +69,18 @@ def load_split(cfg, method, task, split, run):
         rows, skipped = task.rows(method.reads, split, cfg.seed, options_of(cfg, task.Options)), 0
     else:
         rows, skipped = read_jsonl(src, method.reads, cfg.skip_bad_rows)
+    n_read = len(rows)
     if method.prepare:
         rows = method.prepare(rows, cfg, split, run)
     ex, dropped = tokenize_rows(rows, run.tok, method.eats, cfg.max_length, cfg.skip_bad_rows,
                                 **method.tokenize_options(cfg))
     if skipped or dropped:
-        print(f"{src} [{split}]: dropped {skipped + dropped} of {len(rows) + skipped} rows "
-              f"({KINDS[method.eats].summary})")
+        # a method that prepares makes its examples from the rows read (JSFT: three of each): count
+        # the bad rows among the rows read, the dropped examples among the examples made
+        what = (f"skipped {skipped} of {n_read + skipped} rows read; dropped {dropped} of {len(rows)} "
+                f"examples made from them" if method.prepare else
+                f"dropped {skipped + dropped} of {len(rows) + skipped} rows")
+        print(f"{src} [{split}]: {what} ({KINDS[method.eats].summary})")
     cut = [e for e in ex if e.get("cut")]
     if cut:
         where = [e["row"]["_where"] for e in cut if "_where" in e["row"]]

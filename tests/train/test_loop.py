@@ -136,6 +136,20 @@ def test_responses_cut_to_max_length_are_counted_and_named(tmp_path, capsys):
     assert "cut" not in capsys.readouterr().out
 
 
+def test_the_start_counts_bad_rows_among_the_rows_read_and_examples_among_the_examples_made(tmp_path,
+                                                                                             capsys):
+    """JSFT makes three examples of each row read (the chosen response, two judgments): a bad line
+    skipped is one of the file's rows, not one of rows and examples added together."""
+    data = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}.", "rejected": "no"} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    cfg = run_cfg(tmp_path, method="jsft", train_data=str(data), skip_bad_rows=True)
+    ex = train.load_split(cfg, REGISTRY["jsft"], task, "train", train.Run(tok=task.build_tokenizer()))
+    assert len(ex) == 12
+    assert f"{data} [train]: skipped 1 of 5 rows read; dropped 0 of 12 examples made from them" in \
+        capsys.readouterr().out
+
+
 def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_sample(tmp_path, capsys):
     out = _short_run(tmp_path, capsys)
     assert "compute: float32, padded (--dtype auto, --packed auto, --grad_checkpoint auto)\n" in out
