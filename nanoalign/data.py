@@ -271,6 +271,9 @@ def _fit_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
         raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for the "
                         f"response within max_length={max_length}")
     kept = r[:max_length - len(p)]   # the response loses tokens from the right
+    if not p and len(kept) < 2:      # its one token has nothing before it: nothing to train on
+        raise DataError(f"{where}: the prompt is no tokens and the response one, so no token has "
+                        f"anything before it to be predicted from")
     return p + kept, len(p), len(kept) < len(r)
 
 
@@ -343,7 +346,9 @@ def collate(seqs, n_prompts, pad_id):
     for i, (s, n) in enumerate(zip(seqs, n_prompts)):
         ids[i, :len(s)] = torch.tensor(s)
         attn[i, :len(s)] = 1
-        mask[i, n - 1:len(s) - 1] = 1       # targets n..len-1 are response tokens
+        # targets n..len-1 are response tokens; with no prompt tokens (an empty prompt in the raw
+        # format) the first token has nothing before it, and tokens 1..len-1 are the targets
+        mask[i, max(n - 1, 0):len(s) - 1] = 1
     targets = torch.cat([ids[:, 1:], torch.full((B, 1), pad_id, dtype=torch.long)], 1)
     return {"ids": ids, "attn": attn, "targets": targets, "mask": mask}
 

@@ -61,7 +61,8 @@ def check_batch(batch, seqs, n_examples):
     assert torch.equal(batch["attn"].long(), attn)
     assert torch.equal(batch["targets"], targets)
     assert torch.equal(batch["mask"].float(), mask)
-    kept = [len(s) - n for s, n in seqs]                   # the kept response tokens of each row
+    kept = [len(s) - max(n, 1) for s, n in seqs]          # the kept response tokens that are targets
+                                                          # (with no prompt, not the first)
     assert batch["mask"].sum(1).tolist() == kept
     assert batch["n_tokens"] == sum(kept[:n_examples])
     if "packed" in batch:
@@ -153,6 +154,43 @@ def test_prompt_without_room_for_a_response_CURRENT_RULE_is_a_bad_row(kind, over
     ex, dropped = tokenize_rows(rs, TOK, kind, max_length, skip_bad=True, sj_max_length=10_000)
     assert dropped == 1
     assert [e["row"]["_where"] for e in ex] == [r["_where"] for i, r in enumerate(rs) if i != which]
+
+
+def raw_tok():
+    """The built-in task's tokenizer under the 'raw' chat format: no template text, no BOS, so an
+    empty prompt is no tokens at all."""
+    from model.tokenizer import Tokenizer
+    return Tokenizer(TOK.tok, eos_id=TOK.eos_id, pad_id=TOK.pad_id, chat_format="raw")
+
+
+@settings(max_examples=examples(15))
+@pytest.mark.parametrize("kind", ["sft", "pref"])
+@given(rows=st.lists(st.tuples(text | st.just(""), text, text), min_size=1, max_size=3),
+       packed=st.booleans())
+def test_a_prompt_of_no_tokens_trains_on_every_response_token_after_the_first(kind, rows, packed):
+    """An empty prompt is allowed (the raw format renders it as no tokens): the response's first
+    token has nothing before it to be predicted from, every later one is a target (the mask was
+    empty for such a row: it trained on nothing, and ORPO logged logp 0)."""
+    tok = raw_tok()
+    ex, dropped = tokenize_rows([row_of(kind, *r, i) for i, r in enumerate(rows)], tok, kind, 64)
+    assert dropped == 0
+    def seq(p, r):
+        p_ids, r_ids = tok.encode_pair(p, r)
+        return p_ids + r_ids, len(p_ids)
+    seqs = [seq(p, r1) for p, r1, _ in rows] + ([seq(p, r2) for p, _, r2 in rows] if kind == "pref" else [])
+    check_batch(make_batch(ex, kind, PAD, packed=packed), seqs, len(rows))
+
+
+def test_a_prompt_of_no_tokens_and_a_one_token_response_is_a_bad_row():
+    """Nothing to train on (no token has one before it): a bad row, not a silent 0/0 in a mean.
+    A tokenizer without an end of turn leaves the answer 'a' one token."""
+    from model.tokenizer import Tokenizer
+    tok = Tokenizer(TOK.tok, chat_format="raw")            # no EOS: the raw format writes none
+    rows = [{"prompt": "", "response": "ab", "_where": "f:1"}, {"prompt": "", "response": "a", "_where": "f:2"}]
+    with pytest.raises(DataError, match="^f:2: the prompt is no tokens and the response one"):
+        tokenize_rows(rows, tok, "sft", 64)
+    ex, dropped = tokenize_rows(rows, tok, "sft", 64, skip_bad=True)
+    assert dropped == 1 and [e["row"]["_where"] for e in ex] == ["f:1"]
 
 
 # -- a judgment whose label would be cut is dropped whole ------------------------------------------
