@@ -132,15 +132,14 @@ def lr_at(step, cfg):
 def step_metrics(per_micro, units, totals=()):
     """One step's metrics from its micro-batches' {name: float} and their units (the tokens or
     examples its loss sums over): a name in `totals` (seconds spent) summed, any other the mean
-    weighted by units over the micro-batches that logged it, so that a per-token or per-example mean
-    is that of the whole step (SFT's nll_per_token over micro-batches of unequal token counts), and
-    judge agreement, logged only where the oracle ranks a pair, is no agreement of 0 where it is not;
-    then over ranks, weighted alike (dist.mean_metrics)."""
-    out = {}
-    for k in dict.fromkeys(k for m in per_micro for k in m):
-        got = [(m[k], n) for m, n in zip(per_micro, units) if k in m]
-        out[k] = (sum(v for v, _ in got) if k in totals
-                  else sum(v * n for v, n in got) / max(sum(n for _, n in got), 1e-30))
+    weighted by units over the micro-batches that logged it (dist.weighted_means), so that a
+    per-token or per-example mean is that of the whole step (SFT's nll_per_token over micro-batches
+    of unequal token counts), and judge agreement, logged only where the oracle ranks a pair, is no
+    agreement of 0 where it is not; then over ranks, weighted alike (dist.mean_metrics)."""
+    out = dist.weighted_means(per_micro, units)
+    for k in totals:
+        if k in out:
+            out[k] = sum(m[k] for m in per_micro if k in m)
     return dist.mean_metrics(out, sum(units))
 
 

@@ -182,17 +182,25 @@ def gather(x):
     return every
 
 
+def weighted_means(mets, weights):
+    """{name: the mean of its values, each weighted by its dict's weight}, over the dicts in `mets`
+    that hold the name: a name some lack (judge agreement where there was nothing to judge) is not
+    counted as 0 there. One rule for a step's micro-batches (train.step_metrics) and its ranks."""
+    out = {}
+    for k in dict.fromkeys(k for m in mets for k in m):
+        got = [(m[k], w) for m, w in zip(mets, weights) if k in m]
+        out[k] = sum(v * w for v, w in got) / max(sum(w for _, w in got), 1e-30)
+    return out
+
+
 def mean_metrics(mets, weight=1.0):
     """Average a {name: float} dict over ranks, each rank's weighted by `weight` (its units: tokens
-    or examples, so that a per-token mean is that of the global batch). A name that only some ranks
-    logged this step (judge agreement where one rank had nothing to judge) is averaged over the
-    ranks that logged it."""
+    or examples, so that a per-token mean is that of the global batch), by weighted_means."""
     if world() == 1:
         return mets
     every = gather((mets, float(weight)))
-    keys = sorted(set().union(*(m for m, _ in every)))
-    return {k: sum(m[k] * w for m, w in every if k in m) / max(sum(w for m, w in every if k in m), 1e-30)
-            for k in keys}
+    means = weighted_means([m for m, _ in every], [w for _, w in every])
+    return {k: means[k] for k in sorted(means)}
 
 
 def is_fsdp(model):
