@@ -351,8 +351,9 @@ CLIS = {"train.py": "nanoalign/config.py", "sample.py": "sample.py",
         "model.gguf_import": "model/gguf_import.py", "model.lora": "model/lora.py"}
 
 
-class _Parser(Exception):
-    """Raised in place of parsing: carries the parser a command line built."""
+class _Parser(BaseException):
+    """Raised in place of parsing: carries the parser a command line built. A BaseException, so that
+    a program's own `except Exception` cannot catch it and go on to run for real."""
 
 
 @contextlib.contextmanager
