@@ -29,6 +29,14 @@ with the prompt's final newline (tests/model/test_chat_templates.py checks both 
 Token ids follow transformers' apply_chat_template(tokenize=True): the rendered text is encoded with
 add_special_tokens=False, so a BOS appears only where the template writes {{ bos_token }}. (Only the
 named formats honour tokenizer_config.json's add_bos_token, as nanoalign always did.)
+
+The ids are tokenizer.json's, as the `tokenizers` library and transformers 4.x's fast tokenizers give
+them. One known difference: for a SentencePiece-style checkpoint whose tokenizer_config.json names
+LlamaTokenizer with "legacy": false (Llama-2, Mistral v0.x), transformers 5 rebuilds the tokenizer
+and drops the "▁" it would put after a special token, so the ids after [INST] or </s> can differ from
+ours (seen with transformers 5.25 on a small tokenizer of that kind). We keep tokenizer.json's ids:
+it is the file the checkpoint ships, and transformers' rebuild of LlamaTokenizer still had open
+upstream fixes in 2026.
 """
 import os
 from functools import cached_property
