@@ -30,3 +30,36 @@ def test_a_relative_checkpoint_reaches_trls_side_as_an_absolute_path(tmp_path, m
     monkeypatch.chdir(tmp_path)
     d = model_dir(PRESETS["cpu"], str(tmp_path / "work"), "ckpt")
     assert os.path.isabs(d) and os.path.samefile(d, tmp_path / "ckpt")
+
+
+def test_the_largest_batch_search_frees_the_last_try_before_the_next():
+    """A try's model can outlive its step in a reference cycle (TRL's: accelerate wraps
+    model.forward in a method bound to the model, so a finished trainer's model is freed only by
+    the cycle collector). Left to Python's automatic collection it would still hold GPU memory
+    during the next, larger try, and the search would stop early for that side alone. Here a
+    'GPU' of 12 units: a model of 4 and one unit a pair; freed between tries, 8 pairs fit."""
+    import gc
+    import weakref
+
+    import torch
+    from bench.train_speed import largest_batch
+    models = []
+
+    class Model:
+        def __init__(self):
+            self.me = self                      # a reference cycle, as TRL's trainer leaves
+            models.append(weakref.ref(self))
+
+    def step(b):
+        m = Model()
+        if 4 * sum(r() is not None for r in models) + b > 12:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test's)")
+        del m
+
+    was = gc.isenabled()
+    gc.disable()                                # no automatic collection comes to the rescue
+    try:
+        assert largest_batch(step) == 8
+    finally:
+        if was:
+            gc.enable()
