@@ -193,7 +193,7 @@ def trl_child(spec):
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.t)
 
-    def trainer(batch, steps, timer=None):
+    def trainer(batch, steps, timer=None, rows=rows):
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(dev)
         args = Config(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch,
                       gradient_accumulation_steps=1, max_steps=steps, max_length=spec["max_length"],
@@ -208,7 +208,9 @@ def trl_child(spec):
         import importlib.metadata
         versions["liger_kernel"] = importlib.metadata.version("liger_kernel")
     if spec.get("max_batch"):
-        return {"max_batch": largest_batch(lambda b: trainer(b, 1).train()), "versions": versions}
+        # b rows for a batch of b, as ours takes them: from 64 rows, a batch of 128 would be 64
+        return {"max_batch": largest_batch(lambda b: trainer(b, 1, rows=(rows * b)[:b]).train()),
+                "versions": versions}
     timer = Timer()
     t = trainer(spec["batch"], spec["warmup"] + spec["steps"], timer)
     t.train()
