@@ -24,6 +24,8 @@ size (pairs per step) and max_length; the first --warmup steps are not timed. TR
 off); ours as train.py runs it (--dtype, --packed and --grad_checkpoint, each 'auto' unless set
 here: SmolLM2's sizes checkpoint every other block), at TRL's equal settings (float32 and bf16,
 no checkpointing) and (cpu preset) with --grad_checkpoint true, the trade TRL's default makes.
+On CUDA ours runs with train.py's --deterministic (default true: torch's deterministic algorithms),
+except at TRL's equal settings (--deterministic false: TRL does not ask for them).
 """
 import argparse
 import json
@@ -52,7 +54,8 @@ PRESETS = {
     # with Liger's fused kernels where liger_kernel imports; then the largest batch at 2048 tokens
     "gpu_1p7b": dict(device="cuda", model="smollm2-1.7b", rows=256, batch=4, max_length=1024,
                      prompt=350, response=380, steps=5, warmup=2,
-                     ours=[dict(dtype="bfloat16"), dict(dtype="bfloat16", grad_checkpoint="false")],
+                     ours=[dict(dtype="bfloat16"),
+                           dict(dtype="bfloat16", grad_checkpoint="false", deterministic=False)],
                      trl=["default", "bfloat16", "liger"], max_batch_length=2048),
 }
 SMOLLM2_1P7B = dict(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, hidden_dim=8192,
@@ -128,6 +131,7 @@ def ours_child(spec):
                             val_data="", batch_size=spec["batch"], max_length=spec["max_length"],
                             device=dev, **spec["setting"])
     method = REGISTRY[cfg.method]
+    deterministic = determinism(cfg, dev)       # before the first cuBLAS handle
     model, tok = load(cfg.init_from, torch.float32, dev)
     model.checkpoint_every = train.checkpoint_every(cfg, model)
     run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
@@ -154,7 +158,19 @@ def ours_child(spec):
         times.append(time.perf_counter() - t)
         tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
     return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
-            "compute": train.compute_of(cfg, model), **peak(dev)}
+            "compute": train.compute_of(cfg, model) + deterministic, **peak(dev)}
+
+
+def determinism(cfg, dev):
+    """train.py's --deterministic (default true), set up as train.train sets it up on CUDA: torch's
+    deterministic algorithms, and cuBLAS's workspace for them (read when its handle is made); the
+    words it adds to the compute column. On the CPU it is nothing."""
+    import torch
+    if dev != "cuda":
+        return ""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    return ", deterministic" if cfg.deterministic else ""
 
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------
@@ -348,7 +364,8 @@ def table(results, p, a):
     is faster / smaller) for ours, and over TRL's own settings for TRL."""
     import torch
     mem = "peak RSS" if p["device"] == "cpu" else "peak alloc"
-    names = [("--" + " --".join(f"{k} {v}" for k, v in s.items()) if s else "train.py's defaults")
+    names = [("--" + " --".join(f"{k} {str(v).lower()}" for k, v in s.items())
+              if s else "train.py's defaults")
              if side == "ours" else f"{s}" for m, side, s, r in results]
     w = max([24] + [len(n) for n in names])                 # the columns fit their longest entry
     cw = max([34] + [len(r.get("compute", "")) for *_, r in results])
