@@ -345,7 +345,10 @@ def main():
                 for side, setting, cmd, cwd in [("ours", p["ours"][0], ours, REPO)] + (
                         [("TRL", s, theirs, work) for s in p["trl"]] if trl_py else []):
                     r = run_child(cmd + [json.dumps({**mb, "setting": setting})], cwd, env)
+                    versions.update(r.pop("versions", {}))
                     results.append((method, side, setting, {"max_batch": r.get("max_batch"), **r}))
+                    print(f"  {method} {side} {setting}: largest batch at max_length {mb['max_length']}: "
+                          f"{r.get('max_batch', json.dumps(r))}", file=sys.stderr, flush=True)
         print(table(results, p, a))
         if versions:
             print("TRL's environment: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
@@ -377,9 +380,11 @@ def table(results, p, a):
              f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s}"]
     default = {m: r for m, side, s, r in results if side == "TRL" and s == "default" and "times" in r}
     for (m, side, s, r), name in zip(results, names):
-        if "max_batch" in r and "times" not in r:
+        if "max_batch" in r and "times" not in r:     # a failed search says why (its child's error)
+            found = r["max_batch"] if r["max_batch"] is not None else json.dumps(
+                {k: v for k, v in r.items() if k != "max_batch"})
             lines.append(f"{m:6s} {side:4s} {name:{w}s} largest batch at max_length "
-                         f"{p['max_batch_length']}: {r['max_batch']}")
+                         f"{p['max_batch_length']}: {found}")
             continue
         if "times" not in r:
             lines.append(f"{m:6s} {side:4s} {name:{w}s} {json.dumps(r)}")

@@ -83,3 +83,19 @@ def test_ours_on_cuda_runs_with_train_pys_determinism(monkeypatch):
     assert calls[-1] == (False, True)
     ours = PRESETS["gpu_1p7b"]["ours"]
     assert "deterministic" not in ours[0] and ours[1]["deterministic"] is False
+
+
+def test_a_failed_largest_batch_search_says_why():
+    """A search whose child failed prints the child's error in its row, not 'None'."""
+    from bench.train_speed import PRESETS, table
+
+    class A:
+        preset, layers, threads = "gpu_1p7b", None, 1
+    r = {"error": ["ModuleNotFoundError: No module named 'pyarrow'"]}
+    out = table([("orpo", "TRL", "default", {"max_batch": None, **r}),
+                 ("orpo", "TRL", "liger", {"max_batch": None, "skipped": "liger_kernel does not import"}),
+                 ("orpo", "ours", {}, {"max_batch": 8})], PRESETS["gpu_1p7b"], A)
+    lines = out.splitlines()
+    assert "pyarrow" in lines[2] and "largest batch" in lines[2] and "None" not in lines[2], out
+    assert "liger_kernel does not import" in lines[3], out
+    assert lines[4].endswith("largest batch at max_length 2048: 8"), out
