@@ -26,12 +26,16 @@ here: SmolLM2's sizes checkpoint every other block), at TRL's equal settings (fl
 no checkpointing) and (cpu preset) with --grad_checkpoint true, the trade TRL's default makes.
 On CUDA ours runs with train.py's --deterministic (default true: torch's deterministic algorithms),
 except at TRL's equal settings (--deterministic false: TRL does not ask for them).
+
+Each result is printed (stderr) as it comes, and the table at the end; stopped by SIGTERM (a time
+limit: bench/gpu.sh's `timeout`), it prints the table of what it measured by then.
 """
 import argparse
 import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -326,34 +330,59 @@ def main():
         ours = [sys.executable, "-m", "bench.train_speed", "--child"]
         theirs = [trl_py, "-I", os.path.abspath(__file__), "--trl-child"]
         results, versions = [], {}
-        for method in a.methods.split(","):
-            jobs = [("ours", s, ours, REPO) for s in p["ours"]]
-            if trl_py:
-                jobs += [("TRL", s, theirs, work) for s in p["trl"]]
-            for side, setting, cmd, cwd in jobs:
-                r = run_child(cmd + [json.dumps({**spec, "method": method, "setting": setting})], cwd, env)
-                versions.update(r.pop("versions", {}))
-                results.append((method, side, setting, r))
-                print(f"  {method} {side} {setting}: {summary(r)}", file=sys.stderr, flush=True)
-            if p.get("max_batch_length"):
-                long_rows = os.path.join(work, "long_rows.jsonl")
-                with open(long_rows, "w") as f:
-                    n = p["max_batch_length"] // 2      # ~1000 prompt and ~1000 response tokens
-                    f.writelines(json.dumps(r) + "\n" for r in make_rows(64, n * 5 // 6, n * 5 // 6))
-                mb = {**spec, "method": method, "rows": long_rows, "max_length": p["max_batch_length"],
-                      "max_batch": True}
-                for side, setting, cmd, cwd in [("ours", p["ours"][0], ours, REPO)] + (
-                        [("TRL", s, theirs, work) for s in p["trl"]] if trl_py else []):
-                    r = run_child(cmd + [json.dumps({**mb, "setting": setting})], cwd, env)
-                    versions.update(r.pop("versions", {}))
-                    results.append((method, side, setting, {"max_batch": r.get("max_batch"), **r}))
-                    print(f"  {method} {side} {setting}: largest batch at max_length {mb['max_length']}: "
-                          f"{r.get('max_batch', json.dumps(r))}", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, cut_short)    # a time limit (gpu.sh's `timeout`) stops it
+        try:
+            measure(a, p, spec, work, env, ours, theirs if trl_py else None, results, versions)
+        except CutShort:
+            cut = True
+        else:
+            cut = False
         print(table(results, p, a))
         if versions:
             print("TRL's environment: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+        if cut:
+            print("(cut short by SIGTERM: the rows above are the measurements finished before it)")
+            sys.exit(128 + signal.SIGTERM)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class CutShort(Exception):
+    """SIGTERM arrived: the run stops and prints what it measured."""
+
+
+def cut_short(signum, frame):
+    # `timeout` sends SIGTERM twice, to the command and to its process group: the second must not
+    # end the run before it has printed
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise CutShort
+
+
+def measure(a, p, spec, work, env, ours, theirs, results, versions):
+    """Each measurement in a child process, appended to results as it finishes."""
+    for method in a.methods.split(","):
+        jobs = [("ours", s, ours, REPO) for s in p["ours"]]
+        if theirs:
+            jobs += [("TRL", s, theirs, work) for s in p["trl"]]
+        for side, setting, cmd, cwd in jobs:
+            r = run_child(cmd + [json.dumps({**spec, "method": method, "setting": setting})], cwd, env)
+            versions.update(r.pop("versions", {}))
+            results.append((method, side, setting, r))
+            print(f"  {method} {side} {setting}: {summary(r)}", file=sys.stderr, flush=True)
+        if p.get("max_batch_length"):
+            long_rows = os.path.join(work, "long_rows.jsonl")
+            with open(long_rows, "w") as f:
+                n = p["max_batch_length"] // 2      # ~1000 prompt and ~1000 response tokens
+                f.writelines(json.dumps(r) + "\n" for r in make_rows(64, n * 5 // 6, n * 5 // 6))
+            mb = {**spec, "method": method, "rows": long_rows, "max_length": p["max_batch_length"],
+                  "max_batch": True}
+            for side, setting, cmd, cwd in [("ours", p["ours"][0], ours, REPO)] + (
+                    [("TRL", s, theirs, work) for s in p["trl"]] if theirs else []):
+                r = run_child(cmd + [json.dumps({**mb, "setting": setting})], cwd, env)
+                versions.update(r.pop("versions", {}))
+                results.append((method, side, setting, {"max_batch": r.get("max_batch"), **r}))
+                print(f"  {method} {side} {setting}: largest batch at max_length {mb['max_length']}: "
+                      f"{r.get('max_batch', json.dumps(r))}", file=sys.stderr, flush=True)
 
 
 def summary(r):

@@ -85,6 +85,27 @@ def test_ours_on_cuda_runs_with_train_pys_determinism(monkeypatch):
     assert "deterministic" not in ours[0] and ours[1]["deterministic"] is False
 
 
+def test_stopped_by_sigterm_it_prints_the_rows_measured_so_far():
+    """bench/gpu.sh stops a step at its time limit with SIGTERM (`timeout`, which sends it twice: to
+    the command, then to its process group): the table of the rows measured by then is printed,
+    said to be cut short, and the status is not 0."""
+    import signal
+    p = subprocess.Popen(["timeout", "600", sys.executable, "-m", "bench.train_speed", "--preset", "tiny",
+                          "--methods", "orpo,dpo", "--trl_python", "", "--threads", "1"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:                    # the first row is measured: stop the run
+            if line.startswith("  orpo ours"):
+                p.send_signal(signal.SIGTERM)    # `timeout` passes it on as at its limit
+                break
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    rows = [line.split() for line in out.splitlines() if line.split()[:2] == ["orpo", "ours"]]
+    assert len(rows) == 1 and float(rows[0][-2]) > 0, out + err[-2000:]
+    assert "cut short" in out and p.returncode != 0, out
+
+
 def test_a_failed_largest_batch_search_says_why():
     """A search whose child failed prints the child's error in its row, not 'None'."""
     from bench.train_speed import PRESETS, table
