@@ -4,7 +4,9 @@ and the peak memory of each, same rows, same batch, in one run, and the ratios.
 
     python -m bench.train_speed                     # SmolLM2-135M-Instruct on the CPU (issue #29)
     python -m bench.train_speed --preset tiny       # a random 0.1M model: checks the harness (1-2 min)
-    python -m bench.train_speed --preset gpu_1p7b   # SmolLM2-1.7B's shape on one GPU (bf16, + Liger)
+    python -m bench.train_speed --preset gpu_1p7b   # SmolLM2-1.7B's shape on one GPU (bf16, + Liger),
+                                                    # then the largest batch at 2048 tokens
+    python -m bench.train_speed --preset gpu_1p7b --largest_batch skip   # (only: the search alone)
     python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 \
         --steps 1 --warmup 1                        # its rehearsal on the CPU: only sizes differ
 
@@ -308,6 +310,10 @@ def main():
     ap.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", "/work/venv-trl/bin/python"),
                     help="the interpreter of TRL's environment; '' = ours only "
                     "(default: $TRL_PYTHON, else /work/venv-trl/bin/python)")
+    ap.add_argument("--largest_batch", default="with", choices=("with", "skip", "only"),
+                    help="the search for the largest batch that fits at the preset's long max_length "
+                    "(gpu_1p7b's: 2048; CUDA only), after the timed rows: 'with' them, 'skip' it, or "
+                    "'only' it (default: %(default)s)")
     a = ap.parse_args()
     p = dict(PRESETS[a.preset])
     p.update({k: v for k, v in dict(steps=a.steps, warmup=a.warmup, device=a.device, batch=a.batch).items()
@@ -317,6 +323,9 @@ def main():
                  response=max(1, p["response"] * a.max_length // p["max_length"]), max_length=a.max_length)
     if p["device"] == "cpu":
         p.pop("max_batch_length", None)         # "the largest batch that fits" is a GPU question
+    if a.largest_batch == "only" and not p.get("max_batch_length"):
+        ap.error(f"--largest_batch only: the preset '{a.preset}' on {p['device']} has no search "
+                 f"(--preset gpu_1p7b on CUDA has)")
     work = tempfile.mkdtemp(prefix="train_speed_")
     trl_py = a.trl_python if a.trl_python and os.path.exists(a.trl_python) else None
     try:
@@ -359,8 +368,11 @@ def cut_short(signum, frame):
 
 
 def measure(a, p, spec, work, env, ours, theirs, results, versions):
-    """Each measurement in a child process, appended to results as it finishes."""
-    for method in a.methods.split(","):
+    """Each measurement in a child process, appended to results as it finishes: the timed rows of
+    every method, then the largest-batch searches (the longest part: each try a child loading the
+    model again), so that a time limit cuts the searches, not the last method's rows."""
+    methods = a.methods.split(",")
+    for method in methods if a.largest_batch != "only" else []:
         jobs = [("ours", s, ours, REPO) for s in p["ours"]]
         if theirs:
             jobs += [("TRL", s, theirs, work) for s in p["trl"]]
@@ -369,20 +381,22 @@ def measure(a, p, spec, work, env, ours, theirs, results, versions):
             versions.update(r.pop("versions", {}))
             results.append((method, side, setting, r))
             print(f"  {method} {side} {setting}: {summary(r)}", file=sys.stderr, flush=True)
-        if p.get("max_batch_length"):
-            long_rows = os.path.join(work, "long_rows.jsonl")
-            with open(long_rows, "w") as f:
-                n = p["max_batch_length"] // 2      # ~1000 prompt and ~1000 response tokens
-                f.writelines(json.dumps(r) + "\n" for r in make_rows(64, n * 5 // 6, n * 5 // 6))
-            mb = {**spec, "method": method, "rows": long_rows, "max_length": p["max_batch_length"],
-                  "max_batch": True}
-            for side, setting, cmd, cwd in [("ours", p["ours"][0], ours, REPO)] + (
-                    [("TRL", s, theirs, work) for s in p["trl"]] if theirs else []):
-                r = run_child(cmd + [json.dumps({**mb, "setting": setting})], cwd, env)
-                versions.update(r.pop("versions", {}))
-                results.append((method, side, setting, {"max_batch": r.get("max_batch"), **r}))
-                print(f"  {method} {side} {setting}: largest batch at max_length {mb['max_length']}: "
-                      f"{r.get('max_batch', json.dumps(r))}", file=sys.stderr, flush=True)
+    if not p.get("max_batch_length") or a.largest_batch == "skip":
+        return
+    long_rows = os.path.join(work, "long_rows.jsonl")
+    with open(long_rows, "w") as f:
+        n = p["max_batch_length"] // 2      # ~1000 prompt and ~1000 response tokens
+        f.writelines(json.dumps(r) + "\n" for r in make_rows(64, n * 5 // 6, n * 5 // 6))
+    for method in methods:
+        mb = {**spec, "method": method, "rows": long_rows, "max_length": p["max_batch_length"],
+              "max_batch": True}
+        for side, setting, cmd, cwd in [("ours", p["ours"][0], ours, REPO)] + (
+                [("TRL", s, theirs, work) for s in p["trl"]] if theirs else []):
+            r = run_child(cmd + [json.dumps({**mb, "setting": setting})], cwd, env)
+            versions.update(r.pop("versions", {}))
+            results.append((method, side, setting, {"max_batch": r.get("max_batch"), **r}))
+            print(f"  {method} {side} {setting}: largest batch at max_length {mb['max_length']}: "
+                  f"{r.get('max_batch', json.dumps(r))}", file=sys.stderr, flush=True)
 
 
 def summary(r):

@@ -1,6 +1,7 @@
 """bench/train_speed.py's harness: its tiny preset runs our training step in a child process and
 prints a table row for it (TRL's side is optional and left out here). A benchmark's numbers are not
 tested; that it still runs after the code under it moved is."""
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +121,39 @@ def test_a_failed_largest_batch_search_says_why():
     assert "pyarrow" in lines[2] and "largest batch" in lines[2] and "None" not in lines[2], out
     assert "liger_kernel does not import" in lines[3], out
     assert lines[4].endswith("largest batch at max_length 2048: 8"), out
+
+
+def test_the_largest_batch_searches_come_after_every_timed_row(monkeypatch, tmp_path):
+    """The searches (a child per try size, each loading the 1.7B model again) take longest: they run
+    after the timed rows of every method, so a time limit cuts them, not DPO's rows;
+    --largest_batch skip leaves them out (gpu.sh's step 2), only runs them alone (its step 6)."""
+    import types
+
+    import bench.train_speed as ts
+    ran = []
+
+    def run_child(cmd, cwd, env=None):
+        spec = json.loads(cmd[-1])
+        ran.append((spec["method"], "search" if spec.get("max_batch") else "timed"))
+        return {"max_batch": 1} if spec.get("max_batch") else {"times": [1.0], "peak_mib": 1, "compute": "x"}
+    monkeypatch.setattr(ts, "run_child", run_child)
+    p = dict(ts.PRESETS["gpu_1p7b"])
+
+    def measure(largest_batch):
+        ran.clear()
+        a = types.SimpleNamespace(methods="orpo,dpo", largest_batch=largest_batch)
+        results = []
+        ts.measure(a, p, {"model_dir": "m", "rows": "r"}, str(tmp_path), {}, ["ours"], ["theirs"],
+                   results, {})
+        return list(ran), len(results)
+    order, n = measure("with")
+    assert order == [("orpo", "timed")] * 5 + [("dpo", "timed")] * 5 + [("orpo", "search")] * 4 \
+        + [("dpo", "search")] * 4 and n == 18, order
+    assert measure("skip")[0] == [("orpo", "timed")] * 5 + [("dpo", "timed")] * 5
+    assert measure("only")[0] == [("orpo", "search")] * 4 + [("dpo", "search")] * 4
+
+
+def test_largest_batch_only_needs_a_preset_that_searches():
+    r = subprocess.run([sys.executable, "-m", "bench.train_speed", "--preset", "tiny", "--largest_batch",
+                        "only", "--trl_python", ""], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--largest_batch only: the preset 'tiny'" in r.stderr, r.stderr[-2000:]
