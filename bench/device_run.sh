@@ -6,15 +6,19 @@
 #   call  command                          carry                                          about
 #   1     bash bench/device_run.sh 1       .device/gguf.part.0                            10 s
 #   2     bash bench/device_run.sh 2       .device/gguf.part.1 .device/gguf.sha256 .device/whl   8 min
-#   3     bash bench/device_run.sh 3       .device/whl                                    5 min
+#   3     BUDGET=S bash bench/device_run.sh 3   .device/whl                               S s
 #
 # 1: keeps the checkpoint's first half, nothing else (the machine's start is the cost here).
 # 2: joins and converts the checkpoint, then the real-model table (experiments/compare.py --preset
 #    instruct, three seeds side by side), the first thing a device is for; cut at 7 min. Call 2
 #    again on the same machine continues it (compare.py resumes from the runs it finished).
 # 3: bench/gpu.sh (the compiled kernel tests, ORPO/DPO against TRL and TRL + Liger, decoding, the
-#    Self-Judge sampling share, torchrun). With a machine start that is ~15 min, a session's all:
-#    what does not fit is cut, gpu.sh's last steps first. What each call prints is also in $OUT/.
+#    Self-Judge sampling share, torchrun, the largest batch at 2048 tokens) within BUDGET seconds
+#    (default 470): the calls' limits and a machine start add up to more than a session's 15 min,
+#    so call 3 gets what is left. Set BUDGET to the call's timeout_s, or to status's budget_left_s
+#    less a minute (transfers) where that is smaller; gpu.sh then ends inside it with what it
+#    printed, its last steps skipped, where a call cut by the device tool would lose the step under
+#    way. What each call prints is also in $OUT/.
 # `bash bench/device_run.sh N --rehearse`: the same plumbing on the CPU, at tiny sizes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,13 +75,14 @@ case $stage in
   ;;
 3)
   peers || exit 1
-  steps=1,2,3,4,5
-  if [ ! -f checkpoints/smollm2-135m/config.json ]; then   # steps 2-4 read it (its tokenizer, or all)
+  steps=1,2,3,4,5,6
+  budget=$(( ${BUDGET:-470} - SECONDS ))                    # what is left of this call's seconds
+  if [ ! -f checkpoints/smollm2-135m/config.json ]; then   # steps 2-4 and 6 read it (its tokenizer, or all)
     echo "!! no checkpoints/smollm2-135m: call 2 did not convert it on this machine; steps 1 and 5 only"
     steps=1,5
   fi
-  if [ $rehearse = 1 ]; then bash bench/gpu.sh --rehearse --steps 2 2>&1 | tee "$OUT/call3.log"
-  else bash bench/gpu.sh --steps $steps 2>&1 | tee "$OUT/call3.log"; fi
+  if [ $rehearse = 1 ]; then bash bench/gpu.sh --rehearse --steps 2 --budget $budget 2>&1 | tee "$OUT/call3.log"
+  else bash bench/gpu.sh --steps $steps --budget $budget 2>&1 | tee "$OUT/call3.log"; fi
   ;;
 *) echo "stage 1, 2 or 3" >&2; exit 2 ;;
 esac
