@@ -144,7 +144,8 @@ def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
                 if template.rationale:
                     resp += (f"\nEvaluation of Response A: {rationale_fn(r['prompt'], a, name)}"
                              f"\nEvaluation of Response B: {rationale_fn(r['prompt'], b, name)}")
-                out.append({"prompt": msgs, "response": resp, "keep_whole": True})  # never cut the label
+                out.append({"prompt": msgs, "response": resp, "keep_whole": True,   # never cut the label
+                            "_where": r.get("_where", "row")})   # a bad one names its pair's line
     return out
 
 

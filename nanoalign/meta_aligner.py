@@ -74,7 +74,8 @@ def build_sets(rows, seed, holdout=()):
     rng = random.Random(f"meta-{seed}")
     d_p, d_e = [], []
     for r in rows:
-        r = check_labels(r, r.get("_where", "row"))
+        where = r.get("_where", "row")        # each built row names the line it came from
+        r = check_labels(r, where)
         q, y1, y2 = r["prompt"], r["chosen"], r["rejected"]
         groups = {"1": [], "2": [], "equal": []}
         for k, v in r["labels"].items():
@@ -83,11 +84,14 @@ def build_sets(rows, seed, holdout=()):
         for g in groups.values():
             rng.shuffle(g)
         if groups["1"]:
-            d_p.append({"prompt": template(q, y2, groups["1"], "better"), "response": y1, "input": y2})
+            d_p.append({"prompt": template(q, y2, groups["1"], "better"), "response": y1, "input": y2,
+                        "_where": where})
         if groups["2"]:
-            d_p.append({"prompt": template(q, y1, groups["2"], "better"), "response": y2, "input": y1})
+            d_p.append({"prompt": template(q, y1, groups["2"], "better"), "response": y2, "input": y1,
+                        "_where": where})
         if groups["equal"]:
-            d_e.append({"prompt": template(q, y2, groups["equal"], "equal"), "response": y1, "input": y2})
+            d_e.append({"prompt": template(q, y2, groups["equal"], "equal"), "response": y1, "input": y2,
+                        "_where": where})
     return d_p, d_e
 
 

@@ -113,6 +113,16 @@ def test_bad_labels_name_file_line_objective(tmp_path, bad, pattern):
         build_sets(rows, 0)                         # MetaAligner reads the labels: checked here
 
 
+def test_built_rows_name_the_line_they_came_from(tmp_path):
+    # a bad built row (a template error, a prompt beyond --max_length) must name file:line, not 'row'
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps(row({"c": "1", "k": "2", "f": "equal"})) + "\n")
+    rows, _ = read_jsonl(str(f), "pref")
+    d_p, d_e = build_sets(rows, 0)
+    assert len(d_p) == 2 and len(d_e) == 1
+    assert {e["_where"] for e in d_p + d_e} == {f"{f}:1"}
+
+
 def test_a_conversational_row_keeps_every_turn_and_the_answer_text(monkeypatch):
     """A TRL-style row: the prompt shows the system message and every turn with its role name, the
     answer its text (not a Python list), and inference (`correct`) builds the very same prompt."""

@@ -320,6 +320,17 @@ def test_judgment_data_of_a_plain_template_is_both_orders_of_each_pair():
     assert run.checkpoint_files == {}
 
 
+@pytest.mark.parametrize("aware", [False, True])
+def test_judgment_rows_name_the_line_their_pair_came_from(aware):
+    # a judgment row the template refuses, or one too long, must name its pair's file:line
+    from nanoalign.judge import TEMPLATES, judgment_rows
+    rows = [{**r, "_where": f"p.jsonl:{i + 1}"} for i, r in enumerate(pref_rows())]
+    t = TEMPLATES["compact_principle" if aware else "compact"]
+    got = judgment_rows(rows, t, aware)
+    assert got and all(g["_where"] in {"p.jsonl:1", "p.jsonl:2"} for g in got)
+    assert [g["_where"] for g in got] == sorted(g["_where"] for g in got)    # each pair's, in order
+
+
 def test_principle_aware_judgment_data_keeps_its_principles_and_needs_labels():
     from nanoalign.common import Run
     from nanoalign.judge import TEMPLATES, judgment_rows
