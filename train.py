@@ -32,7 +32,8 @@ from nanoalign import REGISTRY, dist
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
                                   save_checkpoint, saved_step)
 from nanoalign.common import Run, frozen_copy
-from nanoalign.compute import autocast, checkpoint_every, compute_of, make_optimizer, packed_batches
+from nanoalign.compute import (autocast, checkpoint_every, compute_of, make_optimizer, packed_batches,
+                               set_deterministic)
 from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
@@ -239,12 +240,7 @@ def train(cfg, task=None, stop_at=None):
     if cfg.lora_r and cfg.init_from == "scratch":
         raise CheckpointError("--lora_r needs a base checkpoint to adapt (--init_from DIR or default), "
                               "not --init_from scratch: a LoRA checkpoint stores the adapters only")
-    if torch.device(device).type == "cuda":
-        # an exact resume needs one summation order; CUDA ops built on atomic adds take a new one on
-        # every run. warn_only: an op with no deterministic version names itself and runs on. cuBLAS
-        # reads its workspace setting when its handle is first made
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    set_deterministic(cfg, device)               # CUDA: one summation order, for --resume
     torch.manual_seed(cfg.seed)
     model, tok = init_model(cfg, task, device)
     # the built-in task lends its oracle to the methods' metrics; on your own data there is none

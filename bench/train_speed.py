@@ -137,7 +137,8 @@ def ours_child(spec):
                             val_data="", batch_size=spec["batch"], max_length=spec["max_length"],
                             device=dev, **spec["setting"])
     method = REGISTRY[cfg.method]
-    deterministic = determinism(cfg, dev)       # before the first cuBLAS handle
+    # train.py's --deterministic (default true) as train.train sets it up, before the first cuBLAS handle
+    deterministic = ", deterministic" if train.set_deterministic(cfg, dev) else ""
     model, tok = load(cfg.init_from, torch.float32, dev)
     model.checkpoint_every = train.checkpoint_every(cfg, model)
     run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
@@ -165,18 +166,6 @@ def ours_child(spec):
         tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
     return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
             "compute": train.compute_of(cfg, model) + deterministic, **peak(dev)}
-
-
-def determinism(cfg, dev):
-    """train.py's --deterministic (default true), set up as train.train sets it up on CUDA: torch's
-    deterministic algorithms, and cuBLAS's workspace for them (read when its handle is made); the
-    words it adds to the compute column. On the CPU it is nothing."""
-    import torch
-    if dev != "cuda":
-        return ""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    return ", deterministic" if cfg.deterministic else ""
 
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------

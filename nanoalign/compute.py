@@ -1,12 +1,13 @@
 """
 How a run computes, once its config's 'auto' settings meet the model and the machine: the autocast
 dtype (bf16 on CUDA, and on a CPU where it pays), padding-free batches, activation checkpointing,
-fused AdamW, and the line that names them all (train.py's start line). Every 'auto' turns on from
+fused AdamW, CUDA's deterministic algorithms, and the line that names them all (train.py's start line). Every 'auto' turns on from
 FAST_MIN_PARAMS parameters; below it the built-in task's tiny model keeps plain float32, so the
 default run's printed table stays as it is. nanoalign/config.py declares the options; this file
 reads them.
 """
 import functools
+import os
 
 import torch
 
@@ -108,3 +109,15 @@ def make_optimizer(model, cfg):
     return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr,
                              betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              fused=p.is_cuda or big)
+
+
+def set_deterministic(cfg, device):
+    """--deterministic on CUDA (nothing elsewhere); call it before the first cuBLAS handle. An exact
+    resume needs one summation order, and CUDA ops built on atomic adds take a new one on every run.
+    warn_only: an op with no deterministic version names itself and runs on. cuBLAS reads its
+    workspace setting when its handle is first made. Returns whether it is on."""
+    if torch.device(device).type != "cuda":
+        return False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    return cfg.deterministic

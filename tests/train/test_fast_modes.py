@@ -231,3 +231,22 @@ def test_adamw_is_fused_exactly_where_the_fast_paths_are(monkeypatch):
         p.grad = torch.ones_like(p)
     opt.step()
     assert all(v.dtype == torch.float32 for st in opt.state.values() for k, v in st.items() if k != "step")
+
+
+def test_deterministic_algorithms_are_set_up_on_cuda_only(monkeypatch):
+    """--deterministic (default true) turns on torch's deterministic algorithms on CUDA, with cuBLAS's
+    workspace for them; false turns them off; on the CPU nothing is touched (train.train and the
+    speed bench's rows both set it up through compute.set_deterministic)."""
+    import os
+    import train
+    from nanoalign.compute import set_deterministic
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+                        lambda on, warn_only=False: calls.append((on, warn_only)))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert set_deterministic(train.make_config(method="orpo"), "cpu") is False and calls == []
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert set_deterministic(train.make_config(method="orpo"), "cuda") is True
+    assert calls == [(True, True)] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert set_deterministic(train.make_config(method="orpo", deterministic=False), "cuda:0") is False
+    assert calls[-1] == (False, True)
