@@ -329,12 +329,11 @@ def main():
         theirs = [trl_py, "-I", os.path.abspath(__file__), "--trl-child"]
         results, versions = [], {}
         signal.signal(signal.SIGTERM, cut_short)    # a time limit (gpu.sh's `timeout`) stops it
+        cut = False
         try:
             measure(a, p, spec, work, env, ours, theirs if trl_py else None, results, versions)
         except CutShort:
             cut = True
-        else:
-            cut = False
         print(table(results, p, a))
         if versions:
             print("TRL's environment: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
