@@ -63,12 +63,19 @@ def test_only_adapters_get_gradients(r, t, seed):
     assert n_adapters == 2 * len(t.split(",")) * model.cfg.n_layers
 
 
-def test_merged_checkpoint_equals_adapter_model(tmp_path):
+def saved_lora_run(tmp_path):
+    """(base, model): a 1-layer base saved in tmp_path/base, and the model loaded from it with trained
+    adapters, saved as a LoRA checkpoint in tmp_path/lora."""
     base = tiny(1)
     save_model(base, str(tmp_path / "base"), task.build_tokenizer())
     model, tok = load(str(tmp_path / "base"))
     train_adapters(apply_lora(model, 4, 8.0, 0.0))
     save_adapters(model, str(tmp_path / "lora"), tok, str(tmp_path / "base"))
+    return base, model
+
+
+def test_merged_checkpoint_equals_adapter_model(tmp_path):
+    base, model = saved_lora_run(tmp_path)
     merge_main(["--adapter", str(tmp_path / "lora"), "--out", str(tmp_path / "merged")])
     assert not os.path.exists(tmp_path / "merged" / "adapter_config.json")
     merged, _ = load(str(tmp_path / "merged"))
@@ -95,11 +102,7 @@ def test_a_lora_checkpoint_whose_base_moved_names_its_base_model_field(tmp_path)
 
 def test_a_lora_checkpoint_loads_and_merges_in_bfloat16(tmp_path):
     # sample.py --dtype bfloat16 on a LoRA run's checkpoint; a LoRA run started from one merges it
-    base = tiny(1)
-    save_model(base, str(tmp_path / "base"), task.build_tokenizer())
-    model, tok = load(str(tmp_path / "base"))
-    train_adapters(apply_lora(model, 4, 8.0, 0.0))
-    save_adapters(model, str(tmp_path / "lora"), tok, str(tmp_path / "base"))
+    _, model = saved_lora_run(tmp_path)
     x = ids(7)
     with torch.no_grad():
         want = model.logits(model(x))
