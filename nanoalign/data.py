@@ -18,9 +18,9 @@ the table is turned into a DataError naming the kinds), never a fall-through.
 
 Prompt and response are tokenized separately and concatenated (docs/methods.md#sequence-log-probabilities).
 The response ends with the chat template's end of turn. Truncation to max_length: the response loses
-tokens from the RIGHT (the example's "cut" says so; train.py counts and names those rows). A prompt that leaves no room for a response (len(prompt) >= max_length) is a
-bad row: an error naming the row, or with skip_bad a dropped row that is counted; never a silent 0/0
-in a mean. A row marked "keep_whole" (judgment targets, whose label must be scored) is dropped and
+tokens from the RIGHT (the example's "cut" says so; train.py counts and names those rows). A prompt
+that leaves no room for a response (len(prompt) >= max_length) is a bad row: an error naming the
+row, or with skip_bad a dropped row that is counted; never a silent 0/0 in a mean. A row marked "keep_whole" (judgment targets, whose label must be scored) is dropped and
 counted, not cut, when its response does not fit.
 
 Batches are right-padded: training rows need no left padding because positions start at 0 anyway.
