@@ -339,7 +339,7 @@ def resume_config(given, where="flags"):
 
 
 def shared_options(cfg):
-    """The run's shared and task options (a task's warm-up trains with the same ones)."""
+    """The run's shared and task options as a dict (what a task's warm_start reads its own settings from)."""
     names = [f.name for f in dataclasses.fields(SharedConfig) + dataclasses.fields(get_task(cfg.task).Options)]
     return {k: getattr(cfg, k) for k in names}
 

@@ -162,10 +162,13 @@ def warm_start(shared, train_fn):
     if done < shared["warm_steps"]:
         print(f"== SFT warm-up of a '{shared['model_preset']}' model on the built-in task -> {path}"
               + (f" (continued from step {done} of {shared['warm_steps']})" if done else ""))
-        fresh = {**shared, "method": "sft", "init_from": "scratch", "out_dir": path,
-                 "n_train": shared["n_warm"], "max_steps": shared["warm_steps"], "lr": shared["warm_lr"],
-                 "final_eval": False, "warmup_steps": 20, "resume": False, "train_data": "builtin",
-                 "val_data": "builtin"}
+        # the key's settings, the run's device, and every other option at its default: whatever else
+        # the run sets (its batch size, LoRA, the method's own max_length) is not the warm-up's, which
+        # the next run, with other settings, will take from the cache
+        fresh = {k: shared[k] for k in ("model_preset", "seed", "n_warm", "warm_steps", "warm_lr", "device")}
+        fresh.update(method="sft", init_from="scratch", out_dir=path, n_train=shared["n_warm"],
+                     max_steps=shared["warm_steps"], lr=shared["warm_lr"], final_eval=False, warmup_steps=20,
+                     resume=False)
         train_fn(**({**read_json(os.path.join(ckpt, "state.json"))["config"], "resume": True}
                     if done else fresh))
         print("== warm-up done")

@@ -1,6 +1,7 @@
 """The training loop (train.py): gradient accumulation equals one big batch, non-finite losses stop the
 run, a bad output directory is one line, own data is validated on its own, and the log explains
 itself."""
+import dataclasses
 import json
 import os
 import shutil
@@ -156,3 +157,32 @@ def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_s
     assert "metrics: loss = " in out and "nll_per_token = " in out
     ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
     assert f"checkpoint: {ckpt}" in out and f"python sample.py --init_from {ckpt}" in out
+
+
+# -- a default run's start: the cached SFT warm-up ---------------------------------------------------
+def test_the_warm_up_trains_with_its_own_settings_whatever_the_run_sets(tmp_path, monkeypatch):
+    """--init_from default: the warm-up is cached under its own settings (preset, seed, rows, steps,
+    lr), so it must train with those and the defaults, on the run's device. It once took every other
+    shared option from the run: a first run with --batch_size 3 cached a warm-up that later runs of
+    any batch size started from, and a --lora_r run failed in its warm-up (LoRA on a scratch model)."""
+    monkeypatch.chdir(tmp_path)                             # the cache is out/_warm, under the cwd
+    seen = []
+    key = dict(n_warm=16, warm_steps=3, warm_lr=1e-3, seed=5, device="cpu")
+    other = dict(method="jsft", lora_r=4, batch_size=3, grad_accum=2, max_length=200, lr=1e-5, beta1=0.5,
+                 weight_decay=0.1, min_lr_ratio=0.5, grad_clip=0.0, dtype="bfloat16", packed="true",
+                 grad_checkpoint="true", n_train=7, n_val=5, eval_every=1, log_every=1)
+    for run in ({}, other):
+        task.warm_start(train.shared_options(train.make_config(**key, **run)),
+                        lambda **kw: seen.append(dataclasses.asdict(train.make_config(**kw))))
+    assert seen[0] == seen[1]
+    assert {k: seen[0][k] for k in ("method", "lora_r", "n_train", "max_steps", "lr", "seed", "device",
+                                    "batch_size")} == dict(method="sft", lora_r=0, n_train=16, max_steps=3,
+                                                           lr=1e-3, seed=5, device="cpu", batch_size=16)
+
+
+def test_a_lora_run_from_the_default_start_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train.main(["--method", "orpo", "--lora_r", "4", "--n_warm", "16", "--warm_steps", "2", "--max_steps", "1",
+                "--n_train", "8", "--batch_size", "2", "--final_eval", "false", "--val_data", "",
+                "--device", "cpu"])
+    assert os.path.exists(tmp_path / "out" / "orpo" / "ckpt" / "adapter_config.json")
