@@ -405,14 +405,15 @@ def main(argv=None):
             del model
         t0 = time.time()
         if method.main:
-            method.main(cfg, lambda c: train(c, task))
+            ckpt = method.main(cfg, lambda c: train(c, task))
         else:
             train(cfg, task)
+            ckpt = os.path.join(cfg.out_dir, "ckpt")
         if before is not None:
             table(cfg, task, device, before, t0)
         example = task.test_prompts(1)[0] if cfg.train_data == "builtin" else "your prompt"
-        print(f"\nsample from it:\n  python sample.py --init_from {os.path.join(cfg.out_dir, 'ckpt')} "
-              f"--prompt \"{example}\"")
+        flags = method.sample_flags(cfg, ckpt) if method.sample_flags else f"--init_from {ckpt}"
+        print(f"\nsample from it:\n  python sample.py {flags} --prompt \"{example}\"")
     except (CheckpointError, DataError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

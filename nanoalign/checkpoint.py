@@ -100,6 +100,9 @@ def saved_step(path):
 
 
 DATA_FILE = "train_data.json"
+# a run of several trainings (a method's driver, Method.main: MetaAligner's stages) keeps its config
+# here, in its out_dir beside theirs, since it has no checkpoint of its own for --resume to read
+RUN_CONFIG = "run_config.json"
 
 
 def data_fingerprint(path):

@@ -62,7 +62,10 @@ class Method:
                                                  # length limits beside max_length (MO-ORPO's sj_max_length)
     rollout: Callable = None  # (model, batch, run, cfg) -> (batch for `loss`, metrics): the on-policy
                               # round (sample, judge), called by the loop before `loss`, no gradients
-    main: Callable = None     # (cfg, train) -> replaces one train(cfg) call (MetaAligner's stages)
+    main: Callable = None     # (cfg, train) -> the checkpoint it ends with; replaces one train(cfg)
+                              # call (MetaAligner's stages)
+    sample_flags: Callable = None  # (cfg, ckpt) -> sample.py's flags that use the result, when they
+                                   # are not `--init_from ckpt` (an aligner corrects a policy's answers)
     metrics: dict = None      # {metric name: what it means}, printed as the log's legend
     defaults: dict = None     # shared options whose default differs for this method (max_length)
 

@@ -23,6 +23,7 @@ from model.checkpoint import CheckpointError, read_json
 from model.lora import parse_targets
 from model.model import PRESETS
 from nanoalign import DEFAULT_METHOD, REGISTRY
+from nanoalign.checkpoint import RUN_CONFIG
 from nanoalign.common import option
 from nanoalign.compute import FAST_MIN_PARAMS
 from nanoalign.tasks import TASKS, get_task
@@ -256,7 +257,7 @@ def parse_config(argv=None, description=None):
     pre.add_argument("--out_dir")
     pre.add_argument("--resume", nargs="?", const="true")
     early, _ = pre.parse_known_args(argv)
-    saved = os.path.join(early.out_dir or "", "ckpt", "state.json")
+    saved = saved_config(early.out_dir or "")
     try:
         d = read_json(early.config) if early.config else {}
         if not isinstance(d, dict):
@@ -321,7 +322,7 @@ def resume_config(given, where="flags"):
     given, never the one saved: a copied or moved run directory resumes from and writes into itself."""
     method = given.get("method", SharedConfig.method)
     out_dir = given.get("out_dir") or os.path.join("out", method)
-    path = os.path.join(out_dir, "ckpt", "state.json")
+    path = saved_config(out_dir)
     if not os.path.exists(path):
         raise SystemExit(f"error: --resume: {path} does not exist; is --out_dir the run's directory?")
     saved = read_json(path)["config"]
@@ -336,6 +337,13 @@ def resume_config(given, where="flags"):
                              f"{saved_cfg.method}, which this run ({path}) trains")
     keep = {k: v for k, v in given.items() if k in RESUMABLE}
     return dataclasses.replace(saved_cfg, **keep, out_dir=out_dir)
+
+
+def saved_config(out_dir):
+    """The file that holds the config of the run in out_dir: its checkpoint's state.json, or, for a run
+    of several trainings (MetaAligner's --meta_stage all), its RUN_CONFIG."""
+    state, chain = os.path.join(out_dir, "ckpt", "state.json"), os.path.join(out_dir, RUN_CONFIG)
+    return chain if os.path.exists(chain) and not os.path.exists(state) else state
 
 
 def shared_options(cfg):

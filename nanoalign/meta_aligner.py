@@ -35,8 +35,11 @@ import os
 import random
 from dataclasses import dataclass
 
+from model.files import CheckpointError, atomic_write_json, read_json
 from model.generate import generate
 from model.tokenizer import answer_text
+from nanoalign import dist
+from nanoalign.checkpoint import RUN_CONFIG, saved_step
 from nanoalign.common import Method, option, register
 from nanoalign.data import DataError, check_labels
 from nanoalign.judge import parse_named, prompt_text
@@ -108,20 +111,59 @@ def stage_rows(rows, cfg, split, run=None):
 
 
 def run_stages(cfg, train_fn):
-    """--meta_stage all: warmup -> equal -> preference, each from the previous checkpoint; one
-    stage: one train_fn call. Returns the last checkpoint."""
+    """--meta_stage all: warmup -> equal -> preference, each a run of its own in out_dir/<stage> from
+    the previous stage's checkpoint; one stage: one train_fn call. Returns the last checkpoint.
+
+    The chain keeps its config and the stages it has finished in out_dir/run_config.json, so that
+    `--out_dir DIR --resume` (config.resume_config reads that file) skips the finished stages,
+    resumes the one that was stopped and runs the rest afresh. A stage counts as finished only if
+    this chain wrote so: a complete checkpoint an older chain left in DIR is replaced, not skipped."""
     if cfg.meta_stage != "all":
         train_fn(cfg)
         return os.path.join(cfg.out_dir, "ckpt")
-    init, steps = cfg.init_from, {"warmup": max(1, cfg.max_steps // 5)}
+    record = os.path.join(cfg.out_dir, RUN_CONFIG)
+    finished = read_json(record).get("stages_done", []) if cfg.resume else []
+    init, steps, ran = cfg.init_from, {"warmup": max(1, cfg.max_steps // 5)}, False
     for st in STAGES:
         c = dataclasses.replace(cfg, meta_stage=st, out_dir=os.path.join(cfg.out_dir, st),
-                                init_from=init, max_steps=steps.get(st, cfg.max_steps),
-                                final_eval=False)
-        print(f"== MetaAligner stage '{st}' -> {c.out_dir}")
-        train_fn(c)
+                                init_from=init, max_steps=steps.get(st, cfg.max_steps), final_eval=False)
         init = os.path.join(c.out_dir, "ckpt")
+        done = saved_step(init) if cfg.resume and not ran else 0   # after a stage ran, the rest start afresh
+        if st in finished and done >= c.max_steps:
+            print(f"== MetaAligner stage '{st}' -> {c.out_dir}: done at step {done}, skipped")
+            continue
+        print(f"== MetaAligner stage '{st}' -> {c.out_dir}"
+              + (f" (resumed at step {done})" if 0 < done < c.max_steps else ""))
+        finished = finished[:STAGES.index(st)]                     # the ones before it, all skipped
+        _write_record(record, cfg, finished)
+        try:
+            train_fn(dataclasses.replace(c, resume=0 < done < c.max_steps))
+        except SystemExit as e:        # a stage stopped by Ctrl-C or SIGTERM exits 128 + the signal
+            if isinstance(e.code, int) and e.code >= 128:
+                print(f"that resumes stage '{st}' alone; to resume the chain (this stage, then the "
+                      f"rest):\n  python train.py --out_dir {cfg.out_dir} --resume")
+            raise
+        finished, ran = finished + [st], True
+        _write_record(record, cfg, finished)
+    if not ran:
+        raise CheckpointError(f"the chain in {cfg.out_dir} has finished all its stages: nothing to "
+                              f"resume; raise --max_steps to train on")
     return init
+
+
+def sample_flags(cfg, ckpt):
+    """sample.py's flags that use a trained aligner: it corrects a policy's answers. The policy is the
+    run's start where that is one (the chain's, or the warm-up stage's); a later stage starts from an
+    aligner, so the policy is yours to name."""
+    policy = cfg.init_from if cfg.meta_stage in ("all", "warmup") and os.path.isdir(cfg.init_from) \
+        else "POLICY_DIR"
+    return f"--init_from {policy} --aligner {ckpt}"
+
+
+def _write_record(path, cfg, finished):
+    if dist.is_main():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_json({"config": dataclasses.asdict(cfg), "stages_done": finished}, path)
 
 
 def parse_objectives(spec, known=None):
@@ -154,5 +196,5 @@ def correct(aligner, tok, prompts, answers, objectives, max_new_tokens=48, batch
 register(Method(name="meta_aligner", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
                 help="MetaAligner: SFT an aligner that edits answers towards named objectives "
                      "(--meta_stage warmup|equal|preference|all)",
-                options=MetaOptions, prepare=stage_rows, main=run_stages, metrics=METRICS,
-                defaults={"max_length": 384}))
+                options=MetaOptions, prepare=stage_rows, main=run_stages, sample_flags=sample_flags,
+                metrics=METRICS, defaults={"max_length": 384}))

@@ -3,10 +3,17 @@ warm-up, equal and preference runs; each stage's rows follow the run's seed; the
 decoding of the edit prompt, 48 new tokens in batches of 64 by default."""
 import dataclasses
 import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
 
 import train
+from model.files import CheckpointError
 from nanoalign.testing import tiny_model
-from tests.helpers import method_config, one_thread
+from nanoalign.meta_aligner import run_stages
+from tests.helpers import method_config, one_thread, run_cfg
 
 
 # -- 'all' chains three runs -----------------------------------------------------------------------
@@ -22,6 +29,56 @@ def test_stage_all_chains_three_runs(tmp_path):
     assert final.endswith("preference/ckpt")
     assert json.load(open(tmp_path / "run" / "equal" / "ckpt" / "state.json"))["config"]["init_from"] \
         .endswith("warmup/ckpt")
+
+
+def meta_chain(d, **kw):
+    return dataclasses.replace(run_cfg(d, method="meta_aligner", max_steps=3, val_data="", n_train=32,
+                                       max_length=384, batch_size=2, grad_accum=1, **kw), meta_stage="all")
+
+
+def same_stage_weights(a, b):
+    for st in ("warmup", "equal", "preference"):
+        ours, theirs = (load_file(str(d / "run" / st / "ckpt" / "model.safetensors")) for d in (a, b))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), st
+
+
+def test_a_stopped_chain_resumes_from_its_directory_to_the_unbroken_chains_weights(tmp_path, capsys):
+    """Ctrl-C in stage 'equal' of --meta_stage all: `--out_dir DIR --resume`, as the stopped run
+    prints, continues that stage and runs the next; the chain ends with the weights of one never
+    stopped, and a second resume has nothing to do."""
+    run_stages(meta_chain(tmp_path / "a"), train.train)
+
+    def stopped_in_equal(c):
+        if c.meta_stage != "equal":
+            return train.train(c)
+        train.train(c, stop_at=1)                          # as Ctrl-C: checkpoint, then exit 130
+        raise SystemExit(130)
+    with pytest.raises(SystemExit):
+        run_stages(meta_chain(tmp_path / "b"), stopped_in_equal)
+    b = tmp_path / "b" / "run"
+    assert f"python train.py --out_dir {b} --resume" in capsys.readouterr().out
+    cfg = train.parse_config(["--out_dir", str(b), "--resume"])
+    assert cfg.method == "meta_aligner" and cfg.meta_stage == "all" and cfg.resume
+    assert run_stages(cfg, train.train) == str(b / "preference" / "ckpt")
+    out = capsys.readouterr().out
+    assert "stage 'warmup'" in out and "done at step 1, skipped" in out and "(resumed at step 1)" in out
+    same_stage_weights(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run_stages(cfg, train.train)
+
+
+def test_a_resumed_chain_replaces_the_stages_an_older_chain_left_in_its_directory(tmp_path):
+    """A chain killed before its first checkpoint, in a directory where an older chain (another seed)
+    finished every stage: its resume must train all three, not take the older ones as its own."""
+    run_stages(meta_chain(tmp_path / "a"), train.train)
+    run_stages(meta_chain(tmp_path / "b", seed=4), train.train)
+
+    def killed(c):
+        raise SystemExit(137)
+    with pytest.raises(SystemExit):
+        run_stages(meta_chain(tmp_path / "b"), killed)
+    run_stages(train.parse_config(["--out_dir", str(tmp_path / "b" / "run"), "--resume"]), train.train)
+    same_stage_weights(tmp_path / "a", tmp_path / "b")
 
 
 # -- one stage is one run; the corrector is greedy decoding ----------------------------------------
@@ -149,3 +206,19 @@ def test_correct_pads_with_0_when_the_tokenizer_has_no_pad_id():
         out = correct(tiny_model(seed=5, max_seq_len=64), FakeTok(pad_id=None), ["What is 1 + 1?", "Hi"],
                       ["3", "hello there"], [("c", "right")], max_new_tokens=3)
     assert len(out) == 2 and all(len(o.split()) == 3 for o in out)
+
+
+def test_a_chain_ends_by_printing_a_sample_command_that_corrects_with_its_last_stage(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """It once printed `--init_from DIR/ckpt`, a directory the chain never writes, and would have
+    sampled the aligner as a policy; the aligner corrects the answers of a policy, here the start."""
+    monkeypatch.chdir(tmp_path)                            # the warm-up's cache is out/_warm, under the cwd
+    out = tmp_path / "m"
+    train.main(["--method", "meta_aligner", "--n_warm", "16", "--warm_steps", "2", "--max_steps", "2",
+                "--n_train", "16", "--batch_size", "2", "--val_data", "", "--final_eval", "false",
+                "--out_dir", str(out)])
+    line = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert line[:2] == ["python", "sample.py"]
+    flags = dict(zip(line[2::2], line[3::2]))
+    assert flags["--aligner"] == str(out / "preference" / "ckpt") and os.path.isdir(flags["--aligner"])
+    assert os.path.isdir(flags["--init_from"]) and "_warm" in flags["--init_from"]
