@@ -15,8 +15,8 @@ examples:
       --objectives concise
 
 Decoding is greedy unless --temperature is above 0. Prompts are rendered through the checkpoint's
-chat template unless --raw. All prompts (x --num_samples) go through one batched, left-padded
-generation with the KV cache.
+chat template unless --raw. The prompts (x --num_samples) go through left-padded generation with
+the KV cache, --batch_size at a time, and each batch is printed when it is done.
 """
 import argparse
 import contextlib
@@ -73,6 +73,12 @@ def build_parser():
     ap.add_argument("--num_samples", type=int, default=1, metavar="N",
                     help="completions per prompt; with greedy decoding they are all the same, so "
                     "set --temperature too (default: %(default)s)")
+    ap.add_argument("--batch_size", type=int, default=32, metavar="N",
+                    help="samples decoded together: the prompts (x --num_samples) go through "
+                    "generation N at a time (and --aligner corrects N at a time), each batch printed "
+                    "as soon as it is done, so memory stays bounded (a batch's KV cache grows with N) "
+                    "and Ctrl-C loses only the batch in flight. Greedy samples are the same at any N "
+                    "up to float rounding; drawn ones follow --seed and N (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=1337, metavar="N",
                     help="seed of the sampling random generator (default: %(default)s)")
     ap.add_argument("--best_of", type=int, default=1, metavar="N",
@@ -147,8 +153,8 @@ def parse_args(argv=None):
         ap.error("--top_p must be in (0, 1]")
     if a.top_k is not None and a.top_k < 1:
         ap.error("--top_k must be >= 1 (leave it out for no cut)")
-    if a.num_samples < 1 or a.max_new_tokens < 1 or a.best_of < 1:
-        ap.error("--num_samples, --best_of and --max_new_tokens must be >= 1")
+    if min(a.num_samples, a.max_new_tokens, a.best_of, a.batch_size) < 1:
+        ap.error("--num_samples, --best_of, --max_new_tokens and --batch_size must be >= 1")
     # the device: checked here, so a typo is not a torch traceback after the model has loaded
     if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", a.device):
         ap.error(f"--device {a.device!r}: use cpu, cuda or cuda:N")
@@ -233,21 +239,38 @@ def precision(a, model):
     return autocast(a, model, decoding=True) if a.dtype == "auto" else contextlib.nullcontext()
 
 
-def align_main(a, prompts, answers):
-    """MetaAligner inference: correct (prompt, answer) pairs; print original and corrected."""
+def aligner_for(a):
+    """MetaAligner inference: a function that corrects (prompt, answer) pairs and prints each as
+    {prompt, answer, corrected}, with the aligner loaded once for all the batches it is given."""
     try:
         objs = parse_objectives(a.objectives, OBJECTIVES)
         aligner, atok = load_for_sampling(a, a.aligner)
     except (ValueError, CheckpointError) as e:
         sys.exit(f"error: {e}")
+
+    def fix(prompts, answers):
+        try:
+            with precision(a, aligner):
+                fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens, a.batch_size)
+        except ValueError as e:          # an edit prompt longer than the aligner's context, say
+            sys.exit(f"error: --aligner: {e}")
+        for p, y, z in zip(prompts, answers, fixed):
+            print(json.dumps({"prompt": p, "answer": y, "corrected": z}), flush=True)
+        return fixed
+    return fix
+
+
+def in_batches(rows, a, run):
+    """run(batch) over `rows` --batch_size at a time, the results joined. Ctrl-C stops between the
+    printed batches: the count of what was printed goes to stderr, exit code 130."""
+    out = []
     try:
-        with precision(a, aligner):
-            fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens)
-    except ValueError as e:              # an edit prompt longer than the aligner's context, say
-        sys.exit(f"error: --aligner: {e}")
-    for p, y, z in zip(prompts, answers, fixed):
-        print(json.dumps({"prompt": p, "answer": y, "corrected": z}))
-    return fixed
+        for i in range(0, len(rows), a.batch_size):
+            out += run(rows[i:i + a.batch_size])
+    except KeyboardInterrupt:
+        print(f"--- stopped (Ctrl-C): {len(out)} of {len(rows)} samples printed", file=sys.stderr)
+        sys.exit(130)
+    return out
 
 
 def main(argv=None):
@@ -258,7 +281,9 @@ def main(argv=None):
             sys.exit(f"error: --aligner {a.aligner}: a '{method}' checkpoint (its state.json), "
                      f"not a MetaAligner; train one with train.py --method meta_aligner")
     if a.aligner and a.answers_file:
-        return align_main(a, *read_answers(a.answers_file))
+        prompts, answers = read_answers(a.answers_file)
+        fix = aligner_for(a)
+        return in_batches(list(zip(prompts, answers)), a, lambda b: fix(*map(list, zip(*b))))
     prompts = list(a.prompt)
     if a.prompts_file:
         lines = read_lines(a.prompts_file, "--prompts_file")
@@ -277,35 +302,46 @@ def main(argv=None):
         except ValueError as e:          # a prompt longer than the model's context, say
             sys.exit(f"error: --best_of: {e}")
         if a.aligner:                    # the tournament's winners are the answers to correct
-            return align_main(a, prompts, [tok.decode(w) for w in winners])
+            return aligner_for(a)(prompts, [tok.decode(w) for w in winners])
         return winners
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode(p) if a.raw else tok.encode_prompt(p, a.system) for p in prompts]
-    batch = [i for i in ids for _ in range(a.num_samples)]
-    t0 = time.time()
-    try:
-        with precision(a, model):
-            outs = generate(model, batch, a.max_new_tokens, tok.stop_ids,
-                            a.temperature, a.top_k, a.top_p, g, tok.pad_id or 0, compiled=a.compile)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    dt = time.time() - t0
-    # generate() stops every row where the context is full, silently: a row without a stop token
-    # that is shorter than --max_new_tokens was cut there
-    cut = sum(1 for o in outs if len(o) < a.max_new_tokens and not (o and o[-1] in tok.stop_ids))
+    rows = [(i, j, ids[i]) for i in range(len(ids)) for j in range(a.num_samples)]  # (prompt, sample, ids)
+    fix = aligner_for(a) if a.aligner else None
+    # the compiled step is compiled per batch size: a smaller last batch is padded to the others'
+    # size with copies of its last row, whose samples are dropped
+    pad_to = a.batch_size if a.compile and len(rows) > a.batch_size else 0
+    seconds, tokens, cut = 0.0, 0, 0
+
+    def run(batch):
+        nonlocal seconds, tokens, cut
+        t0 = time.time()
+        try:
+            with precision(a, model):
+                outs = generate(model, [r[2] for r in batch] + [batch[-1][2]] * (pad_to - len(batch)),
+                                a.max_new_tokens, tok.stop_ids, a.temperature, a.top_k, a.top_p, g,
+                                tok.pad_id or 0, compiled=a.compile)[:len(batch)]
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        seconds += time.time() - t0
+        tokens += sum(len(o) for o in outs)
+        # generate() stops every row where the context is full, silently: a row without a stop
+        # token that is shorter than --max_new_tokens was cut there
+        cut += sum(1 for o in outs if len(o) < a.max_new_tokens and not (o and o[-1] in tok.stop_ids))
+        if fix:
+            fix([prompts[i] for i, _, _ in batch], [tok.decode(o) for o in outs])
+            return outs
+        for (i, j, _), out in zip(batch, outs):
+            print(f"--- prompt {i} sample {j}: {prompts[i]!r}")
+            print(tok.decode(out), flush=True)
+        return outs
+    outs = in_batches(rows, a, run)
     if cut:
         print(f"--- {cut} of {len(outs)} samples cut short by the model's context ("
               f"{model.cfg.max_seq_len} tokens) before --max_new_tokens {a.max_new_tokens}",
               file=sys.stderr)
-    if a.aligner:
-        return align_main(a, [prompts[i // a.num_samples] for i in range(len(outs))],
-                          [tok.decode(o) for o in outs])
-    for i, out in enumerate(outs):
-        print(f"--- prompt {i // a.num_samples} sample {i % a.num_samples}: "
-              f"{prompts[i // a.num_samples]!r}")
-        print(tok.decode(out))
-    n = sum(len(o) for o in outs)
-    print(f"--- {n} tokens in {dt:.2f}s ({n / dt:.1f} tok/s)", file=sys.stderr)
+    if not fix:
+        print(f"--- {tokens} tokens in {seconds:.2f}s ({tokens / seconds:.1f} tok/s)", file=sys.stderr)
     return outs
 
 

@@ -136,7 +136,7 @@ def test_self_rejection_winners_are_what_the_aligner_corrects(tmp_path, capsys, 
         got["winners"] = real(*args)
         return got["winners"]
 
-    def spy_correct(aligner, atok, prompts, answers, objectives, max_new_tokens):
+    def spy_correct(aligner, atok, prompts, answers, objectives, max_new_tokens, batch_size):
         got["pairs"] = list(zip(prompts, answers))
         return [f"fixed {i}" for i in range(len(answers))]
     monkeypatch.setattr(sample, "best_of_main", spy_best_of)
@@ -258,7 +258,7 @@ def run_aligner(tmp_path, rows, capsys, monkeypatch, raw=None):
     f.write_bytes(raw if raw is not None else "".join(json.dumps(r) + "\n" for r in rows).encode())
     got = {}
 
-    def spy_correct(aligner, atok, prompts, answers, objectives, max_new_tokens):
+    def spy_correct(aligner, atok, prompts, answers, objectives, max_new_tokens, batch_size):
         got["pairs"] = list(zip(prompts, answers))
         return ["fixed"] * len(answers)
     monkeypatch.setattr(sample, "correct", spy_correct)
@@ -542,3 +542,59 @@ def test_decoding_under_bf16_autocast_packs_bf16_weights(decode_model, monkeypat
         plain = generate(decode_model, prompts, 10, eos_ids=[], temperature=0)
     assert eager == plain
     assert compiled == plain
+
+
+# -- many prompts: decoded --batch_size at a time, each batch printed when it is done ---------------
+def batch_run(saved_tiny, tmp_path, n, extra=()):
+    (tmp_path / "p.txt").write_text("".join(f"{i} + {i % 7} =\n" for i in range(n)))
+    return ["--init_from", saved_tiny, "--prompts_file", str(tmp_path / "p.txt"), "--raw", "--device", "cpu",
+            "--max_new_tokens", "6", *extra]
+
+
+def test_prompts_are_decoded_in_batches_printed_as_each_is_done(saved_tiny, tmp_path, capsys, monkeypatch):
+    """A prompts file once went through one generate() call: a few thousand prompts filled the memory
+    with their KV cache, and nothing was printed before the last token of the last prompt. Batches of
+    --batch_size give the same greedy samples, each batch printed before the next one starts."""
+    argv = batch_run(saved_tiny, tmp_path, 7)
+    whole = sample.main(argv + ["--batch_size", "64"])
+    whole_out = capsys.readouterr().out
+    sizes, printed, real = [], [], sample.generate
+
+    def spy(model, batch, *a, **kw):
+        sizes.append(len(batch))
+        printed.append(capsys.readouterr().out)              # what was printed before this batch
+        return real(model, batch, *a, **kw)
+    monkeypatch.setattr(sample, "generate", spy)
+    assert sample.main(argv + ["--batch_size", "3"]) == whole
+    printed.append(capsys.readouterr().out)
+    assert sizes == [3, 3, 1] and "".join(printed) == whole_out
+    assert printed[1].count("--- prompt") == 3 and printed[2].count("--- prompt") == 3
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--init_from", "DIR", "--batch_size", "0"])
+
+
+def test_compiled_decoding_pads_the_last_batch_to_the_others_size(saved_tiny, tmp_path, capsys, monkeypatch):
+    """The compiled step is compiled per batch size (minutes on a CPU): a smaller last batch would
+    compile it again. It is padded with copies of its last prompt, whose samples are not printed."""
+    calls = []
+    monkeypatch.setattr(sample, "generate", lambda model, batch, *a, compiled=False, **kw:
+                        calls.append((len(batch), compiled)) or [[65 + i] for i in range(len(batch))])
+    outs = sample.main(batch_run(saved_tiny, tmp_path, 7, ["--batch_size", "3", "--compile"]))
+    assert calls == [(3, True)] * 3 and len(outs) == 7
+    assert capsys.readouterr().out.count("--- prompt") == 7
+
+
+def test_ctrl_c_keeps_the_batches_printed_and_says_how_many(saved_tiny, tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def interrupted_in_batch_2(model, batch, *a, **kw):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return [[65] for _ in batch]
+    monkeypatch.setattr(sample, "generate", interrupted_in_batch_2)
+    with pytest.raises(SystemExit) as e:
+        sample.main(batch_run(saved_tiny, tmp_path, 7, ["--batch_size", "3"]))
+    out, err = capsys.readouterr()
+    assert e.value.code == 130 and out.count("--- prompt") == 3
+    assert "stopped (Ctrl-C): 3 of 7 samples printed" in err
