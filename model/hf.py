@@ -67,6 +67,9 @@ def config_from_hf(path):
         if kind not in (None, "default", "llama3"):
             raise CheckpointError(f"{path}: field 'rope_scaling' is {rs!r}; only the 'llama3' type is "
                                   f"supported")
+        if kind == "llama3" and "original_max_position_embeddings" not in rs:   # as transformers reads it
+            kw["rope_scaling"] = rs = {**rs, "original_max_position_embeddings": hf.get(
+                "original_max_position_embeddings", hf["max_position_embeddings"])}
         for k in ("factor", "original_max_position_embeddings") if kind == "llama3" else ():
             if isinstance(rs.get(k), bool) or not isinstance(rs.get(k), (int, float)):
                 raise CheckpointError(f"{path}: field 'rope_scaling' needs a number '{k}' for the "

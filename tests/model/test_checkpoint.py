@@ -43,7 +43,8 @@ def test_unknown_model_type(saved):
 @pytest.mark.parametrize("rope_scaling, says", [
     ({"rope_type": "llama3", "original_max_position_embeddings": 8}, "needs a number 'factor'"),
     ({"rope_type": "llama3", "factor": "8", "original_max_position_embeddings": 8}, "needs a number 'factor'"),
-    ({"rope_type": "llama3", "factor": 8.0}, "needs a number 'original_max_position_embeddings'"),
+    ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": None},
+     "needs a number 'original_max_position_embeddings'"),
     ({"rope_type": "yarn", "factor": 4.0}, "only the 'llama3' type is supported"),
     ("llama3", "only the 'llama3' type is supported"),
 ])

@@ -43,6 +43,8 @@ def test_logits_match_transformers(name, tmp_path, hf):
     # MistralConfig's defaults: a 4096-token window, 131072 positions; 4100 tokens see both
     ("mistral-window", {"rms_norm_eps": None, "sliding_window": None,
                         "max_position_embeddings": None}, 4100),
+    # Llama 3's scaling without its pre-training length: transformers takes max_position_embeddings
+    ("llama3-rope", {"rope_scaling.original_max_position_embeddings": None}, 23),
 ])
 def test_fields_config_json_leaves_out_mean_what_they_mean_to_transformers(name, fields, T, tmp_path, hf):
     # None: the field is left out of config.json; "null": it is there as null
@@ -50,7 +52,9 @@ def test_fields_config_json_leaves_out_mean_what_they_mean_to_transformers(name,
     save_model(m, tmp_path)
     c = json.loads((tmp_path / "config.json").read_text())
     for k, v in fields.items():
-        c.pop(k) if v is None else c.update({k: None})
+        *outer, k = k.split(".")                           # "rope_scaling.factor": a field inside one
+        d = c[outer[0]] if outer else c
+        d.pop(k) if v is None else d.update({k: None})
     (tmp_path / "config.json").write_text(json.dumps(c))
     ours, _ = load_model(str(tmp_path))
     x = torch.randint(0, 101, (1, T))
