@@ -80,10 +80,17 @@ def setup(device):
             print(note, file=sys.stderr, flush=True)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(group_backend(device))
         if dist.get_rank() != 0:          # one log: rank 0 prints, the others keep stderr only
             sys.stdout = open(os.devnull, "w")
     return device
+
+
+def group_backend(device):
+    """The process group's backend for ranks on `device`. On CUDA two: NCCL for the CUDA tensors (DDP's
+    gradients, FSDP's shards) and gloo for the CPU ones of our own collectives (all_sum's stop flag,
+    the metrics): NCCL alone takes no CPU tensor."""
+    return "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
 
 
 def cleanup():

@@ -228,3 +228,36 @@ def test_cleanup_frees_the_group_and_joins_its_threads():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     before, after = (int(n) for n in r.stdout.split("before:")[1].split("after:"))
     assert before >= 2 and after == 0, r.stdout
+
+
+COLLECTIVES_SCRIPT = """
+import torch, torch.distributed as td
+from nanoalign import dist
+
+# the group dist.setup makes for ranks on CUDA, on this CPU machine: every backend becomes gloo, for
+# the same device types (NCCL serves CUDA tensors only, a bare gloo both), so that a CPU tensor in a
+# collective fails here exactly where NCCL would refuse it
+spec = []
+for part in dist.group_backend("cuda").split(","):
+    device, _, backend = part.rpartition(":")
+    spec += [f"{d}:gloo" for d in ([device] if device else ["cuda"] if backend == "nccl" else ["cpu", "cuda"])]
+td.init_process_group(",".join(spec))
+r = dist.rank()
+assert dist.all_sum(r + 1) == 3                                   # the loop's stop flag, the metrics
+assert dist.gather(r) == [0, 1]
+assert dist.mean_metrics({"loss": float(r)}, weight=1 + r) == {"loss": 2 / 3}
+print("collectives ok on rank", r)
+td.destroy_process_group()
+"""
+
+
+def test_the_collectives_of_ranks_on_cuda_have_a_backend_for_their_cpu_tensors(tmp_path):
+    """Ranks on CUDA were joined by NCCL alone, which takes no CPU tensor: the stop flag's all_sum,
+    a CPU tensor, would have ended every run on two or more GPUs at its first step."""
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(31500 + os.getpid() % 1000), str(script)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("collectives ok") == 2, r.stdout[-3000:] + r.stderr[-3000:]
