@@ -33,7 +33,7 @@ from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, 
                                   save_checkpoint, saved_step)
 from nanoalign.common import Run, frozen_copy
 from nanoalign.compute import (autocast, checkpoint_every, compute_of, make_optimizer, packed_batches,
-                               set_deterministic)
+                               peak_lr, set_deterministic)
 from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
@@ -122,12 +122,12 @@ class StopFlag:
             signal.signal(s, handler)
 
 
-def lr_at(step, cfg):
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at max_steps."""
+def lr_at(step, cfg, peak):
+    """Linear warm-up to the peak rate, then cosine decay to peak * min_lr_ratio at max_steps."""
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return peak * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def step_metrics(per_micro, units, totals=()):
@@ -291,6 +291,9 @@ def train(cfg, task=None, stop_at=None):
     packed = packed_batches(cfg, model)
     print(f"compute: {compute_of(cfg, model)} (--dtype {cfg.dtype}, --packed {cfg.packed}, "
           f"--grad_checkpoint {cfg.grad_checkpoint})")
+    peak = peak_lr(cfg, model, method.eats)
+    print(f"peak lr {peak:g}" + ("" if cfg.lr else " (--lr 0: auto, by the model's size and the method; "
+                                                  "see --help)"))
     print(legend(method))
     model.train()
     stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
@@ -298,7 +301,7 @@ def train(cfg, task=None, stop_at=None):
     saved = step if cfg.resume else None       # the step of this run's newest checkpoint
     try:
         while step < cfg.max_steps and not stop.hit:
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, peak)
             for g in opt.param_groups:
                 g["lr"] = lr
             # where the run is, for methods that schedule over epochs

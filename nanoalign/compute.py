@@ -1,7 +1,7 @@
 """
 How a run computes, once its config's 'auto' settings meet the model and the machine: the autocast
 dtype (bf16 on CUDA, and on a CPU where it pays), padding-free batches, activation checkpointing,
-fused AdamW, CUDA's deterministic algorithms, and the line that names them all (train.py's start line). Every 'auto' turns on from
+fused AdamW, the learning rate, CUDA's deterministic algorithms, and the line that names them all (train.py's start line). Every 'auto' turns on from
 FAST_MIN_PARAMS parameters; below it the built-in task's tiny model keeps plain float32, so the
 default run's printed table stays as it is. nanoalign/config.py declares the options; this file
 reads them.
@@ -99,6 +99,22 @@ def compute_of(cfg, model):
             + {0: "", 1: ", grad checkpointing", 2: ", grad checkpointing half"}[checkpoint_every(cfg, model)])
 
 
+# --lr 0 (auto): the built-in tasks' small models train at 3e-4; a pretrained model, of FAST_MIN_PARAMS
+# or more, at TRL's defaults (SFTConfig 2e-5; DPOConfig and ORPOConfig 1e-6): at 3e-4 a full
+# fine-tune of one is wrecked within steps. With LoRA too, as TRL keeps them.
+AUTO_LR = {"small": 3e-4, "sft": 2e-5, "preference": 1e-6}
+
+
+def peak_lr(cfg, model, eats):
+    """--lr, or for 0 (auto) the rate by the model's size and by what the method trains on (`eats`:
+    'sft' for SFT examples, anything else a preference loss)."""
+    if cfg.lr:
+        return cfg.lr
+    if not is_large(model):
+        return AUTO_LR["small"]
+    return AUTO_LR["sft" if eats == "sft" else "preference"]
+
+
 def make_optimizer(model, cfg):
     """AdamW over the trained weights. Fused (one kernel for all parameters instead of a loop of
     foreach launches, and none of foreach's parameter-sized temporaries) on CUDA, and on the CPU for
@@ -106,7 +122,7 @@ def make_optimizer(model, cfg):
     built-in task's printed table was made with."""
     p = next(model.parameters())
     big = is_large(model)
-    return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr,
+    return torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=0.0,  # set each step
                              betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              fused=p.is_cuda or big)
 

@@ -101,7 +101,7 @@ def test_resume_refuses_another_method_or_a_changed_setting(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.parse_config(["--method", "sft", "--out_dir", run, "--resume", "--lr", "0.1"])
     err = capsys.readouterr().err
-    assert "'lr' was 0.0003" in err and "got 0.1" in err and "max_steps" in err
+    assert "'lr' was 0.0 in this run" in err and "got 0.1" in err and "max_steps" in err   # 0: auto
     cfg = train.parse_config(["--method", "sft", "--out_dir", run, "--resume", "--max_steps", "5"])
     assert cfg.max_steps == 5 and cfg.n_train == 16          # allowed, and the rest is the run's
     cfg = train.parse_config(["--out_dir", run, "--resume"])   # the method comes from the run

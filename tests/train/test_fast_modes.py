@@ -177,6 +177,34 @@ def test_auto_dtype_packing_and_checkpointing_follow_the_model_size_and_the_cpu(
                 assert compute.checkpoint_every(method_config("orpo", grad_checkpoint=choice), m) == every
 
 
+def test_lr_auto_is_the_built_in_tasks_rate_for_a_small_model_and_trls_for_a_pretrained_one(monkeypatch):
+    """--lr 0 (the default): 3e-4 for a model under FAST_MIN_PARAMS (the built-in tasks' tiny one);
+    for a larger (pretrained) one TRL's defaults, 2e-5 for methods that train on SFT examples and 1e-6
+    for the preference losses. It was 3e-4 for every model: a full fine-tune of a pretrained model at
+    that rate is wrecked within steps. An lr that is given wins."""
+    from nanoalign import compute
+    from tests.helpers import method_config
+    small, auto = tiny(0), method_config("dpo")
+    assert auto.lr == 0
+    assert compute.peak_lr(auto, small, "pref") == compute.peak_lr(auto, small, "sft") == 3e-4
+    monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 0)          # the tiny model counts as a large one
+    assert compute.peak_lr(auto, small, "pref") == 1e-6 and compute.peak_lr(auto, small, "sft") == 2e-5
+    assert compute.peak_lr(method_config("dpo", lr=5e-5), small, "pref") == 5e-5
+
+
+def test_a_run_from_a_large_checkpoint_trains_at_the_auto_rate_and_says_so(monkeypatch, tmp_path, capsys):
+    import json
+    import train
+    from nanoalign import compute
+    from tests.helpers import run_cfg
+    monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 0)
+    monkeypatch.setattr(compute, "cpu_bf16_trains_faster", lambda: False)
+    train.train(run_cfg(tmp_path, method="sft", lr=0.0, warmup_steps=1, max_steps=2, eval_every=0))
+    assert "peak lr 2e-05 (--lr 0: auto" in capsys.readouterr().out
+    recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl") if '"train"' in x]
+    assert recs[0]["lr"] == 2e-5                                   # the peak, after one warm-up step
+
+
 @pytest.mark.parametrize("amx, bf16, vendor, faster", [
     (True, True, "GenuineIntel", True),              # AMX tiles: bf16 GEMMs outrun float32's
     (False, True, "AuthenticAMD", True),             # AVX512-BF16 on an AMD EPYC
