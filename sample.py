@@ -104,7 +104,8 @@ def build_parser():
                     help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
                     "here %(default)s)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="'auto' = float32 weights, with the matmuls in bfloat16 (autocast) on CUDA, "
+                    help="'auto' = float32 weights, with the matmuls in bfloat16 (autocast) on a GPU with "
+                    "bf16 matmuls (sm_80 and later), "
                     f"or for a model of {FAST_MIN_PARAMS // 10**6}M parameters or more on a CPU with "
                     "bf16 instructions (a decode step mostly reads weights: bf16 halves the bytes; "
                     "docs/performance.md measures it); else plain "

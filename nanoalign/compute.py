@@ -56,13 +56,18 @@ def cpu_bf16_trains_faster():
 
 def autocast_dtype(cfg, model, decoding=False):
     """--dtype as the autocast dtype of the forwards: torch.bfloat16, or None (plain float32).
-    'auto' on a CPU, for a model of FAST_MIN_PARAMS or more: bf16 for training where bf16 matmuls
-    are faster (cpu_bf16_trains_faster); for decoding (decoding=True: sample.py) wherever the CPU has
-    bf16 instructions at all, since a decode step mostly reads weights and bf16 halves the bytes."""
+    'auto' on a GPU: bf16 where it has bf16 matmuls (sm_80 and later), else float32. 'auto' on a
+    CPU, for a model of FAST_MIN_PARAMS or more: bf16 for training where bf16 matmuls are faster
+    (cpu_bf16_trains_faster); for decoding (decoding=True: sample.py) wherever the CPU has bf16
+    instructions at all, since a decode step mostly reads weights and bf16 halves the bytes."""
     if cfg.dtype != "auto":
         return torch.bfloat16 if cfg.dtype == "bfloat16" else None
     if next(model.parameters()).is_cuda:
-        return torch.bfloat16
+        # bf16 where the GPU multiplies in it (sm_80 and later). On a T4 or V100 torch only emulates
+        # it (is_bf16_supported() counts emulation unless told not to): slower than float32, and the
+        # Triton kernel's bf16 dot and the packed rows' flash-attention varlen kernel need sm_80.
+        # float16 there would need a gradient scaler: such a GPU keeps float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     if not is_large(model):
         return None
     return torch.bfloat16 if (cpu_has_bf16() if decoding else cpu_bf16_trains_faster()) else None

@@ -87,8 +87,8 @@ class SharedConfig:
     device: str = option("auto", "'auto', 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
     dtype: str = option("auto", "compute dtype of the forwards: 'bfloat16' is autocast (float32 "
                         "master weights and AdamW state, log-sum-exp and losses in float32); 'auto' "
-                        "= bfloat16 on CUDA, and on a CPU whose bf16 matmuls outrun float32's (AMX, or "
-                        "AVX512-BF16 on AMD) for a model of "
+                        "= bfloat16 on a GPU of sm_80 or later, and on a CPU whose bf16 matmuls "
+                        "outrun float32's (AMX, or AVX512-BF16 on AMD) for a model of "
                         f"{FAST_MIN_PARAMS // 10**6}M parameters or more, else float32",
                         choices=("auto", "float32", "bfloat16"))
     packed: str = option("auto", "padding-free batches: each micro-batch's rows back to back, no "

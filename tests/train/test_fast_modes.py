@@ -205,6 +205,26 @@ def test_a_run_from_a_large_checkpoint_trains_at_the_auto_rate_and_says_so(monke
     assert recs[0]["lr"] == 2e-5                                   # the peak, after one warm-up step
 
 
+def test_auto_dtype_on_a_gpu_is_bf16_only_where_the_gpu_has_it(monkeypatch):
+    """--dtype auto on CUDA: bf16 on a GPU that multiplies in it (sm_80 and later), float32 on one
+    that torch can only emulate it on (T4, V100: is_bf16_supported() is True there by emulation,
+    False with including_emulation=False). Emulated bf16 runs slower than float32, and the Triton
+    kernel's bf16 dot and the packed rows' flash-attention varlen kernel need sm_80. Emulated on the
+    CPU: a stand-in model whose parameters say they are on CUDA."""
+    from types import SimpleNamespace
+    from nanoalign import compute
+    from tests.helpers import method_config
+    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(is_cuda=True, numel=lambda: 10)]))
+    auto = method_config("orpo")
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        # emulation is always possible on CUDA; native bf16 only from sm_80
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: native or including_emulation)
+        assert compute.autocast_dtype(auto, on_gpu) == want
+        assert compute.autocast_dtype(auto, on_gpu, decoding=True) == want       # sample.py's rule
+        assert compute.autocast_dtype(method_config("orpo", dtype="bfloat16"), on_gpu) == torch.bfloat16
+
+
 @pytest.mark.parametrize("amx, bf16, vendor, faster", [
     (True, True, "GenuineIntel", True),              # AMX tiles: bf16 GEMMs outrun float32's
     (False, True, "AuthenticAMD", True),             # AVX512-BF16 on an AMD EPYC
