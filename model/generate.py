@@ -47,8 +47,12 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens before it already reach top_p (the first one always stays)
-        drop = (probs.cumsum(-1) - probs) >= top_p
+        # drop a token when the tokens before it already reach top_p (the first one always stays).
+        # The running sum is over integers, the probabilities in units of 2^-52 (exact for any
+        # float32 above 2^-29): CUDA has no deterministic floating-point cumsum (torch alerts on it
+        # under train.py's --deterministic), and an integer one is exact, the same on every run
+        units = (probs.double() * 2.0 ** 52).round().long()
+        drop = (units.cumsum(-1) - units) >= math.ceil(top_p * 2.0 ** 52)
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

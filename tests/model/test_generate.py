@@ -194,3 +194,32 @@ def test_a_group_broken_up_by_lora_keeps_no_packed_copy():
     generate(m, [[3, 4, 5]], 2, eos_ids=[], temperature=0)
     assert "qkv" not in P._PACKED[attn] and "gate_up" in P._PACKED[m.layers[0].mlp]
     assert P._PACKED[attn.k_proj]["forward"][0][2] == 1           # k and v now packed alone
+
+
+def test_top_p_keeps_the_nucleus_without_a_floating_point_cumsum():
+    """Top-p keeps the most likely tokens until the ones before reach top_p (the first always
+    stays), and finds them without a floating-point cumsum: CUDA has no deterministic one (torch
+    alerts on it under use_deterministic_algorithms, which train.py's --deterministic sets on CUDA),
+    so an on-policy rollout that sampled with top_p would differ from run to run. The ops are
+    recorded on the CPU, as a CUDA rollout would call them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from model.generate import sample_next
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.cumsums = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket == torch.ops.aten.cumsum:
+                self.cumsums.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    # probabilities 0.5, 0.3, 0.15, 0.05: at top_p 0.75 tokens 0 and 1 stay (0.5 comes before 1,
+    # 0.8 before 2), listed out of order so that the sort matters
+    logits = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log().repeat(400, 1)
+    g = torch.Generator().manual_seed(0)
+    with Ops() as ops:
+        drawn = sample_next(logits, temperature=1.0, top_p=0.75, generator=g)
+    assert not [dt for dt in ops.cumsums if dt.is_floating_point]
+    assert set(drawn.tolist()) == {1, 3}
