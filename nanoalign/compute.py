@@ -135,10 +135,13 @@ def make_optimizer(model, cfg):
 def set_deterministic(cfg, device):
     """--deterministic on CUDA (nothing elsewhere); call it before the first cuBLAS handle. An exact
     resume needs one summation order, and CUDA ops built on atomic adds take a new one on every run.
-    warn_only: an op with no deterministic version names itself and runs on. cuBLAS reads its
-    workspace setting when its handle is first made. Returns whether it is on."""
+    Not warn_only: under it, flash and memory-efficient attention keep their nondeterministic
+    backward (they switch only when determinism is enforced) and cuDNN attention stays eligible, so
+    every step's attention gradients would differ from run to run; an op with no deterministic
+    version is an error that names it (--deterministic false runs on). cuBLAS reads its workspace
+    setting when its handle is first made. Returns whether it is on."""
     if torch.device(device).type != "cuda":
         return False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    torch.use_deterministic_algorithms(cfg.deterministic)
     return cfg.deterministic

@@ -74,9 +74,9 @@ class SharedConfig:
                              "and counted", minimum=2)
     skip_bad_rows: bool = option(False, "skip (and count) bad data rows instead of stopping")
     seed: int = option(1337, "random seed (data order, init, sampling)")
-    deterministic: bool = option(True, "on CUDA, use torch's deterministic algorithms where they "
-                                 "exist, so that a rerun or a resume can repeat a run bit for bit "
-                                 "(somewhat slower)")
+    deterministic: bool = option(True, "on CUDA, use torch's deterministic algorithms, so that a "
+                                 "rerun or a resume can repeat a run bit for bit (somewhat slower; "
+                                 "an op that has none stops the run with its name: false runs on)")
     log_every: int = option(10, "print and record metrics every N steps", minimum=1)
     eval_every: int = option(100, "held-out loss every N steps (0 = only at the end; it always runs "
                              "at the end when there is validation data)", minimum=0)
