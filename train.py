@@ -401,6 +401,7 @@ def main(argv=None):
     try:
         cfg = start_checkpoint(cfg, task)
         device, before = dist.setup(cfg.device), None
+        set_deterministic(cfg, device)           # before the first matmul: the "before" table's
         if cfg.final_eval and cfg.train_data == "builtin" and not cfg.resume and not method.main:
             torch.manual_seed(cfg.seed)
             model, tok = init_model(cfg, task, device)

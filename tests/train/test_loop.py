@@ -186,3 +186,19 @@ def test_a_lora_run_from_the_default_start_trains(tmp_path, monkeypatch, capsys)
                 "--n_train", "8", "--batch_size", "2", "--final_eval", "false", "--val_data", "",
                 "--device", "cpu"])
     assert os.path.exists(tmp_path / "out" / "orpo" / "ckpt" / "adapter_config.json")
+
+
+def test_deterministic_algorithms_are_set_before_the_first_forward_of_a_run(tmp_path, monkeypatch):
+    """cuBLAS reads its workspace setting (CUBLAS_WORKSPACE_CONFIG, which --deterministic sets) when
+    its handle is made, at the first matmul; the built-in task's "before" evaluation ran its forwards
+    before train() set it up."""
+    monkeypatch.chdir(tmp_path)
+    order, real_det, real_eval = [], train.set_deterministic, train.oracle_eval
+    monkeypatch.setattr(train, "set_deterministic", lambda *a: order.append("deterministic") or real_det(*a))
+    monkeypatch.setattr(train, "oracle_eval", lambda *a, **kw: order.append("forward") or real_eval(*a, **kw))
+    argv = ["--method", "sft", "--n_warm", "16", "--warm_steps", "1", "--max_steps", "1", "--n_train", "8",
+            "--batch_size", "2", "--val_data", "", "--device", "cpu"]
+    train.main(argv)
+    order.clear()
+    train.main(argv)                                        # the warm-up cached: no train() before it
+    assert order[0] == "deterministic" and "forward" in order
