@@ -344,9 +344,12 @@ def resume_config(given, where="flags"):
 
 def saved_config(out_dir):
     """The file that holds the config of the run in out_dir: its checkpoint's state.json, or, for a run
-    of several trainings (MetaAligner's --meta_stage all), its RUN_CONFIG."""
-    state, chain = os.path.join(out_dir, "ckpt", "state.json"), os.path.join(out_dir, RUN_CONFIG)
-    return chain if os.path.exists(chain) and not os.path.exists(state) else state
+    of several trainings (MetaAligner's --meta_stage all), its RUN_CONFIG. Where both are there, the
+    newer: a chain never replaces the ckpt/ an earlier run left in its out_dir (both runs' default
+    out_dir is out/meta_aligner), nor a run the RUN_CONFIG of a chain."""
+    found = [p for p in (os.path.join(out_dir, "ckpt", "state.json"), os.path.join(out_dir, RUN_CONFIG))
+             if os.path.exists(p)]
+    return max(found, key=os.path.getmtime) if found else os.path.join(out_dir, "ckpt", "state.json")
 
 
 def shared_options(cfg):

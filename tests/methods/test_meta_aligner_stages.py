@@ -222,3 +222,24 @@ def test_a_chain_ends_by_printing_a_sample_command_that_corrects_with_its_last_s
     flags = dict(zip(line[2::2], line[3::2]))
     assert flags["--aligner"] == str(out / "preference" / "ckpt") and os.path.isdir(flags["--aligner"])
     assert os.path.isdir(flags["--init_from"]) and "_warm" in flags["--init_from"]
+
+
+def test_a_chain_resumes_as_a_chain_in_a_directory_where_one_stage_ran_before(tmp_path):
+    """Both runs' default out_dir is out/meta_aligner: a --meta_stage warmup run there leaves DIR/ckpt,
+    which a chain never writes nor replaces. The chain's resume command once resumed that older single
+    stage (DIR/ckpt/state.json always won over DIR/run_config.json); the newer run in DIR must."""
+    d = tmp_path / "b" / "run"
+    train.train(dataclasses.replace(meta_chain(tmp_path / "b"), meta_stage="warmup"))
+
+    def stopped_in_equal(c):
+        if c.meta_stage != "equal":
+            return train.train(c)
+        train.train(c, stop_at=1)
+        raise SystemExit(130)
+    with pytest.raises(SystemExit):
+        run_stages(meta_chain(tmp_path / "b"), stopped_in_equal)
+    cfg = train.parse_config(["--out_dir", str(d), "--resume"])
+    assert cfg.meta_stage == "all" and run_stages(cfg, train.train) == str(d / "preference" / "ckpt")
+    # and the other way round: a single stage stopped in the chain's directory resumes as itself
+    train.train(dataclasses.replace(meta_chain(tmp_path / "b"), meta_stage="warmup"), stop_at=1)
+    assert train.parse_config(["--out_dir", str(d), "--resume"]).meta_stage == "warmup"
