@@ -169,8 +169,10 @@ def warm_start(shared, train_fn):
         fresh.update(method="sft", init_from="scratch", out_dir=path, n_train=shared["n_warm"],
                      max_steps=shared["warm_steps"], lr=shared["warm_lr"], final_eval=False, warmup_steps=20,
                      resume=False)
-        train_fn(**({**read_json(os.path.join(ckpt, "state.json"))["config"], "resume": True}
-                    if done else fresh))
+        # (continued: its saved settings, but the run's device, which a resume may change: one stopped
+        # under --device cuda is continued by a run on the CPU)
+        train_fn(**({**read_json(os.path.join(ckpt, "state.json"))["config"], "resume": True,
+                     "device": shared["device"]} if done else fresh))
         print("== warm-up done")
     return os.path.join(path, "ckpt")
 

@@ -180,6 +180,20 @@ def test_the_warm_up_trains_with_its_own_settings_whatever_the_run_sets(tmp_path
                                                            lr=1e-3, seed=5, device="cpu", batch_size=16)
 
 
+def test_a_stopped_warm_up_continues_on_the_device_of_the_run_that_continues_it(tmp_path, monkeypatch):
+    """A warm-up stopped by Ctrl-C is continued by the next default run, with the settings it was
+    started with, but its device is the run's (--resume may change it): it took the saved one, so a
+    warm-up stopped under --device cuda failed in a run given --device cpu, on a machine without one."""
+    monkeypatch.chdir(tmp_path)
+    key = dict(n_warm=16, warm_steps=3, seed=5)
+    task.warm_start(train.shared_options(train.make_config(**key, device="auto")),
+                    lambda **kw: train.train(train.make_config(**kw), task, stop_at=1))
+    seen = []
+    task.warm_start(train.shared_options(train.make_config(**key, device="cpu")),
+                    lambda **kw: seen.append(kw))
+    assert seen[0]["resume"] and seen[0]["device"] == "cpu"
+
+
 def test_a_lora_run_from_the_default_start_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     train.main(["--method", "orpo", "--lora_r", "4", "--n_warm", "16", "--warm_steps", "2", "--max_steps", "1",
