@@ -330,8 +330,14 @@ def resume_config(given, where="flags"):
         raise SystemExit(f"error: --resume: {path} does not exist; is --out_dir the run's directory?")
     saved = read_json(path)["config"]
     saved_cfg = config_from_dict(saved, path, saved=True)
+    # a start beside the run's directory (MetaAligner's stages: DIR/equal from DIR/warmup/ckpt)
+    # moves with it: the copy resumes from the copy's
+    start = beside(saved_cfg.init_from, saved_cfg.out_dir) if saved_cfg.out_dir else None
+    moves = {"init_from": given["init_from"]} if start and given.get("init_from") \
+        and start == beside(given["init_from"], out_dir) else {}
     for k, v in given.items():
-        if k not in RESUMABLE and k != "out_dir" and hasattr(saved_cfg, k) and getattr(saved_cfg, k) != v:
+        if k not in RESUMABLE and k != "out_dir" and k not in moves and hasattr(saved_cfg, k) \
+                and getattr(saved_cfg, k) != v:
             raise SystemExit(f"error: --resume: '{k}' was {getattr(saved_cfg, k)!r} in this run "
                              f"({path}), got {v!r}; a resumed run keeps its settings except "
                              f"{', '.join(RESUMABLE)}. Start a new --out_dir to change it")
@@ -339,7 +345,13 @@ def resume_config(given, where="flags"):
             raise SystemExit(f"error: --resume: '{k}' is not an option of --method "
                              f"{saved_cfg.method}, which this run ({path}) trains")
     keep = {k: v for k, v in given.items() if k in RESUMABLE}
-    return dataclasses.replace(saved_cfg, **keep, out_dir=out_dir)
+    return dataclasses.replace(saved_cfg, **keep, **moves, out_dir=out_dir)
+
+
+def beside(path, out_dir):
+    """`path` relative to out_dir's parent directory, or None where it is not inside it."""
+    rel = os.path.relpath(path, os.path.dirname(os.path.abspath(out_dir)))
+    return None if rel == ".." or rel.startswith(".." + os.sep) else rel
 
 
 def saved_config(out_dir):

@@ -4,6 +4,7 @@ decoding of the edit prompt, 48 new tokens in batches of 64 by default."""
 import dataclasses
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -65,6 +66,26 @@ def test_a_stopped_chain_resumes_from_its_directory_to_the_unbroken_chains_weigh
     same_stage_weights(tmp_path / "a", tmp_path / "b")
     with pytest.raises(CheckpointError, match="nothing to resume"):
         run_stages(cfg, train.train)
+
+
+def test_a_stopped_chain_copied_elsewhere_resumes_in_the_copy(tmp_path):
+    """A run directory may be copied or moved and resumed there (config.resume_config); a chain's
+    stages start from checkpoints inside it, DIR/warmup/ckpt, which move with it. The copy's 'equal'
+    once refused to resume: its init_from 'was' the original's DIR/warmup/ckpt."""
+    run_stages(meta_chain(tmp_path / "a"), train.train)
+
+    def stopped_in_equal(c):
+        if c.meta_stage != "equal":
+            return train.train(c)
+        train.train(c, stop_at=1)
+        raise SystemExit(130)
+    with pytest.raises(SystemExit):
+        run_stages(meta_chain(tmp_path / "b"), stopped_in_equal)
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    shutil.rmtree(tmp_path / "b")                          # moved: the original is gone
+    cfg = train.parse_config(["--out_dir", str(tmp_path / "c" / "run"), "--resume"])
+    assert run_stages(cfg, train.train) == str(tmp_path / "c" / "run" / "preference" / "ckpt")
+    same_stage_weights(tmp_path / "a", tmp_path / "c")
 
 
 def test_a_resumed_chain_replaces_the_stages_an_older_chain_left_in_its_directory(tmp_path):
