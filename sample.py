@@ -172,6 +172,9 @@ def parse_args(argv=None):
     for flag in ("judge_template", "principles", "likelihood"):
         if getattr(a, flag) is not None and a.best_of == 1:
             ap.error(f"--{flag} applies only with --best_of N (N > 1)")
+    if a.best_of > 1 and not a.aligner and a.batch_size != ap.get_default("batch_size"):
+        ap.error("--batch_size applies to plain sampling and --aligner; --best_of samples every "
+                 "prompt's N candidates in one batch")
     if a.compile and (a.best_of > 1 or a.aligner):
         ap.error("--compile applies to plain sampling only; drop it with --best_of or --aligner")
     if a.answers_file and not a.aligner:

@@ -203,6 +203,7 @@ def parse_error(argv, capsys):
     (["--system", "be brief", "--raw"], "--system goes into the chat template, which --raw skips"),
     (["--top_k", "5"], "--top_k applies only when sampling"),
     (["--top_p", "0.9"], "--top_p applies only when sampling"),
+    (["--best_of", "4", "--batch_size", "8"], "--batch_size applies to plain sampling and --aligner"),
 ])
 def test_bad_numbers_devices_and_ignored_flags_are_usage_errors(argv, message, capsys):
     """Each was a torch traceback (nan, top_k -1, an unknown device) or a flag silently ignored."""
@@ -215,6 +216,7 @@ def test_bad_numbers_devices_and_ignored_flags_are_usage_errors(argv, message, c
     (["--init_from", "DIR", "--aligner", "A", "--objectives", "concise"], "objectives", "concise"),
     (["--aligner", "A", "--answers_file", "F", "--objectives", "concise"], "answers_file", "F"),
     (["--init_from", "DIR", "--compile", "--temperature", "0.8", "--system", "hi"], "system", "hi"),
+    (["--init_from", "DIR", "--best_of", "2", "--aligner", "A", "--batch_size", "8"], "batch_size", 8),
 ])
 def test_the_flags_are_accepted_where_they_apply(argv, field, value):
     """--best_of samples (at 1.0 when --temperature is 0), so --top_k applies there."""
