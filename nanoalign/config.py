@@ -359,9 +359,20 @@ def saved_config(out_dir):
     of several trainings (MetaAligner's --meta_stage all), its RUN_CONFIG. Where both are there, the
     newer: a chain never replaces the ckpt/ an earlier run left in its out_dir (both runs' default
     out_dir is out/meta_aligner), nor a run the RUN_CONFIG of a chain."""
-    found = [p for p in (os.path.join(out_dir, "ckpt", "state.json"), os.path.join(out_dir, RUN_CONFIG))
-             if os.path.exists(p)]
-    return max(found, key=os.path.getmtime) if found else os.path.join(out_dir, "ckpt", "state.json")
+    state, chain = os.path.join(out_dir, "ckpt", "state.json"), os.path.join(out_dir, RUN_CONFIG)
+    if not is_chain_record(chain):
+        return state
+    return chain if not os.path.exists(state) or os.path.getmtime(chain) > os.path.getmtime(state) else state
+
+
+def is_chain_record(path):
+    """Whether `path` is a chain's RUN_CONFIG, not a file of the same name that is not one (the user's
+    own --config, kept with a run). An unreadable one is, so that --resume's error names it."""
+    try:
+        d = read_json(path) if os.path.exists(path) else None
+    except CheckpointError:
+        return True
+    return isinstance(d, dict) and "stages_done" in d
 
 
 def shared_options(cfg):

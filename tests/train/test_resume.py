@@ -167,3 +167,19 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(tmp_path, capsys):
     train.train(dataclasses.replace(cfg, resume=True), stop_at=4)
     out = capsys.readouterr().out
     assert "--resume" not in out and "stopped after the last step (4): the run is complete" in out
+
+
+def test_a_users_run_config_json_in_the_out_dir_is_not_read_as_a_chains_record(tmp_path, capsys):
+    """out_dir/run_config.json is where a --meta_stage all chain keeps its config for --resume; a file
+    of that name that is not a chain's (the user's own --config, kept with the run) must not be
+    taken for one, whenever it was written: it was, and --resume stopped on a KeyError traceback."""
+    _short_run(tmp_path, capsys)
+    run = tmp_path / "run"
+    (run / "run_config.json").write_text(json.dumps({"method": "sft", "lr": 1e-3}))   # after the run
+    cfg = train.parse_config(["--out_dir", str(run), "--resume", "--max_steps", "3"])
+    assert cfg.method == "sft" and cfg.max_steps == 3 and cfg.lr == 3e-4            # the run's own
+    shutil.rmtree(run / "ckpt")
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--out_dir", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{run / 'ckpt' / 'state.json'} does not exist" in err
