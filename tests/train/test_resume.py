@@ -177,7 +177,7 @@ def test_a_users_run_config_json_in_the_out_dir_is_not_read_as_a_chains_record(t
     run = tmp_path / "run"
     (run / "run_config.json").write_text(json.dumps({"method": "sft", "lr": 1e-3}))   # after the run
     cfg = train.parse_config(["--out_dir", str(run), "--resume", "--max_steps", "3"])
-    assert cfg.method == "sft" and cfg.max_steps == 3 and cfg.lr == 3e-4            # the run's own
+    assert cfg.method == "sft" and cfg.max_steps == 3 and cfg.lr == 0.0             # the run's own (auto)
     shutil.rmtree(run / "ckpt")
     with pytest.raises(SystemExit) as e:
         train.parse_config(["--out_dir", str(run), "--resume"])
