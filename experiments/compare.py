@@ -19,7 +19,8 @@ model's scores per objective on the test prompts are printed before any run.
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
 out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone,
-so an interrupted comparison continues where it stopped. The start of every run is the task's start
+so an interrupted comparison continues where it stopped, inside a run too: a run of the same
+settings stopped part-way is resumed from its checkpoint. The start of every run is the task's start
 (--start): on the arithmetic task the seed's cached SFT warm-up (train.py --init_from default), on
 the instruct task SmolLM2-135M-Instruct; its greedy answers are the "SFT" reference.
 
@@ -55,15 +56,16 @@ import time
 import torch
 
 import train
-from nanoalign.config import options_of
+from nanoalign.checkpoint import saved_step
+from nanoalign.config import options_of, saved_config
 from nanoalign.tasks import get_task
-from model.checkpoint import load
+from model.checkpoint import CheckpointError, load, read_json
 from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.dist import resolve_device
 from nanoalign.tasks.evaluate import greedy_answers
 from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import TEMPLATES, best_of, judge_pairs, parse_principles
-from nanoalign.meta_aligner import correct, run_stages
+from nanoalign.meta_aligner import STAGES, correct, run_stages
 from nanoalign.mo_orpo import SJOptions, attach_sj, judge_accuracy
 
 # (label, train.py flags, extra evaluations). The budget flags (--max_steps, --n_train, --seed) come
@@ -323,26 +325,45 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
     if os.path.exists(res_path):
         with open(res_path) as f:
             return json.load(f)
-    shutil.rmtree(out, ignore_errors=True)
     cfg = train.parse_config(["--seed", str(seed), "--max_steps", str(a.max_steps),
                               "--n_train", str(a.n_train), "--out_dir", out,
                               "--final_eval", "false", "--eval_every", "0", "--val_data", ""]
                              + flags + a.extra)
     task = get_task(cfg.task)
+    chain = cfg.method == "meta_aligner" and cfg.meta_stage == "all"
+    ckpt = os.path.join(out, "preference" if chain else "", "ckpt")
+    # a run of these very settings stopped part-way (Ctrl-C, a time limit) continues, and one finished
+    # since (by the --resume command a stopped run prints) is only evaluated; anything else is redone
+    stopped = same_run_in(out, cfg)
+    if not stopped:
+        shutil.rmtree(out, ignore_errors=True)
+    finished = stopped and (read_json(saved_config(out)).get("stages_done") == list(STAGES) if chain
+                            else saved_step(ckpt) >= cfg.max_steps)
+    cfg = dataclasses.replace(cfg, resume=stopped)
     t0 = time.time()
-    if cfg.method == "meta_aligner" and cfg.meta_stage == "all":
-        ckpt = run_stages(cfg, lambda c: train.train(c, task))
-    else:
+    if chain and not finished:
+        run_stages(cfg, lambda c: train.train(c, task))
+    elif not finished:
         train.train(cfg, task)
-        ckpt = os.path.join(out, "ckpt")
     model, tok = load(ckpt, device=resolve_device(cfg.device))
     res = {"label": label, "seed": seed, **effective_weights(cfg.method, cfg), "steps": cfg.max_steps,
            "epochs": cfg.max_steps * cfg.grad_accum * cfg.batch_size / cfg.n_train,
-           "train_s": time.time() - t0,
+           "train_s": time.time() - t0, "resumed": stopped,     # train_s: this process's part only
            **evaluate_run(model, tok, cfg, prompts, sft_cache[(task.__name__, seed)], extras, a)}
     with open(res_path, "w") as f:
         json.dump(res, f)
     return res
+
+
+def same_run_in(out, cfg):
+    """Whether `out` holds a run (or a MetaAligner chain) of exactly cfg's settings."""
+    path = saved_config(out)
+    try:
+        saved = read_json(path)["config"] if os.path.exists(path) else None
+    except (CheckpointError, KeyError, TypeError):
+        return False
+    return saved is not None and all(saved.get(k) == v for k, v in dataclasses.asdict(cfg).items()
+                                     if k != "resume")
 
 
 def effective_weights(name, cfg):

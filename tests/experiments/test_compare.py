@@ -115,3 +115,43 @@ def test_help_shows_the_presets_own_defaults(capsys, monkeypatch):
     blocks = {b.split()[0]: " ".join(b.split()) for b in re.split(r"\n(?=  -)", options)}
     for flag, value in compare.DEFAULTS["instruct_cpu"].items():
         assert f"(default: {value})" in blocks[f"--{flag}"], blocks[f"--{flag}"]
+
+
+# -- a comparison stopped part-way -----------------------------------------------------------------
+def test_a_run_stopped_part_way_is_resumed_by_the_next_comparison_not_redone(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a run prints train.py's --resume command; a comparison started again found the run
+    without its result.json, deleted it and trained it again from step 0 (also the one resumed by that
+    command, finished). Now it resumes a stopped run of the same settings, and evaluates a finished
+    one: each ends with the weights of a run never stopped."""
+    from safetensors.torch import load_file
+    torch.manual_seed(0)
+    start = str(tmp_path / "start")
+    save_model(Transformer(config_from_preset("tiny")), start, task.build_tokenizer())
+
+    def compare_run(out):
+        compare.main(["--preset", "instruct_smoke", "--seeds", "1", "--methods", "orpo", "--start", start,
+                      "--n_test", "2", "--answer_tokens", "4", "--out", str(tmp_path / out), "--",
+                      "--max_length", "512", "--max_steps", "3"])
+    compare_run("unbroken")
+    real_train, calls = train.train, []
+
+    def stopped_at_1(cfg, task=None, stop_at=None):
+        calls.append(cfg.resume)
+        real_train(cfg, task, stop_at=1)
+        raise SystemExit(130)                                # as Ctrl-C: a checkpoint, then exit
+    for finish_by_hand in (False, True):
+        out = f"stopped{int(finish_by_hand)}"
+        monkeypatch.setattr(train, "train", stopped_at_1)
+        with pytest.raises(SystemExit):
+            compare_run(out)
+        run = tmp_path / out / "instruct_smoke" / "orpo-s1"
+        if finish_by_hand:                                   # the command the stopped run printed
+            monkeypatch.setattr(train, "train", real_train)
+            train.main(["--out_dir", str(run), "--resume"])
+        monkeypatch.setattr(train, "train", lambda cfg, task=None: calls.append(cfg.resume) or real_train(cfg, task))
+        calls.clear()
+        compare_run(out)
+        assert calls == ([] if finish_by_hand else [True])  # finished: evaluated only; else resumed
+        ours = load_file(str(run / "ckpt" / "model.safetensors"))
+        theirs = load_file(str(tmp_path / "unbroken" / "instruct_smoke" / "orpo-s1" / "ckpt" / "model.safetensors"))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
