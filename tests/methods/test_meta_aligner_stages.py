@@ -43,17 +43,20 @@ def same_stage_weights(a, b):
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), st
 
 
+def stopped_in_equal(c):
+    """A chain's train_fn that stops in stage 'equal' as Ctrl-C does: a checkpoint, then exit 130."""
+    if c.meta_stage != "equal":
+        return train.train(c)
+    train.train(c, stop_at=1)
+    raise SystemExit(130)
+
+
 def test_a_stopped_chain_resumes_from_its_directory_to_the_unbroken_chains_weights(tmp_path, capsys):
     """Ctrl-C in stage 'equal' of --meta_stage all: `--out_dir DIR --resume`, as the stopped run
     prints, continues that stage and runs the next; the chain ends with the weights of one never
     stopped, and a second resume has nothing to do."""
     run_stages(meta_chain(tmp_path / "a"), train.train)
 
-    def stopped_in_equal(c):
-        if c.meta_stage != "equal":
-            return train.train(c)
-        train.train(c, stop_at=1)                          # as Ctrl-C: checkpoint, then exit 130
-        raise SystemExit(130)
     with pytest.raises(SystemExit):
         run_stages(meta_chain(tmp_path / "b"), stopped_in_equal)
     b = tmp_path / "b" / "run"
@@ -74,11 +77,6 @@ def test_a_stopped_chain_copied_elsewhere_resumes_in_the_copy(tmp_path):
     once refused to resume: its init_from 'was' the original's DIR/warmup/ckpt."""
     run_stages(meta_chain(tmp_path / "a"), train.train)
 
-    def stopped_in_equal(c):
-        if c.meta_stage != "equal":
-            return train.train(c)
-        train.train(c, stop_at=1)
-        raise SystemExit(130)
     with pytest.raises(SystemExit):
         run_stages(meta_chain(tmp_path / "b"), stopped_in_equal)
     shutil.copytree(tmp_path / "b", tmp_path / "c")
@@ -252,11 +250,6 @@ def test_a_chain_resumes_as_a_chain_in_a_directory_where_one_stage_ran_before(tm
     d = tmp_path / "b" / "run"
     train.train(dataclasses.replace(meta_chain(tmp_path / "b"), meta_stage="warmup"))
 
-    def stopped_in_equal(c):
-        if c.meta_stage != "equal":
-            return train.train(c)
-        train.train(c, stop_at=1)
-        raise SystemExit(130)
     with pytest.raises(SystemExit):
         run_stages(meta_chain(tmp_path / "b"), stopped_in_equal)
     cfg = train.parse_config(["--out_dir", str(d), "--resume"])
