@@ -170,17 +170,19 @@ def orient(first, second, p):
     return wins, losses
 
 
-def pair_batch(prompts, wins, losses, pad_id, device):
-    """A preference batch (chosen rows first) from prompt ids and response ids, no re-tokenizing."""
+def pair_batch(prompts, wins, losses, pad_id, device, packed=False):
+    """A preference batch (chosen rows first) from prompt ids and response ids, no re-tokenizing.
+    packed: padding-free too (train.py --packed, compute.packed_batches): the loop makes every other
+    micro-batch, but a rollout makes the batch its loss eats, so it must ask for the layout itself."""
     ex = [{"chosen": p + w, "n_prompt_chosen": len(p), "rejected": p + l, "n_prompt_rejected": len(p)}
           for p, w, l in zip(prompts, wins, losses)]
-    return make_batch(ex, "pref", pad_id, device)
+    return make_batch(ex, "pref", pad_id, device, packed)
 
 
-def response_batch(prompts, responses, pad_id, device):
-    """An SFT batch from prompt ids and response ids."""
+def response_batch(prompts, responses, pad_id, device, packed=False):
+    """An SFT batch from prompt ids and response ids (packed: as pair_batch's)."""
     return make_batch([{"ids": p + r, "n_prompt": len(p)} for p, r in zip(prompts, responses)],
-                      "sft", pad_id, device)
+                      "sft", pad_id, device, packed)
 
 
 # -- metrics -------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from nanoalign import onpolicy
 from nanoalign.common import Method, batch_logps, option, register, with_defaults
+from nanoalign.compute import packed_batches
 from nanoalign.dpo import dpo_loss, ipo_loss, log_ratio_diff, pair_losses, pair_metrics
 from nanoalign.judge import LIKELIHOODS, TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
@@ -93,6 +94,7 @@ def osp_rollout(model, batch, run, cfg):
     how = dict(principles=run.principles, likelihood=cfg.likelihood, combine="mean")
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
     B, clock, device = len(prompts), onpolicy.Clock(), model.lm_head.weight.device
+    packed = packed_batches(cfg, model)         # --packed: the update's batch padding-free
     samples = onpolicy.sample(model, tok, prompts, K, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
     texts = [[tok.decode(s) for s in row] for row in samples]
     flat_samples = [y for row in samples for y in row]
@@ -102,7 +104,8 @@ def osp_rollout(model, batch, run, cfg):
                                  [y for row in texts for y in row], [""] * (B * K), **how).view(B, K)
     if cfg.pairing == "raft":                   # RAFT: SFT on each prompt's best sample
         best = s.argmax(1).tolist()
-        b = onpolicy.response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id, device)
+        b = onpolicy.response_batch(prompts, [samples[i][best[i]] for i in range(B)], tok.pad_id, device,
+                                    packed)
         clock.lap("t_judge")
         return b, {"score_best": s.max(1).values.mean().item(),
                    **onpolicy.cost(flat_samples, clock, B * K)}
@@ -117,7 +120,7 @@ def osp_rollout(model, batch, run, cfg):
         highs, lows = onpolicy.orient(highs, lows, p)
         p = torch.maximum(p, 1 - p)             # p(winner > loser), as the pairs now stand
     clock.lap("t_judge")
-    pb = onpolicy.pair_batch([prompts[i] for i, _, _ in flat], highs, lows, tok.pad_id, device)
+    pb = onpolicy.pair_batch([prompts[i] for i, _, _ in flat], highs, lows, tok.pad_id, device, packed)
     pb["p"] = p.to(device)                      # (B * K//2,) soft targets, in pair order
     pb["n_examples"] = B                        # the loss is a mean over prompts, whatever K is
     return pb, {**agree, **onpolicy.cost(flat_samples, clock, B * K)}

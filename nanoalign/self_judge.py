@@ -39,6 +39,7 @@ import torch
 
 from nanoalign import onpolicy
 from nanoalign.common import Method, option, register
+from nanoalign.compute import packed_batches
 from nanoalign.dpo import METRICS as DPO_METRICS, dpo_loss, pairs_loss
 from nanoalign.judge import TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
@@ -91,7 +92,8 @@ def self_judge_rollout(model, batch, run, cfg):
     judge = onpolicy.judge_of(run, model if cfg.judge == "policy" else run.ref)
     wins, losses, agree = judge_and_orient(run, cfg, judge, ptexts, [x[0] for x in s], [x[1] for x in s])
     clock.lap("t_judge")
-    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device)
+    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device,
+                                packed_batches(cfg, model))
     return pairs, {**agree, **onpolicy.cost([y for x in s for y in x], clock, 2 * len(s))}
 
 
@@ -116,7 +118,8 @@ def offpolicy_rollout(model, batch, run, cfg):
         cache.update({tuple(prompts[i]): (a, b) for i, a, b in zip(new, w, lo)})
     clock.lap("t_judge")
     wins, losses = map(list, zip(*[cache[tuple(p)] for p in prompts]))
-    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device)
+    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device,
+                                packed_batches(cfg, model))
     m = {**agree, **onpolicy.cost(wins + losses, clock, 2 * len(new)), "cached_prompts": float(len(cache))}
     return pairs, m
 

@@ -395,7 +395,7 @@ def test_on_policy_batches_are_built_on_the_callers_device(monkeypatch):
     from nanoalign import onpolicy
     seen = []
 
-    def make_batch(examples, kind, pad_id, device="cpu", _real=onpolicy.make_batch):
+    def make_batch(examples, kind, pad_id, device="cpu", packed=False, _real=onpolicy.make_batch):
         seen.append((kind, device))
         return _real(examples, kind, pad_id)
     monkeypatch.setattr(onpolicy, "make_batch", make_batch)
@@ -457,3 +457,26 @@ def test_agreement_is_the_judges_hit_rate_on_the_pairs_the_oracle_ranks(pairs):
     want = {"judge_agree": sum(hits) / len(hits)} if hits else {}
     assert onpolicy.agreement(task, prompts, a, b, p) == pytest.approx(want)
     assert onpolicy.agreement(None, prompts, a, b, p) == {}
+
+
+@pytest.mark.parametrize("method, opts", [
+    ("self_judge", {}), ("self_judge_offpolicy", {}), ("osp", {"osp_k": 3}),
+    ("osp", {"pairing": "raft", "osp_k": 3}),
+])
+def test_on_policy_updates_run_padding_free_under_packed(method, opts, monkeypatch):
+    """--packed true: the batch a rollout hands the loss is made padding-free as every other
+    method's micro-batch is (train.py makes those; a rollout makes its own), with the same loss as
+    the padded batch. The rollout once built its pairs padded whatever --packed said."""
+    from nanoalign import REGISTRY
+    from tests.helpers import method_config
+    tok, policy, ref, _, batch = offpolicy_setup()
+    judge_recorder(monkeypatch, by_score)
+    got = {}
+    for packed in ("false", "true"):
+        cfg, run = method_config(method, gen_max_tokens=3, packed=packed, **opts), Run(tok=tok, ref=ref)
+        torch.manual_seed(0)                                  # the same samples both times
+        with torch.no_grad():
+            b, _ = REGISTRY[method].rollout(policy, batch, run, cfg)
+        assert ("packed" in b) == (packed == "true")
+        got[packed] = REGISTRY[method].loss(policy, b, run, cfg)[0].item()
+    assert got["true"] == pytest.approx(got["false"], rel=1e-5, abs=1e-6)

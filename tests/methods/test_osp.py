@@ -232,13 +232,13 @@ def test_osp_step_samples_at_the_papers_settings_and_logs_its_cost(pairing, K, m
         drawn.append((model, n, temperature, top_p, max_new_tokens))
         return real[0](model, tok, prompts, n, temperature, top_p, max_new_tokens, generator, top_k)
 
-    def pair_batch(prompts, wins, losses, pad_id, device):
+    def pair_batch(prompts, wins, losses, pad_id, device, packed=False):
         built.append(("pref", len(prompts), device))
-        return real[1](prompts, wins, losses, pad_id, device)
+        return real[1](prompts, wins, losses, pad_id, device, packed)
 
-    def response_batch(prompts, responses, pad_id, device):
+    def response_batch(prompts, responses, pad_id, device, packed=False):
         built.append(("sft", len(prompts), device))
-        return real[2](prompts, responses, pad_id, device)
+        return real[2](prompts, responses, pad_id, device, packed)
     monkeypatch.setattr(onpolicy, "sample", sample)
     monkeypatch.setattr(onpolicy, "pair_batch", pair_batch)
     monkeypatch.setattr(onpolicy, "response_batch", response_batch)

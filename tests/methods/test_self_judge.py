@@ -180,9 +180,9 @@ def test_self_judge_step_judges_with_the_chosen_model_and_logs_its_cost(who, mon
         return real_sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator, top_k)
     devices, real_pairs = [], onpolicy.pair_batch
 
-    def pair_batch(prompts, wins, losses, pad_id, device):
+    def pair_batch(prompts, wins, losses, pad_id, device, packed=False):
         devices.append(device)
-        return real_pairs(prompts, wins, losses, pad_id, device)
+        return real_pairs(prompts, wins, losses, pad_id, device, packed)
     monkeypatch.setattr(onpolicy, "sample", sample)
     monkeypatch.setattr(onpolicy, "pair_batch", pair_batch)
     cfg = method_config("self_judge", gen_max_tokens=3, judge="policy" if who == "policy" else "ref")
