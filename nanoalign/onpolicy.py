@@ -156,9 +156,16 @@ def judge_probs(judge, tok, template, prompts, a, b, principles=None, likelihood
     texts with `tok` (the judge's own tokenizer); label probabilities by `likelihood`, and under a
     principle template one judgment per principle combined by `combine` (nanoalign/judge.py
     judge_pairs)."""
-    with evaluating(judge):
-        return judge_pairs(judge, tok, template, list(zip(prompts, a, b)), principles,
-                           likelihood=likelihood, combine=combine)
+    try:
+        with evaluating(judge):
+            return judge_pairs(judge, tok, template, list(zip(prompts, a, b)), principles,
+                               likelihood=likelihood, combine=combine)
+    except ValueError as e:   # the model's refusal of a sequence beyond its context: name what to change
+        if isinstance(e, JudgeError) or "longer than the model's context" not in str(e):
+            raise
+        raise JudgeError(f"judge template '{template.name}': a judge {str(e).replace('sequence', 'prompt')}; "
+                         f"it holds the prompt, two samples and the template, so a shorter one (a "
+                         f"'compact' template), --max_length or --gen_max_tokens brings it in") from None
 
 
 # -- 3. pairs ------------------------------------------------------------------------------------------

@@ -194,3 +194,17 @@ def test_self_judge_step_judges_with_the_chosen_model_and_logs_its_cost(who, mon
     assert all(m[k] >= 0 for k in ("t_sample", "t_judge"))
     assert abs(m["samples_per_s"] * max(m["t_sample"], 1e-9) - 4) < 1e-6      # 2 prompts x 2 samples
     assert m["judge_agree"] == 1.0
+
+
+def test_a_judge_prompt_beyond_the_context_ends_the_run_with_one_line_naming_what_to_change(tmp_path, capsys):
+    """The judge reads the prompt, both samples and its template: with 'ultrafeedback' on the tiny
+    model's 512-byte context that overflows, and the run ended in a ValueError traceback from the
+    model's forward, which named neither the judge nor what to change."""
+    with pytest.raises(SystemExit) as e:
+        train.main(["--method", "self_judge", "--init_from", "scratch", "--judge_template", "ultrafeedback",
+                    "--max_steps", "1", "--n_train", "8", "--batch_size", "2", "--gen_max_tokens", "200",
+                    "--val_data", "", "--final_eval", "false", "--out_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: judge template 'ultrafeedback': a judge prompt of ")
+    assert "--gen_max_tokens" in err and "--max_length" in err and "'compact'" in err
