@@ -52,7 +52,9 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
     judge_from: str = option("", "a checkpoint directory to judge with, read with its own "
                              "tokenizer and chat template (an option of nanoalign's, not a setting "
                              "of either paper); '' = the frozen start (the papers' choice)")
-    gen_max_tokens: int = option(32, "max new tokens per sample", minimum=1)
+    gen_max_tokens: int = option(32, "max new tokens per sample; a sample follows its prompt (which "
+                                 "--max_length bounds), so a trained sequence is at most "
+                                 "--max_length - 1 + this", minimum=1)
     principles: str = option("", "for a principle template: 'name:description,...' to judge under "
                              "(each judged, then combined: JM-PR for Self-Judge, the mean for OSP); "
                              "a description may hold commas, only a comma followed by a new 'name:' "
