@@ -137,6 +137,10 @@ def merge(model):
             with torch.no_grad():
                 lin.weight.copy_(m.merged_weight())
             setattr(parent, attr, lin)
+    # a plain model again, every weight trainable as from a full checkpoint: apply_lora froze the
+    # embeddings and norms too, and a full run started from a LoRA checkpoint would leave them be
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.__dict__.pop("lora", None)
     return model
 

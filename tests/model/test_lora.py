@@ -138,3 +138,15 @@ def test_lora_dpo_resumes_exactly_and_saves_adapters_only(tmp_path, start):
     assert all(".lora_" in k for k in load_file(str(ck / "adapter_model.safetensors")))
     with pytest.raises(Exception, match="needs a base checkpoint"):
         train.train(run_cfg(tmp_path / "c", method="dpo", lora_r=4))
+
+
+def test_a_full_run_started_from_a_lora_checkpoint_trains_every_weight(tmp_path):
+    # osp --init_from out/pref_aug/ckpt (a --lora_r run) without --lora_r: the adapters are merged into
+    # the base and every weight trains, as from any other checkpoint; apply_lora had frozen the
+    # embeddings and norms, and merge left them frozen: the start line said "(106M trained)" of 135M
+    base, _ = saved_lora_run(tmp_path)
+    cfg = train.make_config(method="sft", init_from=str(tmp_path / "lora"), lora_r=0)
+    model, _ = train.init_model(cfg, task, "cpu")
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == []
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
