@@ -316,6 +316,9 @@ def parse_config(argv=None, description=None):
         ap.error(f"--method {cfg.method} samples on-policy, and under FSDP every forward is a "
                  f"collective: ranks sampling different lengths would hang. Use --parallel ddp "
                  f"(with --lora_r for a large model)")
+    if cfg.val_data not in ("auto", "") and REGISTRY[cfg.method].rollout:   # train.py reads none
+        ap.error(f"--val_data: --method {cfg.method} samples on-policy and has no held-out loss (it "
+                 f"would need a rollout per evaluation); drop --val_data")
     return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
 
 

@@ -153,3 +153,15 @@ def test_another_methods_option_is_refused_not_dropped(tmp_path, capsys):
         capsys.readouterr().err
     with pytest.raises(SystemExit, match="'w1' is not an option of --method orpo"):
         train.make_config(method="orpo", w1=0.5)
+
+
+@pytest.mark.parametrize("method", ["self_judge", "osp"])
+@pytest.mark.parametrize("val", ["val.jsonl", "builtin"])
+def test_val_data_for_an_on_policy_method_is_refused_not_ignored(method, val, capsys):
+    # an on-policy method has no held-out loss (it would need a rollout per evaluation): train.py
+    # never read the file, and the run printed no val loss and no word about it
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", method, "--val_data", val])
+    assert "--val_data" in capsys.readouterr().err
+    for none in ("auto", ""):          # the default, and none at all, are fine
+        assert train.parse_config(["--method", method, "--val_data", none]).val_data == none
