@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -362,8 +363,10 @@ def train(cfg, task=None, stop_at=None):
         print(json.dumps({"step": step, "split": "end", **peak}), file=f)
     if stop.hit:
         if step < cfg.max_steps:
+            # quoted: a directory with a space in it would be two arguments to the shell
             print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
-                  f"  python train.py --method {cfg.method} --out_dir {cfg.out_dir} --resume")
+                  f"  python train.py --method {cfg.method} --out_dir {shlex.quote(cfg.out_dir)} "
+                  f"--resume")
         else:                          # stopped in the end-of-run evaluation: nothing to resume
             print(f"stopped after the last step ({step}): the run is complete, its checkpoint written")
         if stop_at is None:
@@ -416,7 +419,8 @@ def main(argv=None):
         if before is not None:
             table(cfg, task, device, before, t0)
         example = task.test_prompts(1)[0] if cfg.train_data == "builtin" else "your prompt"
-        flags = method.sample_flags(cfg, ckpt) if method.sample_flags else f"--init_from {ckpt}"
+        flags = (method.sample_flags(cfg, ckpt) if method.sample_flags
+                 else f"--init_from {shlex.quote(ckpt)}")
         print(f"\nsample from it:\n  python sample.py {flags} --prompt \"{example}\"")
     except (CheckpointError, DataError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,6 +33,7 @@ answers from any source (nanoalign.meta_aligner.correct).
 import dataclasses
 import os
 import random
+import shlex
 from dataclasses import dataclass
 
 from model.files import CheckpointError, atomic_write_json, read_json
@@ -141,7 +142,7 @@ def run_stages(cfg, train_fn):
         except SystemExit as e:        # a stage stopped by Ctrl-C or SIGTERM exits 128 + the signal
             if isinstance(e.code, int) and e.code >= 128:
                 print(f"that resumes stage '{st}' alone; to resume the chain (this stage, then the "
-                      f"rest):\n  python train.py --out_dir {cfg.out_dir} --resume")
+                      f"rest):\n  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
             raise
         finished, ran = finished + [st], True
         _write_record(record, cfg, finished)
@@ -157,7 +158,7 @@ def sample_flags(cfg, ckpt):
     aligner, so the policy is yours to name."""
     policy = cfg.init_from if cfg.meta_stage in ("all", "warmup") and os.path.isdir(cfg.init_from) \
         else "POLICY_DIR"
-    return f"--init_from {policy} --aligner {ckpt}"
+    return f"--init_from {shlex.quote(policy)} --aligner {shlex.quote(ckpt)}"   # a path may hold a space
 
 
 def _write_record(path, cfg, finished):

@@ -183,3 +183,24 @@ def test_a_users_run_config_json_in_the_out_dir_is_not_read_as_a_chains_record(t
         train.parse_config(["--out_dir", str(run), "--resume"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"{run / 'ckpt' / 'state.json'} does not exist" in err
+
+
+def test_the_printed_commands_work_as_printed_in_a_directory_with_a_space(tmp_path, capsys):
+    # "--out_dir /home/me/my runs/dpo --resume", printed bare, is two arguments to a shell: the
+    # command the stop printed failed with "unrecognized arguments", and so did the sample.py one
+    import shlex
+    import sample
+    d = tmp_path / "my runs" / "run"
+    cfg = train.make_config(method="sft", init_from="scratch", max_steps=4, batch_size=4, n_train=16,
+                            out_dir=str(d), final_eval=False)
+    train.train(cfg, stop_at=1)
+    line = [s for s in capsys.readouterr().out.splitlines() if "--resume" in s][-1]
+    argv = shlex.split(line)
+    assert argv[:2] == ["python", "train.py"]
+    resumed = train.parse_config(argv[2:])
+    assert resumed.resume and resumed.out_dir == str(d)
+    train.main(["--method", "sft", "--init_from", "scratch", "--max_steps", "1", "--batch_size", "4",
+                "--n_train", "16", "--out_dir", str(d), "--final_eval", "false"])
+    line = [s for s in capsys.readouterr().out.splitlines() if "python sample.py" in s][-1]
+    argv = shlex.split(line)
+    assert sample.parse_args(argv[2:]).init_from == str(d / "ckpt")
