@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 
 import torch
 import torch.nn as nn
@@ -198,6 +199,13 @@ def main(argv=None):
         raise SystemExit(f"error: {a.adapter}/adapter_config.json: file not found (not a LoRA checkpoint)")
     model, cfg = load_adapters(a.adapter)
     save_model(merge(model), a.out, Tokenizer.from_dir(a.adapter, cfg))
+    # the JSON a run kept beside its adapters (its config in state.json, a judge's principles.json)
+    # travels on, as beside a full checkpoint: sample.py --best_of judges by them. Not the adapters'
+    # own file, nor one the merged model just wrote
+    for name in sorted(os.listdir(a.adapter)):
+        if name.endswith(".json") and name != "adapter_config.json" \
+                and not os.path.exists(os.path.join(a.out, name)):
+            shutil.copyfile(os.path.join(a.adapter, name), os.path.join(a.out, name))
     print(f"merged {a.adapter} -> {a.out}")
 
 

@@ -150,3 +150,21 @@ def test_a_full_run_started_from_a_lora_checkpoint_trains_every_weight(tmp_path)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen == []
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
+
+
+def test_a_merged_judge_keeps_what_its_run_kept_with_it(tmp_path, start, capsys):
+    # a LoRA JSFT judge under a principle template keeps principles.json and its config (state.json:
+    # the template, the likelihood rule) beside its adapters; sample.py --best_of and self_judge read
+    # them. The merged checkpoint dropped both: --best_of on it judged with 'ultrafeedback' and no
+    # principles, silently another judge than the one trained
+    import sample
+    from tests.helpers import run_cfg
+    cfg = run_cfg(tmp_path, method="jsft", init_from=start, lora_r=4, judge_template="principle",
+                  max_steps=1, max_length=256, grad_accum=1, n_train=8, eval_every=0)
+    train.train(cfg)
+    ck, out = os.path.join(cfg.out_dir, "ckpt"), str(tmp_path / "merged")
+    merge_main(["--adapter", ck, "--out", out])
+    for name in ("principles.json", "state.json"):
+        with open(os.path.join(ck, name)) as a, open(os.path.join(out, name)) as b:
+            assert a.read() == b.read(), name
+    assert sample.trained_config(out)["judge_template"] == "principle"
