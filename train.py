@@ -344,7 +344,8 @@ def train(cfg, task=None, stop_at=None):
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                 save_checkpoint(ckpt, model, tok, opt, cfg, step, order, run)
                 saved = step
-        if val_ex and val_step != step:   # every run with validation data ends with its loss
+        # every run with validation data ends with its loss; a stopped one does when it is resumed
+        if val_ex and val_step != step and not (stop.hit and step < cfg.max_steps):
             vl = held_out_loss(model, method, val_ex, run, cfg)
             print(f"step {step:5d} | val loss {vl:.4f} (end of run)")
             metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")

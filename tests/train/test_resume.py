@@ -28,6 +28,20 @@ def test_resume_gives_the_same_losses(tmp_path):
     assert st["step"] == 6 and st["config"]["method"] == "dpo"
 
 
+def test_a_stopped_run_logs_no_end_of_run_validation_and_its_resume_logs_it_once(tmp_path):
+    """Ctrl-C ran the whole held-out evaluation before exiting (minutes on a large model, while the
+    user waits) and logged it as '(end of run)' at the stopped step; the run's log then held a
+    validation row the unbroken run does not have."""
+    straight = run_cfg(tmp_path / "a", method="dpo", eval_every=0)
+    train.train(straight)
+    train.train(run_cfg(tmp_path / "b", method="dpo", eval_every=0), stop_at=3)
+    train.train(run_cfg(tmp_path / "b", method="dpo", eval_every=0, resume=True))
+
+    def val_steps(d):
+        return [r["step"] for r in map(json.loads, open(d / "run" / "metrics.jsonl")) if r["split"] == "val"]
+    assert val_steps(tmp_path / "a") == [6] and val_steps(tmp_path / "b") == [6]
+
+
 def test_a_run_resumed_after_a_crash_logs_each_step_once(tmp_path, monkeypatch):
     """A crash (not Ctrl-C: no checkpoint of its own) after --ckpt_every's checkpoint at step 2 has
     logged step 3 too; --resume redoes step 3 from the checkpoint, and the log holds each step once,
