@@ -70,7 +70,8 @@ def load_split(cfg, method, task, split, run):
     if src == "builtin":
         rows, skipped = task.rows(method.reads, split, cfg.seed, options_of(cfg, task.Options)), 0
     else:
-        rows, skipped = read_jsonl(src, method.reads, cfg.skip_bad_rows)
+        rows, skipped = read_jsonl(src, method.reads, cfg.skip_bad_rows,
+                                   method.check_row and method.check_row(cfg))
     n_read = len(rows)
     if method.prepare:
         rows = method.prepare(rows, cfg, split, run)

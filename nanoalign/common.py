@@ -58,6 +58,10 @@ class Method:
     setup: Callable = None    # (run, cfg, device) -> None, before the data: what the method needs
                               # beside the model (a --judge_from judge, the principles it judges by)
     prepare: Callable = None  # (rows, cfg, split, run) -> rows of kind `eats` (e.g. add SJ triples)
+    check_row: Callable = None  # cfg -> None or a (row, where) -> row check of every row read, for
+                                # what prepare reads beyond the row kind (MetaAligner's labels): a row
+                                # it refuses is a bad row when read, skipped and counted with
+                                # --skip_bad_rows (prepare sees all rows at once: nothing skips there)
     tokenize_options: Callable = lambda cfg: {}  # cfg -> keyword arguments of data.tokenize_rows,
                                                  # length limits beside max_length (MO-ORPO's sj_max_length)
     rollout: Callable = None  # (model, batch, run, cfg) -> (batch for `loss`, metrics): the on-policy

@@ -214,9 +214,11 @@ def raw_lines(path):
             yield f"{path}:{i}", raw
 
 
-def read_jsonl(path, kind, skip_bad=False):
+def read_jsonl(path, kind, skip_bad=False, check=None):
     """Rows of a JSONL file, validated. Returns (rows, n_skipped). Each line is decoded on its own,
-    so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad."""
+    so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad. check: a method's
+    own (row, where) -> row check after the kind's (Method.check_row: the labels MetaAligner reads),
+    run here so that a row it refuses is skipped and counted like any other bad row."""
     rows, skipped = [], 0
     for where, raw in raw_lines(path):
         try:
@@ -228,6 +230,8 @@ def read_jsonl(path, kind, skip_bad=False):
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
             row = validate_row(row, kind, where)
+            if check is not None:
+                row = check(row, where)
             row["_where"] = where
             rows.append(row)
         except DataError:

@@ -197,5 +197,6 @@ def correct(aligner, tok, prompts, answers, objectives, max_new_tokens=48, batch
 register(Method(name="meta_aligner", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
                 help="MetaAligner: SFT an aligner that edits answers towards named objectives "
                      "(--meta_stage warmup|equal|preference|all)",
-                options=MetaOptions, prepare=stage_rows, main=run_stages, sample_flags=sample_flags,
+                options=MetaOptions, prepare=stage_rows, check_row=lambda cfg: check_labels,
+                main=run_stages, sample_flags=sample_flags,
                 metrics=METRICS, defaults={"max_length": 384}))

@@ -95,18 +95,32 @@ def inherited(ckpt_dir):
     return {PRINCIPLES_FILE: read_json(path)} if os.path.exists(path) else {}
 
 
+def labelled(row, where, t):
+    """A row a principle template judges: its per-objective labels, checked (data.check_labels)."""
+    if not ("labels" in row and "objectives" in row):
+        raise DataError(f"{where}: judge template '{t.name}' is principle-aware and needs 'labels' and "
+                        f"'objectives' fields on every row")
+    return check_labels(row, where)
+
+
+def label_check(cfg):
+    """JSFT's / pref_aug's Method.check_row: under a principle template every row read needs its
+    labels, checked as it is read (a row without them skipped and counted with --skip_bad_rows);
+    None for a template without principles, or JSFT without judgments (--jsft_judge false)."""
+    t = TEMPLATES[cfg.judge_template]
+    if "{principle}" not in t.user or not getattr(cfg, "jsft_judge", True):
+        return None
+    return lambda row, where: labelled(row, where, t)
+
+
 def judgment_data(rows, t, run, split="train"):
     """The judge's training rows (JSFT, OSP's augmentation): each pair judged in both orders. A
     principle template needs labels per objective on every row, and the training split's principles
     are kept with the checkpoint (principles.json), so the trained judge later judges under the same
     ones (a validation split of other objectives does not replace them)."""
     aware = "{principle}" in t.user
-    for r in rows:
-        if aware and not ("labels" in r and "objectives" in r):
-            raise DataError(f"{r.get('_where', 'row')}: judge template '{t.name}' is principle-aware "
-                            f"and needs 'labels' and 'objectives' fields on every row")
     if aware:                            # JSON's 1 read as "1"; a label of no meaning an error
-        rows = [check_labels(r, r.get("_where", "row")) for r in rows]
+        rows = [labelled(r, r.get("_where", "row"), t) for r in rows]
     if t.rationale and run.task is None:
         raise DataError(f"judge template '{t.name}' trains on rationales, which only a built-in "
                         f"task's oracle writes; choose a template without rationale")

@@ -154,7 +154,8 @@ register(
            help="OSP preference augmentation: SFT on judge instructions from preference pairs (both "
                 "orders)", options=with_defaults(onpolicy.JudgeTemplateOptions, "PrefAugOptions",
                                                  likelihood="pair"),
-           prepare=pref_aug_rows, metrics=SFT_METRICS, defaults={"max_length": 384}),
+           prepare=pref_aug_rows, check_row=onpolicy.label_check, metrics=SFT_METRICS,
+           defaults={"max_length": 384}),
     Method(name="osp", reads="prompt", eats="prompt", unit="n_examples", rollout=osp_rollout,
            loss=osp_loss, help="OSP: K samples per prompt, ranked pairs, soft targets from the frozen "
            "SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", options=OSPOptions, needs_ref=True,

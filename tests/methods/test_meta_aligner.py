@@ -224,3 +224,31 @@ def test_meta_aligner_stage_rows_holdout_and_seed():
     picks = {tuple(e["response"] for e in stage_rows(many, dataclasses.replace(warm, seed=s), "train"))
              for s in range(3)}
     assert len(picks) == 3                                 # the warm-up subset follows the seed
+
+
+# -- --skip_bad_rows: a row without usable labels is a bad row like any other ------------------------
+@pytest.mark.parametrize("method, opts", [("meta_aligner", {"meta_stage": "preference"}),
+                                          ("jsft", {"judge_template": "compact_principle"}),
+                                          ("pref_aug", {"judge_template": "compact_principle"})])
+def test_rows_without_usable_labels_are_skipped_and_counted_with_skip_bad_rows(tmp_path, capsys,
+                                                                                method, opts):
+    """MetaAligner and a principle-aware judge read each row's labels: a row without them, or with a
+    label of no meaning, is a bad row, named by file:line, and with --skip_bad_rows skipped and
+    counted among the rows read. It stopped the run even with --skip_bad_rows (the labels were
+    checked only when the method built its rows, after reading, where nothing skips)."""
+    from nanoalign.common import REGISTRY
+    from nanoalign.tasks import arith as task
+    from tests.helpers import run_cfg
+    f = tmp_path / "p.jsonl"
+    good = {"prompt": "What is 1 + 1?", "chosen": "2.", "rejected": "3.", "labels": {"c": "1"},
+            "objectives": {"c": "the sum is right"}}
+    bare = {k: v for k, v in good.items() if k not in ("labels", "objectives")}
+    f.write_text("".join(json.dumps(r) + "\n" for r in (good, bare, {**good, "labels": {"c": "3"}}, good)))
+    cfg = run_cfg(tmp_path, method=method, train_data=str(f), max_length=384, **opts)
+    with pytest.raises(DataError, match=rf"^{f}:2: "):
+        train.load_split(cfg, REGISTRY[method], task, "train", train.Run(tok=task.build_tokenizer()))
+    cfg = dataclasses.replace(cfg, skip_bad_rows=True)
+    capsys.readouterr()
+    ex = train.load_split(cfg, REGISTRY[method], task, "train", train.Run(tok=task.build_tokenizer()))
+    assert {e["row"]["_where"] for e in ex} == {f"{f}:1", f"{f}:4"}
+    assert f"{f} [train]: skipped 2 of 4 rows read;" in capsys.readouterr().out
