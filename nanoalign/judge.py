@@ -139,8 +139,11 @@ def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
             better, worse = answer_text(better), answer_text(worse)
             for first_better in (True, False):
                 a, b = (better, worse) if first_better else (worse, better)
-                msgs, ans = render(template, r["prompt"], a, b, name, desc)
-                resp = ans.format(label=template.labels[0 if first_better else 1])
+                msgs, _ = render(template, r["prompt"], a, b, name, desc)
+                # label first, then the principle, both by replace: the principle is an objective
+                # name from the user's labels, any string, braces too (str.format would read them)
+                resp = (template.answer.replace("{label}", template.labels[0 if first_better else 1])
+                        .replace("{principle}", name or ""))
                 if template.rationale:
                     resp += (f"\nEvaluation of Response A: {rationale_fn(r['prompt'], a, name)}"
                              f"\nEvaluation of Response B: {rationale_fn(r['prompt'], b, name)}")

@@ -331,6 +331,18 @@ def test_judgment_rows_name_the_line_their_pair_came_from(aware):
     assert [g["_where"] for g in got] == sorted(g["_where"] for g in got)    # each pair's, in order
 
 
+@pytest.mark.parametrize("name", ["fmt {json}", "{0}", "a } b", "{label}s"])
+def test_a_principle_named_with_braces_is_judged_under_its_name(name):
+    """An objective is a key of the user's 'labels': any string. Its name in the judgment target is
+    that string, braces too; it was str.format-ed with the label, so 'fmt {json}' stopped JSFT with
+    a KeyError traceback (no file:line)."""
+    from nanoalign.judge import TEMPLATES, judgment_rows
+    r = {"prompt": "q", "chosen": "good", "rejected": "bad", "_where": "p.jsonl:1",
+         "labels": {name: "1"}, "objectives": {name: "d"}}
+    got = judgment_rows([r], TEMPLATES["compact_principle"], True)
+    assert [g["response"] for g in got] == [f"Better for '{name}': A", f"Better for '{name}': B"]
+
+
 def test_principle_aware_judgment_data_keeps_its_principles_and_needs_labels():
     from nanoalign.common import Run
     from nanoalign.judge import TEMPLATES, judgment_rows
