@@ -3,7 +3,8 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
 
   preference  {"prompt": P, "chosen": R, "rejected": R}      (UltraFeedback-binarized, TRL)
               or TRL's implicit prompt: {"chosen": C, "rejected": C} with no "prompt", where both
-              are whole conversations (or whole strings); the prompt is their shared beginning
+              are whole conversations (or whole strings); the prompt is their shared beginning (two
+              conversations that part before their last answer are a bad row)
   sft         {"prompt": P, "response": R}  or  {"messages": [...]}  (last assistant turn = response)
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}
@@ -143,7 +144,8 @@ def check_labels(row, where):
 
 
 def _read_pref(row, where):
-    if "prompt" not in row and "chosen" in row and "rejected" in row:
+    implicit = "prompt" not in row and "chosen" in row and "rejected" in row
+    if implicit:
         c = check_text(row["chosen"], where, "chosen")
         r = check_text(row["rejected"], where, "rejected")
         p, c, r = implicit_prompt(c, r, where)
@@ -151,6 +153,13 @@ def _read_pref(row, where):
     out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where)
     for f in ("chosen", "rejected"):
         check_response(out[f], where, f)
+    if implicit and isinstance(out["chosen"], list) and max(len(out["chosen"]), len(out["rejected"])) > 1:
+        # conversations that part before their last answer: only that answer would be trained, after
+        # the shared prompt, the turns between silently dropped (an answer to a question not asked)
+        raise DataError(f"{where}: no 'prompt' field, and 'chosen' and 'rejected' differ before their "
+                        f"last assistant message (at message {len(out['prompt']) + 1}); a row trains one "
+                        f"answer: give the conversation before it as 'prompt', the two answers as "
+                        f"'chosen' and 'rejected'")
     return out
 
 

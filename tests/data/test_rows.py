@@ -521,3 +521,19 @@ def test_labels_written_as_json_numbers_are_read_as_the_strings_they_stand_for()
 def test_a_bad_label_names_the_row_and_objective(labels, objectives, pattern):
     with pytest.raises(DataError, match=pattern):
         check_labels(labelled(labels, objectives), "f:3")
+
+
+def test_implicit_prompt_conversations_that_differ_before_their_last_answer_are_a_bad_row():
+    """Two conversations that differ at an earlier turn leave responses of several messages
+    ([a1, u2, a2]), of which only the last assistant message would be trained, after the shared
+    prompt: the row read as (hi -> a2), an answer to a question it never saw, silently. Now an error
+    naming the row (with --skip_bad_rows, skipped and counted); a difference in the last answer alone
+    reads as before."""
+    u2 = {"role": "user", "content": "and?"}
+    c = [USER, {"role": "assistant", "content": "a1"}, u2, {"role": "assistant", "content": "a2"}]
+    r = [USER, {"role": "assistant", "content": "b1"}, u2, {"role": "assistant", "content": "b2"}]
+    msg = error_of({"chosen": c, "rejected": r}, "pref")
+    assert msg.startswith(f"{W}: no 'prompt' field, and 'chosen' and 'rejected' differ before their "
+                          f"last assistant message")
+    same_start = validate_row({"chosen": c, "rejected": c[:3] + r[3:]}, "pref", W)
+    assert (same_start["prompt"], same_start["chosen"], same_start["rejected"]) == (c[:3], c[3:], r[3:])
