@@ -501,7 +501,11 @@ def main(argv=None):
     task = get_task(task_name)
     prompts, sft_cache, results = task.test_prompts(a.n_test), {}, []
     # the comparison's own forwards (the data, the start's answers) where train.py's --device says
-    device = resolve_device(train.parse_config(a.extra).device)
+    run_cfg = train.parse_config(a.extra)
+    device = resolve_device(run_cfg.device)
+    # before the first matmul, as train.main does: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when its
+    # handle is made, and the data build and the start's answers below come before any run's train()
+    train.set_deterministic(run_cfg, device)
     for seed in seeds:
         start, flags = start_of(a, seed, task_name, root, device)
         answers = greedy_answers(*load(start, device=device), prompts, answer_len(task))

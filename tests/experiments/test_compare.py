@@ -67,6 +67,8 @@ def test_the_comparisons_own_forwards_run_on_the_training_device(tmp_path, monke
                                                                           real_build(*a, device="cpu", **kw))[1])
     monkeypatch.setattr(compare, "load", load)
     monkeypatch.setattr(compare, "resolve_device", lambda d: "cuda" if d == "auto" else d)
+    # this machine's CUDA is make-believe: torch's deterministic mode for it would outlive the test
+    monkeypatch.setattr(train, "set_deterministic", lambda cfg, device: False)
     batches = []
     real_sj = compare.sj_batches
     monkeypatch.setattr(compare, "sj_batches", lambda *a, **kw: (batches.append(kw.get("device")),
@@ -77,6 +79,28 @@ def test_the_comparisons_own_forwards_run_on_the_training_device(tmp_path, monke
     assert built == ["cuda"]
     assert asked and all(dev == "cuda" for _, dev in asked), asked   # the start's, then the run's
     assert [str(d) for d in batches] == ["cpu"]          # the model's own device (loaded on the CPU here)
+
+
+def test_deterministic_algorithms_are_set_before_the_comparisons_first_forward(tmp_path, monkeypatch):
+    """cuBLAS reads its workspace setting (CUBLAS_WORKSPACE_CONFIG, which train.py's --deterministic
+    sets) when its handle is made, at the first matmul. The comparison's own forwards (the instruct
+    data's samples, the start's greedy answers) ran before the first run's train() set it up, so
+    on a GPU every run of a comparison trained on the handle they made (train.main sets it up first
+    for its own 'before' table)."""
+    torch.manual_seed(0)
+    start = str(tmp_path / "start")
+    save_model(Transformer(config_from_preset("tiny")), start, task.build_tokenizer())
+    order, real_det, real_answers = [], train.set_deterministic, compare.greedy_answers
+    monkeypatch.setattr(train, "set_deterministic", lambda *a: order.append("deterministic") or real_det(*a))
+    monkeypatch.setattr(compare, "greedy_answers", lambda *a, **kw: order.append("forward")
+                        or real_answers(*a, **kw))
+    instruct = compare.get_task("instruct")
+    real_build = instruct.build
+    monkeypatch.setattr(instruct, "build", lambda *a, **kw: order.append("forward") or real_build(*a, **kw))
+    compare.main(["--preset", "instruct_smoke", "--seeds", "1", "--methods", "orpo", "--start", start,
+                  "--n_test", "2", "--answer_tokens", "4", "--out", str(tmp_path / "out"), "--",
+                  "--max_length", "512", "--max_steps", "1"])
+    assert order[0] == "deterministic" and "forward" in order, order
 
 
 # -- each run is judged as the run judges ----------------------------------------------------------
