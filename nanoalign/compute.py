@@ -104,9 +104,10 @@ def compute_of(cfg, model):
             + {0: "", 1: ", grad checkpointing", 2: ", grad checkpointing half"}[checkpoint_every(cfg, model)])
 
 
-# --lr 0 (auto): the built-in tasks' small models train at 3e-4; a pretrained model, of FAST_MIN_PARAMS
-# or more, at TRL's defaults (SFTConfig 2e-5; DPOConfig and ORPOConfig 1e-6): at 3e-4 a full
-# fine-tune of one is wrecked within steps. With LoRA too, as TRL keeps them.
+# --lr 0 (auto): the arith task's small model trains at 3e-4; a pretrained model, of FAST_MIN_PARAMS
+# or more (the instruct task's SmolLM2-135M too), at TRL's defaults (SFTConfig 2e-5; DPOConfig and
+# ORPOConfig 1e-6): at 3e-4 a full fine-tune of one is wrecked within steps. With LoRA too, as TRL
+# keeps them.
 AUTO_LR = {"small": 3e-4, "sft": 2e-5, "preference": 1e-6}
 
 
