@@ -423,7 +423,7 @@ def main(argv=None):
         example = task.test_prompts(1)[0] if cfg.train_data == "builtin" else "your prompt"
         flags = (method.sample_flags(cfg, ckpt) if method.sample_flags
                  else f"--init_from {shlex.quote(ckpt)}")
-        print(f"\nsample from it:\n  python sample.py {flags} --prompt \"{example}\"")
+        print(f"\nsample from it:\n  python sample.py {flags} --prompt {shlex.quote(example)}")
     except (CheckpointError, DataError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
