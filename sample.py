@@ -75,7 +75,8 @@ def build_parser():
                     "set --temperature too (default: %(default)s)")
     ap.add_argument("--batch_size", type=int, default=32, metavar="N",
                     help="samples decoded together: the prompts (x --num_samples) go through "
-                    "generation N at a time (and --aligner corrects N at a time), each batch printed "
+                    "generation N at a time (and --aligner corrects N at a time; not --best_of, "
+                    "which samples every prompt's candidates at once), each batch printed "
                     "as soon as it is done, so memory stays bounded (a batch's KV cache grows with N) "
                     "and Ctrl-C loses only the batch in flight. Greedy samples are the same at any N "
                     "up to float rounding; drawn ones follow --seed and N (default: %(default)s)")
