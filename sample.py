@@ -288,7 +288,7 @@ def main(argv=None):
     if a.aligner and a.answers_file:
         prompts, answers = read_answers(a.answers_file)
         fix = aligner_for(a)
-        return in_batches(list(zip(prompts, answers)), a, lambda b: fix(*map(list, zip(*b))))
+        return in_batches(list(zip(prompts, answers)), a, lambda b: fix([p for p, _ in b], [y for _, y in b]))
     prompts = list(a.prompt)
     if a.prompts_file:
         lines = read_lines(a.prompts_file, "--prompts_file")

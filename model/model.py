@@ -38,6 +38,16 @@ except ImportError:
     varlen_attn = None
 
 
+class TooLongForContext(ValueError):
+    """A sequence longer than the model's context (max_position_embeddings): its own type, with its
+    numbers, so that a caller can say what made it long (the judge's prompt, say)."""
+
+    def __init__(self, what, n, context):
+        super().__init__(f"{what} of {n} tokens is longer than the model's context "
+                         f"(max_position_embeddings = {context})")
+        self.n, self.context = n, context
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 32000
@@ -286,8 +296,7 @@ class Transformer(nn.Module):
         start = 0 if cache is None else cache.pos
         S = start + T
         if S > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {S} tokens is longer than the model's context "
-                             f"(max_position_embeddings = {self.cfg.max_seq_len})")
+            raise TooLongForContext("sequence", S, self.cfg.max_seq_len)
         if cache is not None and S > cache.max_len:
             raise ValueError(f"{S} positions do not fit a KV cache of {cache.max_len}")
         device = idx.device
@@ -320,8 +329,7 @@ class Transformer(nn.Module):
         every row and attention stays inside it, so each row gets the hidden states a right-padded
         batch gives it, and no matmul runs on a pad."""
         if rows.max_len > self.cfg.max_seq_len:
-            raise ValueError(f"a row of {rows.max_len} tokens is longer than the model's context "
-                             f"(max_position_embeddings = {self.cfg.max_seq_len})")
+            raise TooLongForContext("a row", rows.max_len, self.cfg.max_seq_len)
         freqs = rows.positions[None, :, None].float() * self.inv_freq     # (1, N, hs/2)
         emb = torch.cat((freqs, freqs), dim=-1)                          # (1, N, hs)
         x = self.embed_tokens(idx)

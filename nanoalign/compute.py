@@ -1,10 +1,10 @@
 """
 How a run computes, once its config's 'auto' settings meet the model and the machine: the autocast
 dtype (bf16 on CUDA, and on a CPU where it pays), padding-free batches, activation checkpointing,
-fused AdamW, the learning rate, CUDA's deterministic algorithms, and the line that names them all (train.py's start line). Every 'auto' turns on from
-FAST_MIN_PARAMS parameters; below it the built-in task's tiny model keeps plain float32, so the
-default run's printed table stays as it is. nanoalign/config.py declares the options; this file
-reads them.
+fused AdamW, the learning rate, CUDA's deterministic algorithms, and the line that names them all
+(train.py's start line). Every 'auto' turns on from FAST_MIN_PARAMS parameters; below it the
+built-in task's tiny model keeps plain float32, so the default run's printed table stays as it is.
+nanoalign/config.py declares the options; this file reads them.
 """
 import functools
 import os

@@ -58,9 +58,10 @@ class SharedConfig:
     grad_accum: int = option(1, "micro-batches per optimizer step (the loss is normalized over all)",
                              minimum=1)
     lr: float = option(0.0, "peak learning rate; 0 = auto: 3e-4 for a model under "
-                       f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's), for a larger "
-                       "(pretrained) one, the instruct task's SmolLM2-135M too, TRL's defaults: 2e-5 for the methods that train on SFT "
-                       "examples, 1e-6 for the preference losses", minimum=0.0)
+                       f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's); for a larger, "
+                       "pretrained one (the instruct task's SmolLM2-135M too) TRL's defaults: 2e-5 "
+                       "for the methods that train on SFT examples, 1e-6 for the preference losses",
+                       minimum=0.0)
     min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0,
                                  maximum=1.0)
     warmup_steps: int = option(20, "linear warm-up steps", minimum=0)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from model.checkpoint import load, read_json
+from model.model import TooLongForContext
 from nanoalign.common import evaluating, frozen_copy, option
 from nanoalign.data import DataError, check_labels, make_batch
 from nanoalign.dpo import DPOOptions
@@ -176,12 +177,11 @@ def judge_probs(judge, tok, template, prompts, a, b, principles=None, likelihood
         with evaluating(judge):
             return judge_pairs(judge, tok, template, list(zip(prompts, a, b)), principles,
                                likelihood=likelihood, combine=combine)
-    except ValueError as e:   # the model's refusal of a sequence beyond its context: name what to change
-        if isinstance(e, JudgeError) or "longer than the model's context" not in str(e):
-            raise
-        raise JudgeError(f"judge template '{template.name}': a judge {str(e).replace('sequence', 'prompt')}; "
-                         f"it holds the prompt, two samples and the template, so a shorter one (a "
-                         f"'compact' template), --max_length or --gen_max_tokens brings it in") from None
+    except TooLongForContext as e:   # the model's refusal, said of the judge: what to change
+        raise JudgeError(f"judge template '{template.name}': a judge prompt of {e.n} tokens is longer than "
+                         f"the judge's context ({e.context} tokens); it holds the prompt, two samples and "
+                         f"the template, so a shorter one (a 'compact' template), --max_length or "
+                         f"--gen_max_tokens brings it in") from None
 
 
 # -- 3. pairs ------------------------------------------------------------------------------------------
