@@ -120,7 +120,7 @@ def render(t, prompt, a, b, principle=None, description=None):
     return msgs, t.answer.replace("{principle}", principle or "")
 
 
-# -- JSFT data: judgment instructions in both orders (Self-Judge section 3, OSP augmentation) -------
+# -- JSFT data: judgment instructions in both orders (Self-Judge sec. 3.1, A.3; OSP augmentation) ---
 def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
     """SFT rows {prompt, response} teaching the judge: each pair in both position orders, target =
     the answer ending in the better response's label (+ a rationale when the template has one).

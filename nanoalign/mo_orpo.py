@@ -13,7 +13,7 @@ batch, and both are scored in the same step, so z_sj below belongs to the same e
 Per example, with L_task = L_SFT + lam * L_OR and z = the task's log odds ratio (--prompt_loss
 counts the alignment prompt in L_SFT_align, never the SJ prompt, which shows both responses):
 
-  scalarization   L = w1 * L_align + (1 - w1) * L_sj                            (sec. 3.2; w1 = 0.6)
+  scalarization   L = w1 * L_align + (1 - w1) * L_sj                 (sec. 3.2.1, eq. 5; w1 = 0.6)
   conjoined       L = w1 * (L_SFT_align + lam * -logsigmoid(z_align - sg(z_sj))) + w2 * L_sj
                                                                 (eq. 6; w1 = 0.7, w2 = 0.3)
                   d/dz_align of the OR term = -(1 + exp(z_align - z_sj))^-1: alignment examples get
