@@ -38,7 +38,7 @@ from nanoalign.compute import (autocast, checkpoint_every, compute_of, make_opti
 from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
-from nanoalign.onpolicy import TIMES, inherited
+from nanoalign.onpolicy import COUNTS, RATES, TIMES, WEIGHTS, inherited
 from nanoalign.tasks import get_task
 from nanoalign.tasks.evaluate import format_table, oracle_eval
 
@@ -132,18 +132,20 @@ def lr_at(step, cfg, peak):
     return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def step_metrics(per_micro, units, totals=()):
+def step_metrics(per_micro, units, totals=(), by=None, run_totals=()):
     """One step's metrics from its micro-batches' {name: float} and their units (the tokens or
-    examples its loss sums over): a name in `totals` (seconds spent) summed, any other the mean
-    weighted by units over the micro-batches that logged it (dist.weighted_means), so that a
-    per-token or per-example mean is that of the whole step (SFT's nll_per_token over micro-batches
-    of unequal token counts), and judge agreement, logged only where the oracle ranks a pair, is no
-    agreement of 0 where it is not; then over ranks, weighted alike (dist.mean_metrics)."""
-    out = dist.weighted_means(per_micro, units)
+    examples its loss sums over), each name over the micro-batches that logged it (judge agreement
+    only where the oracle ranked a pair: no agreement of 0 where it did not), by dist.weighted_means:
+    the mean weighted by units, so that a per-token or per-example mean is that of the whole step
+    (SFT's nll_per_token over micro-batches of unequal token counts); a name in `by` weighted by
+    the count it names instead (judge agreement by the pairs the oracle ranked); a name in `totals`
+    (seconds spent, pairs counted) summed. Then over ranks, weighted alike (dist.mean_metrics), a
+    name in `run_totals` (a count or a rate of the whole run) summed."""
+    out = dist.weighted_means(per_micro, units, by)
     for k in totals:
         if k in out:
             out[k] = sum(m[k] for m in per_micro if k in m)
-    return dist.mean_metrics(out, sum(units))
+    return dist.mean_metrics(out, sum(units), by, run_totals)
 
 
 def rollout(model, method, micro, run, cfg):
@@ -155,7 +157,8 @@ def rollout(model, method, micro, run, cfg):
             b, m = method.rollout(dist.unwrapped(model), b, run, cfg)
         out.append(b)
         mets.append(m)
-    return out, step_metrics(mets, [b[method.unit] for b in out], totals=TIMES)
+    return out, step_metrics(mets, [b[method.unit] for b in out], totals=TIMES + COUNTS, by=WEIGHTS,
+                             run_totals=COUNTS + RATES)
 
 
 def accumulate_gradients(model, method, micro, run, cfg):

@@ -189,24 +189,30 @@ def gather(x):
     return every
 
 
-def weighted_means(mets, weights):
+def weighted_means(mets, weights, by=None):
     """{name: the mean of its values, each weighted by its dict's weight}, over the dicts in `mets`
     that hold the name: a name some lack (judge agreement where there was nothing to judge) is not
-    counted as 0 there. One rule for a step's micro-batches (train.step_metrics) and its ranks."""
-    out = {}
+    counted as 0 there. A name in `by` is weighted instead by the value its dict holds under the
+    name by[name]: a fraction by what it is a fraction of (judge agreement by the pairs the oracle
+    ranked). One rule for a step's micro-batches (train.step_metrics) and its ranks."""
+    by, out = by or {}, {}
     for k in dict.fromkeys(k for m in mets for k in m):
-        got = [(m[k], w) for m, w in zip(mets, weights) if k in m]
+        got = [(m[k], m[by[k]] if k in by else w) for m, w in zip(mets, weights) if k in m]
         out[k] = sum(v * w for v, w in got) / max(sum(w for _, w in got), 1e-30)
     return out
 
 
-def mean_metrics(mets, weight=1.0):
+def mean_metrics(mets, weight=1.0, by=None, sums=()):
     """Average a {name: float} dict over ranks, each rank's weighted by `weight` (its units: tokens
-    or examples, so that a per-token mean is that of the global batch), by weighted_means."""
+    or examples, so that a per-token mean is that of the global batch), a name in `by` by its own
+    count, by weighted_means; a name in `sums` (a count or a rate of the whole run) summed."""
     if world() == 1:
         return mets
     every = gather((mets, float(weight)))
-    means = weighted_means([m for m, _ in every], [w for _, w in every])
+    means = weighted_means([m for m, _ in every], [w for _, w in every], by)
+    for k in sums:
+        if k in means:
+            means[k] = sum(m[k] for m, _ in every if k in m)
     return {k: means[k] for k in sorted(means)}
 
 

@@ -210,9 +210,11 @@ def response_batch(prompts, responses, pad_id, device, packed=False):
 
 # -- metrics -------------------------------------------------------------------------------------------
 def agreement(task, prompts, a, b, p):
-    """{'judge_agree': ...}: how often the judge's choice (p >= 1/2: a) matches a built-in task's
-    oracle, over the pairs the oracle does not tie; {} without a task or without such pairs. The
-    oracle is a metric only: it never decides a pair."""
+    """{'judge_agree': ..., 'judge_pairs': n}: how often the judge's choice (p >= 1/2: a) matches a
+    built-in task's oracle, over the n pairs the oracle does not tie; {} without a task or without
+    such pairs. Ties are common, so n varies between micro-batches and ranks of equal examples:
+    the loop weighs each judge_agree by its n (WEIGHTS). The oracle is a metric only: it never
+    decides a pair."""
     if task is None:
         return {}
     hits = []
@@ -223,7 +225,7 @@ def agreement(task, prompts, a, b, p):
             continue
         if sa != sb:
             hits.append(float((sa > sb) == (float(q) >= 0.5)))
-    return {"judge_agree": sum(hits) / len(hits)} if hits else {}
+    return {"judge_agree": sum(hits) / len(hits), "judge_pairs": float(len(hits))} if hits else {}
 
 
 class Clock:
@@ -246,8 +248,16 @@ def cost(samples, clock, n_drawn):
     return m
 
 
-TIMES = ("t_sample", "t_judge")   # a step's seconds: summed over its micro-batches (train.py)
+# how the loop combines these over a step's micro-batches, then its ranks (train.step_metrics); any
+# other metric of a rollout is the mean weighted by each micro-batch's examples
+TIMES = ("t_sample", "t_judge")        # a rank's seconds in the step: summed over its micro-batches
+COUNTS = ("judge_pairs",)              # summed over micro-batches and over ranks
+WEIGHTS = {"judge_agree": "judge_pairs",    # the fraction of all the pairs the oracle ranked
+           "samples_per_s": "t_sample"}     # a rank's samples drawn over its seconds of sampling
+RATES = ("samples_per_s",)             # the run's: summed over ranks, which sample side by side
 METRICS = {"judge_agree": "judge's choice = the built-in task's oracle, on pairs it does not tie",
-           "sample_len": "mean sample length (tokens)", "samples_per_s": "samples drawn per second",
+           "judge_pairs": "pairs the oracle does not tie in this step, all ranks (judge_agree's)",
+           "sample_len": "mean sample length (tokens)",
+           "samples_per_s": "samples drawn per second of sampling, all ranks",
            "t_sample": "seconds sampling in this step", "t_judge": "seconds judging in this step (the rest "
            "of step_s is the update)"}

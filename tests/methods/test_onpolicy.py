@@ -93,11 +93,66 @@ def test_a_rollout_metric_is_averaged_over_the_micro_batches_that_logged_it():
     """judge_agree is logged only where the oracle ranks some pair: a micro-batch without one has
     no agreement to count, not an agreement of 0."""
     import types
-    mets = iter([{"judge_agree": 1.0, "sample_len": 4.0}, {"sample_len": 6.0}])
+    mets = iter([{"judge_agree": 1.0, "judge_pairs": 2.0, "sample_len": 4.0}, {"sample_len": 6.0}])
     method = types.SimpleNamespace(unit="n_examples", rollout=lambda model, b, run, cfg: (b, next(mets)))
     cfg = train.make_config(method="self_judge")
     _, got = train.rollout(tiny(), method, [{"n_examples": 2}, {"n_examples": 2}], None, cfg)
-    assert got == {"judge_agree": 1.0, "sample_len": 5.0}
+    assert got == {"judge_agree": 1.0, "judge_pairs": 2.0, "sample_len": 5.0}
+
+
+def step_of(micro_metrics, units=None):
+    """The logged metrics of one step whose micro-batches' rollouts returned these metrics (and
+    held these examples: 2 each unless given)."""
+    import types
+    mets = iter(micro_metrics)
+    method = types.SimpleNamespace(unit="n_examples", rollout=lambda model, b, run, cfg: (b, next(mets)))
+    micro = [{"n_examples": n} for n in units or [2] * len(micro_metrics)]
+    return train.rollout(tiny(), method, micro, None, train.make_config(method="self_judge"))[1]
+
+
+# one pair of "What is 2 + 2?" per outcome: the oracle ranks "4." over "5." (or ties "4." with
+# "4."), and the judge's p picks the first response or the second
+X = "What is 2 + 2?"
+PAIR = {"hit": ("4.", "5.", 0.9), "miss": ("4.", "5.", 0.1), "tie": ("4.", "4.", 0.9)}
+
+
+def agreement_of(outcomes):
+    a, b, p = zip(*[PAIR[o] for o in outcomes]) if outcomes else ((), (), ())
+    return onpolicy.agreement(task, [X] * len(outcomes), list(a), list(b), list(p))
+
+
+def test_judge_agree_of_a_step_is_the_fraction_of_all_its_ranked_pairs():
+    """Two micro-batches of two prompts each: the first ranks one pair (a hit) and ties the other,
+    the second ranks both (two misses). By hand: 1 hit of 3 ranked pairs. Weighting each
+    micro-batch's fraction by its examples gave (1 + 0) / 2."""
+    got = step_of([agreement_of(["hit", "tie"]), agreement_of(["miss", "miss"])])
+    assert got["judge_agree"] == pytest.approx(1 / 3) and got["judge_pairs"] == 3
+
+
+@settings(max_examples=examples(15))
+@given(st.lists(st.tuples(st.lists(st.sampled_from(sorted(PAIR)), max_size=5), st.integers(1, 4)),
+                min_size=1, max_size=4))
+def test_judge_agree_counts_every_ranked_pair_of_the_step_alike(micro):
+    """Whatever the micro-batches' sizes and ties: the step's hits over the step's ranked pairs, the
+    count logged as judge_pairs; neither is logged where nothing was ranked."""
+    outcomes = [o for outs, _ in micro for o in outs]
+    hits, ranked = outcomes.count("hit"), len(outcomes) - outcomes.count("tie")
+    got = step_of([agreement_of(outs) for outs, _ in micro], units=[n for _, n in micro])
+    if ranked:
+        assert got["judge_agree"] == pytest.approx(hits / ranked) and got["judge_pairs"] == ranked
+    else:
+        assert "judge_agree" not in got and "judge_pairs" not in got
+
+
+def test_samples_per_s_of_a_step_is_its_samples_over_its_sampling_seconds():
+    """4 samples in 1 s, then 4 in 3 s: 8 samples in 4 s of sampling, 2 per second (not the mean
+    of the two micro-batches' rates, 8/3), and t_sample the 4 s."""
+    import types
+
+    def cost(n, seconds):
+        return onpolicy.cost([[1, 2]] * n, types.SimpleNamespace(laps={"t_sample": seconds}), n)
+    got = step_of([cost(4, 1.0), cost(4, 3.0)])
+    assert got["samples_per_s"] == pytest.approx(2.0) and got["t_sample"] == pytest.approx(4.0)
 
 
 # -- principles, each paper's judging rule, a judge of its own -------------------------------------
@@ -445,7 +500,7 @@ def test_agreement_skips_prompts_outside_the_task():
     """A prompt the task cannot read is skipped, and the pairs after it still count: here one pair
     the oracle ranks ('4.' is right, '5.' wrong), which the judge (p = 0.9: the first) gets right."""
     assert onpolicy.agreement(task, ["not a task prompt", "What is 2 + 2?"], ["x", "4."], ["y", "5."],
-                              [0.9, 0.9]) == {"judge_agree": 1.0}
+                              [0.9, 0.9]) == {"judge_agree": 1.0, "judge_pairs": 1.0}
 
 
 ANSWERS = ["4.", "4", "5.", "The sum is 4.", "x"]
@@ -466,7 +521,7 @@ def test_agreement_is_the_judges_hit_rate_on_the_pairs_the_oracle_ranks(pairs):
             sa, sb = task.oracle_scores(x, ya)["overall"], task.oracle_scores(x, yb)["overall"]
             if sa != sb:
                 hits.append((sa > sb) == (q >= 0.5))
-    want = {"judge_agree": sum(hits) / len(hits)} if hits else {}
+    want = {"judge_agree": sum(hits) / len(hits), "judge_pairs": len(hits)} if hits else {}
     assert onpolicy.agreement(task, prompts, a, b, p) == pytest.approx(want)
     assert onpolicy.agreement(None, prompts, a, b, p) == {}
 

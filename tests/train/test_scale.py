@@ -261,3 +261,51 @@ def test_the_collectives_of_ranks_on_cuda_have_a_backend_for_their_cpu_tensors(t
                         "--master_port", str(31500 + os.getpid() % 1000), str(script)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.count("collectives ok") == 2, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+ROLLOUT_METRICS_SCRIPT = """
+import json, types
+import train
+from nanoalign import dist, onpolicy
+from nanoalign.tasks import arith as task
+from tests.helpers import tiny
+
+dist.setup("cpu")
+X = "What is 2 + 2?"
+
+def micro_batch(hits, misses, ties, samples, seconds):
+    # the metrics of a rollout that judged these pairs ('4.' is the oracle's pick over '5.', a tie
+    # with '4.'; p >= 1/2 picks the first) and drew `samples` in `seconds` of sampling
+    pairs = [("4.", "5.", 0.9)] * hits + [("4.", "5.", 0.1)] * misses + [("4.", "4.", 0.9)] * ties
+    a, b, p = (list(x) for x in zip(*pairs))
+    clock = types.SimpleNamespace(laps={"t_sample": seconds})
+    return {**onpolicy.agreement(task, [X] * len(pairs), a, b, p),
+            **onpolicy.cost([[1]] * samples, clock, samples)}
+
+# rank 0: one hit of 3 ranked pairs, 4 samples in 1 s; then only ties, 4 samples in 3 s
+# rank 1: one hit of 1, 6 samples in 2 s; then 3 hits of 3, 6 samples in 2 s
+mets = iter([[micro_batch(1, 2, 1, 4, 1.0), micro_batch(0, 0, 4, 4, 3.0)],
+             [micro_batch(1, 0, 3, 6, 2.0), micro_batch(3, 0, 1, 6, 2.0)]][dist.rank()])
+method = types.SimpleNamespace(unit="n_examples", rollout=lambda model, b, run, cfg: (b, next(mets)))
+_, got = train.rollout(tiny(), method, [{"n_examples": 4}] * 2, None, train.make_config(method="self_judge"))
+print("step metrics:", json.dumps(got))
+dist.cleanup()
+"""
+
+
+def test_two_ranks_log_the_whole_steps_judge_agreement_and_sampling_rate(tmp_path):
+    """judge_agree over two ranks of two micro-batches each is the fraction of all the pairs the
+    oracle ranked: by hand, 1 + 1 + 3 hits of 3 + 1 + 3 pairs = 5/7 (a mean of the ranks' fractions,
+    each weighted by its examples, gave 2/3); samples_per_s is the whole run's: rank 0 drew 8
+    samples in 4 s of sampling, rank 1 12 in 4 s, together 2 + 3 = 5 per second (the ranks' mean
+    was about one rank's); t_sample stays a rank's seconds (the ranks sample at the same time)."""
+    script = tmp_path / "rollout_metrics.py"
+    script.write_text(ROLLOUT_METRICS_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", str(32500 + os.getpid() % 1000), str(script)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = json.loads(r.stdout.split("step metrics:")[1])
+    assert got["judge_agree"] == pytest.approx(5 / 7) and got["judge_pairs"] == 7
+    assert got["samples_per_s"] == pytest.approx(5.0) and got["t_sample"] == pytest.approx(4.0)
