@@ -99,7 +99,7 @@ def legend(method):
     """What each logged number means: printed once at the start of a run."""
     items = {"loss": "the method's loss, averaged over the effective batch", "lr": "learning rate",
              "grad_norm": "gradient norm before clipping", "step_s": "seconds for this step",
-             "tok_per_s": "tokens through the model per second since the last log line",
+             "tok_per_s": "tokens through the model per second since the last log line, all ranks",
              **(method.metrics or {})}
     return "metrics: " + "; ".join(f"{k} = {v}" for k, v in items.items())
 
@@ -301,7 +301,8 @@ def train(cfg, task=None, stop_at=None):
                                                   "see --help)"))
     print(legend(method))
     model.train()
-    stop, t0, tokens, last_log = StopFlag(), time.time(), 0, time.time()
+    stop, tokens = StopFlag(), 0
+    t0 = last_log = time.time()
     history, val_step, rollout_mets = [], None, {}
     saved = step if cfg.resume else None       # the step of this run's newest checkpoint
     try:
@@ -331,11 +332,14 @@ def train(cfg, task=None, stop_at=None):
             if dist.world() > 1:   # every rank stops after the same step, or the others would hang
                 stop.hit = dist.all_sum(stop.hit) > 0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                el = time.time() - t0
+                # every rank's tokens: the ranks train side by side, so the run's rate is their sum;
+                # one clock reading, so tok_per_s * (elapsed - the last line's) is those tokens
+                tokens, now = dist.all_sum(tokens), time.time()
+                el = now - t0
                 rec = {"step": step, "split": "train", "loss": loss_total, "lr": lr,
-                       "grad_norm": gnorm.item(), **mets, "step_s": time.time() - t_step,
-                       "tok_per_s": tokens / max(time.time() - last_log, 1e-9), "elapsed": el}
-                tokens, last_log = 0, time.time()
+                       "grad_norm": gnorm.item(), **mets, "step_s": now - t_step,
+                       "tok_per_s": tokens / max(now - last_log, 1e-9), "elapsed": el}
+                tokens, last_log = 0, now
                 eta = el / max(step - (pos // cfg.grad_accum), 1) * (cfg.max_steps - step)
                 extra = " ".join(f"{k} {v:.4f}" for k, v in mets.items())
                 print(f"step {step:5d} | loss {loss_total:.4f} | {extra} | {rec['tok_per_s']:.0f} tok/s"

@@ -122,6 +122,13 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, paral
             assert (k in r1) == (k in r2), k
             if k in r1:
                 assert r2[k] == pytest.approx(r1[k], rel=1e-4, abs=1e-6), (r1["step"], k)
+    # tok_per_s is the whole run's: tok_per_s times the seconds since the last log line (elapsed
+    # from one line to the next) gives the tokens of both ranks, those of the one process
+    def tokens(d):
+        recs = logged(d)
+        since = [0.0] + [r["elapsed"] for r in recs]
+        return [r["tok_per_s"] * (r["elapsed"] - t) for r, t in zip(recs, since)]
+    assert tokens(tmp_path / "two") == pytest.approx(tokens(tmp_path / "one"), rel=1e-3)
 
 
 def test_fsdp_checkpoint_resumes_exactly(tmp_path, start):
