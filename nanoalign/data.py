@@ -7,7 +7,8 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
               conversations that part before their last answer are a bad row)
   sft         {"prompt": P, "response": R}  or  {"messages": [...]}  (last assistant turn = response)
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
-  P, R        a string, or a list of chat messages {"role": ..., "content": ...}
+  P, R        a string, or a list of chat messages {"role": ..., "content": ...}; R's list ends
+              with its answer, the last assistant message
   labels      optional, on preference rows: {objective: "1" | "2" | "equal"} (response 1 = chosen;
               1 and 2 may be JSON numbers), with "objectives": {objective: description};
               MetaAligner and principle-aware judges read them, through check_labels (other
@@ -80,14 +81,24 @@ def _check_fields(row, fields, kind, where):
     return out
 
 
-def check_response(v, where, field):
-    """A response given as messages must contain an assistant turn, and its last one, the response,
-    must not be empty (as a string response must not be)."""
+def check_response(v, where, field, first=1):
+    """A response given as messages must contain an assistant turn, end with it, and its last one,
+    the response, must not be empty (as a string response must not be). A turn after the answer (a
+    user's thanks, a tool's result) would be dropped without a word, so the row would train other
+    than the file says; TRL 1.16 trains it as part of the completion, as text the policy writes.
+    first: the number of v's first message in the file (an implicit prompt's response goes on
+    after the prompt's messages)."""
     if isinstance(v, list):
         answers = [m["content"] for m in v if m["role"] == "assistant"]
         if not answers:
             raise DataError(f"{where}: field '{field}' is a message list with no assistant message; "
                             f"the response is the last assistant message")
+        if v[-1]["role"] != "assistant":
+            n = max(i for i, m in enumerate(v, first) if m["role"] == "assistant")
+            raise DataError(f"{where}: field '{field}' ends with a '{v[-1]['role']}' message: the "
+                            f"response is the last assistant message (message {n}), and the turns "
+                            f"after it, from message {n + 1}, would not be trained; end the list at "
+                            f"the response")
         if not answers[-1].strip():
             raise DataError(f"{where}: field '{field}' has an empty last assistant message (the "
                             f"response)")
@@ -152,7 +163,7 @@ def _read_pref(row, where):
         row = {**row, "prompt": p, "chosen": c, "rejected": r}
     out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where)
     for f in ("chosen", "rejected"):
-        check_response(out[f], where, f)
+        check_response(out[f], where, f, len(out["prompt"]) + 1 if implicit else 1)
     if implicit and isinstance(out["chosen"], list) and max(len(out["chosen"]), len(out["rejected"])) > 1:
         # conversations that part before their last answer: only that answer would be trained, after
         # the shared prompt, the turns between silently dropped (an answer to a question not asked)

@@ -190,8 +190,53 @@ def test_a_response_list_needs_an_assistant_message(field):
     row = {"prompt": "p", "chosen": [USER, BOT], "rejected": [USER, BOT], field: [USER]}
     assert error_of(row, "pref") == (f"{W}: field '{field}' is a message list with no assistant "
                                      f"message; the response is the last assistant message")
-    row[field] = [USER, {"role": "assistant", "content": "x"}, USER]    # one anywhere is enough
+    row[field] = [USER, {"role": "assistant", "content": "x"}]          # after other turns, too
     assert validate_row(row, "pref", W)[field] == row[field]
+
+
+AFTER_THE_ANSWER = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "tool", "system"]),
+                                                   "content": st.text(max_size=5)}), min_size=1, max_size=3)
+
+
+@given(st.lists(VALID_MESSAGE, max_size=3), AFTER_THE_ANSWER,
+       st.sampled_from([("pref", "chosen"), ("pref", "rejected"), ("sft", "response")]))
+def test_a_response_list_that_goes_on_after_its_answer_is_a_bad_row(before, after, kind_field):
+    """The response of a message list is its last assistant message; a user or tool turn after it
+    would not be trained (TRL would train it, as text the policy writes), so the row would train
+    something other than the file says: an error naming the field and the turn, not a silent drop."""
+    kind, field = kind_field
+    row = {"prompt": "p", "chosen": "c", "rejected": "r"} if kind == "pref" else {"prompt": "p", "response": "r"}
+    row[field] = before + [BOT] + after
+    msg = error_of(row, kind)
+    assert msg.startswith(f"{W}: field '{field}' ends with a '{after[-1]['role']}' message")
+    assert f"(message {len(before) + 1})" in msg and f"from message {len(before) + 2}" in msg
+    row[field] = before + [BOT]                                  # ended at its answer: a good row
+    assert validate_row(row, kind, W)[field] == row[field]
+
+
+def test_an_implicit_prompt_response_that_goes_on_after_its_answer_counts_the_whole_conversation():
+    """Without a 'prompt', the messages are numbered in the conversation the file gives: it once
+    said that the two differ before their last answer, which they do not."""
+    c = [USER, BOT, {"role": "user", "content": "thanks"}]
+    assert error_of({"chosen": c, "rejected": [USER, {"role": "assistant", "content": "no"}]}, "pref") \
+        .startswith(f"{W}: field 'chosen' ends with a 'user' message: the response is the last "
+                    f"assistant message (message 2), and the turns after it, from message 3,")
+
+
+@pytest.mark.parametrize("kind, good, bad", [
+    ("pref", {"prompt": "q", "chosen": "a", "rejected": "b"},
+     {"prompt": "q", "chosen": [BOT, {"role": "user", "content": "thanks"}], "rejected": "b"}),
+    ("sft", {"prompt": "q", "response": "a"},
+     {"prompt": "q", "response": [BOT, {"role": "tool", "content": "{}"}]}),
+])
+def test_a_response_list_that_goes_on_after_its_answer_names_the_file_and_line(tmp_path, kind, good, bad):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    field = "chosen" if kind == "pref" else "response"
+    with pytest.raises(DataError, match=rf"{f}:2: field '{field}' ends with a"):
+        read_jsonl(str(f), kind)
+    rows, skipped = read_jsonl(str(f), kind, skip_bad=True)      # --skip_bad_rows
+    assert rows == [{**good, "_where": f"{f}:1"}] and skipped == 1
 
 
 @pytest.mark.parametrize("kind, field", [("pref", "chosen"), ("pref", "rejected"), ("sft", "response")])
