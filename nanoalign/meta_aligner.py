@@ -118,7 +118,8 @@ def run_stages(cfg, train_fn):
     The chain keeps its config and the stages it has finished in out_dir/run_config.json, so that
     `--out_dir DIR --resume` (config.resume_config reads that file) skips the finished stages,
     resumes the one that was stopped and runs the rest afresh. A stage counts as finished only if
-    this chain wrote so: a complete checkpoint an older chain left in DIR is replaced, not skipped."""
+    this chain wrote so (also when it was stopped after its checkpoint at its last step was in place):
+    a complete checkpoint an older chain left in DIR is replaced, not skipped."""
     if cfg.meta_stage != "all":
         train_fn(cfg)
         return os.path.join(cfg.out_dir, "ckpt")
@@ -137,10 +138,17 @@ def run_stages(cfg, train_fn):
               + (f" (resumed at step {done})" if 0 < done < c.max_steps else ""))
         finished = finished[:STAGES.index(st)]                     # the ones before it, all skipped
         _write_record(record, cfg, finished)
+        before = _stamp(init)
         try:
             train_fn(dataclasses.replace(c, resume=0 < done < c.max_steps))
-        except SystemExit as e:        # a stage stopped by Ctrl-C or SIGTERM exits 128 + the signal
-            if isinstance(e.code, int) and e.code >= 128:
+        except (SystemExit, KeyboardInterrupt) as e:   # Ctrl-C or SIGTERM: SystemExit(128 + signal)
+            # stopped in its last step or its end-of-run save, after this run's last checkpoint was in
+            # place (not an older chain's, left in DIR: it may come from other settings)
+            if _stamp(init) != before and saved_step(init) >= c.max_steps:
+                _write_record(record, cfg, finished + [st])      # the resume takes it, not retrains it
+                print(f"stage '{st}' is complete; to resume the chain (the stages after it):\n"
+                      f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
+            elif isinstance(e, KeyboardInterrupt) or (isinstance(e.code, int) and e.code >= 128):
                 print(f"that resumes stage '{st}' alone; to resume the chain (this stage, then the "
                       f"rest):\n  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
             raise
@@ -150,6 +158,12 @@ def run_stages(cfg, train_fn):
         raise CheckpointError(f"the chain in {cfg.out_dir} has finished all its stages: nothing to "
                               f"resume; raise --max_steps to train on")
     return init
+
+
+def _stamp(ckpt):
+    """Which checkpoint is in `ckpt` now: a save renames a new directory into place (a new inode)."""
+    state = os.path.join(ckpt, "state.json")
+    return (os.stat(state).st_ino, os.stat(state).st_mtime_ns) if os.path.exists(state) else None
 
 
 def sample_flags(cfg, ckpt):

@@ -100,6 +100,45 @@ def test_a_resumed_chain_replaces_the_stages_an_older_chain_left_in_its_director
     same_stage_weights(tmp_path / "a", tmp_path / "b")
 
 
+def trained_into(log):
+    """A chain's train_fn that notes the stages it trains."""
+    def train_fn(c):
+        log.append(c.meta_stage)
+        return train.train(c)
+    return train_fn
+
+
+def finished_equal_then(stop):
+    """A chain's train_fn whose stage 'equal' trains to its last step and is then stopped before it
+    returns: Ctrl-C in that last step (a complete checkpoint, then exit 130), or a second Ctrl-C in
+    its end-of-run save just after the checkpoint was renamed into place."""
+    def train_fn(c):
+        if c.meta_stage != "equal":
+            return train.train(c)
+        train.train(c, stop_at=c.max_steps)
+        raise stop
+    return train_fn
+
+
+@pytest.mark.parametrize("stop", [SystemExit(130), KeyboardInterrupt()], ids=["last_step", "final_save"])
+def test_a_chain_stopped_after_a_stage_finished_resumes_without_training_it_again(tmp_path, capsys, stop):
+    """A stage stopped once its last checkpoint was in place is finished: the chain's resume used to
+    train it again from scratch (the right weights, its time lost), as it recorded a stage as done
+    only when its run returned. It takes it now, and runs the rest."""
+    run_stages(meta_chain(tmp_path / "a"), train.train)
+
+    with pytest.raises(type(stop)):
+        run_stages(meta_chain(tmp_path / "b"), finished_equal_then(stop))
+    assert "stage 'equal' is complete; to resume the chain" in capsys.readouterr().out
+    b, trained = tmp_path / "b" / "run", []
+    cfg = train.parse_config(["--out_dir", str(b), "--resume"])
+    assert run_stages(cfg, trained_into(trained)) == str(b / "preference" / "ckpt")
+    assert trained == ["preference"]
+    assert f"stage 'equal' -> {b / 'equal'}: done at step 3, skipped" in capsys.readouterr().out
+    same_stage_weights(tmp_path / "a", tmp_path / "b")
+    assert json.load(open(b / "run_config.json"))["stages_done"] == ["warmup", "equal", "preference"]
+
+
 # -- one stage is one run; the corrector is greedy decoding ----------------------------------------
 def test_meta_aligner_one_stage_is_one_run(tmp_path):
     import train
