@@ -296,7 +296,7 @@ def train(cfg, task=None, stop_at=None):
     packed = packed_batches(cfg, model)
     print(f"compute: {compute_of(cfg, model)} (--dtype {cfg.dtype}, --packed {cfg.packed}, "
           f"--grad_checkpoint {cfg.grad_checkpoint})")
-    peak = peak_lr(cfg, model, method.eats)
+    peak = peak_lr(cfg, model, method)
     print(f"peak lr {peak:g}" + ("" if cfg.lr else " (--lr 0: auto, by the model's size and the method; "
                                                   "see --help)"))
     print(legend(method))

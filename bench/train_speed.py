@@ -145,7 +145,7 @@ def ours_child(spec):
     ex = train.load_split(cfg, method, get_task(cfg.task), "train", run)
     opt = train.make_optimizer(model, cfg)
     for g in opt.param_groups:                   # train.py sets it each step: its schedule's peak
-        g["lr"] = train.peak_lr(cfg, model, method.eats)
+        g["lr"] = train.peak_lr(cfg, model, method)
     packed = train.packed_batches(cfg, model)
 
     def step(rows):

@@ -71,6 +71,10 @@ class Method:
     sample_flags: Callable = None  # (cfg, ckpt) -> sample.py's flags that use the result, when they
                                    # are not `--init_from ckpt` (an aligner corrects a policy's answers)
     metrics: dict = None      # {metric name: what it means}, printed as the log's legend
+    trl_rate: Callable = None  # cfg -> the TRL trainer whose default rate --lr 0 gives a model of
+                               # 20M parameters or more: a key of compute.AUTO_LR ('sft', 'preference',
+                               # 'online'), for a loss that is not what its example kind says
+                               # (None: 'sft' for SFT examples, 'preference' for any other)
     defaults: dict = None     # shared options whose default differs for this method (max_length)
 
 

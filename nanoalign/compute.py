@@ -105,20 +105,24 @@ def compute_of(cfg, model):
 
 
 # --lr 0 (auto): the arith task's small model trains at 3e-4; a pretrained model, of FAST_MIN_PARAMS
-# or more (the instruct task's SmolLM2-135M too), at TRL's defaults (SFTConfig 2e-5; DPOConfig and
-# ORPOConfig 1e-6): at 3e-4 a full fine-tune of one is wrecked within steps. With LoRA too, as TRL
-# keeps them.
-AUTO_LR = {"small": 3e-4, "sft": 2e-5, "preference": 1e-6}
+# or more (the instruct task's SmolLM2-135M too), at the default of the TRL trainer of the same loss
+# (trl 1.16.0: SFTConfig 2e-5; DPOConfig and ORPOConfig 1e-6; OnlineDPOConfig 5e-7, for DPO on the
+# policy's own judged samples): at 3e-4 a full fine-tune of one is wrecked within steps. With LoRA
+# too, as TRL keeps them.
+AUTO_LR = {"small": 3e-4, "sft": 2e-5, "preference": 1e-6, "online": 5e-7}
 
 
-def peak_lr(cfg, model, eats):
-    """--lr, or for 0 (auto) the rate by the model's size and by what the method trains on (`eats`:
-    'sft' for SFT examples, anything else a preference loss)."""
+def peak_lr(cfg, model, method):
+    """--lr, or for 0 (auto) the rate by the model's size and by what the method's loss is: its
+    own method.trl_rate(cfg) where it declares one (OSP's RAFT is SFT, on-policy DPO is online),
+    else by the examples it eats ('sft' for SFT examples, anything else a preference loss)."""
     if cfg.lr:
         return cfg.lr
     if not is_large(model):
         return AUTO_LR["small"]
-    return AUTO_LR["sft" if eats == "sft" else "preference"]
+    if method.trl_rate:
+        return AUTO_LR[method.trl_rate(cfg)]
+    return AUTO_LR["sft" if method.eats == "sft" else "preference"]
 
 
 def make_optimizer(model, cfg):

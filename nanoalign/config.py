@@ -59,8 +59,10 @@ class SharedConfig:
                              minimum=1)
     lr: float = option(0.0, "peak learning rate; 0 = auto: 3e-4 for a model under "
                        f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's); for a larger, "
-                       "pretrained one (the instruct task's SmolLM2-135M too) TRL's defaults: 2e-5 "
-                       "for the methods that train on SFT examples, 1e-6 for the preference losses",
+                       "pretrained one (the instruct task's SmolLM2-135M too) the default of TRL's "
+                       "trainer of the same loss: 2e-5 for SFT (osp --pairing raft too), 1e-6 for "
+                       "the offline preference losses, 5e-7 for on-policy DPO (self_judge, osp's "
+                       "pair losses)",
                        minimum=0.0)
     min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0,
                                  maximum=1.0)

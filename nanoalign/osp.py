@@ -159,5 +159,8 @@ register(
     Method(name="osp", reads="prompt", eats="prompt", unit="n_examples", rollout=osp_rollout,
            loss=osp_loss, help="OSP: K samples per prompt, ranked pairs, soft targets from the frozen "
            "SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", options=OSPOptions, needs_ref=True,
-           setup=onpolicy.setup, metrics=METRICS),
+           setup=onpolicy.setup, metrics=METRICS,
+           # --lr 0 on a pretrained model: RAFT is SFT (SFTConfig's rate); the pair losses are DPO's
+           # family on the policy's own judged samples (OnlineDPOConfig's)
+           trl_rate=lambda cfg: "sft" if cfg.pairing == "raft" else "online"),
 )

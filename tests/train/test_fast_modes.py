@@ -182,14 +182,59 @@ def test_lr_auto_is_the_built_in_tasks_rate_for_a_small_model_and_trls_for_a_pre
     for a larger (pretrained) one TRL's defaults, 2e-5 for methods that train on SFT examples and 1e-6
     for the preference losses. It was 3e-4 for every model: a full fine-tune of a pretrained model at
     that rate is wrecked within steps. An lr that is given wins."""
-    from nanoalign import compute
+    from nanoalign import REGISTRY, compute
     from tests.helpers import method_config
-    small, auto = tiny(0), method_config("dpo")
+    small, auto, dpo, sft = tiny(0), method_config("dpo"), REGISTRY["dpo"], REGISTRY["sft"]
     assert auto.lr == 0
-    assert compute.peak_lr(auto, small, "pref") == compute.peak_lr(auto, small, "sft") == 3e-4
+    assert compute.peak_lr(auto, small, dpo) == compute.peak_lr(auto, small, sft) == 3e-4
     monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 0)          # the tiny model counts as a large one
-    assert compute.peak_lr(auto, small, "pref") == 1e-6 and compute.peak_lr(auto, small, "sft") == 2e-5
-    assert compute.peak_lr(method_config("dpo", lr=5e-5), small, "pref") == 5e-5
+    assert compute.peak_lr(auto, small, dpo) == 1e-6 and compute.peak_lr(auto, small, sft) == 2e-5
+    assert compute.peak_lr(method_config("dpo", lr=5e-5), small, dpo) == 5e-5
+
+
+# TRL's default learning rates, read from its source (trl 1.16.0, the version docs/performance.md
+# measures against): trl/trainer/sft_config.py, trl/trainer/dpo_config.py,
+# trl/experimental/orpo/orpo_config.py, trl/experimental/online_dpo/online_dpo_config.py
+TRL_SFT, TRL_DPO, TRL_ORPO, TRL_ONLINE_DPO = 2e-5, 1e-6, 1e-6, 5e-7
+# each method (and option that changes what its loss is) with the TRL trainer that trains that loss
+TRL_RATE = [
+    ("sft", {}, TRL_SFT), ("jsft", {}, TRL_SFT), ("pref_aug", {}, TRL_SFT), ("meta_aligner", {}, TRL_SFT),
+    ("osp", {"pairing": "raft"}, TRL_SFT),                  # RAFT: SFT on each prompt's best sample
+    ("dpo", {}, TRL_DPO), ("ipo", {}, TRL_DPO),             # DPOConfig(loss_type="ipo") for IPO
+    ("self_judge_offpolicy", {}, TRL_DPO),                  # its pairs are sampled once: offline DPO
+    ("orpo", {}, TRL_ORPO), ("scalarization", {}, TRL_ORPO), ("conjoined", {}, TRL_ORPO),
+    ("conditional", {}, TRL_ORPO), ("epoch_by_epoch", {}, TRL_ORPO), ("task_by_task", {}, TRL_ORPO),
+    ("sj_sft", {}, TRL_ORPO),                               # ORPO on the pairs, SFT on the judgements
+    # on-policy: DPO (or a DPO-family loss) on the policy's own samples, judged as it trains
+    ("self_judge", {}, TRL_ONLINE_DPO), ("self_judge", {"judge": "policy"}, TRL_ONLINE_DPO),
+    ("osp", {}, TRL_ONLINE_DPO), ("osp", {"osp_loss": "dpo"}, TRL_ONLINE_DPO),
+    ("osp", {"osp_loss": "ipo", "pairing": "random"}, TRL_ONLINE_DPO),
+]
+
+
+def _auto_lr(name, model, **options):
+    from nanoalign import REGISTRY, compute
+    from tests.helpers import method_config
+    return compute.peak_lr(method_config(name, **options), model, REGISTRY[name])
+
+
+@pytest.mark.parametrize("name, options, trl", TRL_RATE, ids=lambda x: str(x) if x else "")
+def test_lr_auto_for_a_pretrained_model_is_trls_default_for_what_the_loss_is(monkeypatch, name, options, trl):
+    """--lr 0 on a model of FAST_MIN_PARAMS or more: the default rate of the TRL trainer of the same
+    loss. It went by the example kind alone, so `osp --pairing raft` (an SFT loss) got DPO's 1e-6
+    instead of SFTConfig's 2e-5, and Self-Judge's on-policy DPO got DPOConfig's 1e-6 instead of
+    OnlineDPOConfig's 5e-7. A model under FAST_MIN_PARAMS (the arith task's) trains at 3e-4 whatever
+    the method: every documented built-in table was made at that rate."""
+    from nanoalign import compute
+    small = tiny(0)
+    assert _auto_lr(name, small, **options) == 3e-4
+    monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 0)          # the tiny model counts as a large one
+    assert _auto_lr(name, small, **options) == trl
+
+
+def test_every_method_has_its_trl_rate_in_the_table_above():
+    from nanoalign import REGISTRY
+    assert set(REGISTRY) == {name for name, _, _ in TRL_RATE}
 
 
 def test_a_run_from_a_large_checkpoint_trains_at_the_auto_rate_and_says_so(monkeypatch, tmp_path, capsys):
