@@ -29,6 +29,7 @@ from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, p
 
 from model.checkpoint import read_json
 from model.tokenizer import Tokenizer
+from nanoalign import dist
 from nanoalign.checkpoint import saved_step
 from nanoalign.common import option
 
@@ -151,9 +152,16 @@ def rows(kind, split, seed, options):
 
 def warm_start(shared, train_fn):
     """The SFT start of every default run (--init_from default): `shared` = the run's shared and task options;
-    trained once by train_fn(**config) and cached under out/_warm, keyed by its own settings."""
+    trained once by train_fn(**config) and cached under out/_warm, keyed by its own settings and by
+    where it trains (a device other than the CPU, more than one rank)."""
     key = f"{shared['model_preset']}-s{shared['seed']}-n{shared['n_warm']}-w{shared['warm_steps']}-" \
           f"lr{shared['warm_lr']:g}"
+    # Where it trains changes its weights too: --dtype auto is bf16 on CUDA (with fused AdamW), and W
+    # torchrun ranks train at W times the batch. One process on the CPU keeps the key it always had
+    # (earlier caches stay valid). The run's own --dtype never reaches the warm-up: not in the key
+    device = dist.setup(shared["device"])   # this rank's device; joins torchrun's group, if launched by it
+    kind, ranks = device.split(":")[0], dist.world()
+    key += ("" if kind == "cpu" else f"-{kind}") + ("" if ranks == 1 else f"-x{ranks}")
     path = os.path.join("out", "_warm", key)
     # a warm-up stopped by Ctrl-C leaves a checkpoint of its last step: continue it, never use it,
     # and with its own settings (a resumed run refuses others; this run's may differ, max_length say)
@@ -170,7 +178,7 @@ def warm_start(shared, train_fn):
                      max_steps=shared["warm_steps"], lr=shared["warm_lr"], final_eval=False, warmup_steps=20,
                      resume=False)
         # (continued: its saved settings, but the run's device, which a resume may change: one stopped
-        # under --device cuda is continued by a run on the CPU)
+        # under --device auto is continued by a run given --device cuda:1)
         train_fn(**({**read_json(os.path.join(ckpt, "state.json"))["config"], "resume": True,
                      "device": shared["device"]} if done else fresh))
         print("== warm-up done")

@@ -194,6 +194,28 @@ def test_a_stopped_warm_up_continues_on_the_device_of_the_run_that_continues_it(
     assert seen[0]["resume"] and seen[0]["device"] == "cpu"
 
 
+def test_a_warm_up_is_not_reused_by_a_run_on_another_device_or_number_of_ranks(tmp_path, monkeypatch):
+    """The warm-up trains at --dtype auto on the run's device and ranks: bf16 (and fused AdamW) on
+    CUDA, and W torchrun ranks train at W times the batch, so either gives other weights than one
+    process on the CPU. Its cache key named neither: whichever trained first was reused by every
+    later run. The run's own --dtype never reaches the warm-up, so it stays out of the key; and
+    one process on the CPU keeps the key it had, so the caches of earlier default runs stay valid."""
+    from nanoalign import dist
+    monkeypatch.chdir(tmp_path)                             # the cache is out/_warm, under the cwd
+    key = dict(n_warm=16, warm_steps=2, warm_lr=1e-3, seed=5)
+
+    def shared(**run):
+        return train.shared_options(train.make_config(**key, **run))
+    plain = task.warm_start(shared(device="cpu"), lambda **kw: train.train(train.make_config(**kw), task))
+    assert plain == os.path.join("out", "_warm", "tiny-s5-n16-w2-lr0.001", "ckpt")   # the key it had
+    assert task.warm_start(shared(device="cpu", dtype="bfloat16"), lambda **kw: pytest.fail(kw)) == plain
+    for device, ranks in (("cuda", 1), ("cpu", 2), ("cuda", 2)):
+        monkeypatch.setattr(dist, "world", lambda: ranks)   # as under torchrun --nproc_per_node 2
+        trained = []
+        path = task.warm_start(shared(device=device), lambda **kw: trained.append(kw))
+        assert trained and path != plain, (device, ranks)   # a warm-up of its own, not the CPU's
+
+
 def test_a_lora_run_from_the_default_start_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     train.main(["--method", "orpo", "--lora_r", "4", "--n_warm", "16", "--warm_steps", "2", "--max_steps", "1",
