@@ -13,7 +13,8 @@ The documentation's citations must lead somewhere a reader of a fresh clone can 
 3. Every command line of the repository (train.py, sample.py, each `python -m` tool) explains every
    flag in its --help and shows each default there, and every command that README.md and docs/*.md
    write for them (in a code block, or inline in backticks) names flags that exist, with values from
-   their choices: `python train.py --method osp --osp_k 7` passes, `--osp_K 7` fails.
+   their choices: `python train.py --method osp --osp_k 7` passes, `--osp_K 7` fails; so does
+   `--method NAME --osp_K 7`, where NAME stands for any one method and `--osp_k 7` passes.
 
 The checks are pure functions of a text, so the tests also show that they fail on a made-up
 citation.
@@ -518,15 +519,31 @@ def _placeholder(value):
 PICKERS = ("--method", "--task", "--preset")      # the flags that decide which options the others are
 
 
+def stand_ins(prog, picker, lead):
+    """What a placeholder after a picker stands for (`--method NAME`: any method): the picker's
+    argparse choices, or train.py's methods and tasks (which it checks after parsing)."""
+    if prog == "train.py":
+        from nanoalign import REGISTRY
+        from nanoalign.tasks import TASKS
+        return sorted({"--method": REGISTRY, "--task": TASKS}.get(picker, ()))
+    act = cli_parser(prog, lead)._option_string_actions.get(picker)
+    return sorted(act.choices or ()) if act else []
+
+
 def command_problems(prog, args):
     """Why `prog args` would not parse: a flag it does not have, or a value not among the flag's
-    choices (placeholders such as NAME, DIR and `...` stand for any value; `a|b` is each of a, b)."""
+    choices (placeholders such as NAME, DIR and `...` stand for any value; `a|b` is each of a, b;
+    `--method NAME` for any one method: the command passes if it parses with one of them)."""
     args = [a.strip("[]") for a in args]
     lead = []                        # a subcommand (instruct's build), positional arguments
     for a in args:
         if a.startswith("-"):
             break
         lead.append(a)
+    for k, a in enumerate(args[:-1]):
+        values = stand_ins(prog, a, lead) if a in PICKERS and _placeholder(args[k + 1]) else []
+        if values:                   # the fewest problems of any method (task, preset) it may be
+            return min((command_problems(prog, args[:k + 1] + [v] + args[k + 2:]) for v in values), key=len)
     picks = [x for k, a in enumerate(args[:-1]) if a in PICKERS and not _placeholder(args[k + 1])
              for x in (a, args[k + 1])]
     try:
@@ -590,6 +607,30 @@ def test_a_made_up_command_fails_and_a_real_one_passes():
     real = ("`python train.py --method osp --osp_k 7 --init_from DIR && python sample.py --prompt x` "
             "`PYTHON=x bash bench/gpu.sh` `python -m pytest -q` `python train.py --method NAME --help`")
     assert [command_problems(p, a) for _, c in doc_commands(real) for p, a in invocations(c)] == [[]] * 3
+
+
+def _problems(text):
+    return [command_problems(p, a) for _, c in doc_commands(text) for p, a in invocations(c)]
+
+
+def test_a_placeholder_picker_takes_the_flags_of_what_it_stands_for_and_no_made_up_one():
+    """`--method NAME` stands for any method (`--task NAME`, `--preset NAME` alike): a flag of some
+    method, with a value among its choices, passes. It failed as 'no such flag': the checker built
+    the parser without any method, so only the shared flags existed. A flag no method has, a value
+    no method takes, and flags of two methods in one command still fail."""
+    good = ("`python train.py --method NAME --osp_k 7 --pairing raft` "
+            "`python train.py --method <name> --judge_template principle --lr 1e-5` "
+            "`python train.py --task NAME --task_data DIR` "
+            "`python -m experiments.compare --preset NAME --seeds 1,2,3`")
+    assert _problems(good) == [[]] * 4
+    bad = ("`python train.py --method NAME --osp_K 7` `python train.py --method NAME --pairing best` "
+           "`python train.py --method NAME --osp_k 7 --jsft_judge false` "
+           "`python train.py --task NAME --no_such_option 3` "
+           "`python -m experiments.compare --preset NAME --seeds 1 --no_such 2`")
+    found = _problems(bad)
+    assert found[0] == ["--osp_K: no such flag"] and found[3] == ["--no_such_option: no such flag"]
+    assert found[4] == ["--no_such: no such flag"]
+    assert all(len(f) == 1 for f in found), found       # one flag or value wrong in each
 
 
 # -- the README's example of property-testing your own loss ----------------------------------------
