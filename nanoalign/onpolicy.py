@@ -26,6 +26,7 @@ import torch
 from model.checkpoint import load, read_json
 from model.model import TooLongForContext
 from nanoalign.common import evaluating, frozen_copy, option
+from nanoalign.compute import FAST_MIN_PARAMS, is_large
 from nanoalign.data import DataError, check_labels, make_batch
 from nanoalign.dpo import DPOOptions
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs,
@@ -33,6 +34,10 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template,
 
 PRINCIPLES_FILE = "principles.json"   # {name: description}, kept with every checkpoint derived from a
                                       # principle-aware judge (its JSFT data's, or those it judged under)
+# --gen_max_tokens 0 (auto): the arith task's answers fit in 32 tokens (and every documented table of
+# it was made with 32); a pretrained chat model's answers do not, and 32 would train it on answers cut
+# mid-sentence: it samples as many as TRL's OnlineDPOConfig (trl 1.16.0: max_new_tokens 64)
+AUTO_NEW_TOKENS = {"small": 32, "large": 64}
 LIKELIHOOD_HELP = ("how the judge's two label probabilities become p(a > b), a choice between the "
                    "papers' rules: 'vocab' = " + LIKELIHOODS["vocab"] + "; 'pair' = " +
                    LIKELIHOODS["pair"] + ". A JSFT / pref_aug model records it for when it judges "
@@ -53,9 +58,13 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
     judge_from: str = option("", "a checkpoint directory to judge with, read with its own "
                              "tokenizer and chat template (an option of nanoalign's, not a setting "
                              "of either paper); '' = the frozen start (the papers' choice)")
-    gen_max_tokens: int = option(32, "max new tokens per sample; a sample follows its prompt (which "
-                                 "--max_length bounds), so a trained sequence is at most "
-                                 "--max_length - 1 + this", minimum=1)
+    gen_max_tokens: int = option(0, "max new tokens per sample; 0 = auto: "
+                                 f"{AUTO_NEW_TOKENS['small']} for a model under "
+                                 f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's answers "
+                                 f"are short), {AUTO_NEW_TOKENS['large']} for a larger one (TRL "
+                                 "OnlineDPOConfig's max_new_tokens). A sample follows its prompt "
+                                 "(which --max_length bounds), so a trained sequence is at most "
+                                 "--max_length - 1 + this", minimum=0)
     principles: str = option("", "for a principle template: 'name:description,...' to judge under "
                              "(each judged, then combined: JM-PR for Self-Judge, the mean for OSP); "
                              "a description may hold commas, only a comma followed by a new 'name:' "
@@ -147,6 +156,11 @@ def setup(run, cfg, device):
 
 
 # -- 1. sample -----------------------------------------------------------------------------------------
+def new_tokens(cfg, model):
+    """--gen_max_tokens, or for 0 (auto) AUTO_NEW_TOKENS by the model's size."""
+    return cfg.gen_max_tokens or AUTO_NEW_TOKENS["large" if is_large(model) else "small"]
+
+
 def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator=None, top_k=None):
     """n samples per prompt (lists of token ids); [[sample 0, ..., sample n-1] per prompt]. Samples
     end at an end-of-turn token (kept, so it is scored) or at max_new_tokens. Uses torch's global RNG

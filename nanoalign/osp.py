@@ -95,7 +95,8 @@ def osp_rollout(model, batch, run, cfg):
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
     B, clock, device = len(prompts), onpolicy.Clock(), model.lm_head.weight.device
     packed = packed_batches(cfg, model)         # --packed: the update's batch padding-free
-    samples = onpolicy.sample(model, tok, prompts, K, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
+    n_new = onpolicy.new_tokens(cfg, model)      # --gen_max_tokens, or its auto by the model's size
+    samples = onpolicy.sample(model, tok, prompts, K, TEMPERATURE, TOP_P, n_new)
     texts = [[tok.decode(s) for s in row] for row in samples]
     flat_samples = [y for row in samples for y in row]
     clock.lap("t_sample")

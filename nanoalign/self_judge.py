@@ -87,7 +87,8 @@ def self_judge_rollout(model, batch, run, cfg):
     pi_theta; --judge_from: by that checkpoint), oriented into (chosen, rejected)."""
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
     clock = onpolicy.Clock()
-    s = onpolicy.sample(model, run.tok, prompts, 2, TEMPERATURE, TOP_P, cfg.gen_max_tokens)
+    n_new = onpolicy.new_tokens(cfg, model)      # --gen_max_tokens, or its auto by the model's size
+    s = onpolicy.sample(model, run.tok, prompts, 2, TEMPERATURE, TOP_P, n_new)
     clock.lap("t_sample")
     judge = onpolicy.judge_of(run, model if cfg.judge == "policy" else run.ref)
     wins, losses, agree = judge_and_orient(run, cfg, judge, ptexts, [x[0] for x in s], [x[1] for x in s])
@@ -105,11 +106,11 @@ def offpolicy_rollout(model, batch, run, cfg):
     cache = run.memory.setdefault("offpolicy", {})    # prompt ids -> (chosen sample, rejected sample)
     clock = onpolicy.Clock()
     new = [i for i, p in enumerate(prompts) if tuple(p) not in cache]
-    s = []
+    s, n_new = [], onpolicy.new_tokens(cfg, run.ref)
     for i in new:
         g = torch.Generator(model.lm_head.weight.device)
         g.manual_seed(zlib.crc32(repr((cfg.seed, prompts[i])).encode()))
-        s += onpolicy.sample(run.ref, run.tok, [prompts[i]], 2, TEMPERATURE, TOP_P, cfg.gen_max_tokens, g)
+        s += onpolicy.sample(run.ref, run.tok, [prompts[i]], 2, TEMPERATURE, TOP_P, n_new, g)
     clock.lap("t_sample")
     agree = {}
     if new:

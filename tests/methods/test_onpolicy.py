@@ -15,8 +15,8 @@ from nanoalign.common import Run
 from nanoalign.data import DataError, make_batch, tokenize_rows
 from nanoalign.tasks import arith as task
 from nanoalign.testing import tiny_model
-from tests.helpers import (JUDGE, PRINCIPLES, TOK, by_score, call_method, examples, judge_recorder,
-                           method_step, offpolicy_setup, pref_rows, record_on_policy, tiny)
+from tests.helpers import (JUDGE, PRINCIPLES, TOK, by_score, call_method, examples, judge_by_rule,
+                           judge_recorder, method_step, offpolicy_setup, pref_rows, record_on_policy, tiny)
 
 
 # -- pairs oriented by the judge's rule ------------------------------------------------------------
@@ -51,6 +51,32 @@ def test_on_policy_pairs_are_oriented_by_the_judge(method, opts, seed):
     lengths = [(blen(w), blen(lo)) for w, lo in zip(wins, losses)]
     assume(any(a != b for a, b in lengths))               # samples of different lengths to judge
     assert all(a >= b for a, b in lengths), lengths
+
+
+# -- how long a sample may grow --------------------------------------------------------------------
+@pytest.mark.parametrize("name, opts", [("self_judge", {}), ("self_judge_offpolicy", {}), ("osp", {"osp_k": 2})])
+@pytest.mark.parametrize("flag, large, expected", [(0, False, 32), (0, True, 64), (5, False, 5), (5, True, 5)])
+def test_samples_grow_to_gen_max_tokens_or_by_the_models_size(name, opts, flag, large, expected, monkeypatch):
+    """--gen_max_tokens 0 (the default) is 32 new tokens for a model under FAST_MIN_PARAMS (the arith
+    task's short answers) and TRL OnlineDPOConfig's 64 for a larger one: 32 cut a pretrained chat
+    model's answers mid-sentence and trained on them. A number given is taken as it is."""
+    from nanoalign import compute
+    from tests.helpers import method_config
+    asked, real = [], onpolicy.sample
+
+    def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, *args, **kw):
+        asked.append(max_new_tokens)
+        return real(model, tok, prompts, n, temperature, top_p, 2, *args, **kw)
+    monkeypatch.setattr(onpolicy, "sample", sample)
+    judge_by_rule(monkeypatch, lambda x, a, b: 0.7)
+    if large:   # any model counts as large: a real one of 20M parameters is too slow for this test
+        monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 1)
+    tok = task.build_tokenizer()
+    x = "What is 1 + 2?"
+    batch = {"prompts": [tok.encode_prompt(x)], "examples": [{"row": {"prompt": x}}]}
+    cfg = method_config(name, gen_max_tokens=flag, **opts)
+    method_step(REGISTRY[name], tiny(0, vocab_size=264), batch, Run(tok=tok, ref=tiny(1, vocab_size=264)), cfg)
+    assert asked and set(asked) == {expected}
 
 
 # -- the cost split in the log ---------------------------------------------------------------------
