@@ -16,7 +16,8 @@ examples:
 
 Decoding is greedy unless --temperature is above 0. Prompts are rendered through the checkpoint's
 chat template unless --raw. The prompts (x --num_samples) go through left-padded generation with
-the KV cache, --batch_size at a time, and each batch is printed when it is done.
+the KV cache, --batch_size at a time, and each batch is printed when it is done. Ctrl-C, while
+the checkpoints load or later, stops with one line on stderr saying how much was printed (exit 130).
 """
 import argparse
 import contextlib
@@ -233,9 +234,22 @@ def read_answers(path):
     return prompts, answers
 
 
+@contextlib.contextmanager
+def stops_on_ctrl_c(printed):
+    """Ctrl-C inside: no traceback, but one line on stderr saying what was printed (`printed()`),
+    and exit code 130 (128 + SIGINT, what a shell reports for a program it interrupted)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"--- stopped (Ctrl-C): {printed()}", file=sys.stderr)
+        sys.exit(130)
+
+
 def load_for_sampling(a, path):
-    """(model, tokenizer) from `path` in --dtype's weight dtype (float32 for 'auto')."""
-    return load(path, torch.float32 if a.dtype == "auto" else getattr(torch, a.dtype), a.device)
+    """(model, tokenizer) from `path` in --dtype's weight dtype (float32 for 'auto'). main loads
+    every checkpoint before it prints anything, so Ctrl-C here has printed nothing."""
+    with stops_on_ctrl_c(lambda: f"nothing printed (loading {path})"):
+        return load(path, torch.float32 if a.dtype == "auto" else getattr(torch, a.dtype), a.device)
 
 
 def precision(a, model):
@@ -269,12 +283,9 @@ def in_batches(rows, a, run):
     """run(batch) over `rows` --batch_size at a time, the results joined. Ctrl-C stops between the
     printed batches: the count of what was printed goes to stderr, exit code 130."""
     out = []
-    try:
+    with stops_on_ctrl_c(lambda: f"{len(out)} of {len(rows)} samples printed"):
         for i in range(0, len(rows), a.batch_size):
             out += run(rows[i:i + a.batch_size])
-    except KeyboardInterrupt:
-        print(f"--- stopped (Ctrl-C): {len(out)} of {len(rows)} samples printed", file=sys.stderr)
-        sys.exit(130)
     return out
 
 
@@ -300,19 +311,20 @@ def main(argv=None):
         model, tok = load_for_sampling(a, a.init_from)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
+    fix = aligner_for(a) if a.aligner else None   # loaded, its --objectives read, before any sampling
     if a.best_of > 1:
         try:
             with precision(a, model):
                 winners = best_of_main(a, model, tok, prompts)
         except ValueError as e:          # a prompt longer than the model's context, say
             sys.exit(f"error: --best_of: {e}")
-        if a.aligner:                    # the tournament's winners are the answers to correct
-            return aligner_for(a)(prompts, [tok.decode(w) for w in winners])
+        if fix:                          # the tournament's winners are the answers to correct
+            pairs = [(p, tok.decode(w)) for p, w in zip(prompts, winners)]
+            return in_batches(pairs, a, lambda b: fix([p for p, _ in b], [y for _, y in b]))
         return winners
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode(p) if a.raw else tok.encode_prompt(p, a.system) for p in prompts]
     rows = [(i, j, ids[i]) for i in range(len(ids)) for j in range(a.num_samples)]  # (prompt, sample, ids)
-    fix = aligner_for(a) if a.aligner else None
     # the compiled step is compiled per batch size: a smaller last batch is padded to the others'
     # size with copies of its last row, whose samples are dropped
     pad_to = a.batch_size if a.compile and len(rows) > a.batch_size else 0
@@ -383,19 +395,20 @@ def best_of_main(a, model, tok, prompts):
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode_prompt(p, a.system) for p in prompts]
     outs = []
-    for p, cands in zip(prompts, sample_responses(model, tok, ids, a.best_of, a.temperature or 1.0,
-                                                  a.top_p, a.max_new_tokens, g, a.top_k)):
-        texts = [tok.decode(c) for c in cands]
-        try:
-            w = best_of(model, tok, t, p, texts, principles=principles, likelihood=likelihood)
-        except ValueError as e:          # a judge prompt longer than the model's context, say
-            shorter = t.name != "compact" and not isinstance(e, JudgeError)
-            sys.exit(f"error: --best_of: {e}" + ("; a shorter --judge_template such as 'compact' may "
-                                                 "fit" if shorter else ""))
-        under = f", principles {', '.join(n for n, _ in principles)} by JM-PR" if principles else ""
-        print(f"--- {p!r}: best of {a.best_of} (template '{t.name}', likelihood '{likelihood}'{under})")
-        print(texts[w])
-        outs.append(cands[w])
+    with stops_on_ctrl_c(lambda: f"{len(outs)} of {len(prompts)} winners printed"):
+        for p, cands in zip(prompts, sample_responses(model, tok, ids, a.best_of, a.temperature or 1.0,
+                                                      a.top_p, a.max_new_tokens, g, a.top_k)):
+            texts = [tok.decode(c) for c in cands]
+            try:
+                w = best_of(model, tok, t, p, texts, principles=principles, likelihood=likelihood)
+            except ValueError as e:          # a judge prompt longer than the model's context, say
+                shorter = t.name != "compact" and not isinstance(e, JudgeError)
+                sys.exit(f"error: --best_of: {e}" + ("; a shorter --judge_template such as 'compact' "
+                                                     "may fit" if shorter else ""))
+            under = f", principles {', '.join(n for n, _ in principles)} by JM-PR" if principles else ""
+            print(f"--- {p!r}: best of {a.best_of} (template '{t.name}', likelihood '{likelihood}'{under})")
+            print(texts[w], flush=True)
+            outs.append(cands[w])
     return outs
 
 

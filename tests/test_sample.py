@@ -600,3 +600,96 @@ def test_ctrl_c_keeps_the_batches_printed_and_says_how_many(saved_tiny, tmp_path
     out, err = capsys.readouterr()
     assert e.value.code == 130 and out.count("--- prompt") == 3
     assert "stopped (Ctrl-C): 3 of 7 samples printed" in err
+
+
+# -- Ctrl-C in every phase: one line saying what was printed, exit code 130, no traceback ----------
+def stopped(argv, capsys):
+    """(stdout, stderr) of sample.main(argv) stopped by Ctrl-C, which must exit 130 (128 + SIGINT)."""
+    with pytest.raises(SystemExit) as e:
+        sample.main(argv)
+    out, err = capsys.readouterr()
+    assert e.value.code == 130, (e.value.code, err)
+    return out, err
+
+
+@pytest.fixture
+def judging_tiny(tmp_path):
+    """A tiny checkpoint with the context a 'compact' judgment needs (saved_tiny's 40 tokens do not)."""
+    from model.checkpoint import save_model
+    from nanoalign.tasks import arith
+    save_model(tiny(1, vocab_size=arith.build_tokenizer().vocab_size, max_seq_len=256),
+               str(tmp_path / "j"), arith.build_tokenizer())
+    return str(tmp_path / "j")
+
+
+@pytest.mark.parametrize("nth, what", [(1, "the policy"), (2, "the aligner")])
+def test_ctrl_c_while_a_checkpoint_loads_says_nothing_was_printed(saved_tiny, capsys, monkeypatch, nth,
+                                                                  what):
+    """A 135M checkpoint takes seconds to load, its tokenizer too: Ctrl-C then was a traceback."""
+    calls, real = [], sample.load
+
+    def load(path, *a, **kw):
+        calls.append(path)
+        if len(calls) == nth:
+            raise KeyboardInterrupt
+        return real(path, *a, **kw)
+    monkeypatch.setattr(sample, "load", load)
+    out, err = stopped(["--init_from", saved_tiny, "--prompt", "What is 1 + 2?", "--aligner", saved_tiny,
+                        "--device", "cpu", "--max_new_tokens", "2"], capsys)
+    assert out == "" and f"stopped (Ctrl-C): nothing printed (loading {saved_tiny})" in err, what
+
+
+@pytest.mark.parametrize("when, printed", [("sampling", 0), ("judging", 1)])
+def test_ctrl_c_during_best_of_keeps_the_winners_printed_and_says_how_many(judging_tiny, capsys,
+                                                                           monkeypatch, when, printed):
+    """--best_of samples every prompt's candidates, then judges one prompt's at a time, printing its
+    winner: Ctrl-C in either was a traceback."""
+    real_sample, real_best_of = sample.sample_responses, sample.best_of
+
+    def sample_responses(*a, **kw):
+        if when == "sampling":
+            raise KeyboardInterrupt
+        return real_sample(*a, **kw)
+
+    def best_of(model, tok, t, prompt, *a, **kw):
+        if prompt == "What is 3 + 4?":
+            raise KeyboardInterrupt
+        return real_best_of(model, tok, t, prompt, *a, **kw)
+    monkeypatch.setattr(sample, "sample_responses", sample_responses)
+    monkeypatch.setattr(sample, "best_of", best_of)
+    out, err = stopped(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--prompt", "What is 3 + 4?",
+                        "--best_of", "2", "--judge_template", "compact", "--max_new_tokens", "2",
+                        "--device", "cpu"], capsys)
+    assert out.count("best of 2") == printed
+    assert f"stopped (Ctrl-C): {printed} of 2 winners printed" in err
+
+
+def test_best_of_winners_are_corrected_in_batches_that_ctrl_c_keeps(judging_tiny, capsys, monkeypatch):
+    """--best_of N --aligner: the winners were corrected all at once and printed at the end, so
+    --batch_size did not bound the aligner's batch and Ctrl-C there was a traceback that lost them all."""
+    sizes = []
+
+    def correct(aligner, atok, prompts, answers, objectives, max_new_tokens, batch_size):
+        sizes.append(len(prompts))
+        if len(sizes) == 3:
+            raise KeyboardInterrupt
+        return ["fixed"] * len(prompts)
+    monkeypatch.setattr(sample, "correct", correct)
+    argv = ["--init_from", judging_tiny, "--best_of", "2", "--judge_template", "compact", "--max_new_tokens",
+            "2", "--aligner", judging_tiny, "--device", "cpu", "--batch_size", "2"]
+    for p in ("What is 1 + 2?", "What is 3 + 4?", "What is 5 + 6?", "What is 7 + 8?", "What is 9 + 1?"):
+        argv += ["--prompt", p]
+    out, err = stopped(argv, capsys)
+    assert sizes == [2, 2, 1] and out.count('"corrected": "fixed"') == 4
+    assert "stopped (Ctrl-C): 4 of 5 samples printed" in err
+
+
+def test_best_of_with_an_aligner_checks_the_objectives_before_sampling(judging_tiny, capsys, monkeypatch):
+    """The aligner (and its --objectives) came after the whole tournament: a missing description
+    was reported minutes later, once every winner was printed."""
+    sampled = []
+    monkeypatch.setattr(sample, "sample_responses", lambda *a, **kw: sampled.append(1) or [])
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--best_of", "2",
+                     "--aligner", judging_tiny, "--objectives", "polite", "--device", "cpu"])
+    assert "objective 'polite' needs a description" in str(e.value) and sampled == []
