@@ -126,8 +126,10 @@ def build_parser():
                     "other sampling flags apply to the policy's answers) (default: none, no "
                     "correction)")
     ap.add_argument("--objectives", default="correct,concise,format", metavar="LIST",
-                    help="for --aligner: comma-separated name[:description]; a name the built-in "
-                    "task knows needs no description, any other (one the aligner never saw) does. "
+                    help="for --aligner: comma-separated name[:description]; a bare name is one of "
+                    "the arith task's and takes its description, so an aligner trained on other "
+                    "objectives (the instruct task's, a data file's) needs them written out, as the "
+                    "sample.py command its run printed does. "
                     "A description may hold commas: only a comma followed by a new 'name:' (a name "
                     "is letters, digits, _ and -) or one after a bare name starts the next "
                     "objective, so after a description write a known name as 'name:' "

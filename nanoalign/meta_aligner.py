@@ -28,7 +28,8 @@ three in sequence, each starting from the previous one's checkpoint, in out_dir/
 --meta_holdout name drops an objective from training entirely (the paper's zero-shot test).
 
 Inference: `sample.py --aligner DIR --objectives correct,format:"ends with a period"` corrects
-answers from any source (nanoalign.meta_aligner.correct).
+answers from any source (nanoalign.meta_aligner.correct). A run keeps the objectives it trained on
+with its checkpoints (objectives.json) and ends by printing the sample.py command that names them.
 """
 import dataclasses
 import os
@@ -49,6 +50,8 @@ from nanoalign.sft import METRICS, sft_loss
 PROMPT = ("Edit the following Question-Answer pair to make it {t} considering the following "
           "objectives: {objectives} | Question: {q} | Answer: {y} | Edit:")
 STAGES = ("warmup", "equal", "preference")
+OBJECTIVES_FILE = "objectives.json"  # {name: description} of the training rows, the held-out ones left
+                                     # out: kept with every checkpoint, named by the printed command
 
 
 @dataclass
@@ -100,9 +103,12 @@ def build_sets(rows, seed, holdout=()):
 
 
 def stage_rows(rows, cfg, split, run=None):
-    """The SFT rows of one stage."""
+    """The SFT rows of one stage; the training split's objectives are kept with the checkpoint."""
     holdout = tuple(x for x in cfg.meta_holdout.split(",") if x)
     d_p, d_e = build_sets(rows, cfg.seed, holdout)
+    if split == "train" and run is not None:
+        run.checkpoint_files[OBJECTIVES_FILE] = {k: r["objectives"][k] for r in rows for k in r["labels"]
+                                                 if k not in holdout}
     if cfg.meta_stage == "warmup":
         rng = random.Random(f"meta-warmup-{cfg.seed}")
         k = min(len(d_e), max(cfg.batch_size, int(len(d_e) * cfg.meta_warmup_frac)))  # >= one batch
@@ -167,12 +173,30 @@ def _stamp(ckpt):
 
 
 def sample_flags(cfg, ckpt):
-    """sample.py's flags that use a trained aligner: it corrects a policy's answers. The policy is the
-    run's start where that is one (the chain's, or the warm-up stage's); a later stage starts from an
-    aligner, so the policy is yours to name."""
+    """sample.py's flags that use a trained aligner: it corrects a policy's answers towards the
+    objectives it trained on. The policy is the run's start where that is one (the chain's, or the
+    warm-up stage's); a later stage starts from an aligner, so the policy is yours to name. The
+    objectives are written out with their descriptions: without --objectives sample.py corrects
+    towards the arith task's three, and a bare name takes the arith task's description, whatever
+    this run trained on (another task's, or a data file's). Where --objectives cannot say them
+    (objectives_spec), OBJECTIVES stands in, which sample.py refuses: they are in objectives.json."""
     policy = cfg.init_from if cfg.meta_stage in ("all", "warmup") and os.path.isdir(cfg.init_from) \
         else "POLICY_DIR"
-    return f"--init_from {shlex.quote(policy)} --aligner {shlex.quote(ckpt)}"   # a path may hold a space
+    path = os.path.join(ckpt, OBJECTIVES_FILE)
+    spec = objectives_spec(read_json(path)) if os.path.exists(path) else None
+    return (f"--init_from {shlex.quote(policy)} --aligner {shlex.quote(ckpt)} "   # a path may hold a space
+            f"--objectives {shlex.quote(spec or 'OBJECTIVES')}")
+
+
+def objectives_spec(objs):
+    """{name: description} as the --objectives value that parse_objectives reads back as the same
+    pairs, or None where the list syntax cannot say them: a name beyond letters, digits, _ and -, an
+    empty description, or one that parse_named would cut ('a, b: c' reads as two objectives) or trim."""
+    spec = ",".join(f"{n}:{d}" for n, d in objs.items())
+    try:
+        return spec if parse_objectives(spec) == list(objs.items()) else None
+    except ValueError:                   # JudgeError for a bad name, or a missing description
+        return None
 
 
 def _write_record(path, cfg, finished):

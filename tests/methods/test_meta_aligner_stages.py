@@ -4,6 +4,7 @@ decoding of the edit prompt, 48 new tokens in batches of 64 by default."""
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 
 import pytest
@@ -275,7 +276,7 @@ def test_a_chain_ends_by_printing_a_sample_command_that_corrects_with_its_last_s
     train.main(["--method", "meta_aligner", "--n_warm", "16", "--warm_steps", "2", "--max_steps", "2",
                 "--n_train", "16", "--batch_size", "2", "--val_data", "", "--final_eval", "false",
                 "--out_dir", str(out)])
-    line = capsys.readouterr().out.strip().splitlines()[-1].split()
+    line = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
     assert line[:2] == ["python", "sample.py"]
     flags = dict(zip(line[2::2], line[3::2]))
     assert flags["--aligner"] == str(out / "preference" / "ckpt") and os.path.isdir(flags["--aligner"])
@@ -296,3 +297,37 @@ def test_a_chain_resumes_as_a_chain_in_a_directory_where_one_stage_ran_before(tm
     # and the other way round: a single stage stopped in the chain's directory resumes as itself
     train.train(dataclasses.replace(meta_chain(tmp_path / "b"), meta_stage="warmup"), stop_at=1)
     assert train.parse_config(["--out_dir", str(d), "--resume"]).meta_stage == "warmup"
+
+
+def test_the_printed_sample_command_corrects_towards_the_objectives_the_aligner_trained_on(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """The command named no --objectives, so sample.py corrected towards its default, the arith task's
+    three with the arith descriptions ('correct': the true sum), whatever the aligner trained on. Run
+    through sample.py as printed, it now corrects towards the run's objectives (its held-out one
+    left out: naming that is the zero-shot test), descriptions with commas and colons intact."""
+    import shlex
+    import sample
+    from model.checkpoint import save_model
+    from nanoalign.tasks import arith
+    tok = arith.build_tokenizer()
+    save_model(tiny_model(vocab_size=tok.vocab_size, max_seq_len=512), str(tmp_path / "policy"), tok)
+    objectives = {"correct": "the answer is right, as checked: twice", "polite": "says please",
+                  "brief": "no more than five words"}
+    rows = [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}, please.", "rejected": "no",
+             "labels": {"correct": "1", "polite": "equal", "brief": "2"}, "objectives": objectives}
+            for i in range(4)]
+    data = tmp_path / "pref.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train.main(["--method", "meta_aligner", "--meta_stage", "warmup", "--init_from", str(tmp_path / "policy"),
+                "--train_data", str(data), "--val_data", "", "--final_eval", "false", "--max_steps", "1",
+                "--batch_size", "2", "--meta_holdout", "brief", "--out_dir", str(tmp_path / "my run")])
+    argv = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert argv[:2] == ["python", "sample.py"]
+    got = {}
+
+    def spy_correct(aligner, atok, prompts, answers, objs, max_new_tokens, batch_size):
+        got["objectives"] = objs
+        return ["fixed"] * len(answers)
+    monkeypatch.setattr(sample, "correct", spy_correct)
+    sample.main(argv[2:] + ["--device", "cpu", "--max_new_tokens", "2"])
+    assert dict(got["objectives"]) == {k: v for k, v in objectives.items() if k != "brief"}
