@@ -57,7 +57,11 @@ def build_parser():
     ap.add_argument("--raw", action="store_true",
                     help="feed prompts as-is, without the chat template (default: off)")
     ap.add_argument("--system", default=None, metavar="TEXT",
-                    help="system message for the chat template (default: the checkpoint's own)")
+                    help="system message for the chat template. It is part of the conversation "
+                    "answered, so --best_of's judge and --aligner are shown it too, as 'System: TEXT' "
+                    "before 'User: PROMPT' (as they read a data row with a system message), and the "
+                    "rows --aligner prints hold that conversation as their prompt (default: the "
+                    "checkpoint's own, which the judge and the aligner are not shown)")
     ap.add_argument("--temperature", type=float, default=0.0, metavar="T",
                     help="sampling temperature; 0 is greedy decoding (the most likely token at "
                     "each step, so the same answer every run); above 0 samples, and --top_k, "
@@ -260,6 +264,17 @@ def precision(a, model):
     return autocast(a, model, decoding=True) if a.dtype == "auto" else contextlib.nullcontext()
 
 
+def conversation(a, prompt):
+    """A prompt as the judge (--best_of) and the aligner are shown it: with --system, the
+    conversation the policy answered, which they read as they read a data row with a system message
+    ('System: ...' then 'User: ...', nanoalign.judge.prompt_text). Without it, the prompt alone:
+    the checkpoint's own default system message is its chat template's, no part of the question,
+    as it is not for a training row without one."""
+    if a.system is None:
+        return prompt
+    return [{"role": "system", "content": a.system}, {"role": "user", "content": prompt}]
+
+
 def aligner_for(a):
     """MetaAligner inference: a function that corrects (prompt, answer) pairs and prints each as
     {prompt, answer, corrected}, with the aligner loaded once for all the batches it is given."""
@@ -321,7 +336,7 @@ def main(argv=None):
         except ValueError as e:          # a prompt longer than the model's context, say
             sys.exit(f"error: --best_of: {e}")
         if fix:                          # the tournament's winners are the answers to correct
-            pairs = [(p, tok.decode(w)) for p, w in zip(prompts, winners)]
+            pairs = [(conversation(a, p), tok.decode(w)) for p, w in zip(prompts, winners)]
             return in_batches(pairs, a, lambda b: fix([p for p, _ in b], [y for _, y in b]))
         return winners
     g = torch.Generator(device=a.device).manual_seed(a.seed)
@@ -348,7 +363,7 @@ def main(argv=None):
         # token that is shorter than --max_new_tokens was cut there
         cut += sum(1 for o in outs if len(o) < a.max_new_tokens and not (o and o[-1] in tok.stop_ids))
         if fix:
-            fix([prompts[i] for i, _, _ in batch], [tok.decode(o) for o in outs])
+            fix([conversation(a, prompts[i]) for i, _, _ in batch], [tok.decode(o) for o in outs])
             return outs
         for (i, j, _), out in zip(batch, outs):
             print(f"--- prompt {i} sample {j}: {prompts[i]!r}")
@@ -402,7 +417,8 @@ def best_of_main(a, model, tok, prompts):
                                                       a.top_p, a.max_new_tokens, g, a.top_k)):
             texts = [tok.decode(c) for c in cands]
             try:
-                w = best_of(model, tok, t, p, texts, principles=principles, likelihood=likelihood)
+                w = best_of(model, tok, t, conversation(a, p), texts, principles=principles,
+                            likelihood=likelihood)
             except ValueError as e:          # a judge prompt longer than the model's context, say
                 shorter = t.name != "compact" and not isinstance(e, JudgeError)
                 sys.exit(f"error: --best_of: {e}" + ("; a shorter --judge_template such as 'compact' "

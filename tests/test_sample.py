@@ -617,7 +617,7 @@ def judging_tiny(tmp_path):
     """A tiny checkpoint with the context a 'compact' judgment needs (saved_tiny's 40 tokens do not)."""
     from model.checkpoint import save_model
     from nanoalign.tasks import arith
-    save_model(tiny(1, vocab_size=arith.build_tokenizer().vocab_size, max_seq_len=256),
+    save_model(tiny(1, vocab_size=arith.build_tokenizer().vocab_size, max_seq_len=512),
                str(tmp_path / "j"), arith.build_tokenizer())
     return str(tmp_path / "j")
 
@@ -693,3 +693,41 @@ def test_best_of_with_an_aligner_checks_the_objectives_before_sampling(judging_t
         sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--best_of", "2",
                      "--aligner", judging_tiny, "--objectives", "polite", "--device", "cpu"])
     assert "objective 'polite' needs a description" in str(e.value) and sampled == []
+
+
+# -- --system: part of the conversation the judge and the aligner are shown ------------------------
+@pytest.mark.parametrize("system", [None, "Answer in words."])
+def test_the_judge_and_the_aligner_see_the_system_message_the_policy_answered(judging_tiny, capsys,
+                                                                             monkeypatch, system):
+    """--system reached the policy's prompt only: the --best_of judge and the aligner were shown the
+    user's question alone, so they judged and corrected answers to another conversation than the one
+    answered. They now read it as they read a data row with a system message ('System: ...' before
+    'User: ...', nanoalign.judge.prompt_text); the checkpoint's own default system message, no part
+    of the question, is not shown, as for a row without one."""
+    from nanoalign import judge, meta_aligner
+    from nanoalign.tasks import arith
+    judged, edited, real_judge_pairs = [], [], judge.judge_pairs
+
+    def judge_pairs(model, tok, t, items, *a, **kw):
+        judged.extend(prompt for prompt, *_ in items)
+        return real_judge_pairs(model, tok, t, items, *a, **kw)
+
+    def generate(model, ids, *a, **kw):
+        edited.extend(arith.build_tokenizer().decode(i) for i in ids)
+        return [[] for _ in ids]
+    monkeypatch.setattr(judge, "judge_pairs", judge_pairs)
+    monkeypatch.setattr(meta_aligner, "generate", generate)
+    sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--best_of", "2",
+                 "--judge_template", "compact", "--max_new_tokens", "2", "--aligner", judging_tiny,
+                 "--objectives", "concise", "--device", "cpu"] + (["--system", system] if system else []))
+    shown = "What is 1 + 2?" if system is None else "System: Answer in words.\nUser: What is 1 + 2?"
+    assert judged and all(judge.prompt_text(p) == shown for p in judged)
+    assert len(edited) == 1 and f"| Question: {shown} | Answer:" in edited[0]
+    row = json.loads(capsys.readouterr().out.splitlines()[-1])     # fed back as an --answers_file row
+    assert meta_aligner.prompt_text(row["prompt"]) == shown
+    # plain sampling corrected by the aligner: the same conversation
+    edited.clear()
+    sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--max_new_tokens", "2",
+                 "--aligner", judging_tiny, "--objectives", "concise", "--device", "cpu"]
+                + (["--system", system] if system else []))
+    assert len(edited) == 1 and f"| Question: {shown} | Answer:" in edited[0]
