@@ -35,7 +35,7 @@ from model.generate import generate
 from nanoalign.onpolicy import kept_principles, sample as sample_responses
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
                              parse_principles)
-from nanoalign.meta_aligner import correct, parse_objectives
+from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
 from nanoalign.data import DataError, check_response, check_text, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
@@ -129,15 +129,14 @@ def build_parser():
                     "untouched, and the correction is decoded greedily (--temperature and the "
                     "other sampling flags apply to the policy's answers) (default: none, no "
                     "correction)")
-    ap.add_argument("--objectives", default="correct,concise,format", metavar="LIST",
-                    help="for --aligner: comma-separated name[:description]; a bare name is one of "
-                    "the arith task's and takes its description, so an aligner trained on other "
-                    "objectives (the instruct task's, a data file's) needs them written out, as the "
-                    "sample.py command its run printed does. "
-                    "A description may hold commas: only a comma followed by a new 'name:' (a name "
-                    "is letters, digits, _ and -) or one after a bare name starts the next "
+    ap.add_argument("--objectives", default="", metavar="LIST",
+                    help="for --aligner: comma-separated name[:description]; '' = the objectives the "
+                    "aligner trained on (its objectives.json; an aligner without one: the arith "
+                    "task's correct,concise,format). A bare name takes its description from there "
+                    "too. A description may hold commas: only a comma followed by a new 'name:' (a "
+                    "name is letters, digits, _ and -) or one after a bare name starts the next "
                     "objective, so after a description write a known name as 'name:' "
-                    "(default: %(default)s)")
+                    "(default: the aligner's)")
     ap.add_argument("--answers_file", default=None, metavar="FILE",
                     help="for --aligner: JSONL of {prompt, answer} rows from any source, corrected "
                     "instead of sampling from --init_from (default: none)")
@@ -279,7 +278,9 @@ def aligner_for(a):
     """MetaAligner inference: a function that corrects (prompt, answer) pairs and prints each as
     {prompt, answer, corrected}, with the aligner loaded once for all the batches it is given."""
     try:
-        objs = parse_objectives(a.objectives, OBJECTIVES)
+        trained = os.path.join(a.aligner, OBJECTIVES_FILE)    # what the aligner trained on
+        known = read_json(trained) if os.path.exists(trained) else OBJECTIVES
+        objs = parse_objectives(a.objectives, known) if a.objectives else list(known.items())
         aligner, atok = load_for_sampling(a, a.aligner)
     except (ValueError, CheckpointError) as e:
         sys.exit(f"error: {e}")

@@ -29,7 +29,7 @@ three in sequence, each starting from the previous one's checkpoint, in out_dir/
 
 Inference: `sample.py --aligner DIR --objectives correct,format:"ends with a period"` corrects
 answers from any source (nanoalign.meta_aligner.correct). A run keeps the objectives it trained on
-with its checkpoints (objectives.json) and ends by printing the sample.py command that names them.
+with its checkpoints (objectives.json): sample.py corrects towards those unless --objectives says.
 """
 import dataclasses
 import os
@@ -51,7 +51,7 @@ PROMPT = ("Edit the following Question-Answer pair to make it {t} considering th
           "objectives: {objectives} | Question: {q} | Answer: {y} | Edit:")
 STAGES = ("warmup", "equal", "preference")
 OBJECTIVES_FILE = "objectives.json"  # {name: description} of the training rows, the held-out ones left
-                                     # out: kept with every checkpoint, named by the printed command
+                                     # out: kept with every checkpoint, what sample.py corrects towards
 
 
 @dataclass
@@ -173,30 +173,13 @@ def _stamp(ckpt):
 
 
 def sample_flags(cfg, ckpt):
-    """sample.py's flags that use a trained aligner: it corrects a policy's answers towards the
-    objectives it trained on. The policy is the run's start where that is one (the chain's, or the
-    warm-up stage's); a later stage starts from an aligner, so the policy is yours to name. The
-    objectives are written out with their descriptions: without --objectives sample.py corrects
-    towards the arith task's three, and a bare name takes the arith task's description, whatever
-    this run trained on (another task's, or a data file's). Where --objectives cannot say them
-    (objectives_spec), OBJECTIVES stands in, which sample.py refuses: they are in objectives.json."""
+    """sample.py's flags that use a trained aligner: it corrects a policy's answers (towards the
+    objectives it trained on, which sample.py reads from its objectives.json). The policy is the
+    run's start where that is one (the chain's, or the warm-up stage's); a later stage starts from an
+    aligner, so the policy is yours to name."""
     policy = cfg.init_from if cfg.meta_stage in ("all", "warmup") and os.path.isdir(cfg.init_from) \
         else "POLICY_DIR"
-    path = os.path.join(ckpt, OBJECTIVES_FILE)
-    spec = objectives_spec(read_json(path)) if os.path.exists(path) else None
-    return (f"--init_from {shlex.quote(policy)} --aligner {shlex.quote(ckpt)} "   # a path may hold a space
-            f"--objectives {shlex.quote(spec or 'OBJECTIVES')}")
-
-
-def objectives_spec(objs):
-    """{name: description} as the --objectives value that parse_objectives reads back as the same
-    pairs, or None where the list syntax cannot say them: a name beyond letters, digits, _ and -, an
-    empty description, or one that parse_named would cut ('a, b: c' reads as two objectives) or trim."""
-    spec = ",".join(f"{n}:{d}" for n, d in objs.items())
-    try:
-        return spec if parse_objectives(spec) == list(objs.items()) else None
-    except ValueError:                   # JudgeError for a bad name, or a missing description
-        return None
+    return f"--init_from {shlex.quote(policy)} --aligner {shlex.quote(ckpt)}"   # a path may hold a space
 
 
 def _write_record(path, cfg, finished):

@@ -3,6 +3,7 @@ default, prefixes of flags are errors, and the help's example commands are print
 compiled static-cache decode (generate(..., compiled=True)) against the eager one: the same greedy
 tokens, the same samples from a seeded generator, the same logits step by step."""
 import json
+import os
 import re
 import shlex
 
@@ -693,6 +694,32 @@ def test_best_of_with_an_aligner_checks_the_objectives_before_sampling(judging_t
         sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--best_of", "2",
                      "--aligner", judging_tiny, "--objectives", "polite", "--device", "cpu"])
     assert "objective 'polite' needs a description" in str(e.value) and sampled == []
+
+
+@pytest.mark.parametrize("kept, flag, expected", [
+    (True, None, [("polite", "says please"), ("brief", "five words, at most")]),
+    (True, "brief", [("brief", "five words, at most")]),
+    (True, "brief,kind:never rude", [("brief", "five words, at most"), ("kind", "never rude")]),
+    (False, None, [("correct", "the number given as the answer is the true sum"),
+                   ("concise", "the answer is as short as possible"),
+                   ("format", "the answer is a sentence that ends with a period")]),
+])
+def test_the_aligner_corrects_towards_what_it_trained_on_unless_told(judging_tiny, monkeypatch, kept, flag,
+                                                                      expected):
+    """Without --objectives an aligner corrected towards the arith task's three, with their
+    descriptions, whatever it trained on: a run on the instruct task or a data file was asked for
+    objectives it never saw. The objectives kept with it (objectives.json) are the default now, and
+    describe a bare name; an aligner without the file (an older run) keeps the arith three."""
+    from nanoalign.meta_aligner import OBJECTIVES_FILE
+    if kept:
+        with open(os.path.join(judging_tiny, OBJECTIVES_FILE), "w") as f:
+            json.dump({"polite": "says please", "brief": "five words, at most"}, f)
+    got = []
+    monkeypatch.setattr(sample, "correct", lambda aligner, tok, prompts, answers, objs, *a: got.append(objs)
+                        or ["fixed"] * len(answers))
+    sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--max_new_tokens", "2",
+                 "--aligner", judging_tiny, "--device", "cpu"] + (["--objectives", flag] if flag else []))
+    assert got == [expected]
 
 
 # -- --system: part of the conversation the judge and the aligner are shown ------------------------

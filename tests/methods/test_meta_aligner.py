@@ -87,45 +87,6 @@ def test_objective_descriptions_may_hold_commas():
                             "being letters, digits, _ and -")
 
 
-# the runs' objectives as the printed sample.py command writes them (sample_flags)
-names = st.from_regex(r"[\w-]{1,6}", fullmatch=True)
-
-
-@given(st.dictionaries(names | st.text(min_size=1, max_size=6),
-                       st.text(" ,:;ab_-\t", max_size=16) | st.text(max_size=16), min_size=1, max_size=4))
-def test_written_objectives_read_back_as_the_runs_or_are_not_written(objs):
-    """What sample.py reads from the printed --objectives is the run's objectives exactly, or there
-    is no such value (a name or a description that the list syntax cannot say)."""
-    from nanoalign.meta_aligner import objectives_spec
-    spec = objectives_spec(objs)
-    assert spec is None or parse_objectives(spec) == list(objs.items())
-
-
-# a description with commas and colons, but no ', name:' (which starts the next objective)
-sayable = st.builds(lambda first, rest: first + "".join(rest), st.from_regex(r"[a-z]{1,5}", fullmatch=True),
-                    st.lists(st.from_regex(r"( |: |; |, [a-z]{1,4} )[a-z]{1,5}", fullmatch=True), max_size=4))
-
-
-@given(st.dictionaries(names, sayable, min_size=1, max_size=4))
-def test_descriptions_with_commas_and_colons_are_written_out(objs):
-    from nanoalign.meta_aligner import objectives_spec
-    assert parse_objectives(objectives_spec(objs)) == list(objs.items())
-
-
-def test_objectives_the_flag_cannot_say_are_left_for_the_user(tmp_path):
-    """A data file's objective 'fmt {json}' is no --objectives name: the command names OBJECTIVES,
-    which sample.py refuses, rather than some other objectives."""
-    import shlex
-    from nanoalign.meta_aligner import OBJECTIVES_FILE, sample_flags
-    from nanoalign.tasks.arith import OBJECTIVES
-    (tmp_path / OBJECTIVES_FILE).write_text(json.dumps({"fmt {json}": "is JSON", "c": "is correct"}))
-    cfg = train.make_config(method="meta_aligner", meta_stage="preference")
-    flags = shlex.split(sample_flags(cfg, str(tmp_path)))
-    assert flags[flags.index("--objectives") + 1] == "OBJECTIVES"
-    with pytest.raises(ValueError, match="objective 'OBJECTIVES' needs a description"):
-        parse_objectives("OBJECTIVES", OBJECTIVES)
-
-
 def test_warmup_targets_are_the_input_answers():
     rows = [row({"c": "equal", "k": "1"}, y1=f"g{i}", y2=f"b{i}") for i in range(40)]
     cfg = train.make_config(method="meta_aligner", meta_stage="warmup", meta_warmup_frac=0.5)

@@ -301,10 +301,10 @@ def test_a_chain_resumes_as_a_chain_in_a_directory_where_one_stage_ran_before(tm
 
 def test_the_printed_sample_command_corrects_towards_the_objectives_the_aligner_trained_on(tmp_path, capsys,
                                                                                          monkeypatch):
-    """The command named no --objectives, so sample.py corrected towards its default, the arith task's
-    three with the arith descriptions ('correct': the true sum), whatever the aligner trained on. Run
-    through sample.py as printed, it now corrects towards the run's objectives (its held-out one
-    left out: naming that is the zero-shot test), descriptions with commas and colons intact."""
+    """sample.py without --objectives corrected towards the arith task's three with the arith
+    descriptions ('correct': the true sum), whatever the aligner trained on. Run through sample.py as
+    printed, the command now corrects towards the run's objectives, kept with its checkpoint (its
+    held-out one left out: naming that is the zero-shot test), descriptions with commas intact."""
     import shlex
     import sample
     from model.checkpoint import save_model
