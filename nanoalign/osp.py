@@ -5,25 +5,28 @@ eq. 7-9; docs/methods.md#osp).
   pref_aug  optional preference augmentation (Alg. 1 line 3): SFT on LLM-as-a-judge instructions
             built from preference pairs in both position orders (judge.judgment_rows, the same
             machinery as JSFT) - judgments only, no responses.
-  osp       from that (or any SFT) checkpoint, pi_SFT frozen as judge and reference. Each step, per
-            prompt x, under no_grad:
+  osp       from that (or any SFT) checkpoint, pi_SFT frozen as judge and reference (--judge_from:
+            another checkpoint judges). Each step, per prompt x, under no_grad:
               1. K samples y_1..y_K from pi_theta (temperature 0.7, top-p 0.9; --osp_k, K = 7)
-              2. ranked pairing: s(y) = p(y > blank | x) from the pi_SFT judge; sort; pair the i-th
-                 best with the i-th worst -> K//2 pairs (y_h, y_l); an odd K leaves the median out
+              2. ranked pairing: s(y) = p(y > blank | x) from the pi_SFT judge, the blank being an
+                 empty response; sort; pair the i-th best with the i-th worst -> K//2 pairs (y_h,
+                 y_l); an odd K leaves the median out (docs/methods.md#sampling-and-ranked-pairing)
               3. target strength p = p(y_h > y_l | x): the pi_SFT judge, softmax over the two label
                  logits (sec. 3.2, --likelihood pair), averaged over both position orders (appendix
                  B.2 swaps them); under a principle template, the mean over the principles of each
-                 principle's p (judge.principle_mean: monotone in every principle's p, and soft)
+                 principle's p (judge.principle_mean: monotone in every principle's p, and soft;
+                 docs/methods.md#target-strength)
             then, with h = (logp_sum_theta(y_h) - logp_sum_SFT(y_h)) - (logp_sum_theta(y_l) - logp_sum_SFT(y_l))
-            and p_hat = sigmoid(beta * h):
+            (logp_sum: docs/methods.md#sequence-log-probabilities) and p_hat = sigmoid(beta * h) (eq. 7):
               L_SPCE = -[p * log(p_hat) + (1 - p) * log(1 - p_hat)]                   (eq. 8; printed
                                       without the minus, the log-likelihood it maximizes)
-            For p in {0, 1} this is exactly DPO; d L_SPCE / d h = beta * (p_hat - p).
+            For p in {0, 1} this is exactly DPO; d L_SPCE / d h = beta * (p_hat - p) (eq. 9). All three:
+            docs/methods.md#spce-loss.
 
 Ablations (the paper's): --osp_loss dpo (hard labels: the pair oriented by p >= 1/2) or ipo
 ((h - 1/(2 beta))^2, same orientation); --pairing random (K//2 random disjoint pairs); --pairing raft
-(SFT on the sample with the best s(y), RAFT). Each prompt's K//2 pair losses are averaged, so the
-loss is a mean over prompts whatever K is.
+(SFT on the sample with the best s(y), RAFT); docs/methods.md#ablations. Each prompt's K//2 pair
+losses are averaged, so the loss is a mean over prompts whatever K is.
 
 beta: 0.1 by default, the paper's value for Mistral-7B with LoRA; its full fine-tunes used 0.001
 (dialogue) and 0.02 (summaries). 0.1 suits small models and few steps, where a tiny beta barely moves
@@ -31,9 +34,9 @@ the policy; set --beta to the paper's value for a full fine-tune of a real model
 
 osp_rollout is the round sample -> judge -> pairs (the loop calls it with no gradients; the plumbing
 is nanoalign/onpolicy.py's, shared with Self-Judge); osp_loss is the update on its pairs.
-Metrics: target strength p and predicted strength p_hat (mean, std), SPCE, judge agreement with the
-oracle on the pairs (built-in task), mean sample length, and the cost split t_sample / t_judge (the
-rest of the loop's step_s is the update).
+Metrics: the loss (SPCE), target strength p and predicted strength p_hat (mean, std), DPO's margin
+and reward_acc, judge agreement with the oracle on the pairs (built-in task), mean sample length,
+and the cost split t_sample / t_judge (the rest of the loop's step_s is the update).
 """
 from dataclasses import dataclass
 
@@ -47,7 +50,7 @@ from nanoalign.dpo import dpo_loss, ipo_loss, log_ratio_diff, pair_losses, pair_
 from nanoalign.judge import LIKELIHOODS, TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
 
-TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling
+TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling (Table 4)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class OSPOptions(onpolicy.OnPolicyOptions):
 def spce_loss(pol_h, pol_l, ref_h, ref_l, p, beta):
     """Per-pair soft-preference cross-entropy (eq. 8), with p_hat = sigmoid(beta * h) (eq. 7)."""
     z = beta * log_ratio_diff(pol_h, pol_l, ref_h, ref_l)
+    # log(p_hat) = logsigmoid(z), log(1 - p_hat) = logsigmoid(-z): no log(0) where p_hat rounds to 0 or 1
     return -(p * F.logsigmoid(z) + (1 - p) * F.logsigmoid(-z))
 
 
@@ -100,7 +104,7 @@ def osp_rollout(model, batch, run, cfg):
     texts = [[tok.decode(s) for s in row] for row in samples]
     flat_samples = [y for row in samples for y in row]
     clock.lap("t_sample")
-    if cfg.pairing in ("ranked", "raft"):       # s(y) = p(y > blank | x), all B*K in one pass
+    if cfg.pairing in ("ranked", "raft"):       # s(y) = p(y > blank | x), all B*K in one pass: (B, K)
         s = onpolicy.judge_probs(judge, jtok, t, [x for x in ptexts for _ in range(K)],
                                  [y for row in texts for y in row], [""] * (B * K), **how).view(B, K)
     if cfg.pairing == "raft":                   # RAFT: SFT on each prompt's best sample
@@ -134,9 +138,12 @@ def osp_loss(model, batch, run, cfg):
         loss = -batch_logps(model, batch, "mean")
         return loss.sum(), {"raft_nll": loss.mean().item()}
     p = batch["p"].to(model.lm_head.weight.dtype)
+    # pair_losses calls fn(pol_h, pol_l, ref_h, ref_l, beta); SPCE also takes the targets p
     fn = {"spce": lambda *x: spce_loss(*x[:4], p, x[4]), "dpo": dpo_loss, "ipo": ipo_loss}[cfg.osp_loss]
+    # the batch holds B * K//2 pairs, chosen rows first: pair_losses splits its rows at the number of
+    # pairs, where batch["n_examples"] is the B prompts that the loop divides the loss by. (B * K//2,)
     per_pair, h = pair_losses(fn, model, {**batch, "n_examples": len(p)}, run.ref, cfg.beta)
-    loss = per_pair.view(batch["n_examples"], cfg.osp_k // 2).mean(1)        # mean over a prompt's pairs
+    loss = per_pair.view(batch["n_examples"], cfg.osp_k // 2).mean(1)   # (B, K//2) -> (B,) prompt means
     return loss.sum(), {**pair_metrics(h, cfg.beta), **_stats("p", p),
                         **_stats("p_hat", torch.sigmoid(cfg.beta * h))}
 
