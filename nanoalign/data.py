@@ -331,7 +331,7 @@ def _prompt_example(tok, row, limits, where):
 
 
 def _mo_example(tok, row, limits, where):
-    """MO-ORPO: the alignment triple and its self-judgement triple row['sj'] (nanoalign/judge.py).
+    """MO-ORPO: the alignment triple and its self-judgement triple row['sj'] (nanoalign/mo_orpo.py sj_triple).
     An SJ triple over sj_max_length drops the whole example (counted: the MO-ORPO paper filtered its
     data to fit the judge prompt)."""
     sj = {**row["sj"], "keep_whole": True}

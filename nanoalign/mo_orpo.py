@@ -3,32 +3,36 @@ Multi-objective ORPO with self-judgement ("Multi-Objective Alignment of LLMs wit
 Self-Judgement", an anonymous double-blind submission without an arXiv id; docs/methods.md#multi-objective-orpo
 and docs/methods.md#self-judgement-data).
 
-Two tasks, both trained with the ORPO loss (nanoalign/orpo.py, eq. 1-4), from the same rows:
+Two tasks, both trained with the ORPO loss (nanoalign/orpo.py, eq. 1-4: docs/methods.md#orpo), from
+the same rows:
   alignment        (x, y_w, y_l)                        the user's preference data
   self-judgement   (x', c, r) = sj_triple(row)         x' shows x and both responses (rejected first
                    in 55% of rows, one of 50 prompt variations); c names the better one, r the worse.
 The SJ task adds no information: every SJ triple derives from the alignment triple beside it in the
 batch, and both are scored in the same step, so z_sj below belongs to the same example as z_align.
 
-Per example, with L_task = L_SFT + lam * L_OR and z = the task's log odds ratio (--prompt_loss
-counts the alignment prompt in L_SFT_align, never the SJ prompt, which shows both responses):
+Per example, with L_task = L_SFT + lam * L_OR (lam = --orpo_lambda, 0.1) and z = the task's log odds
+ratio (--prompt_loss counts the alignment prompt in L_SFT_align, never the SJ prompt, which shows
+both responses):
 
   scalarization   L = w1 * L_align + (1 - w1) * L_sj                 (sec. 3.2.1, eq. 5; w1 = 0.6)
   conjoined       L = w1 * (L_SFT_align + lam * -logsigmoid(z_align - sg(z_sj))) + w2 * L_sj
-                                                                (eq. 6; w1 = 0.7, w2 = 0.3)
+                                                      (sec. 3.2.2, eq. 6; w1 = 0.7, w2 = 0.3)
                   d/dz_align of the OR term = -(1 + exp(z_align - z_sj))^-1: alignment examples get
                   a bigger push when the SJ task is already well fit (z_sj large). sg() = detach:
                   no gradient reaches the SJ log-probs through this term.
-  conditional     L = w1 * L_align + w2 * L_sj  if z_sj < 0,  else L_align       (Algorithm 1, an
-                  epsilon-constraint: stop training SJ once it is "solved"; w1 = 0.9, w2 = 0.1).
+  conditional     L = w1 * L_align + w2 * L_sj  if z_sj < 0,  else L_align  (sec. 3.2.3, Algorithm 1,
+                  an epsilon-constraint: stop training SJ once it is "solved"; w1 = 0.9, w2 = 0.1).
                   Metric sj_active = fraction of examples whose SJ term was on.
   epoch_by_epoch  L_align and L_sj on alternate epochs, the last one L_align    (Table 2, w = 1/1)
   task_by_task    L_sj for the first half of the run's epochs, then L_align      (Table 2, w = 1/1)
   sj_sft          scalarization with L_sj = L_SFT_sj alone (no odds ratio): the paper's control
+                  (docs/methods.md#sj-sft-control)
   orpo            the baseline, L_align alone (nanoalign/orpo.py; scalarization with w1 = 1)
 
-Metrics every step: z_align, z_sj, each task's L_SFT and L_OR, L_align, L_sj (the right panel of
-Figure 3 plots final L_align against final L_sj: `python -m experiments.plot`).
+Metrics every step: z_align, z_sj, each task's L_SFT and L_OR, L_align, L_sj (a schedule logs only
+the task it trains that step), and the variant's own (L_OR_conjoined, sj_active, task_sj). The right
+panel of Figure 3 plots final L_align against final L_sj: `python -m experiments.plot`.
 """
 import dataclasses
 import math
@@ -46,6 +50,7 @@ from nanoalign.orpo import ORPOOptions, orpo_terms
 
 # -- the self-judgement data (MO-ORPO Fig. 1, section 4) ---------------------------------------------
 # MO-ORPO self-judgement prompts: 5 wordings x 5 name pairs x 2 instruction orders = 50 variations.
+# The paper's "about 50" came from five prompts it does not print: these five wordings are ours.
 _SJ_WORDINGS = [
     ("Which {noun} answers the question better?", "{noun} {x} is better."),
     ("Compare the two {noun}s and pick the better one.", "The better one is {noun} {x}."),
@@ -58,6 +63,8 @@ _SJ_NAMES = [("Response", "A", "B"), ("Answer", "1", "2"), ("Reply", "X", "Y"),
 
 
 def _sj_templates():
+    """The 50 JudgeTemplates. The user message keeps {prompt}, {a}, {b} for judge.render to fill;
+    the answer keeps {label}, which sj_triple fills with the better (c) or the worse (r) name."""
     out = []
     for wi, (ask, ans) in enumerate(_SJ_WORDINGS):
         for noun, x1, x2 in _SJ_NAMES:
@@ -115,13 +122,14 @@ class TwoWeights(SJOptions):
 
 
 def task_terms(model, batch, cfg):
-    """Per-example ORPO pieces of one task's preference batch."""
+    """Per-example ORPO pieces of one task's preference batch: L_SFT, L_OR, z and L, each (B,)."""
     l_sft, l_or, z, lp_w, lp_l = orpo_terms(model, batch, cfg)
     return {"L_SFT": l_sft, "L_OR": l_or, "z": z, "L": l_sft + cfg.orpo_lambda * l_or}
 
 
 def conjoined_or(z_align, z_sj):
-    """Eq. 6's alignment odds-ratio term, per example: -logsigmoid(z_align - sg(z_sj))."""
+    """Eq. 6's alignment odds-ratio term, per example: -logsigmoid(z_align - sg(z_sj))
+    (docs/methods.md#conjoined). softplus(-u) is -logsigmoid(u)."""
     return F.softplus(-(z_align - z_sj.detach()))
 
 
@@ -130,7 +138,8 @@ def weighted(L_align, L_sj, w1, w2):
 
 
 def conditional(L_align, L_sj, z_sj, w1, w2):
-    """Algorithm 1 per example: (loss, active) with active = z_sj < 0 (SJ not yet fit)."""
+    """Algorithm 1 per example: (loss, active) with active = z_sj < 0 (SJ not yet fit;
+    docs/methods.md#conditional)."""
     active = z_sj.detach() < 0
     return torch.where(active, weighted(L_align, L_sj, w1, w2), L_align), active
 
@@ -138,8 +147,9 @@ def conditional(L_align, L_sj, z_sj, w1, w2):
 def phase(kind, epoch, epochs):
     """Which task the epoch-wise schedules train now: 'align' or 'sj'. epoch is fractional. Both
     end on the alignment task, the one that is evaluated: epoch_by_epoch alternates whole epochs of
-    data backwards from the last (with an even count it starts with SJ; 150 steps of 37 batches an
-    epoch are 4.05 epochs: four, the last 2 steps joining the fourth), task_by_task trains SJ first."""
+    data backwards from the last (with an even count it starts with SJ; the results table's runs,
+    150 steps of 16 over 600 rows, 37 batches an epoch, are 4.05 epochs: four, the last 2 steps
+    joining the fourth), task_by_task trains SJ first. docs/methods.md#epoch-by-epoch-and-task-by-task"""
     if kind == "epoch_by_epoch":
         n = max(1, math.floor(epochs + 0.5))    # whole epochs: a last part under half joins the one before
         return "align" if (n - 1 - min(int(epoch), n - 1)) % 2 == 0 else "sj"
@@ -165,6 +175,7 @@ def mo_loss(kind, a, s, cfg, run=None):
 
 
 def _needs(kind, run):
+    """(score the alignment task?, score the SJ task?) this step: a schedule scores only its task."""
     if kind in ("epoch_by_epoch", "task_by_task"):
         which = phase(kind, run.epoch, run.epochs)
         return which == "align", which == "sj"
@@ -173,6 +184,8 @@ def _needs(kind, run):
 
 def _loss(kind):
     def loss(model, batch, run, cfg):
+        # batch["align"] and batch["sj"] are two preference batches, row i of one the twin of row i of
+        # the other (data.py's "mo" kind)
         need_a, need_s = _needs(kind, run)
         a = task_terms(model, batch["align"], cfg) if need_a else None
         # --prompt_loss is the alignment task's: the SJ prompt x' holds both responses, so counting
@@ -185,7 +198,7 @@ def _loss(kind):
                 mets.update({f"z_{name}": t["z"].mean().item(), f"L_{name}": t["L"].mean().item(),
                              f"L_SFT_{name}": t["L_SFT"].mean().item(),
                              f"L_OR_{name}": t["L_OR"].mean().item()})
-        return per_ex.sum(), mets
+        return per_ex.sum(), mets          # a sum: the loop divides by the effective batch's examples
     return loss
 
 
