@@ -96,12 +96,14 @@ def load_split(cfg, method, task, split, run):
 
 
 def legend(method):
-    """What each logged number means: printed once at the start of a run."""
-    items = {"loss": "the method's loss, averaged over the effective batch", "lr": "learning rate",
-             "grad_norm": "gradient norm before clipping", "step_s": "seconds for this step",
-             "tok_per_s": "tokens through the model per second since the last log line, all ranks",
-             **(method.metrics or {})}
-    return "metrics: " + "; ".join(f"{k} = {v}" for k, v in items.items())
+    """What each logged number means: printed once at the start of a run. The console line shows
+    the loss, the method's metrics and tok/s; metrics.jsonl holds every one."""
+    shown = {"loss": "the method's loss, averaged over the effective batch", **(method.metrics or {}),
+             "tok_per_s": "tokens through the model per second since the last log line, all ranks"}
+    kept = {"lr": "learning rate", "grad_norm": "gradient norm before clipping",
+            "step_s": "seconds for this step"}
+    return ("metrics: " + "; ".join(f"{k} = {v}" for k, v in shown.items())
+            + "\nin out_dir/metrics.jsonl too: " + "; ".join(f"{k} = {v}" for k, v in kept.items()))
 
 
 class StopFlag:

@@ -239,11 +239,20 @@ METRICS = {"z_align": "log odds ratio of the alignment pair", "z_sj": "of the se
            "L_OR_conjoined": "eq. 6's alignment term -log sigmoid(z_align - sg(z_sj))",
            "sj_active": "fraction of examples whose SJ term was on (conditional)",
            "task_sj": "1 when this step trained the SJ task (schedules)"}
+OWN_METRIC = {"conjoined": "L_OR_conjoined", "conditional": "sj_active", "epoch_by_epoch": "task_sj",
+              "task_by_task": "task_sj"}   # the one a variant logs beside both tasks' terms (mo_loss)
+
+
+def legend(kind):
+    """METRICS less the other variants' own: the log's legend names what this variant logs."""
+    return {k: v for k, v in METRICS.items() if k not in OWN_METRIC.values() or OWN_METRIC.get(kind) == k}
+
+
 _OPTIONS = {"scalarization": OneWeight, "sj_sft": OneWeight,
             "conjoined": with_defaults(TwoWeights, "ConjoinedOptions", w1=0.7, w2=0.3),
             "conditional": with_defaults(TwoWeights, "ConditionalOptions", w1=0.9, w2=0.1),
             "epoch_by_epoch": SJOptions, "task_by_task": SJOptions}
 register(*[Method(name=k, reads="pref", eats="mo", unit="n_examples", loss=_loss(k), help=v,
-                  options=_OPTIONS[k], prepare=_prepare, metrics=METRICS,
+                  options=_OPTIONS[k], prepare=_prepare, metrics=legend(k),
                   tokenize_options=lambda cfg: {"sj_max_length": cfg.sj_max_length})
            for k, v in _HELP.items()])

@@ -406,6 +406,21 @@ def test_a_schedule_scores_only_the_task_it_trains(kind, epoch, epochs, trained)
     assert loss.item() == pytest.approx(m[f"L_{trained}"] * len(MO_EXAMPLES), rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["scalarization", "conjoined", "conditional", "epoch_by_epoch",
+                                  "task_by_task", "sj_sft"])
+def test_a_variants_legend_names_what_its_steps_log_and_nothing_else(kind):
+    """The log's legend (Method.metrics) was one table for all six variants: a conjoined run's legend
+    explained sj_active and task_sj, which it never logs. Over steps in both halves of a run (a
+    schedule trains each task in one of them), the names logged are the legend's."""
+    logged = set()
+    with one_thread():
+        for epoch in (0.5, 1.5):
+            _, m = call_method(kind, tiny_model(seed=2, init_std=0.1), make_batch(MO_EXAMPLES, "mo", 0),
+                               epoch=epoch, epochs=2.0)
+            logged |= set(m)
+    assert logged == set(REGISTRY[kind].metrics)
+
+
 # -- the rejected-first draw -----------------------------------------------------------------------
 class Draws:
     """A stand-in for random.Random: randrange gives 0 (the first SJ template), random gives u."""

@@ -155,6 +155,8 @@ def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_s
     out = _short_run(tmp_path, capsys)
     assert "compute: float32, padded (--dtype auto, --packed auto, --grad_checkpoint auto)\n" in out
     assert "metrics: loss = " in out and "nll_per_token = " in out
+    # the console line has no lr, grad_norm or step_s: the legend says where they are
+    assert "\nin out_dir/metrics.jsonl too: lr = learning rate; grad_norm = " in out
     ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
     assert f"checkpoint: {ckpt}" in out and f"python sample.py --init_from {ckpt}" in out
 
