@@ -25,8 +25,21 @@ from model.model import PRESETS
 from nanoalign import DEFAULT_METHOD, REGISTRY
 from nanoalign.checkpoint import RUN_CONFIG
 from nanoalign.common import option
-from nanoalign.compute import FAST_MIN_PARAMS
+from nanoalign.compute import AUTO_LR, FAST_MIN_PARAMS
 from nanoalign.tasks import TASKS, get_task
+
+# what --resume may change; every other setting comes from the checkpoint, and a different value is
+# refused (a resumed run must be the run it continues). grad_checkpoint changes no number (bitwise
+# the same gradients), only memory and time
+RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
+             "final_eval", "device", "skip_bad_rows", "grad_checkpoint")
+ON_POLICY = ", ".join(n for n, m in REGISTRY.items() if m.rollout)   # they sample: no held-out loss
+
+
+def _rate(x):
+    """A learning rate as the docs write it: 3e-4, not 0.0003 or 3e-04."""
+    mantissa, exp = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exp)}"
 
 
 @dataclass
@@ -34,36 +47,48 @@ class SharedConfig:
     """The options every method has; a method adds its own (its file's options dataclass)."""
     method: str = option(DEFAULT_METHOD, "which method to train; 'list' prints each method with its "
                          "options")
-    init_from: str = option("default", "'default' (the cached SFT warm-up on the built-in task), "
-                            "'scratch' (a fresh model of --model_preset), or a Hugging Face checkpoint "
-                            "directory")
-    model_preset: str = option("tiny", "model config for --init_from scratch (model/model.py PRESETS)",
+    init_from: str = option("default", "'default' = the --task's start: for arith an SFT warm-up, "
+                            "trained once and cached in out/_warm/ under --model_preset, --seed, "
+                            "--n_warm, --warm_steps, --warm_lr and where it trains (--device's kind, the "
+                            "torchrun ranks); for instruct SmolLM2-135M-Instruct in "
+                            "checkpoints/smollm2-135m. 'scratch' = a fresh model of --model_preset; or "
+                            "a checkpoint directory (Hugging Face layout, or a LoRA run's adapters)")
+    model_preset: str = option("tiny", "the model of --init_from scratch and of the arith warm-up "
+                               "(model/model.py PRESETS): 'tiny' (0.77M parameters, the arith task's); "
+                               "'smollm2-135m', 'mistral-7b', 'llama3-8b' = those shapes with random "
+                               "weights (tests, benchmarks); all with the byte-level tokenizer",
                                choices=tuple(PRESETS))
-    chat_format: str = option("", "'' = the checkpoint's own chat template; or a named format for a "
-                              "checkpoint that has none (model/chat_template.py FORMATS)",
-                              choices=("",) + tuple(FORMATS))
+    chat_format: str = option("", "'' = the checkpoint's own chat template; a named format replaces it "
+                              "(for a checkpoint that has none): 'chatml' (SmolLM2, Qwen), 'inst' "
+                              "(Llama-2, Mistral), 'selfjudge' (the Self-Judge paper's), 'raw' (the "
+                              "text alone). Unused by --init_from scratch, whose byte tokenizer speaks "
+                              "selfjudge", choices=("",) + tuple(FORMATS))
     train_data: str = option("builtin", "'builtin' (the rows of the built-in --task) or a JSONL file "
                              "of the rows the method reads")
     task: str = option("arith", "the built-in task (nanoalign/tasks/): 'arith' (What is 17 + 8?, a "
                        "tiny model) or 'instruct' (questions with format instructions, for "
                        "SmolLM2-135M-Instruct); its options follow the method's", choices=tuple(TASKS))
-    val_data: str = option("auto", "a JSONL file for the held-out loss; 'builtin'; 'auto' = the "
-                           "built-in task's when training on it, none otherwise; '' = none")
+    val_data: str = option("auto", "a JSONL file for the held-out loss; 'builtin' = the built-in "
+                           "task's; 'auto' = the built-in task's when training on it, none otherwise; "
+                           f"'' = none. The on-policy methods ({ON_POLICY}) have none: 'auto' or '' only")
     out_dir: str = option("", "run directory: checkpoint in out_dir/ckpt, metrics in "
                           "out_dir/metrics.jsonl; '' means out/<method>")
-    resume: bool = option(False, "continue the run in out_dir from its last checkpoint (only the "
-                          "settings in RESUMABLE may change)")
+    resume: bool = option(False, "continue the run in out_dir from its last checkpoint, with its "
+                          "settings: only " + ", ".join(f"--{k}" for k in RESUMABLE[1:]) + " may "
+                          "change (another setting given must equal the run's)")
     max_steps: int = option(300, "optimizer steps", minimum=1)
-    batch_size: int = option(16, "examples per micro-batch", minimum=1)
+    batch_size: int = option(16, "examples per micro-batch (an on-policy method's are prompts); per "
+                             "process under torchrun", minimum=1)
     grad_accum: int = option(1, "micro-batches per optimizer step (the loss is normalized over all)",
                              minimum=1)
-    lr: float = option(0.0, "peak learning rate; 0 = auto: 3e-4 for a model under "
-                       f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's); for a larger, "
-                       "pretrained one (the instruct task's SmolLM2-135M too) the default of TRL's "
-                       "trainer of the same loss: 2e-5 for SFT (osp --pairing raft too), 1e-6 for "
-                       "the offline preference losses, 5e-7 for on-policy DPO (self_judge, osp's "
-                       "pair losses)",
-                       minimum=0.0)
+    lr: float = option(0.0, f"peak learning rate; 0 = auto: {_rate(AUTO_LR['small'])} for a model "
+                       f"under {FAST_MIN_PARAMS // 10**6}M parameters (the arith task's); for a "
+                       "larger, pretrained one (the instruct task's SmolLM2-135M too) the default of "
+                       f"TRL's trainer of the same loss: {_rate(AUTO_LR['sft'])} for SFT (sft, jsft, "
+                       f"pref_aug, meta_aligner, osp --pairing raft), {_rate(AUTO_LR['online'])} for "
+                       f"on-policy DPO (self_judge, osp's pair losses), {_rate(AUTO_LR['preference'])} "
+                       "for every other method (offline DPO, IPO, ORPO and MO-ORPO, and "
+                       "self_judge_offpolicy, whose pairs are sampled once)", minimum=0.0)
     min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0,
                                  maximum=1.0)
     warmup_steps: int = option(20, "linear warm-up steps", minimum=0)
@@ -76,7 +101,8 @@ class SharedConfig:
                              "with --skip_bad_rows); a judgment target that does not fit is dropped "
                              "and counted", minimum=2)
     skip_bad_rows: bool = option(False, "skip (and count) bad data rows instead of stopping")
-    seed: int = option(1337, "random seed (data order, init, sampling)")
+    seed: int = option(1337, "random seed (data order, init, sampling; the arith warm-up is cached "
+                       "per seed)")
     deterministic: bool = option(True, "on CUDA, use torch's deterministic algorithms, so that a "
                                  "rerun or a resume can repeat a run bit for bit (somewhat slower; "
                                  "an op that has none stops the run with its name: false runs on)")
@@ -86,17 +112,20 @@ class SharedConfig:
     eval_batches: int = option(8, "micro-batches of held-out data per evaluation", minimum=1)
     ckpt_every: int = option(0, "checkpoint every N steps (0 = only at the end)", minimum=0)
     final_eval: bool = option(True, "on the built-in task, end with the table of greedy answers "
-                              "before and after (never on your own data)")
-    device: str = option("auto", "'auto', 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
-    dtype: str = option("auto", "compute dtype of the forwards: 'bfloat16' is autocast (float32 "
-                        "master weights and AdamW state, log-sum-exp and losses in float32); 'auto' "
-                        "= bfloat16 on a GPU of sm_80 or later, and on a CPU whose bf16 matmuls "
+                              "before and after; not on your own data, after --resume, or for "
+                              "meta_aligner (an aligner edits answers)")
+    device: str = option("auto", "'cpu', 'cuda', or 'auto' = 'cuda' where torch sees a GPU, else 'cpu'. "
+                         "Under torchrun each rank takes its own GPU, or all run on the CPU where "
+                         "there are fewer GPUs than ranks", choices=("auto", "cpu", "cuda"))
+    dtype: str = option("auto", "compute dtype of the forwards: 'float32'; 'bfloat16' is autocast "
+                        "(float32 master weights and AdamW state, log-sum-exp and losses in float32); "
+                        "'auto' = bfloat16 on a GPU of sm_80 or later, and on a CPU whose bf16 matmuls "
                         "outrun float32's (AMX, or AVX512-BF16 on AMD) for a model of "
                         f"{FAST_MIN_PARAMS // 10**6}M parameters or more, else float32",
                         choices=("auto", "float32", "bfloat16"))
-    packed: str = option("auto", "padding-free batches: each micro-batch's rows back to back, no "
-                         "matmul on a pad (the padded batch is the reference); 'auto' = on for a "
-                         f"model of {FAST_MIN_PARAMS // 10**6}M parameters or more",
+    packed: str = option("auto", "padding-free batches ('true' / 'false'): each micro-batch's rows "
+                         "back to back, no matmul on a pad (the padded batch is the reference); "
+                         f"'auto' = on for a model of {FAST_MIN_PARAMS // 10**6}M parameters or more",
                          choices=("auto", "true", "false"))
     # scale: LoRA, activation checkpointing, several processes (launch with torchrun)
     lora_r: int = option(0, "LoRA rank; 0 = train every weight. With LoRA, checkpoints hold the "
@@ -106,8 +135,8 @@ class SharedConfig:
                                above=0.0)
     lora_dropout: float = option(0.05, "LoRA dropout on the adapters' input", minimum=0.0,
                                  below=1.0)
-    lora_targets: str = option("q,k,v,o,gate,up,down", "projections that get adapters, from "
-                               "q,k,v,o,gate,up,down")
+    lora_targets: str = option("q,k,v,o,gate,up,down", "comma-separated projections that get "
+                               "adapters, from q,k,v,o,gate,up,down")
     grad_checkpoint: str = option("auto", "activation checkpointing: blocks keep only their input and "
                                   "run again in backward. 'true' = every block (least memory; a CPU step "
                                   "took 1.13-1.3x the time: TRL's default), 'half' = every other "
@@ -117,15 +146,9 @@ class SharedConfig:
                                   "default, docs/performance.md), else 'false'",
                                   choices=("auto", "false", "half", "true"))
     parallel: str = option("ddp", "under torchrun: 'ddp' (weights replicated) or 'fsdp' (FSDP2 "
-                           "fully_shard: weights, grads and AdamW state sharded); --batch_size is "
-                           "per process", choices=("ddp", "fsdp"))
-
-
-# what --resume may change; every other setting comes from the checkpoint, and a different value is
-# refused (a resumed run must be the run it continues). grad_checkpoint changes no number (bitwise
-# the same gradients), only memory and time
-RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
-             "final_eval", "device", "skip_bad_rows", "grad_checkpoint")
+                           "fully_shard: weights, grads and AdamW state sharded; not for the "
+                           f"on-policy methods, {ON_POLICY}); --batch_size is per process",
+                           choices=("ddp", "fsdp"))
 
 
 def config_class(method, task=SharedConfig.task):

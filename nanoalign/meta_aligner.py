@@ -56,13 +56,16 @@ OBJECTIVES_FILE = "objectives.json"  # {name: description} of the training rows,
 
 @dataclass
 class MetaOptions:
-    meta_stage: str = option("all", "'warmup', 'equal', 'preference', or 'all' (the three in sequence "
-                             "in out_dir/<stage>; the warm-up gets max_steps // 5)",
+    meta_stage: str = option("all", "'warmup' (the answer as its own edit, on --meta_warmup_frac of "
+                             "the equal set), 'equal' (edits where the answers tie), 'preference' (the "
+                             "worse answer edited into the better), or 'all' (the three in sequence, "
+                             "each in out_dir/<stage> from the one before; the warm-up trains "
+                             "max(1, max_steps // 5) steps, the others max_steps)",
                              choices=STAGES + ("all",))
-    meta_warmup_frac: float = option(0.1, "fraction of the equal set used for the warm-up",
-                                     minimum=0.0, maximum=1.0)
+    meta_warmup_frac: float = option(0.1, "fraction of the equal set used for the warm-up, at least "
+                                     "--batch_size rows (0 = one micro-batch)", minimum=0.0, maximum=1.0)
     meta_holdout: str = option("", "comma-separated objectives left out of training (the paper's "
-                               "zero-shot test)")
+                               "zero-shot test); '' = none")
 
 
 def render_objectives(objs):

@@ -103,8 +103,8 @@ def attach_sj(rows, seed, split):
 @dataclass
 class SJOptions(ORPOOptions):
     """Every variant: ORPO's options for both tasks, and the length limit of the SJ task."""
-    sj_max_length: int = option(384, "token limit of a self-judgement prompt + answer; longer "
-                                "examples are dropped and counted", minimum=2)
+    sj_max_length: int = option(384, "token limit of a self-judgement prompt + answer; a longer one "
+                                "drops its whole example, the alignment pair too (counted)", minimum=2)
 
 
 @dataclass
@@ -117,7 +117,8 @@ class OneWeight(SJOptions):
 @dataclass
 class TwoWeights(SJOptions):
     """conjoined, conditional: a weight for each task (paper: 0.7 / 0.3 and 0.9 / 0.1)."""
-    w1: float = option(0.7, "weight of the alignment task", minimum=0.0)
+    w1: float = option(0.7, "weight of the alignment task (conditional: where the SJ term is on; "
+                            "elsewhere L_align alone, weight 1)", minimum=0.0)
     w2: float = option(0.3, "weight of the self-judgement task", minimum=0.0)
 
 

@@ -46,10 +46,11 @@ LIKELIHOOD_HELP = ("how the judge's two label probabilities become p(a > b), a c
 
 @dataclass
 class JudgeTemplateOptions:
-    judge_template: str = option("compact", "judgment template (nanoalign/judge.py TEMPLATES: "
-                                 "'compact' fits the built-in task; 'ultrafeedback', 'hh', "
-                                 "'principle', 'principle_rationale' are the Self-Judge paper's)",
-                                 choices=tuple(TEMPLATES))
+    judge_template: str = option("compact", "judgment template (nanoalign/judge.py TEMPLATES): "
+                                 "'compact' fits the built-in task's tiny model ('compact_principle': "
+                                 "per principle, 'compact_rationale': per principle with a rationale); "
+                                 "'ultrafeedback', 'hh', 'principle', 'principle_rationale' are the "
+                                 "Self-Judge paper's", choices=tuple(TEMPLATES))
     likelihood: str = option("vocab", LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))
 
 
@@ -57,7 +58,8 @@ class JudgeTemplateOptions:
 class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
     judge_from: str = option("", "a checkpoint directory to judge with, read with its own "
                              "tokenizer and chat template (an option of nanoalign's, not a setting "
-                             "of either paper); '' = the frozen start (the papers' choice)")
+                             "of either paper); '' = the frozen start (the papers' choice; "
+                             "self_judge --judge policy: the policy)")
     gen_max_tokens: int = option(0, "max new tokens per sample; 0 = auto: "
                                  f"{AUTO_NEW_TOKENS['small']} for a model under "
                                  f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's answers "

@@ -62,7 +62,8 @@ class OSPOptions(onpolicy.OnPolicyOptions):
     osp_loss: str = option("spce", "'spce' (soft targets, eq. 8), or the ablations 'dpo' / 'ipo' (hard "
                            "labels from the same judge)", choices=("spce", "dpo", "ipo"))
     pairing: str = option("ranked", "'ranked' (best with worst), or the ablations 'random' and 'raft' "
-                          "(SFT on the best sample)", choices=("ranked", "random", "raft"))
+                          "(SFT on the best sample: --osp_loss and --beta unused)",
+                          choices=("ranked", "random", "raft"))
     likelihood: str = option("pair", onpolicy.LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))  # OSP's rule
 
 

@@ -56,7 +56,8 @@ class JSFTOptions(onpolicy.JudgeTemplateOptions):
 @dataclass
 class SelfJudgeOptions(onpolicy.OnPolicyOptions):
     judge: str = option("ref", "who judges the samples: 'ref' (the frozen JSFT start, the paper's "
-                        "choice) or 'policy' (the model being trained)", choices=("ref", "policy"))
+                        "choice) or 'policy' (the model being trained); a --judge_from checkpoint "
+                        "judges instead of either", choices=("ref", "policy"))
 
 
 def jsft_rows(rows, cfg, split, run):

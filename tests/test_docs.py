@@ -448,6 +448,40 @@ def test_an_unexplained_flag_or_default_is_found():
     assert [b.split(":")[0] for b in unexplained_flags(ap)] == ["--a", "--b", "--c"]
 
 
+# a word in single quotes, 'auto' or '', not the apostrophe of "TRL's" or "the papers' rules"
+QUOTED_RE = re.compile(r"(?<![\w'])'([^'\s]*)'(?![\w'])")
+
+
+def choice_problems(flag, text, choices):
+    """What an option's help says wrong about its choices: a choice it does not name in quotes (so
+    not what it means), or a word in quotes that is no choice (one renamed or removed)."""
+    quoted = set(QUOTED_RE.findall(text))
+    return ([f"--{flag}: its help does not name the choice '{c}'" for c in choices if c not in quoted] +
+            [f"--{flag}: its help names '{q}', which is not a choice" for q in sorted(quoted - set(choices))])
+
+
+def test_every_choice_of_a_train_py_option_is_named_in_its_help_and_no_other():
+    """train.py's --help ends each option with 'one of ...', its choices, but says what each one means
+    only where its help names it: every option of every method and task names each of its choices in
+    quotes, and nothing else in quotes. --dtype said nothing of 'float32', --packed of 'true' and
+    'false', --chat_format of its formats, --model_preset of its presets, --judge_template of
+    'compact_principle' and 'compact_rationale'."""
+    from nanoalign import REGISTRY
+    from nanoalign.config import config_class
+    from nanoalign.tasks import TASKS
+    fields = {f.name: f for m in REGISTRY for t in TASKS for f in dataclasses.fields(config_class(m, t))}
+    bad = [p for f in fields.values() if f.metadata.get("choices")
+           for p in choice_problems(f.name, f.metadata["help"], f.metadata["choices"])]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_a_choice_left_unnamed_or_a_quoted_word_that_is_no_choice_is_found():
+    text = "'a' = on, 'b' = off ('c' was renamed 'b'); TRL's default, the papers' rules, '' = none"
+    assert choice_problems("x", text, ("a", "b", "d", "")) == [
+        "--x: its help does not name the choice 'd'", "--x: its help names 'c', which is not a choice"]
+    assert choice_problems("x", text, ("a", "b", "c", "")) == []
+
+
 def doc_commands(text):
     """[(line_no, text)] of a markdown text's commands: each line of a code block, joined with its
     `\\` continuations, and each inline code span (across line breaks)."""

@@ -1,10 +1,14 @@
 """The training path's fast modes (train.py --packed, --dtype): padding-free batches give the padded
 batch's hidden states, log-probs, gradients and training step; bf16 autocast stays close to float64
 and really runs in bf16; the automatic choices follow the model size and the device."""
+import dataclasses
+import re
+
 import pytest
 import torch
 from hypothesis import example, given, settings, strategies as st
 
+from nanoalign import REGISTRY
 from tests.helpers import examples, one_thread, tiny
 
 
@@ -235,6 +239,53 @@ def test_lr_auto_for_a_pretrained_model_is_trls_default_for_what_the_loss_is(mon
 def test_every_method_has_its_trl_rate_in_the_table_above():
     from nanoalign import REGISTRY
     assert set(REGISTRY) == {name for name, _, _ in TRL_RATE}
+
+
+def lr_help_rates(text):
+    """What the --lr help says --lr 0 gives: (the small model's rate, {(method, ((option, value),
+    ...)): rate} for each method it names in a rate's parentheses, e.g. '2e-5 for SFT (sft, osp
+    --pairing raft)', and the rate it gives 'every other method')."""
+    text = " ".join(text.split())
+    small = float(re.search(r"0 = auto: (\S+) for a model under", text).group(1))
+    named, other = {}, None
+    for rate, what, inside in re.findall(r"(\d\S*) for ([^(;]*)\(([^)]*)\)", text):
+        if "every other" in what:
+            other = float(rate)
+        for item in inside.split(","):
+            m = re.match(r"(\w+)(?:'s)?((?: --\w+ [\w.-]+)*)", item.strip())
+            if m and m.group(1) in REGISTRY:
+                named[(m.group(1), tuple(re.findall(r"--(\w+) ([\w.-]+)", m.group(2))))] = float(rate)
+    return small, named, other
+
+
+@pytest.mark.parametrize("name, options, trl", TRL_RATE, ids=lambda x: str(x) if x else "")
+def test_the_lr_help_states_the_rate_lr_0_gives_each_method(monkeypatch, name, options, trl):
+    """`train.py --help` says what --lr 0 trains each method at: the small model's rate, then per
+    method (an option such as `osp --pairing raft` where it changes the loss) the rate of TRL's
+    trainer of the same loss. The most specific mention of a method wins; a method it does not name
+    is among 'every other method'. It named only osp's RAFT and self_judge, so a reader had to guess
+    that jsft, pref_aug and meta_aligner train at SFT's rate and self_judge_offpolicy at DPO's."""
+    from nanoalign import compute
+    from nanoalign.config import SharedConfig
+    from tests.helpers import method_config
+    lr = {f.name: f for f in dataclasses.fields(SharedConfig)}["lr"]
+    small, named, other = lr_help_rates(lr.metadata["help"])
+    assert _auto_lr(name, tiny(0), **options) == small
+    cfg = method_config(name, **options)
+    said = [(len(opts), rate) for (n, opts), rate in named.items()
+            if n == name and all(str(getattr(cfg, k)) == v for k, v in opts)]
+    monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 0)          # the tiny model counts as a large one
+    assert _auto_lr(name, tiny(0), **options) == (max(said)[1] if said else other)
+
+
+def test_the_lr_help_reader_finds_a_wrong_rate_or_group():
+    text = ("peak learning rate; 0 = auto: 3e-4 for a model under 20M parameters (the arith task's); "
+            "for a larger one: 2e-5 for SFT (sft, jsft, osp --pairing raft), 5e-7 for on-policy DPO "
+            "(self_judge, osp's pair losses), 1e-6 for every other method (DPO, MO-ORPO's)")
+    small, named, other = lr_help_rates(text)
+    assert (small, other) == (3e-4, 1e-6)
+    assert named == {("sft", ()): 2e-5, ("jsft", ()): 2e-5, ("osp", (("pairing", "raft"),)): 2e-5,
+                     ("self_judge", ()): 5e-7, ("osp", ()): 5e-7}
 
 
 def test_a_run_from_a_large_checkpoint_trains_at_the_auto_rate_and_says_so(monkeypatch, tmp_path, capsys):

@@ -4,6 +4,7 @@ itself."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -216,6 +217,39 @@ def test_a_warm_up_is_not_reused_by_a_run_on_another_device_or_number_of_ranks(t
         trained = []
         path = task.warm_start(shared(device=device), lambda **kw: trained.append(kw))
         assert trained and path != plain, (device, ranks)   # a warm-up of its own, not the CPU's
+
+
+def _other_values(f, v):
+    """Other valid values of a config field than v: its other choices, v + 1, half of v (or a small
+    float for 0), not v; none for a free string (a path, a name)."""
+    ch = f.metadata.get("choices")
+    if ch:
+        return [c for c in ch if c != v]
+    if f.type is bool:
+        return [not v]
+    return [v + 1] if f.type is int else [v / 2 if v else 1e-3] if f.type is float else []
+
+
+def test_the_init_from_help_names_what_the_warm_up_is_cached_by(tmp_path, monkeypatch):
+    """--init_from default on the arith task starts from the SFT warm-up cached in out/_warm/ under
+    some of the run's settings: `train.py --help` names exactly those (each shared or task option
+    that, changed alone, makes the run take another cached warm-up). It said only 'the cached SFT
+    warm-up', so a user could not tell why a new --seed or --device trained another one, nor that a
+    new --lr or --dtype does not."""
+    from nanoalign.config import SharedConfig
+    monkeypatch.chdir(tmp_path)                             # the cache is out/_warm, under the cwd
+    said = re.search(r"cached (.*?);", {f.name: f for f in dataclasses.fields(SharedConfig)}["init_from"]
+                     .metadata["help"])                       # '... cached in out/_warm/ under --seed, ...;'
+    named = set(re.findall(r"--(\w+)", said.group(1))) if said else set()
+    base = train.make_config()
+
+    def start(**change):                                    # the warm-up's checkpoint a default run takes
+        return task.warm_start(train.shared_options(dataclasses.replace(base, **change)), lambda **kw: None)
+    options = set(train.shared_options(base)) - {"task"}    # the arith task's warm-up, on its options
+    keyed = {f.name for f in dataclasses.fields(base) if f.name in options
+             and any(start(**{f.name: v}) != start() for v in _other_values(f, getattr(base, f.name)))}
+    assert "seed" in keyed and "lr" not in keyed and "dtype" not in keyed
+    assert named == keyed
 
 
 def test_a_lora_run_from_the_default_start_trains(tmp_path, monkeypatch, capsys):

@@ -93,10 +93,12 @@ DEFAULT_CHECKPOINT = os.path.join("checkpoints", "smollm2-135m")
 @dataclass
 class Options:
     """The instruct task's sizes and its on-policy preference data."""
-    n_train: int = option(4000, "built-in task: training rows", minimum=1)
-    n_val: int = option(256, "built-in task: validation rows", minimum=1)
+    n_train: int = option(4000, "built-in task: training rows (preference rows: at most the pairs "
+                          "--task_data holds)", minimum=1)
+    n_val: int = option(256, "built-in task: validation rows (preference rows: as --n_train)", minimum=1)
     task_data: str = option("", "the instruct task's on-policy preference data, a directory built by "
-                            "python -m nanoalign.tasks.instruct build")
+                            "python -m nanoalign.tasks.instruct build: what the methods that read "
+                            "preference pairs train on ('' = none: they stop, saying how to build it)")
 
 
 def rows(kind, split, seed, options):
