@@ -73,8 +73,9 @@ def build_parser():
     ap.add_argument("--top_k", type=int, default=None, metavar="K",
                     help="sampling only: keep the k most likely tokens (default: none, no cut)")
     ap.add_argument("--max_new_tokens", type=int, default=128, metavar="N",
-                    help="most tokens to generate per sample; a sample also stops at EOS "
-                    "(default: %(default)s)")
+                    help="most tokens to generate per sample (and per --best_of candidate and "
+                    "--aligner correction); a sample also stops at EOS, or where the model's "
+                    "context is full (default: %(default)s)")
     ap.add_argument("--num_samples", type=int, default=1, metavar="N",
                     help="completions per prompt; with greedy decoding they are all the same, so "
                     "set --temperature too (default: %(default)s)")
@@ -92,8 +93,9 @@ def build_parser():
                     "(N-1 judgments) with this checkpoint as judge; 1 turns it off "
                     "(default: %(default)s)")
     ap.add_argument("--judge_template", default=None, metavar="NAME",
-                    help="judgment template for --best_of (default: the one the checkpoint "
-                    "trained with, else 'ultrafeedback')")
+                    help=f"judgment template for --best_of, one of {', '.join(TEMPLATES)} "
+                    "(nanoalign/judge.py) (default: the one the checkpoint trained with, else "
+                    "'ultrafeedback')")
     ap.add_argument("--principles", default=None, metavar="LIST",
                     help="for --best_of with a principle template: name:description,... to judge "
                     "under, each match decided by JM-PR; a description may hold commas, only a "

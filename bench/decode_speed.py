@@ -67,7 +67,7 @@ def main():
                     "in bfloat16 (the real ones are not shipped offline) with --init_from's tokenizer "
                     "(default: %(default)s)")
     ap.add_argument("--layers", type=int, help="fewer layers for --model smollm2-1.7b (a rehearsal "
-                    "on the CPU)")
+                    "on the CPU) (default: its 24)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when a GPU is visible, else cpu; here %(default)s)")
     ap.add_argument("--max_new_tokens", type=int, default=128, help="new tokens per row (default: %(default)s)")

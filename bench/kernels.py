@@ -205,7 +205,8 @@ def profile(V, d, N):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu_memory", action="store_true", help="run the CPU peak-memory comparison")
+    ap.add_argument("--cpu_memory", action="store_true", help="run the CPU peak-memory comparison "
+                    "(what runs anyway where torch sees no CUDA GPU)")
     ap.add_argument("--N", type=int, default=4096, help="tokens (CPU memory mode) (default: %(default)s)")
     ap.add_argument("--V", type=int, default=32000, help="vocabulary (CPU memory mode) (default: %(default)s)")
     ap.add_argument("--d", type=int, default=512, help="hidden size (CPU memory mode) (default: %(default)s)")
@@ -217,8 +218,10 @@ if __name__ == "__main__":
     ap.add_argument("--response_frac", type=float, default=1.0,
                     help="fraction of each sequence that is response (GPU); the rest is masked prompt "
                     "(default: %(default)s)")
-    ap.add_argument("--sweep", action="store_true", help="time the Triton kernels' tile shapes (GPU)")
-    ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of one Triton step (GPU)")
+    ap.add_argument("--sweep", action="store_true", help="time the Triton kernels' tile shapes (GPU; "
+                    "llama3-8b's head at 8192 tokens: --heads, --Ns, --response_frac unused)")
+    ap.add_argument("--profile", action="store_true", help="per-kernel GPU time of one Triton step (GPU; "
+                    "the same shape as --sweep)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child:

@@ -288,9 +288,12 @@ def main():
                     "(default: %(default)s)")
     ap.add_argument("--steps", type=int, help="timed steps per measurement (default: the preset's)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")
-    ap.add_argument("--device", help="default: the preset's")
-    ap.add_argument("--layers", type=int, help="fewer layers than the preset's model (a rehearsal)")
-    ap.add_argument("--max_length", type=int, help="another max_length; the rows scale with it")
+    ap.add_argument("--device", help="cpu or cuda (default: the preset's: cuda for gpu_1p7b, else cpu)")
+    ap.add_argument("--layers", type=int, help="fewer layers than the preset's model (a rehearsal), for "
+                    "the random-weight presets tiny and gpu_1p7b; cpu's real checkpoint keeps its own "
+                    "(default: the preset's)")
+    ap.add_argument("--max_length", type=int, help="another max_length; the rows scale with it "
+                    "(default: the preset's)")
     ap.add_argument("--batch", type=int, help="pairs per step (default: the preset's)")
     ap.add_argument("--threads", type=int, help="CPU threads of each side (OMP_NUM_THREADS; default: "
                     "torch's, one per core). On a machine shared with other work, 1 keeps a side's "

@@ -58,7 +58,7 @@ import torch
 import train
 from nanoalign.checkpoint import saved_step
 from nanoalign.config import options_of, saved_config
-from nanoalign.tasks import get_task
+from nanoalign.tasks import TASKS, get_task
 from model.checkpoint import CheckpointError, load, read_json
 from nanoalign.data import make_batch, tokenize_rows
 from nanoalign.dist import resolve_device
@@ -464,17 +464,21 @@ def main(argv=None):
     ap.add_argument("--preset", default="mo_orpo", choices=sorted(PRESETS), help="which comparison "
                     "(default: %(default)s)")
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
-    ap.add_argument("--methods", default="", help="comma-separated subset of the preset's labels "
-                    "(default: all of them)")
-    ap.add_argument("--max_steps", type=int, default=150, help="optimizer steps per run (default: %(default)s)")
+    ap.add_argument("--methods", default="", help="comma-separated subset of the preset's run labels "
+                    "(the table's method column); a run that starts from another's checkpoint (self_judge "
+                    "from jsft) needs that run done (default: all of them)")
+    ap.add_argument("--max_steps", type=int, default=150, help="optimizer steps per run; a run the preset "
+                    "gives its own (jsft's 300 in self_judge) keeps it (default: %(default)s)")
     ap.add_argument("--n_train", type=int, default=600, help="training rows; at mo_orpo's 150 steps "
-                    "of 16, 600 rows are 4 epochs (default: %(default)s)")
+                    "of 16, 600 rows are 4 epochs; a run the preset gives its own keeps it "
+                    "(default: %(default)s)")
     ap.add_argument("--out", default="out/compare", help="root directory of the runs (default: %(default)s)")
     ap.add_argument("--start", default="", help="the start checkpoint of every run (default: the task's: "
                     "the arithmetic SFT warm-up, or SmolLM2-135M-Instruct in checkpoints/smollm2-135m)")
     ap.add_argument("--n_test", type=int, default=200, help="test prompts (default: %(default)s)")
     ap.add_argument("--answer_tokens", type=int, default=0, help="new tokens of an evaluated answer; 0 = the "
-                    "task's, 32 for arith and 128 for instruct (default: %(default)s)")
+                    "task's: " + ", ".join(f"{get_task(t).MAX_NEW_TOKENS} for {t}" for t in TASKS)
+                    + " (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in a process of its own "
                     "(one GPU holds several small runs); the table is then made from their cached "
                     "results (default: %(default)s)")

@@ -374,7 +374,7 @@ def main(argv=None):
     ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
                     "judged under each, decided by JM-PR; a description may hold commas, only a comma "
                     "followed by a new 'name:' starts the next principle (a name is letters, "
-                    "digits, _ and -) (default: none)")
+                    "digits, _ and -) (default: none; a principle template needs them)")
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
     ap.add_argument("--likelihood", default="vocab", choices=sorted(LIKELIHOODS),
                     help="how label probabilities become p(a>b), a choice: 'vocab' = "
