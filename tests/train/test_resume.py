@@ -218,3 +218,32 @@ def test_the_printed_commands_work_as_printed_in_a_directory_with_a_space(tmp_pa
     line = [s for s in capsys.readouterr().out.splitlines() if "python sample.py" in s][-1]
     argv = shlex.split(line)
     assert sample.parse_args(argv[2:]).init_from == str(d / "ckpt")
+
+
+def test_a_resumed_built_in_run_ends_with_the_unbroken_runs_table(tmp_path, capsys, monkeypatch):
+    """A built-in run stopped by Ctrl-C and resumed ended without its before/after table (the
+    "before" scores were taken only by a run's first start). The resume scores the same start."""
+    def run(d, *more):
+        train.main(["--method", "sft", "--init_from", "scratch", "--model_preset", "tiny", "--max_steps", "4",
+                    "--batch_size", "4", "--n_train", "16", "--val_data", "", "--out_dir", str(d), *more])
+
+    def table_of(out):      # the table and its example answers, less the line with the seconds taken
+        assert "Built-in task, greedy answers" in out
+        return out[out.index("Built-in task"):out.index("sample from it")].split("\n", 1)[1]
+    from nanoalign.tasks import arith
+    few = arith.test_prompts(24)          # the table's 200 prompts, fewer: the same story, faster
+    monkeypatch.setattr(arith, "test_prompts", lambda n=200, seed=0: few)
+    run(tmp_path / "a")
+    unbroken = table_of(capsys.readouterr().out)
+    real = train.train
+
+    def stopped(cfg, task=None):          # Ctrl-C in step 2: its checkpoint, then exit 130
+        real(cfg, task, stop_at=2)
+        raise SystemExit(130)
+    monkeypatch.setattr(train, "train", stopped)
+    with pytest.raises(SystemExit):
+        run(tmp_path / "b")
+    monkeypatch.setattr(train, "train", real)
+    capsys.readouterr()
+    train.main(["--out_dir", str(tmp_path / "b"), "--resume"])
+    assert table_of(capsys.readouterr().out) == unbroken
