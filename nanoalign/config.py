@@ -346,6 +346,9 @@ def parse_config(argv=None, description=None):
     if cfg.val_data not in ("auto", "") and REGISTRY[cfg.method].rollout:   # train.py reads none
         ap.error(f"--val_data: --method {cfg.method} samples on-policy and has no held-out loss (it "
                  f"would need a rollout per evaluation); drop --val_data")
+    if getattr(cfg, "judge", None) == "policy" and cfg.judge_from:   # self_judge would judge by judge_from
+        ap.error(f"--judge policy: --judge_from {cfg.judge_from} judges instead of the policy; drop "
+                 f"one of them")
     return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
 
 

@@ -57,7 +57,8 @@ class JSFTOptions(onpolicy.JudgeTemplateOptions):
 class SelfJudgeOptions(onpolicy.OnPolicyOptions):
     judge: str = option("ref", "who judges the samples: 'ref' (the frozen JSFT start, the paper's "
                         "choice) or 'policy' (the model being trained); a --judge_from checkpoint "
-                        "judges instead of either", choices=("ref", "policy"))
+                        "judges instead of 'ref' ('policy' with --judge_from is an error)",
+                        choices=("ref", "policy"))
 
 
 def jsft_rows(rows, cfg, split, run):
