@@ -465,8 +465,8 @@ def main(argv=None):
                     "(default: %(default)s)")
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the preset's run labels "
-                    "(the table's method column); a run that starts from another's checkpoint (self_judge "
-                    "from jsft) needs that run done (default: all of them)")
+                    "(the table's method column; another label is an error); a run that starts from "
+                    "another's checkpoint (self_judge from jsft) needs that run done (default: all of them)")
     ap.add_argument("--max_steps", type=int, default=150, help="optimizer steps per run; a run the preset "
                     "gives its own (jsft's 300 in self_judge) keeps it (default: %(default)s)")
     ap.add_argument("--n_train", type=int, default=600, help="training rows; at mo_orpo's 150 steps "
@@ -495,6 +495,11 @@ def main(argv=None):
     known, _ = ap.parse_known_args([x for x in argv if x not in ("-h", "--help")])
     ap.set_defaults(**DEFAULTS.get(known.preset, {}))
     a = ap.parse_args(argv)
+    labels = [label for label, _, _ in PRESETS[a.preset]]
+    unknown = [m for m in a.methods.split(",") if m not in labels] if a.methods else []
+    if unknown:                    # a typo would drop that run from the table without a word
+        ap.error(f"--methods {','.join(map(repr, unknown))}: not a run of --preset {a.preset}, whose "
+                 f"runs are {', '.join(labels)}")
     ANSWER_TOKENS["n"] = a.answer_tokens
     seeds = [int(s) for s in a.seeds.split(",")]
     if a.jobs > 1 and len(seeds) > 1:

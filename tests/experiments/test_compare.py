@@ -141,6 +141,22 @@ def test_help_shows_the_presets_own_defaults(capsys, monkeypatch):
         assert f"(default: {value})" in blocks[f"--{flag}"], blocks[f"--{flag}"]
 
 
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_label_the_preset_lacks_is_refused_with_the_presets_labels(jobs, tmp_path, monkeypatch, capsys):
+    """--methods orpo,conjoind (a typo) ran orpo alone and left conjoined out of the table without a
+    word. It is a usage error before anything runs, with --jobs too (the seeds' processes)."""
+    def ran(*args, **kw):
+        raise AssertionError("the comparison ran")
+    monkeypatch.setattr(compare, "start_of", ran)
+    monkeypatch.setattr(compare, "run_seeds_in_parallel", ran)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--preset", "mo_orpo", "--methods", "orpo,conjoind", "--seeds", "1,2",
+                      "--jobs", jobs, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--methods" in err and "'conjoind'" in err, err
+    assert ", ".join(label for label, _, _ in compare.PRESETS["mo_orpo"]) in err, err
+
 # -- a comparison stopped part-way -----------------------------------------------------------------
 def test_a_run_stopped_part_way_is_resumed_by_the_next_comparison_not_redone(tmp_path, monkeypatch, capsys):
     """Ctrl-C in a run prints train.py's --resume command; a comparison started again found the run
