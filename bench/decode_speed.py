@@ -57,6 +57,7 @@ TOPICS = ["the capital of France", "a haiku about the sea", "photosynthesis in o
           "a synonym for happy"]
 PROMPTS = [f"Question {i + 1}: tell me about {TOPICS[i % len(TOPICS)]}." for i in range(32)]
 OURS = ("float32", "bf16", "bf16_compiled")
+THEIRS = ("default", "other")
 
 
 def main():
@@ -91,8 +92,11 @@ def main():
         ap.error(f"--reps {a.reps}: at least one timed pass")
     a.batches = [int(b) for b in (a.batches or ("1,8" if a.device == "cpu" else "1,8,32")).split(",")]
     a.ours, a.theirs = a.ours.split(","), a.theirs.split(",")
-    if bad := [o for o in a.ours if o not in OURS] + [b for b in a.batches if not 1 <= b <= len(PROMPTS)]:
-        ap.error(f"unknown setting or batch size: {bad}")
+    for flag, given, known in (("--ours", a.ours, OURS), ("--theirs", a.theirs, THEIRS)):
+        if bad := [s for s in given if s not in known]:      # a run without it would not say so
+            ap.error(f"{flag} {','.join(map(repr, bad))}: unknown; choose from {', '.join(known)}")
+    if bad := [b for b in a.batches if not 1 <= b <= len(PROMPTS)]:
+        ap.error(f"--batches {bad}: each from 1 to {len(PROMPTS)}")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.products:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from model.checkpoint import save_model
 from tests.helpers import byte_tokenizer, tiny
 
@@ -36,3 +38,14 @@ def test_products_refuses_no_timed_pass():
     r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--reps", "0"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--reps 0: at least one timed pass" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flag,value,known", [("--theirs", "defualt", "default, other"),
+                                              ("--ours", "float64", "float32, bf16, bf16_compiled")])
+def test_an_unknown_setting_is_refused_with_the_known_ones(flag, value, known, tmp_path):
+    """--theirs took any word and ran only the settings it knew; --ours refused one without naming
+    the flag or its settings. A missing --init_from: the run fails at once if the flag is let by."""
+    r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--init_from",
+                        str(tmp_path / "missing"), flag, f"{value},{known.split(', ')[0]}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"{flag} '{value}'" in r.stderr and known in r.stderr, r.stderr[-2000:]
