@@ -39,7 +39,8 @@ def pareto(points):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
     ap.add_argument("--out", default="fig3.png", help="image file to write (default: %(default)s)")
     a = ap.parse_args(argv)
