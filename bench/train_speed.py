@@ -290,8 +290,8 @@ def main():
     ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")
     ap.add_argument("--device", help="cpu or cuda (default: the preset's: cuda for gpu_1p7b, else cpu)")
     ap.add_argument("--layers", type=int, help="fewer layers than the preset's model (a rehearsal), for "
-                    "the random-weight presets tiny and gpu_1p7b; cpu's real checkpoint keeps its own "
-                    "(default: the preset's)")
+                    "the random-weight presets tiny and gpu_1p7b; cpu's real checkpoint keeps its own, so "
+                    "--layers with --preset cpu is an error (default: the preset's)")
     ap.add_argument("--max_length", type=int, help="another max_length; the rows scale with it "
                     "(default: the preset's)")
     ap.add_argument("--batch", type=int, help="pairs per step (default: the preset's)")
@@ -315,6 +315,9 @@ def main():
     if a.max_length:    # rows of the same share of max_length: prompt ~1/5, responses ~1/4 each
         p.update(prompt=max(1, p["prompt"] * a.max_length // p["max_length"]),
                  response=max(1, p["response"] * a.max_length // p["max_length"]), max_length=a.max_length)
+    if a.layers is not None and p["model"] == "smollm2-135m":   # model_dir would load all of it
+        ap.error(f"--layers: --preset {a.preset} times the real SmolLM2-135M-Instruct checkpoint, which "
+                 f"keeps its own layers; drop --layers, or rehearse with --preset tiny or gpu_1p7b")
     if p["device"] == "cpu":
         p.pop("max_batch_length", None)         # "the largest batch that fits" is a GPU question
     if a.largest_batch == "only" and not p.get("max_batch_length"):

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -145,3 +147,18 @@ def test_largest_batch_only_needs_a_preset_that_searches():
     r = subprocess.run([sys.executable, "-m", "bench.train_speed", "--preset", "tiny", "--largest_batch",
                         "only", "--trl_python", ""], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--largest_batch only: the preset 'tiny'" in r.stderr, r.stderr[-2000:]
+
+
+def test_layers_with_the_cpu_presets_real_checkpoint_is_refused(monkeypatch, tmp_path, capsys):
+    """--preset cpu times the real SmolLM2-135M-Instruct, which keeps its 30 layers (the --layers
+    help): --layers 2 was ignored, yet the table's header said '(2 layers)'."""
+    import bench.train_speed as ts
+
+    def model_dir(*args, **kw):
+        raise AssertionError("the benchmark ran")
+    monkeypatch.setattr(ts, "model_dir", model_dir)
+    monkeypatch.setattr(sys, "argv", ["train_speed", "--preset", "cpu", "--layers", "2", "--trl_python", ""])
+    with pytest.raises(SystemExit) as e:
+        ts.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--layers" in err and "--preset tiny or gpu_1p7b" in err, err
