@@ -178,7 +178,8 @@ def warm_start(shared, train_fn):
                      max_steps=shared["warm_steps"], lr=shared["warm_lr"], final_eval=False, warmup_steps=20,
                      resume=False)
         # (continued: its saved settings, but the run's device, which a resume may change: one stopped
-        # under --device auto is continued by a run given --device cuda:1)
+        # under --device auto on a GPU machine is continued by a run given --device cuda, whose key
+        # is the same)
         train_fn(**({**read_json(os.path.join(ckpt, "state.json"))["config"], "resume": True,
                      "device": shared["device"]} if done else fresh))
         print("== warm-up done")
