@@ -61,7 +61,8 @@ THEIRS = ("default", "other")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--init_from", default="checkpoints/smollm2-135m", help="checkpoint directory (default: %(default)s)")
     ap.add_argument("--model", default="checkpoint", choices=("checkpoint", "smollm2-1.7b"),
                     help="'checkpoint' = --init_from; 'smollm2-1.7b' = random weights of that shape "

@@ -204,7 +204,8 @@ def profile(V, d, N):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--cpu_memory", action="store_true", help="run the CPU peak-memory comparison "
                     "(what runs anyway where torch sees no CUDA GPU)")
     ap.add_argument("--N", type=int, default=4096, help="tokens (CPU memory mode) (default: %(default)s)")

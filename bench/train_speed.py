@@ -279,7 +279,8 @@ def run_child(cmd, cwd, env=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--preset", default="cpu", choices=tuple(PRESETS),
                     help="what to measure: 'cpu' = SmolLM2-135M-Instruct, 'tiny' = a random 0.1M model "
                     "(checks the harness), 'gpu_1p7b' = SmolLM2-1.7B's shape on CUDA "

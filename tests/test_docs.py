@@ -15,6 +15,8 @@ The documentation's citations must lead somewhere a reader of a fresh clone can 
    write for them (in a code block, or inline in backticks) names flags that exist, with values from
    their choices: `python train.py --method osp --osp_k 7` passes, `--osp_K 7` fails; so does
    `--method NAME --osp_K 7`, where NAME stands for any one method and `--osp_k 7` passes.
+4. Every argparse parser that a module of the repository builds refuses a prefix of a flag
+   (allow_abbrev=False): found by reading the sources, so a command line added later is checked too.
 
 The checks are pure functions of a text, so the tests also show that they fail on a made-up
 citation.
@@ -435,6 +437,38 @@ def test_every_command_line_is_checked():
              and "argparse.ArgumentParser(" in open(os.path.join(ROOT, rel), encoding="utf-8").read()}
     assert found == set(CLIS.values()), "add the command line to CLIS and to _cli_cases"
     assert {p for p, _ in _cli_cases()} == set(CLIS)
+
+
+def abbreviating_parsers(src):
+    """[(line_no, call)] of the argparse parsers a Python source builds without allow_abbrev=False:
+    ArgumentParser(...) however it was imported, and a subcommand's add_parser(...), which builds a
+    parser of its own (it does not inherit its parent's allow_abbrev)."""
+    out = []
+    for node in ast.walk(ast.parse(src)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+        if name in ("ArgumentParser", "add_parser") and not any(
+                k.arg == "allow_abbrev" and isinstance(k.value, ast.Constant) and k.value.value is False
+                for k in node.keywords):
+            out.append((node.lineno, name))
+    return out
+
+
+def test_every_parser_refuses_a_prefix_of_a_flag():
+    """The project's rule: `--ou` is an error, not `--out` (nor, once a flag is added, the other flag
+    it also starts). argparse takes prefixes unless a parser is built with allow_abbrev=False; only
+    train.py, sample.py, experiments' tools and the judge's were. Every parser of every module is
+    read from the sources, not from a list, so a command line added later is checked as well."""
+    made_up = ("import argparse\nfrom argparse import ArgumentParser\n"
+               "ap = argparse.ArgumentParser(description='x')\nok = ArgumentParser(allow_abbrev=False)\n"
+               "sub = ok.add_subparsers().add_parser('a')\nno = ArgumentParser(allow_abbrev=True)\n")
+    assert abbreviating_parsers(made_up) == [(3, "ArgumentParser"), (5, "add_parser"),
+                                             (6, "ArgumentParser")]           # the scan can fail
+    bad = [f"{rel}:{n}: {call}(...)" for rel in repo_files((".py",)) if not rel.startswith("tests/")
+           for n, call in abbreviating_parsers(open(os.path.join(ROOT, rel), encoding="utf-8").read())]
+    assert not bad, "parsers that take a prefix of a flag (build them with allow_abbrev=False):\n" + \
+        "\n".join(bad)
 
 
 def test_an_unexplained_flag_or_default_is_found():

@@ -51,7 +51,8 @@ def format_table(before, after, extra_rows=()):
 
 if __name__ == "__main__":
     from model.checkpoint import load
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--init_from", required=True, help="checkpoint directory to evaluate")
     ap.add_argument("--compare", default=None, help="a second checkpoint, shown as 'before'")
     ap.add_argument("--n", type=int, default=200, help="number of test prompts (default: 200)")

@@ -25,7 +25,7 @@ def build_main(argv):
     """The `build` command: samples.build from the command line; returns the sidecar dict."""
     prog = f"python -m nanoalign.tasks.{NAME} build"
     ap = argparse.ArgumentParser(prog=prog, description=samples.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--init_from", required=True, help="checkpoint directory of the start model")
     ap.add_argument("--out", required=True, help="data directory (reused when built with these settings)")
     ap.add_argument("--k", type=int, default=4, help="samples per prompt (default: %(default)s)")
@@ -67,7 +67,8 @@ def main(argv=None):
         return build_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m nanoalign.tasks.instruct",
                                  description="build: on-policy preference data (see `build --help`); "
-                                             "examples: prompts with the task's written answers, scored")
+                                             "examples: prompts with the task's written answers, scored",
+                                 allow_abbrev=False)
     ap.add_argument("command", choices=["build", "examples"], help="'build' (its own flags: "
                     "build --help) or 'examples'")
     ap.add_argument("--n", type=int, default=5, help="examples: how many prompts (default: %(default)s)")
