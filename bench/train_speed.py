@@ -71,6 +71,8 @@ SMOLLM2_1P7B = dict(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_he
 TRL_SETTINGS = {"default": {}, "float32": dict(bf16=False, gradient_checkpointing=False),
                 "bfloat16": dict(bf16=True, gradient_checkpointing=False),
                 "liger": dict(bf16=True, gradient_checkpointing=False, use_liger_kernel=True)}
+# the methods with a TRL trainer of their own (trl_child): another would be timed against DPOTrainer
+METHODS = ("orpo", "dpo")
 
 WORDS = ("time year people way day man thing woman life child world school state family student "
          "group country problem hand part place case week company system program question work "
@@ -285,14 +287,15 @@ def main():
                     help="what to measure: 'cpu' = SmolLM2-135M-Instruct, 'tiny' = a random 0.1M model "
                     "(checks the harness), 'gpu_1p7b' = SmolLM2-1.7B's shape on CUDA "
                     "(default: %(default)s)")
-    ap.add_argument("--methods", default="orpo,dpo", help="comma-separated, from orpo,dpo "
+    ap.add_argument("--methods", default="orpo,dpo", help="comma-separated, from "
+                    f"{','.join(METHODS)}: the methods TRL has a trainer of; another is an error "
                     "(default: %(default)s)")
     ap.add_argument("--steps", type=int, help="timed steps per measurement (default: the preset's)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")
     ap.add_argument("--device", help="cpu or cuda (default: the preset's: cuda for gpu_1p7b, else cpu)")
-    ap.add_argument("--layers", type=int, help="fewer layers than the preset's model (a rehearsal), for "
-                    "the random-weight presets tiny and gpu_1p7b; cpu's real checkpoint keeps its own, so "
-                    "--layers with --preset cpu is an error (default: the preset's)")
+    ap.add_argument("--layers", type=int, help="fewer layers than the preset's model (a rehearsal), at "
+                    "least 1, for the random-weight presets tiny and gpu_1p7b; cpu's real checkpoint keeps "
+                    "its own, so --layers with --preset cpu is an error (default: the preset's)")
     ap.add_argument("--max_length", type=int, help="another max_length; the rows scale with it "
                     "(default: the preset's)")
     ap.add_argument("--batch", type=int, help="pairs per step (default: the preset's)")
@@ -310,12 +313,16 @@ def main():
                     "(gpu_1p7b's: 2048; CUDA only), after the timed rows: 'with' them, 'skip' it, or "
                     "'only' it (default: %(default)s)")
     a = ap.parse_args()
+    if bad := [m for m in a.methods.split(",") if m not in METHODS]:
+        ap.error(f"--methods {','.join(map(repr, bad))}: unknown; choose from {', '.join(METHODS)}")
     p = dict(PRESETS[a.preset])
     p.update({k: v for k, v in dict(steps=a.steps, warmup=a.warmup, device=a.device, batch=a.batch).items()
               if v is not None})
     if a.max_length:    # rows of the same share of max_length: prompt ~1/5, responses ~1/4 each
         p.update(prompt=max(1, p["prompt"] * a.max_length // p["max_length"]),
                  response=max(1, p["response"] * a.max_length // p["max_length"]), max_length=a.max_length)
+    if a.layers is not None and a.layers < 1:       # model_dir's `layers or 24` would build them all
+        ap.error(f"--layers {a.layers}: at least 1")
     if a.layers is not None and p["model"] == "smollm2-135m":   # model_dir would load all of it
         ap.error(f"--layers: --preset {a.preset} times the real SmolLM2-135M-Instruct checkpoint, which "
                  f"keeps its own layers; drop --layers, or rehearse with --preset tiny or gpu_1p7b")

@@ -162,3 +162,35 @@ def test_layers_with_the_cpu_presets_real_checkpoint_is_refused(monkeypatch, tmp
         ts.main()
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--layers" in err and "--preset tiny or gpu_1p7b" in err, err
+
+
+def _refused(monkeypatch, capsys, *args):
+    """main() on these flags, the benchmark stubbed out to fail the test if it starts: (exit
+    status, stderr)."""
+    import bench.train_speed as ts
+
+    def model_dir(*args, **kw):
+        raise AssertionError("the benchmark ran")
+    monkeypatch.setattr(ts, "model_dir", model_dir)
+    monkeypatch.setattr(sys, "argv", ["train_speed", *args, "--trl_python", ""])
+    with pytest.raises(SystemExit) as e:
+        ts.main()
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("methods", ["orpo,ipo", "simpo", "dpo,"])
+def test_a_method_trls_side_does_not_have_is_refused_with_the_known_ones(methods, monkeypatch, capsys):
+    """TRL's side runs ORPOTrainer for 'orpo' and DPOTrainer for anything else: --methods ipo timed
+    our IPO against TRL's DPO under one label. Only orpo and dpo are measured on both sides."""
+    code, err = _refused(monkeypatch, capsys, "--preset", "tiny", "--methods", methods)
+    bad = [m for m in methods.split(",") if m not in ("orpo", "dpo")]
+    assert code == 2 and f"--methods {bad[0]!r}" in err and "orpo, dpo" in err, (code, err)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpu_1p7b"])
+@pytest.mark.parametrize("layers", ["0", "-1"])
+def test_layers_below_one_is_refused_not_the_presets_default(preset, layers, monkeypatch, capsys):
+    """--layers 0 built the preset's full model (`layers or 24`) and its table's header named no
+    layer count: a rehearsal asked for none and silently got all of them."""
+    code, err = _refused(monkeypatch, capsys, "--preset", preset, "--layers", layers)
+    assert code == 2 and f"--layers {layers}: at least 1" in err, (code, err)
