@@ -501,7 +501,10 @@ def main(argv=None):
         ap.error(f"--methods {','.join(map(repr, unknown))}: not a run of --preset {a.preset}, whose "
                  f"runs are {', '.join(labels)}")
     ANSWER_TOKENS["n"] = a.answer_tokens
-    seeds = [int(s) for s in a.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")]
+    except ValueError:              # int()'s traceback would not name the flag
+        ap.error(f"--seeds {a.seeds!r}: comma-separated whole numbers, e.g. 1,2,3")
     if a.jobs > 1 and len(seeds) > 1:
         run_seeds_in_parallel(argv, seeds, a.jobs, os.path.join(a.out, a.preset))
     runs = [r for r in PRESETS[a.preset] if not a.methods or r[0] in a.methods.split(",")]

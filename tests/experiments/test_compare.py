@@ -157,6 +157,20 @@ def test_a_label_the_preset_lacks_is_refused_with_the_presets_labels(jobs, tmp_p
     assert e.value.code == 2 and "--methods" in err and "'conjoind'" in err, err
     assert ", ".join(label for label, _, _ in compare.PRESETS["mo_orpo"]) in err, err
 
+
+@pytest.mark.parametrize("seeds", ["1,x", "1,,2", "", "1.5"])
+def test_seeds_that_are_not_whole_numbers_are_a_usage_error(seeds, tmp_path, monkeypatch, capsys):
+    """--seeds 1,x stopped with a ValueError's traceback from int(); it is a usage error naming the
+    flag, before anything runs."""
+    def ran(*args, **kw):
+        raise AssertionError("the comparison ran")
+    monkeypatch.setattr(compare, "start_of", ran)
+    monkeypatch.setattr(compare, "run_seeds_in_parallel", ran)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--preset", "mo_orpo", "--seeds", seeds, "--jobs", "2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--seeds {seeds!r}" in err and "whole numbers" in err, err
+
 # -- a comparison stopped part-way -----------------------------------------------------------------
 def test_a_run_stopped_part_way_is_resumed_by_the_next_comparison_not_redone(tmp_path, monkeypatch, capsys):
     """Ctrl-C in a run prints train.py's --resume command; a comparison started again found the run
