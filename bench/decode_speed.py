@@ -69,7 +69,8 @@ def main():
                     "in bfloat16 (the real ones are not shipped offline) with --init_from's tokenizer "
                     "(default: %(default)s)")
     ap.add_argument("--layers", type=int, help="fewer layers for --model smollm2-1.7b (a rehearsal "
-                    "on the CPU) (default: its 24)")
+                    "on the CPU), at least 1; --model checkpoint keeps the checkpoint's own, so --layers "
+                    "with it is an error (default: its 24)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when a GPU is visible, else cpu; here %(default)s)")
     ap.add_argument("--max_new_tokens", type=int, default=128, help="new tokens per row (default: %(default)s)")
@@ -89,6 +90,11 @@ def main():
     a = ap.parse_args()
     if a.reps is None:
         a.reps = 5 if a.products else 2
+    if a.layers is not None and a.model != "smollm2-1.7b":     # only random_1p7b reads it
+        ap.error("--layers: --model checkpoint times --init_from, which keeps its own layers; drop "
+                 "--layers, or rehearse with --model smollm2-1.7b")
+    if a.layers is not None and a.layers < 1:       # random_1p7b's `layers or 24` would build them all
+        ap.error(f"--layers {a.layers}: at least 1")
     if a.reps < 1:
         ap.error(f"--reps {a.reps}: at least one timed pass")
     a.batches = [int(b) for b in (a.batches or ("1,8" if a.device == "cpu" else "1,8,32")).split(",")]

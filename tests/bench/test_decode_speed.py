@@ -49,3 +49,25 @@ def test_an_unknown_setting_is_refused_with_the_known_ones(flag, value, known, t
                         str(tmp_path / "missing"), flag, f"{value},{known.split(', ')[0]}"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"{flag} '{value}'" in r.stderr and known in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--layers", "2"], "--layers: --model checkpoint"),
+    (["--layers", "2", "--products"], "--layers: --model checkpoint"),
+    (["--model", "smollm2-1.7b", "--layers", "0"], "--layers 0: at least 1"),
+])
+def test_layers_that_would_be_ignored_are_refused(args, said, monkeypatch, capsys):
+    """--layers shapes only --model smollm2-1.7b's random model: with the default --model checkpoint
+    (and so with --products) it was dropped without a word, and --layers 0 built all 24 layers
+    (`layers or 24`), as bench.train_speed's --layers."""
+    import bench.decode_speed as ds
+
+    def ran(*a, **kw):
+        raise AssertionError("the benchmark ran")
+    for name in ("transformers_process", "random_1p7b", "products"):
+        monkeypatch.setattr(ds, name, ran)
+    monkeypatch.setattr(sys, "argv", ["decode_speed", "--device", "cpu", *args])
+    with pytest.raises(SystemExit) as e:
+        ds.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err, err
