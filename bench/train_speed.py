@@ -7,7 +7,7 @@ and the peak memory of each, same rows, same batch, in one run, and the ratios.
     python -m bench.train_speed --preset gpu_1p7b   # SmolLM2-1.7B's shape on one GPU (bf16, + Liger),
                                                     # then the largest batch at 2048 tokens
     python -m bench.train_speed --preset gpu_1p7b --largest_batch skip   # (only: the search alone)
-    python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 \
+    python -m bench.train_speed --preset gpu_1p7b --device cpu --layers 1 --max_length 64 \\
         --steps 1 --warmup 1                        # its rehearsal on the CPU: only sizes differ
 
 Each measurement runs in a process of its own, so that its peak memory (peak RSS on the CPU, peak

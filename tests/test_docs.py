@@ -471,6 +471,30 @@ def test_every_parser_refuses_a_prefix_of_a_flag():
         "\n".join(bad)
 
 
+def joined_docstring_lines(src):
+    """Line numbers of a module docstring's lines that end in a lone backslash: in a string that is
+    not raw, backslash-newline joins the next line on, so a `\\`-continued example command in a
+    --help (argparse's description is the docstring) prints as one long line."""
+    body = ast.parse(src).body
+    if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        return []
+    text = ast.get_source_segment(src, body[0].value)
+    if text[:1] in "rR":
+        return []
+    first = body[0].lineno
+    return [first + i for i, line in enumerate(text.split("\n"))
+            if re.search(r"(?<!\\)(\\\\)*\\$", line)]
+
+
+def test_no_docstring_example_is_joined_onto_one_line():
+    made_up = '"""usage:\n    python x.py --a 1 \\\n        --b 2\n    python x.py --c \\\\\n        --d\n"""\n'
+    assert joined_docstring_lines(made_up) == [2]                       # the scan can fail
+    bad = [f"{rel}:{n}" for rel in repo_files((".py",))
+           for n in joined_docstring_lines(open(os.path.join(ROOT, rel), encoding="utf-8").read())]
+    assert not bad, "docstring lines that end in one backslash (write \\\\):\n" + "\n".join(bad)
+
+
 def test_an_unexplained_flag_or_default_is_found():
     ap = argparse.ArgumentParser()
     ap.add_argument("--a", type=int, default=3)                            # no help

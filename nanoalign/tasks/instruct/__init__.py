@@ -43,7 +43,7 @@ The interface is nanoalign/tasks/__init__.py's `Task`, so the code selects a tas
 everywhere (get_task). Preference rows are built on-policy: K samples per
 prompt from the start model, scored by this oracle (samples.py):
 
-    python -m nanoalign.tasks.instruct build --init_from checkpoints/smollm2-135m --out out/instruct_data \
+    python -m nanoalign.tasks.instruct build --init_from checkpoints/smollm2-135m --out out/instruct_data \\
         --k 4 --n_prompts 2000 --seed 1
     python -m nanoalign.tasks.instruct examples --n 5        # prompts, written answers and their scores
 

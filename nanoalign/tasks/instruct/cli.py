@@ -1,7 +1,7 @@
 """
 The `instruct` task's command line (python -m nanoalign.tasks.instruct, through __main__.py):
 
-    python -m nanoalign.tasks.instruct build --init_from checkpoints/smollm2-135m --out out/instruct_data \
+    python -m nanoalign.tasks.instruct build --init_from checkpoints/smollm2-135m --out out/instruct_data \\
         --k 4 --n_prompts 2000 --seed 1       # on-policy preference data (samples.py; see build --help)
     python -m nanoalign.tasks.instruct examples --n 5        # prompts, written answers and their scores
 """

@@ -3,7 +3,7 @@ On-policy preference data for the `instruct` task: K samples per prompt from the
 scored by the task's oracle, written as the JSONL kinds nanoalign reads, and read back as
 preference rows (the task's 'pref' rows, train.py --task_data DIR).
 
-    python -m nanoalign.tasks.instruct build --init_from checkpoints/smollm2-135m --out out/instruct_data \
+    python -m nanoalign.tasks.instruct build --init_from checkpoints/smollm2-135m --out out/instruct_data \\
         --k 4 --n_prompts 2000 --seed 1 [--n_val 256] [--temperature 0.7] [--top_p 0.9]
 
 The directory it writes:
