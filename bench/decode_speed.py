@@ -38,6 +38,7 @@ step); once they take longer, the CPU's multiply-adds are.
 """
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -97,7 +98,10 @@ def main():
         ap.error(f"--layers {a.layers}: at least 1")
     if a.reps < 1:
         ap.error(f"--reps {a.reps}: at least one timed pass")
-    a.batches = [int(b) for b in (a.batches or ("1,8" if a.device == "cpu" else "1,8,32")).split(",")]
+    batches = a.batches or ("1,8" if a.device == "cpu" else "1,8,32")
+    if not re.fullmatch(r"\d+(,\d+)*", batches):
+        ap.error(f"--batches {batches!r}: comma-separated whole numbers, e.g. 1,8")
+    a.batches = [int(b) for b in batches.split(",")]
     a.ours, a.theirs = a.ours.split(","), a.theirs.split(",")
     for flag, given, known in (("--ours", a.ours, OURS), ("--theirs", a.theirs, THEIRS)):
         if bad := [s for s in given if s not in known]:      # a run without it would not say so

@@ -55,11 +55,14 @@ def test_an_unknown_setting_is_refused_with_the_known_ones(flag, value, known, t
     (["--layers", "2"], "--layers: --model checkpoint"),
     (["--layers", "2", "--products"], "--layers: --model checkpoint"),
     (["--model", "smollm2-1.7b", "--layers", "0"], "--layers 0: at least 1"),
+    (["--batches", "1,x"], "--batches '1,x': comma-separated whole numbers"),   # was a ValueError
+    (["--batches", "1,,8"], "--batches '1,,8': comma-separated whole numbers"),
 ])
-def test_layers_that_would_be_ignored_are_refused(args, said, monkeypatch, capsys):
+def test_flags_it_would_ignore_or_crash_on_are_refused(args, said, monkeypatch, capsys):
     """--layers shapes only --model smollm2-1.7b's random model: with the default --model checkpoint
     (and so with --products) it was dropped without a word, and --layers 0 built all 24 layers
-    (`layers or 24`), as bench.train_speed's --layers."""
+    (`layers or 24`), as bench.train_speed's --layers. --batches that are not whole numbers ended
+    in a ValueError traceback."""
     import bench.decode_speed as ds
 
     def ran(*a, **kw):
