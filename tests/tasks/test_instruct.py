@@ -534,6 +534,14 @@ def test_an_interrupted_build_continues_to_the_same_files(tmp_path, monkeypatch)
     assert _files(tmp_path / "cut") == _files(tmp_path / "whole")
 
 
+def test_build_after_the_examples_flags_is_refused_not_run_as_examples(capsys):
+    """`--n 2 build --init_from ...`: the top parser took 'build' as its command, then printed
+    examples: the build's flags after it were an error about them, or, with none, examples ran."""
+    with pytest.raises(SystemExit) as e:
+        I.main(["--n", "2", "build"])
+    assert e.value.code == 2 and "'build' comes first" in capsys.readouterr().err
+
+
 def test_build_command_line(tmp_path, capsys):
     from model.checkpoint import save_model
     model, tok = _model_and_tok()

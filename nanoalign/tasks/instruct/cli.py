@@ -77,6 +77,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="examples: seed of the prompts "
                     "(default: %(default)s)")
     a = ap.parse_args(argv)
+    if a.command == "build":   # not first: flags before it are the examples' (--n 2 build ...)
+        ap.error("'build' comes first, its flags after it: python -m nanoalign.tasks.instruct build --help")
     rng = random.Random(a.seed)
     for _ in range(a.n):
         spec = make_spec(rng, a.split)
