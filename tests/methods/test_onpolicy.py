@@ -529,6 +529,12 @@ def test_agreement_skips_prompts_outside_the_task():
                               [0.9, 0.9]) == {"judge_agree": 1.0, "judge_pairs": 1.0}
 
 
+def test_agreement_counts_p_one_half_as_choosing_a():
+    """p = 1/2 is the judge choosing the first response, as orient pairs it (a judge that always
+    reads position A gets exactly 1/2 from the position swap): here the first is the right '4.'."""
+    assert onpolicy.agreement(task, [X], ["4."], ["5."], [0.5]) == {"judge_agree": 1.0, "judge_pairs": 1.0}
+
+
 ANSWERS = ["4.", "4", "5.", "The sum is 4.", "x"]
 
 
