@@ -140,6 +140,73 @@ def test_a_chain_stopped_after_a_stage_finished_resumes_without_training_it_agai
     assert json.load(open(b / "run_config.json"))["stages_done"] == ["warmup", "equal", "preference"]
 
 
+def chain_in(out, resume=False, stages_done=(), steps=None):
+    """A chain's config (--max_steps 10: the warm-up's 2) in `out`, where the stages hold checkpoints
+    at `steps` ({stage: step}; a state.json alone, all the chain reads of one) and, to resume, a
+    record of the stages it finished."""
+    for st, step in (steps or {}).items():
+        os.makedirs(out / st / "ckpt")
+        (out / st / "ckpt" / "state.json").write_text(json.dumps({"step": step}))
+    if resume:
+        (out / "run_config.json").write_text(json.dumps({"config": {}, "stages_done": list(stages_done)}))
+    return train.make_config(method="meta_aligner", meta_stage="all", out_dir=str(out), max_steps=10,
+                             resume=resume)
+
+
+@pytest.mark.parametrize("resume, stages_done, steps, want", [
+    # a new chain trains every stage from its start, whatever an older one left in its directory
+    (False, [], {"warmup": 1, "equal": 5}, {"warmup": False, "equal": False, "preference": False}),
+    # stopped at step 1 of 'equal': the resume continues 'equal', and the stage after it starts afresh
+    (True, ["warmup"], {"warmup": 2, "equal": 1, "preference": 10}, {"equal": True, "preference": False}),
+    # a complete 'warmup' this chain did not record (an older chain's) is trained again, from its start
+    (True, [], {"warmup": 2}, {"warmup": False, "equal": False, "preference": False}),
+], ids=["new_chain", "stopped_in_equal", "older_warmup"])
+def test_a_chain_resumes_only_the_stage_it_was_stopped_in(tmp_path, capsys, resume, stages_done, steps, want):
+    """Which stages train, and which of them resume from their checkpoint (and say so): only a stage
+    of this chain stopped before its last step. Resuming a stage trained from scratch gives the same
+    weights as training it afresh on this tiny chain, so the weights alone do not show it."""
+    seen = []
+    run_stages(chain_in(tmp_path / "o", resume, stages_done, steps), seen.append)
+    assert {c.meta_stage: c.resume for c in seen} == want
+    said = {line.split("'")[1]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("== MetaAligner stage")}
+    for st, resumed in want.items():
+        assert said[st].endswith(f" (resumed at step {steps[st]})") if resumed else "resumed" not in said[st]
+
+
+@pytest.mark.parametrize("stop, complete, says", [
+    (SystemExit(130), False, "that resumes stage 'equal' alone"),   # Ctrl-C before its last checkpoint
+    (KeyboardInterrupt(), True, "stage 'equal' is complete"),       # a second Ctrl-C in its final save
+    (SystemExit(143), True, "stage 'equal' is complete"),           # SIGTERM in its last step
+    (SystemExit(2), False, None),                                   # an error: nothing to resume
+    (SystemExit("error: --resume: no such run"), False, None),
+], ids=["stopped", "final_save", "last_step", "exit_2", "error_message"])
+def test_a_stage_stopped_by_a_signal_prints_the_chains_resume_command(tmp_path, capsys, stop, complete, says):
+    """A stage stopped by Ctrl-C or SIGTERM (exit 128 + the signal) prints how to resume the chain
+    (its directory quoted: here it holds a space), and is recorded as finished if its last checkpoint
+    was in place; a stage that fails (an exit code below 128, or an error message) offers no resume.
+    Either way the chain stops with the stage's own exception."""
+    out = tmp_path / "my run"
+
+    def train_fn(c):
+        if c.meta_stage == "equal":
+            if complete:
+                os.makedirs(os.path.join(c.out_dir, "ckpt"))
+                with open(os.path.join(c.out_dir, "ckpt", "state.json"), "w") as f:
+                    json.dump({"step": c.max_steps}, f)
+            raise stop
+    with pytest.raises(type(stop)) as e:
+        run_stages(chain_in(out), train_fn)
+    assert e.value is stop
+    printed = capsys.readouterr().out.splitlines()
+    if says:
+        assert says in printed[-2]
+        assert shlex.split(printed[-1]) == ["python", "train.py", "--out_dir", str(out), "--resume"]
+    else:
+        assert not any("--resume" in line for line in printed)
+    assert json.load(open(out / "run_config.json"))["stages_done"] == ["warmup"] + ["equal"] * complete
+
+
 # -- one stage is one run; the corrector is greedy decoding ----------------------------------------
 def test_meta_aligner_one_stage_is_one_run(tmp_path):
     import train
@@ -281,6 +348,23 @@ def test_a_chain_ends_by_printing_a_sample_command_that_corrects_with_its_last_s
     flags = dict(zip(line[2::2], line[3::2]))
     assert flags["--aligner"] == str(out / "preference" / "ckpt") and os.path.isdir(flags["--aligner"])
     assert os.path.isdir(flags["--init_from"]) and "_warm" in flags["--init_from"]
+
+
+@pytest.mark.parametrize("stage", ["all", "warmup", "equal", "preference"])
+@pytest.mark.parametrize("start", ["a directory", "scratch"])
+def test_the_sample_command_takes_the_runs_start_as_the_policy_only_where_it_is_one(tmp_path, stage, start):
+    """The aligner corrects a policy's answers. The start of the chain or of the warm-up stage is the
+    policy the run began from; a later stage starts from an aligner, and 'scratch' was never saved, so
+    there the command leaves the policy to the user: POLICY_DIR."""
+    from nanoalign.meta_aligner import sample_flags
+    init = "scratch"
+    if start == "a directory":
+        init = str(tmp_path / "my start")
+        os.makedirs(init)
+    cfg = method_config("meta_aligner", meta_stage=stage, init_from=init)
+    flags = shlex.split(sample_flags(cfg, str(tmp_path / "my run" / "ckpt")))
+    policy = init if stage in ("all", "warmup") and start == "a directory" else "POLICY_DIR"
+    assert flags == ["--init_from", policy, "--aligner", str(tmp_path / "my run" / "ckpt")]
 
 
 def test_a_chain_resumes_as_a_chain_in_a_directory_where_one_stage_ran_before(tmp_path):
