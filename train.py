@@ -38,7 +38,7 @@ from nanoalign.compute import (autocast, checkpoint_every, compute_of, make_opti
 from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
-from nanoalign.onpolicy import COUNTS, RATES, TIMES, WEIGHTS, inherited
+from nanoalign.onpolicy import COUNTS, RATES, TIMES, WEIGHTS, inherited, new_tokens
 from nanoalign.tasks import get_task
 from nanoalign.tasks.evaluate import format_table, oracle_eval
 
@@ -301,6 +301,10 @@ def train(cfg, task=None, stop_at=None):
     peak = peak_lr(cfg, model, method)
     print(f"peak lr {peak:g}" + ("" if cfg.lr else " (--lr 0: auto, by the model's size and the method; "
                                                   "see --help)"))
+    if hasattr(cfg, "gen_max_tokens"):           # an on-policy method: how long a sample may grow
+        print(f"samples up to {new_tokens(cfg, dist.unwrapped(model))} new tokens"
+              + ("" if cfg.gen_max_tokens else " (--gen_max_tokens 0: auto, by the model's size; "
+                                               "see --help)"))
     print(legend(method))
     model.train()
     stop, tokens = StopFlag(), 0

@@ -64,7 +64,8 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
                                  f"{AUTO_NEW_TOKENS['small']} for a model under "
                                  f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's answers "
                                  f"are short), {AUTO_NEW_TOKENS['large']} for a larger one (TRL "
-                                 "OnlineDPOConfig's max_new_tokens). A sample follows its prompt "
+                                 "OnlineDPOConfig's max_new_tokens); the run's start prints the "
+                                 "number. A sample follows its prompt "
                                  "(which --max_length bounds), so a trained sequence is at most "
                                  "--max_length - 1 + this", minimum=0)
     principles: str = option("", "for a principle template: 'name:description,...' to judge under "

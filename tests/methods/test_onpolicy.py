@@ -79,6 +79,34 @@ def test_samples_grow_to_gen_max_tokens_or_by_the_models_size(name, opts, flag, 
     assert asked and set(asked) == {expected}
 
 
+@pytest.mark.parametrize("name, opts", [("self_judge", {}), ("self_judge_offpolicy", {}), ("osp", {"osp_k": 2})])
+@pytest.mark.parametrize("flag, large", [(0, False), (0, True), (5, True)])
+def test_the_start_of_a_run_says_how_long_its_samples_may_grow(name, opts, flag, large, monkeypatch,
+                                                               tmp_path, capsys):
+    """A researcher reads the start of a run to check its settings: the peak lr was printed, resolved
+    from --lr 0, but the sampling length resolved from --gen_max_tokens 0 was not (32 or 64 by the
+    model's size), so nothing printed said whether a chat model's samples would be cut at 32 tokens."""
+    import re
+
+    from nanoalign import compute
+    from tests.helpers import run_cfg
+    asked, real = [], onpolicy.sample
+
+    def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, *args, **kw):
+        asked.append(max_new_tokens)
+        return real(model, tok, prompts, n, temperature, top_p, 2, *args, **kw)
+    monkeypatch.setattr(onpolicy, "sample", sample)
+    if large:   # the tiny model counts as large, in float32: a real one is too slow for this test
+        monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 1)
+        monkeypatch.setattr(compute, "cpu_bf16_trains_faster", lambda: False)
+    train.train(run_cfg(tmp_path, method=name, max_steps=1, grad_accum=1, val_data="",
+                        gen_max_tokens=flag, **opts))
+    said = re.findall(r"^samples up to (\d+) new tokens( \(--gen_max_tokens 0: auto)?",
+                      capsys.readouterr().out, re.M)
+    assert asked and said == [(str(asked[0]), "" if flag else " (--gen_max_tokens 0: auto")]
+    assert set(asked) == {asked[0]}
+
+
 # -- the cost split in the log ---------------------------------------------------------------------
 def test_osp_and_self_judge_steps_log_the_cost_split(tmp_path):
     import dataclasses
