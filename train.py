@@ -414,6 +414,9 @@ def table(cfg, task, device, before, t0):
 def main(argv=None):
     """The command line: parse; look the built-in task up once; its warm start if the run begins
     there; the run (or the method's own driver, e.g. MetaAligner's stages); the table."""
+    # stdout piped to `tee`, a log file or torchrun is block-buffered: a run would show nothing until
+    # it ended, and a killed one (the OOM killer) would lose what it had printed. One line at a time.
+    sys.stdout.reconfigure(line_buffering=True)
     cfg = parse_config(argv, __doc__)
     method, task = REGISTRY[cfg.method], get_task(cfg.task)
     try:

@@ -162,6 +162,27 @@ def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_s
     assert f"checkpoint: {ckpt}" in out and f"python sample.py --init_from {ckpt}" in out
 
 
+def test_the_log_reaches_a_pipe_or_a_file_as_each_line_is_printed(tmp_path):
+    """`python train.py ... | tee run.log`, nohup, a cluster's log file, torchrun's ranks: there stdout
+    is a pipe or a file, which Python fills in 8 KiB blocks, so a run showed nothing until it ended
+    (or the block filled), and a run killed without warning (the OOM killer, SIGKILL) lost every
+    line it had printed. Here the run kills itself with SIGKILL after its last line: what it printed
+    is only what had already gone out."""
+    import signal
+    import subprocess
+    import sys
+    from tests.helpers import ROOT
+    code = "import os, signal, sys, train; train.main(sys.argv[1:]); os.kill(os.getpid(), signal.SIGKILL)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # as a plain shell has it
+    p = subprocess.run([sys.executable, "-c", code, "--method", "sft", "--init_from", "scratch",
+                        "--max_steps", "2", "--batch_size", "4", "--n_train", "16", "--log_every", "1",
+                        "--final_eval", "false", "--out_dir", str(tmp_path / "run")],
+                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=600)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert "step     2 | loss" in p.stdout and "python sample.py --init_from" in p.stdout, p.stdout
+
+
 # -- a default run's start: the cached SFT warm-up ---------------------------------------------------
 def test_the_warm_up_trains_with_its_own_settings_whatever_the_run_sets(tmp_path, monkeypatch):
     """--init_from default: the warm-up is cached under its own settings (preset, seed, rows, steps,
