@@ -242,3 +242,27 @@ def test_the_walker_sees_a_cycle(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "repo_modules", lambda: fake)
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycles()
+
+
+# -- what git keeps out ------------------------------------------------------------------------------
+def test_checkpoints_and_runs_linked_from_another_disk_stay_out_of_git(tmp_path):
+    """README's checkpoint goes in checkpoints/ and runs write to out/, both in .gitignore. Linked in
+    from a larger disk (`ln -s /data/checkpoints checkpoints`), each is a symlink, which the patterns
+    'checkpoints/' and 'out/' (directories only) did not match: `git status` listed the link and
+    `git add -A` committed it. Here a fresh repository with this .gitignore and the two links."""
+    import shutil
+    import subprocess
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    repo, disk = tmp_path / "repo", tmp_path / "disk"
+    repo.mkdir()
+    disk.mkdir()
+    shutil.copy(os.path.join(ROOT, ".gitignore"), repo)
+    for name in ("checkpoints", "out"):
+        os.symlink(disk, repo / name)
+    (repo / "mine.py").write_text("")                       # what the check must still see
+    subprocess.run([git, "init", "-q"], cwd=repo, check=True)
+    status = subprocess.run([git, "status", "--porcelain", "--untracked-files=all"], cwd=repo,
+                            check=True, capture_output=True, text=True).stdout
+    assert sorted(status.splitlines()) == ["?? .gitignore", "?? mine.py"], status
