@@ -137,8 +137,8 @@ def build_parser():
                     "task's correct,concise,format). A bare name takes its description from there "
                     "too. A description may hold commas: only a comma followed by a new 'name:' (a "
                     "name is letters, digits, _ and -) or one after a bare name starts the next "
-                    "objective, so after a description write a known name as 'name:' "
-                    "(default: the aligner's)")
+                    "objective, so after a description write a known name as 'name:'. A line on "
+                    "stderr names the objectives corrected towards (default: the aligner's)")
     ap.add_argument("--answers_file", default=None, metavar="FILE",
                     help="for --aligner: JSONL of {prompt, answer} rows from any source, corrected "
                     "instead of sampling from --init_from (default: none)")
@@ -286,6 +286,11 @@ def aligner_for(a):
         aligner, atok = load_for_sampling(a, a.aligner)
     except (ValueError, CheckpointError) as e:
         sys.exit(f"error: {e}")
+    # said, as --best_of names its template: an aligner without objectives.json (a run from before it
+    # was kept) falls back on the arith task's three, which one trained on other data never saw
+    why = ("--objectives" if a.objectives else f"those it trained on: its {OBJECTIVES_FILE}"
+           if os.path.exists(trained) else f"the arith task's: the aligner has no {OBJECTIVES_FILE}")
+    print(f"--- the aligner corrects towards {', '.join(n for n, _ in objs)} ({why})", file=sys.stderr)
 
     def fix(prompts, answers):
         try:

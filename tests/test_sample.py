@@ -722,6 +722,29 @@ def test_the_aligner_corrects_towards_what_it_trained_on_unless_told(judging_tin
     assert got == [expected]
 
 
+@pytest.mark.parametrize("kept, flag, said", [
+    (True, None, "--- the aligner corrects towards polite, brief (those it trained on: its objectives.json)"),
+    (True, "brief", "--- the aligner corrects towards brief (--objectives)"),
+    (False, None, "--- the aligner corrects towards correct, concise, format (the arith task's: the aligner "
+                  "has no objectives.json)"),
+])
+def test_the_aligner_says_what_it_corrects_towards(judging_tiny, capsys, monkeypatch, kept, flag, said):
+    """Nothing printed said which objectives the answers were corrected towards: those the aligner
+    trained on by default, but for an aligner without objectives.json (a run from before it was kept)
+    the arith task's three, which an aligner trained on one's own data never saw. One line on stderr
+    says which and why, as --best_of's line names its template; stdout stays the JSONL rows."""
+    from nanoalign.meta_aligner import OBJECTIVES_FILE
+    if kept:
+        with open(os.path.join(judging_tiny, OBJECTIVES_FILE), "w") as f:
+            json.dump({"polite": "says please", "brief": "five words, at most"}, f)
+    monkeypatch.setattr(sample, "correct", lambda aligner, tok, prompts, answers, objs, *a: ["fixed"] * len(answers))
+    sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--max_new_tokens", "2",
+                 "--aligner", judging_tiny, "--device", "cpu"] + (["--objectives", flag] if flag else []))
+    out, err = capsys.readouterr()
+    assert said in err.splitlines()
+    assert [json.loads(line)["corrected"] for line in out.splitlines()] == ["fixed"]
+
+
 # -- --system: part of the conversation the judge and the aligner are shown ------------------------
 @pytest.mark.parametrize("system", [None, "Answer in words."])
 def test_the_judge_and_the_aligner_see_the_system_message_the_policy_answered(judging_tiny, capsys,
