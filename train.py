@@ -301,6 +301,10 @@ def train(cfg, task=None, stop_at=None):
     peak = peak_lr(cfg, model, method)
     print(f"peak lr {peak:g}" + ("" if cfg.lr else " (--lr 0: auto, by the model's size and the method; "
                                                   "see --help)"))
+    if cfg.warmup_steps > cfg.max_steps:         # a short try: the log lines do not show the rate
+        print(f"note: --warmup_steps {cfg.warmup_steps} is longer than the run (--max_steps "
+              f"{cfg.max_steps}): the rate rises to {lr_at(cfg.max_steps - 1, cfg, peak):g} at its last "
+              f"step, not to the peak")
     if hasattr(cfg, "gen_max_tokens"):           # an on-policy method: how long a sample may grow
         print(f"samples up to {new_tokens(cfg, dist.unwrapped(model))} new tokens"
               + ("" if cfg.gen_max_tokens else " (--gen_max_tokens 0: auto, by the model's size; "

@@ -91,7 +91,8 @@ class SharedConfig:
                        "self_judge_offpolicy, whose pairs are sampled once)", minimum=0.0)
     min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0,
                                  maximum=1.0)
-    warmup_steps: int = option(20, "linear warm-up steps", minimum=0)
+    warmup_steps: int = option(20, "linear warm-up steps (a run of fewer --max_steps never "
+                                   "reaches the peak rate; its start says so)", minimum=0)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0)
     beta1: float = option(0.9, "AdamW beta1", minimum=0.0, below=1.0)
     beta2: float = option(0.95, "AdamW beta2", minimum=0.0, below=1.0)
