@@ -450,6 +450,15 @@ def main(argv=None):
     except (CheckpointError, DataError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C where the loop's handler is not installed (loading the model, reading the data, the
+        # built-in table) or a second one (abort): no traceback, and what is on disk (a chain's
+        # stages have said how to resume it)
+        ckpt = os.path.join(cfg.out_dir, "ckpt")
+        n = saved_step(ckpt)
+        print("stopped (Ctrl-C)" + ("" if method.main else f"; {ckpt} holds a checkpoint of step {n}"
+                                    if n else f"; no checkpoint in {cfg.out_dir}"), file=sys.stderr)
+        sys.exit(130)
     finally:
         dist.cleanup()
 

@@ -110,6 +110,33 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path, sig):
     assert 0 < st["step"] < 100000 and "checkpoint" in rest and "--resume" in rest
 
 
+@pytest.mark.parametrize("phase", ["init_model", "load_split"])        # loading the model; reading the data
+def test_ctrl_c_before_the_first_step_is_one_line_saying_what_is_on_disk(tmp_path, capsys, monkeypatch, phase):
+    """Ctrl-C while the model loads or the data is read (seconds for a 135M checkpoint, a minute for a
+    7B one; when a researcher who has just read the start's settings stops the run) came before the
+    loop's handler was installed: a KeyboardInterrupt traceback. Now one line on stderr, saying
+    whether out_dir holds a checkpoint (an earlier run's, which --resume would continue), exit 130."""
+    argv = ["--method", "sft", "--init_from", "scratch", "--max_steps", "2", "--batch_size", "4",
+            "--n_train", "16", "--final_eval", "false", "--out_dir", str(tmp_path / "run")]
+
+    def ctrl_c(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, phase, ctrl_c)
+    for before in (None, 2):                         # a fresh out_dir; one with a finished run in it
+        if before:
+            monkeypatch.undo()
+            train.main(argv)
+            monkeypatch.setattr(train, phase, ctrl_c)
+            capsys.readouterr()
+        with pytest.raises((SystemExit, KeyboardInterrupt)) as e:
+            train.main(argv)
+        assert isinstance(e.value, SystemExit) and e.value.code == 130
+        err = capsys.readouterr().err
+        said = (f"{tmp_path / 'run' / 'ckpt'} holds a checkpoint of step 2" if before
+                else f"no checkpoint in {tmp_path / 'run'}")
+        assert err == f"stopped (Ctrl-C); {said}\n"
+
+
 def test_an_interrupted_warm_up_is_continued_not_used(tmp_path, monkeypatch):
     """--init_from default: a warm-up stopped by Ctrl-C left a checkpoint of its last step, which
     the next run once took for the finished warm-up (it only looked for config.json)."""
