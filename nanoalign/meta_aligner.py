@@ -158,8 +158,11 @@ def run_stages(cfg, train_fn):
                 print(f"stage '{st}' is complete; to resume the chain (the stages after it):\n"
                       f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
             elif isinstance(e, KeyboardInterrupt) or (isinstance(e.code, int) and e.code >= 128):
-                print(f"that resumes stage '{st}' alone; to resume the chain (this stage, then the "
-                      f"rest):\n  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
+                # a stage stopped in a step printed its own --resume; one stopped before its first
+                # step (loading), or aborted by a second Ctrl-C, printed none
+                print(("" if isinstance(e, KeyboardInterrupt) else f"that resumes stage '{st}' alone; ")
+                      + f"to resume the chain (this stage, then the rest):\n"
+                      f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
             raise
         finished, ran = finished + [st], True
         _write_record(record, cfg, finished)

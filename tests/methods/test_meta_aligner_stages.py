@@ -72,6 +72,22 @@ def test_a_stopped_chain_resumes_from_its_directory_to_the_unbroken_chains_weigh
         run_stages(cfg, train.train)
 
 
+def test_a_chain_stopped_before_a_stages_first_step_prints_only_the_chains_resume_command(tmp_path, capsys):
+    """Ctrl-C while a stage loads its model or reads its data (or a second Ctrl-C, which aborts a
+    step) stops the stage before it prints a resume command of its own; the chain still said 'that
+    resumes stage 'equal' alone', of a command never printed. It prints the chain's alone."""
+    def loading_equal(c):
+        if c.meta_stage != "equal":
+            return train.train(c)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(meta_chain(tmp_path), loading_equal)
+    out = capsys.readouterr().out
+    assert "that resumes" not in out
+    assert out.endswith(f"to resume the chain (this stage, then the rest):\n"
+                        f"  python train.py --out_dir {tmp_path / 'run'} --resume\n")
+
+
 def test_a_stopped_chain_copied_elsewhere_resumes_in_the_copy(tmp_path):
     """A run directory may be copied or moved and resumed there (config.resume_config); a chain's
     stages start from checkpoints inside it, DIR/warmup/ckpt, which move with it. The copy's 'equal'
