@@ -16,6 +16,7 @@ checkpoint, prints the command that resumes it and exits; `--resume` continues i
 states, data position, step: nanoalign/checkpoint.py).
 """
 import dataclasses
+import io
 import json
 import math
 import os
@@ -420,7 +421,8 @@ def main(argv=None):
     there; the run (or the method's own driver, e.g. MetaAligner's stages); the table."""
     # stdout piped to `tee`, a log file or torchrun is block-buffered: a run would show nothing until
     # it ended, and a killed one (the OOM killer) would lose what it had printed. One line at a time.
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):   # not a notebook's stream, which has no such setting
+        sys.stdout.reconfigure(line_buffering=True)
     cfg = parse_config(argv, __doc__)
     method, task = REGISTRY[cfg.method], get_task(cfg.task)
     try:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import pytest
 import torch
@@ -198,6 +199,25 @@ def test_the_log_reaches_a_pipe_or_a_file_as_each_line_is_printed(tmp_path):
                        timeout=600)
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert "step     2 | loss" in p.stdout and "python sample.py --init_from" in p.stdout, p.stdout
+
+
+def test_main_runs_with_a_stdout_that_cannot_be_line_buffered(monkeypatch):
+    """A notebook's stdout (ipykernel's OutStream) is no TextIOWrapper and has no reconfigure():
+    train.main([...]) called there must not fail on making the log line-buffered."""
+    class NotebookStream:
+        def __init__(self):
+            self.text = ""
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+    out = NotebookStream()
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--method", "sft", "--help"])
+    assert e.value.code == 0 and "--max_steps" in out.text
 
 
 # -- a default run's start: the cached SFT warm-up ---------------------------------------------------
