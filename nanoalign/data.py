@@ -72,11 +72,13 @@ def _check_messages(msgs, where, field):
     return msgs
 
 
-def _check_fields(row, fields, kind, where):
+def _check_fields(row, fields, kind, where, other=""):
+    """The row with each of `fields` checked as text; a missing one names what the kind needs (and
+    `other`: the kind's other shape, for the one who wrote that shape wrong)."""
     out = dict(row)
     for f in fields:
         if f not in row:
-            raise DataError(f"{where}: missing field '{f}' (a {kind} row needs {', '.join(fields)})")
+            raise DataError(f"{where}: missing field '{f}' (a {kind} row needs {', '.join(fields)}{other})")
         out[f] = check_text(row[f], where, f)
     return out
 
@@ -161,7 +163,8 @@ def _read_pref(row, where):
         r = check_text(row["rejected"], where, "rejected")
         p, c, r = implicit_prompt(c, r, where)
         row = {**row, "prompt": p, "chosen": c, "rejected": r}
-    out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where)
+    out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where,
+                        "; or, with no prompt, chosen and rejected conversations that begin with it")
     for f in ("chosen", "rejected"):
         check_response(out[f], where, f, len(out["prompt"]) + 1 if implicit else 1)
     if implicit and isinstance(out["chosen"], list) and max(len(out["chosen"]), len(out["rejected"])) > 1:
@@ -182,7 +185,7 @@ def _read_sft(row, where):
         if not msgs[-1]["content"].strip():
             raise DataError(f"{where}: field 'messages' has an empty final assistant message")
         return {**row, "prompt": msgs[:-1], "response": msgs[-1]["content"]}
-    out = _check_fields(row, ("prompt", "response"), "sft", where)
+    out = _check_fields(row, ("prompt", "response"), "sft", where, "; or messages, ending with the answer")
     check_response(out["response"], where, "response")
     return out
 

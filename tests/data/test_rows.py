@@ -171,18 +171,22 @@ def test_messages_are_kept_as_given():
     assert out == row and out is not row
 
 
-@pytest.mark.parametrize("kind, fields, name", [
-    ("pref", ("prompt", "chosen", "rejected"), "preference"),
-    ("sft", ("prompt", "response"), "sft"),
-    ("prompt", ("prompt",), "prompt"),
+@pytest.mark.parametrize("kind, fields, name, other", [
+    ("pref", ("prompt", "chosen", "rejected"), "preference",
+     "; or, with no prompt, chosen and rejected conversations that begin with it"),
+    ("sft", ("prompt", "response"), "sft", "; or messages, ending with the answer"),
+    ("prompt", ("prompt",), "prompt", ""),
 ])
-def test_a_missing_field_names_it_and_the_fields_the_kind_needs(kind, fields, name):
+def test_a_missing_field_names_it_and_the_fields_the_kind_needs(kind, fields, name, other):
+    """And the kind's other shape, if it has one: a researcher whose {"messages"} SFT row lacked
+    the field, or whose implicit-prompt row lacked 'rejected', was told of prompt and response only."""
     full = {f: "x" for f in fields}
     for f in fields:
         row = {k: v for k, v in full.items() if k != f}
         if kind == "pref" and f == "prompt":
             continue                               # no prompt: TRL's implicit prompt, tested below
-        assert error_of(row, kind) == f"{W}: missing field '{f}' (a {name} row needs {', '.join(fields)})"
+        needs = f"a {name} row needs {', '.join(fields)}{other}"
+        assert error_of(row, kind) == f"{W}: missing field '{f}' ({needs})"
 
 
 @pytest.mark.parametrize("field", ["chosen", "rejected"])
