@@ -155,8 +155,11 @@ def run_stages(cfg, train_fn):
             # place (not an older chain's, left in DIR: it may come from other settings)
             if _stamp(init) != before and saved_step(init) >= c.max_steps:
                 _write_record(record, cfg, finished + [st])      # the resume takes it, not retrains it
-                print(f"stage '{st}' is complete; to resume the chain (the stages after it):\n"
-                      f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
+                if st == STAGES[-1]:     # nothing after it: a --resume would say "nothing to resume"
+                    print(f"stage '{st}' is complete, and with it the chain: the aligner is {init}")
+                else:
+                    print(f"stage '{st}' is complete; to resume the chain (the stages after it):\n"
+                          f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
             elif isinstance(e, KeyboardInterrupt) or (isinstance(e.code, int) and e.code >= 128):
                 # a stage stopped in a step printed its own --resume; one stopped before its first
                 # step (loading), or aborted by a second Ctrl-C, printed none

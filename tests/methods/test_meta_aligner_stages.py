@@ -223,6 +223,29 @@ def test_a_stage_stopped_by_a_signal_prints_the_chains_resume_command(tmp_path, 
     assert json.load(open(out / "run_config.json"))["stages_done"] == ["warmup"] + ["equal"] * complete
 
 
+def test_a_chain_stopped_in_its_last_stages_last_step_does_not_offer_a_resume(tmp_path, capsys):
+    """Ctrl-C (or SIGTERM) in the last step of stage 'preference', once its checkpoint is in place:
+    the stage is finished, and so is the chain. It printed 'to resume the chain (the stages after
+    it)' with a --resume command, which then stopped with "has finished all its stages: nothing to
+    resume": there are no stages after it. It says the chain is complete and where its aligner is."""
+    out = tmp_path / "o"
+
+    def last_step_stopped(c):             # each stage's checkpoint at its last step (all the chain reads)
+        os.makedirs(os.path.join(c.out_dir, "ckpt"))
+        with open(os.path.join(c.out_dir, "ckpt", "state.json"), "w") as f:
+            json.dump({"step": c.max_steps}, f)
+        if c.meta_stage == "preference":
+            raise SystemExit(130)
+    with pytest.raises(SystemExit):
+        run_stages(chain_in(out), last_step_stopped)
+    printed = capsys.readouterr().out
+    assert json.load(open(out / "run_config.json"))["stages_done"] == ["warmup", "equal", "preference"]
+    for line in printed.splitlines():       # every resume command it prints has something to resume
+        if "--resume" in line:
+            run_stages(train.parse_config(shlex.split(line)[2:]), lambda c: None)
+    assert str(out / "preference" / "ckpt") in printed
+
+
 # -- one stage is one run; the corrector is greedy decoding ----------------------------------------
 def test_meta_aligner_one_stage_is_one_run(tmp_path):
     import train
