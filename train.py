@@ -454,12 +454,12 @@ def main(argv=None):
         sys.exit(2)
     except KeyboardInterrupt:
         # Ctrl-C where the loop's handler is not installed (loading the model, reading the data, the
-        # built-in table) or a second one (abort): no traceback, and what is on disk (a chain's
-        # stages have said how to resume it)
-        ckpt = os.path.join(cfg.out_dir, "ckpt")
-        n = saved_step(ckpt)
-        print("stopped (Ctrl-C)" + ("" if method.main else f"; {ckpt} holds a checkpoint of step {n}"
-                                    if n else f"; no checkpoint in {cfg.out_dir}"), file=sys.stderr)
+        # built-in table) or a second one (abort): no traceback, and what is on disk
+        ckpt, said = os.path.join(cfg.out_dir, "ckpt"), ""
+        if not method.main:                      # a chain's stages have said how to resume it
+            n = saved_step(ckpt)
+            said = f"; {ckpt} holds a checkpoint of step {n}" if n else f"; no checkpoint in {cfg.out_dir}"
+        print(f"stopped (Ctrl-C){said}", file=sys.stderr)
         sys.exit(130)
     finally:
         dist.cleanup()
