@@ -168,14 +168,14 @@ def test_a_run_shorter_than_its_warm_up_says_the_rate_never_reaches_its_peak(tmp
     """The start prints the peak rate, but a run shorter than --warmup_steps (20 by default: a
     researcher's first 2-3 step try on their own data) trains at a fraction of it, and the console
     lines do not show the rate: nothing said so. A note names the rate of its last step."""
-    import re
     train.train(run_cfg(tmp_path, method="sft", warmup_steps=warmup, max_steps=steps, eval_every=0))
     out = capsys.readouterr().out
     last = [json.loads(x)["lr"] for x in open(tmp_path / "run" / "metrics.jsonl") if '"train"' in x][-1]
     said = re.findall(r"^note: --warmup_steps (\d+) is longer than the run \(--max_steps (\d+)\): the rate "
                       r"rises to (\S+) at its last step, not to the peak", out, re.M)
     if warmup > steps:
-        assert said == [(str(warmup), str(steps), f"{last:g}")] and last < 1e-3
+        assert said == [(str(warmup), str(steps), f"{last:g}")]
+        assert last < run_cfg(tmp_path).lr          # below the peak: what the note is for
     else:
         assert said == [] and "warmup_steps" not in out
 
