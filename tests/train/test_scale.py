@@ -258,15 +258,20 @@ td.destroy_process_group()
 """
 
 
+def two_ranks_run(script, text, port_base):
+    """`text` written to `script` and run on two CPU ranks by torchrun (a port of its own per pytest
+    process, so that parallel sessions do not collide); the finished process."""
+    script.write_text(text)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port_base + os.getpid() % 1000), str(script)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_the_collectives_of_ranks_on_cuda_have_a_backend_for_their_cpu_tensors(tmp_path):
     """Ranks on CUDA were joined by NCCL alone, which takes no CPU tensor: the stop flag's all_sum,
     a CPU tensor, would have ended every run on two or more GPUs at its first step."""
-    script = tmp_path / "collectives.py"
-    script.write_text(COLLECTIVES_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(31500 + os.getpid() % 1000), str(script)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = two_ranks_run(tmp_path / "collectives.py", COLLECTIVES_SCRIPT, 31500)
     assert r.returncode == 0 and r.stdout.count("collectives ok") == 2, r.stdout[-3000:] + r.stderr[-3000:]
 
 
@@ -306,12 +311,7 @@ def test_two_ranks_log_the_whole_steps_judge_agreement_and_sampling_rate(tmp_pat
     each weighted by its examples, gave 2/3); samples_per_s is the whole run's: rank 0 drew 8
     samples in 4 s of sampling, rank 1 12 in 4 s, together 2 + 3 = 5 per second (the ranks' mean
     was about one rank's); t_sample stays a rank's seconds (the ranks sample at the same time)."""
-    script = tmp_path / "rollout_metrics.py"
-    script.write_text(ROLLOUT_METRICS_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(32500 + os.getpid() % 1000), str(script)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = two_ranks_run(tmp_path / "rollout_metrics.py", ROLLOUT_METRICS_SCRIPT, 32500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     got = json.loads(r.stdout.split("step metrics:")[1])
     assert got["judge_agree"] == pytest.approx(5 / 7) and got["judge_pairs"] == 7
