@@ -442,8 +442,10 @@ def run_seeds_in_parallel(argv, seeds, jobs, root):
             s = pending.pop(0)
             log = os.path.join(root, f"seed-{s}.log")
             cmd = [sys.executable, "-m", "experiments.compare"] + base[:cut] + ["--seeds", str(s)] + base[cut:]
-            # the cores shared out: seeds that oversubscribe them with threads wait on each other
-            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+            # the cores shared out: seeds that oversubscribe them with threads wait on each other;
+            # unbuffered, so that the log shows each line as it is printed, not blocks of 8 KiB
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)),
+                       PYTHONUNBUFFERED="1")
             running.append((s, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                                      env=env)))
             print(f"== seed {s}: running in its own process, log {log}", flush=True)

@@ -209,3 +209,22 @@ def test_a_run_stopped_part_way_is_resumed_by_the_next_comparison_not_redone(tmp
         ours = load_file(str(run / "ckpt" / "model.safetensors"))
         theirs = load_file(str(tmp_path / "unbroken" / "instruct_smoke" / "orpo-s1" / "ckpt" / "model.safetensors"))
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_each_seeds_log_is_written_as_its_lines_are_printed(tmp_path, monkeypatch):
+    """A seed run in a process of its own (--jobs) printed to its log file block-buffered: the log of
+    a run watched with `tail -f` stayed empty for minutes, and a killed seed lost its last lines."""
+    envs = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, cmd, stdout=None, stderr=None, env=None):
+            envs.append(env)
+
+        def poll(self):
+            return 0
+    monkeypatch.setattr(compare.subprocess, "Popen", Done)
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)   # as on most machines (this one sets it)
+    compare.run_seeds_in_parallel(["--preset", "mo_orpo"], [1, 2], 2, str(tmp_path))
+    assert len(envs) == 2 and all(e.get("PYTHONUNBUFFERED") == "1" for e in envs)
