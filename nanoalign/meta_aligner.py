@@ -151,21 +151,19 @@ def run_stages(cfg, train_fn):
         try:
             train_fn(dataclasses.replace(c, resume=0 < done < c.max_steps))
         except (SystemExit, KeyboardInterrupt) as e:   # Ctrl-C or SIGTERM: SystemExit(128 + signal)
+            resume = f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume"
             # stopped in its last step or its end-of-run save, after this run's last checkpoint was in
             # place (not an older chain's, left in DIR: it may come from other settings)
             if _stamp(init) != before and saved_step(init) >= c.max_steps:
                 _write_record(record, cfg, finished + [st])      # the resume takes it, not retrains it
-                if st == STAGES[-1]:     # nothing after it: a --resume would say "nothing to resume"
-                    print(f"stage '{st}' is complete, and with it the chain: the aligner is {init}")
-                else:
-                    print(f"stage '{st}' is complete; to resume the chain (the stages after it):\n"
-                          f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
-            elif isinstance(e, KeyboardInterrupt) or (isinstance(e.code, int) and e.code >= 128):
-                # a stage stopped in a step printed its own --resume; one stopped before its first
-                # step (loading), or aborted by a second Ctrl-C, printed none
-                print(("" if isinstance(e, KeyboardInterrupt) else f"that resumes stage '{st}' alone; ")
-                      + f"to resume the chain (this stage, then the rest):\n"
-                      f"  python train.py --out_dir {shlex.quote(cfg.out_dir)} --resume")
+                print(f"stage '{st}' is complete, and with it the chain: the aligner is {init}"
+                      if st == STAGES[-1] else          # nothing after it: no --resume to offer
+                      f"stage '{st}' is complete; to resume the chain (the stages after it):\n{resume}")
+            elif isinstance(e, KeyboardInterrupt):      # before its first step, or a second Ctrl-C:
+                print(f"to resume the chain (this stage, then the rest):\n{resume}")   # no command yet
+            elif isinstance(e.code, int) and e.code >= 128:   # the stage printed its own --resume
+                print(f"that resumes stage '{st}' alone; to resume the chain (this stage, then the "
+                      f"rest):\n{resume}")
             raise
         finished, ran = finished + [st], True
         _write_record(record, cfg, finished)
