@@ -277,22 +277,24 @@ def conversation(a, prompt):
 
 
 def aligner_for(a):
-    """MetaAligner inference: a function that corrects (prompt, answer) pairs and prints each as
-    {prompt, answer, corrected}, with the aligner loaded once for all the batches it is given."""
+    """MetaAligner inference: a function that corrects a list of (prompt, answer) pairs and prints
+    each as {prompt, answer, corrected}, with the aligner loaded once for all the batches it is given."""
+    trained = os.path.join(a.aligner, OBJECTIVES_FILE)        # what the aligner trained on
     try:
-        trained = os.path.join(a.aligner, OBJECTIVES_FILE)    # what the aligner trained on
-        known = read_json(trained) if os.path.exists(trained) else OBJECTIVES
+        if os.path.exists(trained):
+            known, source = read_json(trained), f"those it trained on: its {OBJECTIVES_FILE}"
+        else:   # a run from before it was kept: the arith task's three, which other data never saw
+            known, source = OBJECTIVES, f"the arith task's: the aligner has no {OBJECTIVES_FILE}"
         objs = parse_objectives(a.objectives, known) if a.objectives else list(known.items())
         aligner, atok = load_for_sampling(a, a.aligner)
     except (ValueError, CheckpointError) as e:
         sys.exit(f"error: {e}")
-    # said, as --best_of names its template: an aligner without objectives.json (a run from before it
-    # was kept) falls back on the arith task's three, which one trained on other data never saw
-    why = ("--objectives" if a.objectives else f"those it trained on: its {OBJECTIVES_FILE}"
-           if os.path.exists(trained) else f"the arith task's: the aligner has no {OBJECTIVES_FILE}")
-    print(f"--- the aligner corrects towards {', '.join(n for n, _ in objs)} ({why})", file=sys.stderr)
+    # said, as --best_of names its template
+    print(f"--- the aligner corrects towards {', '.join(n for n, _ in objs)} "
+          f"({'--objectives' if a.objectives else source})", file=sys.stderr)
 
-    def fix(prompts, answers):
+    def fix(pairs):
+        prompts, answers = [p for p, _ in pairs], [y for _, y in pairs]
         try:
             with precision(a, aligner):
                 fixed = correct(aligner, atok, prompts, answers, objs, a.max_new_tokens, a.batch_size)
@@ -324,7 +326,7 @@ def main(argv=None):
     if a.aligner and a.answers_file:
         prompts, answers = read_answers(a.answers_file)
         fix = aligner_for(a)
-        return in_batches(list(zip(prompts, answers)), a, lambda b: fix([p for p, _ in b], [y for _, y in b]))
+        return in_batches(list(zip(prompts, answers)), a, fix)
     prompts = list(a.prompt)
     if a.prompts_file:
         lines = read_lines(a.prompts_file, "--prompts_file")
@@ -345,7 +347,7 @@ def main(argv=None):
             sys.exit(f"error: --best_of: {e}")
         if fix:                          # the tournament's winners are the answers to correct
             pairs = [(conversation(a, p), tok.decode(w)) for p, w in zip(prompts, winners)]
-            return in_batches(pairs, a, lambda b: fix([p for p, _ in b], [y for _, y in b]))
+            return in_batches(pairs, a, fix)
         return winners
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode(p) if a.raw else tok.encode_prompt(p, a.system) for p in prompts]
@@ -371,7 +373,7 @@ def main(argv=None):
         # token that is shorter than --max_new_tokens was cut there
         cut += sum(1 for o in outs if len(o) < a.max_new_tokens and not (o and o[-1] in tok.stop_ids))
         if fix:
-            fix([conversation(a, prompts[i]) for i, _, _ in batch], [tok.decode(o) for o in outs])
+            fix([(conversation(a, prompts[i]), tok.decode(o)) for (i, _, _), o in zip(batch, outs)])
             return outs
         for (i, j, _), out in zip(batch, outs):
             print(f"--- prompt {i} sample {j}: {prompts[i]!r}")
