@@ -14,18 +14,22 @@ import time
 import pytest
 
 import train
+from nanoalign import REGISTRY
 from tests.helpers import ROOT, _short_run, run_cfg
 
 
 # -- exact resume, a copied run, Ctrl-C ------------------------------------------------------------
-def test_resume_gives_the_same_losses(tmp_path):
-    straight = train.train(run_cfg(tmp_path / "a", method="dpo"))
-    first = train.train(run_cfg(tmp_path / "b", method="dpo"), stop_at=3)
-    assert len(first) == 3
-    second = train.train(run_cfg(tmp_path / "b", method="dpo", resume=True))
+@pytest.mark.parametrize("method", [m for m in REGISTRY if not REGISTRY[m].main])   # a chain: its own tests
+def test_every_method_resumes_to_the_unbroken_runs_losses(tmp_path, method):
+    """Exact resume is every method's promise, not DPO's alone: an on-policy method samples with the
+    saved RNG stream, a scheduled one (MO-ORPO's task_by_task) picks up its schedule at the saved
+    step, JSFT's prepared rows come back in the same order."""
+    straight = train.train(run_cfg(tmp_path / "a", method=method, eval_every=0))
+    first = train.train(run_cfg(tmp_path / "b", method=method, eval_every=0), stop_at=3)
+    second = train.train(run_cfg(tmp_path / "b", method=method, eval_every=0, resume=True))
     assert first + second == straight                     # float32 on the CPU: bit for bit
     st = json.load(open(tmp_path / "b" / "run" / "ckpt" / "state.json"))
-    assert st["step"] == 6 and st["config"]["method"] == "dpo"
+    assert st["step"] == 6 and st["config"]["method"] == method
 
 
 def test_a_stopped_run_logs_no_end_of_run_validation_and_its_resume_logs_it_once(tmp_path):
