@@ -17,7 +17,6 @@ states, data position, step: nanoalign/checkpoint.py).
 """
 import dataclasses
 import io
-import json
 import math
 import os
 import shlex
@@ -30,7 +29,7 @@ import torch
 from model.checkpoint import CheckpointError, load
 from model.lora import AdaptersOff, apply_lora, merge
 from model.model import Transformer, config_from_preset
-from nanoalign import REGISTRY, dist
+from nanoalign import REGISTRY, dist, runlog
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
                                   save_checkpoint, saved_step)
 from nanoalign.common import Run, frozen_copy
@@ -96,17 +95,6 @@ def load_split(cfg, method, task, split, run):
     return ex
 
 
-def legend(method):
-    """What each logged number means: printed once at the start of a run. The console line shows
-    the loss, the method's metrics and tok/s; metrics.jsonl holds every one."""
-    shown = {"loss": "the method's loss, averaged over the effective batch", **(method.metrics or {}),
-             "tok_per_s": "tokens through the model per second since the last log line, all ranks"}
-    kept = {"lr": "learning rate", "grad_norm": "gradient norm before clipping",
-            "step_s": "seconds for this step"}
-    return ("metrics: " + "; ".join(f"{k} = {v}" for k, v in shown.items())
-            + "\nin out_dir/metrics.jsonl too: " + "; ".join(f"{k} = {v}" for k, v in kept.items()))
-
-
 class StopFlag:
     """First Ctrl-C (SIGINT) or SIGTERM (`kill`, a cluster's preemption): finish this step,
     checkpoint, exit with 128 + the signal's number. A second signal: stop at once."""
@@ -135,22 +123,6 @@ def lr_at(step, cfg, peak):
     return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def step_metrics(per_micro, units, totals=(), by=None, run_totals=()):
-    """One step's metrics from its micro-batches' {name: float} and their units (the tokens or
-    examples its loss sums over), each name over the micro-batches that logged it (judge agreement
-    only where the oracle ranked a pair: no agreement of 0 where it did not), by dist.weighted_means:
-    the mean weighted by units, so that a per-token or per-example mean is that of the whole step
-    (SFT's nll_per_token over micro-batches of unequal token counts); a name in `by` weighted by
-    the count it names instead (judge agreement by the pairs the oracle ranked); a name in `totals`
-    (seconds spent, pairs counted) summed. Then over ranks, weighted alike (dist.mean_metrics), a
-    name in `run_totals` (a count or a rate of the whole run) summed."""
-    out = dist.weighted_means(per_micro, units, by)
-    for k in totals:
-        if k in out:
-            out[k] = sum(m[k] for m in per_micro if k in m)
-    return dist.mean_metrics(out, sum(units), by, run_totals)
-
-
 def rollout(model, method, micro, run, cfg):
     """The on-policy round of a method that has one (Self-Judge, OSP): each micro-batch of prompts
     becomes the batch its loss eats, sampled and judged by method.rollout with no gradients."""
@@ -160,8 +132,8 @@ def rollout(model, method, micro, run, cfg):
             b, m = method.rollout(dist.unwrapped(model), b, run, cfg)
         out.append(b)
         mets.append(m)
-    return out, step_metrics(mets, [b[method.unit] for b in out], totals=TIMES + COUNTS, by=WEIGHTS,
-                             run_totals=COUNTS + RATES)
+    return out, runlog.step_metrics(mets, [b[method.unit] for b in out], totals=TIMES + COUNTS,
+                                    by=WEIGHTS, run_totals=COUNTS + RATES)
 
 
 def accumulate_gradients(model, method, micro, run, cfg):
@@ -177,7 +149,8 @@ def accumulate_gradients(model, method, micro, run, cfg):
             (loss_sum / denom).backward()
         loss_total += loss_sum.item() / denom
         mets.append(m)
-    return dist.all_sum(loss_total) / dist.world(), step_metrics(mets, [b[method.unit] for b in micro])
+    units = [b[method.unit] for b in micro]
+    return dist.all_sum(loss_total) / dist.world(), runlog.step_metrics(mets, units)
 
 
 @torch.no_grad()
@@ -193,32 +166,6 @@ def held_out_loss(model, method, val, run, cfg):
         tot, units = tot + loss.item(), units + b[method.unit]
     model.train()
     return tot / max(units, 1)
-
-
-def keep_log_until(path, step):
-    """A resumed run's metrics.jsonl up to its checkpoint's step: a run that crashed after a
-    --ckpt_every checkpoint had logged later steps, which the resumed run trains again (each step
-    would be logged twice), and perhaps half a line."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):   # a line cut short by the crash
-                pass
-    with open(path, "w") as f:
-        f.writelines(kept)
-
-
-def peak_memory(device):
-    """Peak memory of this process so far, in MiB: CUDA max allocated, or peak RSS on the CPU."""
-    if str(device).startswith("cuda"):
-        return {"peak_cuda_alloc_mib": torch.cuda.max_memory_allocated() / 2**20}
-    import resource
-    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -288,10 +235,6 @@ def train(cfg, task=None, stop_at=None):
         os.makedirs(cfg.out_dir, exist_ok=True)
     except OSError as e:
         raise CheckpointError(f"--out_dir {cfg.out_dir}: cannot create it ({e.strerror})") from None
-    if cfg.resume and dist.is_main():
-        keep_log_until(os.path.join(cfg.out_dir, "metrics.jsonl"), step)
-    metrics_f = open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull,
-                     "a" if cfg.resume else "w")
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
           f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
@@ -310,10 +253,9 @@ def train(cfg, task=None, stop_at=None):
         print(f"samples up to {new_tokens(cfg, dist.unwrapped(model))} new tokens"
               + ("" if cfg.gen_max_tokens else " (--gen_max_tokens 0: auto, by the model's size; "
                                                "see --help)"))
-    print(legend(method))
+    print(runlog.legend(method))
     model.train()
-    stop, tokens = StopFlag(), 0
-    t0 = last_log = time.time()
+    log, stop = runlog.RunLog(cfg.out_dir, step, cfg.resume), StopFlag()
     history, val_step, rollout_mets = [], None, {}
     saved = step if cfg.resume else None       # the step of this run's newest checkpoint
     try:
@@ -331,7 +273,7 @@ def train(cfg, task=None, stop_at=None):
                 micro, rollout_mets = rollout(model, method, micro, run, cfg)
             loss_total, mets = accumulate_gradients(model, method, micro, run, cfg)
             mets = {**rollout_mets, **mets}
-            tokens += sum(b["n_seen"] for b in micro)
+            log.tokens += sum(b["n_seen"] for b in micro)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             if not (math.isfinite(loss_total) and math.isfinite(gnorm.item())):
                 raise FloatingPointError(f"loss {loss_total} / grad norm {gnorm.item()} at step {step}")
@@ -343,44 +285,24 @@ def train(cfg, task=None, stop_at=None):
             if dist.world() > 1:   # every rank stops after the same step, or the others would hang
                 stop.hit = dist.all_sum(stop.hit) > 0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                # every rank's tokens: the ranks train side by side, so the run's rate is their sum;
-                # one clock reading, so tok_per_s * (elapsed - the last line's) is those tokens
-                tokens, now = dist.all_sum(tokens), time.time()
-                el = now - t0
-                rec = {"step": step, "split": "train", "loss": loss_total, "lr": lr,
-                       "grad_norm": gnorm.item(), **mets, "step_s": now - t_step,
-                       "tok_per_s": tokens / max(now - last_log, 1e-9), "elapsed": el}
-                tokens, last_log = 0, now
-                eta = el / max(step - (pos // cfg.grad_accum), 1) * (cfg.max_steps - step)
-                extra = " ".join(f"{k} {v:.4f}" for k, v in mets.items())
-                print(f"step {step:5d} | loss {loss_total:.4f} | {extra} | {rec['tok_per_s']:.0f} tok/s"
-                      f" | {el:.0f}s elapsed, eta {eta:.0f}s")
-                print(json.dumps(rec), file=metrics_f, flush=True)
+                log.train(step, cfg.max_steps, loss_total, lr, gnorm.item(), mets, t_step)
             if val_ex and cfg.eval_every and step % cfg.eval_every == 0:
-                vl, val_step = held_out_loss(model, method, val_ex, run, cfg), step
-                print(f"step {step:5d} | val loss {vl:.4f}")
-                metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
+                log.val(step, held_out_loss(model, method, val_ex, run, cfg))
+                val_step = step
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                 save_checkpoint(ckpt, model, tok, opt, cfg, step, order, run)
                 saved = step
         # every run with validation data ends with its loss; a stopped one does when it is resumed
         if val_ex and val_step != step and not (stop.hit and step < cfg.max_steps):
-            vl = held_out_loss(model, method, val_ex, run, cfg)
-            print(f"step {step:5d} | val loss {vl:.4f} (end of run)")
-            metrics_f.write(json.dumps({"step": step, "split": "val", "loss": vl}) + "\n")
+            log.val(step, held_out_loss(model, method, val_ex, run, cfg), " (end of run)")
     except FloatingPointError as e:
         kept = (f"this run's last good checkpoint (step {saved}) is intact in {ckpt}" if saved is not None
                 else "this run wrote no checkpoint before it (--ckpt_every N writes one every N steps)")
         sys.exit(f"error: non-finite {e}; stopped without updating; {kept}")
     finally:
         stop.restore()
-        metrics_f.close()
     save_checkpoint(ckpt, model, tok, opt, cfg, step, order, run)
-    peak = peak_memory(device)
-    print(f"checkpoint: {ckpt} (step {step}); peak memory of this process: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
-    with open(os.path.join(cfg.out_dir, "metrics.jsonl") if dist.is_main() else os.devnull, "a") as f:
-        print(json.dumps({"step": step, "split": "end", **peak}), file=f)
+    print(f"checkpoint: {ckpt} (step {step}); peak memory of this process: {log.end(step, device)}")
     if stop.hit:
         if step < cfg.max_steps:
             # quoted: a directory with a space in it would be two arguments to the shell

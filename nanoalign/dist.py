@@ -194,7 +194,7 @@ def weighted_means(mets, weights, by=None):
     that hold the name: a name some lack (judge agreement where there was nothing to judge) is not
     counted as 0 there. A name in `by` is weighted instead by the value its dict holds under the
     name by[name]: a fraction by what it is a fraction of (judge agreement by the pairs the oracle
-    ranked). One rule for a step's micro-batches (train.step_metrics) and its ranks."""
+    ranked). One rule for a step's micro-batches (runlog.step_metrics) and its ranks."""
     by, out = by or {}, {}
     for k in dict.fromkeys(k for m in mets for k in m):
         got = [(m[k], m[by[k]] if k in by else w) for m, w in zip(mets, weights) if k in m]

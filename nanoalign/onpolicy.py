@@ -265,7 +265,7 @@ def cost(samples, clock, n_drawn):
     return m
 
 
-# how the loop combines these over a step's micro-batches, then its ranks (train.step_metrics); any
+# how the loop combines these over a step's micro-batches, then its ranks (runlog.step_metrics); any
 # other metric of a rollout is the mean weighted by each micro-batch's examples
 TIMES = ("t_sample", "t_judge")        # a rank's seconds in the step: summed over its micro-batches
 COUNTS = ("judge_pairs",)              # summed over micro-batches and over ranks

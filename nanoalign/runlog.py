@@ -1,0 +1,113 @@
+"""
+What a training run prints and logs (train.py's console lines and out_dir/metrics.jsonl), and how a
+step's metrics are combined over its micro-batches and ranks before they are logged.
+
+metrics.jsonl holds one JSON object a line: {"split": "train"} every --log_every steps (loss, lr,
+grad_norm, the method's metrics, step_s, tok_per_s, elapsed), {"split": "val"} at each held-out
+evaluation, {"split": "end"} with the process's peak memory. Under torchrun rank 0 writes it.
+A resumed run keeps the lines up to its checkpoint's step and appends after them.
+"""
+import json
+import os
+import time
+
+import torch
+
+from nanoalign import dist
+
+
+def legend(method):
+    """What each logged number means: printed once at the start of a run. The console line shows
+    the loss, the method's metrics and tok/s; metrics.jsonl holds every one."""
+    shown = {"loss": "the method's loss, averaged over the effective batch", **(method.metrics or {}),
+             "tok_per_s": "tokens through the model per second since the last log line, all ranks"}
+    kept = {"lr": "learning rate", "grad_norm": "gradient norm before clipping",
+            "step_s": "seconds for this step"}
+    return ("metrics: " + "; ".join(f"{k} = {v}" for k, v in shown.items())
+            + "\nin out_dir/metrics.jsonl too: " + "; ".join(f"{k} = {v}" for k, v in kept.items()))
+
+
+def step_metrics(per_micro, units, totals=(), by=None, run_totals=()):
+    """One step's metrics from its micro-batches' {name: float} and their units (the tokens or
+    examples its loss sums over), each name over the micro-batches that logged it (judge agreement
+    only where the oracle ranked a pair: no agreement of 0 where it did not), by dist.weighted_means:
+    the mean weighted by units, so that a per-token or per-example mean is that of the whole step
+    (SFT's nll_per_token over micro-batches of unequal token counts); a name in `by` weighted by
+    the count it names instead (judge agreement by the pairs the oracle ranked); a name in `totals`
+    (seconds spent, pairs counted) summed. Then over ranks, weighted alike (dist.mean_metrics), a
+    name in `run_totals` (a count or a rate of the whole run) summed."""
+    out = dist.weighted_means(per_micro, units, by)
+    for k in totals:
+        if k in out:
+            out[k] = sum(m[k] for m in per_micro if k in m)
+    return dist.mean_metrics(out, sum(units), by, run_totals)
+
+
+def keep_log_until(path, step):
+    """A resumed run's metrics.jsonl up to its checkpoint's step: a run that crashed after a
+    --ckpt_every checkpoint had logged later steps, which the resumed run trains again (each step
+    would be logged twice), and perhaps half a line."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):   # a line cut short by the crash
+                pass
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+def peak_memory(device):
+    """Peak memory of this process so far, in MiB: CUDA max allocated, or peak RSS on the CPU."""
+    if str(device).startswith("cuda"):
+        return {"peak_cuda_alloc_mib": torch.cuda.max_memory_allocated() / 2**20}
+    import resource
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+
+
+class RunLog:
+    """One run's log from `step` (0, or a resumed run's checkpoint step) on. `tokens` counts what
+    went through the model since the last train line; each record is appended as it is made (a
+    killed run keeps every line it printed)."""
+
+    def __init__(self, out_dir, step, resume):
+        self.path = os.path.join(out_dir, "metrics.jsonl") if dist.is_main() else os.devnull
+        if resume and dist.is_main():
+            keep_log_until(self.path, step)
+        elif not resume:
+            open(self.path, "w").close()         # a fresh run replaces an earlier run's log
+        self.first_step, self.tokens = step, 0
+        self.t0 = self.last = time.time()
+
+    def write(self, rec):
+        with open(self.path, "a") as f:
+            print(json.dumps(rec), file=f)
+
+    def train(self, step, max_steps, loss, lr, gnorm, mets, t_step):
+        """The console line and record of a logged step. tok_per_s is every rank's tokens (the
+        ranks train side by side, so the run's rate is their sum) over one clock reading, so that
+        tok_per_s * (elapsed - the last line's elapsed) is those tokens."""
+        tokens, now = dist.all_sum(self.tokens), time.time()
+        el = now - self.t0
+        rec = {"step": step, "split": "train", "loss": loss, "lr": lr, "grad_norm": gnorm, **mets,
+               "step_s": now - t_step, "tok_per_s": tokens / max(now - self.last, 1e-9), "elapsed": el}
+        self.tokens, self.last = 0, now
+        eta = el / max(step - self.first_step, 1) * (max_steps - step)
+        extra = " ".join(f"{k} {v:.4f}" for k, v in mets.items())
+        print(f"step {step:5d} | loss {loss:.4f} | {extra} | {rec['tok_per_s']:.0f} tok/s"
+              f" | {el:.0f}s elapsed, eta {eta:.0f}s")
+        self.write(rec)
+
+    def val(self, step, loss, note=""):
+        print(f"step {step:5d} | val loss {loss:.4f}{note}")
+        self.write({"step": step, "split": "val", "loss": loss})
+
+    def end(self, step, device):
+        """The process's peak memory, printed with where the checkpoint is and kept as the last record."""
+        peak = peak_memory(device)
+        self.write({"step": step, "split": "end", **peak})
+        return ", ".join(f"{k} {v:.0f}" for k, v in peak.items())
