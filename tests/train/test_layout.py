@@ -249,7 +249,8 @@ def test_checkpoints_and_runs_linked_from_another_disk_stay_out_of_git(tmp_path)
     """README's checkpoint goes in checkpoints/ and runs write to out/, both in .gitignore. Linked in
     from a larger disk (`ln -s /data/checkpoints checkpoints`), each is a symlink, which the patterns
     'checkpoints/' and 'out/' (directories only) did not match: `git status` listed the link and
-    `git add -A` committed it. Here a fresh repository with this .gitignore and the two links."""
+    `git add -A` committed it. Here a fresh repository with this .gitignore and the two links, and
+    files deeper in the tree named like them, which must not be ignored."""
     import shutil
     import subprocess
     git = shutil.which("git")
@@ -261,8 +262,13 @@ def test_checkpoints_and_runs_linked_from_another_disk_stay_out_of_git(tmp_path)
     shutil.copy(os.path.join(ROOT, ".gitignore"), repo)
     for name in ("checkpoints", "out"):
         os.symlink(disk, repo / name)
-    (repo / "mine.py").write_text("")                       # what the check must still see
+    # what the check must still see: a file of ours, and source elsewhere in the tree that merely
+    # bears one of the two names (an unanchored pattern ignored a folder named out/ at any depth)
+    ours = ["mine.py", "nanoalign/out/report.py", "docs/checkpoints", "nanoalign/out.py"]
+    for name in ours:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("")
     subprocess.run([git, "init", "-q"], cwd=repo, check=True)
     status = subprocess.run([git, "status", "--porcelain", "--untracked-files=all"], cwd=repo,
                             check=True, capture_output=True, text=True).stdout
-    assert sorted(status.splitlines()) == ["?? .gitignore", "?? mine.py"], status
+    assert sorted(status.splitlines()) == sorted(["?? .gitignore"] + [f"?? {n}" for n in ours]), status
