@@ -95,6 +95,19 @@ def load_split(cfg, method, task, split, run):
     return ex
 
 
+def signal_name(signum):
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class Abort(KeyboardInterrupt):
+    """A second signal while training. It carries which one: main's last line and exit code name it,
+    where a bare KeyboardInterrupt would read as a Ctrl-C after a second `kill`."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopFlag:
     """First Ctrl-C (SIGINT) or SIGTERM (`kill`, a cluster's preemption): finish this step,
     checkpoint, exit with 128 + the signal's number. A second signal: stop at once."""
@@ -105,9 +118,9 @@ class StopFlag:
 
     def _handle(self, signum, _):
         if self.hit:
-            raise KeyboardInterrupt
+            raise Abort(signum)
         self.hit, self.signum = True, signum
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        name = signal_name(signum)
         print(f"\n{name}: finishing this step and writing a checkpoint ({name} again to abort)")
 
     def restore(self):
@@ -374,15 +387,16 @@ def main(argv=None):
     except (CheckpointError, DataError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # Ctrl-C where the loop's handler is not installed (loading the model, reading the data, the
-        # built-in table) or a second one (abort): no traceback, and what is on disk
+        # built-in table) or a second signal in the loop (abort): no traceback, and what is on disk
+        signum = e.signum if isinstance(e, Abort) else signal.SIGINT
         ckpt, said = os.path.join(cfg.out_dir, "ckpt"), ""
         if not method.main:                      # a chain's stages have said how to resume it
             n = saved_step(ckpt)
             said = f"; {ckpt} holds a checkpoint of step {n}" if n else f"; no checkpoint in {cfg.out_dir}"
-        print(f"stopped (Ctrl-C){said}", file=sys.stderr)
-        sys.exit(130)
+        print(f"stopped ({signal_name(signum)}){said}", file=sys.stderr)
+        sys.exit(128 + signum)
     finally:
         dist.cleanup()
 

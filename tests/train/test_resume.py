@@ -141,6 +141,27 @@ def test_ctrl_c_before_the_first_step_is_one_line_saying_what_is_on_disk(tmp_pat
         assert err == f"stopped (Ctrl-C); {said}\n"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])     # Ctrl-C; kill, a preemption
+def test_a_second_signal_stops_at_once_naming_the_signal(tmp_path, capsys, monkeypatch, sig):
+    """A second signal while training stops at once (the loop's handler raises). Its last line said
+    "stopped (Ctrl-C)" and it exited 130 whichever it was: a second `kill` read as a Ctrl-C."""
+    def two_signals(cfg, task):                # the loop's handler installed, as train() does
+        stop = train.StopFlag()
+        try:
+            os.kill(os.getpid(), sig)          # the first: finish the step (not reached here)
+            os.kill(os.getpid(), sig)          # the second: at once
+        finally:
+            stop.restore()
+    monkeypatch.setattr(train, "train", two_signals)
+    out = tmp_path / "run"
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as e:
+        train.main(["--method", "sft", "--init_from", "scratch", "--final_eval", "false",
+                    "--out_dir", str(out)])
+    assert isinstance(e.value, SystemExit) and e.value.code == 128 + sig
+    name = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
+    assert capsys.readouterr().err == f"stopped ({name}); no checkpoint in {out}\n"
+
+
 def test_an_interrupted_warm_up_is_continued_not_used(tmp_path, monkeypatch):
     """--init_from default: a warm-up stopped by Ctrl-C left a checkpoint of its last step, which
     the next run once took for the finished warm-up (it only looked for config.json)."""
