@@ -61,7 +61,7 @@ class SharedConfig:
     chat_format: str = option("", "'' = the checkpoint's own chat template; a named format replaces it "
                               "(for a checkpoint that has none): 'chatml' (SmolLM2, Qwen), 'inst' "
                               "(Llama-2, Mistral), 'selfjudge' (the Self-Judge paper's), 'raw' (the "
-                              "text alone). Unused by --init_from scratch, whose byte tokenizer speaks "
+                              "text alone). Not with --init_from scratch, whose byte tokenizer speaks "
                               "selfjudge", choices=("",) + tuple(FORMATS))
     train_data: str = option("builtin", "'builtin' (the rows of the built-in --task) or a JSONL file "
                              "of the rows the method reads")
@@ -350,6 +350,9 @@ def parse_config(argv=None, description=None):
     if getattr(cfg, "judge", None) == "policy" and cfg.judge_from:   # self_judge would judge by judge_from
         ap.error(f"--judge policy: --judge_from {cfg.judge_from} judges instead of the policy; drop "
                  f"one of them")
+    if cfg.chat_format and cfg.init_from == "scratch":   # init_model never reads it: the task's tokenizer
+        ap.error(f"--chat_format {cfg.chat_format}: --init_from scratch starts with the task's byte "
+                 f"tokenizer, which speaks selfjudge; drop --chat_format")
     return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
 
 

@@ -181,3 +181,18 @@ def test_judge_policy_with_judge_from_is_refused_not_ignored(tmp_path, capsys):
                      (["--judge", "ref", "--judge_from", "j"], ("ref", "j"))):
         cfg = train.parse_config(["--method", "self_judge"] + ok)
         assert (cfg.judge, cfg.judge_from) == want
+
+
+def test_chat_format_with_init_from_scratch_is_refused_not_ignored(tmp_path, capsys):
+    # a model from scratch gets the task's byte tokenizer, which speaks selfjudge: the named format
+    # was never used, and the run said nothing of it
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"init_from": "scratch", "chat_format": "chatml"}))
+    for argv in (["--init_from", "scratch", "--chat_format", "chatml"], ["--config", str(p)]):
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--chat_format chatml" in err and "--init_from scratch" in err, err
+    for ok in (["--init_from", "scratch"], ["--init_from", "some_dir", "--chat_format", "chatml"],
+               ["--chat_format", "inst"]):                  # --init_from default: a checkpoint's
+        train.parse_config(ok)
