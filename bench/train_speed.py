@@ -288,7 +288,7 @@ def main():
                     "(checks the harness), 'gpu_1p7b' = SmolLM2-1.7B's shape on CUDA "
                     "(default: %(default)s)")
     ap.add_argument("--methods", default="orpo,dpo", help="comma-separated, from "
-                    f"{','.join(METHODS)}: the methods TRL has a trainer of; another is an error "
+                    f"{','.join(METHODS)}, each once: the methods TRL has a trainer of; another is an error "
                     "(default: %(default)s)")
     ap.add_argument("--steps", type=int, help="timed steps per measurement (default: the preset's)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")
@@ -313,8 +313,11 @@ def main():
                     "(gpu_1p7b's: 2048; CUDA only), after the timed rows: 'with' them, 'skip' it, or "
                     "'only' it (default: %(default)s)")
     a = ap.parse_args()
-    if bad := [m for m in a.methods.split(",") if m not in METHODS]:
+    names = a.methods.split(",")
+    if bad := [m for m in names if m not in METHODS]:
         ap.error(f"--methods {','.join(map(repr, bad))}: unknown; choose from {', '.join(METHODS)}")
+    if twice := sorted({m for m in names if names.count(m) > 1}):   # timed twice, two rows in the table
+        ap.error(f"--methods {','.join(map(repr, twice))}: named more than once")
     p = dict(PRESETS[a.preset])
     p.update({k: v for k, v in dict(steps=a.steps, warmup=a.warmup, device=a.device, batch=a.batch).items()
               if v is not None})

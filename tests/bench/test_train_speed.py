@@ -187,6 +187,14 @@ def test_a_method_trls_side_does_not_have_is_refused_with_the_known_ones(methods
     assert code == 2 and f"--methods {bad[0]!r}" in err and "orpo, dpo" in err, (code, err)
 
 
+@pytest.mark.parametrize("methods", ["orpo,orpo", "dpo,orpo,dpo"])
+def test_a_method_named_twice_is_refused_not_timed_twice(methods, monkeypatch, capsys):
+    """--methods orpo,orpo measured ORPO twice, both sides, and its table held two ORPO rows."""
+    code, err = _refused(monkeypatch, capsys, "--preset", "tiny", "--methods", methods)
+    twice = methods.split(",")[-1]
+    assert code == 2 and f"--methods {twice!r}" in err and "more than once" in err, (code, err)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "gpu_1p7b"])
 @pytest.mark.parametrize("layers", ["0", "-1"])
 def test_layers_below_one_is_refused_not_the_presets_default(preset, layers, monkeypatch, capsys):
