@@ -88,6 +88,8 @@ def check_response(v, where, field, first=1):
     the response, must not be empty (as a string response must not be). A turn after the answer (a
     user's thanks, a tool's result) would be dropped without a word, so the row would train other
     than the file says; TRL 1.16 trains it as part of the completion, as text the policy writes.
+    (sample.py checks its --answers_file with this too: there the turn would go uncorrected, so the
+    error says "ignored", which is true of both.)
     first: the number of v's first message in the file (an implicit prompt's response goes on
     after the prompt's messages)."""
     if isinstance(v, list):
@@ -99,7 +101,7 @@ def check_response(v, where, field, first=1):
             n = max(i for i, m in enumerate(v, first) if m["role"] == "assistant")
             raise DataError(f"{where}: field '{field}' ends with a '{v[-1]['role']}' message: the "
                             f"response is the last assistant message (message {n}), and the turns "
-                            f"after it, from message {n + 1}, would not be trained; end the list at "
+                            f"after it, from message {n + 1}, would be ignored; end the list at "
                             f"the response")
         if not answers[-1].strip():
             raise DataError(f"{where}: field '{field}' has an empty last assistant message (the "

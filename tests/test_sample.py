@@ -288,6 +288,12 @@ def test_answers_file_rows_are_checked_and_read_as_utf8(tmp_path, capsys, monkey
         f"error: {f}:1: field 'prompt' must be a string")
     assert run_aligner(tmp_path, [{"prompt": "q", "answer": chat}], capsys, monkeypatch).startswith(
         f"error: {f}:1: field 'answer' is a message list with no assistant message")   # no answer in it
+    # a turn after the answer is not corrected (the aligner reads the last assistant message); the
+    # error, shared with training's rows, said it "would not be trained", where nothing is trained
+    assert run_aligner(tmp_path, [{"prompt": "q", "answer": reply + chat}], capsys, monkeypatch) == (
+        f"error: {f}:1: field 'answer' ends with a 'user' message: the response is the last assistant "
+        f"message (message 1), and the turns after it, from message 2, would be ignored; end the list "
+        f"at the response")
     assert run_aligner(tmp_path, None, capsys, monkeypatch, raw=b"\n") == \
         f"error: --answers_file {f}: no rows to correct"
     bom = "\ufeff" + json.dumps({"prompt": "q", "answer": "a"}) + "\n"
