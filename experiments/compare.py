@@ -465,7 +465,7 @@ def main(argv=None):
                                  allow_abbrev=False)
     ap.add_argument("--preset", default="mo_orpo", choices=sorted(PRESETS), help="which comparison "
                     "(default: %(default)s)")
-    ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
+    ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, each once (default: %(default)s)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the preset's run labels "
                     "(the table's method column; another label is an error); a run that starts from "
                     "another's checkpoint (self_judge from jsft) needs that run done (default: all of them)")
@@ -507,6 +507,8 @@ def main(argv=None):
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:              # int()'s traceback would not name the flag
         ap.error(f"--seeds {a.seeds!r}: comma-separated whole numbers, e.g. 1,2,3")
+    if len(set(seeds)) < len(seeds):  # one run twice, counted as two seeds in the mean and spread
+        ap.error(f"--seeds {a.seeds!r}: a seed named more than once")
     if a.jobs > 1 and len(seeds) > 1:
         run_seeds_in_parallel(argv, seeds, a.jobs, os.path.join(a.out, a.preset))
     runs = [r for r in PRESETS[a.preset] if not a.methods or r[0] in a.methods.split(",")]

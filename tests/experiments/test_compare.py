@@ -171,6 +171,20 @@ def test_seeds_that_are_not_whole_numbers_are_a_usage_error(seeds, tmp_path, mon
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"--seeds {seeds!r}" in err and "whole numbers" in err, err
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_seed_named_twice_is_a_usage_error(jobs, tmp_path, monkeypatch, capsys):
+    """--seeds 1,1 trained seed 1 twice (the second run over the first's directory) and counted it
+    as two seeds: the table's mean was one run's and its spread an understatement of the seeds'."""
+    def ran(*args, **kw):
+        raise AssertionError("the comparison ran")
+    monkeypatch.setattr(compare, "start_of", ran)
+    monkeypatch.setattr(compare, "run_seeds_in_parallel", ran)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--preset", "mo_orpo", "--seeds", "1,2,1", "--jobs", jobs, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--seeds '1,2,1'" in err and "more than once" in err, err
+
+
 # -- a comparison stopped part-way -----------------------------------------------------------------
 def test_a_run_stopped_part_way_is_resumed_by_the_next_comparison_not_redone(tmp_path, monkeypatch, capsys):
     """Ctrl-C in a run prints train.py's --resume command; a comparison started again found the run
