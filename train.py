@@ -33,12 +33,12 @@ from nanoalign import REGISTRY, dist, runlog
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
                                   save_checkpoint, saved_step)
 from nanoalign.common import Run, frozen_copy
-from nanoalign.compute import (autocast, checkpoint_every, compute_of, make_optimizer, packed_batches,
-                               peak_lr, set_deterministic)
+from nanoalign.compute import (autocast, checkpoint_every, make_optimizer, packed_batches, peak_lr,
+                               set_deterministic)
 from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
-from nanoalign.onpolicy import COUNTS, RATES, TIMES, WEIGHTS, inherited, new_tokens
+from nanoalign.onpolicy import COUNTS, RATES, TIMES, WEIGHTS, inherited
 from nanoalign.tasks import get_task
 from nanoalign.tasks.evaluate import format_table, oracle_eval
 
@@ -248,25 +248,8 @@ def train(cfg, task=None, stop_at=None):
         os.makedirs(cfg.out_dir, exist_ok=True)
     except OSError as e:
         raise CheckpointError(f"--out_dir {cfg.out_dir}: cannot create it ({e.strerror})") from None
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
-          f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {len(train_ex)} train "
-          f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
-    packed = packed_batches(cfg, model)
-    print(f"compute: {compute_of(cfg, model)} (--dtype {cfg.dtype}, --packed {cfg.packed}, "
-          f"--grad_checkpoint {cfg.grad_checkpoint})")
-    peak = peak_lr(cfg, model, method)
-    print(f"peak lr {peak:g}" + ("" if cfg.lr else " (--lr 0: auto, by the model's size and the method; "
-                                                  "see --help)"))
-    if cfg.warmup_steps > cfg.max_steps:         # a short try: the log lines do not show the rate
-        print(f"note: --warmup_steps {cfg.warmup_steps} is longer than the run (--max_steps "
-              f"{cfg.max_steps}): the rate rises to {lr_at(cfg.max_steps - 1, cfg, peak):g} at its last "
-              f"step, not to the peak")
-    if hasattr(cfg, "gen_max_tokens"):           # an on-policy method: how long a sample may grow
-        print(f"samples up to {new_tokens(cfg, dist.unwrapped(model))} new tokens"
-              + ("" if cfg.gen_max_tokens else " (--gen_max_tokens 0: auto, by the model's size; "
-                                               "see --help)"))
-    print(runlog.legend(method))
+    packed, peak = packed_batches(cfg, model), peak_lr(cfg, model, method)
+    runlog.start(cfg, method, model, device, len(train_ex), peak, lr_at(cfg.max_steps - 1, cfg, peak))
     model.train()
     log, stop = runlog.RunLog(cfg.out_dir, step, cfg.resume), StopFlag()
     history, val_step, rollout_mets = [], None, {}

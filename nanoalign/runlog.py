@@ -1,6 +1,7 @@
 """
-What a training run prints and logs (train.py's console lines and out_dir/metrics.jsonl), and how a
-step's metrics are combined over its micro-batches and ranks before they are logged.
+What a training run prints and logs: the lines it starts with (what trains, how it computes, the
+legend of its metrics), a line and a record every --log_every steps, held-out losses, the peak
+memory at the end; and how a step's metrics are combined over its micro-batches and ranks first.
 
 metrics.jsonl holds one JSON object a line: {"split": "train"} every --log_every steps (loss, lr,
 grad_norm, the method's metrics, step_s, tok_per_s, elapsed), {"split": "val"} at each held-out
@@ -14,6 +15,30 @@ import time
 import torch
 
 from nanoalign import dist
+from nanoalign.compute import compute_of
+from nanoalign.onpolicy import new_tokens
+
+
+def start(cfg, method, model, device, n_examples, peak, last_lr):
+    """The lines a run starts with: what trains on what, how it computes, its learning rate (and
+    that a run shorter than its warm-up never reaches it), an on-policy method's sample length,
+    and the legend of what each logged number means."""
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
+          f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {n_examples} train "
+          f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
+    print(f"compute: {compute_of(cfg, model)} (--dtype {cfg.dtype}, --packed {cfg.packed}, "
+          f"--grad_checkpoint {cfg.grad_checkpoint})")
+    print(f"peak lr {peak:g}" + ("" if cfg.lr else " (--lr 0: auto, by the model's size and the method; "
+                                                  "see --help)"))
+    if cfg.warmup_steps > cfg.max_steps:         # a short try: the log lines do not show the rate
+        print(f"note: --warmup_steps {cfg.warmup_steps} is longer than the run (--max_steps "
+              f"{cfg.max_steps}): the rate rises to {last_lr:g} at its last step, not to the peak")
+    if hasattr(cfg, "gen_max_tokens"):           # an on-policy method: how long a sample may grow
+        print(f"samples up to {new_tokens(cfg, dist.unwrapped(model))} new tokens"
+              + ("" if cfg.gen_max_tokens else " (--gen_max_tokens 0: auto, by the model's size; "
+                                               "see --help)"))
+    print(legend(method))
 
 
 def legend(method):
