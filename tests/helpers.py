@@ -63,6 +63,13 @@ def method_config(name, **options):
     return cfg
 
 
+def own_options(name, **options):
+    """Those of `options` that are options of method `name` (a config refuses another method's): one
+    set of settings for a test over every method, e.g. the on-policy methods' sampling length."""
+    have = {f.name for f in dataclasses.fields(train.make_config(method=name))}
+    return {k: v for k, v in options.items() if k in have}
+
+
 def call_method(name, model, batch, tok=None, ref=None, epoch=0.0, epochs=1.0, **options):
     """(loss summed over the micro-batch, metrics) of method `name`, as the training loop calls it:
     a method with a rollout first turns the batch of prompts into its pairs, with no gradients.

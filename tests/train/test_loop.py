@@ -13,42 +13,64 @@ import torch
 
 import train
 from model.checkpoint import CheckpointError
-from model.model import ModelConfig, Transformer
 from nanoalign import REGISTRY
-from nanoalign.data import make_batch, tokenize_rows
+from nanoalign.common import frozen_copy
+from nanoalign.data import make_batch
 from nanoalign.tasks import arith as task
-from tests.helpers import FIX, _short_run, grads_of, run_cfg
+from tests.helpers import FIX, _short_run, grads_of, one_thread, own_options, run_cfg, small_model
 
 
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig(vocab_size=264, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                                   hidden_dim=48, max_seq_len=128, tie_embeddings=True,
-                                   bos_token_id=256, eos_token_id=257, pad_token_id=258))
+def concatenation(batches, kind, pad_id):
+    """One batch of the examples of `batches`, in order: what N micro-batches stand for. What a
+    rollout adds beside the examples (OSP's soft targets "p") is concatenated too, and the units are
+    the micro-batches' (OSP's n_examples counts prompts, not the pairs its batch holds)."""
+    one = make_batch([e for b in batches for e in b["examples"]], kind, pad_id)
+    for k in batches[0].keys() - one.keys():
+        one[k] = torch.cat([b[k] for b in batches])
+    one["n_examples"] = sum(b["n_examples"] for b in batches)
+    return one
 
 
-@pytest.mark.parametrize("method", ["sft", "orpo"])
+@pytest.mark.parametrize("method", list(REGISTRY))
 def test_grad_accumulation_equals_one_big_batch(method):
-    m = REGISTRY[method]
-    tok = task.build_tokenizer()
-    rows = (task.sft_rows if m.eats == "sft" else task.preference_rows)(8, 0)
-    ex, _ = tokenize_rows(rows, tok, m.eats, 128)
-    lengths = {len(e["ids"] if m.eats == "sft" else e["chosen"]) for e in ex}
-    assert len(lengths) > 2                                   # uneven response lengths
-    cfg = train.make_config(method=method)
-    model = small_model()
-    loss_one, mets_one = train.accumulate_gradients(model, m, [make_batch(ex, m.eats, tok.pad_id)], None, cfg)
-    one = grads_of(model)
-    model.zero_grad()
-    micro = [make_batch(ex[i:i + 2], m.eats, tok.pad_id) for i in range(0, 8, 2)]
-    loss_acc, mets_acc = train.accumulate_gradients(model, m, micro, None, cfg)
-    for a, b in zip(one, grads_of(model)):
-        assert (a - b).abs().max().item() <= 1e-6
+    """Every method's promise, as the loop keeps it (train.accumulate_gradients): 4 micro-batches of 2
+    give the gradient, loss and metrics of one batch of their 8 examples. The loop divides each
+    micro-batch's loss by the units of the whole step, so a loss that is a mean where it should be
+    a sum trains each micro-batch at the wrong weight, and a metric is weighted by the units the
+    method declares (JSFT's nll_per_token by tokens). The built-in task's rows, read and prepared
+    as the loop reads them (MO-ORPO's SJ twin beside each pair); an on-policy method's micro-batches
+    are its own rollouts of 2 prompts each, and the one batch their pairs together."""
+    m, tok = REGISTRY[method], task.build_tokenizer()
+    cfg = train.make_config(method=method, n_train=8, seed=0, **own_options(method, gen_max_tokens=4,
+                                                                            osp_k=4))
+    with one_thread():
+        model = small_model()
+        run = train.Run(tok=tok, task=task, ref=frozen_copy(small_model(1)) if m.needs_ref else None)
+        if m.setup:
+            m.setup(run, cfg, "cpu")
+        ex = train.load_split(cfg, m, task, "train", run)[:8]
+        micro = [make_batch(ex[i:i + 2], m.eats, tok.pad_id) for i in range(0, 8, 2)]
+        if m.rollout:
+            torch.manual_seed(0)
+            micro, _ = train.rollout(model, m, micro, run, cfg)
+        kind = "pref" if "chosen" in micro[0]["examples"][0] else m.eats   # a rollout's: pairs (RAFT: sft)
+        if method == "sft":       # micro-batches of unequal token counts: the per-token weights matter
+            assert len({b["n_tokens"] for b in micro}) > 1
+        loss_one, mets_one = train.accumulate_gradients(model, m, [concatenation(micro, kind, tok.pad_id)],
+                                                        run, cfg)
+        one = grads_of(model)
+        model.zero_grad()
+        loss_acc, mets_acc = train.accumulate_gradients(model, m, micro, run, cfg)
+    scale = max(g.abs().max().item() for g in one)
+    assert scale > 1e-4                                           # a gradient to compare
+    for a, b in zip(one, grads_of(model)):       # float32 sums in another order: IPO's are ~50x SFT's
+        assert (a - b).abs().max().item() <= 1e-6 * max(1.0, scale)
     # the logged numbers too: SFT's nll_per_token is per token of the step, not a mean of ratios
     assert loss_acc == pytest.approx(loss_one, rel=1e-6)
     assert mets_acc.keys() == mets_one.keys()
     for k in mets_one:
-        assert mets_acc[k] == pytest.approx(mets_one[k], rel=1e-5, abs=1e-6), k
+        if not k.endswith("_std"):    # OSP's spreads: each micro-batch's, not a mean (left as logged)
+            assert mets_acc[k] == pytest.approx(mets_one[k], rel=1e-5, abs=1e-6), k
 
 
 @pytest.mark.parametrize("resume", [[], ["--resume"]])
