@@ -1,7 +1,9 @@
 """The training path's fast modes (train.py --packed, --dtype): padding-free batches give the padded
-batch's hidden states, log-probs, gradients and training step; bf16 autocast stays close to float64
-and really runs in bf16; the automatic choices follow the model size and the device."""
+batch's hidden states, log-probs, gradients and training step, and every method's run its losses;
+bf16 autocast stays close to float64 and really runs in bf16; the automatic choices follow the
+model size and the device."""
 import dataclasses
+import functools
 import re
 
 import pytest
@@ -146,6 +148,47 @@ def test_bf16_autocast_really_runs_in_bf16():
         f32 = _step("orpo", tiny(0), ex, "pref", dtype="float32")[0]
         bf16 = _step("orpo", tiny(0), ex, "pref", dtype="bfloat16")[0]
     assert abs(bf16 - f64) > 10 * abs(f32 - f64)
+
+
+# -- the same modes through the whole loop, for every method ----------------------------------------
+LOOP_METHODS = [m for m in REGISTRY if not REGISTRY[m].main]   # MetaAligner's chain: train() per stage
+
+
+def _run_losses(out, name, **modes):
+    """The losses of a 2-step run of `name` through train.train: 2 micro-batches of 2 a step, an
+    on-policy method's rollouts of 4 new tokens, an off-policy method's held-out loss at the end."""
+    import train
+    from tests.helpers import own_options, run_cfg
+    cfg = run_cfg(out, method=name, max_steps=2, batch_size=2, n_train=8, n_val=4, eval_every=0,
+                  **own_options(name, gen_max_tokens=4, osp_k=4), **modes)
+    with one_thread():
+        return train.train(cfg)
+
+
+@pytest.fixture(scope="module")
+def float32_padded(tmp_path_factory):
+    """name -> the losses of its run in float32 on padded batches, run once for the tests below."""
+    return functools.cache(lambda name: _run_losses(tmp_path_factory.mktemp(name), name, dtype="float32",
+                                                    packed="false"))
+
+
+@pytest.mark.parametrize("name", LOOP_METHODS)
+def test_every_methods_run_on_padding_free_batches_gives_the_padded_runs_losses(name, tmp_path, monkeypatch,
+                                                                                float32_padded):
+    """--packed true through the loop: every batch a method's loss eats (the held-out ones too) is
+    padding-free, and the run's losses are the padded run's. The loop makes each micro-batch in the
+    layout asked for, but an on-policy method's rollout makes the batch its loss eats and must ask
+    for the layout itself (onpolicy.pair_batch's `packed`): had it not, its updates would run
+    padded under --packed, and no loss would tell."""
+    want, layouts, real = float32_padded(name), [], REGISTRY[name].loss
+
+    def loss(model, batch, run, cfg):
+        layouts.extend("packed" in b for b in (batch, *batch.values()) if isinstance(b, dict) and "attn" in b)
+        return real(model, batch, run, cfg)
+    monkeypatch.setattr(REGISTRY[name], "loss", loss)
+    got = _run_losses(tmp_path, name, dtype="float32", packed="true")
+    assert layouts and all(layouts)
+    assert got == pytest.approx(want, rel=1e-5)
 
 
 def test_auto_dtype_packing_and_checkpointing_follow_the_model_size_and_the_cpu(monkeypatch):
