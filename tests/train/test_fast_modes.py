@@ -1,9 +1,10 @@
 """The training path's fast modes (train.py --packed, --dtype): padding-free batches give the padded
 batch's hidden states, log-probs, gradients and training step, and every method's run its losses;
-bf16 autocast stays close to float64 and really runs in bf16; the automatic choices follow the
-model size and the device."""
+bf16 autocast stays close to float64 and really runs in bf16, each forward of every method's run;
+the automatic choices follow the model size and the device."""
 import dataclasses
 import functools
+import math
 import re
 
 import pytest
@@ -189,6 +190,28 @@ def test_every_methods_run_on_padding_free_batches_gives_the_padded_runs_losses(
     got = _run_losses(tmp_path, name, dtype="float32", packed="true")
     assert layouts and all(layouts)
     assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", LOOP_METHODS)
+def test_every_methods_run_in_bf16_runs_each_forward_in_bf16_and_stays_close(name, tmp_path, monkeypatch,
+                                                                             float32_padded):
+    """--dtype bfloat16 through the loop: each forward of the run is under bf16 autocast, the loss's
+    and the reference's (in accumulate_gradients), an on-policy method's sampling and judging (in
+    its rollout, which runs outside accumulate_gradients and sets up its own) and the held-out
+    loss's; the losses are finite, and within bf16's tolerance of float32's where the batches are
+    the data's (an on-policy method trains on its own samples, which bf16 may draw otherwise)."""
+    from model.model import Transformer
+    want, in_bf16, real = float32_padded(name), [], Transformer.forward
+
+    def forward(self, *a, **kw):
+        in_bf16.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Transformer, "forward", forward)
+    got = _run_losses(tmp_path, name, dtype="bfloat16")
+    assert in_bf16 and all(in_bf16)
+    assert all(math.isfinite(x) for x in got)
+    if not REGISTRY[name].rollout:
+        assert got == pytest.approx(want, rel=DTYPE_TOL["bfloat16"][0])
 
 
 def test_auto_dtype_packing_and_checkpointing_follow_the_model_size_and_the_cpu(monkeypatch):
