@@ -108,7 +108,9 @@ def offpolicy_rollout(model, batch, run, cfg):
     cache = run.memory.setdefault("offpolicy", {})    # prompt ids -> (chosen sample, rejected sample)
     clock = onpolicy.Clock()
     new = [i for i, p in enumerate(prompts) if tuple(p) not in cache]
-    s, n_new = [], onpolicy.new_tokens(cfg, run.ref)
+    # pi_ref samples, at the length the policy's size gives (the same model): under --lora_r pi_ref is
+    # the policy with its adapters off (AdaptersOff), which holds no weights of its own to count
+    s, n_new = [], onpolicy.new_tokens(cfg, model)
     for i in new:
         g = torch.Generator(model.lm_head.weight.device)
         g.manual_seed(zlib.crc32(repr((cfg.seed, prompts[i])).encode()))

@@ -80,12 +80,14 @@ def test_samples_grow_to_gen_max_tokens_or_by_the_models_size(name, opts, flag, 
 
 
 @pytest.mark.parametrize("name, opts", [("self_judge", {}), ("self_judge_offpolicy", {}), ("osp", {"osp_k": 2})])
-@pytest.mark.parametrize("flag, large", [(0, False), (0, True), (5, True)])
-def test_the_start_of_a_run_says_how_long_its_samples_may_grow(name, opts, flag, large, monkeypatch,
-                                                               tmp_path, capsys):
+@pytest.mark.parametrize("flag, large, lora", [(0, False, 0), (0, True, 0), (5, True, 0), (0, True, 4)])
+def test_the_start_of_a_run_says_how_long_its_samples_may_grow(name, opts, flag, large, lora, monkeypatch,
+                                                               tmp_path, capsys, start):
     """A researcher reads the start of a run to check its settings: the peak lr was printed, resolved
     from --lr 0, but the sampling length resolved from --gen_max_tokens 0 was not (32 or 64 by the
-    model's size), so nothing printed said whether a chat model's samples would be cut at 32 tokens."""
+    model's size), so nothing printed said whether a chat model's samples would be cut at 32 tokens.
+    A --lora_r run's samples grow as far as it says too: its reference (the policy with its adapters
+    off, which samples the off-policy baseline's pairs) holds no weights of its own to be sized by."""
     import re
 
     from nanoalign import compute
@@ -100,7 +102,7 @@ def test_the_start_of_a_run_says_how_long_its_samples_may_grow(name, opts, flag,
         monkeypatch.setattr(compute, "FAST_MIN_PARAMS", 1)
         monkeypatch.setattr(compute, "cpu_bf16_trains_faster", lambda: False)
     train.train(run_cfg(tmp_path, method=name, max_steps=1, grad_accum=1, val_data="",
-                        gen_max_tokens=flag, **opts))
+                        gen_max_tokens=flag, lora_r=lora, init_from=start if lora else "scratch", **opts))
     said = re.findall(r"^samples up to (\d+) new tokens( \(--gen_max_tokens 0: auto)?",
                       capsys.readouterr().out, re.M)
     assert asked and said == [(str(asked[0]), "" if flag else " (--gen_max_tokens 0: auto")]
