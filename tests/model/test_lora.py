@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 import train
 from model.checkpoint import CheckpointError, load, save_adapters, save_model
 from model.lora import TARGETS, AdaptersOff, LoRALinear, apply_lora, main as merge_main, merge
+from nanoalign import REGISTRY
 from nanoalign.tasks import arith as task
-from tests.helpers import ids, tiny
+from tests.helpers import ids, one_thread, tiny
 
 targets = st.lists(st.sampled_from(sorted(TARGETS)), min_size=1, unique=True).map(",".join)
 
@@ -138,6 +139,32 @@ def test_lora_dpo_resumes_exactly_and_saves_adapters_only(tmp_path, start):
     assert all(".lora_" in k for k in load_file(str(ck / "adapter_model.safetensors")))
     with pytest.raises(Exception, match="needs a base checkpoint"):
         train.train(run_cfg(tmp_path / "c", method="dpo", lora_r=4))
+
+
+@pytest.mark.parametrize("name", [m for m in REGISTRY if not REGISTRY[m].main])   # a chain: its own tests
+def test_every_method_trains_its_adapters_against_the_base_as_its_reference(tmp_path, start, monkeypatch, name):
+    """--lora_r for every method, not DPO's alone: the run trains its adapters (the checkpoint holds
+    them alone, moved from B = 0) and, where the method has a reference, each loss sees the start
+    as it, now the policy with its adapters off (model.lora.AdaptersOff): a view without weights of
+    its own, which Self-Judge and OSP also judge with and the off-policy baseline samples from."""
+    from nanoalign.common import reference_logps
+    from tests.helpers import own_options, run_cfg
+    base, _ = load(start)
+    ref_is_base, real = [], REGISTRY[name].loss
+
+    def loss(model, batch, run, cfg):
+        if run.ref is not None:
+            ref_is_base.append(torch.equal(reference_logps(run.ref, batch), reference_logps(base, batch)))
+        return real(model, batch, run, cfg)
+    monkeypatch.setattr(REGISTRY[name], "loss", loss)
+    cfg = run_cfg(tmp_path, method=name, init_from=start, lora_r=4, lr=1e-2, max_steps=2, batch_size=2,
+                  n_train=8, n_val=4, eval_every=0, **own_options(name, gen_max_tokens=4, osp_k=4))
+    with one_thread():
+        train.train(cfg)
+    assert all(ref_is_base) and bool(ref_is_base) == REGISTRY[name].needs_ref
+    adapters = load_file(os.path.join(cfg.out_dir, "ckpt", "adapter_model.safetensors"))
+    assert adapters and all(".lora_" in k for k in adapters)
+    assert any(v.abs().max() > 0 for k, v in adapters.items() if "lora_B" in k)
 
 
 def test_a_full_run_started_from_a_lora_checkpoint_trains_every_weight(tmp_path):
