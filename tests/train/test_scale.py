@@ -88,11 +88,13 @@ def _params(d):
 
 
 # sft: a per-token loss, so ranks hold different numbers of units; conjoined: two forwards (the
-# alignment and self-judgement batches) before one backward; dpo: the frozen reference; and FSDP2
-# with every other block checkpointed on the two ranks only (checkpointing changes no number)
+# alignment and self-judgement batches) before one backward; dpo: the frozen reference; FSDP2
+# with every other block checkpointed on the two ranks only (checkpointing changes no number); and
+# task_by_task: a schedule over the epochs of the data all ranks see (here 0.75 epochs: the SJ task
+# for 2 steps, then alignment), which the ranks must count alike, as one process would
 @pytest.mark.parametrize("parallel,method,ckpt", [("ddp", "sft", "false"), ("fsdp", "sft", "false"),
                                                   ("ddp", "conjoined", "false"), ("fsdp", "dpo", "false"),
-                                                  ("fsdp", "orpo", "half")])
+                                                  ("fsdp", "orpo", "half"), ("ddp", "task_by_task", "false")])
 def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, start, parallel, method, ckpt):
     # lr 1e-4: the two runs sum the same gradients in a different order (~1e-9 apart), and AdamW's
     # first steps move a weight by ~lr whatever its gradient's size, so for a gradient near eps the
