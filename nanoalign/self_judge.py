@@ -129,8 +129,8 @@ def offpolicy_rollout(model, batch, run, cfg):
     return pairs, m
 
 
-METRICS = {**DPO_METRICS, **onpolicy.METRICS, "cached_prompts": "prompts whose pair is cached "
-           "(off-policy)"}
+METRICS = {**DPO_METRICS, **onpolicy.METRICS}
+OFFPOLICY_METRICS = {**METRICS, "cached_prompts": "prompts whose pair is cached"}
 register(
     Method(name="jsft", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
            help="Self-Judge JSFT: SFT on chosen responses + judgment instructions in both orders "
@@ -147,5 +147,6 @@ register(
            rollout=offpolicy_rollout, loss=pairs_loss(dpo_loss),
            help="Self-Judge's off-policy baseline: pairs sampled once from the initial policy, "
                 "judged by it, then DPO", options=onpolicy.OnPolicyOptions, needs_ref=True,
-           setup=onpolicy.setup, metrics=METRICS),   # no trl_rate: pairs sampled once are offline DPO
+           # no trl_rate: pairs sampled once are offline DPO
+           setup=onpolicy.setup, metrics=OFFPOLICY_METRICS),
 )

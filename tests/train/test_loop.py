@@ -185,6 +185,36 @@ def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_s
     assert f"checkpoint: {ckpt}" in out and f"python sample.py --init_from {ckpt}" in out
 
 
+# what the loop itself logs; a method's own metrics are its legend's (Method.metrics)
+LOOP_KEYS = {"step", "split", "loss", "lr", "grad_norm", "step_s", "tok_per_s", "elapsed"}
+
+
+# two epochs of 2 steps for epoch_by_epoch: its schedule trains each task in one of them
+RUNS = {"epoch_by_epoch": {"n_train": 16, "max_steps": 4}}
+
+
+@pytest.mark.parametrize("method, options", [(m, RUNS.get(m, {})) for m in REGISTRY if not REGISTRY[m].main]
+                         + [("osp", {"pairing": "raft"})])   # OSP's RAFT logs metrics of its own
+def test_a_methods_legend_explains_what_its_steps_log_and_nothing_they_never_log(tmp_path, capsys,
+                                                                                   method, options):
+    """The legend printed at the start is the reader's key to the log: a logged name it does not
+    explain is a number nobody can read, and a name it explains that this run never logs (the
+    off-policy baseline's prompt cache in the on-policy Self-Judge's legend) sends them looking for
+    a number that is not there. OSP's legend covers its --pairing choices: a RAFT-only name is
+    missing from a pair run, a pair-only one from a RAFT run, and each is named for its pairing."""
+    train.train(run_cfg(tmp_path, method=method, eval_every=0, **{"max_steps": 2, **options}))
+    logged = set().union(*(json.loads(x).keys() for x in open(tmp_path / "run" / "metrics.jsonl")
+                           if '"train"' in x)) - LOOP_KEYS
+    legend = set(REGISTRY[method].metrics or {})
+    assert logged <= legend, f"logged, not in the legend: {sorted(logged - legend)}"
+    unlogged = legend - logged
+    if method == "osp":   # the other pairing's names, each saying which pairing it is
+        assert all(REGISTRY[method].metrics[k].startswith("RAFT") == (not options) for k in unlogged), \
+            sorted(unlogged)
+    else:
+        assert not unlogged, f"in the legend, never logged: {sorted(unlogged)}"
+
+
 @pytest.mark.parametrize("warmup, steps", [(5, 3), (3, 3), (1, 3)])
 def test_a_run_shorter_than_its_warm_up_says_the_rate_never_reaches_its_peak(tmp_path, capsys, warmup, steps):
     """The start prints the peak rate, but a run shorter than --warmup_steps (20 by default: a
