@@ -7,7 +7,8 @@ The configuration of a run: one flat dataclass per (method, task), built from th
 
 read from flags, a JSON file (--config) or the checkpoint of the run being resumed. Every value is
 checked against its declaration (type, choices, bounds) wherever it came from; an unknown key is an
-error naming the flag, or the file and key. train.py calls parse_config / make_config; what a
+error naming the flag, or the file and key, with the closest known one where one is close, or the
+methods or tasks it is an option of. train.py calls parse_config / make_config; what a
 config decides in the loop (autocast, packing, checkpointing, AdamW) is nanoalign/compute.py.
 """
 import argparse
@@ -26,6 +27,7 @@ from nanoalign import DEFAULT_METHOD, REGISTRY
 from nanoalign.checkpoint import RUN_CONFIG
 from nanoalign.common import option
 from nanoalign.compute import AUTO_LR, FAST_MIN_PARAMS
+from nanoalign.suggest import did_you_mean, parse_flags
 from nanoalign.tasks import TASKS, get_task
 
 # what --resume may change; every other setting comes from the checkpoint, and a different value is
@@ -175,6 +177,25 @@ def _known_keys():
     return keys
 
 
+def owners(name):
+    """'--method orpo, sj_sft' or '--task arith': whose own option `name` is; '' for a shared or
+    unknown name. Each method's parser has only its own options, so another's is no typo to guess at."""
+    methods = [n for n, m in REGISTRY.items() if name in {f.name for f in dataclasses.fields(m.options)}]
+    tasks = [t for t in TASKS if name in {f.name for f in dataclasses.fields(get_task(t).Options)}]
+    return " and ".join(f"--{what} {', '.join(names)}"
+                        for what, names in (("method", methods), ("task", tasks)) if names)
+
+
+def flag_note(name, flags):
+    """What train.py adds to its refusal of an unknown flag --name, given the `flags` its parser has:
+    whose option it is, else the closest flag of any method or task, and whose that is if not this
+    run's."""
+    if owners(name):
+        return f"it is an option of {owners(name)}"
+    return did_you_mean(name, set(flags) | _known_keys(), sep="",
+                        show=lambda k: f"--{k}" + ("" if k in flags else f" (an option of {owners(k)})"))
+
+
 def _tname(f):
     return f.type if isinstance(f.type, str) else f.type.__name__
 
@@ -203,7 +224,8 @@ def check_value(f, v, where):
         raise SystemExit(f"error: {name} must be a finite number, got {v!r}")
     ch = f.metadata.get("choices")
     if ch and v not in ch:
-        raise SystemExit(f"error: {name} must be one of {_listed(ch)}, got {v!r}")
+        raise SystemExit(f"error: {name} must be one of {_listed(ch)}, got {v!r}"
+                         + (did_you_mean(v, ch) if isinstance(v, str) else ""))
     for op, bound, holds in bounds(f):
         if not holds(v, bound):
             raise SystemExit(f"error: {name} must be {op} {bound}, got {v!r}")
@@ -216,17 +238,20 @@ def config_from_dict(d, where, saved=False):
     A switch (a str option with 'true' and 'false' among its choices) takes a bool as that string."""
     method, task = d.get("method", SharedConfig.method), d.get("task", SharedConfig.task)
     if method not in REGISTRY:
-        raise SystemExit(f"error: {where}: method '{method}' is unknown; choose from {', '.join(REGISTRY)}")
+        raise SystemExit(f"error: {where}: method '{method}' is unknown; choose from {', '.join(REGISTRY)}"
+                         + did_you_mean(method, REGISTRY))
     if task not in TASKS:
-        raise SystemExit(f"error: {where}: task '{task}' is unknown; choose from {', '.join(TASKS)}")
+        raise SystemExit(f"error: {where}: task '{task}' is unknown; choose from {', '.join(TASKS)}"
+                         + did_you_mean(task, TASKS))
     cls, known = config_class(method, task), _known_keys()
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in d:
         if k not in known:
-            raise SystemExit(f"error: {where}: unknown config key '{k}'")
+            raise SystemExit(f"error: {where}: unknown config key '{k}'" + did_you_mean(k, fields))
         if k not in fields and not saved:
             raise SystemExit(f"error: {where}: '{k}' is not an option of --method {method} on --task "
-                             f"{task} (python train.py --method list shows each method's)")
+                             f"{task} (python train.py --method list shows each method's); it is an "
+                             f"option of {owners(k)}")
     kept = {k: v for k, v in d.items() if k in fields}
     for k, v in kept.items():        # a switch's bool (--grad_checkpoint was one until 2026-12-06)
         if isinstance(v, bool) and _is_switch(fields[k]):
@@ -311,12 +336,15 @@ def parse_config(argv=None, description=None):
                f"then the method's, then the task's). `python train.py --method NAME --help` shows "
                f"another method's.")
     if method not in REGISTRY:
-        ap.error(f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')")
+        ap.error(f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')"
+                 + did_you_mean(method, [*REGISTRY, "list"]))
     if task not in TASKS:
-        ap.error(f"--task {task!r} is unknown; choose from {', '.join(TASKS)}")
+        ap.error(f"--task {task!r} is unknown; choose from {', '.join(TASKS)}" + did_you_mean(task, TASKS))
     ap.add_argument("--config", default=None, help="a JSON file of config values (flags override)")
     conv = {"int": int, "float": float, "bool": _bool, "str": str}
-    for f in dataclasses.fields(config_class(method, task)):
+    options = dataclasses.fields(config_class(method, task))
+    names = [f.name for f in options] + ["config", "help"]    # what a typo may be a typo of
+    for f in options:
         kw = dict(nargs="?", const=True) if _tname(f) == "bool" else {}
         if _is_switch(f):                         # --grad_checkpoint alone means 'true', as a bool's
             kw = dict(nargs="?", const="true")
@@ -326,7 +354,7 @@ def parse_config(argv=None, description=None):
                         help=f"{f.metadata['help']} (default: {f.default!r}"
                              + (f"; one of {_listed(ch)}" if ch else "")
                              + "".join(f"; {op} {b}" for op, b, _ in bounds(f)) + ")", **kw)
-    a = ap.parse_args(argv)
+    a = parse_flags(ap, argv, note=lambda name: flag_note(name, names))
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
     given = {**d, **flags}
     try:

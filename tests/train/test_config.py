@@ -1,13 +1,14 @@
 """Configuration (train.py): flags, config files and help; bad flags, unknown keys, wrong types,
-argument prefixes and another method's options are refused; resuming refuses another method or a
-changed setting."""
+argument prefixes and another method's options are refused (a mistyped name with the closest known
+one, another method's option naming whose it is); resuming refuses another method or a changed
+setting."""
 import dataclasses
 import json
 
 import pytest
 
 import train
-from nanoalign import config
+from nanoalign import REGISTRY, config
 from tests.helpers import _short_run
 
 
@@ -153,6 +154,95 @@ def test_another_methods_option_is_refused_not_dropped(tmp_path, capsys):
         capsys.readouterr().err
     with pytest.raises(SystemExit, match="'w1' is not an option of --method orpo"):
         train.make_config(method="orpo", w1=0.5)
+
+
+# -- a mistyped name gets the closest known one, a far-off name no guess -----------------------------
+def usage_error(argv, capsys):
+    """The last line of the usage error (exit 2) that parse_config gives for argv."""
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def owners_of(name):
+    """The methods whose own options include `name`."""
+    return {n for n, m in REGISTRY.items() if name in {f.name for f in dataclasses.fields(m.options)}}
+
+
+@pytest.mark.parametrize("method, unknown, guess", [
+    ("orpo", ["--max_stepz", "3"], "--max_steps"),
+    ("orpo", ["--max_stepz=3"], "--max_steps"),
+    ("orpo", ["--max_step", "3"], "--max_steps"),           # a prefix: refused all the same
+    ("dpo", ["--betta", "0.2"], "--beta"),                  # the method's own option
+    ("orpo", ["--batchsize", "4"], "--batch_size"),
+    ("orpo", ["--zzz_qqq", "3"], None),
+    ("orpo", ["--learning_rate", "1e-4"], None),            # not a spelling of --lr: no guess
+])
+def test_an_unknown_flag_gets_the_closest_flag(method, unknown, guess, capsys):
+    err = usage_error(["--method", method] + unknown, capsys)
+    assert "unrecognized arguments: " + " ".join(unknown) in err     # argparse's words, kept
+    if guess:
+        assert f"did you mean {guess}?" in err
+    else:
+        assert "did you mean" not in err
+
+
+def test_several_unknown_flags_each_get_their_guess(capsys):
+    err = usage_error(["--max_stepz", "3", "--zzz_qqq", "1", "--batchsize", "4"], capsys)
+    assert "--max_stepz: did you mean --max_steps?" in err and "--batchsize: did you mean --batch_size?" in err
+    assert "--zzz_qqq:" not in err
+
+
+def test_another_methods_flag_says_whose_it_is(capsys):
+    """The parser has only the chosen method's options: another's flag is not a typo to guess at."""
+    err = usage_error(["--method", "dpo", "--orpo_lambda", "1"], capsys)
+    assert "unrecognized arguments: --orpo_lambda 1" in err
+    named = set(err.split("it is an option of --method ", 1)[1].split(", "))
+    assert named == owners_of("orpo_lambda") and "dpo" not in named
+    err = usage_error(["--task", "instruct", "--n_warm", "5"], capsys)     # a task's option
+    assert "it is an option of --task arith" in err
+    err = usage_error(["--method", "dpo", "--orpo_lamda", "1"], capsys)    # and mistyped
+    assert "did you mean --orpo_lambda (an option of --method orpo" in err
+
+
+@pytest.mark.parametrize("argv, guess", [
+    (["--method", "dpp"], "'dpo'"),
+    (["--method", "self_judge_offpolic"], "'self_judge_offpolicy'"),
+    (["--method", "lst"], "'list'"),
+    (["--method", "zzz"], None),
+    (["--task", "arithm"], "'arith'"),
+    (["--task", "zzz"], None),
+    (["--model_preset", "tinny"], "'tiny'"),                # an option's choices
+    (["--dtype", "bf16"], "'bfloat16'"),
+    (["--model_preset", "huge"], None),
+])
+def test_an_unknown_method_task_or_choice_gets_the_closest_one(argv, guess, capsys):
+    err = usage_error(argv, capsys)
+    assert ("is unknown; choose from" in err) != ("must be one of" in err)   # the refusal, kept
+    if guess:
+        assert err.endswith(f"; did you mean {guess}?")
+    else:
+        assert "did you mean" not in err
+
+
+def test_a_config_file_with_a_mistyped_key_method_or_value_gets_the_closest_one(tmp_path, capsys):
+    p = tmp_path / "c.json"
+    for content, refused, guess in (
+            ({"max_stepz": 3}, "unknown config key 'max_stepz'", "did you mean 'max_steps'?"),
+            ({"zzz_qqq": 3}, "unknown config key 'zzz_qqq'", None),
+            ({"method": "dpo", "dtype": "bf16"}, "'dtype' must be one of", "did you mean 'bfloat16'?"),
+            ({"method": "dpo", "orpo_lambda": 1}, "'orpo_lambda' is not an option of --method dpo",
+             "it is an option of --method orpo")):
+        p.write_text(json.dumps(content))
+        err = usage_error(["--config", str(p)], capsys)
+        assert f"{p}: {refused}" in err
+        assert (guess in err) if guess else ("did you mean" not in err and "it is an option" not in err)
+    # make_config (tests, experiments/) reads its method and task by the same rule
+    with pytest.raises(SystemExit, match="method 'dpp' is unknown.*; did you mean 'dpo'\\?$"):
+        config.make_config(method="dpp")
+    with pytest.raises(SystemExit, match="task 'instrukt' is unknown.*; did you mean 'instruct'\\?$"):
+        config.make_config(task="instrukt")
 
 
 @pytest.mark.parametrize("method", ["self_judge", "osp"])
