@@ -1,7 +1,9 @@
 """sample.py's command line: every flag explains itself and shows its default, greedy decoding is the
-default, prefixes of flags are errors, and the help's example commands are printed intact. And the
-compiled static-cache decode (generate(..., compiled=True)) against the eager one: the same greedy
-tokens, the same samples from a seeded generator, the same logits step by step."""
+default, prefixes of flags are errors (an unknown flag's naming the closest flag), and the help's
+example commands are printed intact. And the compiled static-cache decode (generate(...,
+compiled=True)) against the eager one: the same greedy tokens, the same samples from a seeded
+generator, the same logits step by step."""
+import argparse
 import json
 import os
 import re
@@ -59,6 +61,21 @@ def test_a_prefix_of_a_flag_is_an_error(argv, prefix, capsys):
         sample.parse_args(["--init_from", "DIR"] + argv)
     assert e.value.code == 2
     assert f"unrecognized arguments: {prefix}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, guess", [(["--promt", "hi"], "--prompt"),
+                                        (["--temprature", "0.5"], "--temperature"),
+                                        (["--max_new", "8"], "--max_new_tokens"),   # a prefix
+                                        (["--zzz_qqq", "1"], None)])
+def test_an_unknown_flag_gets_the_closest_flag(argv, guess, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.parse_args(["--init_from", "DIR"] + argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: " + " ".join(argv) in err
+    if guess:
+        assert f"did you mean {guess}?" in err
+    else:
+        assert "did you mean" not in err
 
 
 def test_help_examples_are_printed_intact(help_text):
@@ -209,6 +226,19 @@ def parse_error(argv, capsys):
 def test_bad_numbers_devices_and_ignored_flags_are_usage_errors(argv, message, capsys):
     """Each was a torch traceback (nan, top_k -1, an unknown device) or a flag silently ignored."""
     assert message in parse_error(["--init_from", "DIR"] + argv, capsys)
+
+
+@pytest.mark.parametrize("name, guess", [("compakt", "'compact'"), ("ultrafeedbak", "'ultrafeedback'"),
+                                         ("zzz", None)])
+def test_an_unknown_judge_template_gets_the_closest_one(name, guess):
+    """Checked where the template is chosen: --judge_template, or the one the checkpoint trained with."""
+    with pytest.raises(SystemExit) as e:
+        sample.judge_template_for(argparse.Namespace(judge_template=name), {})
+    assert f"--judge_template {name!r} is unknown; choose from" in str(e.value)
+    if guess:
+        assert str(e.value).endswith(f"; did you mean {guess}?")
+    else:
+        assert "did you mean" not in str(e.value)
 
 
 @pytest.mark.parametrize("argv, field, value", [
