@@ -46,6 +46,7 @@ from nanoalign.common import Method, option, register
 from nanoalign.data import DataError, check_labels
 from nanoalign.judge import parse_named, prompt_text
 from nanoalign.sft import METRICS, sft_loss
+from nanoalign.suggest import did_you_mean
 
 PROMPT = ("Edit the following Question-Answer pair to make it {t} considering the following "
           "objectives: {objectives} | Question: {q} | Answer: {y} | Edit:")
@@ -202,8 +203,9 @@ def parse_objectives(spec, known=None):
     out = []
     for name, desc in parse_named(spec, "--objectives", bare=True):
         desc = desc or (known or {}).get(name)
-        if not desc:
-            raise ValueError(f"objective '{name}' needs a description: --objectives {name}:<description>")
+        if not desc:   # a typo of a known name reads as a new objective: say which was close
+            raise ValueError(f"objective '{name}' needs a description: --objectives {name}:<description>"
+                             + did_you_mean(name, known or {}))
         out.append((name, desc))
     if not out:
         raise ValueError("name at least one objective")

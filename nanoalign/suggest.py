@@ -1,8 +1,9 @@
 """
 "Did you mean": the guess a command line adds where it refuses a name it does not know: a mistyped
 flag of train.py or sample.py (parse_flags), train.py's config key, method, task or choice
-(nanoalign/config.py), sample.py's judge template. The refusal's own words stay as they were; the
-guess goes after them, and only where a known name is close.
+(nanoalign/config.py), sample.py's judge template and --objectives (nanoalign/meta_aligner.py). The
+refusal's own words stay as they were; the guess goes after them, and only where a known name is
+close.
 """
 import difflib
 

@@ -74,6 +74,22 @@ def test_template_and_objective_parsing():
         parse_objectives("polite", {"correct": "right"})
 
 
+def test_a_mistyped_objective_gets_the_closest_known_one():
+    """A bare name takes its description from the known objectives (sample.py --objectives: the
+    aligner's): a typo of one was refused as a new objective that lacks a description, no more."""
+    known = {"correct": "right", "concise": "short"}
+    with pytest.raises(ValueError) as e:
+        parse_objectives("correct,concize", known)
+    assert "'concize' needs a description" in str(e.value)
+    assert str(e.value).endswith("; did you mean 'concise'?")
+    with pytest.raises(ValueError) as e:                  # a new name, far from any known one
+        parse_objectives("polite", known)
+    assert "'polite' needs a description" in str(e.value) and "did you mean" not in str(e.value)
+    with pytest.raises(ValueError) as e:                  # nothing known to be close to
+        parse_objectives("concize", None)
+    assert "did you mean" not in str(e.value)
+
+
 def test_objective_descriptions_may_hold_commas():
     """--objectives reads --principles' syntax (judge.parse_named): a comma starts the next objective
     only before a new 'name:' or after a bare name, so a known name after a description is 'name:'."""
