@@ -38,14 +38,14 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
 from nanoalign.data import DataError, check_response, check_text, decode_line, raw_lines
-from nanoalign.suggest import did_you_mean, parse_flags
+from nanoalign.suggest import ArgumentParser, did_you_mean
 from nanoalign.tasks.arith import OBJECTIVES
 
 
 def build_parser():
     """The command line. Every flag's help ends with its default; prefixes of flags are errors, and
     parse_args's refusal of an unknown flag names the closest flag."""
-    ap = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
+    ap = ArgumentParser(description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init_from", default=None, metavar="DIR",
                     help="checkpoint directory to sample from (config.json, model.safetensors, "
@@ -149,7 +149,7 @@ def build_parser():
 
 def parse_args(argv=None):
     ap = build_parser()
-    a = parse_flags(ap, argv)
+    a = ap.parse_args(argv)
     for flag in ("init_from", "prompts_file", "aligner", "answers_file"):
         if getattr(a, flag) == "":
             ap.error(f"--{flag} is empty; give a path")

@@ -27,7 +27,7 @@ from nanoalign import DEFAULT_METHOD, REGISTRY
 from nanoalign.checkpoint import RUN_CONFIG
 from nanoalign.common import option
 from nanoalign.compute import AUTO_LR, FAST_MIN_PARAMS
-from nanoalign.suggest import did_you_mean, parse_flags
+from nanoalign.suggest import ArgumentParser, did_you_mean
 from nanoalign.tasks import TASKS, get_task
 
 # what --resume may change; every other setting comes from the checkpoint, and a different value is
@@ -329,9 +329,9 @@ def parse_config(argv=None, description=None):
     if method == "list":
         print("\n\n".join(describe(n) for n in REGISTRY))
         sys.exit(0)
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
+        allow_abbrev=False, note=flag_note,
         epilog=f"These are the options of --method {method} on --task {task} (the shared ones first, "
                f"then the method's, then the task's). `python train.py --method NAME --help` shows "
                f"another method's.")
@@ -342,9 +342,7 @@ def parse_config(argv=None, description=None):
         ap.error(f"--task {task!r} is unknown; choose from {', '.join(TASKS)}" + did_you_mean(task, TASKS))
     ap.add_argument("--config", default=None, help="a JSON file of config values (flags override)")
     conv = {"int": int, "float": float, "bool": _bool, "str": str}
-    options = dataclasses.fields(config_class(method, task))
-    names = [f.name for f in options] + ["config", "help"]    # what a typo may be a typo of
-    for f in options:
+    for f in dataclasses.fields(config_class(method, task)):
         kw = dict(nargs="?", const=True) if _tname(f) == "bool" else {}
         if _is_switch(f):                         # --grad_checkpoint alone means 'true', as a bool's
             kw = dict(nargs="?", const="true")
@@ -354,7 +352,7 @@ def parse_config(argv=None, description=None):
                         help=f"{f.metadata['help']} (default: {f.default!r}"
                              + (f"; one of {_listed(ch)}" if ch else "")
                              + "".join(f"; {op} {b}" for op, b, _ in bounds(f)) + ")", **kw)
-    a = parse_flags(ap, argv, note=lambda name: flag_note(name, names))
+    a = ap.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
     given = {**d, **flags}
     try:

@@ -1,10 +1,11 @@
 """
 "Did you mean": the guess a command line adds where it refuses a name it does not know: a mistyped
-flag of train.py or sample.py (parse_flags), train.py's config key, method, task or choice
+flag of train.py or sample.py (ArgumentParser), train.py's config key, method, task or choice
 (nanoalign/config.py), sample.py's judge template and --objectives (nanoalign/meta_aligner.py). The
 refusal's own words stay as they were; the guess goes after them, and only where a known name is
 close.
 """
+import argparse
 import difflib
 
 
@@ -16,25 +17,27 @@ def did_you_mean(name, known, show=repr, sep="; "):
     return f"{sep}did you mean {show(close[0])}?" if close else ""
 
 
-def parse_flags(ap, argv=None, note=None):
-    """ap.parse_args(argv), whose refusal of the flags the parser does not know ('unrecognized
-    arguments: --max_stepz 3', argparse's words) goes on with a note on each: note(name) for a name
-    without its dashes, by default the closest of the parser's flags. With several, each note names
-    its flag."""
-    flags = [s[2:] for s in ap._option_string_actions if s.startswith("--")]
-    note = note or (lambda n: did_you_mean(n, flags, show=lambda k: f"--{k}", sep=""))
-    known_args = ap.parse_known_args
+def closest_flag(name, flags):
+    """'did you mean --max_steps?' for an unknown flag --name among a parser's `flags`, or ''."""
+    return did_you_mean(name, flags, show=lambda k: f"--{k}", sep="")
 
-    # parse_args is parse_known_args, then a refusal of what is left over that takes no addition:
-    # this parser's parse_known_args refuses it first. Not a parse of its own before parse_args:
-    # tests/test_docs.py catches each parser at parse_args, before anything is parsed
-    def parse_known_args(args=None, namespace=None):
-        a, extra = known_args(args, namespace)
-        if extra:
-            names = [x.lstrip("-").split("=")[0] for x in extra if x.startswith("-")]  # not values
-            notes = [(n, note(n)) for n in names]
-            said = [f"--{n}: {t}" if len(names) > 1 else t for n, t in notes if t]
-            ap.error(f"unrecognized arguments: {' '.join(extra)}" + "".join(f"; {t}" for t in said))
-        return a, extra
-    ap.parse_known_args = parse_known_args
-    return ap.parse_args(argv)
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of the flags it does not know ('unrecognized arguments:
+    --max_stepz 3', argparse's words) goes on with a guess at each: note(name, flags), for a name
+    without its dashes and the parser's own flags, by default the closest of them. argparse sends
+    every refusal through error(), which a program may override to change its messages."""
+
+    def __init__(self, *args, note=closest_flag, **kw):
+        super().__init__(*args, **kw)
+        self.note = note
+
+    def error(self, message):
+        said = "unrecognized arguments: "
+        if message.startswith(said):
+            flags = [s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")]
+            # the flags among the leftovers, not their values ('--foo -1': -1 is no flag to guess at)
+            names = [x[2:].split("=")[0] for x in message[len(said):].split() if x.startswith("--")]
+            notes = [(n, self.note(n, flags)) for n in names]
+            message += "".join(f"; --{n}: {t}" if len(names) > 1 else f"; {t}" for n, t in notes if t)
+        super().error(message)

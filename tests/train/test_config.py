@@ -178,6 +178,7 @@ def owners_of(name):
     ("orpo", ["--batchsize", "4"], "--batch_size"),
     ("orpo", ["--zzz_qqq", "3"], None),
     ("orpo", ["--learning_rate", "1e-4"], None),            # not a spelling of --lr: no guess
+    ("conjoined", ["--foo", "-1"], None),                   # a value, not a flag '-1' close to --w1
 ])
 def test_an_unknown_flag_gets_the_closest_flag(method, unknown, guess, capsys):
     err = usage_error(["--method", method] + unknown, capsys)
