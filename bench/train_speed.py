@@ -133,6 +133,7 @@ def ours_child(spec):
     from model.checkpoint import load
     from nanoalign import REGISTRY
     from nanoalign.common import Run, frozen_copy
+    from nanoalign.compute import compute_of     # what train.py's start line prints (nanoalign/runlog.py)
     from nanoalign.data import make_batch
     dev = spec["device"]
     cfg = train.make_config(method=spec["method"], init_from=spec["model_dir"], train_data=spec["rows"],
@@ -169,7 +170,7 @@ def ours_child(spec):
         times.append(time.perf_counter() - t)
         tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
     return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
-            "compute": train.compute_of(cfg, model) + deterministic, **peak(dev)}
+            "compute": compute_of(cfg, model) + deterministic, **peak(dev)}
 
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------
