@@ -30,14 +30,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, note=closest_flag, **kw):
         super().__init__(*args, **kw)
-        self.note = note
+        self.note, self.leftovers = note, []
+
+    def parse_known_args(self, args=None, namespace=None):
+        # what parse_args refuses, kept as given for error(): its message joins them with spaces,
+        # where the words of a value ('--promt "what does --temperature do?"') read as flags
+        ns, self.leftovers = super().parse_known_args(args, namespace)
+        return ns, self.leftovers
 
     def error(self, message):
-        said = "unrecognized arguments: "
-        if message.startswith(said):
-            flags = [s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")]
-            # the flags among the leftovers, not their values ('--foo -1': -1 is no flag to guess at)
-            names = [x[2:].split("=")[0] for x in message[len(said):].split() if x.startswith("--")]
-            notes = [(n, self.note(n, flags)) for n in names]
-            message += "".join(f"; --{n}: {t}" if len(names) > 1 else f"; {t}" for n, t in notes if t)
+        if message.startswith("unrecognized arguments: "):   # parse_args' refusal of the leftovers
+            message += self.guesses(self.leftovers)
         super().error(message)
+
+    def guesses(self, leftovers):
+        """'; did you mean --max_steps?' for one unknown flag, '; --name: ...' for each of several
+        (a flag given twice counts once), '' where none is close. A value is no flag to guess at:
+        neither a negative number ('--foo -1') nor words with a space between them, which argparse
+        reads as a value too."""
+        flags = [s[2:] for a in self._actions for s in a.option_strings if s.startswith("--")]
+        names = [n for n in dict.fromkeys(x[2:].split("=")[0] for x in leftovers if x.startswith("--"))
+                 if n and not any(c.isspace() for c in n)]
+        notes = [(n, self.note(n, flags)) for n in names]
+        return "".join(f"; --{n}: {t}" if len(names) > 1 else f"; {t}" for n, t in notes if t)

@@ -78,6 +78,18 @@ def test_an_unknown_flag_gets_the_closest_flag(argv, guess, capsys):
         assert "did you mean" not in err
 
 
+@pytest.mark.parametrize("argv", [["--promt", "what does --temperature do?"],     # a prompt naming a flag
+                                  ["--promt", "hi", "--promt", "ho"]])              # one flag, twice
+def test_only_the_unknown_flags_themselves_get_a_guess_each_once(argv, capsys):
+    """argparse's refusal joins the leftovers with spaces, so words inside a leftover value read as
+    flags of their own: a prompt's '--temperature do?' got 'did you mean --temperature?', a flag the
+    parser knows; and a flag given twice got its guess twice."""
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--init_from", "DIR"] + argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("unrecognized arguments: " + " ".join(argv) + "; did you mean --prompt?"), err
+
+
 def test_help_examples_are_printed_intact(help_text):
     description = help_text.split("\noptions:\n", 1)[0]
     lines = description.splitlines()
