@@ -160,7 +160,7 @@ def run_stages(cfg, train_fn):
                 print(f"stage '{st}' is complete, and with it the chain: the aligner is {init}"
                       if st == STAGES[-1] else          # nothing after it: no --resume to offer
                       f"stage '{st}' is complete; to resume the chain (the stages after it):\n{resume}")
-            elif isinstance(e, KeyboardInterrupt):      # before its first step, or a second Ctrl-C:
+            elif isinstance(e, KeyboardInterrupt):      # before its first step, or a second signal (Abort):
                 print(f"to resume the chain (this stage, then the rest):\n{resume}")   # no command yet
             elif isinstance(e.code, int) and e.code >= 128:   # the stage printed its own --resume
                 print(f"that resumes stage '{st}' alone; to resume the chain (this stage, then the "
