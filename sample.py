@@ -46,7 +46,7 @@ def build_parser():
     """The command line. Every flag's help ends with its default; prefixes of flags are errors, and
     parse_args's refusal of an unknown flag names the closest flag."""
     ap = ArgumentParser(description=__doc__, allow_abbrev=False,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--init_from", default=None, metavar="DIR",
                     help="checkpoint directory to sample from (config.json, model.safetensors, "
                     "tokenizer.json; a LoRA adapter directory is loaded on top of its base) "

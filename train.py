@@ -281,7 +281,7 @@ def train(cfg, task=None, stop_at=None):
             if dist.world() > 1:   # every rank stops after the same step, or the others would hang
                 stop.hit = dist.all_sum(stop.hit) > 0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                log.train(step, cfg.max_steps, loss_total, lr, gnorm.item(), mets, t_step)
+                log.train_step(step, cfg.max_steps, loss_total, lr, gnorm.item(), mets, t_step)
             if val_ex and cfg.eval_every and step % cfg.eval_every == 0:
                 log.val(step, held_out_loss(model, method, val_ex, run, cfg))
                 val_step = step
@@ -298,7 +298,7 @@ def train(cfg, task=None, stop_at=None):
     finally:
         stop.restore()
     save_checkpoint(ckpt, model, tok, opt, cfg, step, order, run)
-    print(f"checkpoint: {ckpt} (step {step}); peak memory of this process: {log.end(step, device)}")
+    log.end(step, device, ckpt)
     if stop.hit:
         if step < cfg.max_steps:
             # quoted: a directory with a space in it would be two arguments to the shell

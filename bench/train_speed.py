@@ -288,8 +288,8 @@ def main():
                     help="what to measure: 'cpu' = SmolLM2-135M-Instruct, 'tiny' = a random 0.1M model "
                     "(checks the harness), 'gpu_1p7b' = SmolLM2-1.7B's shape on CUDA "
                     "(default: %(default)s)")
-    ap.add_argument("--methods", default="orpo,dpo", help="comma-separated, from "
-                    f"{','.join(METHODS)}, each once: the methods TRL has a trainer of; another is an error "
+    ap.add_argument("--methods", default="orpo,dpo", help="comma-separated, each at most once, from "
+                    f"{','.join(METHODS)} (the methods TRL has a trainer of); another is an error "
                     "(default: %(default)s)")
     ap.add_argument("--steps", type=int, help="timed steps per measurement (default: the preset's)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")

@@ -156,7 +156,9 @@ def pref_aug_rows(rows, cfg, split, run):
 
 METRICS = {**onpolicy.METRICS, "p_mean": "target strength p(y_h > y_l) from the judge",
            "p_std": "its standard deviation within a micro-batch (the step's micro-batches' mean)",
-           "p_hat_mean": "predicted strength sigmoid(beta * h)", "p_hat_std": "the same of it", "margin": "beta * h", "reward_acc": "fraction with h > 0",
+           "p_hat_mean": "predicted strength sigmoid(beta * h)",
+           "p_hat_std": "its standard deviation within a micro-batch (as p_std)", "margin": "beta * h",
+           "reward_acc": "fraction with h > 0",
            "raft_nll": "RAFT: NLL per token of the best sample", "score_best": "RAFT: its judge score"}
 register(
     Method(name="pref_aug", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,

@@ -112,7 +112,7 @@ class RunLog:
         with open(self.path, "a") as f:
             print(json.dumps(rec), file=f)
 
-    def train(self, step, max_steps, loss, lr, gnorm, mets, t_step):
+    def train_step(self, step, max_steps, loss, lr, gnorm, mets, t_step):
         """The console line and record of a logged step. tok_per_s is every rank's tokens (the
         ranks train side by side, so the run's rate is their sum) over one clock reading, so that
         tok_per_s * (elapsed - the last line's elapsed) is those tokens."""
@@ -131,8 +131,10 @@ class RunLog:
         print(f"step {step:5d} | val loss {loss:.4f}{note}")
         self.write({"step": step, "split": "val", "loss": loss})
 
-    def end(self, step, device):
-        """The process's peak memory, printed with where the checkpoint is and kept as the last record."""
+    def end(self, step, device, ckpt):
+        """Where the checkpoint is and the process's peak memory, which is also the log's last record
+        (a resumed run's log keeps the stopped process's too: each process has its own peak)."""
         peak = peak_memory(device)
+        print(f"checkpoint: {ckpt} (step {step}); peak memory of this process: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
         self.write({"step": step, "split": "end", **peak})
-        return ", ".join(f"{k} {v:.0f}" for k, v in peak.items())

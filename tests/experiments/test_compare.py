@@ -171,6 +171,7 @@ def test_seeds_that_are_not_whole_numbers_are_a_usage_error(seeds, tmp_path, mon
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"--seeds {seeds!r}" in err and "whole numbers" in err, err
 
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_seed_named_twice_is_a_usage_error(jobs, tmp_path, monkeypatch, capsys):
     """--seeds 1,1 trained seed 1 twice (the second run over the first's directory) and counted it

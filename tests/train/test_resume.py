@@ -15,7 +15,7 @@ import pytest
 
 import train
 from nanoalign import REGISTRY
-from tests.helpers import ROOT, _short_run, run_cfg
+from tests.helpers import ROOT, _short_run, own_options, run_cfg
 
 
 # -- exact resume, a copied run, Ctrl-C ------------------------------------------------------------
@@ -24,9 +24,10 @@ def test_every_method_resumes_to_the_unbroken_runs_losses(tmp_path, method):
     """Exact resume is every method's promise, not DPO's alone: an on-policy method samples with the
     saved RNG stream, a scheduled one (MO-ORPO's task_by_task) picks up its schedule at the saved
     step, JSFT's prepared rows come back in the same order."""
-    straight = train.train(run_cfg(tmp_path / "a", method=method, eval_every=0))
-    first = train.train(run_cfg(tmp_path / "b", method=method, eval_every=0), stop_at=3)
-    second = train.train(run_cfg(tmp_path / "b", method=method, eval_every=0, resume=True))
+    kw = dict(method=method, eval_every=0, **own_options(method, gen_max_tokens=4, osp_k=4))  # short samples
+    straight = train.train(run_cfg(tmp_path / "a", **kw))
+    first = train.train(run_cfg(tmp_path / "b", **kw), stop_at=3)
+    second = train.train(run_cfg(tmp_path / "b", resume=True, **kw))
     assert first + second == straight                     # float32 on the CPU: bit for bit
     st = json.load(open(tmp_path / "b" / "run" / "ckpt" / "state.json"))
     assert st["step"] == 6 and st["config"]["method"] == method
