@@ -190,8 +190,8 @@ def flag_note(name, flags):
     """What train.py adds to its refusal of an unknown flag --name, given the `flags` its parser has:
     whose option it is, else the closest flag of any method or task, and whose that is if not this
     run's."""
-    if owners(name):
-        return f"it is an option of {owners(name)}"
+    if who := owners(name):
+        return f"it is an option of {who}"
     return did_you_mean(name, set(flags) | _known_keys(), sep="",
                         show=lambda k: f"--{k}" + ("" if k in flags else f" (an option of {owners(k)})"))
 
@@ -247,7 +247,8 @@ def config_from_dict(d, where, saved=False):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in d:
         if k not in known:
-            raise SystemExit(f"error: {where}: unknown config key '{k}'" + did_you_mean(k, fields))
+            raise SystemExit(f"error: {where}: unknown config key '{k}'" + did_you_mean(
+                k, known, show=lambda c: repr(c) + ("" if c in fields else f" (an option of {owners(c)})")))
         if k not in fields and not saved:
             raise SystemExit(f"error: {where}: '{k}' is not an option of --method {method} on --task "
                              f"{task} (python train.py --method list shows each method's); it is an "

@@ -234,7 +234,10 @@ def test_a_config_file_with_a_mistyped_key_method_or_value_gets_the_closest_one(
             ({"zzz_qqq": 3}, "unknown config key 'zzz_qqq'", None),
             ({"method": "dpo", "dtype": "bf16"}, "'dtype' must be one of", "did you mean 'bfloat16'?"),
             ({"method": "dpo", "orpo_lambda": 1}, "'orpo_lambda' is not an option of --method dpo",
-             "it is an option of --method orpo")):
+             "it is an option of --method orpo"),
+            # another method's key, mistyped: guessed as a flag would be, saying whose it is
+            ({"method": "dpo", "orpo_lamda": 1}, "unknown config key 'orpo_lamda'",
+             "did you mean 'orpo_lambda' (an option of --method orpo")):
         p.write_text(json.dumps(content))
         err = usage_error(["--config", str(p)], capsys)
         assert f"{p}: {refused}" in err
