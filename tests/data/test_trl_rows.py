@@ -6,7 +6,7 @@ import importlib.util
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from nanoalign.data import DataError, implicit_prompt, read_jsonl, tokenize_rows
 
@@ -36,13 +36,21 @@ def test_implicit_prompt_of_conversations_is_their_shared_leading_messages():
 
 
 @given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=10), st.text(min_size=1, max_size=10))
+@example(" ", "0", "0")              # one space shared: no prompt, a bad row
+@example("  ", "a", "b")             # two: the prompt is one space
+@example("Q: 1+1? ", "2", "3")     # the space before the answers goes with them
 def test_implicit_prompt_of_strings_splits_at_the_first_difference(prefix, a, b):
     if a[0] == b[0]:
-        b = chr(ord(a[0]) + 1) + b[1:]
+        b = chr(ord(a[0]) + 1) + b[1:]                        # the two part right after the prefix
+    # TRL's rule: the prompt is the shared text, less one space right before the split (it goes with
+    # the responses); a prefix of one space alone leaves no prompt: a bad row, not an empty prompt
+    shared = prefix[:-1] if prefix.endswith(" ") else prefix
+    if not shared:
+        with pytest.raises(DataError, match="share no leading text"):
+            implicit_prompt(prefix + a, prefix + b, "row")
+        return
     p, c, r = implicit_prompt(prefix + a, prefix + b, "row")
-    assert p + c == prefix + a and p + r == prefix + b        # nothing lost, nothing added
-    assert len(p) >= len(prefix) - 1 and c[:1] != r[:1] or (c[:1] == r[:1] == " ")
-    assert not p.endswith(" ") or len(p) == 0                 # a space before the split goes with them
+    assert p == shared and c == prefix[len(shared):] + a and r == prefix[len(shared):] + b
 
 
 def test_rows_that_share_nothing_are_a_clear_error(tmp_path):
