@@ -12,9 +12,11 @@ import difflib
 def did_you_mean(name, known, show=repr, sep="; "):
     """'; did you mean 'dpo'?' (the closest of `known`, as `show` writes it) to append to the message
     that refuses an unknown `name`, or '' where none is close (difflib's similarity ratio below 0.6):
-    a far-off name gets no guess rather than a wrong one."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"{sep}did you mean {show(close[0])}?" if close else ""
+    a far-off name gets no guess rather than a wrong one. Case is ignored ('MAX_STEPS' finds
+    --max_steps): difflib would count each capital as a letter wrong."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+    return f"{sep}did you mean {show(by_lower[close[0]])}?" if close else ""
 
 
 def closest_flag(name, flags):

@@ -179,6 +179,7 @@ def owners_of(name):
     ("orpo", ["--zzz_qqq", "3"], None),
     ("orpo", ["--learning_rate", "1e-4"], None),            # not a spelling of --lr: no guess
     ("conjoined", ["--foo", "-1"], None),                   # a value, not a flag '-1' close to --w1
+    ("orpo", ["--MAX_STEPS", "3"], "--max_steps"),          # caps lock: the letters are all there
 ])
 def test_an_unknown_flag_gets_the_closest_flag(method, unknown, guess, capsys):
     err = usage_error(["--method", method] + unknown, capsys)
