@@ -19,13 +19,25 @@ chat template unless --raw. The prompts (x --num_samples) go through left-padded
 the KV cache, --batch_size at a time, and each batch is printed when it is done. Ctrl-C, while
 the checkpoints load or later, stops with one line on stderr saying how much was printed (exit 130).
 """
+import signal
+import sys
+
+
+def stopped_while_starting(signum, frame):
+    print("stopped (Ctrl-C) while starting: nothing printed", file=sys.stderr)
+    raise SystemExit(130)
+
+
+if __name__ == "__main__":    # Ctrl-C in the seconds torch takes to import: one line, not a traceback
+    signal.signal(signal.SIGINT, stopped_while_starting)
+
+# the imports below come after that handler: torch's import is what it covers
 import argparse
 import contextlib
 import json
 import math
 import os
 import re
-import sys
 import time
 
 import torch
@@ -444,4 +456,5 @@ def best_of_main(a, model, tok, prompts):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # imported: main's own handling from here
     main()

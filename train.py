@@ -15,13 +15,24 @@ AdamW -> log / evaluate / checkpoint. Ctrl-C (or SIGTERM) finishes the step in f
 checkpoint, prints the command that resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG
 states, data position, step: nanoalign/checkpoint.py).
 """
+import signal
+import sys
+
+
+def stopped_while_starting(signum, frame):
+    print("stopped (Ctrl-C) while starting: nothing was written", file=sys.stderr)
+    raise SystemExit(130)
+
+
+if __name__ == "__main__":    # Ctrl-C in the seconds torch takes to import: one line, not a traceback
+    signal.signal(signal.SIGINT, stopped_while_starting)
+
+# the imports below come after that handler: torch's import is what it covers
 import dataclasses
 import io
 import math
 import os
 import shlex
-import signal
-import sys
 import time
 
 import torch
@@ -385,4 +396,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # imported: main's own handling from here
     main()

@@ -9,6 +9,10 @@ import dataclasses
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import types
 
 import torch
@@ -408,3 +412,15 @@ EXAMPLES = [  # prompt + chosen, prompt + rejected: token ids, prompts of 2-4 to
     {"chosen": [11, 12, 13, 14, 15, 16, 17], "n_prompt_chosen": 4,
      "rejected": [11, 12, 13, 14, 18, 19], "n_prompt_rejected": 4},
 ]
+
+
+# -- Ctrl-C while a program starts ------------------------------------------------------------------
+def ctrl_c_while_starting(prog, *args):
+    """(exit code, stderr) of `python prog args` sent Ctrl-C 0.3 s after it starts: while torch is
+    still importing (seconds), before the program's own Ctrl-C handling exists. Either way, the
+    answer must be one line and exit code 130."""
+    p = subprocess.Popen([sys.executable, prog, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    return p.wait(timeout=120), p.stderr.read()

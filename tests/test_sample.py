@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import sample
 from model.generate import decode_step, generate, left_pad
 from model.kv_cache import StaticKVCache
-from tests.helpers import tiny
+from tests.helpers import ctrl_c_while_starting, tiny
 
 
 @pytest.fixture
@@ -669,6 +669,15 @@ def judging_tiny(tmp_path):
     save_model(tiny(1, vocab_size=arith.build_tokenizer().vocab_size, max_seq_len=512),
                str(tmp_path / "j"), arith.build_tokenizer())
     return str(tmp_path / "j")
+
+
+def test_ctrl_c_while_torch_imports_is_one_line_and_exit_130(saved_tiny):
+    """The first seconds of `python sample.py` import torch, before main() and its Ctrl-C handling:
+    a Ctrl-C there printed KeyboardInterrupt's traceback through torch's import machinery."""
+    code, err = ctrl_c_while_starting("sample.py", "--init_from", saved_tiny, "--prompt", "What is 1 + 2?",
+                                      "--device", "cpu", "--max_new_tokens", "2")
+    assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
+    assert err.startswith("stopped (Ctrl-C)"), err
 
 
 @pytest.mark.parametrize("nth, what", [(1, "the policy"), (2, "the aligner")])

@@ -15,7 +15,7 @@ import pytest
 
 import train
 from nanoalign import REGISTRY
-from tests.helpers import ROOT, _short_run, own_options, run_cfg
+from tests.helpers import ROOT, _short_run, ctrl_c_while_starting, own_options, run_cfg
 
 
 # -- exact resume, a copied run, Ctrl-C ------------------------------------------------------------
@@ -113,6 +113,15 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path, sig):
     assert p.wait(60) == 128 + sig, rest
     st = json.load(open(out / "ckpt" / "state.json"))
     assert 0 < st["step"] < 100000 and "checkpoint" in rest and "--resume" in rest
+
+
+def test_ctrl_c_while_torch_imports_is_one_line_and_exit_130(tmp_path):
+    """The first seconds of `python train.py` import torch, before main() and its Ctrl-C handling:
+    a Ctrl-C there printed KeyboardInterrupt's traceback through torch's import machinery."""
+    code, err = ctrl_c_while_starting("train.py", "--method", "sft", "--out_dir", str(tmp_path / "run"),
+                                      "--max_steps", "1", "--final_eval", "false", "--init_from", "scratch")
+    assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
+    assert err.startswith("stopped (Ctrl-C)"), err
 
 
 @pytest.mark.parametrize("phase", ["init_model", "load_split"])        # loading the model; reading the data
