@@ -19,13 +19,16 @@ chat template unless --raw. The prompts (x --num_samples) go through left-padded
 the KV cache, --batch_size at a time, and each batch is printed when it is done. Ctrl-C, while
 the checkpoints load or later, stops with one line on stderr saying how much was printed (exit 130).
 """
+import os
 import signal
 import sys
 
 
 def stopped_while_starting(signum, frame):
-    print("stopped (Ctrl-C) while starting: nothing printed", file=sys.stderr)
-    raise SystemExit(130)
+    # os._exit, not SystemExit: an exception raised here lands inside whichever module is importing,
+    # and one that catches everything swallowed it in CI (the program then ran to its end, exit 0)
+    print("stopped (Ctrl-C) while starting: nothing printed", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 if __name__ == "__main__":    # Ctrl-C in the seconds torch takes to import: one line, not a traceback
@@ -36,7 +39,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import re
 import time
 

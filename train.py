@@ -15,13 +15,16 @@ AdamW -> log / evaluate / checkpoint. Ctrl-C (or SIGTERM) finishes the step in f
 checkpoint, prints the command that resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG
 states, data position, step: nanoalign/checkpoint.py).
 """
+import os
 import signal
 import sys
 
 
 def stopped_while_starting(signum, frame):
-    print("stopped (Ctrl-C) while starting: nothing was written", file=sys.stderr)
-    raise SystemExit(130)
+    # os._exit, not SystemExit: an exception raised here lands inside whichever module is importing,
+    # and one that catches everything swallowed it in CI (the program then ran to its end, exit 0)
+    print("stopped (Ctrl-C) while starting: nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 if __name__ == "__main__":    # Ctrl-C in the seconds torch takes to import: one line, not a traceback
@@ -31,7 +34,6 @@ if __name__ == "__main__":    # Ctrl-C in the seconds torch takes to import: one
 import dataclasses
 import io
 import math
-import os
 import shlex
 import time
 
