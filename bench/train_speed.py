@@ -29,6 +29,13 @@ no checkpointing) and (cpu preset) with --grad_checkpoint true, the trade TRL's 
 On CUDA ours runs with train.py's --deterministic (default true: torch's deterministic algorithms),
 except at TRL's equal settings (--deterministic false: TRL does not ask for them).
 
+Both sides step through the rows in the file's order (TRL told so: its default draws them at random),
+so each step's pairs are the same. Whether both train on the same tokens shows in the table's last
+two columns: the first batch's log-probs before any update, as TRL logs them (logps/chosen and
+logps/rejected). At float32 ours and TRL's DPOTrainer print the same digits; TRL's ORPOTrainer
+appends an EOS token to every response that does not end in one (a ChatML turn ends '<|im_end|>\n'),
+one token more per response than ours and its DPOTrainer train on.
+
 Each result is printed (stderr) as it comes, and the table at the end; stopped by SIGTERM (a time
 limit: bench/gpu.sh's `timeout`), it prints the table of what it measured by then.
 """
@@ -163,6 +170,8 @@ def ours_child(spec):
 
     if spec.get("max_batch"):
         return {"max_batch": largest_batch(lambda b: step((ex * b)[:b]))}
+    first = first_logps(model, make_batch(ex[:cfg.batch_size], method.eats, tok.pad_id, dev, packed),
+                        spec["method"], cfg)
     times, tokens = [], []
     for i in range(spec["warmup"] + spec["steps"]):
         t = time.perf_counter()
@@ -170,7 +179,22 @@ def ours_child(spec):
         times.append(time.perf_counter() - t)
         tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
     return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
-            "compute": compute_of(cfg, model) + deterministic, **peak(dev)}
+            "compute": compute_of(cfg, model) + deterministic, "first": first, **peak(dev)}
+
+
+def first_logps(model, batch, method, cfg):
+    """What TRL logs at its first step as logps/chosen and logps/rejected, from our starting weights
+    and first batch: the batch's mean over pairs of each response's log-prob, a per-token mean for
+    ORPO (TRL's ORPO averages), a sum for DPO. Equal on both sides, they say that both train on the
+    same tokens of the same rows (the chat template, the prompt / response split, the EOS): the
+    times compare the same work. Computed before the first step, untimed, in the setting's autocast."""
+    import torch
+    from nanoalign.common import batch_logps
+    from nanoalign.compute import autocast
+    with torch.no_grad(), autocast(cfg, model):
+        lp = batch_logps(model, batch, "mean" if method == "orpo" else "sum").float()   # (2B,)
+    B = batch["n_examples"]
+    return {"logps/chosen": lp[:B].mean().item(), "logps/rejected": lp[B:].mean().item()}
 
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------
@@ -214,7 +238,11 @@ def trl_child(spec):
         args = Config(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch,
                       gradient_accumulation_steps=1, max_steps=steps, max_length=spec["max_length"],
                       report_to="none", save_strategy="no", use_cpu=dev == "cpu", seed=0,
-                      logging_steps=10_000, dataloader_num_workers=0, **setting)
+                      logging_steps=10_000, logging_first_step=True, dataloader_num_workers=0,
+                      # the rows in the file's order, as ours takes them: the same pairs in every step
+                      # on both sides (TRL's default draws them at random; the rows' lengths are alike,
+                      # so the order does not change a step's work, only which rows make it)
+                      train_sampling_strategy="sequential", **setting)
         return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                        processing_class=tok, callbacks=[timer] if timer else [])
 
@@ -230,7 +258,9 @@ def trl_child(spec):
     timer = Timer()
     t = trainer(spec["batch"], spec["warmup"] + spec["steps"], timer)
     t.train()
+    logged = t.state.log_history[0]    # the first step's (logging_first_step), before any update
     return {"times": timer.times[spec["warmup"]:], "versions": versions,
+            "first": {k: logged[k] for k in ("logps/chosen", "logps/rejected")},
             "compute": ("bfloat16" if t.args.bf16 else "float32")
                        + (", grad checkpointing" if t.args.gradient_checkpointing else "")
                        + (", liger" if liger else ""), **peak(dev)}
@@ -428,7 +458,8 @@ def table(results, p, a):
              f"{p['steps']} steps after {p['warmup']}, {a.threads or torch.get_num_threads()} "
              f"thread(s) a side; torch {torch.__version__}",
              f"{'method':6s} {'side':4s} {'setting':{w}s} {'compute':{cw}s} {'step s':>8s} "
-             f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s}"]
+             f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s} "
+             f"{'step-1 logps chosen':>19s} {'rejected':>9s}"]
     default = {m: r for m, side, s, r in results if side == "TRL" and s == "default" and "times" in r}
     for (m, side, s, r), name in zip(results, names):
         if "max_batch" in r and "times" not in r:     # a failed search says why (its child's error)
@@ -441,8 +472,16 @@ def table(results, p, a):
             lines.append(f"{m:6s} {side:4s} {name:{w}s} {json.dumps(r)}")
             continue
         t, d = statistics.median(r["times"]), default.get(m)
-        ratio = f"{statistics.median(d['times']) / t:24.2f} {d['peak_mib'] / r['peak_mib']:11.2f}" if d else ""
-        lines.append(f"{m:6s} {side:4s} {name:{w}s} {r['compute']:{cw}s} {t:8.3f} {r['peak_mib']:15.0f} {ratio}")
+        ratio = (f"{statistics.median(d['times']) / t:24.2f} {d['peak_mib'] / r['peak_mib']:11.2f}" if d
+                 else f"{'':24s} {'':11s}")
+        first = r.get("first") or {}
+        logps = " ".join(f"{first[k]:{n}.4f}" if k in first else " " * n
+                         for k, n in (("logps/chosen", 19), ("logps/rejected", 9)))
+        lines.append(f"{m:6s} {side:4s} {name:{w}s} {r['compute']:{cw}s} {t:8.3f} {r['peak_mib']:15.0f} "
+                     f"{ratio} {logps}")
+    lines.append("step-1 logps: the first batch's log-probs before any update (TRL's logps/chosen and "
+                 "logps/rejected: ORPO's per-token means, DPO's sums, a mean over the pairs); alike on "
+                 "both sides, they say both train on the same tokens")
     return "\n".join(lines)
 
 

@@ -19,9 +19,38 @@ def test_the_tiny_preset_runs_our_step_and_prints_its_row():
     rows = [line.split() for line in r.stdout.splitlines() if line.split()[:2] in (["orpo", "ours"],
                                                                                   ["dpo", "ours"])]
     assert [row[0] for row in rows] == ["orpo", "dpo"], r.stdout
-    for row in rows:                 # a step time and a peak memory, both positive numbers
-        step_s, peak = float(row[-2]), float(row[-1])
-        assert step_s > 0 and peak > 0, row
+    for row in rows:   # a step time and a peak memory, both positive; the step-1 log-probs, negative
+        step_s, peak, chosen, rejected = map(float, row[-4:])
+        assert step_s > 0 and peak > 0 and chosen < 0 and rejected < 0, row
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("method", ["orpo", "dpo"])
+def test_the_step_1_logps_are_what_trl_logs_of_the_first_batch(method, packed):
+    """TRL logs logps/chosen and logps/rejected: each response's log-prob (ORPO: a mean over its
+    tokens; DPO: their sum), averaged over the pairs. Ours of the same batch, beside TRL's in the
+    table, must be the same quantity, or the two would not say whether both sides do the same work."""
+    import random
+
+    from bench.train_speed import first_logps
+    from nanoalign.data import make_batch
+    from tests.helpers import lp_mean, lp_sum, method_config, tiny
+    rng = random.Random(1)
+
+    def seq(n):
+        return [rng.randrange(3, 101) for _ in range(n)]
+    ex = []
+    for n_prompt, n_w, n_l in [(3, 1, 5), (1, 6, 2), (5, 4, 4)]:   # lengths apart: a sum is not a mean
+        p = seq(n_prompt)
+        ex.append({"chosen": p + seq(n_w), "n_prompt_chosen": n_prompt,
+                   "rejected": p + seq(n_l), "n_prompt_rejected": n_prompt})
+    model = tiny()
+    got = first_logps(model, make_batch(ex, "pref", 0, "cpu", packed), method,
+                      method_config(method, dtype="float32"))
+    lp = lp_mean if method == "orpo" else lp_sum
+    for side, key in (("chosen", "logps/chosen"), ("rejected", "logps/rejected")):
+        want = sum(lp(model, e[side], e[f"n_prompt_{side}"]) for e in ex) / len(ex)
+        assert abs(got[key] - want) < 1e-4 * max(1.0, abs(want)), (key, got[key], want)
 
 
 def test_a_relative_checkpoint_reaches_trls_side_as_an_absolute_path(tmp_path, monkeypatch):
@@ -93,7 +122,7 @@ def test_stopped_by_sigterm_it_prints_the_rows_measured_so_far():
     finally:
         p.kill()
     rows = [line.split() for line in out.splitlines() if line.split()[:2] == ["orpo", "ours"]]
-    assert len(rows) == 1 and float(rows[0][-2]) > 0, out + err[-2000:]
+    assert len(rows) == 1 and float(rows[0][-4]) > 0, out + err[-2000:]
     assert "cut short" in out and p.returncode != 0, out
 
 
