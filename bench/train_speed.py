@@ -40,6 +40,7 @@ Each result is printed (stderr) as it comes, and the table at the end; stopped b
 limit: bench/gpu.sh's `timeout`), it prints the table of what it measured by then.
 """
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -233,17 +234,25 @@ def trl_child(spec):
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.t)
 
+    # the rows in the file's order, as ours takes them: the same pairs in every step on both sides
+    # (TRL's default draws them at random; the rows' lengths are alike, so the order does not change
+    # a step's work, only which rows make it). transformers 5 has a setting for it; an older one
+    # (a GPU machine's image) has none, and its trainer's sampler is replaced instead
+    if any(f.name == "train_sampling_strategy" for f in dataclasses.fields(Config)):
+        setting["train_sampling_strategy"] = "sequential"
+        InOrder = Trainer
+    else:
+        class InOrder(Trainer):
+            def _get_train_sampler(self, *args, **kwargs):
+                return torch.utils.data.SequentialSampler(self.train_dataset)
+
     def trainer(batch, steps, timer=None, rows=rows):
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(dev)
         args = Config(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch,
                       gradient_accumulation_steps=1, max_steps=steps, max_length=spec["max_length"],
                       report_to="none", save_strategy="no", use_cpu=dev == "cpu", seed=0,
-                      logging_steps=10_000, logging_first_step=True, dataloader_num_workers=0,
-                      # the rows in the file's order, as ours takes them: the same pairs in every step
-                      # on both sides (TRL's default draws them at random; the rows' lengths are alike,
-                      # so the order does not change a step's work, only which rows make it)
-                      train_sampling_strategy="sequential", **setting)
-        return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                      logging_steps=10_000, logging_first_step=True, dataloader_num_workers=0, **setting)
+        return InOrder(model=model, args=args, train_dataset=Dataset.from_list(rows),
                        processing_class=tok, callbacks=[timer] if timer else [])
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -258,9 +267,11 @@ def trl_child(spec):
     timer = Timer()
     t = trainer(spec["batch"], spec["warmup"] + spec["steps"], timer)
     t.train()
-    logged = t.state.log_history[0]    # the first step's (logging_first_step), before any update
+    # the first step's log (logging_first_step), before any update; a TRL that logs other names
+    # (another version, Liger's path) leaves the columns empty rather than losing the row
+    logged = t.state.log_history[0] if t.state.log_history else {}
     return {"times": timer.times[spec["warmup"]:], "versions": versions,
-            "first": {k: logged[k] for k in ("logps/chosen", "logps/rejected")},
+            "first": {k: logged[k] for k in ("logps/chosen", "logps/rejected") if k in logged},
             "compute": ("bfloat16" if t.args.bf16 else "float32")
                        + (", grad checkpointing" if t.args.gradient_checkpointing else "")
                        + (", liger" if liger else ""), **peak(dev)}
