@@ -348,7 +348,8 @@ def test_every_equation_of_the_methods_names_its_code_and_its_test():
 CLIS = {"train.py": "nanoalign/config.py", "sample.py": "sample.py",
         "experiments.compare": "experiments/compare.py", "experiments.plot": "experiments/plot.py",
         "bench.kernels": "bench/kernels.py", "bench.decode_speed": "bench/decode_speed.py",
-        "bench.train_speed": "bench/train_speed.py", "nanoalign.judge": "nanoalign/judge.py",
+        "bench.train_speed": "bench/train_speed.py", "bench.trl_parity": "bench/trl_parity.py",
+        "nanoalign.judge": "nanoalign/judge.py",
         "nanoalign.tasks.instruct": "nanoalign/tasks/instruct/cli.py",
         "nanoalign.tasks.evaluate": "nanoalign/tasks/evaluate.py",
         "model.gguf_import": "model/gguf_import.py", "model.lora": "model/lora.py"}
@@ -420,7 +421,8 @@ def _cli_cases():
     return ([("train.py", ["--method", m]) for m in REGISTRY] +
             [("train.py", ["--task", t]) for t in TASKS] +
             [("sample.py", []), ("experiments.plot", ["run"]), ("bench.kernels", []),
-             ("bench.decode_speed", []), ("bench.train_speed", []), ("nanoalign.judge", []),
+             ("bench.decode_speed", []), ("bench.train_speed", []), ("bench.trl_parity", []),
+             ("nanoalign.judge", []),
              ("nanoalign.tasks.instruct", ["examples"]), ("nanoalign.tasks.instruct", ["build"]),
              ("nanoalign.tasks.evaluate", []), ("model.gguf_import", []), ("model.lora", [])] +
             [("experiments.compare", ["--preset", p]) for p in PRESETS])
