@@ -207,6 +207,13 @@ def validate_row(row, kind, where):
 
 
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# what a researcher may hand over in JSONL's place, by its first bytes: (what it is, how to make JSONL)
+NOT_JSONL = {b"PAR1": ("a Parquet file", "convert it first, e.g. "
+                       "pandas.read_parquet(path).to_json('rows.jsonl', orient='records', lines=True)"),
+             b"\x1f\x8b": ("gzip-compressed", "gunzip it first"),
+             b"ARROW1": ("an Arrow file", "convert it first, e.g. datasets' Dataset.from_file(path)"
+                         ".to_json('rows.jsonl')"),
+             b"PK\x03\x04": ("a zip archive", "unzip it first")}
 
 
 def decode_line(raw, where):
@@ -222,20 +229,33 @@ def decode_line(raw, where):
                         f"or Windows-1252?); re-save the file as UTF-8") from None
 
 
+def not_text(raw):
+    """Why a file whose line 1 is `raw` is no UTF-8 text, or None: a binary format by its
+    first bytes (NOT_JSONL), UTF-16 (what Windows PowerShell's `>` writes: a byte order mark, or a
+    NUL beside each of the first two characters, which in JSON are ASCII), or other binary data."""
+    for magic, (what, todo) in NOT_JSONL.items():
+        if raw.startswith(magic):
+            return f"{what}, not UTF-8 text; {todo}"
+    if raw.startswith(UTF16_BOMS) or b"\x00\x00" in (raw[1:4:2], raw[0:3:2]):
+        return ("the file looks like UTF-16 (what Windows PowerShell's '>' writes), not UTF-8; "
+                "re-save it as UTF-8")
+    if b"\x00" in raw:
+        return "binary data (NUL bytes), not UTF-8 text"
+    return None
+
+
 def raw_lines(path):
     """("file:N", the line's bytes) of a text file, each line ending at "\n", to be decoded on its own
-    (`decode_line`). A file that cannot be opened is an error, and so is a UTF-16 file (what Windows
-    PowerShell's `>` writes: a UTF-16 byte order mark, or NUL bytes, on line 1): every line of it
-    would be bad."""
+    (`decode_line`). A file that cannot be opened is an error, and so is one whose line 1 says it is
+    no text (`not_text`: Parquet, gzip, UTF-16, ...): every line of it would be bad."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
     with f:
         for i, raw in enumerate(f, 1):
-            if i == 1 and (raw.startswith(UTF16_BOMS) or b"\x00" in raw):
-                raise DataError(f"{path}:1: the file looks like UTF-16 (what Windows PowerShell's '>' "
-                                f"writes), not UTF-8; re-save it as UTF-8")
+            if i == 1 and (why := not_text(raw)):
+                raise DataError(f"{path}:1: {why}")
             yield f"{path}:{i}", raw
 
 

@@ -426,6 +426,27 @@ def test_a_utf16_file_is_an_error_that_says_so(scratch, prompts, encoding, skip_
                             f"writes), not UTF-8; re-save it as UTF-8")
 
 
+@pytest.mark.parametrize("head, what, todo", [
+    (b"PAR1\x15\x04\x15\x00", "a Parquet file", "pandas.read_parquet"),      # a datasets export
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "gzip-compressed", "gunzip"),     # rows.jsonl.gz
+    (b"ARROW1\x00\x00\xff\xff", "an Arrow file", "Dataset.from_file"),        # datasets' cache
+    (b"PK\x03\x04\x14\x00\x00\x00", "a zip archive", "unzip"),
+    (b"\x80\x04\x95\x00\x00", "binary", None),                                # anything else
+])
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_file_that_is_not_text_is_one_error_saying_what_it_is(scratch, head, what, todo, skip_bad):
+    """A Parquet, gzip, Arrow or zip file handed over as --train_data is one error naming the file,
+    what it is and how to make JSONL of it; other binary data is said to be binary. None of them is
+    UTF-16, which the NUL bytes in them once made it look like."""
+    f = scratch / "rows.jsonl"
+    f.write_bytes(head + bytes(range(256)) + b"\n" + b'{"prompt": "x"}\n')
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt", skip_bad=skip_bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:1: ") and what in msg and "not UTF-8 text" in msg, msg
+    assert "UTF-16" not in msg and (todo is None or todo in msg), msg
+
+
 @given(st.lists(ASCII, min_size=1, max_size=3), st.integers(0, 3), TEXT, st.integers(0x80, 0xff), ASCII)
 @example(["a", "b"], 1, "", 0xe9, "t")                 # 'caf\xe9' written in Latin-1
 @example(["a"], 0, "\u4f60\u597d \u00e9", 0xe9, "")    # the column counts characters, not bytes
