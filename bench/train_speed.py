@@ -333,7 +333,9 @@ def main():
                     f"{','.join(METHODS)} (the methods TRL has a trainer of); another is an error "
                     "(default: %(default)s)")
     ap.add_argument("--steps", type=int, help="timed steps per measurement (default: the preset's)")
-    ap.add_argument("--warmup", type=int, help="untimed steps first (default: the preset's)")
+    ap.add_argument("--warmup", type=int, help="untimed steps first, at least 1: the first step pays "
+                    "one-time setup (allocations, kernel compiles), and ours' step-1 log-probs run a "
+                    "forward before it (default: the preset's)")
     ap.add_argument("--device", help="cpu or cuda (default: the preset's: cuda for gpu_1p7b, else cpu)")
     ap.add_argument("--layers", type=int, help="fewer layers than the preset's model (a rehearsal), at "
                     "least 1, for the random-weight presets tiny and gpu_1p7b; cpu's real checkpoint keeps "
@@ -366,6 +368,8 @@ def main():
     if a.max_length:    # rows of the same share of max_length: prompt ~1/5, responses ~1/4 each
         p.update(prompt=max(1, p["prompt"] * a.max_length // p["max_length"]),
                  response=max(1, p["response"] * a.max_length // p["max_length"]), max_length=a.max_length)
+    if p["warmup"] < 1:      # ours' first_logps forward would have warmed ours alone
+        ap.error(f"--warmup {p['warmup']}: at least 1 (the first step pays one-time setup)")
     if a.layers is not None and a.layers < 1:       # model_dir's `layers or 24` would build them all
         ap.error(f"--layers {a.layers}: at least 1")
     if a.layers is not None and p["model"] == "smollm2-135m":   # model_dir would load all of it
@@ -470,7 +474,7 @@ def table(results, p, a):
              f"thread(s) a side; torch {torch.__version__}",
              f"{'method':6s} {'side':4s} {'setting':{w}s} {'compute':{cw}s} {'step s':>8s} "
              f"{mem + ' MiB':>15s} {'TRL-default time / this':>24s} {'mem / this':>11s} "
-             f"{'step-1 logps chosen':>19s} {'rejected':>9s}"]
+             f"{'step-1 logps chosen':>19s} {'rejected':>11s}"]
     default = {m: r for m, side, s, r in results if side == "TRL" and s == "default" and "times" in r}
     for (m, side, s, r), name in zip(results, names):
         if "max_batch" in r and "times" not in r:     # a failed search says why (its child's error)
@@ -487,7 +491,7 @@ def table(results, p, a):
                  else f"{'':24s} {'':11s}")
         first = r.get("first") or {}
         logps = " ".join(f"{first[k]:{n}.4f}" if k in first else " " * n
-                         for k, n in (("logps/chosen", 19), ("logps/rejected", 9)))
+                         for k, n in (("logps/chosen", 19), ("logps/rejected", 11)))
         lines.append(f"{m:6s} {side:4s} {name:{w}s} {r['compute']:{cw}s} {t:8.3f} {r['peak_mib']:15.0f} "
                      f"{ratio} {logps}")
     lines.append("step-1 logps: the first batch's log-probs before any update (TRL's logps/chosen and "

@@ -3,14 +3,16 @@ Our DPO beside TRL's DPOTrainer at identical settings, step by step: each step's
 (before clipping) and reward margin on both sides, and the largest differences. bench/train_speed.py
 times the two; this shows that what it times is the same computation.
 
-    python -m bench.trl_parity                   # SmolLM2-135M-Instruct on the CPU, 8 steps (~4 min)
+    python -m bench.trl_parity                   # SmolLM2-135M-Instruct on the CPU, 8 steps (~2 min)
     python -m bench.trl_parity --preset tiny     # a random 0.1M model: checks the harness (seconds)
 
 What is made equal: the rows (bench/train_speed.py's conversations) in the file's order, 4 pairs a
 step, max_length 256, float32 with no gradient checkpointing, DPO's sigmoid loss at beta 0.1 over the
 responses' summed log-probs, AdamW at TRL's defaults (betas 0.9 / 0.999, eps 1e-8, no weight decay)
-at a constant rate of 5e-6 (larger than TRL's default 1e-6, so that 8 steps move the loss well away
-from its start; TRL is told lr_scheduler_type 'constant'), the gradient clipped at norm 1. What is
+at a constant rate of 5e-6 (larger than TRL's default 1e-6, so that 8 steps move the weights well
+away from their start; TRL is told lr_scheduler_type 'constant'), the gradient clipped at norm 1.
+The rows are random word strings in which neither answer is the better one, so the loss wanders
+around log 2 rather than falls: the point is that both sides wander alike. What is
 left to differ is the order of the arithmetic (ours packs a batch's rows padding-free and computes
 the log-probs in vocabulary chunks), and one thing transformers does: it builds the embedding with
 padding_idx = pad_token_id, so that row gets no gradient from the inputs. SmolLM2's pad token is its
@@ -34,6 +36,7 @@ import tempfile
 
 # the settings both sides take (the docstring says why each)
 SETTINGS = dict(lr=5e-6, beta=0.1, batch=4, max_length=256, grad_clip=1.0)
+# this script's own presets (fewer rows than bench/train_speed.py's: at least steps x batch are made)
 PRESETS = {"cpu": dict(model="smollm2-135m", rows=64, prompt=18, response=45, steps=8),
            "tiny": dict(model="tiny", rows=16, prompt=6, response=6, steps=3)}
 
@@ -96,8 +99,11 @@ def trl_child(spec):
     t = InOrder(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(spec["model_dir"]),
                 train_dataset=Dataset.from_list([json.loads(line) for line in open(spec["rows"])]))
     t.train()
-    return [{"loss": h["loss"], "grad_norm": h["grad_norm"], "margin": h["rewards/margins"]}
-            for h in t.state.log_history if "loss" in h]
+    import transformers
+    import trl
+    return {"steps": [{"loss": h["loss"], "grad_norm": h["grad_norm"], "margin": h["rewards/margins"]}
+                      for h in t.state.log_history if "loss" in h],
+            "versions": f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"}
 
 
 # -- the parent ------------------------------------------------------------------------------------
@@ -138,6 +144,7 @@ def main():
         if a.steps < 1:
             ap.error(f"--steps {a.steps}: at least 1")
         p["steps"] = a.steps
+    p["rows"] = max(p["rows"], p["steps"] * SETTINGS["batch"])    # every step a fresh batch, one pass
     work = tempfile.mkdtemp(prefix="trl_parity_")
     try:
         rows = os.path.join(work, "rows.jsonl")
@@ -145,20 +152,29 @@ def main():
             f.writelines(json.dumps(r) + "\n" for r in make_rows(p["rows"], p["prompt"], p["response"]))
         spec = dict(SETTINGS, rows=rows, steps=p["steps"],
                     model_dir=model_dir({"model": p["model"]}, work, a.checkpoint))
-        theirs = None
-        if a.trl_python and os.path.exists(a.trl_python):
-            theirs = run_child([a.trl_python, "-I", os.path.abspath(__file__), "--trl-child", json.dumps(spec)],
-                               work)
-            if not isinstance(theirs, list):     # the child's error, said and not compared
-                print(f"TRL's side failed: {json.dumps(theirs)}", file=sys.stderr)
-                theirs = None
+        # TRL's side first (it reads the rows and the model directory, nothing of ours): its
+        # {"steps", "versions"}, or run_child's {"error": [its last line]}
+        trl = {"error": [f"not run: no interpreter at --trl_python {a.trl_python!r}"]}
+        ran = bool(a.trl_python) and os.path.exists(a.trl_python)
+        if ran:
+            trl = run_child([a.trl_python, "-I", os.path.abspath(__file__), "--trl-child", json.dumps(spec)],
+                            work)
         mine = ours(spec)
         print(f"DPO, {a.preset}: {p['model']} on cpu, float32, {p['steps']} steps of {SETTINGS['batch']} pairs, "
               f"max_length {SETTINGS['max_length']}, lr {SETTINGS['lr']} constant, beta {SETTINGS['beta']}, "
               f"AdamW (0.9, 0.999), clip {SETTINGS['grad_clip']}")
+        theirs = trl.get("steps")
         print(table(mine, theirs))
+        if theirs is None:
+            print(f"TRL's side: {' '.join(trl['error'])}")
+        else:
+            print(f"TRL's environment: {trl['versions']}")
+            if len(theirs) != len(mine):
+                print(f"TRL logged {len(theirs)} steps, ours ran {len(mine)}: not compared")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if ran and "error" in trl:     # TRL's side ran and failed: no comparison, not a success
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def test_the_tiny_preset_runs_our_step_and_prints_its_row():
 @pytest.mark.parametrize("method", ["orpo", "dpo"])
 def test_the_step_1_logps_are_what_trl_logs_of_the_first_batch(method, packed):
     """TRL logs logps/chosen and logps/rejected: each response's log-prob (ORPO: a mean over its
-    tokens; DPO: their sum), averaged over the pairs. Ours of the same batch, beside TRL's in the
-    table, must be the same quantity, or the two would not say whether both sides do the same work."""
+    tokens, get_batch_logps(average_log_prob=True); DPO: their sum), averaged over the pairs (trl
+    1.16's experimental/orpo/orpo_trainer.py and trainer/dpo_trainer.py). Ours of the same batch,
+    beside TRL's in the table, must be that quantity, computed here from the model's own logits."""
     import random
 
     from bench.train_speed import first_logps
@@ -231,3 +232,32 @@ def test_layers_below_one_is_refused_not_the_presets_default(preset, layers, mon
     layer count: a rehearsal asked for none and silently got all of them."""
     code, err = _refused(monkeypatch, capsys, "--preset", preset, "--layers", layers)
     assert code == 2 and f"--layers {layers}: at least 1" in err, (code, err)
+
+
+@pytest.mark.parametrize("warmup", ["0", "-1"])
+def test_no_untimed_first_step_is_refused(warmup, monkeypatch, capsys):
+    """The first step pays one-time setup on both sides, and ours' step-1 log-probs run a forward
+    before it that would have paid ours' alone: a timed first step would favour ours."""
+    code, err = _refused(monkeypatch, capsys, "--preset", "tiny", "--warmup", warmup)
+    assert code == 2 and f"--warmup {warmup}: at least 1" in err, err
+
+
+def test_every_column_starts_where_its_header_does_with_entries_missing():
+    """A row without step-1 log-probs (a TRL that logs other names) or without TRL's default to
+    divide by (--trl_python '') leaves those columns blank; the columns after them stay under their
+    headers, up to DPO's log-prob sums at 1.7B (~-5000: ten characters)."""
+    from bench.train_speed import PRESETS, table
+
+    class A:
+        preset, layers, threads = "gpu_1p7b", None, 1
+    first = {"logps/chosen": -4925.1234, "logps/rejected": -5012.9876}
+    rows = [("dpo", "ours", {}, {"times": [1.0], "peak_mib": 100, "compute": "bf16", "first": first}),
+            ("dpo", "TRL", "liger", {"times": [2.0], "peak_mib": 200, "compute": "bf16, liger"})]
+    lines = table(rows, PRESETS["gpu_1p7b"], A).splitlines()
+    header, ours, theirs = lines[1], lines[2], lines[3]
+    # no TRL default here: the ratio columns are blank, and the log-probs still end where their
+    # headers end
+    assert ours.endswith("-4925.1234  -5012.9876") and len(ours) == len(header), (header, ours)
+    assert header.endswith("step-1 logps chosen    rejected"), header
+    # TRL's liger row: no log-probs, so nothing after its memory column but blanks
+    assert theirs.rstrip().endswith("200"), theirs

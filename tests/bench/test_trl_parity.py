@@ -28,3 +28,12 @@ def test_the_largest_differences_are_over_every_step_and_the_gradient_norms_rela
     last = table(mine, theirs).splitlines()[-1]
     # loss: 0.02 at step 2; grad norm: 0.2 / 20.2 at step 1; margin: 0.3 at step 2
     assert last == "largest difference over the 2 steps: loss 2.00e-02, grad_norm 9.90e-03 (relative), margin 3.00e-01"
+
+
+def test_a_failed_trl_side_is_said_and_is_not_a_success():
+    """TRL's child failing (here an interpreter that exits 1 at once) prints ours, says why TRL's
+    side is missing, compares nothing, and exits 1: a script run for a comparison did not give one."""
+    r = subprocess.run([sys.executable, "-m", "bench.trl_parity", "--preset", "tiny", "--steps", "1",
+                        "--trl_python", "/bin/false"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+    assert "TRL's side: exit 1" in r.stdout and "largest difference" not in r.stdout, r.stdout
