@@ -5,7 +5,8 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
               or TRL's implicit prompt: {"chosen": C, "rejected": C} with no "prompt", where both
               are whole conversations (or whole strings); the prompt is their shared beginning (two
               conversations that part before their last answer are a bad row)
-  sft         {"prompt": P, "response": R}  or  {"messages": [...]}  (last assistant turn = response)
+  sft         {"prompt": P, "response": R}  or TRL's {"prompt": P, "completion": R}
+              or  {"messages": [...]}  (last assistant turn = response)
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}; R's list ends
               with its answer, the last assistant message
@@ -187,7 +188,15 @@ def _read_sft(row, where):
         if not msgs[-1]["content"].strip():
             raise DataError(f"{where}: field 'messages' has an empty final assistant message")
         return {**row, "prompt": msgs[:-1], "response": msgs[-1]["content"]}
-    out = _check_fields(row, ("prompt", "response"), "sft", where, "; or messages, ending with the answer")
+    if "completion" in row:     # TRL's prompt-completion format: its name for the response
+        if "response" in row:
+            raise DataError(f"{where}: both 'response' and 'completion' (TRL's name for the response); "
+                            f"keep one")
+        out = _check_fields(row, ("prompt", "completion"), "sft", where)
+        check_response(out["completion"], where, "completion")
+        return {**out, "response": out.pop("completion")}
+    out = _check_fields(row, ("prompt", "response"), "sft", where,
+                        "; or prompt, completion (TRL's); or messages, ending with the answer")
     check_response(out["response"], where, "response")
     return out
 

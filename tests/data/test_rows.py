@@ -174,7 +174,7 @@ def test_messages_are_kept_as_given():
 @pytest.mark.parametrize("kind, fields, name, other", [
     ("pref", ("prompt", "chosen", "rejected"), "preference",
      "; or, with no prompt, chosen and rejected conversations that begin with it"),
-    ("sft", ("prompt", "response"), "sft", "; or messages, ending with the answer"),
+    ("sft", ("prompt", "response"), "sft", "; or prompt, completion (TRL's); or messages, ending with the answer"),
     ("prompt", ("prompt",), "prompt", ""),
 ])
 def test_a_missing_field_names_it_and_the_fields_the_kind_needs(kind, fields, name, other):

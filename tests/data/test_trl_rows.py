@@ -65,6 +65,26 @@ def test_rows_that_share_nothing_are_a_clear_error(tmp_path):
         read_jsonl(f, "pref")
 
 
+# -- TRL's prompt-completion SFT rows ---------------------------------------------------------------
+@pytest.mark.parametrize("prompt, completion", [([USER], [GOOD]), ("What color is the sky?", "It is blue.")],
+                         ids=["conversational", "standard"])
+def test_trl_prompt_completion_rows_are_sft_rows(tmp_path, prompt, completion):
+    """TRL's SFT format names the response 'completion': a row of it reads as {prompt, response},
+    conversational or standard, and is checked as a response is (a completion list with no
+    assistant message is a bad row naming the field)."""
+    (row,), _ = read_jsonl(write(tmp_path, {"prompt": prompt, "completion": completion}), "sft")
+    assert row["prompt"] == prompt and row["response"] == completion
+    with pytest.raises(DataError, match=r":1: field 'completion' is a message list with no assistant"):
+        read_jsonl(write(tmp_path, {"prompt": [USER], "completion": [USER]}), "sft")
+
+
+def test_a_row_with_both_response_and_completion_is_refused(tmp_path):
+    """Two names for the one answer: which one trains would be a guess."""
+    f = write(tmp_path, {"prompt": "Hi", "response": "Hello.", "completion": "Hey."})
+    with pytest.raises(DataError, match=r":1: both 'response' and 'completion'"):
+        read_jsonl(f, "sft")
+
+
 # -- on SmolLM2-135M-Instruct: the ids are what its template gives ------------------------------------
 CONVERSATIONAL = pytest.mark.parametrize("row", [
     {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]},                 # explicit prompt
