@@ -7,7 +7,8 @@ Chat templates: a checkpoint's own Jinja `chat_template`, rendered the way trans
                     special_tokens={"bos_token": "<s>", "eos_token": "</s>"})   # -> str
 
 What a template sees is what transformers gives it:
-  variables  messages (each a plain dict, keys whose value is None dropped), add_generation_prompt,
+  variables  messages (each a plain dict, keys whose value is None dropped, its reasoning under
+             both 'reasoning_content' and 'thinking': reasoning_aliased), add_generation_prompt,
              tools=None, documents=None, and the special tokens of tokenizer_config.json
              (bos_token, eos_token, unk_token, pad_token, ...) as strings
   helpers    raise_exception(msg), strftime_now(fmt), tojson (json.dumps, non-ASCII kept),
@@ -150,6 +151,17 @@ def pick_template(value, origin):
                         f"{{\"name\", \"template\"}} objects, got {type(value).__name__}")
 
 
+# the names a message's reasoning goes by, the one most templates read (Qwen3's) first
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def reasoning_aliased(m):
+    """As transformers 5 passes a message: the first of REASONING_FIELDS it has becomes its
+    'reasoning_content', and its 'thinking' unless it has its own (gpt-oss templates read that)."""
+    r = next((m[k] for k in REASONING_FIELDS if m.get(k) is not None), None)
+    return m if r is None else {"thinking": r, **m, "reasoning_content": r}
+
+
 class ChatTemplate:
     def __init__(self, source, origin):
         """source: the Jinja text; origin: where it came from, for error messages (a file path, or
@@ -165,8 +177,9 @@ class ChatTemplate:
         """messages: list of {"role", "content", ...} dicts -> the rendered string."""
         if not messages:
             raise TemplateError(f"{self.origin}: cannot render an empty conversation")
-        # plain dicts without None values, as transformers passes them (a template tests `is defined`)
-        msgs = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        # plain dicts without None values, as transformers passes them (a template tests `is defined`),
+        # a message's reasoning under each name templates read it by
+        msgs = [reasoning_aliased({k: v for k, v in m.items() if v is not None}) for m in messages]
         try:
             return self._template.render(messages=msgs, add_generation_prompt=add_generation_prompt,
                                          tools=None, documents=None, **(special_tokens or {}))

@@ -54,7 +54,8 @@ def config_from_hf(path):
     for k in ("bos_token_id", "eos_token_id", "pad_token_id"):   # null: no such token (absent: 1 / 2)
         if k in hf and hf[k] is None:
             kw[HF_KEYS[k]] = None
-    if hf.get("num_key_value_heads") is None:   # transformers: absent or null = one per query head
+    if hf.get("num_key_value_heads") is None:   # transformers: null (for Llama, absent too) = one per
+                                                # query head; Mistral's absent one is HF_DEFAULTS' 8
         kw["n_kv_heads"] = hf["num_attention_heads"]
     rp = hf.get("rope_parameters")  # transformers >= 5 moves rope_theta/rope_scaling here
     if isinstance(rp, dict):

@@ -4,7 +4,7 @@ checkpoint's other files: the special tokens, the chat template, and the ids tha
 
 Chat: the checkpoint's own Jinja template (model/chat_template.py), rendered as transformers renders
 it. Where it comes from, first found wins:
-  1. chat_template.jinja                 (transformers >= 4.43 saves a template there)
+  1. chat_template.jinja                 (where transformers 5 saves a template; it wins there too)
   2. tokenizer_config.json "chat_template" (a string, or a list of named templates: 'default')
   3. tokenizer_config.json "nanoalign_chat_format", or the chat_format argument: one of nanoalign's
      named fallback formats (chatml, inst, selfjudge, raw) for a checkpoint without a template
@@ -179,7 +179,8 @@ class Tokenizer:
     # -- chat -----------------------------------------------------------------------------------
     def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False):
         """As transformers' tokenizer.apply_chat_template: the rendered string, or with tokenize=True
-        its ids (encoded with add_special_tokens=False)."""
+        its ids (encoded with add_special_tokens=False; transformers 5 returns them in a dict unless
+        told return_dict=False)."""
         if self.template is None:
             raise CheckpointError(
                 f"{self.name}: no chat template (no chat_template.jinja, no 'chat_template' in "

@@ -202,6 +202,28 @@ def test_template_helpers_as_transformers_defines_them(hf):
     assert ours == hf.tokenizer(hf_tok, template).apply_chat_template(msgs)
 
 
+@pytest.mark.parametrize("fields", [
+    {"reasoning": "r"},                                   # an older name: both others filled
+    {"thinking": "t"},                                    # gpt-oss's name: reasoning_content filled
+    {"reasoning_content": "c", "thinking": "t"},          # both given: each keeps its own
+    {"thinking": "t", "reasoning": "r"},                  # the first name present wins
+    {"reasoning_content": None, "reasoning": "r"},        # a None is no reasoning
+    {},                                                   # none: nothing added
+], ids=["reasoning", "thinking", "both", "order", "none-value", "absent"])
+def test_a_messages_reasoning_reaches_the_template_under_every_name_transformers_gives(fields, hf):
+    """transformers 5 hands a template a message's reasoning as both 'reasoning_content' (what Qwen3-
+    style templates read) and 'thinking' (gpt-oss's), from whichever of reasoning_content, thinking,
+    reasoning the message has: a row's reasoning must render the same here."""
+    template = ("{% for m in messages %}{{ m.role }}:{{ m.reasoning_content if m.reasoning_content is "
+                "defined else '-' }}/{{ m.thinking if m.thinking is defined else '-' }}/{{ m.reasoning "
+                "if m.reasoning is defined else '-' }};{% endfor %}")
+    hf_tok = byte_tokenizer()
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello.", **fields}]
+    ours = Tokenizer(hf_tok, chat_template=template).apply_chat_template(msgs)
+    assert ours == hf.tokenizer(hf_tok, template).apply_chat_template(msgs)
+    assert msgs[1] == {"role": "assistant", "content": "Hello.", **fields}     # the row is not changed
+
+
 # -- where templates come from, and back ---------------------------------------------------------
 def checkpoint_dir(tmp_path, **tokenizer_config):
     """A directory with a tokenizer.json and this tokenizer_config.json (no weights needed)."""
