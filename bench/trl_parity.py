@@ -1,18 +1,23 @@
 """
-Our DPO beside TRL's DPOTrainer at identical settings, step by step: each step's loss, gradient norm
-(before clipping) and reward margin on both sides, and the largest differences. bench/train_speed.py
-times the two; this shows that what it times is the same computation.
+Our DPO beside TRL's DPOTrainer, or our SFT beside its SFTTrainer, at identical settings, step by
+step: each step's loss, gradient norm (before clipping) and (DPO) reward margin on both sides, and
+the largest differences. bench/train_speed.py times ours against TRL; this shows that what it
+times is the same computation.
 
-    python -m bench.trl_parity                   # SmolLM2-135M-Instruct on the CPU, 8 steps (~2 min)
+    python -m bench.trl_parity                   # DPO, SmolLM2-135M-Instruct on the CPU, 8 steps (~2 min)
+    python -m bench.trl_parity --method sft      # SFT on the chosen answers, TRL's prompt-completion rows
     python -m bench.trl_parity --preset tiny     # a random 0.1M model: checks the harness (seconds)
 
-What is made equal: the rows (bench/train_speed.py's conversations) in the file's order, 4 pairs a
-step, max_length 256, float32 with no gradient checkpointing, DPO's sigmoid loss at beta 0.1 over the
-responses' summed log-probs, AdamW at TRL's defaults (betas 0.9 / 0.999, eps 1e-8, no weight decay)
-at a constant rate of 5e-6 (larger than TRL's default 1e-6, so that 8 steps move the weights well
-away from their start; TRL is told lr_scheduler_type 'constant'), the gradient clipped at norm 1.
-The rows are random word strings in which neither answer is the better one, so the loss wanders
-around log 2 rather than falls: the point is that both sides wander alike. What is
+What is made equal: the rows (bench/train_speed.py's conversations; for SFT each one's prompt and
+chosen answer as TRL's {prompt, completion}) in the file's order, 4 rows a step, max_length 256,
+float32 with no gradient checkpointing, AdamW at TRL's defaults (betas 0.9 / 0.999, eps 1e-8, no
+weight decay) at a constant rate (TRL is told lr_scheduler_type 'constant'), the gradient clipped at
+norm 1. DPO: the sigmoid loss at beta 0.1 over the responses' summed log-probs, at 5e-6 (larger
+than TRL's default 1e-6, so that 8 steps move the weights well away from their start); the rows are
+random word strings in which neither answer is the better one, so the loss wanders around log 2
+rather than falls: the point is that both sides wander alike. SFT: the mean NLL of the batch's
+completion tokens (TRL's completion_only_loss, its default for such rows), at TRL's default 2e-5.
+What is
 left to differ is the order of the arithmetic (ours packs a batch's rows padding-free and computes
 the log-probs in vocabulary chunks), and one thing transformers does: it builds the embedding with
 padding_idx = pad_token_id, so that row gets no gradient from the inputs. SmolLM2's pad token is its
@@ -20,8 +25,8 @@ EOS <|im_end|>, which ends every chat turn, so TRL's gradient lacks that row's i
 norm is ~1e-4 below ours (model/model.py trains the row); on the tiny preset (a byte tokenizer
 whose pad never appears) the columns agree to float32's rounding.
 
-DPO only. Our ORPO differs from TRL's ORPOTrainer by choice (docs/methods.md#orpo: which tokens the
-NLL counts, and TRL's extra EOS), so there the losses differ by design, not by error.
+No ORPO: ours differs from TRL's ORPOTrainer by choice (docs/methods.md#orpo: which tokens the NLL
+counts, and TRL's extra EOS), so there the losses differ by design, not by error.
 
 Ours runs in this process, the training loop's own step (train.py: make_batch,
 accumulate_gradients, clip, AdamW); TRL in its own environment as in bench/train_speed.py (this file
@@ -34,15 +39,16 @@ import shutil
 import sys
 import tempfile
 
-# the settings both sides take (the docstring says why each)
-SETTINGS = dict(lr=5e-6, beta=0.1, batch=4, max_length=256, grad_clip=1.0)
+# the settings both sides take (the docstring says why each), and each method's own
+SETTINGS = dict(batch=4, max_length=256, grad_clip=1.0)
+METHODS = {"dpo": dict(lr=5e-6, beta=0.1), "sft": dict(lr=2e-5)}
 # this script's own presets (fewer rows than bench/train_speed.py's: at least steps x batch are made)
 PRESETS = {"cpu": dict(model="smollm2-135m", rows=64, prompt=18, response=45, steps=8),
            "tiny": dict(model="tiny", rows=16, prompt=6, response=6, steps=3)}
 
 
 def ours(spec):
-    """[{loss, grad_norm, margin}] of each step of our DPO."""
+    """[{loss, grad_norm(, margin)}] of each step of our DPO or SFT."""
     import torch
     import train
     from model.checkpoint import load
@@ -50,13 +56,14 @@ def ours(spec):
     from nanoalign.common import Run, frozen_copy
     from nanoalign.data import make_batch
     from nanoalign.tasks import get_task
-    cfg = train.make_config(method="dpo", init_from=spec["model_dir"], train_data=spec["rows"], val_data="",
-                            batch_size=spec["batch"], max_length=spec["max_length"], dtype="float32",
-                            grad_checkpoint="false", beta=spec["beta"], beta1=0.9, beta2=0.999,
-                            weight_decay=0.0, grad_clip=spec["grad_clip"])
-    method = REGISTRY["dpo"]
+    own = {"beta": spec["beta"]} if spec["method"] == "dpo" else {}
+    cfg = train.make_config(method=spec["method"], init_from=spec["model_dir"], train_data=spec["rows"],
+                            val_data="", batch_size=spec["batch"], max_length=spec["max_length"],
+                            dtype="float32", grad_checkpoint="false", beta1=0.9, beta2=0.999,
+                            weight_decay=0.0, grad_clip=spec["grad_clip"], **own)
+    method = REGISTRY[cfg.method]
     model, tok = load(cfg.init_from, torch.float32, "cpu")
-    run = Run(tok=tok, ref=frozen_copy(model))
+    run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
     ex = train.load_split(cfg, method, get_task(cfg.task), "train", run)
     opt = train.make_optimizer(model, cfg)
     for g in opt.param_groups:          # a constant rate (train.py's schedule sets it each step)
@@ -68,7 +75,7 @@ def ours(spec):
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        out.append({"loss": loss, "grad_norm": norm.item(), "margin": m["margin"]})
+        out.append({"loss": loss, "grad_norm": norm.item(), **({"margin": m["margin"]} if "margin" in m else {})})
     return out
 
 
@@ -77,31 +84,32 @@ def trl_child(spec):
     import dataclasses
 
     import torch
+    import transformers
+    import trl
     from datasets import Dataset          # TRL's own dependency, as in bench/train_speed.py
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-    order = {}
-    if any(f.name == "train_sampling_strategy" for f in dataclasses.fields(DPOConfig)):
-        order = dict(train_sampling_strategy="sequential")      # the rows in the file's order
-        InOrder = DPOTrainer
+    Config, Trainer = ((trl.DPOConfig, trl.DPOTrainer) if spec["method"] == "dpo"
+                       else (trl.SFTConfig, trl.SFTTrainer))
+    own = {"beta": spec["beta"]} if spec["method"] == "dpo" else {}
+    if any(f.name == "train_sampling_strategy" for f in dataclasses.fields(Config)):
+        own["train_sampling_strategy"] = "sequential"       # the rows in the file's order
+        InOrder = Trainer
     else:                                 # an older transformers: its sampler hook instead
-        class InOrder(DPOTrainer):
+        class InOrder(Trainer):
             def _get_train_sampler(self, *args, **kwargs):
                 return torch.utils.data.SequentialSampler(self.train_dataset)
-    args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=spec["batch"],
-                     gradient_accumulation_steps=1, max_steps=spec["steps"], max_length=spec["max_length"],
-                     beta=spec["beta"], learning_rate=spec["lr"], lr_scheduler_type="constant",
-                     warmup_steps=0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-                     max_grad_norm=spec["grad_clip"], bf16=False, gradient_checkpointing=False,
-                     use_cpu=True, seed=0, logging_steps=1, report_to="none", save_strategy="no",
-                     dataloader_num_workers=0, **order)
+    args = Config(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=spec["batch"],
+                  gradient_accumulation_steps=1, max_steps=spec["steps"], max_length=spec["max_length"],
+                  learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
+                  weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=spec["grad_clip"],
+                  bf16=False, gradient_checkpointing=False, use_cpu=True, seed=0, logging_steps=1,
+                  report_to="none", save_strategy="no", dataloader_num_workers=0, **own)
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
     t = InOrder(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(spec["model_dir"]),
                 train_dataset=Dataset.from_list([json.loads(line) for line in open(spec["rows"])]))
     t.train()
-    import transformers
-    import trl
-    return {"steps": [{"loss": h["loss"], "grad_norm": h["grad_norm"], "margin": h["rewards/margins"]}
+    return {"steps": [{"loss": h["loss"], "grad_norm": h["grad_norm"],
+                       **({"margin": h["rewards/margins"]} if "rewards/margins" in h else {})}
                       for h in t.state.log_history if "loss" in h],
             "versions": f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"}
 
@@ -110,7 +118,7 @@ def trl_child(spec):
 def table(mine, theirs):
     """The steps side by side, and the largest difference of each quantity (relative for the
     gradient norm). Without TRL's side, ours alone."""
-    keys = ("loss", "grad_norm", "margin")
+    keys = tuple(mine[0])                    # loss, grad_norm, and DPO's margin
     lines = [f"{'step':>4s} " + " ".join(f"{'ours ' + k:>15s} {'TRL ' + k:>15s}" for k in keys)]
     for i, m in enumerate(mine):
         t = theirs[i] if theirs and i < len(theirs) else {}
@@ -119,8 +127,8 @@ def table(mine, theirs):
     if theirs and len(theirs) == len(mine):
         worst = {k: max(abs(m[k] - t[k]) / (abs(t[k]) if k == "grad_norm" else 1) for m, t in zip(mine, theirs))
                  for k in keys}
-        lines.append(f"largest difference over the {len(mine)} steps: loss {worst['loss']:.2e}, grad_norm "
-                     f"{worst['grad_norm']:.2e} (relative), margin {worst['margin']:.2e}")
+        lines.append(f"largest difference over the {len(mine)} steps: " + ", ".join(
+            f"{k} {worst[k]:.2e}" + (" (relative)" if k == "grad_norm" else "") for k in keys))
     return "\n".join(lines)
 
 
@@ -128,6 +136,8 @@ def main():
     from bench.train_speed import REPO, make_rows, model_dir, run_child
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
+    ap.add_argument("--method", default="dpo", choices=tuple(METHODS),
+                    help="ours against TRL's DPOTrainer or SFTTrainer (default: %(default)s)")
     ap.add_argument("--preset", default="cpu", choices=tuple(PRESETS),
                     help="'cpu' = SmolLM2-135M-Instruct, 'tiny' = a random 0.1M model (checks the "
                     "harness) (default: %(default)s)")
@@ -149,8 +159,11 @@ def main():
     try:
         rows = os.path.join(work, "rows.jsonl")
         with open(rows, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in make_rows(p["rows"], p["prompt"], p["response"]))
-        spec = dict(SETTINGS, rows=rows, steps=p["steps"],
+            for r in make_rows(p["rows"], p["prompt"], p["response"]):
+                if a.method == "sft":                     # TRL's prompt-completion row of the chosen
+                    r = {"prompt": r["prompt"], "completion": r["chosen"]}
+                f.write(json.dumps(r) + "\n")
+        spec = dict(SETTINGS, **METHODS[a.method], method=a.method, rows=rows, steps=p["steps"],
                     model_dir=model_dir({"model": p["model"]}, work, a.checkpoint))
         # TRL's side first (it reads the rows and the model directory, nothing of ours): its
         # {"steps", "versions"}, or run_child's {"error": [its last line]}
@@ -160,9 +173,10 @@ def main():
             trl = run_child([a.trl_python, "-I", os.path.abspath(__file__), "--trl-child", json.dumps(spec)],
                             work)
         mine = ours(spec)
-        print(f"DPO, {a.preset}: {p['model']} on cpu, float32, {p['steps']} steps of {SETTINGS['batch']} pairs, "
-              f"max_length {SETTINGS['max_length']}, lr {SETTINGS['lr']} constant, beta {SETTINGS['beta']}, "
-              f"AdamW (0.9, 0.999), clip {SETTINGS['grad_clip']}")
+        beta = f", beta {spec['beta']}" if "beta" in spec else ""
+        print(f"{a.method.upper()}, {a.preset}: {p['model']} on cpu, float32, {p['steps']} steps of "
+              f"{spec['batch']} rows, max_length {spec['max_length']}, lr {spec['lr']} constant{beta}, "
+              f"AdamW (0.9, 0.999), clip {spec['grad_clip']}")
         theirs = trl.get("steps")
         print(table(mine, theirs))
         if theirs is None:

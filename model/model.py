@@ -260,7 +260,7 @@ class Transformer(nn.Module):
         # no padding_idx, where transformers passes pad_token_id: that row would get no gradient from
         # the inputs, and a pad token can be a real one (SmolLM2's is its EOS <|im_end|>, which ends
         # every chat turn) that would then never train as an input. Every other gradient is
-        # transformers' (docs/performance.md, "Our DPO step by step beside TRL's")
+        # transformers' (docs/performance.md, "Our DPO and SFT step by step beside TRL's")
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)

@@ -37,3 +37,15 @@ def test_a_failed_trl_side_is_said_and_is_not_a_success():
                         "--trl_python", "/bin/false"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr[-2000:]
     assert "TRL's side: exit 1" in r.stdout and "largest difference" not in r.stdout, r.stdout
+
+
+def test_sft_trains_on_trls_prompt_completion_rows():
+    """--method sft writes the rows as TRL's SFTTrainer takes them ({prompt, completion}), and ours
+    reads that file as it is: a positive loss each step, and no margin (DPO's alone)."""
+    r = subprocess.run([sys.executable, "-m", "bench.trl_parity", "--preset", "tiny", "--method", "sft",
+                        "--steps", "2", "--trl_python", ""], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("SFT, tiny:") and "margin" not in r.stdout, r.stdout
+    rows = [line.split() for line in r.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [len(row) for row in rows] == [3, 3] and all(float(row[1]) > 0 for row in rows), rows
