@@ -322,6 +322,16 @@ def run_child(cmd, cwd, env=None):
     return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.returncode}"]}
 
 
+def peer_flags(ap):
+    """--checkpoint and --trl_python: the real model and TRL's interpreter (bench/trl_parity.py too)."""
+    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "smollm2-135m"),
+                    help="the converted SmolLM2-135M-Instruct (made from the GGUF if missing) "
+                    "(default: checkpoints/smollm2-135m in the repository)")
+    ap.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", "/work/venv-trl/bin/python"),
+                    help="the interpreter of TRL's environment; '' = ours only "
+                    "(default: $TRL_PYTHON, else /work/venv-trl/bin/python)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -346,12 +356,7 @@ def main():
     ap.add_argument("--threads", type=int, help="CPU threads of each side (OMP_NUM_THREADS; default: "
                     "torch's, one per core). On a machine shared with other work, 1 keeps a side's "
                     "threads from spinning while its partner is descheduled")
-    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "smollm2-135m"),
-                    help="the converted SmolLM2-135M-Instruct (made from the GGUF if missing) "
-                    "(default: checkpoints/smollm2-135m in the repository)")
-    ap.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", "/work/venv-trl/bin/python"),
-                    help="the interpreter of TRL's environment; '' = ours only "
-                    "(default: $TRL_PYTHON, else /work/venv-trl/bin/python)")
+    peer_flags(ap)
     ap.add_argument("--largest_batch", default="with", choices=("with", "skip", "only"),
                     help="the search for the largest batch that fits at the preset's long max_length "
                     "(gpu_1p7b's: 2048; CUDA only), after the timed rows: 'with' them, 'skip' it, or "

@@ -133,7 +133,7 @@ def table(mine, theirs):
 
 
 def main():
-    from bench.train_speed import REPO, make_rows, model_dir, run_child
+    from bench.train_speed import make_rows, model_dir, peer_flags, run_child
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("--method", default="dpo", choices=tuple(METHODS),
@@ -142,12 +142,7 @@ def main():
                     help="'cpu' = SmolLM2-135M-Instruct, 'tiny' = a random 0.1M model (checks the "
                     "harness) (default: %(default)s)")
     ap.add_argument("--steps", type=int, help="optimizer steps on each side, at least 1 (default: the preset's)")
-    ap.add_argument("--checkpoint", default=os.path.join(REPO, "checkpoints", "smollm2-135m"),
-                    help="the converted SmolLM2-135M-Instruct (made from the GGUF if missing) "
-                    "(default: checkpoints/smollm2-135m in the repository)")
-    ap.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", "/work/venv-trl/bin/python"),
-                    help="the interpreter of TRL's environment; '' = ours only "
-                    "(default: $TRL_PYTHON, else /work/venv-trl/bin/python)")
+    peer_flags(ap)
     a = ap.parse_args()
     p = dict(PRESETS[a.preset])
     if a.steps is not None:
