@@ -245,7 +245,8 @@ def not_text(raw):
     for magic, (what, todo) in NOT_JSONL.items():
         if raw.startswith(magic):
             return f"{what}, not UTF-8 text; {todo}"
-    if raw.startswith(UTF16_BOMS) or b"\x00\x00" in (raw[1:4:2], raw[0:3:2]):
+    head = raw[:4]
+    if raw.startswith(UTF16_BOMS) or len(head) == 4 and (head[1] == head[3] == 0 or head[0] == head[2] == 0):
         return ("the file looks like UTF-16 (what Windows PowerShell's '>' writes), not UTF-8; "
                 "re-save it as UTF-8")
     if b"\x00" in raw:

@@ -78,6 +78,13 @@ def test_trl_prompt_completion_rows_are_sft_rows(tmp_path, prompt, completion):
         read_jsonl(write(tmp_path, {"prompt": [USER], "completion": [USER]}), "sft")
 
 
+def test_a_prompt_completion_row_without_its_prompt_names_what_it_needs(tmp_path):
+    f = write(tmp_path, {"completion": "It is blue."})
+    with pytest.raises(DataError) as e:
+        read_jsonl(f, "sft")
+    assert str(e.value) == f"{f}:1: missing field 'prompt' (a sft row needs prompt, completion)"
+
+
 def test_a_row_with_both_response_and_completion_is_refused(tmp_path):
     """Two names for the one answer: which one trains would be a guess."""
     f = write(tmp_path, {"prompt": "Hi", "response": "Hello.", "completion": "Hey."})
