@@ -162,27 +162,27 @@ def main():
                     model_dir=model_dir({"model": p["model"]}, work, a.checkpoint))
         # TRL's side first (it reads the rows and the model directory, nothing of ours): its
         # {"steps", "versions"}, or run_child's {"error": [its last line]}
-        trl = {"error": [f"not run: no interpreter at --trl_python {a.trl_python!r}"]}
+        peer = {"error": [f"not run: no interpreter at --trl_python {a.trl_python!r}"]}
         ran = bool(a.trl_python) and os.path.exists(a.trl_python)
         if ran:
-            trl = run_child([a.trl_python, "-I", os.path.abspath(__file__), "--trl-child", json.dumps(spec)],
+            peer = run_child([a.trl_python, "-I", os.path.abspath(__file__), "--trl-child", json.dumps(spec)],
                             work)
         mine = ours(spec)
         beta = f", beta {spec['beta']}" if "beta" in spec else ""
         print(f"{a.method.upper()}, {a.preset}: {p['model']} on cpu, float32, {p['steps']} steps of "
               f"{spec['batch']} rows, max_length {spec['max_length']}, lr {spec['lr']} constant{beta}, "
               f"AdamW (0.9, 0.999), clip {spec['grad_clip']}")
-        theirs = trl.get("steps")
+        theirs = peer.get("steps")
         print(table(mine, theirs))
         if theirs is None:
-            print(f"TRL's side: {' '.join(trl['error'])}")
+            print(f"TRL's side: {' '.join(peer['error'])}")
         else:
-            print(f"TRL's environment: {trl['versions']}")
+            print(f"TRL's environment: {peer['versions']}")
             if len(theirs) != len(mine):
                 print(f"TRL logged {len(theirs)} steps, ours ran {len(mine)}: not compared")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if ran and "error" in trl:     # TRL's side ran and failed: no comparison, not a success
+    if ran and "error" in peer:     # TRL's side ran and failed: no comparison, not a success
         sys.exit(1)
 
 
