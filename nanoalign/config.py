@@ -97,7 +97,9 @@ class SharedConfig:
                                    "reaches the peak rate; its start says so)", minimum=0)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0)
     beta1: float = option(0.9, "AdamW beta1", minimum=0.0, below=1.0)
-    beta2: float = option(0.95, "AdamW beta2", minimum=0.0, below=1.0)
+    beta2: float = option(0.95, "AdamW beta2 (TRL's trainers take transformers' 0.999; 0.95 forgets a "
+                          "spike in the gradients' scale sooner, as nanoGPT and Llama's recipe do)",
+                          minimum=0.0, below=1.0)
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", minimum=0.0)
     max_length: int = option(128, "tokens per sequence; responses are cut from the right; a prompt "
                              "that leaves no room for a response is a bad row (an error, or skipped "
