@@ -91,8 +91,9 @@ class SharedConfig:
                        f"on-policy DPO (self_judge, osp's pair losses), {_rate(AUTO_LR['preference'])} "
                        "for every other method (offline DPO, IPO, ORPO and MO-ORPO, and "
                        "self_judge_offpolicy, whose pairs are sampled once)", minimum=0.0)
-    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0,
-                                 maximum=1.0)
+    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio (1 = a constant rate "
+                                 "after the warm-up; TRL's trainers decay linearly to 0, with no "
+                                 "warm-up)", minimum=0.0, maximum=1.0)
     warmup_steps: int = option(20, "linear warm-up steps (a run of fewer --max_steps never "
                                    "reaches the peak rate; its start says so)", minimum=0)
     weight_decay: float = option(0.0, "AdamW weight decay", minimum=0.0)
