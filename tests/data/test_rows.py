@@ -7,8 +7,8 @@ import os
 import pytest
 from hypothesis import example, given, strategies as st
 
-from nanoalign.data import (DataError, check_labels, implicit_prompt, make_batch, read_jsonl, tokenize_pair,
-                            tokenize_rows, validate_row)
+from nanoalign.data import (DataError, check_labels, implicit_prompt, make_batch, not_text, read_jsonl,
+                            tokenize_pair, tokenize_rows, validate_row)
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, TOK
 
@@ -424,6 +424,18 @@ def test_a_utf16_file_is_an_error_that_says_so(scratch, prompts, encoding, skip_
         read_jsonl(str(f), "prompt", skip_bad=skip_bad)
     assert str(e.value) == (f"{f}:1: the file looks like UTF-16 (what Windows PowerShell's '>' "
                             f"writes), not UTF-8; re-save it as UTF-8")
+
+
+@given(st.dictionaries(TEXT, TEXT | st.lists(TEXT, max_size=2), max_size=3), st.sampled_from(["", " ", "\t"]),
+       st.booleans())
+@example({"\x00": "\x00"}, "", True)          # NUL characters, escaped in JSON text
+@example({"a": "b"}, "", False)                 # '"' at bytes 1 and 3: equal, but not NULs
+@example({"{": "b"}, "", False)                 # '{' at bytes 0 and 2: equal, but not NULs
+def test_a_utf8_json_line_is_always_text(row, indent, ascii_only):
+    """Whatever a JSON object holds, its line in UTF-8 is text: no format, UTF-16 or binary guess
+    fires on a JSONL file's first line (JSON writes a NUL character as \\u0000, never a NUL byte)."""
+    raw = (indent + json.dumps(row, ensure_ascii=ascii_only) + "\n").encode("utf-8")
+    assert not_text(raw) is None, raw
 
 
 @pytest.mark.parametrize("head, what, todo", [
