@@ -135,52 +135,62 @@ def model_dir(p, work, checkpoint, layers=None):
 def ours_child(spec):
     """Steps of our training loop on the spec's rows; returns the step times and the peak memory.
     With spec['max_batch'], instead the largest batch (doubling) that runs one step."""
-    import torch
     import train
-    from nanoalign.tasks import get_task
-    from model.checkpoint import load
-    from nanoalign import REGISTRY
-    from nanoalign.common import Run, frozen_copy
     from nanoalign.compute import compute_of     # what train.py's start line prints (nanoalign/runlog.py)
     from nanoalign.data import make_batch
     dev = spec["device"]
     cfg = train.make_config(method=spec["method"], init_from=spec["model_dir"], train_data=spec["rows"],
                             val_data="", batch_size=spec["batch"], max_length=spec["max_length"],
                             device=dev, **spec["setting"])
-    method = REGISTRY[cfg.method]
     # train.py's --deterministic (default true) as train.train sets it up, before the first cuBLAS handle
     deterministic = ", deterministic" if train.set_deterministic(cfg, dev) else ""
+    model, tok, method, ex, step = our_trainer(cfg, dev)
+    if spec.get("max_batch"):
+        return {"max_batch": largest_batch(lambda b: step((ex * b)[:b]))}
+    first = first_logps(model, make_batch(ex[:cfg.batch_size], method.eats, tok.pad_id, dev,
+                                          train.packed_batches(cfg, model)), spec["method"], cfg)
+    times, tokens = [], []
+    for i in range(spec["warmup"] + spec["steps"]):
+        t = time.perf_counter()
+        b = step(ex[i * cfg.batch_size:(i + 1) * cfg.batch_size])[0]
+        times.append(time.perf_counter() - t)
+        tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
+    return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
+            "compute": compute_of(cfg, model) + deterministic, "first": first, **peak(dev)}
+
+
+def our_trainer(cfg, dev, lr=None):
+    """(model, tok, method, examples, step): the run's start as train.train makes it, and its training
+    step as step(rows) -> (batch, loss, metrics, gradient norm before clipping): make_batch,
+    accumulate_gradients, clip, AdamW at a constant rate (lr, else the schedule's peak, as train.py
+    sets it each step), without the loop's logging and checkpointing. bench/trl_parity.py steps it too."""
+    import torch
+    import train
+    from model.checkpoint import load
+    from nanoalign import REGISTRY
+    from nanoalign.common import Run, frozen_copy
+    from nanoalign.data import make_batch
+    from nanoalign.tasks import get_task
+    method = REGISTRY[cfg.method]
     model, tok = load(cfg.init_from, torch.float32, dev)
     model.checkpoint_every = train.checkpoint_every(cfg, model)
     run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
     ex = train.load_split(cfg, method, get_task(cfg.task), "train", run)
     opt = train.make_optimizer(model, cfg)
-    for g in opt.param_groups:                   # train.py sets it each step: its schedule's peak
-        g["lr"] = train.peak_lr(cfg, model, method)
+    for g in opt.param_groups:
+        g["lr"] = lr if lr is not None else train.peak_lr(cfg, model, method)
     packed = train.packed_batches(cfg, model)
 
     def step(rows):
         batch = make_batch(rows, method.eats, tok.pad_id, dev, packed)
-        train.accumulate_gradients(model, method, [batch], run, cfg)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        loss, mets = train.accumulate_gradients(model, method, [batch], run, cfg)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if dev == "cuda":
             torch.cuda.synchronize()
-        return batch
-
-    if spec.get("max_batch"):
-        return {"max_batch": largest_batch(lambda b: step((ex * b)[:b]))}
-    first = first_logps(model, make_batch(ex[:cfg.batch_size], method.eats, tok.pad_id, dev, packed),
-                        spec["method"], cfg)
-    times, tokens = [], []
-    for i in range(spec["warmup"] + spec["steps"]):
-        t = time.perf_counter()
-        b = step(ex[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-        times.append(time.perf_counter() - t)
-        tokens.append(int(b["attn"].sum()) if "attn" in b else 0)
-    return {"times": times[spec["warmup"]:], "tokens_per_row": sum(tokens) / len(tokens) / (2 * cfg.batch_size),
-            "compute": compute_of(cfg, model) + deterministic, "first": first, **peak(dev)}
+        return batch, loss, mets, norm
+    return model, tok, method, ex, step
 
 
 def first_logps(model, batch, method, cfg):

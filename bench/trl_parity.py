@@ -48,33 +48,19 @@ PRESETS = {"cpu": dict(model="smollm2-135m", rows=64, prompt=18, response=45, st
 
 
 def ours(spec):
-    """[{loss, grad_norm(, margin)}] of each step of our DPO or SFT."""
-    import torch
+    """[{loss, grad_norm(, margin)}] of each step of our DPO or SFT (train.py's step: see
+    bench/train_speed.py our_trainer)."""
     import train
-    from model.checkpoint import load
-    from nanoalign import REGISTRY
-    from nanoalign.common import Run, frozen_copy
-    from nanoalign.data import make_batch
-    from nanoalign.tasks import get_task
+    from bench.train_speed import our_trainer
     own = {"beta": spec["beta"]} if spec["method"] == "dpo" else {}
     cfg = train.make_config(method=spec["method"], init_from=spec["model_dir"], train_data=spec["rows"],
                             val_data="", batch_size=spec["batch"], max_length=spec["max_length"],
                             dtype="float32", grad_checkpoint="false", beta1=0.9, beta2=0.999,
                             weight_decay=0.0, grad_clip=spec["grad_clip"], **own)
-    method = REGISTRY[cfg.method]
-    model, tok = load(cfg.init_from, torch.float32, "cpu")
-    run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
-    ex = train.load_split(cfg, method, get_task(cfg.task), "train", run)
-    opt = train.make_optimizer(model, cfg)
-    for g in opt.param_groups:          # a constant rate (train.py's schedule sets it each step)
-        g["lr"] = spec["lr"]
+    _, _, _, ex, step = our_trainer(cfg, "cpu", lr=spec["lr"])
     out, B = [], cfg.batch_size
     for i in range(spec["steps"]):
-        batch = make_batch(ex[i * B:(i + 1) * B], method.eats, tok.pad_id, "cpu", train.packed_batches(cfg, model))
-        loss, m = train.accumulate_gradients(model, method, [batch], run, cfg)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _, loss, m, norm = step(ex[i * B:(i + 1) * B])
         out.append({"loss": loss, "grad_norm": norm.item(), **({"margin": m["margin"]} if "margin" in m else {})})
     return out
 
