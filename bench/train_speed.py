@@ -244,17 +244,7 @@ def trl_child(spec):
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.t)
 
-    # the rows in the file's order, as ours takes them: the same pairs in every step on both sides
-    # (TRL's default draws them at random; the rows' lengths are alike, so the order does not change
-    # a step's work, only which rows make it). transformers 5 has a setting for it; an older one
-    # (a GPU machine's image) has none, and its trainer's sampler is replaced instead
-    if any(f.name == "train_sampling_strategy" for f in dataclasses.fields(Config)):
-        setting["train_sampling_strategy"] = "sequential"
-        InOrder = Trainer
-    else:
-        class InOrder(Trainer):
-            def _get_train_sampler(self, *args, **kwargs):
-                return torch.utils.data.SequentialSampler(self.train_dataset)
+    InOrder = in_file_order(Trainer, Config, setting)
 
     def trainer(batch, steps, timer=None, rows=rows):
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(dev)
@@ -288,6 +278,24 @@ def trl_child(spec):
 
 
 # -- shared by both children ------------------------------------------------------------------------
+def in_file_order(Trainer, Config, setting):
+    """TRL's Trainer, taking the rows in the file's order as ours does: the same pairs in every step
+    on both sides (TRL's default draws them at random; the rows' lengths are alike, so the order does
+    not change a step's work, only which rows make it). transformers 5 has a setting for it, added to
+    the Config keywords `setting`; an older one (a GPU machine's image) has none, and the trainer's
+    sampler is replaced instead. Standard library only at import: bench/trl_parity.py's TRL child,
+    outside the repository, loads this file by its path."""
+    if any(f.name == "train_sampling_strategy" for f in dataclasses.fields(Config)):
+        setting["train_sampling_strategy"] = "sequential"
+        return Trainer
+    import torch
+
+    class InOrder(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+    return InOrder
+
+
 def peak(dev):
     import torch
     if dev == "cuda":

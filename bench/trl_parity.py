@@ -67,7 +67,7 @@ def ours(spec):
 
 # -- TRL (a child process in TRL's environment; imports nothing of this repository) ------------------
 def trl_child(spec):
-    import dataclasses
+    import importlib.util
 
     import torch
     import transformers
@@ -77,13 +77,13 @@ def trl_child(spec):
     Config, Trainer = ((trl.DPOConfig, trl.DPOTrainer) if spec["method"] == "dpo"
                        else (trl.SFTConfig, trl.SFTTrainer))
     own = {"beta": spec["beta"]} if spec["method"] == "dpo" else {}
-    if any(f.name == "train_sampling_strategy" for f in dataclasses.fields(Config)):
-        own["train_sampling_strategy"] = "sequential"       # the rows in the file's order
-        InOrder = Trainer
-    else:                                 # an older transformers: its sampler hook instead
-        class InOrder(Trainer):
-            def _get_train_sampler(self, *args, **kwargs):
-                return torch.utils.data.SequentialSampler(self.train_dataset)
+    # bench/train_speed.py by its path: out here (python -I, outside the repository) `bench` is no
+    # package, and the repository on sys.path would shadow the `kernels` package transformers imports
+    where = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_speed.py")
+    found = importlib.util.spec_from_file_location("train_speed", where)
+    speed = importlib.util.module_from_spec(found)
+    found.loader.exec_module(speed)
+    InOrder = speed.in_file_order(Trainer, Config, own)      # the rows in the file's order
     args = Config(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=spec["batch"],
                   gradient_accumulation_steps=1, max_steps=spec["steps"], max_length=spec["max_length"],
                   learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
