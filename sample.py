@@ -51,8 +51,9 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
-from nanoalign.data import DataError, check_response, check_text, decode_line, raw_lines
+from nanoalign.data import check_response, check_text
 from nanoalign.suggest import ArgumentParser, did_you_mean
+from nanoalign.textfile import DataError, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
 
 
@@ -227,7 +228,7 @@ def parse_args(argv=None):
 
 def read_lines(path, flag):
     """[("file:N", text)] of a UTF-8 text file (a BOM allowed), read as the data files are
-    (nanoalign/data.py `raw_lines`, `decode_line`); errors name the flag, the file and the line."""
+    (nanoalign/textfile.py `raw_lines`, `decode_line`); errors name the flag, the file and the line."""
     try:
         return [(where, decode_line(raw, where).rstrip("\r\n")) for where, raw in raw_lines(path)]
     except DataError as e:

@@ -7,8 +7,9 @@ import os
 import pytest
 from hypothesis import example, given, strategies as st
 
-from nanoalign.data import (DataError, check_labels, implicit_prompt, make_batch, not_text, read_jsonl,
-                            tokenize_pair, tokenize_rows, validate_row)
+from nanoalign.data import (DataError, check_labels, implicit_prompt, make_batch, read_jsonl, tokenize_pair,
+                            tokenize_rows, validate_row)
+from nanoalign.textfile import not_text
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, TOK
 

@@ -1,0 +1,66 @@
+"""
+A data file's lines, bytes to text one line at a time, every error naming the file and the line:
+UTF-8 whatever the platform's default encoding, a byte order mark dropped, and a file that is no
+UTF-8 text at all (Parquet, gzip, an Arrow file, zip, UTF-16, binary) said to be what it is at
+once, not as a bad first row. nanoalign/data.py reads JSONL rows through it; sample.py its
+--prompts_file and --answers_file.
+"""
+import codecs
+
+
+class DataError(ValueError):
+    """A bad data row; the message names the file, the line and the field."""
+
+
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# what a researcher may hand over in JSONL's place, by its first bytes: (what it is, how to make JSONL)
+NOT_JSONL = {b"PAR1": ("a Parquet file", "convert it first, e.g. "
+                       "pandas.read_parquet(path).to_json('rows.jsonl', orient='records', lines=True)"),
+             b"\x1f\x8b": ("gzip-compressed", "gunzip it first"),
+             b"ARROW1": ("an Arrow file", "convert it first, e.g. datasets' Dataset.from_file(path)"
+                         ".to_json('rows.jsonl')"),
+             b"PK\x03\x04": ("a zip archive", "unzip it first")}
+
+
+def decode_line(raw, where):
+    """One line of a JSONL file, bytes -> text: UTF-8, whatever the platform's default encoding,
+    with a byte order mark at its start dropped (Windows editors write one). A line that is not
+    UTF-8 (a Latin-1 line) is a bad row naming the first byte that is not, and its column."""
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        col = len(raw[:e.start].decode("utf-8")) + 1      # the bytes before e.start are UTF-8
+        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {col}; Latin-1 "
+                        f"or Windows-1252?); re-save the file as UTF-8") from None
+
+
+def not_text(raw):
+    """Why a file whose line 1 is `raw` is no UTF-8 text, or None: a binary format by its
+    first bytes (NOT_JSONL), UTF-16 (what Windows PowerShell's `>` writes: a byte order mark, or a
+    NUL beside each of the first two characters, which in JSON are ASCII), or other binary data."""
+    for magic, (what, todo) in NOT_JSONL.items():
+        if raw.startswith(magic):
+            return f"{what}, not UTF-8 text; {todo}"
+    head = raw[:4]
+    if raw.startswith(UTF16_BOMS) or len(head) == 4 and (head[1] == head[3] == 0 or head[0] == head[2] == 0):
+        return ("the file looks like UTF-16 (what Windows PowerShell's '>' writes), not UTF-8; "
+                "re-save it as UTF-8")
+    if b"\x00" in raw:
+        return "binary data (NUL bytes), not UTF-8 text"
+    return None
+
+
+def raw_lines(path):
+    """("file:N", the line's bytes) of a text file, each line ending at "\n", to be decoded on its own
+    (`decode_line`). A file that cannot be opened is an error, and so is one whose line 1 says it is
+    no text (`not_text`: Parquet, gzip, UTF-16, ...): every line of it would be bad."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for i, raw in enumerate(f, 1):
+            if i == 1 and (why := not_text(raw)):
+                raise DataError(f"{path}:1: {why}")
+            yield f"{path}:{i}", raw
