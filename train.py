@@ -331,6 +331,12 @@ def start_checkpoint(cfg, task):
     warm-up (a run of its own, trained by train() first), the instruct task's real checkpoint."""
     if cfg.init_from != "default" or cfg.resume:
         return cfg
+    # your own rows, read (and thrown away) first: a mistake in them is its error now, not after the
+    # warm-up has trained (a minute on a first run)
+    method = REGISTRY[cfg.method]
+    for src in (cfg.train_data, cfg.val_data):
+        if src not in ("builtin", "auto", ""):
+            read_jsonl(src, method.reads, cfg.skip_bad_rows, method.check_row and method.check_row(cfg))
     path = task.warm_start(shared_options(cfg), lambda **kw: train(make_config(**kw), task))
     return dataclasses.replace(cfg, init_from=path)
 

@@ -362,6 +362,27 @@ def test_the_init_from_help_names_what_the_warm_up_is_cached_by(tmp_path, monkey
     assert named == keyed
 
 
+@pytest.mark.parametrize("flag", ["--train_data", "--val_data"])
+def test_a_data_files_mistake_is_its_error_before_the_default_start_trains(tmp_path, monkeypatch, capsys, flag):
+    """--init_from default (the flag's default) with your own file: a row missing a field was its
+    error only after the SFT warm-up had trained, a minute on a first run, for a mistake in the file."""
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "prefs.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
+                   + json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    warmed = []
+
+    def warm_start(*args):
+        warmed.append(args)
+        raise RuntimeError("the warm-up ran")
+    monkeypatch.setattr(task, "warm_start", warm_start)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--method", "dpo", flag, str(bad), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and warmed == []
+    assert f"{bad}:2" in err and "'rejected'" in err
+
+
 def test_a_lora_run_from_the_default_start_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     train.main(["--method", "orpo", "--lora_r", "4", "--n_warm", "16", "--warm_steps", "2", "--max_steps", "1",
