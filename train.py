@@ -366,10 +366,9 @@ def main(argv=None):
         cfg = start_checkpoint(cfg, task)
         device, before = dist.setup(cfg.device), None
         set_deterministic(cfg, device)           # before the first matmul: the "before" table's
-        # the start's scores; a resumed run's too (its saved --init_from), so that it ends with the
-        # unbroken run's table, unless its start is gone (a run copied to another machine)
-        start_kept = not cfg.resume or cfg.init_from == "scratch" or os.path.isdir(cfg.init_from)
-        if cfg.final_eval and cfg.train_data == "builtin" and start_kept and not method.main:
+        # the start's scores; a resumed run's too (its saved --init_from, which --resume requires),
+        # so that it ends with the unbroken run's table
+        if cfg.final_eval and cfg.train_data == "builtin" and not method.main:
             torch.manual_seed(cfg.seed)
             model, tok = init_model(cfg, task, device)
             before = {"scores": oracle_eval(model, tok, task=task), "tok": tok}

@@ -412,7 +412,14 @@ def resume_config(given, where="flags"):
             raise SystemExit(f"error: --resume: '{k}' is not an option of --method "
                              f"{saved_cfg.method}, which this run ({path}) trains")
     keep = {k: v for k, v in given.items() if k in RESUMABLE}
-    return dataclasses.replace(saved_cfg, **keep, **moves, out_dir=out_dir)
+    cfg = dataclasses.replace(saved_cfg, **keep, **moves, out_dir=out_dir)
+    # the step's weights come from the checkpoint, but the run builds its start again first: the
+    # tokenizer, a LoRA run's base, the frozen reference of a method that has one
+    if cfg.init_from != "scratch" and not os.path.isdir(cfg.init_from):
+        raise SystemExit(f"error: --resume: this run ({path}) started from --init_from {cfg.init_from}, "
+                         f"which is not there; a resumed run loads its start again (the tokenizer, a "
+                         f"LoRA base, a method's frozen reference): put the start back at that path")
+    return cfg
 
 
 def beside(path, out_dir):

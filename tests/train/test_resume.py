@@ -309,3 +309,21 @@ def test_a_resumed_built_in_run_ends_with_the_unbroken_runs_table(tmp_path, caps
     capsys.readouterr()
     train.main(["--out_dir", str(tmp_path / "b"), "--resume"])
     assert table_of(capsys.readouterr().out) == unbroken
+
+
+def test_a_run_whose_start_is_gone_is_refused_by_resume_naming_the_start(tmp_path, capsys):
+    """A run copied to another machine without its --init_from: --resume said "X: not a directory"
+    from deep in the model loader, not that X is the run's start, which the resume loads again."""
+    common = ["--model_preset", "tiny", "--batch_size", "4", "--n_train", "16", "--val_data", "",
+              "--final_eval", "false"]
+    train.main(["--method", "sft", "--init_from", "scratch", "--max_steps", "1",
+                "--out_dir", str(tmp_path / "start"), *common])
+    start = str(tmp_path / "start" / "ckpt")
+    train.train(train.make_config(method="sft", init_from=start, max_steps=3, out_dir=str(tmp_path / "run"),
+                                  batch_size=4, n_train=16, val_data="", final_eval=False), stop_at=1)
+    shutil.rmtree(tmp_path / "start")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out_dir", str(tmp_path / "run"), "--resume"])
+    assert e.value.code == 2
+    assert f"started from --init_from {start}, which is not there" in capsys.readouterr().err
