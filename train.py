@@ -46,8 +46,8 @@ from nanoalign import REGISTRY, dist, runlog
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
                                   save_checkpoint, saved_step)
 from nanoalign.common import Run, frozen_copy
-from nanoalign.compute import (autocast, checkpoint_every, make_optimizer, packed_batches, peak_lr,
-                               set_deterministic)
+from nanoalign.compute import (autocast, autocast_dtype, checkpoint_every, make_optimizer, off_bf16_ties,
+                               packed_batches, peak_lr, set_deterministic)
 from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
@@ -67,6 +67,8 @@ def init_model(cfg, task, device):
         model, tok = load(cfg.init_from, torch.float32, device, cfg.chat_format or None)
     if getattr(model, "lora", None):   # starting from a LoRA run: its adapters become the base
         merge(model)
+    if autocast_dtype(cfg, model):     # float16 or dequantized weights: see off_bf16_ties
+        off_bf16_ties(model.parameters())
     if cfg.lora_r:
         apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     return model, tok
@@ -233,6 +235,8 @@ def train(cfg, task=None, stop_at=None):
         method.setup(run, cfg, device)
     if cfg.resume:
         model, _ = load(ckpt, torch.float32, device)
+        if autocast_dtype(cfg, model):   # a LoRA run's base, loaded from the start again: as init_model had it
+            off_bf16_ties([p for p in model.parameters() if not p.requires_grad])
     if method.needs_ref and cfg.lora_r:
         run.ref = AdaptersOff(model)             # the same weights with the adapters switched off
     # a length limit beyond the model's context would stop the run when a long row comes, hours in

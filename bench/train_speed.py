@@ -166,16 +166,15 @@ def our_trainer(cfg, dev, lr=None):
     sets it each step), without the loop's logging and checkpointing. bench/trl_parity.py steps it too."""
     import torch
     import train
-    from model.checkpoint import load
     from nanoalign import REGISTRY
     from nanoalign.common import Run, frozen_copy
     from nanoalign.data import make_batch
     from nanoalign.tasks import get_task
-    method = REGISTRY[cfg.method]
-    model, tok = load(cfg.init_from, torch.float32, dev)
+    method, task = REGISTRY[cfg.method], get_task(cfg.task)
+    model, tok = train.init_model(cfg, task, dev)
     model.checkpoint_every = train.checkpoint_every(cfg, model)
     run = Run(tok=tok, ref=frozen_copy(model) if method.needs_ref else None)
-    ex = train.load_split(cfg, method, get_task(cfg.task), "train", run)
+    ex = train.load_split(cfg, method, task, "train", run)
     opt = train.make_optimizer(model, cfg)
     for g in opt.param_groups:
         g["lr"] = lr if lr is not None else train.peak_lr(cfg, model, method)

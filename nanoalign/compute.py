@@ -73,6 +73,21 @@ def autocast_dtype(cfg, model, decoding=False):
     return torch.bfloat16 if (cpu_has_bf16() if decoding else cpu_bf16_trains_faster()) else None
 
 
+@torch.no_grad()
+def off_bf16_ties(params):
+    """Every float32 weight exactly halfway between two bf16 values, moved onto the one bf16 rounds it
+    to (the forward's matmuls read the same numbers as before). A start from a float16 checkpoint
+    has 1 in 8 of its weights on such ties, a dequantized GGUF many (SmolLM2-135M-Instruct's Q4_1:
+    8.1%), and under bf16 autocast a tie is tipped a whole bf16 step by the first update of any size
+    in the gradient's direction: one ORPO step at a rate of 5e-8 took SmolLM2's held-out loss in bf16
+    from 2.94 to 2.06 (float32's: 2.952 to 2.947; docs/results.md, "bf16 ties"). Off the ties, the
+    float32 weights gather the updates until they add up to a bf16 step, as mixed precision means."""
+    for p in params:
+        if p.dtype == torch.float32:
+            tie = (p.view(torch.int32) & 0xFFFF) == 0x8000        # the low 16 bits bf16 drops: 1000...0
+            p[tie] = p[tie].bfloat16().float()
+
+
 def autocast(cfg, model, decoding=False):
     """The context the forwards run in: bfloat16 autocast when autocast_dtype says so (the weights
     and AdamW state stay float32, the matmuls run in bfloat16), else plain float32."""

@@ -141,6 +141,26 @@ def test_lora_dpo_resumes_exactly_and_saves_adapters_only(tmp_path, start):
         train.train(run_cfg(tmp_path / "c", method="dpo", lora_r=4))
 
 
+def test_lora_in_bf16_from_a_float16_start_resumes_exactly(tmp_path, start):
+    """Under bf16 autocast the run's start has its weights on bf16 ties moved off them
+    (compute.off_bf16_ties, in train.init_model); a resumed LoRA run loads its base from the start
+    again, beside its adapters, and must move the same weights, or the frozen embedding (read in
+    float32) differs from the unbroken run's."""
+    from model.checkpoint import load
+    from model.hf import save_model
+    from tests.helpers import run_cfg
+    model, tok = load(start)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())                   # a float16 checkpoint: 1 in 8 weights on ties
+    save_model(model, str(tmp_path / "fp16"), tokenizer=tok)
+    kw = dict(method="dpo", init_from=str(tmp_path / "fp16"), lora_r=4, lora_alpha=8.0, lr=1e-2, dtype="bfloat16")
+    straight = train.train(run_cfg(tmp_path / "a", **kw))
+    first = train.train(run_cfg(tmp_path / "b", **kw), stop_at=3)
+    second = train.train(run_cfg(tmp_path / "b", resume=True, **kw))
+    assert first + second == straight
+
+
 @pytest.mark.parametrize("name", [m for m in REGISTRY if not REGISTRY[m].main])   # a chain: its own tests
 def test_every_method_trains_its_adapters_against_the_base_as_its_reference(tmp_path, start, monkeypatch, name):
     """--lora_r for every method, not DPO's alone: the run trains its adapters (the checkpoint holds

@@ -151,6 +151,62 @@ def test_bf16_autocast_really_runs_in_bf16():
     assert abs(bf16 - f64) > 10 * abs(f32 - f64)
 
 
+def _bits(x):
+    return x.view(torch.int32)
+
+
+@settings(max_examples=examples(50), deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**31 - 1), st.booleans()), min_size=1, max_size=64))
+def test_weights_on_bf16_ties_move_onto_the_value_bf16_reads_and_no_other_weight_moves(words):
+    """compute.off_bf16_ties: a float32 weight exactly halfway between two bf16 values (its low 16
+    bits 0x8000) becomes the one bf16 rounds it to, so every bf16 matmul reads what it read before;
+    every other weight keeps its bits. Random finite float32 bit patterns, some forced onto ties."""
+    from nanoalign.compute import off_bf16_ties
+    raw = [(w & 0xFFFF0000) | 0x8000 if tie else w for w, tie in words]
+    raw = [w if (w >> 23) & 0xFF < 0xFE else w & ~(0x40 << 23) for w in raw]   # finite, and no tie rounds to inf
+    x = torch.tensor(raw, dtype=torch.int32).view(torch.float32) * torch.tensor(
+        [(-1) ** i for i in range(len(raw))])                       # both signs
+    model = torch.nn.Linear(len(raw), 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(x[None])
+    off_bf16_ties(model.parameters())
+    y = model.weight.detach()[0]
+    tie = (_bits(x) & 0xFFFF) == 0x8000
+    assert torch.equal(y.bfloat16().view(torch.int16), x.bfloat16().view(torch.int16))
+    assert torch.equal(_bits(y)[~tie], _bits(x)[~tie])
+    assert ((_bits(y)[tie] & 0xFFFF) == 0).all()
+
+
+def test_a_start_with_weights_on_bf16_ties_moves_in_bf16_no_further_than_its_rate(tmp_path):
+    """A float16 checkpoint (1 in 8 weights exactly halfway between two bf16 values) or a dequantized
+    GGUF (SmolLM2-135M-Instruct's Q4_1: 8.1%) trained under bf16 autocast: the first update of any
+    size, however small the rate, tipped those weights a whole bf16 step toward the gradient; one ORPO
+    step at a rate of 5e-8 took SmolLM2's held-out loss from 2.94 to 2.06. The run's start (train.
+    init_model) now has them on the value its forward reads: a step at 1e-9 changes no bf16 value
+    of a weight above 1e-4, whose bf16 neighbours are 2e-7 or more away."""
+    import train
+    from model.checkpoint import load
+    from model.hf import save_model
+    from tests.helpers import run_cfg
+    with one_thread():
+        train.train(run_cfg(tmp_path / "a", method="sft", max_steps=1, dtype="float32"))
+        model, tok = load(str(tmp_path / "a" / "run" / "ckpt"))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())                       # a float16 checkpoint's weights
+        start = tmp_path / "fp16"
+        save_model(model, str(start), tokenizer=tok)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tied = sum(((_bits(p) & 0xFFFF) == 0x8000).sum().item() for p in before.values())
+        assert tied > 0.1 * sum(p.numel() for p in before.values())
+        train.train(run_cfg(tmp_path / "b", method="sft", init_from=str(start), max_steps=1, warmup_steps=1,
+                            grad_accum=1, lr=1e-9, dtype="bfloat16"))
+        after, _ = load(str(tmp_path / "b" / "run" / "ckpt"))
+    for n, p in after.named_parameters():
+        big = before[n].abs() > 1e-4
+        assert torch.equal(p.detach()[big].bfloat16(), before[n][big].bfloat16()), n
+
+
 # -- the same modes through the whole loop, for every method ----------------------------------------
 LOOP_METHODS = [m for m in REGISTRY if not REGISTRY[m].main]   # MetaAligner's chain: train() per stage
 
