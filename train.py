@@ -186,9 +186,12 @@ def held_out_loss(model, method, val, run, cfg):
     model.eval()
     tot, units = 0.0, 0
     dev = next(model.parameters()).device
-    for i in range(max(1, min(cfg.eval_batches, len(val) // cfg.batch_size))):
-        b = make_batch(val[i * cfg.batch_size:(i + 1) * cfg.batch_size], method.eats, run.tok.pad_id,
-                       dev, packed_batches(cfg, model))
+    # the same examples at every evaluation, spread evenly over the data: its head alone could be one
+    # kind of example (JSFT's prepared rows: every answer before every judgement)
+    n = min(len(val), cfg.batch_size * max(1, min(cfg.eval_batches, len(val) // cfg.batch_size)))
+    pick = [val[i * len(val) // n] for i in range(n)]
+    for i in range(0, n, cfg.batch_size):
+        b = make_batch(pick[i:i + cfg.batch_size], method.eats, run.tok.pad_id, dev, packed_batches(cfg, model))
         with autocast(cfg, model):
             loss, _ = method.loss(model, b, run, cfg)
         tot, units = tot + loss.item(), units + b[method.unit]

@@ -272,6 +272,24 @@ def test_main_runs_with_a_stdout_that_cannot_be_line_buffered(monkeypatch):
     assert e.value.code == 0 and "--max_steps" in out.text
 
 
+@pytest.mark.parametrize("n_val, batch_size, eval_batches", [(768, 16, 8), (30, 4, 2), (7, 2, 8), (3, 4, 8)])
+def test_the_held_out_loss_reads_examples_from_across_the_val_data_not_its_head(monkeypatch, n_val, batch_size,
+                                                                                eval_batches):
+    """--eval_batches B of --batch_size N read the first B x N held-out examples: JSFT's prepared
+    rows put every answer before every judgement (self_judge.jsft_rows), so its val loss never saw a
+    judgement (0.38 on the first 128 of 768; 11.0 on the judgements alone). Now the same examples at
+    every evaluation, spread evenly over the data, each at most once."""
+    seen, real = [], train.make_batch
+    monkeypatch.setattr(train, "make_batch", lambda ex, *a, **kw: seen.extend(e["i"] for e in ex) or real(ex, *a, **kw))
+    val = [{"ids": [5, 6, 7, 8], "n_prompt": 1, "i": i} for i in range(n_val)]
+    cfg = train.make_config(method="sft", batch_size=batch_size, eval_batches=eval_batches)
+    train.held_out_loss(small_model(), REGISTRY["sft"], val, train.Run(tok=task.build_tokenizer()), cfg)
+    want = min(n_val, batch_size * max(1, min(eval_batches, n_val // batch_size)))
+    assert len(seen) == len(set(seen)) == want
+    gaps = [b - a for a, b in zip(seen, seen[1:])]
+    assert seen[0] == 0 and max(gaps) - min(gaps) <= 1 and n_val - 1 - seen[-1] <= max(gaps)
+
+
 # -- a default run's start: the cached SFT warm-up ---------------------------------------------------
 def test_the_warm_up_trains_with_its_own_settings_whatever_the_run_sets(tmp_path, monkeypatch):
     """--init_from default: the warm-up is cached under its own settings (preset, seed, rows, steps,
