@@ -156,8 +156,11 @@ def load_model(d, dtype=torch.float32, device="cpu"):
     Every tensor config.json describes must be there with its shape, and every tensor there must be
     one config.json describes (except the few that transformers knowingly skips: _check_all_used)."""
     if not os.path.isdir(d):
-        raise CheckpointError(f"{d}: not a directory")
+        raise CheckpointError(f"{d}: {'not a directory' if os.path.exists(d) else 'does not exist'}")
     config_path = os.path.join(d, "config.json")
+    if not os.path.exists(config_path) and os.path.isfile(os.path.join(d, "ckpt", "config.json")):
+        # a run's --out_dir given for its checkpoint
+        raise CheckpointError(f"{d}: no config.json; the checkpoint of the run there is {os.path.join(d, 'ckpt')}")
     cfg = config_from_hf(config_path)
     with torch.device("meta"):
         model = Transformer(cfg)

@@ -44,7 +44,7 @@ def test_a_failing_seed_process_stops_the_comparison_with_its_log(tmp_path):
     with pytest.raises(SystemExit, match=r"seed [12] failed \(exit 1\)") as e:
         compare.main(["--preset", "instruct_smoke", "--seeds", "1,2", "--jobs", "2", "--start",
                       str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
-    assert "seed-" in str(e.value) and "missing: not a directory" in str(e.value)  # the log's end, shown
+    assert "seed-" in str(e.value) and "missing: does not exist" in str(e.value)  # the log's end, shown
 
 
 def test_the_comparisons_own_forwards_run_on_the_training_device(tmp_path, monkeypatch):

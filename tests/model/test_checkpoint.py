@@ -26,6 +26,17 @@ def test_missing_config(saved):
         load_model(str(saved))
 
 
+def test_a_missing_directory_and_a_runs_directory_say_what_they_are(tmp_path):
+    """--init_from nope said "nope: not a directory", and a run's directory (train.py's --out_dir,
+    which holds ckpt/) "config.json: file not found"; the first does not exist, the second holds the
+    checkpoint one level down."""
+    with pytest.raises(CheckpointError, match=r"nope: does not exist"):
+        load_model(str(tmp_path / "nope"))
+    save_model(tiny(), tmp_path / "run" / "ckpt")
+    with pytest.raises(CheckpointError, match=r"run: no config\.json; the checkpoint of the run there is .*run/ckpt"):
+        load_model(str(tmp_path / "run"))
+
+
 def test_corrupt_config(saved):
     (saved / "config.json").write_text('{"model_type": "llama",\n  "vocab_size": }')
     with pytest.raises(CheckpointError, match=r"config\.json: invalid JSON at line 2"):
