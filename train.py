@@ -269,7 +269,7 @@ def train(cfg, task=None, stop_at=None):
     except OSError as e:
         raise CheckpointError(f"--out_dir {cfg.out_dir}: cannot create it ({e.strerror})") from None
     packed, peak = packed_batches(cfg, model), peak_lr(cfg, model, method)
-    runlog.start(cfg, method, model, device, len(train_ex), peak, lr_at(cfg.max_steps - 1, cfg, peak))
+    runlog.start(cfg, method, model, device, len(train_ex), peak, lr_at(cfg.max_steps - 1, cfg, peak), step)
     model.train()
     log, stop = runlog.RunLog(cfg.out_dir, step, cfg.resume), StopFlag()
     history, val_step, rollout_mets = [], None, {}

@@ -33,6 +33,19 @@ def test_every_method_resumes_to_the_unbroken_runs_losses(tmp_path, method):
     assert st["step"] == 6 and st["config"]["method"] == method
 
 
+def test_a_resumed_run_says_from_which_step_it_goes_on(tmp_path, capsys):
+    """A resumed run started with the very lines of a new one: nothing said it went on from a
+    checkpoint, nor from which step."""
+    train.train(run_cfg(tmp_path, method="sft", eval_every=0), stop_at=2)
+    capsys.readouterr()
+    train.train(run_cfg(tmp_path, method="sft", eval_every=0, resume=True))
+    lines = capsys.readouterr().out.splitlines()
+    ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
+    assert lines[1] == f"resumed from {ckpt} at step 2 of 6"
+    train.train(run_cfg(tmp_path / "new", method="sft", eval_every=0, max_steps=1))
+    assert not [s for s in capsys.readouterr().out.splitlines() if s.startswith("resumed")]
+
+
 def test_a_stopped_run_logs_no_end_of_run_validation_and_its_resume_logs_it_once(tmp_path):
     """Ctrl-C ran the whole held-out evaluation before exiting (minutes on a large model, while the
     user waits) and logged it as '(end of run)' at the stopped step; the run's log then held a
