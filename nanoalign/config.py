@@ -115,7 +115,8 @@ class SharedConfig:
     log_every: int = option(10, "print and record metrics every N steps", minimum=1)
     eval_every: int = option(100, "held-out loss every N steps (0 = only at the end; it always runs "
                              "at the end when there is validation data)", minimum=0)
-    eval_batches: int = option(8, "micro-batches of held-out data per evaluation", minimum=1)
+    eval_batches: int = option(8, "micro-batches of held-out data per evaluation (the same examples each "
+                               "time, spread evenly over the data)", minimum=1)
     ckpt_every: int = option(0, "checkpoint every N steps (0 = only at the end)", minimum=0)
     final_eval: bool = option(True, "on the built-in task, end with the table of greedy answers "
                               "before and after (a resumed run too, from its start, if that is "
