@@ -51,7 +51,7 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
-from nanoalign.data import check_response, check_text
+from nanoalign.data import check_response, check_text, check_turns_before_answer
 from nanoalign.suggest import ArgumentParser, did_you_mean
 from nanoalign.textfile import DataError, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
@@ -249,6 +249,7 @@ def read_answers(path):
         try:                             # what MetaAligner's template reads, checked as data rows are
             prompt = check_text(prompt, where, "prompt")
             answer = check_response(check_text(answer, where, "answer"), where, "answer")
+            check_turns_before_answer(prompt, answer, where, "answer")
         except DataError as e:
             sys.exit(f"error: {e}")
         prompts.append(prompt)

@@ -9,7 +9,8 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
               or  {"messages": [...]}  (last assistant turn = response)
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}; R's list ends
-              with its answer, the last assistant message
+              with its answer, the last assistant message, and before it holds nothing or P's
+              messages (a string P is one user message)
   labels      optional, on preference rows: {objective: "1" | "2" | "equal"} (response 1 = chosen;
               1 and 2 may be JSON numbers), with "objectives": {objective: description};
               MetaAligner and principle-aware judges read them, through check_labels (other
@@ -37,6 +38,7 @@ from typing import Callable
 
 import torch
 
+from model.tokenizer import as_messages
 from nanoalign.textfile import DataError, decode_line, raw_lines
 
 
@@ -108,6 +110,26 @@ def check_response(v, where, field, first=1):
     return v
 
 
+def check_turns_before_answer(prompt, response, where, field):
+    """A response given as messages, with an explicit prompt: the turns before its answer must be
+    none, or the prompt's own messages (TRL's conversational rows repeat the prompt there; a string
+    prompt is the one user message the chat template gets, `as_messages`). Only the answer is
+    trained, after 'prompt', so any other turns would be dropped without a word: a row {prompt:
+    "What is 2+2?", chosen: [user "Tell me a joke", assistant "4"]} trained the answer to a question
+    it never asked, and {prompt: [Q1], chosen: [Q1, A1, Q2, A2]} trained Q1 -> A2. (The implicit
+    prompt's rows are refused in _read_pref, which can say more.)"""
+    if isinstance(response, list) and len(response) > 1:
+        before, asked = response[:-1], as_messages(prompt)
+        if before != asked:
+            n = next((i for i, (a, b) in enumerate(zip(before, asked)) if a != b),
+                     min(len(before), len(asked)))             # where they part, or one ends
+            raise DataError(f"{where}: field '{field}': the messages before its answer are not the 'prompt' "
+                            f"field's conversation (from message {n + 1}), and would be ignored (the answer "
+                            f"goes after 'prompt'); give '{field}' as the answer alone, or as the prompt's "
+                            f"messages then the answer")
+    return response
+
+
 def implicit_prompt(chosen, rejected, where):
     """TRL's implicit-prompt row: (prompt, chosen, rejected) from two whole conversations (message
     lists: the prompt is their shared leading messages) or two whole strings (the shared leading
@@ -168,6 +190,8 @@ def _read_pref(row, where):
                         "; or, with no prompt, chosen and rejected conversations that begin with it")
     for f in ("chosen", "rejected"):
         check_response(out[f], where, f, len(out["prompt"]) + 1 if implicit else 1)
+        if not implicit:
+            check_turns_before_answer(out["prompt"], out[f], where, f)
     if implicit and isinstance(out["chosen"], list) and max(len(out["chosen"]), len(out["rejected"])) > 1:
         # conversations that part before their last answer: only that answer would be trained, after
         # the shared prompt, the turns between silently dropped (an answer to a question not asked)
@@ -192,10 +216,12 @@ def _read_sft(row, where):
                             f"keep one")
         out = _check_fields(row, ("prompt", "completion"), "sft", where)
         check_response(out["completion"], where, "completion")
+        check_turns_before_answer(out["prompt"], out["completion"], where, "completion")
         return {**out, "response": out.pop("completion")}
     out = _check_fields(row, ("prompt", "response"), "sft", where,
                         "; or prompt, completion (TRL's); or messages, ending with the answer")
     check_response(out["response"], where, "response")
+    check_turns_before_answer(out["prompt"], out["response"], where, "response")
     return out
 
 

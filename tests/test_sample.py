@@ -346,6 +346,22 @@ def test_answers_file_rows_are_checked_and_read_as_utf8(tmp_path, capsys, monkey
         f"Windows-1252?); re-save the file as UTF-8"
 
 
+def test_an_answer_whose_turns_before_it_are_not_its_prompt_is_refused(tmp_path, capsys, monkeypatch):
+    """The aligner corrects the answer of a list (its last assistant message) after 'prompt': turns
+    before it that are not the prompt's own were ignored without a word, as a training row's were
+    (nanoalign/data.py check_turns_before_answer)."""
+    f = tmp_path / "answers.jsonl"
+    chat = [{"role": "user", "content": "q"}]
+    reply = [{"role": "assistant", "content": "4"}]
+    joke = [{"role": "user", "content": "Tell me a joke"}]
+    assert run_aligner(tmp_path, [{"prompt": "q", "answer": joke + reply}], capsys, monkeypatch) == (
+        f"error: {f}:1: field 'answer': the messages before its answer are not the 'prompt' field's "
+        f"conversation (from message 1), and would be ignored (the answer goes after 'prompt'); give "
+        f"'answer' as the answer alone, or as the prompt's messages then the answer")
+    assert run_aligner(tmp_path, [{"prompt": "q", "answer": chat + reply}, {"prompt": chat, "answer": chat + reply}],
+                       capsys, monkeypatch) == [("q", chat + reply), (chat, chat + reply)]
+
+
 def test_an_aligner_checkpoint_of_another_method_is_refused(tmp_path, capsys, monkeypatch):
     """A policy checkpoint (ORPO, say) as --aligner 'corrected' by answering the edit prompt; a
     checkpoint that records method meta_aligner, or none (from elsewhere), is used."""

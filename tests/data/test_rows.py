@@ -192,10 +192,10 @@ def test_a_missing_field_names_it_and_the_fields_the_kind_needs(kind, fields, na
 
 @pytest.mark.parametrize("field", ["chosen", "rejected"])
 def test_a_response_list_needs_an_assistant_message(field):
-    row = {"prompt": "p", "chosen": [USER, BOT], "rejected": [USER, BOT], field: [USER]}
+    row = {"prompt": [USER], "chosen": [USER, BOT], "rejected": [USER, BOT], field: [USER]}
     assert error_of(row, "pref") == (f"{W}: field '{field}' is a message list with no assistant "
                                      f"message; the response is the last assistant message")
-    row[field] = [USER, {"role": "assistant", "content": "x"}]          # after other turns, too
+    row[field] = [USER, {"role": "assistant", "content": "x"}]          # after the prompt's turns, too
     assert validate_row(row, "pref", W)[field] == row[field]
 
 
@@ -211,6 +211,7 @@ def test_a_response_list_that_goes_on_after_its_answer_is_a_bad_row(before, afte
     something other than the file says: an error naming the field and the turn, not a silent drop."""
     kind, field = kind_field
     row = {"prompt": "p", "chosen": "c", "rejected": "r"} if kind == "pref" else {"prompt": "p", "response": "r"}
+    row["prompt"] = before or "p"              # the turns before the answer are the prompt's
     row[field] = before + [BOT] + after
     msg = error_of(row, kind)
     assert msg.startswith(f"{W}: field '{field}' ends with a '{after[-1]['role']}' message")
@@ -254,6 +255,7 @@ def test_a_response_list_whose_answer_is_empty_is_an_error(kind, field, content)
     assert error_of(row, kind) == (f"{W}: field '{field}' has an empty last assistant message (the "
                                    f"response)")
     row[field] = [USER, {"role": "assistant", "content": content}, USER, BOT]   # an earlier one may be
+    row["prompt"] = row[field][:-1]
     assert validate_row(row, kind, W)[field] == row[field]
 
 
@@ -261,6 +263,73 @@ def test_an_sft_response_list_needs_an_assistant_message():
     assert error_of({"prompt": "p", "response": [USER]}, "sft").startswith(
         f"{W}: field 'response' is a message list with no assistant")
     assert validate_row({"prompt": "p", "response": [BOT]}, "sft", W)["response"] == [BOT]
+
+
+# -- an explicit prompt, and a response list with turns before its answer --------------------------
+Q1, A1 = {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}
+Q2, A2 = {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}
+RESPONSE_FIELDS = [("pref", "chosen"), ("pref", "rejected"), ("sft", "response"), ("sft", "completion")]
+
+
+def row_with(kind, field, prompt, response):
+    row = {"prompt": prompt, "chosen": "c", "rejected": "r"} if kind == "pref" else {"prompt": prompt}
+    return {**row, field: response}
+
+
+@pytest.mark.parametrize("kind, field", RESPONSE_FIELDS)
+@pytest.mark.parametrize("prompt, response, at", [
+    ("What is 2+2?", [{"role": "user", "content": "Tell me a joke"}, {"role": "assistant", "content": "4"}], 1),
+    ([Q1], [Q1, A1, Q2, A2], 2),              # trained as Q1 -> A2, A1 and Q2 dropped
+    ([Q1, A1, Q2], [Q2, A2], 1),
+    ("Q1", [A1, A2], 1),
+])
+def test_a_response_list_whose_turns_before_its_answer_are_not_the_prompt_is_a_bad_row(kind, field, prompt,
+                                                                                       response, at):
+    """Only the answer is trained, after 'prompt': turns before it that are not the prompt's own
+    were dropped without a word (a joke request answered '4'; Q1 answered with A2). Now an error
+    naming the field and the first message that is not the prompt's, as the implicit prompt's is."""
+    assert error_of(row_with(kind, field, prompt, response), kind) == (
+        f"{W}: field '{field}': the messages before its answer are not the 'prompt' field's conversation "
+        f"(from message {at}), and would be ignored (the answer goes after 'prompt'); give "
+        f"'{field}' as the answer alone, or as the prompt's messages then the answer")
+
+
+PROMPT = st.one_of(st.sampled_from(["Q1", "Q2"]),
+                   st.lists(st.sampled_from([Q1, A1, Q2, {"role": "system", "content": "Q1"}]),
+                            min_size=1, max_size=3))
+BEFORE = st.lists(st.sampled_from([Q1, A1, Q2, A2, {"role": "system", "content": "Q1"}]), max_size=3)
+
+
+@given(PROMPT, st.one_of(BEFORE, st.just("the prompt")), st.sampled_from(RESPONSE_FIELDS))
+@example("Q1", [Q1], ("pref", "chosen"))              # a string prompt is its one user message
+@example("Q1", [{**Q1, "name": "x"}], ("sft", "response"))
+def test_a_response_list_is_read_exactly_when_the_turns_before_its_answer_are_none_or_the_prompt(
+        prompt, before, kind_field):
+    """Accepted, as given, exactly when the messages before the answer are none or the prompt's
+    messages (a string prompt as the chat template gets it: one user message, model/tokenizer.py
+    as_messages); otherwise a bad row naming the field."""
+    from model.tokenizer import as_messages
+    kind, field = kind_field
+    if before == "the prompt":
+        before = as_messages(prompt)
+    row = row_with(kind, field, prompt, before + [A2])
+    if before in ([], as_messages(prompt)):
+        out = validate_row(row, kind, W)
+        assert out["prompt"] == prompt and out["response" if field == "completion" else field] == before + [A2]
+    else:
+        assert error_of(row, kind).startswith(f"{W}: field '{field}': the messages before its answer "
+                                              f"are not the 'prompt' field's conversation")
+
+
+def test_a_response_list_that_repeats_the_prompt_names_the_file_and_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    good = {"prompt": [Q1], "chosen": [Q1, A1], "rejected": [A2]}        # the fixture's shape, and TRL's
+    bad = {"prompt": [Q1], "chosen": [Q1, A1, Q2, A2], "rejected": [A2]}
+    f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=rf"^{f}:2: field 'chosen': the messages before its answer"):
+        read_jsonl(str(f), "pref")
+    rows, skipped = read_jsonl(str(f), "pref", skip_bad=True)
+    assert rows == [{**good, "_where": f"{f}:1"}] and skipped == 1
 
 
 def test_implicit_prompt_of_two_strings_keeps_the_space_with_the_responses():
