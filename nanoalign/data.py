@@ -4,7 +4,8 @@ Data: JSONL rows in the conventions people already have, tokenized, truncated, b
   preference  {"prompt": P, "chosen": R, "rejected": R}      (UltraFeedback-binarized, TRL)
               or TRL's implicit prompt: {"chosen": C, "rejected": C} with no "prompt", where both
               are whole conversations (or whole strings); the prompt is their shared beginning (two
-              conversations that part before their last answer are a bad row)
+              conversations that part before their last answer are a bad row; two strings part at
+              a word boundary, `implicit_prompt`)
   sft         {"prompt": P, "response": R}  or TRL's {"prompt": P, "completion": R}
               or  {"messages": [...]}  (last assistant turn = response)
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
@@ -133,7 +134,8 @@ def check_turns_before_answer(prompt, response, where, field):
 def implicit_prompt(chosen, rejected, where):
     """TRL's implicit-prompt row: (prompt, chosen, rejected) from two whole conversations (message
     lists: the prompt is their shared leading messages) or two whole strings (the shared leading
-    text; a space right before the split goes with the responses, as TRL does)."""
+    text up to a word boundary; a space right before the split goes with the responses, as TRL
+    does)."""
     if isinstance(chosen, list) and isinstance(rejected, list):
         n = 0
         while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
@@ -146,8 +148,24 @@ def implicit_prompt(chosen, rejected, where):
         n = 0
         while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
             n += 1
+        shared = chosen[:n]
+        # TRL splits at the first difference, in a word too ("... French. Ch" + "at." / "ien."): it
+        # applies no chat template to string rows, so there prompt + answer is the same text either
+        # way. Here the prompt is the user's message to the chat template and the answers the
+        # assistant's, so a split inside a word (the shared text ends in a non-space, and a side goes
+        # on with one; a side that ends there, an empty answer refused below, goes on with nothing)
+        # goes back to after the shared text's last whitespace
+        next_chars = [x[n] for x in (chosen, rejected) if n < len(x)]
+        in_word = n and not shared[-1].isspace() and not all(ch.isspace() for ch in next_chars)
+        if in_word:
+            n = max((i + 1 for i, ch in enumerate(shared) if ch.isspace()), default=0)
         if n and chosen[n - 1] == " ":
             n -= 1
+        if n == 0 and in_word:
+            # shared text with no whitespace is one word's start ("Ye" of "Yes." / "Yeah."): as a
+            # prompt it would be the user's message "Ye", answered "s." or "ah."; refused, not guessed
+            raise DataError(f"{where}: no 'prompt' field, and 'chosen' and 'rejected' share only the start "
+                            f"of a word ({shared!r}), no whole words to take as the prompt")
         if n == 0:
             raise DataError(f"{where}: no 'prompt' field, and 'chosen' and 'rejected' share no leading "
                             f"text to take as the prompt")

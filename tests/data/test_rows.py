@@ -337,7 +337,19 @@ def test_implicit_prompt_of_two_strings_keeps_the_space_with_the_responses():
     out = validate_row(row, "pref", W)
     assert (out["prompt"], out["chosen"], out["rejected"]) == ("Q: 2+2? A:", " four", " 5")
     assert out["score"] == 3
-    assert implicit_prompt("abc", "abd", W) == ("ab", "c", "d")         # no space: split as it is
+
+
+def test_implicit_prompt_of_two_strings_splits_between_words():
+    """TRL's split, at the first difference, fell inside a word: the prompt "Translate 'cat' to
+    French. Ch" went to the chat template as the user's message, "at." and "ien." were the answers.
+    The split goes back to the word's start (a space before it goes with the answers)."""
+    out = validate_row({"chosen": "Translate 'cat' to French. Chat.",
+                        "rejected": "Translate 'cat' to French. Chien."}, "pref", W)
+    assert (out["prompt"], out["chosen"], out["rejected"]) == ("Translate 'cat' to French.", " Chat.", " Chien.")
+    assert implicit_prompt("Q:\nabc", "Q:\nabd", W) == ("Q:\n", "abc", "abd")    # no space: split after it
+    assert error_of({"chosen": "abc", "rejected": "abd"}, "pref") == (     # no whole word: no prompt
+        f"{W}: no 'prompt' field, and 'chosen' and 'rejected' share only the start of a word ('ab'), no "
+        f"whole words to take as the prompt")
 
 
 def test_implicit_prompt_of_two_conversations_is_their_shared_leading_messages():

@@ -35,22 +35,40 @@ def test_implicit_prompt_of_conversations_is_their_shared_leading_messages():
     assert (p, c, r) == ([USER], [GOOD], [BAD])
 
 
-@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=10), st.text(min_size=1, max_size=10))
+# text in which spaces, other whitespace and word characters are all common
+TEXT = st.text(st.sampled_from(" \n.ab") | st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+
+
+@given(TEXT, TEXT | st.just(""), TEXT)
 @example(" ", "0", "0")              # one space shared: no prompt, a bad row
 @example("  ", "a", "b")             # two: the prompt is one space
 @example("Q: 1+1? ", "2", "3")     # the space before the answers goes with them
-def test_implicit_prompt_of_strings_splits_at_the_first_difference(prefix, a, b):
-    if a[0] == b[0]:
+@example("Translate 'cat' to French. Ch", "at.", "ien.")      # inside a word: back to its start
+@example("The answer is 4", ".", " or 5.")                       # one answer goes on in the word
+@example("Ye", "s.", "ah.")          # the start of a word only: no prompt, a bad row
+@example("Yes", "\n", " ")           # both answers start at whitespace: the word is whole
+@example("Q: hi", "", "t")           # one side ends where the other goes on in the word
+def test_implicit_prompt_of_strings_splits_at_the_last_word_boundary_they_share(prefix, a, b):
+    if a[:1] == b[:1]:
         b = chr(ord(a[0]) + 1) + b[1:]                        # the two part right after the prefix
-    # TRL's rule: the prompt is the shared text, less one space right before the split (it goes with
-    # the responses); a prefix of one space alone leaves no prompt: a bad row, not an empty prompt
-    shared = prefix[:-1] if prefix.endswith(" ") else prefix
-    if not shared:
-        with pytest.raises(DataError, match="share no leading text"):
-            implicit_prompt(prefix + a, prefix + b, "row")
+    chosen, rejected = prefix + a, prefix + b                 # (chosen may end there)
+    # The rule, whole: the prompt is the shared text up to its last word boundary (a point with
+    # whitespace right before it, or where each side goes on with whitespace or ends), less one space
+    # right before that point (it goes with the responses, as TRL does). TRL splits at the first
+    # difference, in a word too. No prompt left is a bad row: the start of a word alone says so.
+    def boundary(k):
+        return chosen[k - 1].isspace() or all(x[k:k + 1].isspace() or k == len(x) for x in (chosen, rejected))
+    k = max((k for k in range(1, len(prefix) + 1) if boundary(k)), default=0)
+    if k and chosen[k - 1] == " ":
+        k -= 1
+    if not k:
+        why = "share no leading text" if boundary(len(prefix)) else "share only the start of a word"
+        with pytest.raises(DataError, match=why):
+            implicit_prompt(chosen, rejected, "row")
         return
-    p, c, r = implicit_prompt(prefix + a, prefix + b, "row")
-    assert p == shared and c == prefix[len(shared):] + a and r == prefix[len(shared):] + b
+    p, c, r = implicit_prompt(chosen, rejected, "row")
+    assert (p, c, r) == (chosen[:k], chosen[k:], rejected[k:])
+    assert p[-1].isspace() or all(x[:1].isspace() or not x for x in (c, r))   # both answers start a word
 
 
 def test_rows_that_share_nothing_are_a_clear_error(tmp_path):
@@ -60,6 +78,11 @@ def test_rows_that_share_nothing_are_a_clear_error(tmp_path):
     f = write(tmp_path, {"chosen": "Blue.", "rejected": "Green."})
     with pytest.raises(DataError, match="share no leading text"):
         read_jsonl(f, "pref")
+    f = write(tmp_path, {"chosen": "Blue.", "rejected": "Black."})
+    with pytest.raises(DataError) as e:
+        read_jsonl(f, "pref")
+    assert str(e.value) == (f"{f}:1: no 'prompt' field, and 'chosen' and 'rejected' share only the start "
+                            f"of a word ('Bl'), no whole words to take as the prompt")
     f = write(tmp_path, {"chosen": "Blue.", "rejected": [BAD]})
     with pytest.raises(DataError, match="not both strings or both message lists"):
         read_jsonl(f, "pref")
