@@ -265,7 +265,9 @@ def read_jsonl(path, kind, skip_bad=False, check=None):
     rows, skipped = [], 0
     for where, raw in raw_lines(path):
         try:
-            line = decode_line(raw, where)
+            # without its newline: json.loads counts columns from the last one it sees, so an error at
+            # a line's end (a missing '}') was 'column 1' of the line after it
+            line = decode_line(raw, where).rstrip("\r\n")
             if not line.strip():
                 continue
             try:

@@ -462,6 +462,22 @@ def test_read_jsonl_errors_name_the_file(tmp_path):
     assert str(e.value).startswith(f"{bad}:1: missing field 'prompt'")
 
 
+@given(st.dictionaries(st.text(max_size=5), st.text(max_size=5) | st.integers(), max_size=3), st.booleans(),
+       st.sampled_from(["\n", "\r\n", ""]))
+@example({"prompt": "a"}, True, "\n")
+@example({"prompt": "caf\u00e9 \u4f60\u597d"}, False, "\r\n")        # the column counts characters
+def test_a_json_line_cut_short_is_malformed_at_the_column_after_its_end(scratch, row, ascii_only, newline):
+    """A line missing its closing brace is malformed at its end: json.loads once read the line with
+    its newline, so the error was 'Expecting ',' delimiter at column 1' (of the line after it)."""
+    text = json.dumps(row, ensure_ascii=ascii_only)[:-1]
+    f = scratch / "cut.jsonl"
+    f.write_bytes((json.dumps({"prompt": "q"}) + "\n" + text + newline).encode("utf-8"))
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt")
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:2: malformed JSON (Expecting ") and msg.endswith(f" at column {len(text) + 1})")
+
+
 # -- encodings: UTF-8 whatever the platform, a BOM is fine, anything else names the line ------------
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
