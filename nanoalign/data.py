@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from model.tokenizer import as_messages
-from nanoalign.textfile import DataError, decode_line, raw_lines
+from nanoalign.textfile import DataError, NotJSONL, decode_line, not_jsonl, raw_lines
 
 
 
@@ -259,11 +259,12 @@ def validate_row(row, kind, where):
 
 def read_jsonl(path, kind, skip_bad=False, check=None):
     """Rows of a JSONL file, validated. Returns (rows, n_skipped). Each line is decoded on its own,
-    so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad. check: a method's
+    so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad; a file that is
+    no JSONL (no text, a JSON document, CSV) is one error, with skip_bad too. check: a method's
     own (row, where) -> row check after the kind's (Method.check_row: the labels MetaAligner reads),
     run here so that a row it refuses is skipped and counted like any other bad row."""
     rows, skipped = [], 0
-    for where, raw in raw_lines(path):
+    for i, (where, raw) in enumerate(raw_lines(path), 1):
         try:
             # without its newline: json.loads counts columns from the last one it sees, so an error at
             # a line's end (a missing '}') was 'column 1' of the line after it
@@ -273,14 +274,16 @@ def read_jsonl(path, kind, skip_bad=False, check=None):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
+                if i == 1 and (what := not_jsonl(path, line)):   # the file is wrong, not its first row
+                    raise NotJSONL(f"{where}: the file looks like {what}") from None
                 raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
             row = validate_row(row, kind, where)
             if check is not None:
                 row = check(row, where)
             row["_where"] = where
             rows.append(row)
-        except DataError:
-            if not skip_bad:
+        except DataError as e:
+            if not skip_bad or isinstance(e, NotJSONL):
                 raise
             skipped += 1
     if not rows:

@@ -2,14 +2,21 @@
 A data file's lines, bytes to text one line at a time, every error naming the file and the line:
 UTF-8 whatever the platform's default encoding, a byte order mark dropped, and a file that is no
 UTF-8 text at all (Parquet, gzip, an Arrow file, zip, UTF-16, binary) said to be what it is at
-once, not as a bad first row. nanoalign/data.py reads JSONL rows through it; sample.py its
---prompts_file and --answers_file.
+once, not as a bad first row; so is a text file that is no JSONL (a JSON document, CSV), when
+its first line is no JSON (`not_jsonl`). nanoalign/data.py reads JSONL rows through it; sample.py
+its --prompts_file and --answers_file.
 """
 import codecs
+import json
+import shlex
 
 
 class DataError(ValueError):
     """A bad data row; the message names the file, the line and the field."""
+
+
+class NotJSONL(DataError):
+    """A file that is no JSONL at all (`not_jsonl`): one error, never a bad row to skip."""
 
 
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
@@ -49,6 +56,41 @@ def not_text(raw):
     if b"\x00" in raw:
         return "binary data (NUL bytes), not UTF-8 text"
     return None
+
+
+# how to make JSONL of a JSON array, of one JSON object, of CSV: a command run on the file
+TO_JSONL = {"[": "import json, sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1], "
+                 "encoding='utf-8-sig'))]",
+            "{": "import json, sys; print(json.dumps(json.load(open(sys.argv[1], encoding='utf-8-sig'))))",
+            ",": "import csv, json, sys; [print(json.dumps(r)) for r in csv.DictReader(open(sys.argv[1], "
+                 "encoding='utf-8-sig', newline=''))]"}
+
+
+def not_jsonl(path, line):
+    """What a text file whose line 1, `line`, is no JSON looks like when it is no JSONL, or None: a
+    JSON document (an array, or an object over several lines) or CSV (commas and no braces), each
+    with a command that makes JSONL of it. An object counts only if the file's first JSON value
+    really goes on past line 1, so a JSONL file whose first row lacks its '}' keeps its own error."""
+    s = line.strip()
+    if s.startswith("[") or (s.startswith("{") and _first_value_goes_past(path, len(line))):
+        what, how = "a JSON document", TO_JSONL[s[0]]
+    elif "," in s and "{" not in s and "}" not in s:
+        what, how = "CSV (comma-separated text)", TO_JSONL[","]
+    else:
+        return None
+    return (f"{what}, not JSONL (one JSON object per line); convert it, e.g. python -c \"{how}\" "
+            f"{shlex.quote(path)} > rows.jsonl")
+
+
+def _first_value_goes_past(path, n):
+    """Whether the file's first JSON value, read from its first MiB, ends after its first n characters
+    (a value that does not end within that MiB is no answer: then line 1 keeps its own error)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        head = f.read(1 << 20)
+    try:
+        return json.JSONDecoder().raw_decode(head, len(head) - len(head.lstrip()))[1] > n
+    except ValueError:
+        return False
 
 
 def raw_lines(path):

@@ -3,6 +3,9 @@ message lists, and every bad row named by its file, line and field, including ro
 refuses."""
 import json
 import os
+import shlex
+import subprocess
+import sys
 
 import pytest
 from hypothesis import example, given, strategies as st
@@ -556,6 +559,84 @@ def test_a_file_that_is_not_text_is_one_error_saying_what_it_is(scratch, head, w
     assert msg.startswith(f"{f}:1: ") and what in msg and "not UTF-8 text" in msg, msg
     assert "UTF-16" not in msg and (todo in msg if todo else msg.endswith(": binary data (NUL bytes), "
                                                                        "not UTF-8 text")), msg
+
+
+# -- a text file that is not JSONL: a JSON document, or CSV ----------------------------------------
+PREF_ROWS = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+             {"prompt": [{"role": "user", "content": "caf\u00e9?"}], "chosen": "Oui, 5", "rejected": "Non"}]
+DOCUMENT = "a JSON document, not JSONL (one JSON object per line); convert it, e.g. python -c "
+CSV = "CSV (comma-separated text), not JSONL (one JSON object per line); convert it, e.g. python -c "
+
+
+def converted(msg, f, tmp_path):
+    """The rows read from what the error's conversion command writes, run as the error gives it."""
+    cmd = msg.split("e.g. ", 1)[1]
+    assert cmd.startswith("python -c ") and cmd.endswith(f" {shlex.quote(str(f))} > rows.jsonl"), cmd
+    subprocess.run(shlex.quote(sys.executable) + cmd[len("python"):], shell=True, cwd=tmp_path, check=True)
+    return [{k: v for k, v in r.items() if k != "_where"} for r in read_jsonl(str(tmp_path / "rows.jsonl"), "pref")[0]]
+
+
+@pytest.mark.parametrize("text, rows", [
+    (json.dumps(PREF_ROWS, indent=2), PREF_ROWS),                            # json.dump(rows, f, indent=2)
+    ("[" + ",\n".join(json.dumps(r) for r in PREF_ROWS) + "]\n", PREF_ROWS),   # an array, a row a line
+    (json.dumps(PREF_ROWS[0], indent=2) + "\n", PREF_ROWS[:1]),              # one object, pretty-printed
+    ('{"prompt": "What is 2+2?",\n "chosen": "4", "rejected": "5"}\n', PREF_ROWS[:1]),   # wrapped by hand
+], ids=["array", "array-a-row-a-line", "object", "object-wrapped"])
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_json_document_is_one_error_saying_so_and_how_to_convert_it(tmp_path, text, rows, skip_bad):
+    """A pretty-printed JSON array or an object over several lines was 'malformed JSON (Expecting
+    value at column 1)' on line 1 (and with --skip_bad_rows, every line a bad row): it is one error
+    saying what the file is, with a command that makes JSONL of it (run here: it gives the rows)."""
+    f = tmp_path / "rows.json"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref", skip_bad=skip_bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:1: the file looks like {DOCUMENT}"), msg
+    assert converted(msg, f, tmp_path) == rows
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_csv_file_is_one_error_saying_so_and_how_to_convert_it(tmp_path, skip_bad):
+    f = tmp_path / "rows.csv"
+    f.write_text('prompt,chosen,rejected\nWhat is 2+2?,4,5\n"Say ""hi"", please",Hi,"No, thanks"\n',
+                 encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref", skip_bad=skip_bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:1: the file looks like {CSV}"), msg
+    assert converted(msg, f, tmp_path) == [PREF_ROWS[0], {"prompt": 'Say "hi", please', "chosen": "Hi",
+                                                         "rejected": "No, thanks"}]
+
+
+@given(st.lists(st.dictionaries(TEXT, TEXT | st.lists(TEXT, max_size=2), min_size=1, max_size=3),
+                min_size=1, max_size=3), st.sampled_from([0, 2, "\t"]), st.booleans())
+def test_any_pretty_printed_json_document_is_said_to_be_one(scratch, rows, indent, whole_list):
+    """Whatever it holds, a JSON array or object written over several lines is said to be a JSON
+    document, not malformed JSON on line 1."""
+    f = scratch / "doc.json"
+    f.write_text(json.dumps(rows if whole_list else rows[0], indent=indent, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref")
+    assert str(e.value).startswith(f"{f}:1: the file looks like {DOCUMENT}")
+
+
+@pytest.mark.parametrize("line1, error", [
+    ('{"prompt": "a"', "malformed JSON (Expecting ',' delimiter at column 15)"),     # a row missing its '}'
+    ('{"prompt": "a"} x', "malformed JSON (Extra data at column 17)"),              # then more on its line
+    ('{"prompt": "a", "chosen": "b, c"', "malformed JSON (Expecting ',' delimiter at column 33)"),
+    ('"prompt": "a", "chosen": "b"}', "malformed JSON (Extra data at column 9)"),  # commas, and a '}'
+    ("prompt chosen rejected", "malformed JSON (Expecting value at column 1)"),     # no commas
+])
+def test_a_jsonl_file_whose_first_row_is_malformed_keeps_its_json_error(tmp_path, line1, error):
+    """Only a file that is a JSON document or CSV is said to be one: a JSONL file whose first row has
+    a typo, followed by good rows, is told of the typo."""
+    f = tmp_path / "rows.jsonl"
+    f.write_text(line1 + "\n" + "".join(json.dumps(r) + "\n" for r in PREF_ROWS), encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref")
+    assert str(e.value) == f"{f}:1: {error}"
+    assert len(read_jsonl(str(f), "pref", skip_bad=True)[0]) == 2
 
 
 @given(st.lists(ASCII, min_size=1, max_size=3), st.integers(0, 3), TEXT, st.integers(0x80, 0xff), ASCII)
