@@ -82,23 +82,25 @@ def load_split(cfg, method, task, split, run):
         src = "builtin" if cfg.train_data == "builtin" else ""
     if not src:
         return []
+    bad = []   # "file:line: why" of each row skipped or dropped, in order: the first few are named
     if src == "builtin":
         rows, skipped = task.rows(method.reads, split, cfg.seed, options_of(cfg, task.Options)), 0
     else:
         rows, skipped = read_jsonl(src, method.reads, cfg.skip_bad_rows,
-                                   method.check_row and method.check_row(cfg))
+                                   method.check_row and method.check_row(cfg), bad=bad)
     n_read = len(rows)
     if method.prepare:
         rows = method.prepare(rows, cfg, split, run)
     ex, dropped = tokenize_rows(rows, run.tok, method.eats, cfg.max_length, cfg.skip_bad_rows,
-                                **method.tokenize_options(cfg))
+                                bad=bad, **method.tokenize_options(cfg))
     if skipped or dropped:
         # a method that prepares makes its examples from the rows read (JSFT: three of each): count
         # the bad rows among the rows read, the dropped examples among the examples made
         what = (f"skipped {skipped} of {n_read + skipped} rows read; dropped {dropped} of {len(rows)} "
                 f"examples made from them" if method.prepare else
                 f"dropped {skipped + dropped} of {len(rows) + skipped} rows")
-        print(f"{src} [{split}]: {what} ({KINDS[method.eats].summary})")
+        named = " | ".join(bad[:3]) + (" | ..." if len(bad) > 3 else "")   # (their errors hold ';' and ',')
+        print(f"{src} [{split}]: {what} ({KINDS[method.eats].summary}): {named}")
     cut = [e for e in ex if e.get("cut")]
     if cut:
         where = [e["row"]["_where"] for e in cut if "_where" in e["row"]]

@@ -106,7 +106,8 @@ class SharedConfig:
                              "that leaves no room for a response is a bad row (an error, or skipped "
                              "with --skip_bad_rows); a judgment target that does not fit is dropped "
                              "and counted", minimum=2)
-    skip_bad_rows: bool = option(False, "skip (and count) bad data rows instead of stopping")
+    skip_bad_rows: bool = option(False, "skip bad data rows instead of stopping (counted, the first "
+                                        "three named)")
     seed: int = option(1337, "random seed (data order, init, sampling; the arith warm-up is cached "
                        "per seed)")
     deterministic: bool = option(True, "on CUDA, use torch's deterministic algorithms, so that a "

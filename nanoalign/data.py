@@ -257,12 +257,13 @@ def validate_row(row, kind, where):
     return read(row, where)
 
 
-def read_jsonl(path, kind, skip_bad=False, check=None):
+def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
     """Rows of a JSONL file, validated. Returns (rows, n_skipped). Each line is decoded on its own,
     so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad; a file that is
     no JSONL (no text, a JSON document, CSV) is one error, with skip_bad too. check: a method's
     own (row, where) -> row check after the kind's (Method.check_row: the labels MetaAligner reads),
-    run here so that a row it refuses is skipped and counted like any other bad row."""
+    run here so that a row it refuses is skipped and counted like any other bad row. bad: a list
+    that gets each skipped row's error, "file:line: why", in file order (train.py names them)."""
     rows, skipped = [], 0
     for i, (where, raw) in enumerate(raw_lines(path), 1):
         try:
@@ -286,6 +287,8 @@ def read_jsonl(path, kind, skip_bad=False, check=None):
             if not skip_bad or isinstance(e, NotJSONL):
                 raise
             skipped += 1
+            if bad is not None:
+                bad.append(str(e))
     if not rows:
         raise DataError(f"{path}: no usable rows")
     return rows, skipped
@@ -318,7 +321,8 @@ def _fit_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
     """(ids, n_prompt, cut): tokenize_pair's, and whether the response lost tokens."""
     p, r = encode_pair(tok, prompt, response, where)
     if keep_whole and len(p) + len(r) > max_length:
-        raise TooLong(where)
+        raise TooLong(f"{where}: prompt + response is {len(p) + len(r)} tokens, over the limit of "
+                      f"{max_length}, and this example is never cut")
     if len(p) >= max_length:
         raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for the "
                         f"response within max_length={max_length}")
@@ -368,22 +372,23 @@ def _mo_example(tok, row, limits, where):
             "row": row, "cut": align["cut"]}
 
 
-def tokenize_rows(rows, tok, kind, max_length, skip_bad=False, sj_max_length=None):
+def tokenize_rows(rows, tok, kind, max_length, skip_bad=False, sj_max_length=None, bad=None):
     """Rows -> examples of `kind` (see KINDS). Returns (examples, n_dropped): rows dropped because
     they were bad (with skip_bad) or too long to cut. An example with a response (sft, pref, mo)
-    says whether one lost tokens to max_length in its "cut"."""
+    says whether one lost tokens to max_length in its "cut". bad: a list that gets each dropped
+    row's "file:line: why", in order."""
     tokenize, limits = kind_of(kind).tokenize, {"max_length": max_length, "sj_max_length": sj_max_length}
     out, dropped = [], 0
     for row in rows:
         where = row.get("_where", "row")
         try:
             out.append(tokenize(tok, row, limits, where))
-        except TooLong:
-            dropped += 1
-        except DataError:
-            if not skip_bad:
+        except (TooLong, DataError) as e:
+            if isinstance(e, DataError) and not skip_bad:
                 raise
             dropped += 1
+            if bad is not None:
+                bad.append(str(e))
     return out, dropped
 
 

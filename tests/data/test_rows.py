@@ -746,11 +746,39 @@ SFT_ROWS = {                             # under max_length=16 with the byte tok
 @example(["whole", "fits", "whole"])
 def test_tokenize_rows_counts_every_dropped_row(labels):
     """With skip_bad, every bad row and every keep_whole row too long to keep is dropped and counted
-    once; the rows that fit come back, in order."""
-    rows = [{**SFT_ROWS[k], "n": i} for i, k in enumerate(labels)]
-    out, dropped = tokenize_rows(rows, TOK, "sft", 16, skip_bad=True)
-    assert dropped == sum(k != "fits" for k in labels)
+    once, and its 'file:line: why' added to `bad`, in order; the rows that fit come back, in order."""
+    rows = [{**SFT_ROWS[k], "n": i, "_where": f"f:{i}"} for i, k in enumerate(labels)]
+    bad = []
+    out, dropped = tokenize_rows(rows, TOK, "sft", 16, skip_bad=True, bad=bad)
+    assert dropped == sum(k != "fits" for k in labels) == len(bad)
     assert [e["row"]["n"] for e in out] == [i for i, k in enumerate(labels) if k == "fits"]
+    why = {"bad": "field 'prompt' is 25 tokens, which leaves no room for the response within max_length=16",
+           "whole": "prompt + response is 27 tokens, over the limit of 16, and this example is never cut"}
+    assert bad == [f"f:{i}: {why[k]}" for i, k in enumerate(labels) if k != "fits"]
+
+
+BAD_LINES = ["{oops", '{"x": 1}', "3", '{"prompt": 5}', '{"prompt": []}', "not json"]
+
+
+@given(st.lists(st.sampled_from(BAD_LINES + ['{"prompt": "a"}', '{"prompt": "b"}', ""]), max_size=8))
+@example(['{"prompt": "a"}', "{oops", "", '{"x": 1}'])
+def test_read_jsonl_gives_each_skipped_rows_error(scratch, lines):
+    """With skip_bad, `bad` gets the error of each skipped line, the one it raises without skip_bad
+    (read at the same line number), in file order; the rows read are the same with or without it."""
+    f = scratch / "bad.jsonl"
+    lines = lines + ['{"prompt": "z"}']                    # a usable row: no "no usable rows" error
+    f.write_text("".join(x + "\n" for x in lines))
+    bad = []
+    rows, skipped = read_jsonl(str(f), "prompt", skip_bad=True, bad=bad)
+    assert (rows, skipped) == read_jsonl(str(f), "prompt", skip_bad=True) and skipped == len(bad)
+    alone = []
+    for i, x in enumerate(lines):
+        if x in BAD_LINES:
+            f.write_text("\n" * i + x + "\n")
+            with pytest.raises(DataError) as e:
+                read_jsonl(str(f), "prompt")
+            alone.append(str(e.value))
+    assert bad == alone
 
 
 # -- per-objective labels: read as they are; checked by the methods that read them ---------------

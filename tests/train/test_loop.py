@@ -175,6 +175,30 @@ def test_the_start_counts_bad_rows_among_the_rows_read_and_examples_among_the_ex
         capsys.readouterr().out
 
 
+def test_the_start_names_the_first_rows_it_dropped_and_why(tmp_path, capsys):
+    """--skip_bad_rows said 'dropped 1 of 6 rows (bad rows)', naming neither the row nor its
+    mistake: the line now gives the first three of them as 'file:line: why', in the order read
+    (rows the file refuses, then examples the tokenizer does), and '| ...' when there are more."""
+    data = tmp_path / "p.jsonl"
+    good = [json.dumps({"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}.", "rejected": "no"}) for i in range(4)]
+    long = json.dumps({"prompt": "x" * 300, "chosen": "a", "rejected": "b"})
+    data.write_text("\n".join(good[:2] + ["not json", long] + good[2:]) + "\n")
+    cfg = run_cfg(tmp_path, method="dpo", train_data=str(data), skip_bad_rows=True, max_length=64)
+    load = lambda: train.load_split(cfg, REGISTRY["dpo"], task, "train",      # noqa: E731
+                                    train.Run(tok=task.build_tokenizer()))
+    assert len(load()) == 4
+    out = capsys.readouterr().out
+    assert (f"{data} [train]: dropped 2 of 6 rows (bad rows): {data}:3: malformed JSON (Expecting value at "
+            f"column 1) | {data}:4: field 'prompt' is ") in out, out
+    assert out.count("\n") == 1
+    data.write_text("\n".join(good + ["{", "[", "3", '{"prompt": "q"}']) + "\n")
+    assert len(load()) == 4
+    line = capsys.readouterr().out
+    assert line.startswith(f"{data} [train]: dropped 4 of 8 rows (bad rows): {data}:5: malformed JSON")
+    assert f" | {data}:6: " in line and f" | {data}:7: expected a JSON object, got int | ...\n" in line
+    assert f"{data}:8" not in line
+
+
 def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_sample(tmp_path, capsys):
     out = _short_run(tmp_path, capsys)
     assert "compute: float32, padded (--dtype auto, --packed auto, --grad_checkpoint auto)\n" in out
