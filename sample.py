@@ -46,7 +46,8 @@ import torch
 
 from model.checkpoint import CheckpointError, load, read_json
 from model.generate import generate
-from nanoalign.onpolicy import kept_principles, sample as sample_responses
+from nanoalign.checkpoint import trained_config
+from nanoalign.onpolicy import kept_principles, recorded_judging, sample as sample_responses
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
@@ -407,16 +408,9 @@ def main(argv=None):
     return outs
 
 
-def trained_config(ckpt_dir):
-    """The config the checkpoint was trained with (its state.json), {} for one train.py did not write."""
-    try:
-        return read_json(os.path.join(ckpt_dir, "state.json"))["config"]
-    except (CheckpointError, KeyError):
-        return {}
-
-
 def judge_template_for(a, saved):
-    """--judge_template, else the template the checkpoint trained with (its config `saved`)."""
+    """--judge_template, else the template the checkpoint trained with (`saved`: what its config
+    records, onpolicy.recorded_judging, as a run that judges with it reads it)."""
     name = a.judge_template or saved.get("judge_template") or "ultrafeedback"
     if name not in TEMPLATES:
         sys.exit(f"error: --judge_template {name!r} is unknown; choose from {', '.join(TEMPLATES)}"
@@ -428,7 +422,7 @@ def best_of_main(a, model, tok, prompts):
     """Self-rejection (Self-Judge sec. 3.3): N samples, a single-elimination tournament, the winner.
     The checkpoint judges as it was trained to: its template, its method's likelihood rule, and under
     a principle template the principles kept with it (or --principles), combined by JM-PR."""
-    saved = trained_config(a.init_from)
+    saved = recorded_judging(a.init_from)
     likelihood = a.likelihood or saved.get("likelihood") or "vocab"
     try:
         t = check_template(tok, judge_template_for(a, saved))

@@ -83,11 +83,13 @@ PRESETS = {
                    ("dpo_offline", ["--method", "dpo", "--init_from", "{jsft}"], [])],
     # OSP with a small prompt budget (--n_train 80), from two starts: the preference-augmented
     # model (judge instructions only, as the paper's Alg. 1 line 3; at 0.77M parameters it forgets
-    # how to answer) and "jsft_start", judge instructions mixed with the chosen answers (JSFT)
+    # how to answer) and "jsft_start", judge instructions mixed with the chosen answers (JSFT). Both
+    # judge by OSP's rule: a run takes its start's recorded one, and JSFT records Self-Judge's
     "osp": [("pref_aug", ["--method", "pref_aug", "--max_steps", "200", "--n_train", "400"], ["judge_acc"]),
             ("jsft_start", ["--method", "jsft", "--max_steps", "300", "--n_train", "600"], ["judge_acc"])] +
-           [(f"{pre}osp_{lab}", ["--method", "osp", "--init_from", start, "--batch_size", "8"] + fl, ["agree"])
-            for pre, start in (("", "{pref_aug}"), ("js_", "{jsft_start}"))
+           [(f"{pre}osp_{lab}", ["--method", "osp", "--init_from", start, "--batch_size", "8"] + rule + fl,
+             ["agree"])
+            for pre, start, rule in (("", "{pref_aug}", []), ("js_", "{jsft_start}", ["--likelihood", "pair"]))
             for lab, fl in (("spce", []), ("dpo", ["--osp_loss", "dpo"]), ("ipo", ["--osp_loss", "ipo"]),
                             ("spce_random", ["--pairing", "random"]), ("raft", ["--pairing", "raft"]))],
     # MetaAligner: an ORPO policy to correct, the aligner, and an aligner that never saw 'format'

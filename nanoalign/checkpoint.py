@@ -93,6 +93,15 @@ def rng_key(kind, rank):
     return f"rng.{kind}" if rank == 0 else f"rng.{kind}.rank{rank}"
 
 
+def trained_config(ckpt_dir):
+    """The config a checkpoint's run trained with (its state.json), {} for one train.py did not write
+    (a Hugging Face download, a merged export) or whose state.json cannot be read."""
+    try:
+        return read_json(os.path.join(ckpt_dir, "state.json"))["config"]
+    except (CheckpointError, KeyError):
+        return {}
+
+
 def saved_step(path):
     """The step of the run checkpoint in `path`, 0 if there is none."""
     state = os.path.join(path, "state.json")

@@ -76,6 +76,11 @@ class Method:
                                # 'online'), for a loss that is not what its example kind says
                                # (None: 'sft' for SFT examples, 'preference' for any other)
     defaults: dict = None     # shared options whose default differs for this method (max_length)
+    start_defaults: Callable = None  # cfg -> {option: value} for its options left '' that take their
+                                     # value from a checkpoint the run reads (an on-policy judge's
+                                     # template and rule: those its checkpoint records); the config
+                                     # fills them in, so the saved config, which --resume keeps,
+                                     # holds what the run used
 
 
 REGISTRY = {}

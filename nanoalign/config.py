@@ -265,6 +265,8 @@ def config_from_dict(d, where, saved=False):
     for k, v in kept.items():
         check_value(fields[k], v, where)
     cfg = cls(**kept)
+    if REGISTRY[method].start_defaults:    # '' = the value a checkpoint records (the judge's template)
+        cfg = dataclasses.replace(cfg, **REGISTRY[method].start_defaults(cfg))
     try:
         parse_targets(cfg.lora_targets)
     except ValueError as e:

@@ -7,7 +7,9 @@ The on-policy round shared by Self-Judge (nanoalign/self_judge.py) and OSP (nano
 1. sample      n responses per prompt from the policy, one batched KV-cached generate call
 2. judge       p(a > b) for response pairs, by a judge model scoring the two label tokens in both
                position orders, by its paper's likelihood rule (nanoalign/judge.py judge_pairs), in
-               eval mode; a --judge_from judge reads the decoded texts with its own tokenizer
+               eval mode; a --judge_from judge reads the decoded texts with its own tokenizer.
+               The template and rule are by default those the judge's checkpoint records (a JSFT
+               run's: judging_defaults), else 'compact' and the method's paper's rule
 3. pairs       each pair oriented by the judge (p >= 1/2: a is the chosen one), as a preference batch
                of the prompt ids + response ids, never re-tokenized
 4. update      a pairwise loss against the frozen reference (nanoalign/dpo.py pair_losses), in the
@@ -26,6 +28,7 @@ import torch
 from model.checkpoint import load, read_json
 from model.model import TooLongForContext
 from nanoalign.common import evaluating, frozen_copy, option
+from nanoalign.checkpoint import trained_config
 from nanoalign.compute import FAST_MIN_PARAMS, is_large
 from nanoalign.data import DataError, check_labels, make_batch
 from nanoalign.dpo import DPOOptions
@@ -41,21 +44,41 @@ AUTO_NEW_TOKENS = {"small": 32, "large": 64}
 LIKELIHOOD_HELP = ("how the judge's two label probabilities become p(a > b), a choice between the "
                    "papers' rules: 'vocab' = " + LIKELIHOODS["vocab"] + "; 'pair' = " +
                    LIKELIHOODS["pair"] + ". A JSFT / pref_aug model records it for when it judges "
-                   "later (sample.py --best_of)")
+                   "later (sample.py --best_of, an on-policy run that judges with it)")
+TEMPLATE_HELP = ("judgment template (nanoalign/judge.py TEMPLATES): 'compact' fits the built-in task's "
+                 "tiny model ('compact_principle': per principle, 'compact_rationale': per principle "
+                 "with a rationale); 'ultrafeedback', 'hh', 'principle', 'principle_rationale' are the "
+                 "Self-Judge paper's")
+JUDGE_TEMPLATE = "compact"   # an on-policy judge's template where its checkpoint records none, and
+LIKELIHOOD = "vocab"         # its rule: the Self-Judge paper's (OSP's own: nanoalign/osp.py)
 
 
 @dataclass
 class JudgeTemplateOptions:
-    judge_template: str = option("compact", "judgment template (nanoalign/judge.py TEMPLATES): "
-                                 "'compact' fits the built-in task's tiny model ('compact_principle': "
-                                 "per principle, 'compact_rationale': per principle with a rationale); "
-                                 "'ultrafeedback', 'hh', 'principle', 'principle_rationale' are the "
-                                 "Self-Judge paper's", choices=tuple(TEMPLATES))
+    judge_template: str = option(JUDGE_TEMPLATE, TEMPLATE_HELP, choices=tuple(TEMPLATES))
     likelihood: str = option("vocab", LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))
+
+
+def judge_likelihood(rule, paper):
+    """An on-policy method's --likelihood: '' (the judge's recorded rule) by default, else `rule`."""
+    return option("", LIKELIHOOD_HELP + ". '' = the rule the judge's checkpoint records (the "
+                  "--judge_from checkpoint's state.json, else --init_from's; saved with the run as "
+                  "--judge_template's ''), else '" + rule + "' (" + paper + ")",
+                  choices=("",) + tuple(LIKELIHOODS))
 
 
 @dataclass
 class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
+    # '' by default, filled in by the config (judging_defaults): a JSFT judge asked in a template
+    # it never trained on judges near chance, and nothing in the run would show it
+    judge_template: str = option("", TEMPLATE_HELP + ". '' = the template the judge trained on, as "
+                                 "its checkpoint records it (the --judge_from checkpoint's "
+                                 "state.json, else --init_from's: a JSFT or pref_aug run's), else '"
+                                 + JUDGE_TEMPLATE + "'. A run saves the one it takes (a "
+                                 "--resume judges as it began), and one given another than the "
+                                 "judge's own says so in a note as it starts",
+                                 choices=("",) + tuple(TEMPLATES))
+    likelihood: str = judge_likelihood(LIKELIHOOD, "Self-Judge's")
     judge_from: str = option("", "a checkpoint directory to judge with, read with its own "
                              "tokenizer and chat template (an option of nanoalign's, not a setting "
                              "of either paper; not with self_judge's --judge policy); '' = the frozen "
@@ -73,6 +96,57 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
                              "a description may hold commas, only a comma followed by a new 'name:' "
                              "starts the next principle (a name is letters, digits, _ and -); "
                              "'' = the principles kept in the judge's checkpoint (principles.json)")
+
+
+JUDGING = ("judge_template", "likelihood")   # how a checkpoint judges, as its state.json records
+
+
+def judge_checkpoint(cfg):
+    """The checkpoint whose model judges: --judge_from, else the start (the frozen reference, and
+    under self_judge --judge policy the policy, which starts there)."""
+    return cfg.judge_from or cfg.init_from
+
+
+def recorded_judging(ckpt_dir):
+    """{judge_template, likelihood} as a checkpoint's run recorded them (its state.json config): the
+    template a JSFT / pref_aug run trained its judge on and the rule it is to judge by, or those an
+    on-policy run judged with; {} for a checkpoint train.py did not write, or a run of a method
+    with neither (SFT, DPO)."""
+    saved = trained_config(ckpt_dir)
+    return {k: saved[k] for k in JUDGING if k in saved}
+
+
+def judging_defaults(rule):
+    """An on-policy method's Method.start_defaults: its --judge_template and --likelihood left '',
+    those its judge's checkpoint records, else 'compact' and `rule` (the method's paper's)."""
+    def fill(cfg):
+        src, out = judge_checkpoint(cfg), {}
+        rec = recorded_judging(src)
+        for k, known, fallback in (("judge_template", TEMPLATES, JUDGE_TEMPLATE),
+                                   ("likelihood", LIKELIHOODS, rule)):
+            if getattr(cfg, k) != "":
+                continue
+            out[k] = rec.get(k, fallback)
+            if out[k] not in known:      # a template renamed since: not a KeyError mid-run
+                raise SystemExit(f"error: {os.path.join(src, 'state.json')} records {k} {out[k]!r}, "
+                                 f"which is none of {', '.join(known)}; choose one with --{k}")
+        return out
+    return fill
+
+
+def judging_said(cfg):
+    """The line a run starts with on how it judges: the template and rule, and whose they are. Where
+    a flag gave another than the judge's checkpoint records, a note: obeyed, but a judge asked in a
+    template it did not train on may judge near chance."""
+    src = judge_checkpoint(cfg)
+    rec = recorded_judging(src)
+    other = [k for k, v in rec.items() if getattr(cfg, k) != v]
+    if other:
+        return (f"note: the judge {src} records " + " ".join(f"--{k} {rec[k]}" for k in other)
+                + " (its state.json); this run judges with "
+                + " ".join(f"--{k} {getattr(cfg, k)}" for k in other) + ", as given")
+    return ("judges with " + " ".join(f"--{k} {getattr(cfg, k)}" for k in JUDGING)
+            + (f", as the judge {src} records" if rec else ""))
 
 
 def template_of(cfg, tok):

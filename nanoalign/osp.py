@@ -47,10 +47,11 @@ from nanoalign import onpolicy
 from nanoalign.common import Method, batch_logps, option, register, with_defaults
 from nanoalign.compute import packed_batches
 from nanoalign.dpo import dpo_loss, ipo_loss, log_ratio_diff, pair_losses, pair_metrics
-from nanoalign.judge import LIKELIHOODS, TEMPLATES
+from nanoalign.judge import TEMPLATES
 from nanoalign.sft import METRICS as SFT_METRICS, sft_loss
 
 TEMPERATURE, TOP_P = 0.7, 0.9          # the paper's sampling (Table 4)
+LIKELIHOOD = "pair"                    # the paper's rule (sec. 3.2), where the judge records none
 
 
 @dataclass
@@ -64,7 +65,7 @@ class OSPOptions(onpolicy.OnPolicyOptions):
     pairing: str = option("ranked", "'ranked' (best with worst), or the ablations 'random' and 'raft' "
                           "(SFT on the best sample: --osp_loss and --beta unused)",
                           choices=("ranked", "random", "raft"))
-    likelihood: str = option("pair", onpolicy.LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))  # OSP's rule
+    likelihood: str = onpolicy.judge_likelihood(LIKELIHOOD, "OSP's")
 
 
 def spce_loss(pol_h, pol_l, ref_h, ref_l, p, beta):
@@ -164,13 +165,14 @@ register(
     Method(name="pref_aug", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
            help="OSP preference augmentation: SFT on judge instructions from preference pairs (both "
                 "orders)", options=with_defaults(onpolicy.JudgeTemplateOptions, "PrefAugOptions",
-                                                 likelihood="pair"),
+                                                 likelihood=LIKELIHOOD),
            prepare=pref_aug_rows, check_row=onpolicy.label_check, metrics=SFT_METRICS,
            defaults={"max_length": 384}),
     Method(name="osp", reads="prompt", eats="prompt", unit="n_examples", rollout=osp_rollout,
            loss=osp_loss, help="OSP: K samples per prompt, ranked pairs, soft targets from the frozen "
            "SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", options=OSPOptions, needs_ref=True,
-           setup=onpolicy.setup, metrics=METRICS,
+           setup=onpolicy.setup, start_defaults=onpolicy.judging_defaults(LIKELIHOOD),
+           metrics=METRICS,
            # --lr 0 on a pretrained model: RAFT is SFT (SFTConfig's rate); the pair losses are DPO's
            # family on the policy's own judged samples (OnlineDPOConfig's)
            trl_rate=lambda cfg: "sft" if cfg.pairing == "raft" else "online"),

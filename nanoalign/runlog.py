@@ -16,7 +16,7 @@ import torch
 
 from nanoalign import dist
 from nanoalign.compute import compute_of
-from nanoalign.onpolicy import new_tokens
+from nanoalign.onpolicy import judging_said, new_tokens
 
 
 def start(cfg, method, model, device, n_examples, peak, last_lr, step=0):
@@ -40,6 +40,8 @@ def start(cfg, method, model, device, n_examples, peak, last_lr, step=0):
         print(f"samples up to {new_tokens(cfg, dist.unwrapped(model))} new tokens"
               + ("" if cfg.gen_max_tokens else " (--gen_max_tokens 0: auto, by the model's size; "
                                                "see --help)"))
+    if hasattr(cfg, "judge_from"):               # an on-policy method: how its judge judges
+        print(judging_said(cfg))
     print(legend(method))
 
 

@@ -141,12 +141,14 @@ register(
            rollout=self_judge_rollout, loss=pairs_loss(dpo_loss),
            help="Self-Judge: on-policy DPO, two samples per prompt judged by the frozen reference "
                 "(--judge policy: by the policy)", options=SelfJudgeOptions, needs_ref=True,
-           setup=onpolicy.setup, metrics=METRICS,
+           setup=onpolicy.setup, start_defaults=onpolicy.judging_defaults(onpolicy.LIKELIHOOD),
+           metrics=METRICS,
            trl_rate=lambda cfg: "online"),   # --lr 0 on a pretrained model: OnlineDPOConfig's rate
     Method(name="self_judge_offpolicy", reads="prompt", eats="prompt", unit="n_examples",
            rollout=offpolicy_rollout, loss=pairs_loss(dpo_loss),
            help="Self-Judge's off-policy baseline: pairs sampled once from the initial policy, "
                 "judged by it, then DPO", options=onpolicy.OnPolicyOptions, needs_ref=True,
            # no trl_rate: pairs sampled once are offline DPO
-           setup=onpolicy.setup, metrics=OFFPOLICY_METRICS),
+           setup=onpolicy.setup, start_defaults=onpolicy.judging_defaults(onpolicy.LIKELIHOOD),
+           metrics=OFFPOLICY_METRICS),
 )

@@ -1,5 +1,6 @@
 """The comparison tool (experiments/compare.py): its instruct preset, CPU-sized, runs every method of
 the four papers, and it judges each run as the run itself judges (template, rule, principles)."""
+import dataclasses
 import json
 import re
 
@@ -128,6 +129,29 @@ def test_compare_judges_each_run_as_the_run_judges(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "judge_pairs", spy)
     assert compare.label_judge_accuracy(None, None, cfg, n=4) == 1.0
     assert seen == [("compact_principle", [("a", "b")], "pair", "mean")]
+
+
+def test_every_presets_on_policy_runs_judge_as_before_their_start_was_read(tmp_path):
+    """An on-policy run takes the template and rule its start records (onpolicy.judging_defaults):
+    every preset's on-policy run still judges with 'compact' and its method's paper's rule, as when
+    that was all a run could take. OSP's runs from the JSFT start say OSP's rule themselves: JSFT
+    records Self-Judge's."""
+    want = {"self_judge": "vocab", "self_judge_offpolicy": "vocab", "osp": "pair"}
+    for preset, runs in compare.PRESETS.items():
+        flags = {label: fl for label, fl, _ in runs}
+        for label, fl, _ in runs:
+            method, argv = fl[fl.index("--method") + 1], list(fl)
+            if method not in want:
+                continue
+            if "--init_from" in argv:                    # "{jsft}": that run's checkpoint, as it saves it
+                i = argv.index("--init_from") + 1
+                start = tmp_path / preset / argv[i].strip("{}") / "ckpt"
+                start.mkdir(parents=True, exist_ok=True)
+                saved = dataclasses.asdict(train.parse_config(flags[argv[i].strip("{}")]))
+                (start / "state.json").write_text(json.dumps({"step": 1, "config": saved}))
+                argv[i] = str(start)
+            cfg = train.parse_config(argv)
+            assert (cfg.judge_template, cfg.likelihood) == ("compact", want[method]), (preset, label)
 
 
 def test_help_shows_the_presets_own_defaults(capsys, monkeypatch):

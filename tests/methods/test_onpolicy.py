@@ -609,3 +609,42 @@ def test_on_policy_updates_run_padding_free_under_packed(method, opts, monkeypat
         assert ("packed" in b) == (packed == "true")
         got[packed] = REGISTRY[method].loss(policy, b, run, cfg)[0].item()
     assert got["true"] == pytest.approx(got["false"], rel=1e-5, abs=1e-6)
+
+
+# -- a run from a trained judge judges as it trained, and says when a flag overrides that ----------
+@pytest.mark.parametrize("method, opts, rule, other", [("self_judge", [], "vocab", "pair"),
+                                                       ("osp", ["--osp_k", "2"], "pair", "vocab")])
+def test_a_run_from_a_jsft_checkpoint_judges_as_it_trained_and_notes_a_flag_that_overrides_it(
+        method, opts, rule, other, tmp_path, monkeypatch, capsys):
+    """The JSFT start records the template its judge trained on and the rule to judge by (its
+    state.json): the run's judge is asked with those, and the run saves them; a flag that gives
+    another is obeyed, with one line saying what the judge trained with. The run asked in 'compact',
+    a template its judge had never seen, and said nothing."""
+    from model.checkpoint import save_model
+    from model.model import Transformer, config_from_preset
+    start = tmp_path / "jsft"
+    torch.manual_seed(0)
+    save_model(Transformer(config_from_preset("tiny")), str(start), task.build_tokenizer())
+    (start / "state.json").write_text(json.dumps({"step": 2, "config": {
+        "method": "jsft", "judge_template": "hh", "likelihood": other}}))
+    asked = []
+
+    def stub(j, tok, t, prompts, a, b, principles=None, likelihood=None, combine=None):
+        asked.append((t.name, likelihood))
+        return torch.full((len(prompts),), 0.6)
+    monkeypatch.setattr(onpolicy, "judge_probs", stub)
+    argv = ["--method", method, "--init_from", str(start), "--max_steps", "1", "--n_train", "4",
+            "--batch_size", "2", "--gen_max_tokens", "2", "--final_eval", "false"] + opts
+
+    def run(name, *flags):
+        asked.clear()
+        train.main(argv + ["--out_dir", str(tmp_path / name), *flags])
+        saved = json.loads((tmp_path / name / "ckpt" / "state.json").read_text())["config"]
+        notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:") and "judge" in ln]
+        return set(asked), (saved["judge_template"], saved["likelihood"]), notes
+    got, saved, notes = run("own")
+    assert got == {("hh", other)} and saved == ("hh", other) and notes == []
+    got, saved, notes = run("told", "--judge_template", "compact", "--likelihood", rule)
+    assert got == {("compact", rule)} and saved == ("compact", rule)
+    assert len(notes) == 1 and str(start) in notes[0], notes
+    assert "--judge_template hh" in notes[0] and f"--likelihood {other}" in notes[0], notes

@@ -4,6 +4,7 @@ one, another method's option naming whose it is); resuming refuses another metho
 setting."""
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -291,3 +292,87 @@ def test_chat_format_with_init_from_scratch_is_refused_not_ignored(tmp_path, cap
     for ok in (["--init_from", "scratch"], ["--init_from", "some_dir", "--chat_format", "chatml"],
                ["--chat_format", "inst"]):                  # --init_from default: a checkpoint's
         train.parse_config(ok)
+
+
+# -- an on-policy run judges as its judge checkpoint records ---------------------------------------
+def recorded(path, **judging):
+    """A checkpoint directory whose state.json records a run's config: all the config reads of it."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "state.json").write_text(json.dumps({"step": 2, "config": {"method": "jsft", **judging}}))
+    return str(path)
+
+
+@pytest.mark.parametrize("method, rule, other", [("self_judge", "vocab", "pair"),
+                                                 ("self_judge_offpolicy", "vocab", "pair"),
+                                                 ("osp", "pair", "vocab")])
+def test_an_on_policy_run_judges_with_the_template_and_rule_its_judge_records(tmp_path, method, rule, other):
+    """The judge (the start, which the policy is too, or a --judge_from checkpoint) judges with the
+    template its JSFT / pref_aug run trained it on and the rule recorded with it, unless a flag or a
+    config file says otherwise; a judge that records neither: 'compact' and the method's paper's rule.
+    The run judged with 'compact' whatever template its JSFT start had trained on."""
+    jsft = recorded(tmp_path / "jsft", judge_template="ultrafeedback", likelihood=other)
+    judge = recorded(tmp_path / "judge", judge_template="hh")           # an older record: no rule
+
+    def judging(argv, **kw):
+        cfg = train.parse_config(["--method", method] + argv)
+        made = train.make_config(method=method, **kw)                   # tests', experiments/' configs
+        assert (made.judge_template, made.likelihood) == (cfg.judge_template, cfg.likelihood)
+        return cfg.judge_template, cfg.likelihood
+    assert judging(["--init_from", jsft], init_from=jsft) == ("ultrafeedback", other)
+    assert judging(["--init_from", jsft, "--judge_from", judge], init_from=jsft,
+                   judge_from=judge) == ("hh", rule)
+    assert judging(["--init_from", jsft, "--judge_template", "compact"], init_from=jsft,
+                   judge_template="compact") == ("compact", other)
+    assert judging(["--init_from", jsft, "--likelihood", rule], init_from=jsft,
+                   likelihood=rule) == ("ultrafeedback", rule)
+    assert judging(["--init_from", jsft, "--judge_template", ""], init_from=jsft,
+                   judge_template="") == ("ultrafeedback", other)           # '' says: the judge's own
+    for start in ("scratch", "default", str(tmp_path / "no_record")):
+        assert judging(["--init_from", start], init_from=start) == ("compact", rule)
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"init_from": jsft, "judge_template": "compact_principle"}))
+    cfg = train.parse_config(["--method", method, "--config", str(p)])
+    assert (cfg.judge_template, cfg.likelihood) == ("compact_principle", other)
+
+
+def test_a_judge_record_of_no_known_template_is_one_error_naming_its_file(tmp_path, capsys):
+    gone = recorded(tmp_path / "old", judge_template="renamed")
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--method", "self_judge", "--init_from", gone])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert str(tmp_path / "old" / "state.json") in err and "'renamed'" in err and "--judge_template" in err
+    cfg = train.parse_config(["--method", "self_judge", "--init_from", gone, "--judge_template", "hh"])
+    assert cfg.judge_template == "hh"                      # given: the record is not read for it
+
+
+def test_a_resumed_on_policy_run_judges_with_the_template_of_its_first_start(tmp_path, capsys):
+    """The template and rule taken from the start are the run's settings, saved with its checkpoint:
+    a resume judges as the run began even if the start's record has changed since, and a config
+    that would now take another (train.train's check of the config it is given) is refused."""
+    jsft = recorded(tmp_path / "jsft", judge_template="ultrafeedback", likelihood="pair")
+    run = tmp_path / "run"
+    cfg = train.parse_config(["--method", "self_judge", "--init_from", jsft, "--out_dir", str(run)])
+    (run / "ckpt").mkdir(parents=True)                                   # as train.py saves it
+    (run / "ckpt" / "state.json").write_text(json.dumps({"step": 1, "config": dataclasses.asdict(cfg)}))
+    recorded(tmp_path / "jsft", judge_template="hh", likelihood="vocab")  # retrained in place
+    cfg = train.parse_config(["--out_dir", str(run), "--resume"])
+    assert (cfg.judge_template, cfg.likelihood) == ("ultrafeedback", "pair")
+    with pytest.raises(SystemExit, match="'judge_template' was 'ultrafeedback' in this run"):
+        config.resume_config(dataclasses.asdict(train.make_config(
+            method="self_judge", init_from=jsft, out_dir=str(run), resume=True)))
+
+
+def test_help_says_an_on_policy_judge_takes_its_checkpoints_template_and_rule(capsys):
+    for method, rule in (("self_judge", "vocab"), ("osp", "pair"), ("jsft", None)):
+        with pytest.raises(SystemExit):
+            train.parse_config(["--method", method, "--help"])
+        options = capsys.readouterr().out.split("\noptions:\n", 1)[1]       # each flag's whole help
+        lines = {b.split()[0]: " ".join(b.split()) for b in re.split(r"\n(?=  -)", options)}
+        if rule is None:                             # JSFT trains a judge: its template is a choice
+            assert "(default: 'compact'; one of hh," in lines["--judge_template"]
+            continue
+        for flag, fallback in (("--judge_template", "compact"), ("--likelihood", rule)):
+            assert f"(default: ''; one of ''," in lines[flag], lines[flag]
+            assert "'' = " in lines[flag] and "--judge_from" in lines[flag] and "state.json" in lines[flag]
+            assert f"else '{fallback}'" in lines[flag], lines[flag]
