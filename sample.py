@@ -4,6 +4,7 @@ Sample from a checkpoint directory (Hugging Face layout: what train.py writes, o
 examples:
   python sample.py --init_from checkpoints/smollm2-135m --prompt "What is the capital of France?"
   python sample.py --init_from out/orpo/ckpt --prompts_file prompts.txt
+  python sample.py --init_from out/self_judge/ckpt --prompts_file prompts.jsonl
   python sample.py --init_from out/orpo/ckpt --prompt "What is 7 + 5?" --temperature 0.8 \
       --num_samples 3
   python sample.py --init_from out/self_judge/ckpt --prompt "What is 7 + 5?" --best_of 8
@@ -52,7 +53,7 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
-from nanoalign.data import check_response, check_text, check_turns_before_answer
+from nanoalign.data import check_response, check_text, check_turns_before_answer, validate_row
 from nanoalign.suggest import ArgumentParser, did_you_mean
 from nanoalign.textfile import DataError, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
@@ -70,8 +71,11 @@ def build_parser():
     ap.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                     help="a prompt; repeat the flag for several (default: none)")
     ap.add_argument("--prompts_file", default=None, metavar="FILE",
-                    help="a text file with one prompt per line, added after the --prompt ones "
-                    "(default: none)")
+                    help="prompts added after the --prompt ones: a JSONL file of {\"prompt\": ...} "
+                    "rows (the rows an on-policy method trains on, other fields beside it ignored; "
+                    "a prompt is a string or a list of chat messages), or a text file with one "
+                    "prompt per line; a file with a line that is a JSON object is read as JSONL, "
+                    "and every other line of it must be one too (default: none)")
     ap.add_argument("--raw", action="store_true",
                     help="feed prompts as-is, without the chat template (default: off)")
     ap.add_argument("--system", default=None, metavar="TEXT",
@@ -236,6 +240,47 @@ def read_lines(path, flag):
         sys.exit(f"error: {flag} {e}")
 
 
+def read_prompts(a):
+    """The prompts of --prompts_file: JSONL rows {"prompt": P} when any line is a JSON object, read
+    as train.py reads the on-policy methods' rows (nanoalign/data.py, the 'prompt' kind: P a string
+    or chat messages), else each non-blank line as one plain-text prompt. A file of both is an
+    error: a row read as text would be answered as the JSON it is, and a text line in a JSONL file
+    is most likely a broken row. Errors name the file and the line."""
+    lines = [(where, line) for where, line in read_lines(a.prompts_file, "--prompts_file") if line.strip()]
+    rows = [(where, *json_object(line)) for where, line in lines]
+    first = next((where for where, row, _ in rows if row is not None), None)
+    if first is None:
+        return [line for _, line in lines]
+    prompts = []
+    for where, row, why in rows:
+        try:
+            if row is None:
+                raise DataError(f"{where}: not a JSON object{why}, and line {first.rsplit(':', 1)[1]} "
+                                f"is one: a --prompts_file is JSONL rows {{\"prompt\": ...}} or plain "
+                                f"text, one prompt per line, not both")
+            p = validate_row(row, "prompt", where)["prompt"]
+            if isinstance(p, list) and a.raw:
+                raise DataError(f"{where}: a prompt of chat messages needs the chat template, which "
+                                f"--raw skips; drop --raw")
+            if isinstance(p, list) and a.system is not None and p[0]["role"] == "system":
+                raise DataError(f"{where}: the prompt has a system message of its own; drop --system")
+        except DataError as e:
+            sys.exit(f"error: --prompts_file {e}")
+        prompts.append(p)
+    return prompts
+
+
+def json_object(line):
+    """(the JSON object a line holds, '') or (None, why not, for an error: '' for plain text or
+    JSON of another type, the parser's complaint for a line that begins as an object)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        broken = line.lstrip().startswith("{")
+        return None, f" (malformed JSON: {e.msg} at column {e.colno})" if broken else ""
+    return (row, "") if isinstance(row, dict) else (None, "")
+
+
 def read_answers(path):
     """(prompts, answers) from a JSONL file of {prompt, answer} rows; errors name file and line."""
     prompts, answers = [], []
@@ -287,12 +332,14 @@ def precision(a, model):
 def conversation(a, prompt):
     """A prompt as the judge (--best_of) and the aligner are shown it: with --system, the
     conversation the policy answered, which they read as they read a data row with a system message
-    ('System: ...' then 'User: ...', nanoalign.judge.prompt_text). Without it, the prompt alone:
+    ('System: ...' then 'User: ...', nanoalign.judge.prompt_text), a --prompts_file row's messages
+    after it. Without it, the prompt alone:
     the checkpoint's own default system message is its chat template's, no part of the question,
     as it is not for a training row without one."""
     if a.system is None:
         return prompt
-    return [{"role": "system", "content": a.system}, {"role": "user", "content": prompt}]
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return [{"role": "system", "content": a.system}] + turns
 
 
 def aligner_for(a):
@@ -348,8 +395,7 @@ def main(argv=None):
         return in_batches(list(zip(prompts, answers)), a, fix)
     prompts = list(a.prompt)
     if a.prompts_file:
-        lines = read_lines(a.prompts_file, "--prompts_file")
-        prompts += [line for _, line in lines if line.strip()]
+        prompts += read_prompts(a)
     if not prompts:
         sys.exit(f"error: --prompts_file {a.prompts_file}: no prompts (every line is blank)"
                  if a.prompts_file else "error: give at least one --prompt or a --prompts_file")

@@ -414,6 +414,61 @@ def test_prompts_file_errors_name_the_file_and_a_bom_is_dropped(saved_tiny, tmp_
     assert seen == [list(b"hi"), list(b"yo")]
 
 
+def test_a_jsonl_prompts_file_is_read_as_prompt_rows(saved_tiny, tmp_path, capsys, monkeypatch, help_text):
+    """The rows an on-policy method trains on ({"prompt": P}, P a string or chat messages, other
+    fields beside it) are prompts to sample from: each line was taken as one plain-text prompt,
+    and the model was asked to answer the JSON text '{"prompt": "What is 2 + 3?", ...}'."""
+    said = flag_blocks(help_text)["--prompts_file"]
+    assert "JSONL" in said and '{"prompt": ...}' in said and "one prompt per line" in said, said
+    from model.checkpoint import load
+    from nanoalign.data import read_jsonl
+    from tests.helpers import FIX
+    rows, _ = read_jsonl(os.path.join(FIX, "pref.jsonl"), "prompt")
+    want = [r["prompt"] for r in rows]
+    assert any(isinstance(p, list) for p in want) and any(isinstance(p, str) for p in want)
+    tok = load(saved_tiny)[1]
+    seen = []
+    monkeypatch.setattr(sample, "generate", lambda model, batch, *a, **kw: seen.extend(batch) or
+                        [[1] for _ in batch])
+    sample.main(["--init_from", saved_tiny, "--prompts_file", os.path.join(FIX, "pref.jsonl"),
+                 "--device", "cpu"])
+    assert seen == [tok.encode_prompt(p) for p in want]
+    out = capsys.readouterr().out
+    assert f"--- prompt 0 sample 0: {want[0]!r}" in out and '"prompt"' not in out
+    # --best_of's judge and --aligner are shown a row's messages after --system's, not inside a turn
+    msgs = [{"role": "user", "content": "What is 10 + 7?"}]
+    assert sample.conversation(argparse.Namespace(system="be brief"), msgs) == \
+        [{"role": "system", "content": "be brief"}] + msgs
+    # plain text stays one prompt a line, a line that looks like JSON but is not an object too
+    (tmp_path / "p.txt").write_text('{x} + 1 = ?\n"quoted"\n\nhello\n')
+    seen.clear()
+    sample.main(["--init_from", saved_tiny, "--prompts_file", str(tmp_path / "p.txt"), "--device", "cpu"])
+    assert seen == [tok.encode_prompt(p) for p in ('{x} + 1 = ?', '"quoted"', "hello")]
+
+
+@pytest.mark.parametrize("text, argv, error", [
+    ('{"prompt": "a"}\nplain text\n', [], ":2: not a JSON object, and line 1 is one"),
+    ('plain text\n\n{"prompt": "a"}\n', [], ":1: not a JSON object, and line 3 is one"),
+    ('{"prompt": "a"}\n{"prompt": "b"\n', [], ":2: not a JSON object (malformed JSON: Expecting ',' "
+                                             "delimiter at column 15), and line 1 is one"),
+    ('{"prompt": "a"}\n{"question": "b"}\n', [], ":2: missing field 'prompt' (a prompt row needs prompt)"),
+    ('{"prompt": 3}\n', [], ":1: field 'prompt' must be a string or a list of"),
+    ('{"prompt": [{"role": "user", "content": "a"}]}\n', ["--raw"],
+     ":1: a prompt of chat messages needs the chat template, which --raw skips; drop --raw"),
+    ('{"prompt": "a"}\n{"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}]}\n',
+     ["--system", "be brief"], ":2: the prompt has a system message of its own; drop --system"),
+])
+def test_a_prompts_file_of_rows_and_text_or_a_bad_row_is_one_error_naming_its_line(
+        saved_tiny, tmp_path, text, argv, error):
+    path = tmp_path / "p.jsonl"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--init_from", saved_tiny, "--prompts_file", str(path), "--device", "cpu"] + argv)
+    msg = str(e.value)
+    assert msg.startswith(f"error: --prompts_file {path}{error}"), msg
+    assert len(msg.splitlines()) == 1
+
+
 def test_samples_cut_by_the_context_are_counted(saved_tiny, capsys, monkeypatch):
     """generate() stops every row where the model's context is full, before --max_new_tokens and
     without a word; sample.py says how many samples it cut."""
