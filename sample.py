@@ -120,7 +120,7 @@ def build_parser():
                     "'ultrafeedback')")
     ap.add_argument("--principles", default=None, metavar="LIST",
                     help="for --best_of with a principle template: name:description,... to judge "
-                    "under, each match decided by JM-PR; a description may hold commas, only a "
+                    "under, each match decided by win rate; a description may hold commas, only a "
                     "comma followed by a new 'name:' starts the next principle (a name is letters, "
                     "digits, _ and -) (default: the principles kept in the checkpoint, its "
                     "principles.json)")
@@ -467,7 +467,7 @@ def judge_template_for(a, saved):
 def best_of_main(a, model, tok, prompts):
     """Self-rejection (Self-Judge sec. 3.3): N samples, a single-elimination tournament, the winner.
     The checkpoint judges as it was trained to: its template, its method's likelihood rule, and under
-    a principle template the principles kept with it (or --principles), combined by JM-PR."""
+    a principle template the principles kept with it (or --principles), combined by win rate."""
     saved = recorded_judging(a.init_from)
     likelihood = a.likelihood or saved.get("likelihood") or "vocab"
     try:
@@ -492,7 +492,7 @@ def best_of_main(a, model, tok, prompts):
                 shorter = t.name != "compact" and not isinstance(e, JudgeError)
                 sys.exit(f"error: --best_of: {e}" + ("; a shorter --judge_template such as 'compact' "
                                                      "may fit" if shorter else ""))
-            under = f", principles {', '.join(n for n, _ in principles)} by JM-PR" if principles else ""
+            under = f", principles {', '.join(n for n, _ in principles)} by win rate" if principles else ""
             print(f"--- {p!r}: best of {a.best_of} (template '{t.name}', likelihood '{likelihood}'{under})")
             print(texts[w], flush=True)
             outs.append(cands[w])

@@ -33,7 +33,7 @@ trains from the JSFT run). Columns (mean ± sample standard deviation over seeds
   sj_acc       MO-ORPO self-judgement accuracy on held-out SJ triples (mo_orpo.judge_accuracy)
   judge_acc    the label-token judge (judge.judge_pairs) on --n_judge held-out preference pairs:
                p(chosen > rejected) > 1/2, judged as the run judges: its --judge_template, its
-               --likelihood rule, and under a principle template its principles (JM-PR; OSP's
+               --likelihood rule, and under a principle template its principles (the win rate; OSP's
                runs: the mean)
   judge_agree  on-policy runs: agreement of the run's judge with the oracle on its sampled pairs
                (mean over logged steps); p_std: spread of OSP's target strengths; t_*: seconds per
@@ -193,7 +193,7 @@ def sj_batches(tok, cfg, n=256, bs=32, device="cpu"):
 def judging(cfg):
     """How a run's model judges: {t, principles, likelihood, combine} from its own config (the
     template and likelihood rule it trained with; a principle template's principles from --principles
-    or its checkpoint; OSP's runs combine principles by the mean, the others by JM-PR)."""
+    or its checkpoint; OSP's runs combine principles by the mean, the others by win rate)."""
     t = TEMPLATES[getattr(cfg, "judge_template", "compact")]
     principles = None
     if "{principle}" in t.user:
@@ -201,7 +201,7 @@ def judging(cfg):
         ckpt = os.path.join(cfg.out_dir, "ckpt")
         principles = parse_principles(spec) if spec else kept_principles(t, ckpt)
     return {"t": t, "principles": principles, "likelihood": getattr(cfg, "likelihood", "vocab"),
-            "combine": "mean" if cfg.method in ("osp", "pref_aug") else "jm_pr"}
+            "combine": "mean" if cfg.method in ("osp", "pref_aug") else "win_rate"}
 
 
 def label_judge_accuracy(model, tok, cfg, n=256):

@@ -7,7 +7,7 @@ judges (MO-ORPO's self-judgement data, Self-Judge's JSFT / self-training / self-
     python -m nanoalign.judge ... --likelihood pair            # OSP's rule instead of Self-Judge's
 
 prints, per {prompt, a, b} row, p(a > b) scored in both position orders (and under each principle,
-combined by JM-PR, for a principle template).
+combined by win rate, for a principle template).
 
 Three pieces, top to bottom:
 1. Templates. A `JudgeTemplate` is a user message with {prompt} {a} {b} (and {principle}), an
@@ -24,8 +24,8 @@ Three pieces, top to bottom:
    the softmax over the two label logits, averaged over the two orders. (This project first gave
    Self-Judge the two-label rule too; its default follows its paper and released code since
    2026-12-04, and --likelihood pair restores the other.) Under a principle template,
-   one judgment per principle, combined by the Self-Judge paper's JM-PR rule (`jm_pr`) or, for OSP,
-   by the mean (`combine`).
+   one judgment per principle, combined by the Self-Judge paper's principle-aware rule
+   (`win_rate`) or, for OSP, by the mean (`combine`).
 3. The single-elimination tournament (self-rejection): N candidates, N-1 judgments, one batched
    judge call per round.
 """
@@ -256,9 +256,10 @@ def check_template(tok, t):
     return t
 
 
-def jm_pr(P, tie=None):
-    """JM-PR, the Self-Judge paper's principle-aware rule (section 3.1, Tables 5-6): P[k, i] = p(a_i > b_i)
-    under principle k. The judge prefers a_i when it wins under more than half of the principles (a
+def win_rate(P, tie=None):
+    """The win rate, the Self-Judge paper's principle-aware rule (section 3.1; its "JM-PR", Tables 5-6,
+    is the judge trained with principles and rationales, not the rule): P[k, i] = p(a_i > b_i) under
+    principle k. The judge prefers a_i when it wins under more than half of the principles (a
     probability of exactly 1/2 counts half a win); on a tie, when `tie` is >= 1/2: the paper's "mean
     likelihood of judge tokens across principles", mean L_a against mean L_b (judge_pairs passes
     it; the default, the mean of P, is the same under the 'pair' rule, where L_a + L_b = 1).
@@ -273,18 +274,18 @@ def principle_mean(P):
     """OSP under several principles (docs/methods.md#target-strength): p = the mean over principles
     of each principle's position-swapped probability. OSP's paper has one judge prompt; the mean
     rises with every principle's probability and, for one principle, is that principle's p, so the
-    SPCE target stays soft (JM-PR's win rate would make it 0 or 1)."""
+    SPCE target stays soft (the win rate would make it 0 or 1)."""
     return P.mean(0)
 
 
 def judge_pairs(model, tok, t, items, principles=None, batch_size=64, likelihood="vocab",
-                combine="jm_pr"):
+                combine="win_rate"):
     """p(a > b) for (prompt, a, b) items, both position orders, label probabilities as `likelihood`
     says. A principle template judges under each of `principles` [(name, description)] and
-    combines them by `combine`: 'jm_pr' (Self-Judge) or 'mean' (OSP); without one, principles are
+    combines them by `combine`: 'win_rate' (Self-Judge) or 'mean' (OSP); without one, principles are
     unused."""
-    if combine not in ("jm_pr", "mean"):
-        raise JudgeError(f"combine {combine!r} is unknown; choose 'jm_pr' or 'mean'")
+    if combine not in ("win_rate", "mean"):
+        raise JudgeError(f"combine {combine!r} is unknown; choose 'win_rate' or 'mean'")
     if "{principle}" not in t.user:
         return swapped_probs(model, tok, t, items, batch_size, likelihood)
     if not principles:
@@ -296,7 +297,7 @@ def judge_pairs(model, tok, t, items, principles=None, batch_size=64, likelihood
     if combine == "mean":
         return principle_mean(P)
     mean_l = torch.logsumexp(L, 0)                    # (N, 2): log (K x mean likelihood), K cancels
-    return jm_pr(P, torch.sigmoid(mean_l[:, 0] - mean_l[:, 1]))
+    return win_rate(P, torch.sigmoid(mean_l[:, 0] - mean_l[:, 1]))
 
 
 # -- 3. the tournament -------------------------------------------------------------------------------
@@ -315,7 +316,7 @@ def tournament(n, judge_fn):
 
 def best_of(model, tok, t, prompt, candidates, batch_size=64, principles=None, likelihood="vocab"):
     """Self-rejection (Self-Judge section 3.3): the tournament winner among the candidate responses
-    (texts) to one prompt; a principle template decides each match by JM-PR."""
+    (texts) to one prompt; a principle template decides each match by win rate."""
     def judge_fn(pairs):
         return judge_pairs(model, tok, t, [(prompt, candidates[i], candidates[j]) for i, j in pairs],
                            principles, batch_size, likelihood).tolist()
@@ -372,7 +373,7 @@ def main(argv=None):
                     help="judgment template (the Self-Judge paper's appendix A.5, or a compact one; "
                          "default: %(default)s)")
     ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
-                    "judged under each, decided by JM-PR; a description may hold commas, only a comma "
+                    "judged under each, decided by win rate; a description may hold commas, only a comma "
                     "followed by a new 'name:' starts the next principle (a name is letters, "
                     "digits, _ and -) (default: none; a principle template needs them)")
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")

@@ -92,7 +92,7 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
                                  "(which --max_length bounds), so a trained sequence is at most "
                                  "--max_length - 1 + this", minimum=0)
     principles: str = option("", "for a principle template: 'name:description,...' to judge under "
-                             "(each judged, then combined: JM-PR for Self-Judge, the mean for OSP); "
+                             "(each judged, then combined: the win rate for Self-Judge, the mean for OSP); "
                              "a description may hold commas, only a comma followed by a new 'name:' "
                              "starts the next principle (a name is letters, digits, _ and -); "
                              "'' = the principles kept in the judge's checkpoint (principles.json)")
@@ -259,7 +259,7 @@ def judge_of(run, fallback):
 
 
 def judge_probs(judge, tok, template, prompts, a, b, principles=None, likelihood="vocab",
-                combine="jm_pr"):
+                combine="win_rate"):
     """p(a_i > b_i | prompt_i) for text pairs, position-swapped, the judge in eval mode, reading the
     texts with `tok` (the judge's own tokenizer); label probabilities by `likelihood`, and under a
     principle template one judgment per principle combined by `combine` (nanoalign/judge.py

@@ -14,7 +14,7 @@ docs/methods.md#self-judge): one model that is both the policy and the judge.
                         (temperature 1.0, top-p 0.9), pi_ref judges them with position swap by the
                         paper's rule (sec. 3.1, --likelihood vocab): each sample's judge-token
                         likelihood over the whole vocabulary, averaged over both orders, the larger
-                        wins; under a principle template, JM-PR over the principles
+                        wins; under a principle template, win rate over the principles
                         (judge.judge_pairs). --judge policy: pi_theta judges (the paper's sec. 7
                         option); --judge_from DIR: another checkpoint judges, with its own
                         tokenizer (an option of nanoalign's, not one of the paper's settings). Then
@@ -73,12 +73,12 @@ def jsft_rows(rows, cfg, split, run):
 
 def judge_and_orient(run, cfg, judge, ptexts, first, second):
     """Judge each (first, second) sample pair, position-swapped, by the paper's likelihood rule
-    (cfg.likelihood) and JM-PR under principles; `judge` = (model, its tokenizer), which reads the
+    (cfg.likelihood) and the win rate under principles; `judge` = (model, its tokenizer), which reads the
     samples' decoded texts. (wins, losses, metrics)."""
     (jm, jtok), t = judge, TEMPLATES[cfg.judge_template]
     a, b = [run.tok.decode(x) for x in first], [run.tok.decode(x) for x in second]
     p = onpolicy.judge_probs(jm, jtok, t, ptexts, a, b, run.principles,
-                             likelihood=cfg.likelihood, combine="jm_pr")
+                             likelihood=cfg.likelihood, combine="win_rate")
     wins, losses = onpolicy.orient(first, second, p)
     return wins, losses, onpolicy.agreement(run.task, ptexts, a, b, p.tolist())
 

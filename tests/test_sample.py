@@ -120,7 +120,7 @@ def test_help_examples_are_printed_intact(help_text):
 def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, monkeypatch):
     """The Self-Judge paper's Table 6 row "Self-Judge (JM-PR) + Self-Rejection", at tiny size:
     principle-aware JSFT, self-training from it, then sample.py --best_of from the self-trained
-    checkpoint judges under the JSFT principles (kept with every checkpoint) by JM-PR, with the
+    checkpoint judges under the JSFT principles (kept with every checkpoint) by win rate, with the
     Self-Judge likelihood rule; --principles overrides them."""
     import train
     from nanoalign.tasks import arith as task
@@ -135,22 +135,22 @@ def test_self_rejection_after_self_training_under_principles(tmp_path, capsys, m
                 "--n_train", "4", "--gen_max_tokens", "4", "--out_dir", str(sj)] + common)
     assert json.load(open(sj / "ckpt" / PRINCIPLES_FILE)) == task.OBJECTIVES
     capsys.readouterr()
-    seen, real = [], judge.jm_pr
+    seen, real = [], judge.win_rate
 
     def spy(P, tie=None):
         seen.append(P.shape[0])                               # principles per judged pair
         return real(P, tie)
-    monkeypatch.setattr(judge, "jm_pr", spy)
+    monkeypatch.setattr(judge, "win_rate", spy)
     argv = ["--init_from", str(sj / "ckpt"), "--prompt", "What is 1 + 2?", "--best_of", "4",
             "--max_new_tokens", "4"]
     outs = sample.main(argv)
-    assert len(outs) == 1 and seen == [len(task.OBJECTIVES)] * 2      # two rounds of JM-PR
+    assert len(outs) == 1 and seen == [len(task.OBJECTIVES)] * 2      # two rounds of the win rate
     out = capsys.readouterr().out
     assert (f"best of 4 (template 'compact_principle', likelihood 'vocab', principles "
-            f"{', '.join(task.OBJECTIVES)} by JM-PR)") in out
+            f"{', '.join(task.OBJECTIVES)} by win rate)") in out
     seen.clear()
     sample.main(argv + ["--principles", "honesty:tells the truth", "--likelihood", "pair"])
-    assert seen == [1, 1] and "likelihood 'pair', principles honesty by JM-PR" in capsys.readouterr().out
+    assert seen == [1, 1] and "likelihood 'pair', principles honesty by win rate" in capsys.readouterr().out
 
 
 def test_self_rejection_winners_are_what_the_aligner_corrects(tmp_path, capsys, monkeypatch):

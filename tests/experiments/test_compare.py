@@ -114,7 +114,7 @@ def test_compare_judges_each_run_as_the_run_judges(tmp_path, monkeypatch):
     cfg = train.make_config(method="self_judge", judge_template="compact_principle", out_dir=str(tmp_path))
     j = compare.judging(cfg)
     assert (j["t"].name, j["principles"], j["likelihood"], j["combine"]) == \
-        ("compact_principle", PRINCIPLES[:2], "vocab", "jm_pr")
+        ("compact_principle", PRINCIPLES[:2], "vocab", "win_rate")
     cfg = train.make_config(method="osp", judge_template="compact_principle", principles="a:b",
                             out_dir=str(tmp_path))
     j = compare.judging(cfg)
@@ -123,7 +123,7 @@ def test_compare_judges_each_run_as_the_run_judges(tmp_path, monkeypatch):
     assert (j["t"].name, j["principles"], j["likelihood"]) == ("compact", None, "vocab")
     seen = []
 
-    def spy(model, tok, t, items, principles=None, batch_size=64, likelihood="vocab", combine="jm_pr"):
+    def spy(model, tok, t, items, principles=None, batch_size=64, likelihood="vocab", combine="win_rate"):
         seen.append((t.name, principles, likelihood, combine))
         return torch.ones(len(items))
     monkeypatch.setattr(compare, "judge_pairs", spy)

@@ -1,5 +1,5 @@
 """The judge's command line (python -m nanoalign.judge): the swapped probability of each row, principles
-by JM-PR, one-line errors that blame a row only for its own error, help for every flag."""
+by win rate, one-line errors that blame a row only for its own error, help for every flag."""
 import json
 
 import pytest
@@ -40,7 +40,7 @@ def test_judge_cli_prints_the_swapped_probability_of_each_row(judge_dir, tmp_pat
         assert abs(got[0]["p(a>b)"] + got[2]["p(a>b)"] - 1) <= 2e-4      # the same pair, swapped
 
 
-def test_judge_cli_judges_under_principles_by_jm_pr(judge_dir, tmp_path, capsys):
+def test_judge_cli_judges_under_principles_by_win_rate(judge_dir, tmp_path, capsys):
     from model.checkpoint import load
     from nanoalign.judge import TEMPLATES, judge_pairs
     f = tmp_path / "pairs.jsonl"

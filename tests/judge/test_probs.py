@@ -1,8 +1,8 @@
 """What the judge says (nanoalign/judge.py), as behaviour: a stub "language model" whose next-token
 logits are a known function of the tokens it has read (tests/helpers.RuleJudge), and the judge
-functions must return exactly what that rule says: first_probs, swapped_probs, principles combined by
-JM-PR or averaged (OSP), the two papers' likelihood rules, and the choices made from them (best_of,
-the tournament). Also: how the judge batches its rows, and that it judges in eval mode.
+functions must return exactly what that rule says: first_probs, swapped_probs, principles combined
+by win rate (Self-Judge) or averaged (OSP), the two papers' likelihood rules, and the choices made
+from them (best_of, the tournament). Also: how the judge batches its rows, and that it judges in eval mode.
 
 The stub reads its input as bytes. At a position where the text so far ends with the judge
 template's answer up to the label ("Better: ", "Better for 'correct': "), it has read the whole judge
@@ -106,8 +106,8 @@ def test_swapped_probs_average_both_position_orders(likelihood, rows, batch_size
 @given(rows=st.lists(st.tuples(text, text, text), min_size=1, max_size=3),
        names=st.lists(st.sampled_from(["long", "longer", "short"]), min_size=1, max_size=4))
 @example(rows=[("q", "ab", "abcdef")], names=["long", "short"])     # always a tie: one win each
-def test_principles_are_combined_by_jm_pr(likelihood, rows, names):
-    """JM-PR (the Self-Judge paper's principle-aware rule): a is preferred when it wins under more
+def test_principles_are_combined_by_win_rate(likelihood, rows, names):
+    """The win rate (the Self-Judge paper's principle-aware rule): a is preferred when it wins under more
     than half of the principles; the result is the win rate, or on a tie the mean likelihood of the
     judge tokens across principles, mean L_a against mean L_b."""
     items = [(x, *unequal(a, b)) for x, a, b in rows]
@@ -125,13 +125,13 @@ def test_principles_are_combined_by_jm_pr(likelihood, rows, names):
                   min_size=1, max_size=4),
        tie=st.lists(st.floats(0.01, 0.99), min_size=3, max_size=3), with_tie=st.booleans())
 @example(P=[[0.9], [0.2]], tie=[0.3], with_tie=True).via("one win each: the tie decides, not the mean of P")
-def test_jm_pr_is_the_win_rate_and_on_an_even_split_the_tie(P, tie, with_tie):
-    """jm_pr as its docstring states it: the fraction of principles under which a wins (p = 1/2
+def test_win_rate_is_the_share_of_principles_won_and_on_an_even_split_the_tie(P, tie, with_tie):
+    """win_rate as its docstring states it: the fraction of principles under which a wins (p = 1/2
     counts half), and where that is exactly 1/2, `tie` (by default the mean of P)."""
     n = min(len(P[0]), len(tie))
     P = torch.tensor([row[:n] for row in P], dtype=torch.float64)
     tie = torch.tensor(tie[:n], dtype=torch.float64)
-    got = judge.jm_pr(P, tie if with_tie else None)
+    got = judge.win_rate(P, tie if with_tie else None)
     for i in range(n):
         rate = sum(1.0 if q > 0.5 else 0.5 if q == 0.5 else 0.0 for q in P[:, i].tolist()) / len(P)
         want = (tie[i].item() if with_tie else P[:, i].mean().item()) if rate == 0.5 else rate
@@ -141,7 +141,7 @@ def test_jm_pr_is_the_win_rate_and_on_an_even_split_the_tie(P, tie, with_tie):
 @given(won=st.tuples(st.floats(0.02, 0.5), st.floats(0.02, 0.5)).filter(lambda t: t[0] > t[1] * 1.01),
        lost=st.tuples(st.floats(0.02, 0.5), st.floats(0.02, 0.5)).filter(lambda t: t[0] * 1.01 < t[1]))
 @example(won=(0.5, 0.1), lost=(0.05, 0.2))
-def test_jm_pr_breaks_an_even_split_by_the_mean_judge_likelihoods(won, lost):
+def test_win_rate_breaks_an_even_split_by_the_mean_judge_likelihoods(won, lost):
     """Under the 'vocab' rule the label likelihoods L_a, L_b of a principle need not sum to one, so
     the tie of an even split, mean L_a / (mean L_a + mean L_b) across principles, is not the mean of
     the principles' p: a judge that gives a principle "won" likelihoods (L_a, L_b) = won and
@@ -230,11 +230,11 @@ def test_the_judge_functions_default_to_the_vocab_rule(rows):
 
 
 def test_judge_pairs_names_an_unknown_combine():
-    """judge_pairs combines principles by 'jm_pr' or 'mean'; any other name is an error naming it."""
+    """judge_pairs combines principles by 'win_rate' or 'mean'; any other name is an error naming it."""
     with pytest.raises(judge.JudgeError) as e:
         judge_pairs(JUDGE, TOK, TEMPLATES["compact_principle"], [("q", "a", "bb")], [("c", "d")],
                     combine="max")
-    assert str(e.value) == "combine 'max' is unknown; choose 'jm_pr' or 'mean'"
+    assert str(e.value) == "combine 'max' is unknown; choose 'win_rate' or 'mean'"
 
 
 @settings(max_examples=examples(10))
@@ -270,8 +270,8 @@ def test_tournament_finds_the_top_of_a_total_order(ranks):
     assert len(calls) == (n - 1).bit_length()            # one batched call per round
 
 
-# -- JM-PR by hand; a judge scores in eval mode ----------------------------------------------------
-def jm_pr_by_hand(ps):
+# -- the win rate by hand; a judge scores in eval mode ----------------------------------------------------
+def win_rate_by_hand(ps):
     """The rule as the Self-Judge paper states it, for one pair: prefer a when it wins under more than
     half of the principles; on an even split, when its mean probability is >= 1/2."""
     wins = sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in ps)
@@ -282,19 +282,19 @@ def jm_pr_by_hand(ps):
 
 @given(st.lists(st.lists(st.sampled_from([0.1, 0.3, 0.5, 0.6, 0.9, 0.99]), min_size=1, max_size=5),
                 min_size=1, max_size=6))
-def test_jm_pr_decides_by_win_rate_then_mean_likelihood(cols):
+def test_win_rate_decides_by_win_rate_then_mean_likelihood(cols):
     K = len(cols[0])
     cols = [c[:K] + [0.5] * (K - len(c)) for c in cols]                  # (N pairs, K principles)
     P = torch.tensor(cols, dtype=torch.float64).T                        # (K, N)
-    p = judge.jm_pr(P)
+    p = judge.win_rate(P)
     for i, col in enumerate(cols):
-        assert bool(p[i] >= 0.5) == jm_pr_by_hand(col), (col, float(p[i]))
+        assert bool(p[i] >= 0.5) == win_rate_by_hand(col), (col, float(p[i]))
 
 
-def test_jm_pr_breaks_an_even_split_by_mean_likelihood():
+def test_win_rate_breaks_an_even_split_by_mean_likelihood():
     # two principles each way: a wins under 2, b under 2; the mean probability decides
     P = torch.tensor([[0.9, 0.6], [0.8, 0.55], [0.4, 0.1], [0.45, 0.2]])   # (K=4, N=2)
-    p = judge.jm_pr(P)
+    p = judge.win_rate(P)
     assert p[0] >= 0.5 and p[1] < 0.5        # means 0.6375 and 0.3625
 
 
@@ -315,7 +315,7 @@ def test_a_lora_judge_with_dropout_gives_the_same_probabilities_twice():
 
 # -- best-of under several principles --------------------------------------------------------------
 def test_best_of_judges_a_principle_template_under_every_principle(monkeypatch):
-    """With a principle template, self-rejection decides each match by JM-PR over the principles:
+    """With a principle template, self-rejection decides each match by win rate over the principles:
     here 'short' prefers the shorter response and the two 'long' ones the longer, so the longer
     wins 2 of 3 and the longest candidate is the tournament winner."""
     from nanoalign import judge

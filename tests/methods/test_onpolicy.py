@@ -1,5 +1,5 @@
 """The on-policy round shared by Self-Judge and OSP (nanoalign/onpolicy.py): sampling and judging under
-the run's principles (one judge call per principle, JM-PR or the mean by the method's paper), a judge
+the run's principles (one judge call per principle, the win rate or the mean by the method's paper), a judge
 of its own (--judge_from, even with another vocabulary), pairs oriented by the judge, judgment data,
 the principles' sources, batches on the caller's device, and the cost split in the log."""
 import json
@@ -221,7 +221,7 @@ def test_on_policy_judging_runs_once_per_principle_and_never_renders_a_missing_o
             msgs, _ = judge.render(t, *it)
             assert "None" not in msgs[-1]["content"]
             seen.append(it[3])
-        # a prefers under 'correct' only; b under the other two: JM-PR picks b
+        # a prefers under 'correct' only; b under the other two: the win rate picks b
         p = torch.tensor([0.9 if it[3] == "correct" else 0.2 for it in items])
         return torch.stack([p.log(), (1 - p).log()], 1)         # log L_a, log L_b
 
@@ -236,12 +236,12 @@ def test_on_policy_judging_runs_once_per_principle_and_never_renders_a_missing_o
 
 
 @pytest.mark.parametrize("likelihood", ["vocab", "pair"])
-@pytest.mark.parametrize("combine, want", [("mean", (0.95 + 0.4 + 0.4) / 3), ("jm_pr", 1 / 3)])
+@pytest.mark.parametrize("combine, want", [("mean", (0.95 + 0.4 + 0.4) / 3), ("win_rate", 1 / 3)])
 def test_on_policy_judging_uses_the_likelihood_rule_and_combination_it_is_given(likelihood, combine,
                                                                                 want, monkeypatch):
-    """OSP judges by the 'pair' rule and the mean over principles, Self-Judge by 'vocab' and JM-PR:
+    """OSP judges by the 'pair' rule and the mean over principles, Self-Judge by 'vocab' and the win rate:
     judge_probs must hand both choices on. Under principle 'correct' a wins with p = 0.95, under the
-    other two it loses (0.4): the mean prefers a, JM-PR (one win of three) prefers b."""
+    other two it loses (0.4): the mean prefers a, the win rate (one win of three) prefers b."""
     rules = []
 
     def stub(model, tok, t, items, likelihood="vocab", batch_size=64):
@@ -281,15 +281,15 @@ def test_an_on_policy_run_keeps_the_principles_it_judged_under(tmp_path):
 
 
 @pytest.mark.parametrize("name, opts, rule", [
-    ("self_judge", {}, ("vocab", "jm_pr")),
-    ("self_judge_offpolicy", {}, ("vocab", "jm_pr")),
+    ("self_judge", {}, ("vocab", "win_rate")),
+    ("self_judge_offpolicy", {}, ("vocab", "win_rate")),
     ("osp", {"osp_k": 2}, ("pair", "mean")),
     ("osp", {"osp_k": 2, "pairing": "raft"}, ("pair", "mean")),
-    ("self_judge", {"likelihood": "pair"}, ("pair", "jm_pr")),
+    ("self_judge", {"likelihood": "pair"}, ("pair", "win_rate")),
     ("osp", {"osp_k": 2, "likelihood": "vocab"}, ("vocab", "mean")),
 ])
 def test_each_method_judges_by_its_papers_rule_unless_told_otherwise(name, opts, rule, monkeypatch):
-    """Self-Judge: full-vocabulary likelihoods, principles by JM-PR; OSP: the two-label softmax,
+    """Self-Judge: full-vocabulary likelihoods, principles by win rate; OSP: the two-label softmax,
     principles by the mean. --likelihood picks the other rule."""
     from tests.helpers import method_config
     tok = task.build_tokenizer()
@@ -406,7 +406,7 @@ def test_train_judges_with_the_judge_from_checkpoints_own_tokenizer(tmp_path):
 
 def test_a_judge_from_checkpoint_saved_in_bfloat16_judges_as_a_frozen_float32_copy(tmp_path):
     """setup loads a --judge_from judge in float32 whatever its file holds (judge probabilities in
-    bfloat16 would round the JM-PR ties away), frozen, with the checkpoint's own tokenizer."""
+    bfloat16 would round the win rate's ties away), frozen, with the checkpoint's own tokenizer."""
     from model.checkpoint import save_model
     jtok, judge_model = char_tokenizer(), tiny(2, vocab_size=char_tokenizer().vocab_size, max_seq_len=512)
     save_model(judge_model, str(tmp_path / "judge"), jtok, dtype=torch.bfloat16)

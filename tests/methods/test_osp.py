@@ -86,7 +86,7 @@ def test_target_under_principles_is_monotone_in_each_principles_probability(P, d
     """OSP's p under a principle template (judge.judge_pairs with combine='mean', as osp_loss asks):
     raising one principle's position-swapped probability never lowers p, and raises it when the
     step is not lost to rounding; with one principle p is that principle's probability (soft, so
-    SPCE is not DPO). JM-PR's win rate would fail both."""
+    SPCE is not DPO). the win rate would fail both."""
     from nanoalign import judge
     t = judge.TEMPLATES["compact_principle"]
 
