@@ -120,8 +120,8 @@ class SharedConfig:
                                "time, spread evenly over the data)", minimum=1)
     ckpt_every: int = option(0, "checkpoint every N steps (0 = only at the end)", minimum=0)
     final_eval: bool = option(True, "on the built-in task, end with the table of greedy answers "
-                              "before and after (a resumed run too, from its start, if that is "
-                              "still where it was); not on your own data, or for meta_aligner (an "
+                              "before and after (a resumed run too, from its start, which --resume "
+                              "needs where it was); not on your own data, or for meta_aligner (an "
                               "aligner edits answers)")
     device: str = option("auto", "'cpu', 'cuda', or 'auto' = 'cuda' where torch sees a GPU, else 'cpu'. "
                          "Under torchrun each rank takes its own GPU, or all run on the CPU where "
