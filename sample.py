@@ -53,7 +53,8 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
-from nanoalign.data import check_response, check_text, check_turns_before_answer, validate_row
+from nanoalign.data import validate_row
+from nanoalign.rows import check_response, check_text, check_turns_before_answer
 from nanoalign.suggest import ArgumentParser, did_you_mean
 from nanoalign.textfile import DataError, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES

@@ -134,7 +134,7 @@ def judgment_rows(rows, template, principle_aware=False, rationale_fn=None):
         else:
             jobs = [(None, None, "1")]
         for name, desc, lab in jobs:
-            # a KeyError, not a reversed judgment, for a label that data.check_labels did not read
+            # a KeyError, not a reversed judgment, for a label that rows.check_labels did not read
             better, worse = {"1": (r["chosen"], r["rejected"]), "2": (r["rejected"], r["chosen"])}[lab]
             better, worse = answer_text(better), answer_text(worse)
             for first_better in (True, False):

@@ -30,7 +30,9 @@ from model.model import TooLongForContext
 from nanoalign.common import evaluating, frozen_copy, option
 from nanoalign.checkpoint import trained_config
 from nanoalign.compute import FAST_MIN_PARAMS, is_large
-from nanoalign.data import DataError, check_labels, make_batch
+from nanoalign.data import make_batch
+from nanoalign.rows import check_labels
+from nanoalign.textfile import DataError
 from nanoalign.dpo import DPOOptions
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs,
                              judgment_rows, parse_principles)
@@ -183,7 +185,7 @@ def inherited(ckpt_dir):
 
 
 def labelled(row, where, t):
-    """A row a principle template judges: its per-objective labels, checked (data.check_labels)."""
+    """A row a principle template judges: its per-objective labels, checked (rows.check_labels)."""
     if not ("labels" in row and "objectives" in row):
         raise DataError(f"{where}: judge template '{t.name}' is principle-aware and needs 'labels' and "
                         f"'objectives' fields on every row")

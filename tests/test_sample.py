@@ -349,7 +349,7 @@ def test_answers_file_rows_are_checked_and_read_as_utf8(tmp_path, capsys, monkey
 def test_an_answer_whose_turns_before_it_are_not_its_prompt_is_refused(tmp_path, capsys, monkeypatch):
     """The aligner corrects the answer of a list (its last assistant message) after 'prompt': turns
     before it that are not the prompt's own were ignored without a word, as a training row's were
-    (nanoalign/data.py check_turns_before_answer)."""
+    (nanoalign/rows.py check_turns_before_answer)."""
     f = tmp_path / "answers.jsonl"
     chat = [{"role": "user", "content": "q"}]
     reply = [{"role": "assistant", "content": "4"}]

@@ -1,6 +1,6 @@
-"""Reading and checking rows (nanoalign/data.py): validate_row and read_jsonl, implicit prompts,
-message lists, and every bad row named by its file, line and field, including rows a chat template
-refuses."""
+"""Reading and checking rows (nanoalign/rows.py, through nanoalign/data.py's validate_row and
+read_jsonl): implicit prompts, message lists, and every bad row named by its file, line and field,
+including rows a chat template refuses."""
 import json
 import os
 import shlex
@@ -10,8 +10,8 @@ import sys
 import pytest
 from hypothesis import example, given, strategies as st
 
-from nanoalign.data import (DataError, check_labels, implicit_prompt, make_batch, read_jsonl, tokenize_pair,
-                            tokenize_rows, validate_row)
+from nanoalign.data import DataError, make_batch, read_jsonl, tokenize_pair, tokenize_rows, validate_row
+from nanoalign.rows import check_labels, implicit_prompt
 from nanoalign.textfile import not_text
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, TOK

@@ -8,7 +8,8 @@ import json
 import pytest
 from hypothesis import example, given, strategies as st
 
-from nanoalign.data import DataError, implicit_prompt, read_jsonl, tokenize_rows
+from nanoalign.data import DataError, read_jsonl, tokenize_rows
+from nanoalign.rows import implicit_prompt
 
 USER = {"role": "user", "content": "What color is the sky?"}
 GOOD = {"role": "assistant", "content": "It is blue."}
