@@ -43,9 +43,8 @@ from model.tokenizer import answer_text
 from nanoalign import dist
 from nanoalign.checkpoint import RUN_CONFIG, saved_step
 from nanoalign.common import Method, option, register
-from nanoalign.rows import check_labels
-from nanoalign.textfile import DataError
 from nanoalign.judge import parse_named, prompt_text
+from nanoalign.rows import check_labels
 from nanoalign.sft import METRICS, sft_loss
 from nanoalign.suggest import did_you_mean
 
