@@ -406,8 +406,9 @@ def resume_config(given, where="flags"):
     start = beside(saved_cfg.init_from, saved_cfg.out_dir) if saved_cfg.out_dir else None
     moves = {"init_from": given["init_from"]} if start and given.get("init_from") \
         and start == beside(given["init_from"], out_dir) else {}
+    same = moves.keys() | filled_at_start(saved_cfg, given)
     for k, v in given.items():
-        if k not in RESUMABLE and k != "out_dir" and k not in moves and hasattr(saved_cfg, k) \
+        if k not in RESUMABLE and k != "out_dir" and k not in same and hasattr(saved_cfg, k) \
                 and getattr(saved_cfg, k) != v:
             raise SystemExit(f"error: --resume: '{k}' was {getattr(saved_cfg, k)!r} in this run "
                              f"({path}), got {v!r}; a resumed run keeps its settings except "
@@ -424,6 +425,15 @@ def resume_config(given, where="flags"):
                          f"which is not there; a resumed run loads its start again (the tokenizer, a "
                          f"LoRA base, a method's frozen reference): put the start back at that path")
     return cfg
+
+
+def filled_at_start(saved_cfg, given):
+    """The options `given` as '' that the run's method fills from its start (Method.start_defaults:
+    an on-policy judge's template and rule): '' asks for what the run filled in when it began, which
+    its saved config holds, so the first command with --resume added is no change of setting."""
+    fill = REGISTRY[saved_cfg.method].start_defaults
+    blank = {k: "" for k, v in given.items() if v == "" and hasattr(saved_cfg, k)}
+    return set(fill(dataclasses.replace(saved_cfg, **blank))) if fill and blank else set()
 
 
 def beside(path, out_dir):

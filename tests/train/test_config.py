@@ -358,6 +358,10 @@ def test_a_resumed_on_policy_run_judges_with_the_template_of_its_first_start(tmp
     recorded(tmp_path / "jsft", judge_template="hh", likelihood="vocab")  # retrained in place
     cfg = train.parse_config(["--out_dir", str(run), "--resume"])
     assert (cfg.judge_template, cfg.likelihood) == ("ultrafeedback", "pair")
+    # '' given again (the first command, --resume added): the same "what the start records", which
+    # for this run is what it recorded at its start, not a change of setting to refuse
+    cfg = train.parse_config(["--out_dir", str(run), "--resume", "--judge_template", "", "--likelihood", ""])
+    assert (cfg.judge_template, cfg.likelihood) == ("ultrafeedback", "pair")
     with pytest.raises(SystemExit, match="'judge_template' was 'ultrafeedback' in this run"):
         config.resume_config(dataclasses.asdict(train.make_config(
             method="self_judge", init_from=jsft, out_dir=str(run), resume=True)))
