@@ -48,7 +48,8 @@ import torch
 from model.checkpoint import CheckpointError, load, read_json
 from model.generate import generate
 from nanoalign.checkpoint import trained_config
-from nanoalign.onpolicy import kept_principles, recorded_judging, sample as sample_responses
+from nanoalign.onpolicy import (judging_overridden, kept_principles, recorded_judging,
+                                sample as sample_responses)
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
@@ -479,6 +480,8 @@ def best_of_main(a, model, tok, prompts):
                           else kept_principles(t, a.init_from))
     except JudgeError as e:
         sys.exit(f"error: {e}")
+    if note := judging_overridden(a.init_from, {"judge_template": t.name, "likelihood": likelihood}):
+        print(note, file=sys.stderr)
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode_prompt(p, a.system) for p in prompts]
     outs = []

@@ -31,11 +31,11 @@ from nanoalign.common import evaluating, frozen_copy, option
 from nanoalign.checkpoint import trained_config
 from nanoalign.compute import FAST_MIN_PARAMS, is_large
 from nanoalign.data import make_batch
-from nanoalign.rows import check_labels
-from nanoalign.textfile import DataError
 from nanoalign.dpo import DPOOptions
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs,
                              judgment_rows, parse_principles)
+from nanoalign.rows import check_labels
+from nanoalign.textfile import DataError
 
 PRINCIPLES_FILE = "principles.json"   # {name: description}, kept with every checkpoint derived from a
                                       # principle-aware judge (its JSFT data's, or those it judged under)
@@ -137,18 +137,26 @@ def judging_defaults(rule):
 
 
 def judging_said(cfg):
-    """The line a run starts with on how it judges: the template and rule, and whose they are. Where
-    a flag gave another than the judge's checkpoint records, a note: obeyed, but a judge asked in a
-    template it did not train on may judge near chance."""
+    """The line a run starts with on how it judges: the template and rule, and whose they are, or
+    the note `judging_overridden` writes."""
     src = judge_checkpoint(cfg)
+    used = {k: getattr(cfg, k) for k in JUDGING}
+    return judging_overridden(src, used) or (
+        "judges with " + " ".join(f"--{k} {v}" for k, v in used.items())
+        + (f", as the judge {src} records" if recorded_judging(src) else ""))
+
+
+def judging_overridden(src, used):
+    """Where a flag gave another template or rule (`used`: {judge_template, likelihood}) than the
+    judge's checkpoint `src` records, a note saying so: obeyed, but a judge asked in a template it
+    did not train on may judge near chance (sample.py --best_of prints it too). Else None."""
     rec = recorded_judging(src)
-    other = [k for k, v in rec.items() if getattr(cfg, k) != v]
-    if other:
-        return (f"note: the judge {src} records " + " ".join(f"--{k} {rec[k]}" for k in other)
-                + " (its state.json); this run judges with "
-                + " ".join(f"--{k} {getattr(cfg, k)}" for k in other) + ", as given")
-    return ("judges with " + " ".join(f"--{k} {getattr(cfg, k)}" for k in JUDGING)
-            + (f", as the judge {src} records" if rec else ""))
+    other = [k for k, v in rec.items() if used[k] != v]
+    if not other:
+        return None
+    return (f"note: the judge {src} records " + " ".join(f"--{k} {rec[k]}" for k in other)
+            + " (its state.json); this run judges with " + " ".join(f"--{k} {used[k]}" for k in other)
+            + ", as given")
 
 
 def template_of(cfg, tok):

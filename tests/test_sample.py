@@ -824,6 +824,30 @@ def test_best_of_with_an_aligner_checks_the_objectives_before_sampling(judging_t
     assert "objective 'polite' needs a description" in str(e.value) and sampled == []
 
 
+@pytest.mark.parametrize("flags, note", [
+    ([], None),                                                      # the record: no note
+    (["--likelihood", "pair"], None),                                # the record, given: none
+    (["--judge_template", "compact"], "--judge_template hh"),
+    (["--judge_template", "compact", "--likelihood", "vocab"], "--judge_template hh --likelihood pair"),
+])
+def test_best_of_says_when_a_flag_judges_other_than_the_checkpoint_records(judging_tiny, capsys, flags, note):
+    """A run's judge told by a flag to judge other than its checkpoint records says so (train.py's
+    onpolicy.judging_said); --best_of obeyed such a flag without a word, though a judge asked in a
+    template it did not train on may judge near chance."""
+    state = os.path.join(judging_tiny, "state.json")
+    with open(state, "w") as f:
+        json.dump({"step": 1, "config": {"method": "jsft", "judge_template": "hh", "likelihood": "pair"}}, f)
+    sample.main(["--init_from", judging_tiny, "--prompt", "1 + 2?", "--best_of", "2", "--max_new_tokens", "1",
+                 "--device", "cpu"] + flags)
+    out, err = capsys.readouterr()
+    assert out.count("best of 2") == 1, out
+    if note is None:
+        assert "note" not in err, err
+    else:
+        assert f"note: the judge {judging_tiny} records {note} (its state.json)" in err, err
+        assert "as given" in err, err
+
+
 @pytest.mark.parametrize("kept, flag, expected", [
     (True, None, [("polite", "says please"), ("brief", "five words, at most")]),
     (True, "brief", [("brief", "five words, at most")]),
