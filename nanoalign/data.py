@@ -40,6 +40,21 @@ def validate_row(row, kind, where):
     return read(row, where)
 
 
+def parse_line(path, line, where, first=False):
+    """A line's JSON value; malformed JSON is a bad row naming its column. The file's first line, when
+    it is malformed or an array (json.dump(rows, f) writes one line), may say that the file is no JSONL
+    at all (`not_jsonl`: a JSON document, CSV): then the file is wrong, not its first row (NotJSONL)."""
+    try:
+        value, error = json.loads(line), None
+    except json.JSONDecodeError as e:
+        value, error = None, f"malformed JSON ({e.msg} at column {e.colno})"
+    if first and (error or isinstance(value, list)) and (what := not_jsonl(path, line)):
+        raise NotJSONL(f"{where}: the file looks like {what}")
+    if error:
+        raise DataError(f"{where}: {error}")
+    return value
+
+
 def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
     """Rows of a JSONL file, validated. Returns (rows, n_skipped). Each line is decoded on its own,
     so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad; a file that is
@@ -55,13 +70,7 @@ def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
             line = decode_line(raw, where).rstrip("\r\n")
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                if i == 1 and (what := not_jsonl(path, line)):   # the file is wrong, not its first row
-                    raise NotJSONL(f"{where}: the file looks like {what}") from None
-                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            row = validate_row(row, kind, where)
+            row = validate_row(parse_line(path, line, where, first=i == 1), kind, where)
             if check is not None:
                 row = check(row, where)
             row["_where"] = where

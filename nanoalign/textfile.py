@@ -3,8 +3,8 @@ A data file's lines, bytes to text one line at a time, every error naming the fi
 UTF-8 whatever the platform's default encoding, a byte order mark dropped, and a file that is no
 UTF-8 text at all (Parquet, gzip, an Arrow file, zip, UTF-16, binary) said to be what it is at
 once, not as a bad first row; so is a text file that is no JSONL (a JSON document, CSV), when
-its first line is no JSON (`not_jsonl`). nanoalign/data.py reads JSONL rows through it; sample.py
-its --prompts_file and --answers_file.
+its first line is no JSON object (`not_jsonl`). nanoalign/data.py reads JSONL rows through it;
+sample.py its --prompts_file and --answers_file.
 """
 import codecs
 import json
@@ -67,9 +67,9 @@ TO_JSONL = {"[": "import json, sys; [print(json.dumps(r)) for r in json.load(ope
 
 
 def not_jsonl(path, line):
-    """What a text file whose line 1, `line`, is no JSON looks like when it is no JSONL, or None: a
-    JSON document (an array, or an object over several lines) or CSV (commas and no braces), each
-    with a command that makes JSONL of it. An object counts only if the file's first JSON value
+    """What a text file whose line 1, `line`, is no JSON object (malformed, or an array) looks like
+    when it is no JSONL, or None: a JSON document (an array, or an object over several lines) or CSV
+    (commas and no braces), each with a command that makes JSONL of it. An object counts only if the file's first JSON value
     really goes on past line 1, so a JSONL file whose first row lacks its '}' keeps its own error."""
     s = line.strip()
     if s.startswith("[") or (s.startswith("{") and _first_value_goes_past(path, len(line))):

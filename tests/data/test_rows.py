@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import assume, example, given, strategies as st
 
 from nanoalign.data import DataError, make_batch, read_jsonl, tokenize_pair, tokenize_rows, validate_row
 from nanoalign.rows import check_labels, implicit_prompt
@@ -29,6 +29,7 @@ def write(tmp_path, text):
     ('{"prompt": "a", "chosen": "b"}\n', r":1: missing field 'rejected'"),
     ('{"prompt": "a", "chosen": 3, "rejected": "c"}\n', r":1: field 'chosen' must be a string or a list"),
     ('\n{"prompt": "a", "chosen": "b", "rejected": "  "}\n', r":2: field 'rejected' is empty"),
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n[{"prompt": "a"}]\n', r":2: expected a JSON object, got list"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, text, pattern):
     path = write(tmp_path, text)
@@ -578,15 +579,17 @@ def converted(msg, f, tmp_path):
 
 @pytest.mark.parametrize("text, rows", [
     (json.dumps(PREF_ROWS, indent=2), PREF_ROWS),                            # json.dump(rows, f, indent=2)
+    (json.dumps(PREF_ROWS) + "\n", PREF_ROWS),                                # json.dump(rows, f): one line
     ("[" + ",\n".join(json.dumps(r) for r in PREF_ROWS) + "]\n", PREF_ROWS),   # an array, a row a line
     (json.dumps(PREF_ROWS[0], indent=2) + "\n", PREF_ROWS[:1]),              # one object, pretty-printed
     ('{"prompt": "What is 2+2?",\n "chosen": "4", "rejected": "5"}\n', PREF_ROWS[:1]),   # wrapped by hand
-], ids=["array", "array-a-row-a-line", "object", "object-wrapped"])
+], ids=["array", "array-on-one-line", "array-a-row-a-line", "object", "object-wrapped"])
 @pytest.mark.parametrize("skip_bad", [False, True])
 def test_a_json_document_is_one_error_saying_so_and_how_to_convert_it(tmp_path, text, rows, skip_bad):
     """A pretty-printed JSON array or an object over several lines was 'malformed JSON (Expecting
-    value at column 1)' on line 1 (and with --skip_bad_rows, every line a bad row): it is one error
-    saying what the file is, with a command that makes JSONL of it (run here: it gives the rows)."""
+    value at column 1)' on line 1 (and with --skip_bad_rows, every line a bad row), and an array on
+    one line 'expected a JSON object, got list' (with --skip_bad_rows, 'no usable rows'): it is one
+    error saying what the file is, with a command that makes JSONL of it (run here: it gives the rows)."""
     f = tmp_path / "rows.json"
     f.write_text(text, encoding="utf-8")
     with pytest.raises(DataError) as e:
@@ -610,10 +613,11 @@ def test_a_csv_file_is_one_error_saying_so_and_how_to_convert_it(tmp_path, skip_
 
 
 @given(st.lists(st.dictionaries(TEXT, TEXT | st.lists(TEXT, max_size=2), min_size=1, max_size=3),
-                min_size=1, max_size=3), st.sampled_from([0, 2, "\t"]), st.booleans())
+                min_size=1, max_size=3), st.sampled_from([None, 0, 2, "\t"]), st.booleans())
 def test_any_pretty_printed_json_document_is_said_to_be_one(scratch, rows, indent, whole_list):
-    """Whatever it holds, a JSON array or object written over several lines is said to be a JSON
-    document, not malformed JSON on line 1."""
+    """Whatever it holds, a JSON array (on one line or several) or an object written over several
+    lines is said to be a JSON document, not malformed JSON or a row that is no object on line 1."""
+    assume(whole_list or indent is not None)       # one object on one line is a JSONL row
     f = scratch / "doc.json"
     f.write_text(json.dumps(rows if whole_list else rows[0], indent=indent, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(DataError) as e:
