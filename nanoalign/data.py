@@ -41,9 +41,9 @@ def validate_row(row, kind, where):
 
 
 def parse_line(path, line, where, first=False):
-    """A line's JSON value; malformed JSON is a bad row naming its column. The file's first line, when
-    it is malformed or an array (json.dump(rows, f) writes one line), may say that the file is no JSONL
-    at all (`not_jsonl`: a JSON document, CSV): then the file is wrong, not its first row (NotJSONL)."""
+    """A line's JSON value; malformed JSON is a bad row naming its column. The file's first line that
+    is not blank, when it is malformed or an array (json.dump(rows, f) writes one line), may say that the
+    file is no JSONL at all (`not_jsonl`: a JSON document, CSV): then the file is wrong, not that row."""
     try:
         value, error = json.loads(line), None
     except json.JSONDecodeError as e:
@@ -62,15 +62,16 @@ def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
     own (row, where) -> row check after the kind's (Method.check_row: the labels MetaAligner reads),
     run here so that a row it refuses is skipped and counted like any other bad row. bad: a list
     that gets each skipped row's error, "file:line: why", in file order (train.py names them)."""
-    rows, skipped = [], 0
-    for i, (where, raw) in enumerate(raw_lines(path), 1):
+    rows, skipped, seen = [], 0, False
+    for where, raw in raw_lines(path):
         try:
             # without its newline: json.loads counts columns from the last one it sees, so an error at
             # a line's end (a missing '}') was 'column 1' of the line after it
             line = decode_line(raw, where).rstrip("\r\n")
             if not line.strip():
                 continue
-            row = validate_row(parse_line(path, line, where, first=i == 1), kind, where)
+            first, seen = not seen, True     # blank lines before a JSON document do not hide it
+            row = validate_row(parse_line(path, line, where, first), kind, where)
             if check is not None:
                 row = check(row, where)
             row["_where"] = where

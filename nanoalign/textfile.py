@@ -3,7 +3,7 @@ A data file's lines, bytes to text one line at a time, every error naming the fi
 UTF-8 whatever the platform's default encoding, a byte order mark dropped, and a file that is no
 UTF-8 text at all (Parquet, gzip, an Arrow file, zip, UTF-16, binary) said to be what it is at
 once, not as a bad first row; so is a text file that is no JSONL (a JSON document, CSV), when
-its first line is no JSON object (`not_jsonl`). nanoalign/data.py reads JSONL rows through it;
+its first line that is not blank is no JSON object (`not_jsonl`). nanoalign/data.py reads JSONL rows through it;
 sample.py its --prompts_file and --answers_file.
 """
 import codecs
@@ -58,21 +58,23 @@ def not_text(raw):
     return None
 
 
-# how to make JSONL of a JSON array, of one JSON object, of CSV: a command run on the file
+# how to make JSONL of a JSON array, of one JSON object, of CSV: a command run on the file (blank lines
+# before CSV's header dropped: csv.DictReader would take the first, empty, for it)
 TO_JSONL = {"[": "import json, sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1], "
                  "encoding='utf-8-sig'))]",
             "{": "import json, sys; print(json.dumps(json.load(open(sys.argv[1], encoding='utf-8-sig'))))",
-            ",": "import csv, json, sys; [print(json.dumps(r)) for r in csv.DictReader(open(sys.argv[1], "
-                 "encoding='utf-8-sig', newline=''))]"}
+            ",": "import csv, itertools, json, sys; [print(json.dumps(r)) for r in csv.DictReader("
+                 "itertools.dropwhile(str.isspace, open(sys.argv[1], encoding='utf-8-sig', newline='')))]"}
 
 
 def not_jsonl(path, line):
-    """What a text file whose line 1, `line`, is no JSON object (malformed, or an array) looks like
-    when it is no JSONL, or None: a JSON document (an array, or an object over several lines) or CSV
-    (commas and no braces), each with a command that makes JSONL of it. An object counts only if the file's first JSON value
-    really goes on past line 1, so a JSONL file whose first row lacks its '}' keeps its own error."""
+    """What a text file whose first line that is not blank, `line`, is no JSON object (malformed, or an
+    array) looks like when it is no JSONL, or None: a JSON document (an array, or an object over several
+    lines) or CSV (commas and no braces), each with a command that makes JSONL of it. An object counts
+    only if the file's first JSON value really goes on past its line, so a JSONL file whose first row
+    lacks its '}' keeps its own error."""
     s = line.strip()
-    if s.startswith("[") or (s.startswith("{") and _first_value_goes_past(path, len(line))):
+    if s.startswith("[") or (s.startswith("{") and _first_value_goes_past_its_line(path)):
         what, how = "a JSON document", TO_JSONL[s[0]]
     elif "," in s and "{" not in s and "}" not in s:
         what, how = "CSV (comma-separated text)", TO_JSONL[","]
@@ -82,13 +84,15 @@ def not_jsonl(path, line):
             f"{shlex.quote(path)} > rows.jsonl")
 
 
-def _first_value_goes_past(path, n):
-    """Whether the file's first JSON value, read from its first MiB, ends after its first n characters
-    (a value that does not end within that MiB is no answer: then line 1 keeps its own error)."""
+def _first_value_goes_past_its_line(path):
+    """Whether the file's first JSON value, read from its first MiB, goes on past the line it starts on
+    (a JSON string holds no newline, so any newline in it is between its tokens; a value that does not
+    end within that MiB is no answer: then its line keeps its own error)."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         head = f.read(1 << 20)
+    start = len(head) - len(head.lstrip())
     try:
-        return json.JSONDecoder().raw_decode(head, len(head) - len(head.lstrip()))[1] > n
+        return "\n" in head[start:json.JSONDecoder().raw_decode(head, start)[1]]
     except ValueError:
         return False
 

@@ -600,29 +600,34 @@ def test_a_json_document_is_one_error_saying_so_and_how_to_convert_it(tmp_path, 
 
 
 @pytest.mark.parametrize("skip_bad", [False, True])
-def test_a_csv_file_is_one_error_saying_so_and_how_to_convert_it(tmp_path, skip_bad):
+@pytest.mark.parametrize("blank", ["", "\n \r\n"])
+def test_a_csv_file_is_one_error_saying_so_and_how_to_convert_it(tmp_path, skip_bad, blank):
+    """Told at its first line that is not blank, with a command that skips the blank ones."""
     f = tmp_path / "rows.csv"
-    f.write_text('prompt,chosen,rejected\nWhat is 2+2?,4,5\n"Say ""hi"", please",Hi,"No, thanks"\n',
+    f.write_text(blank + 'prompt,chosen,rejected\nWhat is 2+2?,4,5\n"Say ""hi"", please",Hi,"No, thanks"\n',
                  encoding="utf-8")
     with pytest.raises(DataError) as e:
         read_jsonl(str(f), "pref", skip_bad=skip_bad)
     msg = str(e.value)
-    assert msg.startswith(f"{f}:1: the file looks like {CSV}"), msg
+    assert msg.startswith(f"{f}:{blank.count(chr(10)) + 1}: the file looks like {CSV}"), msg
     assert converted(msg, f, tmp_path) == [PREF_ROWS[0], {"prompt": 'Say "hi", please', "chosen": "Hi",
                                                          "rejected": "No, thanks"}]
 
 
 @given(st.lists(st.dictionaries(TEXT, TEXT | st.lists(TEXT, max_size=2), min_size=1, max_size=3),
-                min_size=1, max_size=3), st.sampled_from([None, 0, 2, "\t"]), st.booleans())
-def test_any_pretty_printed_json_document_is_said_to_be_one(scratch, rows, indent, whole_list):
+                min_size=1, max_size=3), st.sampled_from([None, 0, 2, "\t"]), st.booleans(),
+       st.lists(st.sampled_from(["", " ", "\t", "\r"]), max_size=3))
+def test_any_pretty_printed_json_document_is_said_to_be_one(scratch, rows, indent, whole_list, blanks):
     """Whatever it holds, a JSON array (on one line or several) or an object written over several
-    lines is said to be a JSON document, not malformed JSON or a row that is no object on line 1."""
+    lines is said to be a JSON document, at its first line that is not blank, not malformed JSON
+    or a row that is no object there."""
     assume(whole_list or indent is not None)       # one object on one line is a JSONL row
     f = scratch / "doc.json"
-    f.write_text(json.dumps(rows if whole_list else rows[0], indent=indent, ensure_ascii=False), encoding="utf-8")
+    f.write_text("".join(b + "\n" for b in blanks) + json.dumps(rows if whole_list else rows[0], indent=indent,
+                 ensure_ascii=False), encoding="utf-8", newline="")
     with pytest.raises(DataError) as e:
         read_jsonl(str(f), "pref")
-    assert str(e.value).startswith(f"{f}:1: the file looks like {DOCUMENT}")
+    assert str(e.value).startswith(f"{f}:{len(blanks) + 1}: the file looks like {DOCUMENT}")
 
 
 @pytest.mark.parametrize("line1, error", [
