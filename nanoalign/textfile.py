@@ -3,8 +3,8 @@ A data file's lines, bytes to text one line at a time, every error naming the fi
 UTF-8 whatever the platform's default encoding, a byte order mark dropped, and a file that is no
 UTF-8 text at all (Parquet, gzip, an Arrow file, zip, UTF-16, binary) said to be what it is at
 once, not as a bad first row; so is a text file that is no JSONL (a JSON document, CSV), when
-its first line that is not blank is no JSON object (`not_jsonl`). nanoalign/data.py reads JSONL rows through it;
-sample.py its --prompts_file and --answers_file.
+its first line that is not blank is no JSON object (`not_jsonl`). nanoalign/data.py reads JSONL
+rows through it; sample.py its --prompts_file and --answers_file.
 """
 import codecs
 import json
@@ -58,43 +58,56 @@ def not_text(raw):
     return None
 
 
-# how to make JSONL of a JSON array, of one JSON object, of CSV: a command run on the file (blank lines
-# before CSV's header dropped: csv.DictReader would take the first, empty, for it)
-TO_JSONL = {"[": "import json, sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1], "
-                 "encoding='utf-8-sig'))]",
-            "{": "import json, sys; print(json.dumps(json.load(open(sys.argv[1], encoding='utf-8-sig'))))",
-            ",": "import csv, itertools, json, sys; [print(json.dumps(r)) for r in csv.DictReader("
-                 "itertools.dropwhile(str.isspace, open(sys.argv[1], encoding='utf-8-sig', newline='')))]"}
+# how to make JSONL of a JSON array, of one JSON object, of objects back to back (json.load fails on
+# them, 'Extra data': each is decoded where the last one ended, in a comprehension, as no loop statement
+# may follow a ';' on python -c's one line), of CSV (blank lines before its header dropped:
+# csv.DictReader would take the first, empty, for it): a command run on the file
+TO_JSONL = {"array": "import json, sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1], "
+                     "encoding='utf-8-sig'))]",
+            "object": "import json, sys; print(json.dumps(json.load(open(sys.argv[1], "
+                      "encoding='utf-8-sig'))))",
+            "objects": "import json, re, sys; s = open(sys.argv[1], encoding='utf-8-sig').read(); "
+                       "gap, d = re.compile(r'\\s*'), json.JSONDecoder(); i = gap.match(s).end(); "
+                       "[print(json.dumps(v)) for _ in iter(lambda: i < len(s), False) "
+                       "for v, end in [d.raw_decode(s, i)] if (i := gap.match(s, end).end()) >= 0]",
+            "csv": "import csv, itertools, json, sys; [print(json.dumps(r)) for r in csv.DictReader("
+                   "itertools.dropwhile(str.isspace, open(sys.argv[1], encoding='utf-8-sig', newline='')))]"}
 
 
 def not_jsonl(path, line):
     """What a text file whose first line that is not blank, `line`, is no JSON object (malformed, or an
     array) looks like when it is no JSONL, or None: a JSON document (an array, or an object over several
-    lines) or CSV (commas and no braces), each with a command that makes JSONL of it. An object counts
-    only if the file's first JSON value really goes on past its line, so a JSONL file whose first row
-    lacks its '}' keeps its own error."""
+    lines), such objects back to back (`jq . f`), or CSV (commas and no braces), each with a command
+    that makes JSONL of it. An object counts only if the file's first JSON value really goes on past
+    its line, so a JSONL file whose first row lacks its '}' keeps its own error."""
     s = line.strip()
-    if s.startswith("[") or (s.startswith("{") and _first_value_goes_past_its_line(path)):
-        what, how = "a JSON document", TO_JSONL[s[0]]
+    past, more = _first_value(path) if s.startswith("{") else (False, False)
+    if past and more:
+        what, how = ("several JSON objects, each written over several lines (what jq prints without -c)",
+                     TO_JSONL["objects"])
+    elif s.startswith("[") or past:
+        what, how = "a JSON document", TO_JSONL["array" if s.startswith("[") else "object"]
     elif "," in s and "{" not in s and "}" not in s:
-        what, how = "CSV (comma-separated text)", TO_JSONL[","]
+        what, how = "CSV (comma-separated text)", TO_JSONL["csv"]
     else:
         return None
     return (f"{what}, not JSONL (one JSON object per line); convert it, e.g. python -c \"{how}\" "
             f"{shlex.quote(path)} > rows.jsonl")
 
 
-def _first_value_goes_past_its_line(path):
-    """Whether the file's first JSON value, read from its first MiB, goes on past the line it starts on
-    (a JSON string holds no newline, so any newline in it is between its tokens; a value that does not
-    end within that MiB is no answer: then its line keeps its own error)."""
+def _first_value(path):
+    """(whether the file's first JSON value goes on past the line it starts on, whether an object comes
+    after it), read from its first MiB. A JSON string holds no newline, so any newline in the value is
+    between its tokens; a value that does not end within that MiB is no answer (False, False): then its
+    line keeps its own error."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         head = f.read(1 << 20)
     start = len(head) - len(head.lstrip())
     try:
-        return "\n" in head[start:json.JSONDecoder().raw_decode(head, start)[1]]
+        end = json.JSONDecoder().raw_decode(head, start)[1]
     except ValueError:
-        return False
+        return False, False
+    return "\n" in head[start:end], head[end:].lstrip().startswith("{")
 
 
 def raw_lines(path):

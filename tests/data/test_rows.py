@@ -1,11 +1,14 @@
 """Reading and checking rows (nanoalign/rows.py, through nanoalign/data.py's validate_row and
 read_jsonl): implicit prompts, message lists, and every bad row named by its file, line and field,
 including rows a chat template refuses."""
+import contextlib
+import io
 import json
 import os
 import shlex
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 from hypothesis import assume, example, given, strategies as st
@@ -567,6 +570,8 @@ PREF_ROWS = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
              {"prompt": [{"role": "user", "content": "caf\u00e9?"}], "chosen": "Oui, 5", "rejected": "Non"}]
 DOCUMENT = "a JSON document, not JSONL (one JSON object per line); convert it, e.g. python -c "
 CSV = "CSV (comma-separated text), not JSONL (one JSON object per line); convert it, e.g. python -c "
+OBJECTS = ("several JSON objects, each written over several lines (what jq prints without -c), not JSONL (one "
+           "JSON object per line); convert it, e.g. python -c ")
 
 
 def converted(msg, f, tmp_path):
@@ -577,25 +582,28 @@ def converted(msg, f, tmp_path):
     return [{k: v for k, v in r.items() if k != "_where"} for r in read_jsonl(str(tmp_path / "rows.jsonl"), "pref")[0]]
 
 
-@pytest.mark.parametrize("text, rows", [
-    (json.dumps(PREF_ROWS, indent=2), PREF_ROWS),                            # json.dump(rows, f, indent=2)
-    (json.dumps(PREF_ROWS) + "\n", PREF_ROWS),                                # json.dump(rows, f): one line
-    ("[" + ",\n".join(json.dumps(r) for r in PREF_ROWS) + "]\n", PREF_ROWS),   # an array, a row a line
-    (json.dumps(PREF_ROWS[0], indent=2) + "\n", PREF_ROWS[:1]),              # one object, pretty-printed
-    ('{"prompt": "What is 2+2?",\n "chosen": "4", "rejected": "5"}\n', PREF_ROWS[:1]),   # wrapped by hand
-], ids=["array", "array-on-one-line", "array-a-row-a-line", "object", "object-wrapped"])
+@pytest.mark.parametrize("text, what, rows", [
+    (json.dumps(PREF_ROWS, indent=2), DOCUMENT, PREF_ROWS),                   # json.dump(rows, f, indent=2)
+    (json.dumps(PREF_ROWS) + "\n", DOCUMENT, PREF_ROWS),                       # json.dump(rows, f): one line
+    ("[" + ",\n".join(json.dumps(r) for r in PREF_ROWS) + "]\n", DOCUMENT, PREF_ROWS),   # an array, a row a line
+    (json.dumps(PREF_ROWS[0], indent=2) + "\n", DOCUMENT, PREF_ROWS[:1]),     # one object, pretty-printed
+    ('{"prompt": "What is 2+2?",\n "chosen": "4", "rejected": "5"}\n', DOCUMENT, PREF_ROWS[:1]),   # wrapped by hand
+    ("".join(json.dumps(r, indent=2, ensure_ascii=False) + "\n" for r in PREF_ROWS), OBJECTS, PREF_ROWS),  # jq . f
+], ids=["array", "array-on-one-line", "array-a-row-a-line", "object", "object-wrapped", "objects-back-to-back"])
 @pytest.mark.parametrize("skip_bad", [False, True])
-def test_a_json_document_is_one_error_saying_so_and_how_to_convert_it(tmp_path, text, rows, skip_bad):
+def test_a_json_document_is_one_error_saying_so_and_how_to_convert_it(tmp_path, text, what, rows, skip_bad):
     """A pretty-printed JSON array or an object over several lines was 'malformed JSON (Expecting
     value at column 1)' on line 1 (and with --skip_bad_rows, every line a bad row), and an array on
     one line 'expected a JSON object, got list' (with --skip_bad_rows, 'no usable rows'): it is one
-    error saying what the file is, with a command that makes JSONL of it (run here: it gives the rows)."""
+    error saying what the file is, with a command that makes JSONL of it (run here: it gives the rows).
+    Objects back to back, each over several lines (jq's output), are said to be that: json.load,
+    the command for one object, fails on them ('Extra data')."""
     f = tmp_path / "rows.json"
     f.write_text(text, encoding="utf-8")
     with pytest.raises(DataError) as e:
         read_jsonl(str(f), "pref", skip_bad=skip_bad)
     msg = str(e.value)
-    assert msg.startswith(f"{f}:1: the file looks like {DOCUMENT}"), msg
+    assert msg.startswith(f"{f}:1: the file looks like {what}"), msg
     assert converted(msg, f, tmp_path) == rows
 
 
@@ -615,19 +623,32 @@ def test_a_csv_file_is_one_error_saying_so_and_how_to_convert_it(tmp_path, skip_
 
 
 @given(st.lists(st.dictionaries(TEXT, TEXT | st.lists(TEXT, max_size=2), min_size=1, max_size=3),
-                min_size=1, max_size=3), st.sampled_from([None, 0, 2, "\t"]), st.booleans(),
-       st.lists(st.sampled_from(["", " ", "\t", "\r"]), max_size=3))
-def test_any_pretty_printed_json_document_is_said_to_be_one(scratch, rows, indent, whole_list, blanks):
-    """Whatever it holds, a JSON array (on one line or several) or an object written over several
-    lines is said to be a JSON document, at its first line that is not blank, not malformed JSON
-    or a row that is no object there."""
-    assume(whole_list or indent is not None)       # one object on one line is a JSONL row
+                min_size=1, max_size=3), st.sampled_from([None, 0, 2, "\t"]),
+       st.sampled_from(["array", "object", "objects"]), st.lists(st.sampled_from(["", " ", "\t", "\r"]), max_size=3))
+def test_any_pretty_printed_json_document_is_said_to_be_one(scratch, rows, indent, shape, blanks):
+    """Whatever it holds, a JSON array (on one line or several), an object written over several
+    lines, or such objects back to back, is said to be what it is, at its first line that is not
+    blank, not malformed JSON or a row that is no object there; and its command gives back its rows."""
+    assume(shape == "array" or indent is not None)       # an object on one line is a JSONL row
+    rows = rows[:1] if shape == "object" else rows
+    text = json.dumps(rows, indent=indent, ensure_ascii=False) if shape == "array" else "\n".join(
+        json.dumps(r, indent=indent, ensure_ascii=False) for r in rows)
     f = scratch / "doc.json"
-    f.write_text("".join(b + "\n" for b in blanks) + json.dumps(rows if whole_list else rows[0], indent=indent,
-                 ensure_ascii=False), encoding="utf-8", newline="")
+    f.write_text("".join(b + "\n" for b in blanks) + text, encoding="utf-8", newline="")
     with pytest.raises(DataError) as e:
         read_jsonl(str(f), "pref")
-    assert str(e.value).startswith(f"{f}:{len(blanks) + 1}: the file looks like {DOCUMENT}")
+    what = OBJECTS if len(rows) > 1 and shape == "objects" else DOCUMENT
+    assert str(e.value).startswith(f"{f}:{len(blanks) + 1}: the file looks like {what}"), str(e.value)
+    assert command_output(str(e.value), f) == rows
+
+
+def command_output(msg, f):
+    """The JSON values, a line each, that the error's python -c command prints, run here in-process."""
+    code = msg.split(' e.g. python -c "', 1)[1].removesuffix(f'" {shlex.quote(str(f))} > rows.jsonl')
+    out = io.StringIO()
+    with mock.patch.object(sys, "argv", ["-c", str(f)]), contextlib.redirect_stdout(out):
+        exec(code, {})
+    return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 @pytest.mark.parametrize("line1, error", [
