@@ -62,7 +62,7 @@ def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
     own (row, where) -> row check after the kind's (Method.check_row: the labels MetaAligner reads),
     run here so that a row it refuses is skipped and counted like any other bad row. bad: a list
     that gets each skipped row's error, "file:line: why", in file order (train.py names them)."""
-    rows, skipped, seen = [], 0, False
+    rows, skipped, seen, first_bad = [], 0, False, None
     for where, raw in raw_lines(path):
         try:
             # without its newline: json.loads counts columns from the last one it sees, so an error at
@@ -80,10 +80,12 @@ def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
             if not skip_bad or isinstance(e, NotJSONL):
                 raise
             skipped += 1
+            first_bad = first_bad or str(e)
             if bad is not None:
                 bad.append(str(e))
-    if not rows:
-        raise DataError(f"{path}: no usable rows")
+    if not rows:     # all bad under skip_bad: why, or the run stops before it names a skipped row
+        raise DataError(f"{path}: no usable rows" + (f": all {skipped} are bad, the first {first_bad}"
+                                                     if skipped else ""))
     return rows, skipped
 
 

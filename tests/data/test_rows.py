@@ -460,13 +460,21 @@ def test_read_jsonl_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: cannot open \(No such file or directory\)"):
         read_jsonl(str(missing), "prompt")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"x": 1}) + "\n")
-    with pytest.raises(DataError) as e:
-        read_jsonl(str(bad), "prompt", skip_bad=True)
-    assert str(e.value) == f"{bad}: no usable rows"
+    bad.write_text(json.dumps({"x": 1}) + "\n" + "\n" + json.dumps({"prompt": 5}) + "\n")
     with pytest.raises(DataError) as e:
         read_jsonl(str(bad), "prompt")
-    assert str(e.value).startswith(f"{bad}:1: missing field 'prompt'")
+    first = str(e.value)
+    assert first.startswith(f"{bad}:1: missing field 'prompt'")
+    # every row bad under skip_bad: the error says why, as train.py's start does for skipped rows
+    # (it said only 'no usable rows', and train.py never got to name them)
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(bad), "prompt", skip_bad=True, bad=[])
+    assert str(e.value) == f"{bad}: no usable rows: all 2 are bad, the first {first}", str(e.value)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n \n")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(empty), "prompt", skip_bad=True)
+    assert str(e.value) == f"{empty}: no usable rows"
 
 
 @given(st.dictionaries(st.text(max_size=5), st.text(max_size=5) | st.integers(), max_size=3), st.booleans(),
