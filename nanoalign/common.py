@@ -12,12 +12,14 @@ concatenation (data.py, train.py). A method file ends with `register(Method(...)
 """
 import copy
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
 from kernels import sequence_logprob
+from nanoalign.data import KINDS
 
 
 # -- options: one dataclass per method, each field with its default, help and allowed values ---------
@@ -35,7 +37,8 @@ def with_defaults(options, name, **defaults):
     for f in dataclasses.fields(options):
         default = defaults.pop(f.name, f.default)
         fields.append((f.name, f.type, field(default=default, metadata=f.metadata)))
-    assert not defaults, f"unknown options {sorted(defaults)}"
+    if defaults:      # not an assert: python -O would drop it, and the misspelt default with it
+        raise ValueError(f"with_defaults({options.__name__}): unknown options {sorted(defaults)}")
     return dataclasses.make_dataclass(name, fields)
 
 
@@ -84,12 +87,37 @@ class Method:
 
 
 REGISTRY = {}
+FILES = {}                             # method name -> the file that registered it
+UNITS = ("n_tokens", "n_examples")
 
 
 def register(*methods):
+    """Add methods to REGISTRY, each checked first: a slip in a new method file (a kind misspelt, a
+    plain dataclass field for an option, a copied file's name) is refused here, naming the field,
+    not met minutes into a run as an error far from it, or never (a name registered twice)."""
     for m in methods:
-        assert m.name not in REGISTRY, f"method '{m.name}' registered twice"
+        where = f"Method(name={m.name!r})"
+        if m.name in REGISTRY:
+            raise ValueError(f"{where}: a method of this name is registered already "
+                             f"({FILES[m.name]}); name this one otherwise")
+        readable = [k for k, kind in KINDS.items() if kind.read]
+        if m.reads not in readable:
+            raise ValueError(f"{where}: reads={m.reads!r} is no row kind a file holds; one of "
+                             f"{', '.join(readable)} (nanoalign/rows.py)")
+        if m.eats not in KINDS:
+            raise ValueError(f"{where}: eats={m.eats!r} is no example kind; one of {', '.join(KINDS)} "
+                             f"(nanoalign/data.py KINDS)")
+        if m.unit not in UNITS:
+            raise ValueError(f"{where}: unit={m.unit!r} is none of {', '.join(UNITS)}: what its loss is a "
+                             f"sum over, which the loop divides by")
+        for f in dataclasses.fields(m.options):
+            if "help" not in f.metadata:
+                raise ValueError(f"{where}: option '{f.name}' of {m.options.__name__} is a plain field; "
+                                 f"declare it with option(default, help), which gives its --flag its help")
         REGISTRY[m.name] = m
+        # the file that registered it, for the message above (a method's loss may live elsewhere: JSFT's
+        # is sft.py's): the module register() is called from
+        FILES[m.name] = sys._getframe(1).f_globals["__name__"].replace(".", "/") + ".py"
 
 
 @dataclass

@@ -164,12 +164,32 @@ def config_class(method, task=SharedConfig.task):
     """The config dataclass of one method on one task: SharedConfig's fields, the method's options,
     the task's options; the method's `defaults` change shared defaults (JSFT's longer max_length)."""
     m = REGISTRY[method]
+    for f in dataclasses.fields(m.options):     # make_dataclass: only 'Field name duplicated'
+        if f.name in SHARED:
+            raise SystemExit(f"error: --method {method}: option '{f.name}' of {m.options.__name__} is a shared "
+                             f"option (nanoalign/config.py SharedConfig); a method changes its default "
+                             f"with Method(defaults={{'{f.name}': ...}})")
     fields = []
     for f in (dataclasses.fields(SharedConfig) + dataclasses.fields(m.options)
               + dataclasses.fields(get_task(task).Options)):
         default = (m.defaults or {}).get(f.name, method if f.name == "method" else f.default)
         fields.append((f.name, f.type, dataclasses.field(default=default, metadata=f.metadata)))
     return dataclasses.make_dataclass(f"{method}_{task}_config", fields, frozen=False)
+
+
+SHARED = {f.name for f in dataclasses.fields(SharedConfig)}
+METHODS_DIR = os.path.dirname(os.path.abspath(__file__))    # nanoalign/: where a method file is
+
+
+def unknown_method(method):
+    """Why --method is unknown: the methods there are, the closest, and where a file of its name sits
+    in nanoalign/ unimported (a new method file whose import line was forgotten)."""
+    msg = f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')"
+    if method.isidentifier() and os.path.exists(os.path.join(METHODS_DIR, method + ".py")) \
+            and f"nanoalign.{method}" not in sys.modules:
+        return msg + (f"; nanoalign/{method}.py is there, but nanoalign/__init__.py does not import it, so "
+                      f"the methods it registers are not known: add it to that file's import line")
+    return msg + did_you_mean(method, [*REGISTRY, "list"])
 
 
 def _known_keys():
@@ -344,8 +364,7 @@ def parse_config(argv=None, description=None):
                f"then the method's, then the task's). `python train.py --method NAME --help` shows "
                f"another method's.")
     if method not in REGISTRY:
-        ap.error(f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')"
-                 + did_you_mean(method, [*REGISTRY, "list"]))
+        ap.error(unknown_method(method))
     if task not in TASKS:
         ap.error(f"--task {task!r} is unknown; choose from {', '.join(TASKS)}" + did_you_mean(task, TASKS))
     ap.add_argument("--config", default=None, help="a JSON file of config values (flags override)")

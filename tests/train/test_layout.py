@@ -127,6 +127,67 @@ def test_every_method_declares_options_with_help():
         assert m.eats in KINDS and m.reads in train.KINDS, name
 
 
+# -- a new method's slips, said where it makes them ----------------------------------------------
+@dataclass
+class SharedNameOptions:
+    max_length: int = option(64, "a shared option declared again")
+
+
+@pytest.fixture(autouse=True)
+def no_toy_slip():
+    yield
+    REGISTRY.pop("toy_slip", None)           # a test that failed may have registered it
+
+
+def toy(**kw):
+    return Method(**{"name": "toy_slip", "reads": "sft", "eats": "sft", "unit": "n_tokens", "loss": toy_loss,
+                     "help": "a toy", **kw})
+
+
+def test_a_method_option_that_is_a_shared_one_says_how_to_change_its_default(capsys):
+    register(toy(options=SharedNameOptions))
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--method", "toy_slip"])
+    msg = str(e.value.code) + capsys.readouterr().err
+    assert "option 'max_length' of SharedNameOptions is a shared option" in msg, msg
+    assert "Method(defaults={'max_length': ...})" in msg, msg
+
+
+def per_row_loss(model, batch, run, cfg):
+    return -batch_logps(model, batch, "sum"), {}          # (B,): no .sum()
+
+
+def test_a_loss_that_is_not_one_number_is_an_error_naming_the_method(tmp_path):
+    """A loss returned per row stopped the run in backward() with torch's 'grad can be implicitly
+    created only for scalar outputs', which says nothing of the method or of the sum it must be."""
+    register(toy(loss=per_row_loss))
+    with pytest.raises(ValueError) as e:
+        train.main(["--method", "toy_slip", "--init_from", "scratch", "--max_steps", "1", "--batch_size",
+                    "4", "--n_train", "8", "--out_dir", str(tmp_path), "--final_eval", "false",
+                    "--val_data", ""])
+    assert "--method toy_slip: its loss returned a tensor of shape (4,)" in str(e.value), str(e.value)
+    assert "one number, the sum over the micro-batch's n_tokens" in str(e.value), str(e.value)
+
+
+def test_a_method_file_not_imported_is_named_when_its_method_is_unknown(tmp_path, monkeypatch, capsys):
+    """A method file written in nanoalign/ (simpo, say), its import in nanoalign/__init__.py forgotten:
+    `--method simpo` was 'unknown; did you mean ipo?'."""
+    from nanoalign import config
+    (tmp_path / "simpo.py").write_text("# registers simpo\n")
+    monkeypatch.setattr(config, "METHODS_DIR", str(tmp_path))
+    with pytest.raises(SystemExit):
+        train.parse_config(["--method", "simpo"])
+    err = capsys.readouterr().err
+    assert "--method 'simpo' is unknown" in err and "nanoalign/simpo.py is there, but nanoalign/__init__.py " \
+        "does not import it" in err, err
+    for other in ("simpox", "data"):          # no such file; a module that is imported (and no method)
+        (tmp_path / "data.py").write_text("")
+        with pytest.raises(SystemExit):
+            train.parse_config(["--method", other])
+        err = capsys.readouterr().err
+        assert "is unknown" in err and "does not import it" not in err, err
+
+
 # -- imports ---------------------------------------------------------------------------------------
 def repo_modules():
     """{module name: set of repo modules it imports (at any depth in the file)}."""
