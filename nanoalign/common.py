@@ -12,7 +12,6 @@ concatenation (data.py, train.py). A method file ends with `register(Method(...)
 """
 import copy
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -87,7 +86,6 @@ class Method:
 
 
 REGISTRY = {}
-FILES = {}                             # method name -> the file that registered it
 UNITS = ("n_tokens", "n_examples")
 
 
@@ -99,7 +97,7 @@ def register(*methods):
         where = f"Method(name={m.name!r})"
         if m.name in REGISTRY:
             raise ValueError(f"{where}: a method of this name is registered already "
-                             f"({FILES[m.name]}); name this one otherwise")
+                             f"(its help: {REGISTRY[m.name].help!r}); name this one otherwise")
         readable = [k for k, kind in KINDS.items() if kind.read]
         if m.reads not in readable:
             raise ValueError(f"{where}: reads={m.reads!r} is no row kind a file holds; one of "
@@ -115,9 +113,6 @@ def register(*methods):
                 raise ValueError(f"{where}: option '{f.name}' of {m.options.__name__} is a plain field; "
                                  f"declare it with option(default, help), which gives its --flag its help")
         REGISTRY[m.name] = m
-        # the file that registered it, for the message above (a method's loss may live elsewhere: JSFT's
-        # is sft.py's): the module register() is called from
-        FILES[m.name] = sys._getframe(1).f_globals["__name__"].replace(".", "/") + ".py"
 
 
 @dataclass

@@ -117,7 +117,7 @@ def test_register_adds_each_method_once():
         register(a, b)
         assert REGISTRY[a.name] is a and REGISTRY[b.name] is b
         with pytest.raises(ValueError, match=r"Method\(name='_mutants_a'\): a method of this name is "
-                                             r"registered already \(tests/methods/test_common.py\)"):
+                                             r"registered already \(its help: 'a test method'\)"):
             register(a)
         assert REGISTRY[a.name] is a
     finally:
@@ -131,7 +131,7 @@ class PlainOptions:
 
 
 @pytest.mark.parametrize("kw, says", [
-    ({"name": "ipo"}, "Method(name='ipo'): a method of this name is registered already (nanoalign/dpo.py)"),
+    ({"name": "ipo"}, "Method(name='ipo'): a method of this name is registered already (its help: 'IPO"),
     ({"reads": "preference"}, "reads='preference' is no row kind a file holds; one of sft, pref, prompt"),
     ({"eats": "preference"}, "eats='preference' is no example kind; one of sft, pref, prompt, mo"),
     ({"unit": "examples"}, "unit='examples' is none of n_tokens, n_examples"),
