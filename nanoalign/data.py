@@ -79,6 +79,7 @@ def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
         except DataError as e:
             if not skip_bad or isinstance(e, NotJSONL):
                 raise
+            seen = True                      # a line not UTF-8 too: the file's first row, a bad one
             skipped += 1
             first_bad = first_bad or str(e)
             if bad is not None:

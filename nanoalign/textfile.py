@@ -7,6 +7,7 @@ its first line that is not blank is no JSON object (`not_jsonl`). nanoalign/data
 rows through it; sample.py its --prompts_file and --answers_file.
 """
 import codecs
+import itertools
 import json
 import shlex
 
@@ -78,15 +79,22 @@ def not_jsonl(path, line):
     """What a text file whose first line that is not blank, `line`, is no JSON object (malformed, or an
     array) looks like when it is no JSONL, or None: a JSON document (an array, or an object over several
     lines), such objects back to back (`jq . f`), or CSV (commas and no braces), each with a command
-    that makes JSONL of it. An object counts only if the file's first JSON value really goes on past
-    its line, so a JSONL file whose first row lacks its '}' keeps its own error."""
+    that makes JSONL of it. Only a file that is one counts: a JSONL file whose first row lacks its '}',
+    or is a whole array on its line with rows after it, keeps that row's own error."""
     s = line.strip()
-    past, more = _first_value(path) if s.startswith("{") else (False, False)
-    if past and more:
-        what, how = ("several JSON objects, each written over several lines (what jq prints without -c)",
-                     TO_JSONL["objects"])
-    elif s.startswith("[") or past:
-        what, how = "a JSON document", TO_JSONL["array" if s.startswith("[") else "object"]
+    if s.startswith("["):   # pretty-printed (no whole array on line 1), or json.dump's one line alone
+        if _parses(s) and not _one_line(path):
+            return None
+        what, how = "a JSON document", TO_JSONL["array"]
+    elif s.startswith("{"):
+        past, rest = _first_value(path)
+        if past and not rest:
+            what, how = "a JSON document", TO_JSONL["object"]
+        elif past and rest.startswith("{"):
+            what, how = ("several JSON objects, each written over several lines (what jq prints without "
+                         "-c)", TO_JSONL["objects"])
+        else:
+            return None
     elif "," in s and "{" not in s and "}" not in s:
         what, how = "CSV (comma-separated text)", TO_JSONL["csv"]
     else:
@@ -95,19 +103,33 @@ def not_jsonl(path, line):
             f"{shlex.quote(path)} > rows.jsonl")
 
 
+def _parses(s):
+    try:
+        json.loads(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _one_line(path):
+    """Whether the file holds no more than one line that is not blank."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return len(list(itertools.islice((x for x in f if x.strip()), 2))) < 2
+
+
 def _first_value(path):
-    """(whether the file's first JSON value goes on past the line it starts on, whether an object comes
-    after it), read from its first MiB. A JSON string holds no newline, so any newline in the value is
-    between its tokens; a value that does not end within that MiB is no answer (False, False): then its
-    line keeps its own error."""
+    """(whether the file's first JSON value goes on past the line it starts on, what follows it, stripped),
+    read from its first MiB. A JSON string holds no newline, so any newline in the value is between its
+    tokens; a value that does not end within that MiB is no answer (False, ...): then its line keeps
+    its own error."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         head = f.read(1 << 20)
     start = len(head) - len(head.lstrip())
     try:
         end = json.JSONDecoder().raw_decode(head, start)[1]
     except ValueError:
-        return False, False
-    return "\n" in head[start:end], head[end:].lstrip().startswith("{")
+        return False, ""
+    return "\n" in head[start:end], head[end:].strip()
 
 
 def raw_lines(path):

@@ -665,6 +665,8 @@ def command_output(msg, f):
     ('{"prompt": "a", "chosen": "b, c"', "malformed JSON (Expecting ',' delimiter at column 33)"),
     ('"prompt": "a", "chosen": "b"}', "malformed JSON (Extra data at column 9)"),  # commas, and a '}'
     ("prompt chosen rejected", "malformed JSON (Expecting value at column 1)"),     # no commas
+    ('["x"]', "expected a JSON object, got list"),                  # an array row among object rows
+    ('[{"prompt": "a", "chosen": "b", "rejected": "c"}]', "expected a JSON object, got list"),
 ])
 def test_a_jsonl_file_whose_first_row_is_malformed_keeps_its_json_error(tmp_path, line1, error):
     """Only a file that is a JSON document or CSV is said to be one: a JSONL file whose first row has
@@ -675,6 +677,15 @@ def test_a_jsonl_file_whose_first_row_is_malformed_keeps_its_json_error(tmp_path
         read_jsonl(str(f), "pref")
     assert str(e.value) == f"{f}:1: {error}"
     assert len(read_jsonl(str(f), "pref", skip_bad=True)[0]) == 2
+
+
+def test_the_first_row_is_the_files_first_line_that_is_not_blank_whatever_its_bytes(tmp_path):
+    """A first line that is not UTF-8 is the file's first row (a bad one): the array on line 2 is a
+    bad row of a JSONL file, not a JSON document's first line."""
+    f = tmp_path / "rows.jsonl"
+    f.write_bytes(b'{"prompt": "caf\xe9"}\n["x"]\n' + json.dumps(PREF_ROWS[0]).encode() + b"\n")
+    rows, skipped = read_jsonl(str(f), "pref", skip_bad=True)
+    assert (len(rows), skipped) == (1, 2)
 
 
 @given(st.lists(ASCII, min_size=1, max_size=3), st.integers(0, 3), TEXT, st.integers(0x80, 0xff), ASCII)
