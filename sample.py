@@ -244,7 +244,7 @@ def read_lines(path, flag):
 
 def read_prompts(a):
     """The prompts of --prompts_file: JSONL rows {"prompt": P} when any line is a JSON object, read
-    as train.py reads the on-policy methods' rows (nanoalign/data.py, the 'prompt' kind: P a string
+    as train.py reads the on-policy methods' rows (nanoalign/rows.py, the 'prompt' kind: P a string
     or chat messages), else each non-blank line as one plain-text prompt. A file of both is an
     error: a row read as text would be answered as the JSON it is, and a text line in a JSONL file
     is most likely a broken row. Errors name the file and the line."""

@@ -176,7 +176,7 @@ def accumulate_gradients(model, method, micro, run, cfg):
         with dist.no_sync(model, last=i == len(micro) - 1):
             with autocast(cfg, model):   # --dtype: the weights and AdamW stay float32
                 loss_sum, m = method.loss(model, b, run, cfg)
-            if loss_sum.dim():           # backward() would say only 'grad can be implicitly created ...'
+            if loss_sum.numel() != 1:    # backward() would say only 'grad can be implicitly created ...'
                 raise ValueError(f"--method {method.name}: its loss returned a tensor of shape "
                                  f"{tuple(loss_sum.shape)}; a loss returns one number, the sum over the "
                                  f"micro-batch's {method.unit} (nanoalign/common.py, Method)")

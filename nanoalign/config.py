@@ -185,8 +185,9 @@ def unknown_method(method):
     """Why --method is unknown: the methods there are, the closest, and where a file of its name sits
     in nanoalign/ unimported (a new method file whose import line was forgotten)."""
     msg = f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')"
-    if method.isidentifier() and os.path.exists(os.path.join(METHODS_DIR, method + ".py")) \
-            and f"nanoalign.{method}" not in sys.modules:
+    path = os.path.join(METHODS_DIR, method + ".py")
+    if method.isidentifier() and method != "__init__" and f"nanoalign.{method}" not in sys.modules \
+            and os.path.exists(path) and "register(" in open(path, encoding="utf-8").read():
         return msg + (f"; nanoalign/{method}.py is there, but nanoalign/__init__.py does not import it, so "
                       f"the methods it registers are not known: add it to that file's import line")
     return msg + did_you_mean(method, [*REGISTRY, "list"])

@@ -16,7 +16,7 @@ often tie, like UltraFeedback's principles:
 they tie on correctness and conflict on the other two. The SFT data mixes all answer styles and
 25% wrong sums (like real SFT data of mixed quality), so alignment has room to show.
 
-Everything is generated from a seed, in the same JSONL conventions as user data (see data.py), so
+Everything is generated from a seed, in the same JSONL conventions as user data (see rows.py), so
 the built-in task exercises exactly the code path a real data set does. The default model is the
 "tiny" preset with a byte-level tokenizer built here in milliseconds (256 bytes + 6 specials).
 """
@@ -111,7 +111,7 @@ def sft_rows(n, seed, split="train", p_correct=0.75):
 def preference_rows(n, seed, split="train", p_correct=0.6):
     """Rows {prompt, chosen, rejected, labels, objectives, scores}; `labels` is one of 1/2/equal per
     objective (response 1 = chosen) and `objectives` their text markers {name: description}: the
-    MetaAligner schema (data.py). Pairs whose overall scores tie are skipped."""
+    MetaAligner schema (rows.py). Pairs whose overall scores tie are skipped."""
     rng = random.Random(f"pref-{seed}-{split}")
     rows = []
     while len(rows) < n:

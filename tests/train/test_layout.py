@@ -157,6 +157,17 @@ def per_row_loss(model, batch, run, cfg):
     return -batch_logps(model, batch, "sum"), {}          # (B,): no .sum()
 
 
+def one_element_loss(model, batch, run, cfg):
+    return -batch_logps(model, batch, "sum").sum().reshape(1), {}   # (1,): one number, as backward() takes
+
+
+def test_a_loss_of_one_element_trains(tmp_path):
+    register(toy(loss=one_element_loss))
+    train.main(["--method", "toy_slip", "--init_from", "scratch", "--max_steps", "1", "--batch_size", "4",
+                "--n_train", "8", "--out_dir", str(tmp_path), "--final_eval", "false", "--val_data", ""])
+    assert os.path.exists(tmp_path / "ckpt" / "state.json")
+
+
 def test_a_loss_that_is_not_one_number_is_an_error_naming_the_method(tmp_path):
     """A loss returned per row stopped the run in backward() with torch's 'grad can be implicitly
     created only for scalar outputs', which says nothing of the method or of the sum it must be."""
@@ -173,15 +184,18 @@ def test_a_method_file_not_imported_is_named_when_its_method_is_unknown(tmp_path
     """A method file written in nanoalign/ (simpo, say), its import in nanoalign/__init__.py forgotten:
     `--method simpo` was 'unknown; did you mean ipo?'."""
     from nanoalign import config
-    (tmp_path / "simpo.py").write_text("# registers simpo\n")
+    (tmp_path / "simpo.py").write_text("register(Method(name=\"simpo\"))\n")
     monkeypatch.setattr(config, "METHODS_DIR", str(tmp_path))
     with pytest.raises(SystemExit):
         train.parse_config(["--method", "simpo"])
     err = capsys.readouterr().err
     assert "--method 'simpo' is unknown" in err and "nanoalign/simpo.py is there, but nanoalign/__init__.py " \
         "does not import it" in err, err
-    for other in ("simpox", "data"):          # no such file; a module that is imported (and no method)
-        (tmp_path / "data.py").write_text("")
+    (tmp_path / "data.py").write_text("")
+    (tmp_path / "helpers.py").write_text("def f(): pass\n")
+    (tmp_path / "__init__.py").write_text("register(...)\n")
+    # no such file; a module that is imported; one that registers nothing; the package's own file
+    for other in ("simpox", "data", "helpers", "__init__"):
         with pytest.raises(SystemExit):
             train.parse_config(["--method", other])
         err = capsys.readouterr().err

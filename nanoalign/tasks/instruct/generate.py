@@ -2,7 +2,7 @@
 The `instruct` task's generated data, deterministic given a seed and a split: prompt specs (a fact
 and wording of the split, one or two instructions that can share a prompt and that the task's own
 short answer satisfies), prompt texts, the held-out test prompts, and the SFT rows of written
-answers, in the JSONL schema of nanoalign/data.py.
+answers, in the JSONL schema of nanoalign/rows.py.
 """
 import functools
 import random
@@ -87,7 +87,7 @@ def test_prompts(n=200, seed=0):
 test_prompts.__test__ = False   # not a pytest test when imported into a test module
 
 
-# -- rows, in the JSONL schema of nanoalign/data.py -------------------------------------------------------
+# -- rows, in the JSONL schema of nanoalign/rows.py -------------------------------------------------------
 def sft_rows(n, seed, split="train", p_correct=1.0, p_follow=1.0):
     """Rows {prompt, response}: the task's written answers, short / plain / explained in equal parts
     (a shorter style where a word limit leaves no room), right with probability p_correct and
