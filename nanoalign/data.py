@@ -40,7 +40,7 @@ def validate_row(row, kind, where):
     return read(row, where)
 
 
-def parse_line(path, line, where, first=False):
+def parse_line(path, line, where, first):
     """A line's JSON value; malformed JSON is a bad row naming its column. The file's first line that
     is not blank, when it is malformed or an array (json.dump(rows, f) writes one line), may say that the
     file is no JSONL at all (`not_jsonl`: a JSON document, CSV): then the file is wrong, not that row."""

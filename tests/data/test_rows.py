@@ -661,7 +661,7 @@ def command_output(msg, f):
 
 @pytest.mark.parametrize("line1, error", [
     ('{"prompt": "a"', "malformed JSON (Expecting ',' delimiter at column 15)"),     # a row missing its '}'
-    ('{"prompt": "a"} x', "malformed JSON (Extra data at column 17)"),              # then more on its line
+    ('{"prompt": "a"} X', "malformed JSON (Extra data at column 17)"),              # then more on its line
     ('{"prompt": "a", "chosen": "b, c"', "malformed JSON (Expecting ',' delimiter at column 33)"),
     ('"prompt": "a", "chosen": "b"}', "malformed JSON (Extra data at column 9)"),  # commas, and a '}'
     ("prompt chosen rejected", "malformed JSON (Expecting value at column 1)"),     # no commas
@@ -677,6 +677,17 @@ def test_a_jsonl_file_whose_first_row_is_malformed_keeps_its_json_error(tmp_path
         read_jsonl(str(f), "pref")
     assert str(e.value) == f"{f}:1: {error}"
     assert len(read_jsonl(str(f), "pref", skip_bad=True)[0]) == 2
+
+
+@pytest.mark.parametrize("later", ["[", "a, b", "[1, 2]", '{"prompt":'])
+def test_only_the_first_row_may_say_the_file_is_no_jsonl(tmp_path, later):
+    """A later line that would begin a JSON document or CSV is a bad row of a JSONL file."""
+    f = tmp_path / "rows.jsonl"
+    f.write_text(json.dumps(PREF_ROWS[0]) + "\n" + later + "\n" + json.dumps(PREF_ROWS[1]) + "\n")
+    assert read_jsonl(str(f), "pref", skip_bad=True)[1] == 1
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref")
+    assert str(e.value).startswith(f"{f}:2: ") and "looks like" not in str(e.value), str(e.value)
 
 
 def test_the_first_row_is_the_files_first_line_that_is_not_blank_whatever_its_bytes(tmp_path):
@@ -873,6 +884,6 @@ def test_implicit_prompt_conversations_that_differ_before_their_last_answer_are_
     r = [USER, {"role": "assistant", "content": "b1"}, u2, {"role": "assistant", "content": "b2"}]
     msg = error_of({"chosen": c, "rejected": r}, "pref")
     assert msg.startswith(f"{W}: no 'prompt' field, and 'chosen' and 'rejected' differ before their "
-                          f"last assistant message")
+                          f"last assistant message (at message 2)")        # a1 / b1, after the shared USER
     same_start = validate_row({"chosen": c, "rejected": c[:3] + r[3:]}, "pref", W)
     assert (same_start["prompt"], same_start["chosen"], same_start["rejected"]) == (c[:3], c[3:], r[3:])

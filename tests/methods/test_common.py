@@ -110,9 +110,10 @@ def test_with_defaults_changes_only_the_named_defaults():
 
 
 def test_register_adds_each_method_once():
-    from nanoalign.common import REGISTRY, Method, register
+    from nanoalign.common import REGISTRY, Method, NoOptions, register
+    from nanoalign.mo_orpo import TwoWeights                 # options declared with option(): registered
     a, b = (Method(name=f"_mutants_{k}", reads="sft", eats="sft", unit="n_tokens", loss=None,
-                   help="a test method") for k in "ab")
+                   help="a test method", options=o) for k, o in (("a", NoOptions), ("b", TwoWeights)))
     try:
         register(a, b)
         assert REGISTRY[a.name] is a and REGISTRY[b.name] is b
