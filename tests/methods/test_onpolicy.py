@@ -612,6 +612,28 @@ def test_on_policy_updates_run_padding_free_under_packed(method, opts, monkeypat
 
 
 # -- a run from a trained judge judges as it trained, and says when a flag overrides that ----------
+def test_the_line_a_run_starts_with_says_how_it_judges_and_whose_that_is(tmp_path):
+    from types import SimpleNamespace
+    judge_dir = tmp_path / "jsft"
+    judge_dir.mkdir()
+    (judge_dir / "state.json").write_text(json.dumps({"step": 2, "config": {
+        "method": "jsft", "judge_template": "hh", "likelihood": "pair"}}))
+
+    def said(src, template, rule):
+        return onpolicy.judging_said(SimpleNamespace(judge_from="", init_from=str(src), judge_template=template,
+                                                     likelihood=rule))
+    assert said(judge_dir, "hh", "pair") == f"judges with --judge_template hh --likelihood pair, as the judge " \
+                                            f"{judge_dir} records"
+    assert said(tmp_path / "none", "compact", "vocab") == "judges with --judge_template compact --likelihood vocab"
+    assert said(judge_dir, "compact", "vocab") == (
+        f"note: the judge {judge_dir} records --judge_template hh --likelihood pair (its state.json); this run "
+        f"judges with --judge_template compact --likelihood vocab, as given")
+    assert said(judge_dir, "hh", "vocab") == (
+        f"note: the judge {judge_dir} records --likelihood pair (its state.json); this run judges with "
+        f"--likelihood vocab, as given")
+    assert onpolicy.judging_overridden(str(judge_dir), {"judge_template": "hh", "likelihood": "pair"}) is None
+
+
 @pytest.mark.parametrize("method, opts, rule, other", [("self_judge", [], "vocab", "pair"),
                                                        ("osp", ["--osp_k", "2"], "pair", "vocab")])
 def test_a_run_from_a_jsft_checkpoint_judges_as_it_trained_and_notes_a_flag_that_overrides_it(
