@@ -1,2 +1,2 @@
-"""What is not the library: the built-in tasks, their evaluation, the multi-seed comparison tool
-and the plots. Nothing in nanoalign/, model/ or kernels/ imports this package."""
+"""What is not the library: the multi-seed comparison tool and the plots (the built-in tasks and
+their evaluation are nanoalign/tasks/). Nothing in nanoalign/, model/ or kernels/ imports this package."""

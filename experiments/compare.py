@@ -36,8 +36,8 @@ trains from the JSFT run). Columns (mean ± sample standard deviation over seeds
                --likelihood rule, and under a principle template its principles (the win rate; OSP's
                runs: the mean)
   judge_agree  on-policy runs: agreement of the run's judge with the oracle on its sampled pairs
-               (mean over logged steps); p_std: spread of OSP's target strengths; t_*: seconds per
-               step in sampling / judging / the forward passes of the update, step_s: whole step
+               (mean over logged steps); p_std: spread of OSP's target strengths; t_sample, t_judge:
+               seconds per step in sampling / judging, step_s: the whole step
   bestN        self-rejection: oracle accuracy of the tournament winner among N samples (temperature
                1, top-p 0.9) with the run's model as judge (its template, rule and principles, as
                sample.py --best_of judges), on the first --n_best test prompts
