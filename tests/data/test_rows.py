@@ -666,6 +666,9 @@ def command_output(msg, f):
     ('"prompt": "a", "chosen": "b"}', "malformed JSON (Extra data at column 9)"),  # commas, and a '}'
     ("prompt chosen rejected", "malformed JSON (Expecting value at column 1)"),     # no commas
     ('["x"]', "expected a JSON object, got list"),                  # an array row among object rows
+    ('{"prompt": "a"} {"prompt": "b"}', "malformed JSON (Extra data at column 17)"),  # two rows on one line
+    ('"prompt": "a", "chosen": "{b"', "malformed JSON (Extra data at column 9)"),    # commas, and a '{'
+    ('{"prompt": "a"   ', "malformed JSON (Expecting ',' delimiter at column 18)"),  # spaces before its end
     ('[{"prompt": "a", "chosen": "b", "rejected": "c"}]', "expected a JSON object, got list"),
 ])
 def test_a_jsonl_file_whose_first_row_is_malformed_keeps_its_json_error(tmp_path, line1, error):
@@ -677,6 +680,22 @@ def test_a_jsonl_file_whose_first_row_is_malformed_keeps_its_json_error(tmp_path
         read_jsonl(str(f), "pref")
     assert str(e.value) == f"{f}:1: {error}"
     assert len(read_jsonl(str(f), "pref", skip_bad=True)[0]) == 2
+
+
+@pytest.mark.parametrize("content, document", [
+    (b'{\n  "prompt": "caf\xe9"\n}\n', True),                      # Latin-1 inside a document
+    (b'["x"]\n{"prompt": "caf\xe9"}\n', False),                      # and inside a JSONL file's row 2
+    (b'\xef\xbb\xbf{\n  "prompt": "a"\n}\n', True),                   # a byte order mark first
+    (b'\xef\xbb\xbf\n[{"prompt": "a"}]\n', True),                       # a BOM, a blank line, json.dump's line
+])
+def test_what_a_file_is_is_told_whatever_bytes_it_holds(tmp_path, content, document):
+    """Telling a JSON document from a JSONL file reads past line 1: a byte that is not UTF-8 there
+    must not crash it (nor hide the document), a byte order mark must not hide one."""
+    f = tmp_path / "rows.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt")
+    assert ("looks like a JSON document" in str(e.value)) == document, str(e.value)
 
 
 @pytest.mark.parametrize("later", ["[", "a, b", "[1, 2]", '{"prompt":'])
@@ -691,10 +710,10 @@ def test_only_the_first_row_may_say_the_file_is_no_jsonl(tmp_path, later):
 
 
 def test_the_first_row_is_the_files_first_line_that_is_not_blank_whatever_its_bytes(tmp_path):
-    """A first line that is not UTF-8 is the file's first row (a bad one): the array on line 2 is a
+    """A first line that is not UTF-8 is the file's first row (a bad one): the '[' on line 2 is a
     bad row of a JSONL file, not a JSON document's first line."""
     f = tmp_path / "rows.jsonl"
-    f.write_bytes(b'{"prompt": "caf\xe9"}\n["x"]\n' + json.dumps(PREF_ROWS[0]).encode() + b"\n")
+    f.write_bytes(b'{"prompt": "caf\xe9"}\n[\n' + json.dumps(PREF_ROWS[0]).encode() + b"\n")
     rows, skipped = read_jsonl(str(f), "pref", skip_bad=True)
     assert (len(rows), skipped) == (1, 2)
 
@@ -885,5 +904,7 @@ def test_implicit_prompt_conversations_that_differ_before_their_last_answer_are_
     msg = error_of({"chosen": c, "rejected": r}, "pref")
     assert msg.startswith(f"{W}: no 'prompt' field, and 'chosen' and 'rejected' differ before their "
                           f"last assistant message (at message 2)")        # a1 / b1, after the shared USER
+    two = error_of({"chosen": c[:2] + c[3:], "rejected": r[:2] + r[3:]}, "pref")   # [a1, a2] / [b1, b2]
+    assert "differ before their last assistant message (at message 2)" in two, two
     same_start = validate_row({"chosen": c, "rejected": c[:3] + r[3:]}, "pref", W)
     assert (same_start["prompt"], same_start["chosen"], same_start["rejected"]) == (c[:3], c[3:], r[3:])
