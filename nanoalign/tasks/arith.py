@@ -169,7 +169,10 @@ def warm_start(shared, train_fn):
     done = saved_step(ckpt)
     if done < shared["warm_steps"]:
         print(f"== SFT warm-up of a '{shared['model_preset']}' model on the built-in task -> {path}"
-              + (f" (continued from step {done} of {shared['warm_steps']})" if done else ""))
+              + (f" (continued from step {done} of {shared['warm_steps']})" if done else
+                 f" ({shared['warm_steps']} steps, once: a later run of the same --model_preset, --seed, "
+                 f"--n_warm, --warm_steps and --warm_lr starts from it; --init_from scratch starts "
+                 f"without one)"))
         # the key's settings, the run's device, and every other option at its default: whatever else
         # the run sets (its batch size, LoRA, the method's own max_length) is not the warm-up's, which
         # the next run, with other settings, will take from the cache

@@ -335,6 +335,19 @@ def test_the_warm_up_trains_with_its_own_settings_whatever_the_run_sets(tmp_path
                                                            lr=1e-3, seed=5, device="cpu", batch_size=16)
 
 
+def test_a_warm_up_says_how_long_it_is_that_it_is_trained_once_and_how_to_skip_it(tmp_path, monkeypatch,
+                                                                                  capsys):
+    """A first `python train.py --method M --max_steps 5` trained 800 SFT steps first, minutes on a
+    laptop, and its start said only where the warm-up went."""
+    monkeypatch.chdir(tmp_path)
+    shared = train.shared_options(train.make_config(n_warm=16, warm_steps=3, warm_lr=1e-3, seed=5, device="cpu"))
+    task.warm_start(shared, lambda **kw: None)
+    line = capsys.readouterr().out.strip().splitlines()[0]
+    assert line.startswith("== SFT warm-up of a 'tiny' model on the built-in task -> out/_warm/"), line
+    assert "(3 steps, once: a later run of the same --model_preset, --seed, --n_warm, --warm_steps and " \
+           "--warm_lr starts from it; --init_from scratch starts without one)" in line, line
+
+
 def test_a_stopped_warm_up_continues_on_the_device_of_the_run_that_continues_it(tmp_path, monkeypatch):
     """A warm-up stopped by Ctrl-C is continued by the next default run, with the settings it was
     started with, but its device is the run's (--resume may change it): it took the saved one, so a
