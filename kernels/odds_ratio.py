@@ -37,15 +37,18 @@ if HAS_TRITON:
         msk = i < B
         aw = tl.load(AW + i, mask=msk, other=-1.0).to(tl.float64)
         al = tl.load(AL + i, mask=msk, other=-1.0).to(tl.float64)
-        cw, cl = tl.minimum(aw, -EPS_C), tl.minimum(al, -EPS_C)
+        # the clamp passes a NaN on (tl.minimum alone drops it): a NaN log-prob is a bug upstream,
+        # and must reach the loss, where the training loop's finite check stops the step
+        cw = tl.minimum(aw, -EPS_C, propagate_nan=tl.PropagateNan.ALL)
+        cl = tl.minimum(al, -EPS_C, propagate_nan=tl.PropagateNan.ALL)
         one_w, one_l = 1.0 - tl.exp(cw), 1.0 - tl.exp(cl)          # 1 - exp(a), in float64
         z = (cw - tl.log(one_w)) - (cl - tl.log(one_l))
         # softplus(-z) = max(-z, 0) + log(1 + exp(-|z|)), stable for large |z|
         loss = tl.maximum(-z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z)))
         tl.store(LOSS + i, loss.to(tl.float32), mask=msk)
         tl.store(Z + i, z.to(tl.float32), mask=msk)
-        tl.store(DW + i, tl.where(aw <= -EPS_C, 1.0 / one_w, 0.0).to(tl.float32), mask=msk)
-        tl.store(DLL + i, tl.where(al <= -EPS_C, -1.0 / one_l, 0.0).to(tl.float32), mask=msk)
+        tl.store(DW + i, tl.where(aw > -EPS_C, 0.0, 1.0 / one_w).to(tl.float32), mask=msk)   # NaN: NaN
+        tl.store(DLL + i, tl.where(al > -EPS_C, 0.0, -1.0 / one_l).to(tl.float32), mask=msk)
 
 
 def log1mexp(a):
@@ -71,18 +74,18 @@ class OddsRatio(torch.autograd.Function):  # pragma: no mutate block (Triton pat
         _or_fwd_kernel[(triton.cdiv(B, BLOCK),)](logp_w.contiguous(), logp_l.contiguous(), loss, z,
                                                  dw, dl, B, EPS_C=EPS, BLOCK=BLOCK)
         ctx.save_for_backward(z, dw, dl)
-        ctx.dtypes = (logp_w.dtype, logp_l.dtype)
-        return loss, z
+        ctx.dtypes, ctx.shape = (logp_w.dtype, logp_l.dtype), logp_w.shape
+        return loss.view(logp_w.shape), z.view(logp_w.shape)      # (B,) computed, the input's shape out
 
     @staticmethod
     def backward(ctx, g_loss, g_z):
         z, dw, dl = ctx.saved_tensors
         g = torch.zeros_like(z)
         if g_loss is not None:
-            g = g - g_loss * torch.sigmoid(-z)          # d softplus(-z) / d z = -sigmoid(-z)
+            g = g - g_loss.reshape(-1) * torch.sigmoid(-z)   # d softplus(-z) / d z = -sigmoid(-z)
         if g_z is not None:
-            g = g + g_z
-        return (g * dw).to(ctx.dtypes[0]), (g * dl).to(ctx.dtypes[1])
+            g = g + g_z.reshape(-1)
+        return (g * dw).to(ctx.dtypes[0]).view(ctx.shape), (g * dl).to(ctx.dtypes[1]).view(ctx.shape)
 
 
 def odds_ratio_loss(logp_w, logp_l, backend=None):

@@ -56,15 +56,35 @@ def test_odds_ratio_finite_and_kernel_matches_reference(lw, ll, dtype):
     aw = torch.tensor(lw).to(dtype).to(DEVICE).requires_grad_()
     al = torch.tensor(ll[:len(lw)]).to(dtype).to(DEVICE).requires_grad_()
     out = {}
+    g = torch.Generator().manual_seed(len(lw))
+    up_loss, up_z = (torch.randn(len(lw), generator=g).to(DEVICE) for _ in range(2))
     for b in ("triton", "torch"):
         loss, z = odds_ratio_loss(aw, al, backend=b)
-        gw, gl = torch.autograd.grad(loss.sum(), [aw, al])
+        # an upstream gradient through both outputs at once, not all ones (the conjoined loss uses z)
+        gw, gl = torch.autograd.grad((loss * up_loss).sum() + (z * up_z).sum(), [aw, al])
         for t in (loss, z, gw, gl):
             assert torch.isfinite(t.float()).all()
         out[b] = (loss, z, gw, gl)
     for t, r in zip(out["triton"], out["torch"]):
         # the reference adds float32 rounding; compare relative to magnitude, elementwise
         assert torch.allclose(t.float(), r.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_odds_ratio_passes_a_nan_on_and_keeps_the_input_shape():
+    """A NaN log-prob (a bug upstream) must reach the loss, where the training loop's finite check
+    stops the step: the kernel's clamp, tl.minimum, dropped it (loss 5.8e-8, z 16.7, gradient 0) where
+    the reference gave NaN. And a (B, 1) input came back (B,) from the kernel, (B, 1) from torch."""
+    aw = torch.tensor([[float("nan")], [-1.0], [-2.0]], device=DEVICE, requires_grad=True)
+    al = torch.tensor([[-1.0], [float("nan")], [-1.0]], device=DEVICE, requires_grad=True)
+    for b in ("triton", "torch"):
+        loss, z = odds_ratio_loss(aw, al, backend=b)
+        assert loss.shape == z.shape == (3, 1), (b, loss.shape)
+        assert torch.isnan(loss[:2]).all() and torch.isnan(z[:2]).all() and torch.isfinite(loss[2]).all(), b
+        gw, gl = torch.autograd.grad(loss.sum(), [aw, al])
+        assert gw.shape == gl.shape == (3, 1), b
+        for row in (0, 1):                     # each NaN row's gradient is not finite either
+            assert not torch.isfinite(torch.cat([gw[row], gl[row]])).all(), (b, gw, gl)
+        assert torch.isfinite(gw[2]).all() and torch.isfinite(gl[2]).all(), b
 
 
 @given(a=st.floats(-50, -1e-6), b=st.floats(-50, -1e-6))
