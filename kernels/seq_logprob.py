@@ -20,8 +20,9 @@ How the memory is kept down (the design choice, frankly):
 - Backward recomputes. d lp_t / d logits = onehot(y_t) - softmax_t, scaled by the upstream gradient.
   For a slice of the vocabulary, `_bwd_kernel` recomputes those logits columns for every token and
   writes that gradient (tokens x slice); two cuBLAS matmuls turn it into d W[slice] = dlogits^T @ h
-  (written straight into its rows of d W, no accumulator) and d hidden += dlogits @ W[slice] (a
-  float32 (tokens x d) accumulator, small). Slicing the vocabulary rather than the tokens matters:
+  (written into its rows of d W, no accumulator; through a float32 slice-sized temporary where W is
+  bf16 and dlogits float32, as on the torch path; not made at all for a frozen head, as under LoRA)
+  and d hidden += dlogits @ W[slice] (a float32 (tokens x d) accumulator, small). Slicing the vocabulary rather than the tokens matters:
   a token-chunked backward must accumulate d W, a (V x d) float32 tensor (2 GiB for Llama-3's head),
   across chunks; a vocabulary-sliced one accumulates only d hidden. The peak is one slice's
   dlogits, and the price is a fourth matmul (the recompute) on top of the three a plain
@@ -36,7 +37,6 @@ How the memory is kept down (the design choice, frankly):
 Under TRITON_INTERPRET=1 (CPU tests) the interpreter's bf16 tl.dot is wrong (numpy has no bf16),
 so there the tiles are upcast to float32 before the dot (the UPCAST flag); on a GPU they are not.
 """
-import functools
 import os
 
 import torch
@@ -306,8 +306,9 @@ class TokenLogprob(torch.autograd.Function):
         (C, d), V = h.shape, w.shape[0]
         cd = _compute_dtype(h)
         g = g.to(cd).contiguous()                                       # (C,), read by every slice
+        train_w = ctx.needs_input_grad[1]      # False for a frozen LM head (LoRA): no d W made at all
         if C == 0:
-            return torch.zeros_like(h), torch.zeros_like(w), None, None, None
+            return torch.zeros_like(h), torch.zeros_like(w) if train_w else None, None, None, None
         slices = vocab_slices(V, C, ctx.chunk)
         if ctx.backend == "triton":  # pragma: no mutate (Triton and CUDA lines: docs/mutation.md)
             # bf16/fp16 dlogits: the two matmuls below run in the input dtype
@@ -317,14 +318,16 @@ class TokenLogprob(torch.autograd.Function):
             dlogits = _dlogits_slice_torch
             buf = _scratch(C * min(V, slices[0][1]), h)
         dh = torch.zeros(C, d, dtype=cd, device=h.device)               # the only accumulator
-        dw = torch.empty_like(w)
+        dw = torch.empty_like(w) if train_w else None
         hv = h if buf.dtype == h.dtype else h.to(buf.dtype)             # h in dlogits' dtype, once
         for v0, v1 in slices:
             dl = dlogits(h, w[v0:v1], y - v0, lse, g, buf)              # (C, v1 - v0)
-            if dw.dtype == dl.dtype:
+            if dw is None:
+                pass
+            elif dw.dtype == dl.dtype:
                 torch.mm(dl.t(), hv, out=dw[v0:v1])                     # (Vs, d), straight into d W
             else:
-                dw[v0:v1] = dl.t() @ hv
+                dw[v0:v1] = dl.t() @ hv                                 # via a float32 (Vs, d) temporary
             if dl.dtype == cd:
                 dh.addmm_(dl, w[v0:v1].to(cd))                          # (C, d), in place
             elif dl.is_cuda:  # pragma: no mutate (bf16 in, float32 accumulated in place by cuBLAS)
@@ -334,11 +337,24 @@ class TokenLogprob(torch.autograd.Function):
         return dh.to(h.dtype), dw, None, None, None
 
 
+def padded_slots(cu_seqlens):
+    """(slot (N,), (R, T)): where each token of R packed rows (row r = tokens cu_seqlens[r] to
+    cu_seqlens[r + 1]) sits in the right-padded (R, T) grid of the same rows, T the longest row."""
+    cu = cu_seqlens.long()
+    lengths = cu.diff()                                                  # (R,)
+    R, T = lengths.numel(), int(lengths.max()) if lengths.numel() else 0
+    row = torch.repeat_interleave(torch.arange(R, device=cu.device), lengths)     # (N,)
+    within = torch.arange(int(cu[-1]), device=cu.device) - cu[row]      # position in its row
+    return row * T + within, torch.Size((R, T))
+
+
 def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=None, chunk_size=None,
                      cu_seqlens=None):
     """
-    hidden (B, T, d) or (N, d); weight (V, d); targets and mask shaped like hidden without d.
-    Returns float32 (float64 for float64 input): (B,) for sum/mean of (B, T) input, a scalar for
+    hidden (B, T, d) or (N, d); weight (V, d); targets and mask shaped like hidden without d; mask
+    0/1 (a token is in or out: it selects tokens, and `mean` divides by its sum).
+    Returns float32 (float64 for float64 input on the torch path; the Triton kernels compute in
+    float32 whatever the input, and return its dtype): (B,) for sum/mean of (B, T) input, a scalar for
     (N, d) input, and the per-token values shaped like `targets` for reduction="none".
     Packed rows (padding-free batches, nanoalign/data.py): hidden (N, d) holds R rows back to back,
     row r being tokens cu_seqlens[r]:cu_seqlens[r + 1]; sum/mean then give (R,), one per row.
@@ -374,17 +390,6 @@ def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=Non
     if reduction == "sum":
         return total
     return total / mask.reshape(grid).sum(1).clamp(min=1).to(total.dtype)
-
-
-def padded_slots(cu_seqlens):
-    """(slot (N,), (R, T)): where each token of R packed rows (row r = tokens cu_seqlens[r] to
-    cu_seqlens[r + 1]) sits in the right-padded (R, T) grid of the same rows, T the longest row."""
-    cu = cu_seqlens.long()
-    lengths = cu.diff()                                                  # (R,)
-    R, T = lengths.numel(), int(lengths.max()) if lengths.numel() else 0
-    row = torch.repeat_interleave(torch.arange(R, device=cu.device), lengths)     # (N,)
-    within = torch.arange(int(cu[-1]), device=cu.device) - cu[row]      # position in its row
-    return row * T + within, torch.Size((R, T))
 
 
 def naive_sequence_logprob(hidden, weight, targets, mask, reduction="sum", dtype=None):

@@ -72,6 +72,41 @@ def check_single_token_and_fully_masked(backend):
         assert gh is None or (gh == 0).all()
 
 
+def check_frozen_head(backend):
+    """An LM head that takes no gradient (LoRA freezes it) gets none, and no d W product is made for
+    it (the backward made a (V, d) product per vocabulary slice for nothing); d h is the same, bit for
+    bit, as with a trained head."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountProducts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+                self.shapes.append(tuple(out.shape))
+            return out
+    h, w, y, m = inputs(2, 5, 16, 77, torch.float32, 3)
+    up = torch.randn(2, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    got = {}
+    for frozen in (False, True):
+        hf, wf = h.detach().requires_grad_(), w.detach().requires_grad_(not frozen)
+        out = sequence_logprob(hf, wf, y, m, "sum", backend=backend, chunk_size=4)   # several slices
+        with CountProducts() as count:
+            (out * up).sum().backward()
+        # (C, d) products are d h's, C the response tokens; the (Vs, d) ones, a slice of d W
+        got[frozen] = hf.grad, wf.grad, [s for s in count.shapes if s[1] == 16 and s[0] != int(m.sum())]
+    assert got[True][1] is None and got[False][1] is not None
+    assert torch.equal(got[True][0], got[False][0])
+    assert got[False][2] and not got[True][2], got          # d W's (Vs, d) products: only when trained
+
+
+def test_a_frozen_head_gets_no_gradient_and_costs_no_product():
+    check_frozen_head("torch")
+
+
 def test_reference_single_token_and_fully_masked():
     check_single_token_and_fully_masked("torch")
 

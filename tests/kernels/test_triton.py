@@ -10,8 +10,9 @@ from kernels.odds_ratio import odds_ratio_loss
 from kernels.seq_logprob import sequence_logprob
 from nanoalign.testing import logps
 from tests.helpers import grads, rel_err
-from tests.kernels.test_reference import (DEVICE, check_odds_ratio_formula, check_odds_ratio_z_gradient,
-                                          check_single_token_and_fully_masked, inputs, shapes)
+from tests.kernels.test_reference import (DEVICE, check_frozen_head, check_odds_ratio_formula,
+                                          check_odds_ratio_z_gradient, check_single_token_and_fully_masked,
+                                          inputs, shapes)
 
 triton = pytest.importorskip("triton")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}   # relative, as the issue states
@@ -47,6 +48,10 @@ def test_triton_many_blocks(dtype):
 
 def test_single_token_and_fully_masked():
     check_single_token_and_fully_masked("triton")
+
+
+def test_a_frozen_head_gets_no_gradient_and_costs_no_product():
+    check_frozen_head("triton")
 
 
 # -- odds ratio ---------------------------------------------------------------------------------
