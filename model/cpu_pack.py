@@ -68,17 +68,18 @@ def packing_dtype(w):
 
 def packing_units(model):
     """(owner, method, linears) for every product a decode step runs packed: each GROUPS method whose
-    linears are all plain nn.Linear (a LoRA layer is not, and keeps its own forward), then every
-    other plain nn.Linear on its own, as (the linear, "forward", [the linear])."""
+    linears are all plain nn.Linear without a bias (a LoRA layer is not, and keeps its own forward),
+    then every other such linear on its own, as (the linear, "forward", [the linear]). A biased
+    linear keeps its own forward: the packed product is called without one."""
+    plain = lambda lin: type(lin) is nn.Linear and lin.bias is None   # noqa: E731
     units, grouped = [], set()
     for m in model.modules():
         for method, names in GROUPS.items():
             linears = [getattr(m, n, None) for n in names]
-            if hasattr(m, method) and all(type(lin) is nn.Linear for lin in linears):
+            if hasattr(m, method) and all(map(plain, linears)):
                 units.append((m, method, linears))
                 grouped.update(map(id, linears))
-    units += [(m, "forward", [m]) for m in model.modules()
-              if type(m) is nn.Linear and id(m) not in grouped]
+    units += [(m, "forward", [m]) for m in model.modules() if plain(m) and id(m) not in grouped]
     return units
 
 
