@@ -8,8 +8,8 @@ Decoding a batch of B rows multiplies (B, dim) by each weight: a skinny matrix p
 MKL's sgemm repacks the weight on every call and runs such products at a fraction of its peak
 (here, B = 8: 684 us for a 576 x 1536 weight, against 158 us at B = 1). oneDNN's linear with a
 weight packed once ran the same product in 347 us. So, while generating on the CPU, every plain
-nn.Linear (without a bias) runs through oneDNN with a packed copy of its weight, cached per module (in _PACKED, so a
-deepcopy of the model never sees it) and repacked when the weight changes (its version counter
+nn.Linear (without a bias) runs through oneDNN with a packed copy of its weight, cached per module
+(in _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its version counter
 moves after an optimizer step) or the batch size does (oneDNN packs for an expected batch; a weight
 packed for batch 1 ran batch-8 decoding about 1.4x slower). Costs: one extra copy of those weights
 while the model lives (skipped above MAX_PACKED parameters), and results that differ from
@@ -149,8 +149,8 @@ def _traced_forward_of(owner, method, linears, dtype):
 
 @contextlib.contextmanager
 def cpu_packed_linears(model, batch_size, traced=False):
-    """Inside the block, every plain nn.Linear of `model` without a bias computes with its oneDNN-packed weight
-    (grouped as GROUPS says); traced=True routes them through the custom op, for a function that
+    """Inside the block, every plain nn.Linear of `model` without a bias computes with its
+    oneDNN-packed weight (grouped as GROUPS says); traced=True routes them through the custom op, for a function that
     torch.compile traces."""
     dtype = packing_dtype(model.lm_head.weight)
     units = packing_units(model)
