@@ -9,8 +9,8 @@ MKL's sgemm repacks the weight on every call and runs such products at a fractio
 (here, B = 8: 684 us for a 576 x 1536 weight, against 158 us at B = 1). oneDNN's linear with a
 weight packed once ran the same product in 347 us. So, while generating on the CPU, every plain
 nn.Linear (without a bias) runs through oneDNN with a packed copy of its weight, cached per module
-(in _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its version counter
-moves after an optimizer step) or the batch size does (oneDNN packs for an expected batch; a weight
+(in _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its
+version counter moves after an optimizer step) or the batch size does (oneDNN packs for an expected batch; a weight
 packed for batch 1 ran batch-8 decoding about 1.4x slower). Costs: one extra copy of those weights
 while the model lives (skipped above MAX_PACKED parameters), and results that differ from
 F.linear's in the last bits (different summation order).
