@@ -10,10 +10,10 @@ MKL's sgemm repacks the weight on every call and runs such products at a fractio
 weight packed once ran the same product in 347 us. So, while generating on the CPU, every plain
 nn.Linear (without a bias) runs through oneDNN with a packed copy of its weight, cached per module
 (in _PACKED, so a deepcopy of the model never sees it) and repacked when the weight changes (its
-version counter moves after an optimizer step) or the batch size does (oneDNN packs for an expected batch; a weight
-packed for batch 1 ran batch-8 decoding about 1.4x slower). Costs: one extra copy of those weights
-while the model lives (skipped above MAX_PACKED parameters), and results that differ from
-F.linear's in the last bits (different summation order).
+version counter moves after an optimizer step) or the batch size does (oneDNN packs for an expected
+batch; a weight packed for batch 1 ran batch-8 decoding about 1.4x slower). Costs: one extra copy of
+those weights while the model lives (skipped above MAX_PACKED parameters), and results that differ
+from F.linear's in the last bits (different summation order).
 
 The packing is in the dtype the linear computes in: the weights' own (float32, or bfloat16 where
 oneDNN has bf16 kernels), or, under CPU autocast to bfloat16, a bfloat16 copy of float32 weights
@@ -150,8 +150,8 @@ def _traced_forward_of(owner, method, linears, dtype):
 @contextlib.contextmanager
 def cpu_packed_linears(model, batch_size, traced=False):
     """Inside the block, every plain nn.Linear of `model` without a bias computes with its
-    oneDNN-packed weight (grouped as GROUPS says); traced=True routes them through the custom op, for a function that
-    torch.compile traces."""
+    oneDNN-packed weight (grouped as GROUPS says); traced=True routes them through the custom op, for a
+    function that torch.compile traces."""
     dtype = packing_dtype(model.lm_head.weight)
     units = packing_units(model)
     if dtype is None or sum(lin.weight.numel() for _, _, ls in units for lin in ls) > MAX_PACKED:
