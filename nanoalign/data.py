@@ -3,8 +3,8 @@ Data: JSONL files in the conventions people already have, read into rows, tokeni
 batched. What a row may hold, and its checks, is nanoalign/rows.py.
 
 Every kind is one row of the table `KINDS` at the bottom: how a row of that kind is checked (its
-reader in rows.py), how it becomes token ids, how examples become a batch. An unknown kind is an error (a KeyError from
-the table is turned into a DataError naming the kinds), never a fall-through.
+reader in rows.py), how it becomes token ids, how examples become a batch. An unknown kind is an
+error (a KeyError from the table is turned into a DataError naming the kinds), never a fall-through.
 
 Prompt and response are tokenized separately and concatenated (docs/methods.md#sequence-log-probabilities).
 The response ends with the chat template's end of turn. Truncation to max_length: the response loses
@@ -48,7 +48,7 @@ def parse_line(path, line, where, first):
         value, error = json.loads(line), None
     except json.JSONDecodeError as e:
         value, error = None, f"malformed JSON ({e.msg} at column {e.colno})"
-    if first and (error or isinstance(value, list)) and (what := not_jsonl(path, line)):
+    if first and (error or isinstance(value, list)) and (what := not_jsonl(path, line, error is None)):
         raise NotJSONL(f"{where}: the file looks like {what}")
     if error:
         raise DataError(f"{where}: {error}")

@@ -75,15 +75,16 @@ TO_JSONL = {"array": "import json, sys; [print(json.dumps(r)) for r in json.load
                    "itertools.dropwhile(str.isspace, open(sys.argv[1], encoding='utf-8-sig', newline='')))]"}
 
 
-def not_jsonl(path, line):
-    """What a text file whose first line that is not blank, `line`, is no JSON object (malformed, or an
-    array) looks like when it is no JSONL, or None: a JSON document (an array, or an object over several
-    lines), such objects back to back (`jq . f`), or CSV (commas and no braces), each with a command
-    that makes JSONL of it. Only a file that is one counts: a JSONL file whose first row lacks its '}',
-    or is a whole array on its line with rows after it, keeps that row's own error."""
+def not_jsonl(path, line, whole):
+    """What a text file whose first line that is not blank, `line`, is no JSON object (malformed, or
+    an array; `whole`: the line parsed as JSON on its own) looks like when it is no JSONL, or None: a
+    JSON document (an array, or an object over several lines), such objects back to back (`jq . f`),
+    or CSV (commas and no braces), each with a command that makes JSONL of it. Only a file that is
+    one counts: a JSONL file whose first row lacks its '}', or is a whole array on its line with rows
+    after it, keeps that row's own error."""
     s = line.strip()
     if s.startswith("["):   # pretty-printed (no whole array on line 1), or json.dump's one line alone
-        if _parses(s) and not _one_line(path):
+        if whole and not _one_line(path):
             return None
         what, how = "a JSON document", TO_JSONL["array"]
     elif s.startswith("{"):
@@ -101,14 +102,6 @@ def not_jsonl(path, line):
         return None
     return (f"{what}, not JSONL (one JSON object per line); convert it, e.g. python -c \"{how}\" "
             f"{shlex.quote(path)} > rows.jsonl")
-
-
-def _parses(s):
-    try:
-        json.loads(s)
-        return True
-    except ValueError:
-        return False
 
 
 def _one_line(path):
