@@ -480,7 +480,7 @@ def best_of_main(a, model, tok, prompts):
                           else kept_principles(t, a.init_from))
     except JudgeError as e:
         sys.exit(f"error: {e}")
-    if note := judging_overridden(a.init_from, {"judge_template": t.name, "likelihood": likelihood}):
+    if note := judging_overridden(a.init_from, saved, {"judge_template": t.name, "likelihood": likelihood}):
         print(note, file=sys.stderr)
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode_prompt(p, a.system) for p in prompts]

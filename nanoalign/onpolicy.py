@@ -140,17 +140,17 @@ def judging_said(cfg):
     """The line a run starts with on how it judges: the template and rule, and whose they are, or
     the note `judging_overridden` writes."""
     src = judge_checkpoint(cfg)
-    used = {k: getattr(cfg, k) for k in JUDGING}
-    return judging_overridden(src, used) or (
+    rec, used = recorded_judging(src), {k: getattr(cfg, k) for k in JUDGING}
+    return judging_overridden(src, rec, used) or (
         "judges with " + " ".join(f"--{k} {v}" for k, v in used.items())
-        + (f", as the judge {src} records" if recorded_judging(src) else ""))
+        + (f", as the judge {src} records" if rec else ""))
 
 
-def judging_overridden(src, used):
+def judging_overridden(src, rec, used):
     """Where a flag gave another template or rule (`used`: {judge_template, likelihood}) than the
-    judge's checkpoint `src` records, a note saying so: obeyed, but a judge asked in a template it
-    did not train on may judge near chance (sample.py --best_of prints it too). Else None."""
-    rec = recorded_judging(src)
+    judge's checkpoint `src` records (`rec`, recorded_judging's), a note saying so: obeyed, but a
+    judge asked in a template it did not train on may judge near chance (sample.py --best_of prints
+    it too). Else None."""
     other = [k for k, v in rec.items() if used[k] != v]
     if not other:
         return None

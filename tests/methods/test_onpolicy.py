@@ -631,7 +631,8 @@ def test_the_line_a_run_starts_with_says_how_it_judges_and_whose_that_is(tmp_pat
     assert said(judge_dir, "hh", "vocab") == (
         f"note: the judge {judge_dir} records --likelihood pair (its state.json); this run judges with "
         f"--likelihood vocab, as given")
-    assert onpolicy.judging_overridden(str(judge_dir), {"judge_template": "hh", "likelihood": "pair"}) is None
+    assert onpolicy.judging_overridden(str(judge_dir), {"judge_template": "hh", "likelihood": "pair"},
+                                       {"judge_template": "hh", "likelihood": "pair"}) is None
 
 
 @pytest.mark.parametrize("method, opts, rule, other", [("self_judge", [], "vocab", "pair"),
