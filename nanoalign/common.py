@@ -93,12 +93,12 @@ def register(*methods):
     """Add methods to REGISTRY, each checked first: a slip in a new method file (a kind misspelt, a
     plain dataclass field for an option, a copied file's name) is refused here, naming the field,
     not met minutes into a run as an error far from it, or never (a name registered twice)."""
+    readable = [k for k, kind in KINDS.items() if kind.read]
     for m in methods:
         where = f"Method(name={m.name!r})"
         if m.name in REGISTRY:
             raise ValueError(f"{where}: a method of this name is registered already "
                              f"(its help: {REGISTRY[m.name].help!r}); name this one otherwise")
-        readable = [k for k, kind in KINDS.items() if kind.read]
         if m.reads not in readable:
             raise ValueError(f"{where}: reads={m.reads!r} is no row kind a file holds; one of "
                              f"{', '.join(readable)} (nanoalign/rows.py)")

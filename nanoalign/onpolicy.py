@@ -58,7 +58,7 @@ LIKELIHOOD = "vocab"         # its rule: the Self-Judge paper's (OSP's own: nano
 @dataclass
 class JudgeTemplateOptions:
     judge_template: str = option(JUDGE_TEMPLATE, TEMPLATE_HELP, choices=tuple(TEMPLATES))
-    likelihood: str = option("vocab", LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))
+    likelihood: str = option(LIKELIHOOD, LIKELIHOOD_HELP, choices=tuple(LIKELIHOODS))
 
 
 def judge_likelihood(rule, paper):
