@@ -22,9 +22,10 @@ How the memory is kept down (the design choice, frankly):
   writes that gradient (tokens x slice); two cuBLAS matmuls turn it into d W[slice] = dlogits^T @ h
   (written into its rows of d W, no accumulator; through a float32 slice-sized temporary where W is
   bf16 and dlogits float32, as on the torch path; not made at all for a frozen head, as under LoRA)
-  and d hidden += dlogits @ W[slice] (a float32 (tokens x d) accumulator, small). Slicing the vocabulary rather than the tokens matters:
-  a token-chunked backward must accumulate d W, a (V x d) float32 tensor (2 GiB for Llama-3's head),
-  across chunks; a vocabulary-sliced one accumulates only d hidden. The peak is one slice's
+  and d hidden += dlogits @ W[slice] (a float32 (tokens x d) accumulator, small). Slicing the
+  vocabulary rather than the tokens matters: a token-chunked backward must accumulate d W, a (V x d)
+  float32 tensor (2 GiB for Llama-3's head), across chunks; a vocabulary-sliced one accumulates only
+  d hidden. The peak is one slice's
   dlogits, and the price is a fourth matmul (the recompute) on top of the three a plain
   implementation needs. We pay it because the upstream gradient is not known in forward: these
   log-probs feed arbitrary losses (DPO, SPCE, the conjoined ORPO term), so we cannot fold the loss's
@@ -322,11 +323,9 @@ class TokenLogprob(torch.autograd.Function):
         hv = h if buf.dtype == h.dtype else h.to(buf.dtype)             # h in dlogits' dtype, once
         for v0, v1 in slices:
             dl = dlogits(h, w[v0:v1], y - v0, lse, g, buf)              # (C, v1 - v0)
-            if dw is None:
-                pass
-            elif dw.dtype == dl.dtype:
+            if train_w and dw.dtype == dl.dtype:
                 torch.mm(dl.t(), hv, out=dw[v0:v1])                     # (Vs, d), straight into d W
-            else:
+            elif train_w:
                 dw[v0:v1] = dl.t() @ hv                                 # via a float32 (Vs, d) temporary
             if dl.dtype == cd:
                 dh.addmm_(dl, w[v0:v1].to(cd))                          # (C, d), in place
