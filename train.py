@@ -45,10 +45,11 @@ from model.model import Transformer, config_from_preset
 from nanoalign import REGISTRY, dist, runlog
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
                                   save_checkpoint, saved_step)
+from nanoalign.cli import parse_config
 from nanoalign.common import Run, frozen_copy
 from nanoalign.compute import (autocast, autocast_dtype, checkpoint_every, make_optimizer, off_bf16_ties,
                                packed_batches, peak_lr, set_deterministic)
-from nanoalign.config import make_config, options_of, parse_config, resume_config, shared_options
+from nanoalign.config import make_config, options_of, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
 from nanoalign.onpolicy import COUNTS, RATES, TIMES, WEIGHTS, inherited

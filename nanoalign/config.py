@@ -8,15 +8,14 @@ The configuration of a run: one flat dataclass per (method, task), built from th
 read from flags, a JSON file (--config) or the checkpoint of the run being resumed. Every value is
 checked against its declaration (type, choices, bounds) wherever it came from; an unknown key is an
 error naming the flag, or the file and key, with the closest known one where one is close, or the
-methods or tasks it is an option of. train.py calls parse_config / make_config; what a
-config decides in the loop (autocast, packing, checkpointing, AdamW) is nanoalign/compute.py.
+methods or tasks it is an option of. The flags are read by nanoalign/cli.py (parse_config);
+tests and experiments/ build a config with make_config; what a config decides in the loop
+(autocast, packing, checkpointing, AdamW) is nanoalign/compute.py.
 """
-import argparse
 import dataclasses
 import math
 import operator
 import os
-import sys
 from dataclasses import dataclass
 
 from model.chat_template import FORMATS
@@ -27,7 +26,7 @@ from nanoalign import DEFAULT_METHOD, REGISTRY
 from nanoalign.checkpoint import RUN_CONFIG
 from nanoalign.common import option
 from nanoalign.compute import AUTO_LR, FAST_MIN_PARAMS
-from nanoalign.suggest import ArgumentParser, did_you_mean
+from nanoalign.suggest import did_you_mean
 from nanoalign.tasks import TASKS, get_task
 
 # what --resume may change; every other setting comes from the checkpoint, and a different value is
@@ -178,22 +177,9 @@ def config_class(method, task=SharedConfig.task):
 
 
 SHARED = {f.name for f in dataclasses.fields(SharedConfig)}
-METHODS_DIR = os.path.dirname(os.path.abspath(__file__))    # nanoalign/: where a method file is
 
 
-def unknown_method(method):
-    """Why --method is unknown: the methods there are, the closest, and where a file of its name sits
-    in nanoalign/ unimported (a new method file whose import line was forgotten)."""
-    msg = f"--method {method!r} is unknown; choose from {', '.join(REGISTRY)} (or 'list')"
-    path = os.path.join(METHODS_DIR, method + ".py")
-    if method.isidentifier() and method != "__init__" and f"nanoalign.{method}" not in sys.modules \
-            and os.path.exists(path) and "register(" in open(path, encoding="utf-8").read():
-        return msg + (f"; nanoalign/{method}.py is there, but nanoalign/__init__.py does not import it, so "
-                      f"the methods it registers are not known: add it to that file's import line")
-    return msg + did_you_mean(method, [*REGISTRY, "list"])
-
-
-def _known_keys():
+def known_keys():
     """Every option of any method or task: an old checkpoint's config holds all methods' knobs."""
     keys = {f.name for f in dataclasses.fields(SharedConfig)}
     for m in REGISTRY.values():
@@ -212,21 +198,11 @@ def owners(name):
                         for what, names in (("method", methods), ("task", tasks)) if names)
 
 
-def flag_note(name, flags):
-    """What train.py adds to its refusal of an unknown flag --name, given the `flags` its parser has:
-    whose option it is, else the closest flag of any method or task, and whose that is if not this
-    run's."""
-    if who := owners(name):
-        return f"it is an option of {who}"
-    return did_you_mean(name, set(flags) | _known_keys(), sep="",
-                        show=lambda k: f"--{k}" + ("" if k in flags else f" (an option of {owners(k)})"))
-
-
-def _tname(f):
+def tname(f):
     return f.type if isinstance(f.type, str) else f.type.__name__
 
 
-def _listed(choices):
+def listed(choices):
     """Choices for a message: the empty string shown as '', the rest bare (`one of '', chatml, ...`)."""
     return ", ".join(c if c else "''" for c in choices)
 
@@ -242,7 +218,7 @@ def bounds(f):
 
 def check_value(f, v, where):
     """Type, choices and bounds of one option value; an error names the flag, or the file and key."""
-    t, name = _tname(f), f"--{f.name}" if where == "flags" else f"{where}: '{f.name}'"
+    t, name = tname(f), f"--{f.name}" if where == "flags" else f"{where}: '{f.name}'"
     want = {"int": int, "float": (int, float), "bool": bool, "str": str}[t]
     if not isinstance(v, want) or (t in ("int", "float") and isinstance(v, bool)):
         raise SystemExit(f"error: {name} must be {t}, got {type(v).__name__} {v!r}")
@@ -250,7 +226,7 @@ def check_value(f, v, where):
         raise SystemExit(f"error: {name} must be a finite number, got {v!r}")
     ch = f.metadata.get("choices")
     if ch and v not in ch:
-        raise SystemExit(f"error: {name} must be one of {_listed(ch)}, got {v!r}"
+        raise SystemExit(f"error: {name} must be one of {listed(ch)}, got {v!r}"
                          + (did_you_mean(v, ch) if isinstance(v, str) else ""))
     for op, bound, holds in bounds(f):
         if not holds(v, bound):
@@ -269,7 +245,7 @@ def config_from_dict(d, where, saved=False):
     if task not in TASKS:
         raise SystemExit(f"error: {where}: task '{task}' is unknown; choose from {', '.join(TASKS)}"
                          + did_you_mean(task, TASKS))
-    cls, known = config_class(method, task), _known_keys()
+    cls, known = config_class(method, task), known_keys()
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in d:
         if k not in known:
@@ -281,7 +257,7 @@ def config_from_dict(d, where, saved=False):
                              f"option of {owners(k)}")
     kept = {k: v for k, v in d.items() if k in fields}
     for k, v in kept.items():        # a switch's bool (--grad_checkpoint was one until 2026-12-06)
-        if isinstance(v, bool) and _is_switch(fields[k]):
+        if isinstance(v, bool) and is_switch(fields[k]):
             kept[k] = "true" if v else "false"
     for k, v in kept.items():
         check_value(fields[k], v, where)
@@ -300,114 +276,9 @@ def make_config(**kw):
     return config_from_dict(kw, "config")
 
 
-def _is_switch(f):
+def is_switch(f):
     """A str option whose choices include 'true' and 'false' beside others ('auto', 'half')."""
-    return _tname(f) == "str" and {"true", "false"} <= set(f.metadata.get("choices") or ())
-
-
-def _switch(s):
-    """A switch's flag value: a bool's spellings (True, no, 1, ...) as 'true' / 'false', else as given."""
-    try:
-        return "true" if _bool(s) else "false"
-    except argparse.ArgumentTypeError:
-        return s
-
-
-def _bool(s):
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
-def describe(name):
-    """One method and its options, for --method list."""
-    m = REGISTRY[name]
-    lines = [f"{name:22s} {m.help}"]
-    for f in dataclasses.fields(m.options):
-        lines.append(f"    --{f.name} (default {f.default!r}): {f.metadata['help']}")
-    return "\n".join(lines)
-
-
-def parse_config(argv=None, description=None):
-    """Flags -> the chosen method's config. First the method and the task (from the flags, the
-    --config file or the checkpoint being resumed), then a parser of their options, so --help shows
-    exactly them. `description` heads --help (train.py's docstring)."""
-    argv = sys.argv[1:] if argv is None else argv
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config")
-    pre.add_argument("--method")
-    pre.add_argument("--task")
-    pre.add_argument("--out_dir")
-    pre.add_argument("--resume", nargs="?", const="true")
-    early, _ = pre.parse_known_args(argv)
-    saved = saved_config(early.out_dir or "")
-    try:
-        d = read_json(early.config) if early.config else {}
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{early.config}: a config file holds one JSON object "
-                                  f"{{\"key\": value, ...}}, got {type(d).__name__}")
-        if early.resume not in (None, "false") and os.path.exists(saved):   # the run's method, task
-            run = read_json(saved)["config"]
-            d = {**d, **{k: run[k] for k in ("method", "task") if k in run and not getattr(early, k)}}
-    except CheckpointError as e:
-        pre.exit(2, f"error: {e}\n")
-    method = early.method or d.get("method", SharedConfig.method)
-    task = early.task or d.get("task", SharedConfig.task)
-    if method == "list":
-        print("\n\n".join(describe(n) for n in REGISTRY))
-        sys.exit(0)
-    ap = ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False, note=flag_note,
-        epilog=f"These are the options of --method {method} on --task {task} (the shared ones first, "
-               f"then the method's, then the task's). `python train.py --method NAME --help` shows "
-               f"another method's.")
-    if method not in REGISTRY:
-        ap.error(unknown_method(method))
-    if task not in TASKS:
-        ap.error(f"--task {task!r} is unknown; choose from {', '.join(TASKS)}" + did_you_mean(task, TASKS))
-    ap.add_argument("--config", default=None, help="a JSON file of config values (flags override)")
-    conv = {"int": int, "float": float, "bool": _bool, "str": str}
-    for f in dataclasses.fields(config_class(method, task)):
-        kw = dict(nargs="?", const=True) if _tname(f) == "bool" else {}
-        if _is_switch(f):                         # --grad_checkpoint alone means 'true', as a bool's
-            kw = dict(nargs="?", const="true")
-        ch = f.metadata.get("choices")
-        ap.add_argument(f"--{f.name}", type=_switch if _is_switch(f) else conv[_tname(f)], default=None,
-                        metavar=_tname(f).upper(),
-                        help=f"{f.metadata['help']} (default: {f.default!r}"
-                             + (f"; one of {_listed(ch)}" if ch else "")
-                             + "".join(f"; {op} {b}" for op, b, _ in bounds(f)) + ")", **kw)
-    a = ap.parse_args(argv)
-    flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
-    given = {**d, **flags}
-    try:
-        out_dir = given.get("out_dir") or os.path.join("out", method)
-        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-            raise SystemExit(f"error: --out_dir {out_dir} exists and is not a directory")
-        if d:
-            config_from_dict({**d, "method": method, "task": task}, a.config)
-        if given.get("resume"):
-            return resume_config(given, a.config or "flags")
-        cfg = config_from_dict({**given, "method": method, "task": task}, "flags")
-    except SystemExit as e:   # one line, exit code 2, as argparse does for a bad flag
-        ap.exit(2, f"{e}\n")
-    if cfg.parallel == "fsdp" and REGISTRY[cfg.method].rollout:
-        ap.error(f"--method {cfg.method} samples on-policy, and under FSDP every forward is a "
-                 f"collective: ranks sampling different lengths would hang. Use --parallel ddp "
-                 f"(with --lora_r for a large model)")
-    if cfg.val_data not in ("auto", "") and REGISTRY[cfg.method].rollout:   # train.py reads none
-        ap.error(f"--val_data: --method {cfg.method} samples on-policy and has no held-out loss (it "
-                 f"would need a rollout per evaluation); drop --val_data")
-    if getattr(cfg, "judge", None) == "policy" and cfg.judge_from:   # self_judge would judge by judge_from
-        ap.error(f"--judge policy: --judge_from {cfg.judge_from} judges instead of the policy; drop "
-                 f"one of them")
-    if cfg.chat_format and cfg.init_from == "scratch":   # init_model never reads it: the task's tokenizer
-        ap.error(f"--chat_format {cfg.chat_format}: --init_from scratch starts with the task's byte "
-                 f"tokenizer, which speaks selfjudge; drop --chat_format")
-    return dataclasses.replace(cfg, out_dir=cfg.out_dir or os.path.join("out", cfg.method))
+    return tname(f) == "str" and {"true", "false"} <= set(f.metadata.get("choices") or ())
 
 
 def resume_config(given, where="flags"):

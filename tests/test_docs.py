@@ -344,8 +344,8 @@ def test_every_equation_of_the_methods_names_its_code_and_its_test():
 
 # -- the command lines ------------------------------------------------------------------------------
 # Every program with an argparse command line, as run from the repository root, and the source file
-# that builds its parser (train.py's is nanoalign/config.py's). A new one must join this table.
-CLIS = {"train.py": "nanoalign/config.py", "sample.py": "sample.py",
+# that builds its parser (train.py's is nanoalign/cli.py's). A new one must join this table.
+CLIS = {"train.py": "nanoalign/cli.py", "sample.py": "sample.py",
         "experiments.compare": "experiments/compare.py", "experiments.plot": "experiments/plot.py",
         "bench.kernels": "bench/kernels.py", "bench.decode_speed": "bench/decode_speed.py",
         "bench.train_speed": "bench/train_speed.py", "bench.trl_parity": "bench/trl_parity.py",

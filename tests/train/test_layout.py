@@ -183,9 +183,9 @@ def test_a_loss_that_is_not_one_number_is_an_error_naming_the_method(tmp_path):
 def test_a_method_file_not_imported_is_named_when_its_method_is_unknown(tmp_path, monkeypatch, capsys):
     """A method file written in nanoalign/ (simpo, say), its import in nanoalign/__init__.py forgotten:
     `--method simpo` was 'unknown; did you mean ipo?'."""
-    from nanoalign import config
+    from nanoalign import cli
     (tmp_path / "simpo.py").write_text("register(Method(name=\"simpo\"))\n")
-    monkeypatch.setattr(config, "METHODS_DIR", str(tmp_path))
+    monkeypatch.setattr(cli, "METHODS_DIR", str(tmp_path))
     with pytest.raises(SystemExit):
         train.parse_config(["--method", "simpo"])
     err = capsys.readouterr().err
