@@ -19,10 +19,12 @@ Two ways to decode, the same tokens:
   launch overhead), and only once a compile is amortised over many tokens: the first call for a
   (model, batch, cache length) compiles, 110-140 s for SmolLM2-135M on this busy 2-core CPU with a
   cold inductor cache, 20-55 s with it warm; later calls reuse the graph. On the CPU a decode step
-  is mostly the linears reading every weight (65-80% of a step, SmolLM2-135M); in bf16, with q/k/v
-  and gate/up packed as one product each, the compiled step ran 1.4x eager at batch 1 and 1.3x at
-  batch 8 (docs/performance.md). Its float arithmetic may differ from eager's in the last bits
-  (fused kernels), so the evaluation stays eager.
+  is mostly the linears reading every weight (65-80% of a step, SmolLM2-135M); in bf16 the compiled
+  step ran 1.2-1.4x eager at batch 1 and 1.1-1.3x at batch 8 (docs/performance.md). Its float
+  arithmetic may differ from eager's in the last bits (fused kernels), so the evaluation stays eager.
+
+On the CPU both keep the cache in float32 and attend in it, whatever autocast computes the linears
+in (see `generate`): bf16 attention over a step's one query row is the slow case of the CPU's SDPA.
 """
 import math
 
@@ -143,10 +145,15 @@ def generate(model, prompts, max_new_tokens, eos_ids, temperature=1.0, top_k=Non
     model.eval()
     # the mask of every position the cache will hold: the prompts', then one per new token
     full_mask = torch.cat([mask, torch.ones(B, max_new_tokens, dtype=torch.long, device=device)], 1)
-    # the cache holds keys/values in the dtype attention reads them in: under autocast (bf16
-    # sampling with float32 weights) SDPA would otherwise cast the whole float32 cache every step
+    # the cache holds keys/values in the dtype attention runs in (Attention.forward attends in the
+    # cache's dtype). On a GPU the compute dtype: under autocast (bf16 sampling with float32
+    # weights) bf16, which flash attention is fast in. On the CPU float32 always: there bf16 SDPA
+    # over the one query row of a step ran 2.5-5x slower than float32 (a quarter to a half of a
+    # bf16 step's time; docs/performance.md, "Attention in float32 while decoding")
     dtype = model.lm_head.weight.dtype
-    if torch.is_autocast_enabled(device.type):
+    if device.type == "cpu":
+        dtype = torch.float32
+    elif torch.is_autocast_enabled(device.type):
         dtype = torch.get_autocast_dtype(device.type)
     if compiled:
         S = min(ctx, math.ceil((L + max_new_tokens) / STATIC_LEN_STEP) * STATIC_LEN_STEP)

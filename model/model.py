@@ -203,12 +203,17 @@ class Attention(nn.Module):
         k = k.view(B, T, nkv, hd).transpose(1, 2)                # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hd).transpose(1, 2)                # (B, nkv, T, hs)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:  # generation: store this step's keys/values, attend to all so far
-            k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
         # GQA: each group of n_heads // n_kv_heads query heads shares one key/value head;
         # enable_gqa lets SDPA broadcast instead of copying the cache n_heads // n_kv_heads times
         if isinstance(mask, PackedRows):                         # padding-free rows, B = 1
             y = mask.attention(q, k, v, nh != nkv)               # (1, nh, N, hs)
+        elif cache is not None:  # generation: store this step's keys/values, attend to all so far
+            k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
+            # in the cache's dtype, whatever autocast says: on the CPU generate() keeps it float32,
+            # where bf16 SDPA over one query row ran 2.5-5x slower (docs/performance.md)
+            with torch.autocast(q.device.type, enabled=False):
+                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
+                                                   enable_gqa=nh != nkv).to(q.dtype)  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
