@@ -148,7 +148,7 @@ def generate(model, prompts, max_new_tokens, eos_ids, temperature=1.0, top_k=Non
     # the cache holds keys/values in the dtype attention runs in (Attention.forward attends in the
     # cache's dtype). On a GPU the compute dtype: under autocast (bf16 sampling with float32
     # weights) bf16, which flash attention is fast in. On the CPU float32 always: there bf16 SDPA
-    # over the one query row of a step ran 2.5-5x slower than float32 (a quarter to a half of a
+    # over the one query row of a step ran 2.7-5.2x slower than float32 (a quarter to a half of a
     # bf16 step's time; docs/performance.md, "Attention in float32 while decoding")
     dtype = model.lm_head.weight.dtype
     if device.type == "cpu":

@@ -210,10 +210,14 @@ class Attention(nn.Module):
         elif cache is not None:  # generation: store this step's keys/values, attend to all so far
             k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
             # in the cache's dtype, whatever autocast says: on the CPU generate() keeps it float32,
-            # where bf16 SDPA over one query row ran 2.5-5x slower (docs/performance.md)
-            with torch.autocast(q.device.type, enabled=False):
+            # where bf16 SDPA over one query row ran 2.7-5.2x slower (docs/performance.md). The
+            # result goes back to the dtype o_proj computes in: autocast's, else the query's (under
+            # autocast q is float32 after RoPE, and y.to(q.dtype) would be cast down again in o_proj)
+            dev = q.device.type
+            out = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else q.dtype
+            with torch.autocast(dev, enabled=False):
                 y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
-                                                   enable_gqa=nh != nkv).to(q.dtype)  # (B, nh, T, hs)
+                                                   enable_gqa=nh != nkv).to(out)  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))

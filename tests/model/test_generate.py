@@ -102,25 +102,31 @@ def test_cpu_packed_decoding_matches_plain_and_follows_weight_updates(monkeypatc
     assert after != before
 
 
-@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16, torch.float16])
 def test_cpu_decoding_attends_in_float32_under_bf16(weights, monkeypatch):
-    """On the CPU, bf16 SDPA over one query row ran 2.5-5x slower than float32 (docs/performance.md,
+    """On the CPU, bf16 SDPA over one query row ran 2.7-5.2x slower than float32 (docs/performance.md,
     "Attention in float32 while decoding"): decoding keeps its KV cache in float32 and attends in it
     whatever autocast says or the weights are; the rest of the step keeps its dtype (the attention's
-    output goes back to the query's). The tokens stay eager's = compiled's (test_sample.py)."""
+    output goes to o_proj in the dtype o_proj computes in: autocast's, else the weights'; float16
+    weights are not packed, so a float32 output there would fail in F.linear). The tokens stay
+    eager's = compiled's (test_sample.py)."""
     import torch.nn.functional as F
     m = tiny(4).to(weights).eval()
-    seen, real = [], F.scaled_dot_product_attention
+    seen, into_o, real = [], set(), F.scaled_dot_product_attention
 
     def spy(q, k, v, **kw):
         seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
         return real(q, k, v, **kw)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=weights == torch.float32):
+    for layer in m.layers:
+        layer.self_attn.o_proj.register_forward_pre_hook(lambda mod, a: into_o.add(a[0].dtype))
+    autocast = weights == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = generate(m, [[3, 4, 5], [6, 7]], 5, eos_ids=[], temperature=0)
     assert [len(o) for o in out] == [5, 5]
     assert len(seen) == 5 * m.cfg.n_layers                   # the prefill and 4 steps, every layer
     assert set(seen) == {(torch.float32, torch.float32, torch.float32, False)}
+    assert into_o == {torch.bfloat16 if autocast else weights}
 
 
 def test_cpu_packing_follows_the_batch_size(monkeypatch):
