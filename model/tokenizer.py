@@ -121,6 +121,17 @@ class Tokenizer:
             tok = HFTokenizer.from_file(tj)
         except Exception as e:
             raise CheckpointError(f"{tj}: not a valid tokenizers file ({e})") from None
+        if model_cfg is not None:   # an id past the embedding fails the first forward, naming nothing
+            beyond = sorted((i, t) for t, i in tok.get_vocab().items() if i >= model_cfg.vocab_size)
+            if beyond:
+                n = len(beyond)
+                shown = ", ".join(f"{t!r} (id {i})" for i, t in beyond[:5]) + (", ..." if n > 5 else "")
+                raise CheckpointError(
+                    f"{tj}: {n} token{'s have' if n > 1 else ' has'} an id the model has no embedding "
+                    f"for: {shown}; its config.json says vocab_size {model_cfg.vocab_size}. Tokens "
+                    f"added to a tokenizer need the embedding resized with them (transformers: "
+                    f"model.resize_token_embeddings(len(tokenizer)), then save both), or this "
+                    f"tokenizer is not this model's")
         tc_path = os.path.join(path, "tokenizer_config.json")
         tc = read_json_if_exists(tc_path)
         special = {}

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_products_prints_a_row_per_batch_and_dtype(tmp_path):
-    save_model(tiny(), str(tmp_path), byte_tokenizer())
+    save_model(tiny(vocab_size=byte_tokenizer().vocab_size), str(tmp_path), byte_tokenizer())
     r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--init_from",
                         str(tmp_path), "--batches", "1,3", "--threads", "1", "--device", "cpu"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)

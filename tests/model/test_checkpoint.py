@@ -191,6 +191,24 @@ def test_a_token_id_config_json_sets_to_null_is_none(saved, field):
     assert field != "eos_token_id" or model.cfg.eos_ids == []
 
 
+def test_a_tokenizer_with_ids_beyond_the_embedding_is_refused_at_load(tmp_path):
+    """A tokenizer.json with tokens added after the weights were made (a pad token, say) without
+    resizing the embedding: sample.py ended in torch's 'IndexError: index out of range in self' at
+    the first forward, naming nothing. A tokenizer smaller than the embedding (vocabularies padded
+    to a multiple of 64) is fine."""
+    from nanoalign.tasks import arith
+    tok = arith.build_tokenizer()                                # 262 tokens, ids 0-261
+    save_model(tiny(1, vocab_size=tok.vocab_size + 6), tmp_path / "padded", tok)
+    assert load(str(tmp_path / "padded"))[1].vocab_size == tok.vocab_size
+    save_model(tiny(1, vocab_size=tok.vocab_size - 2), tmp_path / "short", tok)
+    last = [tok.tok.id_to_token(i) for i in (tok.vocab_size - 2, tok.vocab_size - 1)]
+    with pytest.raises(CheckpointError) as e:
+        load(str(tmp_path / "short"))
+    msg = str(e.value)
+    assert "short/tokenizer.json" in msg and "vocab_size" in msg and str(tok.vocab_size - 2) in msg
+    assert all(repr(t) in msg for t in last) and "2 tokens" in msg
+
+
 def test_never_unpickles(saved):
     (saved / "pytorch_model.bin").write_bytes(b"not a pickle")
     os.remove(saved / "model.safetensors")

@@ -67,7 +67,7 @@ def test_only_adapters_get_gradients(r, t, seed):
 def saved_lora_run(tmp_path):
     """(base, model): a 1-layer base saved in tmp_path/base, and the model loaded from it with trained
     adapters, saved as a LoRA checkpoint in tmp_path/lora."""
-    base = tiny(1)
+    base = tiny(1, vocab_size=task.build_tokenizer().vocab_size)    # an embedding row for every token
     save_model(base, str(tmp_path / "base"), task.build_tokenizer())
     model, tok = load(str(tmp_path / "base"))
     train_adapters(apply_lora(model, 4, 8.0, 0.0))
@@ -90,7 +90,7 @@ def test_merged_checkpoint_equals_adapter_model(tmp_path):
 
 
 def test_a_lora_checkpoint_whose_base_moved_names_its_base_model_field(tmp_path):
-    model = tiny(1)
+    model = tiny(1, vocab_size=task.build_tokenizer().vocab_size)
     save_model(model, str(tmp_path / "base"), task.build_tokenizer())
     save_adapters(apply_lora(model, 4, 8.0), str(tmp_path / "lora"), task.build_tokenizer(),
                   str(tmp_path / "base"))
