@@ -49,6 +49,29 @@ def tiny(seed=0, **kw):
     return Transformer(ModelConfig(**{**base, **kw}))
 
 
+def sharp(m):
+    """m with its weights at std 0.2 rather than the init's 0.02 (norms kept at 1), so attention is
+    peaked: at 0.02 it is nearly uniform, and a RoPE position off by one changed no greedy token."""
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.2)
+    return m.eval()
+
+
+def greedy_equal_up_to_ties(model, prompt, a, b, tol=1e-5):
+    """Two greedy continuations `a`, `b` of `prompt` (token lists) by `model` are the same, or part
+    at a step where the model's two best logits tie within `tol`: there float rounding (another batch
+    shape, a left pad) decides the argmax either way. 8 new tokens of a random tiny model gave
+    logits 0.26130080 and 0.26130083 once. A masking or position bug moves logits by far more."""
+    for t, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            with torch.no_grad():
+                lg = model.logits(model(torch.tensor([prompt + a[:t]])))[0, -1]     # (V,)
+            return bool(abs(lg[x] - lg[y]) < tol and lg.max() - min(lg[x], lg[y]) < tol)
+    return len(a) == len(b)
+
+
 def byte_tokenizer():
     """The built-in task's byte-level tokenizer (ids 0-255 = bytes, 256 bos, 257 eos, 258 pad)."""
     from nanoalign.tasks.arith import build_tokenizer

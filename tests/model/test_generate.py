@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from model.checkpoint import save_model
 from model.generate import generate
-from tests.helpers import tiny
+from tests.helpers import greedy_equal_up_to_ties, sharp, tiny
 from tests.model.test_model import CONFIGS
 
 
@@ -48,12 +48,13 @@ def test_kv_cache_equals_full_recompute(cfg, T, new, seed):
 @given(lens=st.lists(st.integers(1, 12), min_size=2, max_size=5), seed=st.integers(0, 1000),
        cfg=st.sampled_from(list(CONFIGS)))
 def test_left_padded_batch_equals_one_at_a_time(lens, seed, cfg):
-    m = tiny(seed, **CONFIGS[cfg])
+    m = sharp(tiny(seed, **CONFIGS[cfg]))       # at the init's 0.02 a pad counted as a position
+                                                # changed no greedy token
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in lens]
     batched = generate(m, prompts, 8, eos_ids=[2], temperature=0, pad_id=0)
     single = [generate(m, [p], 8, eos_ids=[2], temperature=0, pad_id=0)[0] for p in prompts]
-    assert batched == single
+    assert all(greedy_equal_up_to_ties(m, p, b, s) for p, b, s in zip(prompts, batched, single))
 
 
 def test_each_row_stops_at_its_own_eos():
