@@ -208,14 +208,13 @@ class Attention(nn.Module):
         if isinstance(mask, PackedRows):                         # padding-free rows, B = 1
             y = mask.attention(q, k, v, nh != nkv)               # (1, nh, N, hs)
         elif cache is not None:  # generation: store this step's keys/values, attend to all so far
+            # attention in the cache's dtype, whatever autocast says: on the CPU generate() keeps it
+            # float32, where bf16 SDPA over one query row ran 2.7-5.2x slower (docs/performance.md).
+            # The result goes back to the dtype the linears compute in, which v (no RoPE, whose
+            # float32 cos/sin promote q and k under autocast) still has: o_proj computes in it too
+            out = v.dtype
             k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
-            # in the cache's dtype, whatever autocast says: on the CPU generate() keeps it float32,
-            # where bf16 SDPA over one query row ran 2.7-5.2x slower (docs/performance.md). The
-            # result goes back to the dtype o_proj computes in: autocast's, else the query's (under
-            # autocast q is float32 after RoPE, and y.to(q.dtype) would be cast down again in o_proj)
-            dev = q.device.type
-            out = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else q.dtype
-            with torch.autocast(dev, enabled=False):
+            with torch.autocast(q.device.type, enabled=False):
                 y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
                                                    enable_gqa=nh != nkv).to(out)  # (B, nh, T, hs)
         else:
