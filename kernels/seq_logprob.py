@@ -33,11 +33,17 @@ How the memory is kept down (the design choice, frankly):
 - The torch reference path (`backend="torch"`, and CPU training) runs the very same algorithm with
   torch ops per tile (token chunks forward, vocabulary slices backward), so CPU training never holds
   full logits either. `chunk_size` (rows per forward chunk) sets the tile budget, chunk_size x V
-  elements; a backward slice gets budget / tokens columns.
+  elements; a backward slice gets budget / tokens columns. With bf16 input (CPU training under
+  autocast) the products are bf16, as on the GPU: on the CPU one ran 2-3x as fast as a float32
+  product of the same operands. A bf16 product rounds its logits to bf16 at its end, +-0.06 at a
+  real model's 20-30, so both passes shift it before that rounding (addmm): the forward by each
+  row's max, found by a first product, the backward by the forward's log-sum-exp
+  (`_fwd_chunk_bf16_torch`, `_dlogits_slice_bf16_torch`). Log-sum-exp and log-probs stay float32.
 
 Under TRITON_INTERPRET=1 (CPU tests) the interpreter's bf16 tl.dot is wrong (numpy has no bf16),
 so there the tiles are upcast to float32 before the dot (the UPCAST flag); on a GPU they are not.
 """
+import functools
 import os
 
 import torch
@@ -120,6 +126,41 @@ def _dlogits_slice_torch(h, w, y, lse, g, buf):
     hit = ((y >= 0) & (y < w.shape[0])).nonzero().squeeze(1)            # tokens whose target is here
     d[hit, y[hit]] += g[hit]
     return d
+
+
+def _fwd_chunk_bf16_torch(h, w, y, buf, tile):
+    """As `_fwd_chunk_torch` for bf16 h and w (the CPU under bf16 autocast), in bf16 products, 3x as
+    fast there as float32's of the same operands. One bf16 product rounds the logits at its end
+    (+-0.06 at a real model's 20-30), so it is used only for each row's max; a second product, shifted
+    by that max before its rounding (addmm), gives values near 0 where the log-sum-exp weighs, and
+    the target's logit is a float32 dot of its own. Each log-prob then moves by less than 2^-9 of the
+    distribution's entropy from the float32 product's (on SmolLM2-135M 0.0002 on average, 2% of what
+    rounding the operands to bf16 moved it). `tile`: a bf16 tile the size of `buf`, overwritten."""
+    C, V = h.shape[0], w.shape[0]
+    raw = torch.mm(h, w.t(), out=tile[:C * V].view(C, V))                # (C, V) bf16, rounded
+    top = raw.amax(-1)                                                  # (C,) within a bf16 step of the max
+    shifted = torch.addmm(-top[:, None], h, w.t(), out=raw)             # logits - top, rounded near 0
+    lse = top.float() + buf[:C * V].view(C, V).copy_(shifted).exp_().sum(-1).log()
+    picked = (h.float() * w[y].float()).sum(-1)                         # (C,) the targets' logits
+    return picked - lse, lse
+
+
+def _dlogits_slice_bf16_torch(h, w, y, lse, g, buf, tile):
+    """The same tile for bf16 h and w (the CPU under bf16 autocast), returned in bf16 as the Triton
+    kernel returns it, for the two bf16 matmuls after it: on the CPU a bf16 product runs 2-3x as fast
+    as a float32 one. Recomputing the logits as one bf16 product would round them to bf16 at its end,
+    +-0.06 at SmolLM2's logits of 20-30. So the product is shifted by the forward's log-sum-exp
+    (addmm, before that single rounding): it gives the slice's log-softmax, and the values that
+    weigh (the likely tokens, near 0) keep their precision. The rest runs in float32 in `buf`, then
+    one rounding to bf16. `tile`: a bf16 tile the size of `buf`, overwritten."""
+    C, Vs = h.shape[0], w.shape[0]
+    lo = lse.to(h.dtype)                                                # (C,) lse as bf16 holds it
+    shifted = torch.addmm(-lo[:, None], h, w.t(), out=tile[:C * Vs].view(C, Vs))   # (C, Vs) bf16
+    d = buf[:C * Vs].view(C, Vs).copy_(shifted)                         # float32 from here
+    d.sub_((lse - lo.float())[:, None]).exp_().mul_(-g[:, None])        # what rounding lse took off
+    hit = ((y >= 0) & (y < Vs)).nonzero().squeeze(1)
+    d[hit, y[hit]] += g[hit]
+    return shifted.copy_(d)                                             # (C, Vs) bf16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,13 +330,19 @@ class TokenLogprob(torch.autograd.Function):
         h, w = h.contiguous(), w.contiguous()
         C, V = h.shape[0], w.shape[0]
         cd = _compute_dtype(h)
+        # bf16 h and w on the torch path (CPU training under autocast): bf16 products, see below
+        ctx.bf16 = bf16 = backend == "torch" and h.dtype == w.dtype == torch.bfloat16
         if C == 0:
             lp = lse = h.new_zeros(0, dtype=cd)
         elif backend == "triton":
             lp, lse = _fwd_triton(h, w, y)                              # holds no tile at all
         else:                                                           # token chunks of (chunk, V)
             buf = _scratch(min(chunk, C) * V, h)
-            outs = [_fwd_chunk_torch(h[s:s + chunk], w, y[s:s + chunk], buf) for s in range(0, C, chunk)]
+            if bf16:                                                    # a bf16 tile beside it
+                fwd = functools.partial(_fwd_chunk_bf16_torch, tile=torch.empty_like(buf, dtype=h.dtype))
+            else:           # w in float32 once, not once a chunk
+                fwd, w32 = _fwd_chunk_torch, w.to(cd)
+            outs = [fwd(h[s:s + chunk], w if bf16 else w32, y[s:s + chunk], buf) for s in range(0, C, chunk)]
             lp, lse = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         ctx.save_for_backward(h, w, y, lse)
         ctx.backend, ctx.chunk = backend, chunk
@@ -311,16 +358,22 @@ class TokenLogprob(torch.autograd.Function):
         if C == 0:
             return torch.zeros_like(h), torch.zeros_like(w) if train_w else None, None, None, None
         slices = vocab_slices(V, C, ctx.chunk)
+        n = C * min(V, slices[0][1])                                    # one slice's tile
         if ctx.backend == "triton":  # pragma: no mutate (Triton and CUDA lines: docs/mutation.md)
             # bf16/fp16 dlogits: the two matmuls below run in the input dtype
             dlogits = _dlogits_slice_triton                                     # pragma: no mutate
-            buf = torch.empty(C * min(V, slices[0][1]), dtype=h.dtype, device=h.device)  # pragma: no mutate
+            buf = torch.empty(n, dtype=h.dtype, device=h.device)                # pragma: no mutate
+        elif ctx.bf16:                         # bf16 dlogits and bf16 matmuls, as the Triton path
+            tile = torch.empty(n, dtype=h.dtype, device=h.device)
+            dlogits = functools.partial(_dlogits_slice_bf16_torch, tile=tile)
+            buf = _scratch(n, h)
         else:
             dlogits = _dlogits_slice_torch
-            buf = _scratch(C * min(V, slices[0][1]), h)
+            buf = _scratch(n, h)
+        low = ctx.backend == "triton" or ctx.bf16                       # dlogits in h's dtype
         dh = torch.zeros(C, d, dtype=cd, device=h.device)               # the only accumulator
         dw = torch.empty_like(w) if train_w else None
-        hv = h if buf.dtype == h.dtype else h.to(buf.dtype)             # h in dlogits' dtype, once
+        hv = h if low or h.dtype == cd else h.to(cd)                    # h in dlogits' dtype, once
         for v0, v1 in slices:
             dl = dlogits(h, w[v0:v1], y - v0, lse, g, buf)              # (C, v1 - v0)
             if train_w and dw.dtype == dl.dtype:
@@ -331,8 +384,8 @@ class TokenLogprob(torch.autograd.Function):
                 dh.addmm_(dl, w[v0:v1].to(cd))                          # (C, d), in place
             elif dl.is_cuda:  # pragma: no mutate (bf16 in, float32 accumulated in place by cuBLAS)
                 torch.addmm(dh, dl, w[v0:v1], out_dtype=cd, out=dh)    # pragma: no mutate
-            else:             # Triton's bf16 dlogits on the CPU (the interpreter): a bf16 (C, d) temporary
-                dh += dl @ w[v0:v1]                                     # pragma: no mutate
+            else:             # bf16 on the CPU: oneDNN has no bf16-in, float32-out product, so a
+                dh += dl @ w[v0:v1]                                     # bf16 (C, d) temporary
         return dh.to(h.dtype), dw, None, None, None
 
 

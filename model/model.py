@@ -205,20 +205,18 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # GQA: each group of n_heads // n_kv_heads query heads shares one key/value head;
         # enable_gqa lets SDPA broadcast instead of copying the cache n_heads // n_kv_heads times
-        if isinstance(mask, PackedRows):                         # padding-free rows, B = 1
-            y = mask.attention(q, k, v, nh != nkv)               # (1, nh, N, hs)
-        elif cache is not None:  # generation: store this step's keys/values, attend to all so far
-            # attention in the cache's dtype, whatever autocast says: on the CPU generate() keeps it
-            # float32, where bf16 SDPA over one query row ran 2.7-5.2x slower (docs/performance.md).
-            # The result goes back to the dtype the linears compute in, which v (no RoPE, whose
-            # float32 cos/sin promote q and k under autocast) still has: o_proj computes in it too
-            out = v.dtype
+        out = v.dtype    # what the linears compute in (v has no RoPE, whose float32 cos/sin promote
+                         # q and k under autocast): the attention's result goes back to it for o_proj
+        if cache is not None:    # generation: store this step's keys/values, attend to all so far
             k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
-            with torch.autocast(q.device.type, enabled=False):
-                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask,
-                                                   enable_gqa=nh != nkv).to(out)  # (B, nh, T, hs)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)  # (B, nh, T, hs)
+        dt = attention_dtype(q.device, out, cache_dtype=None if cache is None else k.dtype)
+        with torch.autocast(q.device.type, enabled=False):      # dt says it all: autocast stays out
+            q, k, v = q.to(dt), k.to(dt), v.to(dt)
+            if isinstance(mask, PackedRows):                     # padding-free rows, B = 1
+                y = mask.attention(q, k, v, nh != nkv)           # (1, nh, N, hs)
+            else:                                                # (B, nh, T, hs)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)
+        y = y.to(out)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
 
     def qkv(self, x):
@@ -226,6 +224,23 @@ class Attention(nn.Module):
         with one product against the three weights packed as one (model/cpu_pack.py): at batch 1 a
         step is mostly reading weights, and one larger matrix reads faster than three small ones."""
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+
+def attention_dtype(device, compute, cache_dtype=None):
+    """The dtype attention runs in, whatever autocast says.
+    - CPU: float32 (float64 for float64 weights), also under bf16 autocast or with bf16 weights:
+      torch's CPU attention kernels ran bf16 2.4x slower than float32 on 100-token training rows and
+      2.7-5.2x slower on one query row while decoding (an AMD EPYC; docs/performance.md, "Attention
+      in float32 on the CPU"). q, k and v are small beside the weights, so their casts cost little.
+      While decoding the cache's dtype, which generate() keeps float32 on the CPU.
+    - CUDA: the dtype the linears compute in (`compute`: autocast's bf16, else the weights'), where
+      the flash kernels run, the packed rows' varlen one among them; with a cache, the cache's dtype,
+      the same one (generate() makes it in the compute dtype there)."""
+    if cache_dtype is not None:
+        return cache_dtype
+    if torch.device(device).type == "cpu":
+        return torch.promote_types(compute, torch.float32)
+    return compute
 
 
 class MLP(nn.Module):
@@ -376,7 +391,8 @@ class PackedRows:
       rows' own (Ti, Ti) blocks and nothing else; it is built into torch (no flash-attn package),
       needs no compile for each new N, and takes GQA and the sliding window as they are. It runs
       in bf16/fp16 only (autocast, train.py --dtype): float32, or an older torch, takes the CPU's way.
-    - CPU: one SDPA call per row (the flash-style CPU kernel, is_causal). An (N, N) block-diagonal
+    - CPU: one SDPA call per row (the flash-style CPU kernel, is_causal; in float32 whatever autocast
+      says, see attention_dtype). An (N, N) block-diagonal
       boolean mask makes SDPA compute all N^2 scores and then drop most of them (8 rows: 8x the
       work); at SmolLM2-135M's heads it took 1.6-1.7x the per-row calls' time in float32 and
       0.9-1.2x in bf16 (a loaded machine). FlexAttention has no backward on the CPU in torch 2.13."""

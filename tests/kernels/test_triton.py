@@ -103,13 +103,24 @@ def test_odds_ratio_z_gradient_flows():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen attention runs on CUDA only")
 @pytest.mark.parametrize("window", [None, 3])
-def test_packed_rows_on_cuda_match_the_padded_batch(window):
+def test_packed_rows_on_cuda_match_the_padded_batch(window, monkeypatch):
     """Packed rows on a GPU go through torch's flash-attention varlen kernel (model/model.py
-    PackedRows); under bf16 autocast their per-row log-probs and gradients match the padded batch's
-    to bf16 precision (tests/methods/ checks the CPU's per-row attention exactly)."""
+    PackedRows), also under bf16 autocast, where RoPE's float32 cos/sin make q and k float32 (an
+    attention dtype of their own once sent every row through a per-row SDPA loop instead); their
+    per-row log-probs and gradients match the padded batch's to bf16 precision (tests/methods/ checks
+    the CPU's per-row attention exactly)."""
+    import model.model as M
     from nanoalign.common import batch_logps
     from nanoalign.data import make_batch
     from tests.helpers import tiny
+    if M.varlen_attn is None:
+        pytest.skip("this torch has no torch.nn.attention.varlen")
+    calls, real = [], M.varlen_attn
+
+    def spy(q, *a, **kw):
+        calls.append(q.dtype)
+        return real(q, *a, **kw)
+    monkeypatch.setattr(M, "varlen_attn", spy)
     model = tiny(0, sliding_window=window).cuda()
     g = torch.Generator().manual_seed(0)
     ex = [{"ids": torch.randint(3, 101, (n,), generator=g).tolist(), "n_prompt": p}
@@ -121,6 +132,7 @@ def test_packed_rows_on_cuda_match_the_padded_batch(window):
             lp = batch_logps(model, make_batch(ex, "sft", 0, "cuda", packed=packed), "mean")
         out.append((lp, torch.autograd.grad(lp.sum(), params)))
     (a, ga), (b, gb) = out
+    assert calls == [torch.bfloat16] * model.cfg.n_layers                # every layer, once, in bf16
     assert rel_err(b, a) <= TOL[torch.bfloat16]
     for x, y in zip(ga, gb):
         assert rel_err(y, x) <= 5 * TOL[torch.bfloat16]

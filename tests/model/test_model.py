@@ -90,6 +90,38 @@ def test_sliding_window_matters():
 
 
 # -- RecomputeInBackward: the elementwise pieces keep only their inputs --------------------------------
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16, torch.float64])
+def test_cpu_training_attends_in_float32_whatever_autocast_says(packed, weights, monkeypatch):
+    """On the CPU torch's attention ran bf16 2.4x slower than float32 on training rows of ~100 tokens
+    (docs/performance.md, "Attention in float32 on the CPU while training"), as on one query row while
+    decoding (test_generate.py): a training forward, padded or packed, attends in float32 (float64
+    weights: float64) with autocast off, under bf16 autocast and with bf16 weights alike; o_proj gets
+    the dtype the linears compute in, and the backward reaches every weight in its own dtype."""
+    import torch.nn.functional as F
+    from nanoalign.common import batch_logps
+    from nanoalign.data import make_batch
+    m = tiny(4).to(weights).train()
+    seen, into_o, real = [], set(), F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return real(q, k, v, **kw)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    for layer in m.layers:
+        layer.self_attn.o_proj.register_forward_pre_hook(lambda mod, a: into_o.add(a[0].dtype))
+    rows = [{"ids": [5, 6, 7, 8], "n_prompt": 1}, {"ids": [5, 9, 10], "n_prompt": 1}]
+    autocast = weights == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        lp = batch_logps(m, make_batch(rows, "sft", 0, packed=packed))
+    lp.sum().backward()
+    want = torch.float64 if weights == torch.float64 else torch.float32
+    assert len(seen) == m.cfg.n_layers * (len(rows) if packed else 1)     # packed: a call per row
+    assert set(seen) == {(want, want, want, False)}
+    assert into_o == {torch.bfloat16 if autocast else weights}
+    assert all(p.grad is not None and p.grad.dtype == weights for p in m.parameters())
+
+
 def _grads(fn, inputs, upstream, bf16):
     """fn's output (forward under bf16 autocast if asked) and the gradients of `inputs` (those that
     require grad) for `upstream`; backward outside autocast, as train.py runs it."""
