@@ -153,8 +153,8 @@ def batch_logps(model, batch, reduction="sum", mask=None):
     dev = hidden.device.type
     if torch.is_autocast_enabled(dev):
         # autocast does not reach inside the kernel: hand it the autocast dtype. On CUDA it runs a
-        # bf16 tensor-core dot, on the CPU a float32 one of the bf16-rounded operands; either way
-        # the logits, their log-sum-exp and the log-probs are accumulated and returned in float32
+        # bf16 tensor-core dot, on the CPU bf16 products shifted before they round (see
+        # kernels/seq_logprob.py); either way the log-sum-exp and the log-probs are float32
         dt = torch.get_autocast_dtype(dev)
         hidden, weight = hidden.to(dt), weight.to(dt)
     return sequence_logprob(hidden, weight, targets, mask, reduction, cu_seqlens=rows)
