@@ -49,6 +49,21 @@ def tiny(seed=0, **kw):
     return Transformer(ModelConfig(**{**base, **kw}))
 
 
+def spy_on_attention(model, monkeypatch):
+    """(seen, into_o), filled while `model` runs: each SDPA call's (q, k, v dtypes, whether autocast
+    was on) and the dtypes its layers' o_proj received. For the tests of the dtype attention runs in."""
+    import torch.nn.functional as F
+    seen, into_o, real = [], set(), F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled(q.device.type)))
+        return real(q, k, v, **kw)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    for layer in model.layers:
+        layer.self_attn.o_proj.register_forward_pre_hook(lambda mod, a: into_o.add(a[0].dtype))
+    return seen, into_o
+
+
 def sharp(m):
     """m with its weights at std 0.2 rather than the init's 0.02 (norms kept at 1), so attention is
     peaked: at 0.02 it is nearly uniform, and a RoPE position off by one changed no greedy token."""

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from model.checkpoint import save_model
 from model.generate import generate
-from tests.helpers import greedy_equal_up_to_ties, sharp, tiny
+from tests.helpers import greedy_equal_up_to_ties, sharp, spy_on_attention, tiny
 from tests.model.test_model import CONFIGS
 
 
@@ -111,16 +111,8 @@ def test_cpu_decoding_attends_in_float32_under_bf16(weights, monkeypatch):
     output goes to o_proj in the dtype o_proj computes in: autocast's, else the weights'; float16
     weights are not packed, so a float32 output there would fail in F.linear). The tokens stay
     eager's = compiled's (test_sample.py)."""
-    import torch.nn.functional as F
     m = tiny(4).to(weights).eval()
-    seen, into_o, real = [], set(), F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kw):
-        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
-        return real(q, k, v, **kw)
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    for layer in m.layers:
-        layer.self_attn.o_proj.register_forward_pre_hook(lambda mod, a: into_o.add(a[0].dtype))
+    seen, into_o = spy_on_attention(m, monkeypatch)
     autocast = weights == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = generate(m, [[3, 4, 5], [6, 7]], 5, eos_ids=[], temperature=0)

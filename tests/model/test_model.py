@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import model.model as model_module
 from model.checkpoint import load_model, save_model
 from model.model import RMSNorm, lean, swiglu
-from tests.helpers import tiny
+from tests.helpers import spy_on_attention, tiny
 
 CONFIGS = {
     "llama-gqa": dict(n_heads=6, n_kv_heads=2),
@@ -98,18 +98,10 @@ def test_cpu_training_attends_in_float32_whatever_autocast_says(packed, weights,
     decoding (test_generate.py): a training forward, padded or packed, attends in float32 (float64
     weights: float64) with autocast off, under bf16 autocast and with bf16 weights alike; o_proj gets
     the dtype the linears compute in, and the backward reaches every weight in its own dtype."""
-    import torch.nn.functional as F
     from nanoalign.common import batch_logps
     from nanoalign.data import make_batch
     m = tiny(4).to(weights).train()
-    seen, into_o, real = [], set(), F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kw):
-        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
-        return real(q, k, v, **kw)
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    for layer in m.layers:
-        layer.self_attn.o_proj.register_forward_pre_hook(lambda mod, a: into_o.add(a[0].dtype))
+    seen, into_o = spy_on_attention(m, monkeypatch)
     rows = [{"ids": [5, 6, 7, 8], "n_prompt": 1}, {"ids": [5, 9, 10], "n_prompt": 1}]
     autocast = weights == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
