@@ -267,6 +267,23 @@ def test_reference_bf16_log_probs_and_gradients_hold_at_a_real_models_logits(see
     assert rel_err(gh[..., :-1], rh[..., :-1]) <= 1e-2 and rel_err(gw, rw) <= 1e-2
 
 
+@pytest.mark.parametrize("V", [130, 4096, 49152])
+def test_reference_bf16_forward_at_its_worst_rounding(V):
+    """The bf16 forward's worst case: one token at logit 0 and V - 1 at -8.0300, a value whose
+    shifted product (by the row's max, 0) rounds to -8 in bf16, by 2^-8 of itself (bf16 keeps 8
+    significant bits: its rounding moves a value by up to 2^-8 of it, not 2^-9), every one the same
+    way. At SmolLM2's vocabulary (49152) the log-prob moves by 0.028 (2^-8 x 7.2), past
+    2^-9 x (log V + 1) = 0.023; the bound has to be 2^-8 x the p-weighted distance from the max."""
+    h = torch.tensor([[1.0, 1.0]]).bfloat16()
+    w = torch.zeros(V, 2)
+    w[1:, 0], w[1:, 1] = -8.0, -0.03
+    w = w.bfloat16()
+    y, m = torch.tensor([[1]]), torch.ones(1, 1)
+    out = sequence_logprob(h[None], w, y, m, "sum", backend="torch")
+    ref = naive_sequence_logprob(h[None].double(), w.double(), y, m.double(), "sum", dtype=torch.float64)
+    assert within_bf16_forward_bound(out, ref, m, w.shape[0], "sum")
+
+
 def test_backend_choice_follows_argument_then_environment_then_device(monkeypatch):
     import kernels.seq_logprob as sl
     cpu = torch.zeros(1)
