@@ -133,9 +133,11 @@ def _fwd_chunk_bf16_torch(h, w, y, buf, tile):
     fast there as float32's of the same operands. One bf16 product rounds the logits at its end
     (+-0.06 at a real model's 20-30), so it is used only for each row's max; a second product, shifted
     by that max before its rounding (addmm), gives values near 0 where the log-sum-exp weighs, and
-    the target's logit is a float32 dot of its own. Each log-prob then moves by less than 2^-9 of the
-    distribution's entropy from the float32 product's (on SmolLM2-135M 0.0002 on average, 2% of what
-    rounding the operands to bf16 moved it). `tile`: a bf16 tile the size of `buf`, overwritten."""
+    the target's logit is a float32 dot of its own. bf16 rounds a value by up to 2^-8 of itself, so a
+    log-prob moves from the float32 product's by at most about 2^-8 x the p-weighted distance of the
+    logits from the max (at most the entropy, at most log V: tests/kernels/test_reference.py's
+    worst case; on SmolLM2-135M 0.0002 on average, 2% of what rounding the operands to bf16 moved
+    it). `tile`: a bf16 tile the size of `buf`, overwritten."""
     C, V = h.shape[0], w.shape[0]
     raw = torch.mm(h, w.t(), out=tile[:C * V].view(C, V))                # (C, V) bf16, rounded
     top = raw.amax(-1)                                                  # (C,) within a bf16 step of the max
