@@ -254,10 +254,11 @@ def within_bf16_forward_bound(out, ref, h, w, m, reduction):
 def test_reference_bf16_log_probs_and_gradients_hold_at_a_real_models_logits(seed, chunk, offset):
     """A real model's logits sit at 20-30 (SmolLM2-135M's), where bf16 keeps only +-0.06 of them. The
     torch path's bf16 products round once at their end; shifted there (forward: by each row's max;
-    backward: by the log-sum-exp), the likely tokens' values are near 0 and keep their precision. Here one coordinate, offset x offset in every logit (9-36), lifts them all alike:
-    the log-softmax is the same, and the gradients must stay as close to float64's (of the same
-    bf16 inputs) as at small logits. (That coordinate of d hidden is a sum that cancels exactly, and
-    bf16 dlogits leave 2^-9 of it, as on the GPU: it is left out.) Unshifted, d W's error was 8%,
+    backward: by the log-sum-exp), the likely tokens' values are near 0 and keep their precision.
+    Here one coordinate, offset x offset in every logit (9-36), lifts them all alike: the
+    log-softmax is the same, and the gradients must stay as close to float64's (of the same bf16
+    inputs) as at small logits. (That coordinate of d hidden is a sum that cancels exactly, and bf16
+    dlogits leave up to 2^-8 of its terms, as on the GPU: it is left out.) Unshifted, d W's error was 8%,
     and the log-probs left within_bf16_forward_bound's bound."""
     h, w, y, m = inputs(2, 5, 16, 130, torch.float32, seed)
     with torch.no_grad():
