@@ -114,6 +114,18 @@ def test_cpu_training_attends_in_float32_whatever_autocast_says(packed, weights,
     assert all(p.grad is not None and p.grad.dtype == weights for p in m.parameters())
 
 
+def test_attention_dtype_per_device_and_cache():
+    """attention_dtype's rule, CUDA's included, which no CPU run reaches through a forward: on CUDA
+    the linears' compute dtype (bf16 under autocast, so packed rows reach the varlen kernel), on the
+    CPU at least float32, and while decoding the cache's dtype on either."""
+    from model.model import attention_dtype
+    bf16, f16, f32, f64 = torch.bfloat16, torch.float16, torch.float32, torch.float64
+    assert [attention_dtype("cuda", dt) for dt in (bf16, f16, f32, f64)] == [bf16, f16, f32, f64]
+    assert [attention_dtype("cpu", dt) for dt in (bf16, f16, f32, f64)] == [f32, f32, f32, f64]
+    assert attention_dtype(torch.device("cpu"), f64, cache_dtype=f32) == f32
+    assert attention_dtype("cuda", f32, cache_dtype=bf16) == bf16
+
+
 def _grads(fn, inputs, upstream, bf16):
     """fn's output (forward under bf16 autocast if asked) and the gradients of `inputs` (those that
     require grad) for `upstream`; backward outside autocast, as train.py runs it."""
