@@ -229,10 +229,12 @@ class Attention(nn.Module):
 def attention_dtype(device, compute, cache_dtype=None):
     """The dtype attention runs in, whatever autocast says.
     - CPU: float32 (float64 for float64 weights), also under bf16 autocast or with bf16 weights:
-      torch's CPU attention kernels ran bf16 2.4x slower than float32 on 100-token training rows and
-      2.7-5.2x slower on one query row while decoding (an AMD EPYC; docs/performance.md, "Attention
-      in float32 on the CPU"). q, k and v are small beside the weights, so their casts cost little.
-      While decoding the cache's dtype, which generate() keeps float32 on the CPU.
+      torch's CPU attention kernels ran bf16 1.7-2.4x slower than float32 on training rows of ~100
+      tokens and 2.7-5.2x slower on one query row while decoding (an AMD EPYC; docs/performance.md,
+      "A profile of both steps" and "Attention in float32 while decoding"). From 512 tokens a row
+      float32 was 3-10% slower; the rows this project trains on a CPU are shorter. q, k and v are
+      small beside the weights, so their casts cost little. While decoding the cache's dtype,
+      which generate() keeps float32 on the CPU.
     - CUDA: the dtype the linears compute in (`compute`: autocast's bf16, else the weights'), where
       the flash kernels run, the packed rows' varlen one among them; with a cache, the cache's dtype,
       the same one (generate() makes it in the compute dtype there)."""

@@ -89,15 +89,15 @@ def test_sliding_window_matters():
     assert (a[:, 5:] - b[:, 5:]).abs().max() > 1e-3        # beyond it: different
 
 
-# -- RecomputeInBackward: the elementwise pieces keep only their inputs --------------------------------
+# -- The dtype attention runs in ------------------------------------------------------------------------
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_cpu_training_attends_in_float32_whatever_autocast_says(packed, weights, monkeypatch):
-    """On the CPU torch's attention ran bf16 2.4x slower than float32 on training rows of ~100 tokens
-    (docs/performance.md, "Attention in float32 on the CPU while training"), as on one query row while
-    decoding (test_generate.py): a training forward, padded or packed, attends in float32 (float64
-    weights: float64) with autocast off, under bf16 autocast and with bf16 weights alike; o_proj gets
-    the dtype the linears compute in, and the backward reaches every weight in its own dtype."""
+    """On the CPU torch's attention ran bf16 1.7-2.4x slower than float32 on training rows of ~100
+    tokens (docs/performance.md, "A profile of both steps"), as on one query row while decoding
+    (test_generate.py): a training forward, padded or packed, attends in float32 (float64 weights:
+    float64) with autocast off, under bf16 autocast and with bf16 or float16 weights alike; o_proj
+    gets the dtype the linears compute in, and the backward reaches every weight in its own dtype."""
     from nanoalign.common import batch_logps
     from nanoalign.data import make_batch
     m = tiny(4).to(weights).train()
@@ -126,6 +126,7 @@ def test_attention_dtype_per_device_and_cache():
     assert attention_dtype("cuda", f32, cache_dtype=bf16) == bf16
 
 
+# -- RecomputeInBackward: the elementwise pieces keep only their inputs --------------------------------
 def _grads(fn, inputs, upstream, bf16):
     """fn's output (forward under bf16 autocast if asked) and the gradients of `inputs` (those that
     require grad) for `upstream`; backward outside autocast, as train.py runs it."""
