@@ -36,9 +36,9 @@ How the memory is kept down (the design choice, frankly):
   elements; a backward slice gets budget / tokens columns. With bf16 input (CPU training under
   autocast) the products are bf16, as on the GPU: on the CPU one ran 2-3x as fast as a float32
   product of the same operands. A bf16 product rounds its logits to bf16 at its end, +-0.06 at a
-  real model's 20-30, so both passes shift it before that rounding (addmm): the forward by each
-  row's max, found by a first product, the backward by the forward's log-sum-exp
-  (`_fwd_chunk_bf16_torch`, `_dlogits_slice_bf16_torch`). Log-sum-exp and log-probs stay float32.
+  real model's 20-30, so both passes shift it before that rounding (addmm), where the values that
+  weigh then sit near 0: the forward by each row's max, found by a first product, the backward by
+  the forward's log-sum-exp. Log-sum-exp and log-probs stay float32.
 
 Under TRITON_INTERPRET=1 (CPU tests) the interpreter's bf16 tl.dot is wrong (numpy has no bf16),
 so there the tiles are upcast to float32 before the dot (the UPCAST flag); on a GPU they are not.
@@ -122,23 +122,26 @@ def _dlogits_slice_torch(h, w, y, lse, g, buf):
     w is the slice's rows W[v0:v1], y the targets shifted by -v0 (out of range: no one-hot);
     g (C,) is already in the compute dtype."""
     d = _logits_into(h, w, buf)                                         # (C, Vs), recomputed
-    d.sub_(lse[:, None]).exp_().mul_(-g[:, None])                       # in place: one tile alive
-    hit = ((y >= 0) & (y < w.shape[0])).nonzero().squeeze(1)            # tokens whose target is here
+    return _onehot_minus_softmax_(d.sub_(lse[:, None]), y, g)           # in place: one tile alive
+
+
+def _onehot_minus_softmax_(d, y, g):
+    """d (C, Vs), the slice's log-softmax, overwritten by g_t * (onehot(y_t) - softmax_t)."""
+    d.exp_().mul_(-g[:, None])
+    hit = ((y >= 0) & (y < d.shape[1])).nonzero().squeeze(1)            # tokens whose target is here
     d[hit, y[hit]] += g[hit]
     return d
 
 
+# The bf16 tiles (h and w bf16: the CPU under bf16 autocast; the module docstring says why they
+# shift their products). `tile`: a bf16 tile the size of `buf`, overwritten.
 def _fwd_chunk_bf16_torch(h, w, y, buf, tile):
-    """As `_fwd_chunk_torch` for bf16 h and w (the CPU under bf16 autocast), in bf16 products: on the
-    CPU one ran 2-3x as fast as a float32 product of the same operands, so the two below still beat
-    one float32 product (and its float32 copy of the head). One bf16 product rounds the logits at
-    its end (+-0.06 at a real model's 20-30), so it is used only for each row's max; a second product, shifted
-    by that max before its rounding (addmm), gives values near 0 where the log-sum-exp weighs, and
-    the target's logit is a float32 dot of its own. bf16 rounds a value by up to 2^-8 of itself, so a
+    """As `_fwd_chunk_torch`, in two bf16 products (still faster than one float32 product and its
+    float32 copy of the head): the first only for each row's max, the second shifted by it; the
+    target's logit is a float32 dot of its own. bf16 rounds a value by up to 2^-8 of itself, so a
     log-prob moves from the float32 product's by at most about 2^-8 x the p-weighted distance of the
-    logits from the max (at most the entropy, at most log V: tests/kernels/test_reference.py's
-    worst case; on SmolLM2-135M 0.0002 on average, 2% of what rounding the operands to bf16 moved
-    it). `tile`: a bf16 tile the size of `buf`, overwritten."""
+    logits from the max (at most the entropy, at most log V: tests/kernels/test_reference.py's worst
+    case; on SmolLM2-135M 0.0002 on average, 2% of what rounding the operands to bf16 moved it)."""
     C, V = h.shape[0], w.shape[0]
     raw = torch.mm(h, w.t(), out=tile[:C * V].view(C, V))                # (C, V) bf16, rounded
     top = raw.amax(-1)                                                  # (C,) within a bf16 step of the max
@@ -149,20 +152,14 @@ def _fwd_chunk_bf16_torch(h, w, y, buf, tile):
 
 
 def _dlogits_slice_bf16_torch(h, w, y, lse, g, buf, tile):
-    """The same tile for bf16 h and w (the CPU under bf16 autocast), returned in bf16 as the Triton
-    kernel returns it, for the two bf16 matmuls after it: on the CPU a bf16 product runs 2-3x as fast
-    as a float32 one. Recomputing the logits as one bf16 product would round them to bf16 at its end,
-    +-0.06 at SmolLM2's logits of 20-30. So the product is shifted by the forward's log-sum-exp
-    (addmm, before that single rounding): it gives the slice's log-softmax, and the values that
-    weigh (the likely tokens, near 0) keep their precision. The rest runs in float32 in `buf`, then
-    one rounding to bf16. `tile`: a bf16 tile the size of `buf`, overwritten."""
+    """As `_dlogits_slice_torch`, returned in bf16 as the Triton kernel returns it, for the two bf16
+    products after it: the logits recomputed shifted by the forward's log-sum-exp, so the likely
+    tokens' values sit near 0; float32 from there in `buf`, then one rounding to bf16."""
     C, Vs = h.shape[0], w.shape[0]
     lo = lse.to(h.dtype)                                                # (C,) lse as bf16 holds it
     shifted = torch.addmm(-lo[:, None], h, w.t(), out=tile[:C * Vs].view(C, Vs))   # (C, Vs) bf16
     d = buf[:C * Vs].view(C, Vs).copy_(shifted)                         # float32 from here
-    d.sub_((lse - lo.float())[:, None]).exp_().mul_(-g[:, None])        # what rounding lse took off
-    hit = ((y >= 0) & (y < Vs)).nonzero().squeeze(1)
-    d[hit, y[hit]] += g[hit]
+    _onehot_minus_softmax_(d.sub_((lse - lo.float())[:, None]), y, g)   # what rounding lse took off
     return shifted.copy_(d)                                             # (C, Vs) bf16
 
 
@@ -341,11 +338,10 @@ class TokenLogprob(torch.autograd.Function):
             lp, lse = _fwd_triton(h, w, y)                              # holds no tile at all
         else:                                                           # token chunks of (chunk, V)
             buf = _scratch(min(chunk, C) * V, h)
-            if bf16:                                                    # a bf16 tile beside it
-                fwd = functools.partial(_fwd_chunk_bf16_torch, tile=torch.empty_like(buf, dtype=h.dtype))
-            else:           # w in float32 once, not once a chunk
-                fwd, w32 = _fwd_chunk_torch, w.to(cd)
-            outs = [fwd(h[s:s + chunk], w if bf16 else w32, y[s:s + chunk], buf) for s in range(0, C, chunk)]
+            wc = w if bf16 else w.to(cd)                                # float32 once, not once a chunk
+            fwd = (functools.partial(_fwd_chunk_bf16_torch, tile=torch.empty_like(buf, dtype=h.dtype))
+                   if bf16 else _fwd_chunk_torch)                       # bf16: a bf16 tile beside buf
+            outs = [fwd(h[s:s + chunk], wc, y[s:s + chunk], buf) for s in range(0, C, chunk)]
             lp, lse = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         ctx.save_for_backward(h, w, y, lse)
         ctx.backend, ctx.chunk = backend, chunk
