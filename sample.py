@@ -46,6 +46,7 @@ import time
 import torch
 
 from model.checkpoint import CheckpointError, load, read_json
+from model.tokenizer import NoChatTemplate
 from model.generate import generate
 from nanoalign.checkpoint import trained_config
 from nanoalign.onpolicy import (judging_overridden, kept_principles, recorded_judging,
@@ -54,6 +55,7 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
+from nanoalign.config import CHAT_FORMAT_HELP, CHAT_FORMATS
 from nanoalign.data import validate_row
 from nanoalign.rows import check_response, check_text, check_turns_before_answer
 from nanoalign.suggest import ArgumentParser, did_you_mean
@@ -80,6 +82,9 @@ def build_parser():
                     "and every other line of it must be one too (default: none)")
     ap.add_argument("--raw", action="store_true",
                     help="feed prompts as-is, without the chat template (default: off)")
+    ap.add_argument("--chat_format", default="", choices=CHAT_FORMATS, metavar="NAME",
+                    help=CHAT_FORMAT_HELP + ". It is --init_from's, so --best_of's judge speaks it "
+                    "too; --aligner keeps its own (default: '')")
     ap.add_argument("--system", default=None, metavar="TEXT",
                     help="system message for the chat template. It is part of the conversation "
                     "answered, so --best_of's judge and --aligner are shown it too, as 'System: TEXT' "
@@ -217,7 +222,7 @@ def parse_args(argv=None):
                  "--prompt and --prompts_file")
     if a.answers_file:                   # the answers are given: nothing is sampled
         extra = [f"--{k}" for k in ("best_of", "num_samples", "temperature", "top_k", "top_p", "seed",
-                                     "system", "raw") if getattr(a, k) != ap.get_default(k)]
+                                     "system", "raw", "chat_format") if getattr(a, k) != ap.get_default(k)]
         if extra:
             ap.error(f"{', '.join(extra)} shape(s) the policy's sampling, and --answers_file gives the "
                      f"answers; drop them")
@@ -225,6 +230,8 @@ def parse_args(argv=None):
         ap.error("--objectives applies only with --aligner")
     if a.system is not None and a.raw:
         ap.error("--system goes into the chat template, which --raw skips; drop one of them")
+    if a.chat_format and a.raw:
+        ap.error("--chat_format goes into the chat template, which --raw skips; drop one of them")
     if a.temperature == 0 and a.best_of == 1:
         for flag in ("top_k", "top_p"):
             if getattr(a, flag) is not None:
@@ -318,11 +325,13 @@ def stops_on_ctrl_c(printed):
         sys.exit(130)
 
 
-def load_for_sampling(a, path):
-    """(model, tokenizer) from `path` in --dtype's weight dtype (float32 for 'auto'). main loads
-    every checkpoint before it prints anything, so Ctrl-C here has printed nothing."""
+def load_for_sampling(a, path, chat_format=None):
+    """(model, tokenizer) from `path` in --dtype's weight dtype (float32 for 'auto'), speaking
+    `chat_format` if one is named. main loads every checkpoint before it prints anything, so Ctrl-C
+    here has printed nothing."""
     with stops_on_ctrl_c(lambda: f"nothing printed (loading {path})"):
-        return load(path, torch.float32 if a.dtype == "auto" else getattr(torch, a.dtype), a.device)
+        return load(path, torch.float32 if a.dtype == "auto" else getattr(torch, a.dtype), a.device,
+                    chat_format)
 
 
 def precision(a, model):
@@ -402,9 +411,11 @@ def main(argv=None):
         sys.exit(f"error: --prompts_file {a.prompts_file}: no prompts (every line is blank)"
                  if a.prompts_file else "error: give at least one --prompt or a --prompts_file")
     try:
-        model, tok = load_for_sampling(a, a.init_from)
+        model, tok = load_for_sampling(a, a.init_from, a.chat_format or None)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
+    if tok.template is None and not a.raw:   # said now, naming this flag, not at the first prompt
+        sys.exit(f"error: {NoChatTemplate(a.init_from, how='--chat_format')}")
     fix = aligner_for(a) if a.aligner else None   # loaded, its --objectives read, before any sampling
     if a.best_of > 1:
         try:

@@ -50,6 +50,20 @@ from model.files import CheckpointError, atomic_write_json, read_json_if_exists
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                   "mask_token")
 
+class NoChatTemplate(CheckpointError):
+    """A chat asked of a tokenizer with no chat template and no named format. The message says how to
+    name one, `how`: by default the library's way, load()'s argument; a command line says its own flag
+    instead (sample.py --chat_format), not a Python API its user never called."""
+
+    def __init__(self, name, how="load(..., chat_format=...)"):
+        super().__init__(
+            f"{name}: no chat template (no chat_template.jinja, no 'chat_template' in "
+            f"tokenizer_config.json) and no named chat format; name a fallback format with {how} "
+            f"(one of {', '.join(FORMATS)}), or add the model's template to tokenizer_config.json "
+            f"(or \"nanoalign_chat_format\": one of those formats)")
+        self.name = name
+
+
 class MessagesError(ValueError):
     """A prompt or response that is not a usable conversation (e.g. a response list without an
     assistant turn)."""
@@ -193,11 +207,7 @@ class Tokenizer:
         its ids (encoded with add_special_tokens=False; transformers 5 returns them in a dict unless
         told return_dict=False)."""
         if self.template is None:
-            raise CheckpointError(
-                f"{self.name}: no chat template (no chat_template.jinja, no 'chat_template' in "
-                f"tokenizer_config.json) and no named chat format; add the model's template to "
-                f"tokenizer_config.json, or name a fallback format: \"nanoalign_chat_format\": one of "
-                f"{', '.join(FORMATS)} in tokenizer_config.json (or load(..., chat_format=...))")
+            raise NoChatTemplate(self.name)
         text = self.template.render(list(messages), add_generation_prompt, self.special_tokens)
         return self.encode(text) if tokenize else text
 

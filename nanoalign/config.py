@@ -35,6 +35,11 @@ from nanoalign.tasks import TASKS, get_task
 RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
              "final_eval", "device", "skip_bad_rows", "grad_checkpoint")
 ON_POLICY = ", ".join(n for n, m in REGISTRY.items() if m.rollout)   # they sample: no held-out loss
+# --chat_format, train.py's and sample.py's: one wording and one list of choices for both
+CHAT_FORMAT_HELP = ("'' = the checkpoint's own chat template; a named format replaces it (for a "
+                    "checkpoint that has none): 'chatml' (SmolLM2, Qwen), 'inst' (Llama-2, Mistral), "
+                    "'selfjudge' (the Self-Judge paper's), 'raw' (the text alone)")
+CHAT_FORMATS = ("",) + tuple(FORMATS)
 
 
 def _rate(x):
@@ -59,11 +64,8 @@ class SharedConfig:
                                "'smollm2-135m', 'mistral-7b', 'llama3-8b' = those shapes with random "
                                "weights (tests, benchmarks); all with the byte-level tokenizer",
                                choices=tuple(PRESETS))
-    chat_format: str = option("", "'' = the checkpoint's own chat template; a named format replaces it "
-                              "(for a checkpoint that has none): 'chatml' (SmolLM2, Qwen), 'inst' "
-                              "(Llama-2, Mistral), 'selfjudge' (the Self-Judge paper's), 'raw' (the "
-                              "text alone). Not with --init_from scratch, whose byte tokenizer speaks "
-                              "selfjudge", choices=("",) + tuple(FORMATS))
+    chat_format: str = option("", CHAT_FORMAT_HELP + ". Not with --init_from scratch, whose byte "
+                              "tokenizer speaks selfjudge", choices=CHAT_FORMATS)
     train_data: str = option("builtin", "'builtin' (the rows of the built-in --task) or a JSONL file "
                              "of the rows the method reads")
     task: str = option("arith", "the built-in task (nanoalign/tasks/): 'arith' (What is 17 + 8?, a "

@@ -924,3 +924,54 @@ def test_the_judge_and_the_aligner_see_the_system_message_the_policy_answered(ju
                  "--aligner", judging_tiny, "--objectives", "concise", "--device", "cpu"]
                 + (["--system", system] if system else []))
     assert len(edited) == 1 and f"| Question: {shown} | Answer:" in edited[0]
+
+
+# -- a checkpoint without a chat template: one error naming the flag that fixes it, --chat_format ---
+@pytest.fixture
+def no_template(tmp_path):
+    """A tiny checkpoint (a 256-token context, enough for a 'compact' judgment) whose tokenizer has
+    no chat template and no named format: its tokenizer_config.json deleted."""
+    from model.checkpoint import save_model
+    from nanoalign.tasks import arith
+    save_model(tiny(1, vocab_size=arith.build_tokenizer().vocab_size, max_seq_len=256),
+               str(tmp_path / "nt"), arith.build_tokenizer())
+    os.remove(tmp_path / "nt" / "tokenizer_config.json")
+    return str(tmp_path / "nt")
+
+
+@pytest.mark.parametrize("flags", [[], ["--best_of", "2"]])
+def test_a_checkpoint_without_a_chat_template_is_one_error_naming_chat_format(no_template, flags):
+    """It was a CheckpointError traceback pointing at a Python API, load(..., chat_format=...)."""
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--init_from", no_template, "--prompt", "hi", "--max_new_tokens", "2",
+                     "--device", "cpu"] + flags)
+    msg = e.value.code
+    assert isinstance(msg, str) and len(msg.splitlines()) == 1, msg          # exit 1, as sample.py's others
+    assert msg.startswith(f"error: {no_template}: no chat template"), msg
+    assert "with --chat_format" in msg and "load(" not in msg, msg
+
+
+@pytest.mark.parametrize("flags", [[], ["--best_of", "2", "--judge_template", "compact"]])
+def test_chat_format_names_the_format_of_a_checkpoint_without_a_template(no_template, capsys, flags):
+    outs = sample.main(["--init_from", no_template, "--prompt", "What is 1 + 2?", "--max_new_tokens", "2",
+                        "--chat_format", "selfjudge", "--device", "cpu"] + flags)
+    assert len(outs) == 1 and ("best of 2" in capsys.readouterr().out) == bool(flags)
+
+
+def test_chat_format_is_train_pys_flag_with_its_help_and_choices(help_text, capsys):
+    """The same wording and choices as train.py's --chat_format (nanoalign/config.py); refused where
+    nothing reads it: --raw skips the template, and --answers_file samples nothing."""
+    import dataclasses
+    from nanoalign.config import SharedConfig
+    train_flag = next(f for f in dataclasses.fields(SharedConfig) if f.name == "chat_format")
+    ours = flag_blocks(help_text)["--chat_format"]
+    shared = " ".join(train_flag.metadata["help"].split(". Not with --init_from scratch")[0].split())
+    assert shared in ours and "(default: '')" in ours, ours
+    action = next(x for x in sample.build_parser()._actions if x.dest == "chat_format")
+    assert tuple(action.choices) == train_flag.metadata["choices"]
+    assert sample.parse_args(["--init_from", "DIR", "--chat_format", "chatml"]).chat_format == "chatml"
+    assert "--chat_format goes into the chat template, which --raw skips" in parse_error(
+        ["--init_from", "DIR", "--raw", "--chat_format", "raw"], capsys)
+    assert "--chat_format shape(s) the policy's sampling" in parse_error(
+        ["--aligner", "A", "--answers_file", "F", "--chat_format", "chatml"], capsys)
+    assert "invalid choice: 'chatm'" in parse_error(["--init_from", "DIR", "--chat_format", "chatm"], capsys)
