@@ -56,7 +56,7 @@ from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
 from nanoalign.config import CHAT_FORMAT_HELP, CHAT_FORMATS
-from nanoalign.data import validate_row
+from nanoalign.data import parse_line, validate_row
 from nanoalign.rows import check_response, check_text, check_turns_before_answer
 from nanoalign.suggest import ArgumentParser, did_you_mean
 from nanoalign.textfile import DataError, decode_line, raw_lines
@@ -292,14 +292,20 @@ def json_object(line):
 
 def read_answers(path):
     """(prompts, answers) from a JSONL file of {prompt, answer} rows; errors name file and line."""
-    prompts, answers = [], []
+    prompts, answers, first = [], [], True
     for where, line in read_lines(path, "--answers_file"):
         if not line.strip():
             continue
+        # read as train.py reads a data line: 'FILE:N: malformed JSON (... at column C)', where
+        # json.loads's own message ('line 1 column C (char C-1)') gave a second, contradictory line
         try:
-            r = json.loads(line)
+            r = parse_line(path, line, where, first)
+        except DataError as e:
+            sys.exit(f"error: --answers_file {e}")
+        first = False
+        try:
             prompt, answer = r["prompt"], r["answer"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             sys.exit(f"error: {where}: need a JSON object with 'prompt' and 'answer' ({e})")
         try:                             # what MetaAligner's template reads, checked as data rows are
             prompt = check_text(prompt, where, "prompt")

@@ -346,6 +346,25 @@ def test_answers_file_rows_are_checked_and_read_as_utf8(tmp_path, capsys, monkey
         f"Windows-1252?); re-save the file as UTF-8"
 
 
+@pytest.mark.parametrize("text", [
+    '{"prompt": "q", "answer": "a"}\n{"prompt": "q", "answer": }\n',      # a bad line 2
+    '{"prompt": "q", "answer": "a"}\n{"prompt": "q", "answer": "b"\n',    # its '}' missing, at the end
+    '[{"prompt": "q", "answer": "a"}]\n'])                                  # a JSON document, no JSONL
+def test_malformed_json_in_an_answers_file_is_named_as_train_py_names_it(tmp_path, capsys, monkeypatch, text):
+    """Line 2 was 'answers.jsonl:2: need a JSON object with 'prompt' and 'answer' (Expecting value:
+    line 1 column 27 (char 26))', two line numbers; train.py's data says 'FILE:2: malformed JSON
+    (Expecting value at column 27)'. Both now read a line as nanoalign/data.py parse_line does."""
+    from nanoalign.data import read_jsonl
+    from nanoalign.textfile import DataError
+    f = tmp_path / "answers.jsonl"
+    f.write_text(text)
+    with pytest.raises(DataError) as train_says:
+        read_jsonl(str(f), "prompt")
+    got = run_aligner(tmp_path, None, capsys, monkeypatch, raw=text.encode())
+    assert got == f"error: --answers_file {train_says.value}", got
+    assert "line 1" not in got and len(got.splitlines()) == 1
+
+
 def test_an_answer_whose_turns_before_it_are_not_its_prompt_is_refused(tmp_path, capsys, monkeypatch):
     """The aligner corrects the answer of a list (its last assistant message) after 'prompt': turns
     before it that are not the prompt's own were ignored without a word, as a training row's were
