@@ -49,8 +49,8 @@ from model.checkpoint import CheckpointError, load, read_json
 from model.tokenizer import NoChatTemplate
 from model.generate import generate
 from nanoalign.checkpoint import trained_config
-from nanoalign.onpolicy import (judging_overridden, kept_principles, recorded_judging,
-                                sample as sample_responses)
+from nanoalign.onpolicy import (JUDGE_TEMPLATE, LIKELIHOOD, judging_overridden, kept_principles,
+                                recorded_judging, sample as sample_responses)
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
                              parse_principles)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
@@ -123,8 +123,8 @@ def build_parser():
                     "(default: %(default)s)")
     ap.add_argument("--judge_template", default=None, metavar="NAME",
                     help=f"judgment template for --best_of, one of {', '.join(TEMPLATES)} "
-                    "(nanoalign/judge.py) (default: the one the checkpoint trained with, else "
-                    "'ultrafeedback')")
+                    f"(nanoalign/judge.py) (default: the one the checkpoint trained with, else "
+                    f"'{JUDGE_TEMPLATE}', as for an on-policy run's judge)")
     ap.add_argument("--principles", default=None, metavar="LIST",
                     help="for --best_of with a principle template: name:description,... to judge "
                     "under, each match decided by win rate; a description may hold commas, only a "
@@ -134,7 +134,7 @@ def build_parser():
     ap.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS),
                     help="for --best_of, how the judge's label probabilities become p(a > b), a "
                     f"choice: 'vocab' = {LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} "
-                    "(default: the rule the checkpoint's method judged by, else 'vocab', "
+                    f"(default: the rule the checkpoint's method judged by, else '{LIKELIHOOD}', "
                     "Self-Judge's, whose self-rejection this is)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     metavar="DEV",
@@ -475,8 +475,9 @@ def main(argv=None):
 
 def judge_template_for(a, saved):
     """--judge_template, else the template the checkpoint trained with (`saved`: what its config
-    records, onpolicy.recorded_judging, as a run that judges with it reads it)."""
-    name = a.judge_template or saved.get("judge_template") or "ultrafeedback"
+    records, onpolicy.recorded_judging, as a run that judges with it reads it), else the on-policy
+    methods' default: one checkpoint judges the same way in both."""
+    name = a.judge_template or saved.get("judge_template") or JUDGE_TEMPLATE
     if name not in TEMPLATES:
         sys.exit(f"error: --judge_template {name!r} is unknown; choose from {', '.join(TEMPLATES)}"
                  + did_you_mean(name, TEMPLATES))
@@ -488,7 +489,7 @@ def best_of_main(a, model, tok, prompts):
     The checkpoint judges as it was trained to: its template, its method's likelihood rule, and under
     a principle template the principles kept with it (or --principles), combined by win rate."""
     saved = recorded_judging(a.init_from)
-    likelihood = a.likelihood or saved.get("likelihood") or "vocab"
+    likelihood = a.likelihood or saved.get("likelihood") or LIKELIHOOD
     try:
         t = check_template(tok, judge_template_for(a, saved))
         principles = None

@@ -51,8 +51,9 @@ TEMPLATE_HELP = ("judgment template (nanoalign/judge.py TEMPLATES): 'compact' fi
                  "tiny model ('compact_principle': per principle, 'compact_rationale': per principle "
                  "with a rationale); 'ultrafeedback', 'hh', 'principle', 'principle_rationale' are the "
                  "Self-Judge paper's")
-JUDGE_TEMPLATE = "compact"   # an on-policy judge's template where its checkpoint records none, and
-LIKELIHOOD = "vocab"         # its rule: the Self-Judge paper's (OSP's own: nanoalign/osp.py)
+JUDGE_TEMPLATE = "compact"   # a judge's template where its checkpoint records none (an on-policy run's,
+LIKELIHOOD = "vocab"         # sample.py --best_of's), and its rule: the Self-Judge paper's (OSP's own:
+                             # nanoalign/osp.py); 'compact' fits a small model's context
 
 
 @dataclass

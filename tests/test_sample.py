@@ -186,7 +186,7 @@ def test_self_rejection_winners_are_what_the_aligner_corrects(tmp_path, capsys, 
 
 @pytest.mark.parametrize("flags, what, hint", [
     (["--best_of", "2", "--judge_template", "compact"], "--best_of", False),
-    (["--best_of", "2"], "--best_of", True),              # 'ultrafeedback': 'compact' may fit
+    (["--best_of", "2", "--judge_template", "ultrafeedback"], "--best_of", True),   # 'compact' may fit
     (["--aligner", "SMALL"], "--aligner", False)])
 def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(tmp_path, flags, what,
                                                                                 hint):
@@ -203,6 +203,25 @@ def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(t
                      "--device", "cpu"] + flags)
     assert str(e.value).startswith(f"error: {what}: ") and "tokens is longer than the model's context" in str(e.value)
     assert ("a shorter --judge_template such as 'compact' may fit" in str(e.value)) == hint
+
+
+def test_best_of_judges_as_the_on_policy_methods_do_where_the_checkpoint_records_no_template(
+        tmp_path, capsys, help_text):
+    """One default, nanoalign/onpolicy.py JUDGE_TEMPLATE ('compact'): --best_of took 'ultrafeedback',
+    whose 500-odd tokens do not fit a small model's context ('sequence of 629 tokens is longer than
+    the model's context'), where an on-policy run judging with the same checkpoint takes 'compact'."""
+    from model.checkpoint import save_model
+    from nanoalign.judge import TEMPLATES
+    from nanoalign.onpolicy import JUDGE_TEMPLATE
+    from nanoalign.tasks import arith
+    tok = arith.build_tokenizer()
+    save_model(tiny(1, vocab_size=tok.vocab_size, max_seq_len=256), str(tmp_path / "m"), tok)
+    assert sample.judge_template_for(argparse.Namespace(judge_template=None), {}) is TEMPLATES[JUDGE_TEMPLATE]
+    capsys.readouterr()
+    sample.main(["--init_from", str(tmp_path / "m"), "--prompt", "What is 1 + 2?", "--best_of", "2",
+                 "--max_new_tokens", "3", "--device", "cpu"])
+    assert f"best of 2 (template '{JUDGE_TEMPLATE}', likelihood 'vocab')" in capsys.readouterr().out
+    assert f"else '{JUDGE_TEMPLATE}'" in flag_blocks(help_text)["--judge_template"]
 
 
 def parse_error(argv, capsys):
