@@ -173,9 +173,12 @@ def check_labels(row, where):
         out[k] = str(v) if type(v) is int else v          # not bool: True is no label
         if out[k] not in LABELS:
             raise DataError(f"{where}: objective '{k}': label {v!r} is not one of 1, 2, equal")
-        if not isinstance(markers.get(k), str):
+        if k not in markers:
             raise DataError(f"{where}: objective '{k}' is labelled but has no marker (description) "
                             f"in 'objectives'")
+        if not isinstance(markers[k], str):
+            raise DataError(f"{where}: objectives: '{k}' must be a string (its description), got "
+                            f"{type(markers[k]).__name__}")
     return {**row, "labels": out}
 
 

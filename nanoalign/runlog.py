@@ -23,9 +23,11 @@ def start(cfg, method, model, device, n_examples, peak, last_lr, step=0):
     """The lines a run starts with: what trains on what (and, resumed, from which step it goes on),
     how it computes, its learning rate (and that a run shorter than its warm-up never reaches it),
     an on-policy method's sample length, and the legend of what each logged number means."""
+    n_all = dist.unwrapped(model).num_params()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"{cfg.method}: {dist.unwrapped(model).num_params() / 1e6:.2f}M params "
-          f"({n_train / 1e6:.3g}M trained) on {device} x{dist.world()}, {n_examples} train "
+    # "all": 3 significant digits of a full fine-tune's count would print larger than the total
+    trained = "all" if n_train == n_all else f"{n_train / 1e6:.3g}M"
+    print(f"{cfg.method}: {n_all / 1e6:.2f}M params ({trained} trained) on {device} x{dist.world()}, {n_examples} train "
           f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
     if cfg.resume:
         print(f"resumed from {os.path.join(cfg.out_dir, 'ckpt')} at step {step} of {cfg.max_steps}")

@@ -884,6 +884,7 @@ def test_labels_written_as_json_numbers_are_read_as_the_strings_they_stand_for()
     ({"correct": 3}, None, r"^f:3: objective 'correct': label 3 is not one of 1, 2, equal"),
     ({"correct": 1.0}, None, r"^f:3: objective 'correct': label 1\.0 is not one of 1, 2, equal"),
     ({"brief": "1"}, None, r"^f:3: objective 'brief' is labelled but has no marker"),
+    ({"help": "1"}, {"help": 5}, r"^f:3: objectives: 'help' must be a string \(its description\), got int$"),
     (["correct"], None, r"^f:3: per-objective rows need 'labels' \{objective: 1\|2\|equal\} and 'objectives'"),
     ({"correct": "1"}, "right", r"^f:3: per-objective rows need 'labels'"),
 ])

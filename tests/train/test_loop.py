@@ -199,6 +199,16 @@ def test_the_start_names_the_first_rows_it_dropped_and_why(tmp_path, capsys):
     assert f"{data}:8" not in line
 
 
+def test_the_start_line_never_counts_more_trained_weights_than_the_model_has(tmp_path, capsys, start):
+    # SmolLM2's full fine-tune printed "134.52M params (135M trained)": the trained count had 3
+    # significant digits, the total 2 decimals. A full fine-tune says "all"; LoRA counts its adapters
+    first = _short_run(tmp_path, capsys).splitlines()[0]
+    assert re.match(r"sft: \d+\.\d\dM params \(all trained\) on cpu x1, ", first), first
+    first = _short_run(tmp_path / "lora", capsys, init_from=start, lora_r=2).splitlines()[0]
+    total, trained = map(float, re.match(r"sft: ([\d.]+)M params \(([\d.e-]+)M trained\)", first).groups())
+    assert 0 < trained < total / 10, first
+
+
 def test_the_log_names_its_compute_has_a_legend_and_ends_with_where_and_how_to_sample(tmp_path, capsys):
     out = _short_run(tmp_path, capsys)
     assert "compute: float32, padded (--dtype auto, --packed auto, --grad_checkpoint auto)\n" in out
