@@ -369,9 +369,12 @@ def aligner_for(a):
         else:   # a run from before it was kept: the arith task's three, which other data never saw
             known, source = OBJECTIVES, f"the arith task's: the aligner has no {OBJECTIVES_FILE}"
         objs = parse_objectives(a.objectives, known) if a.objectives else list(known.items())
-        aligner, atok = load_for_sampling(a, a.aligner)
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, CheckpointError) as e:          # its objectives file names itself
         sys.exit(f"error: {e}")
+    try:
+        aligner, atok = load_for_sampling(a, a.aligner)
+    except CheckpointError as e:
+        sys.exit(f"error: --aligner {e}")
     # said, as --best_of names its template
     print(f"--- the aligner corrects towards {', '.join(n for n, _ in objs)} "
           f"({'--objectives' if a.objectives else source})", file=sys.stderr)
@@ -419,7 +422,7 @@ def main(argv=None):
     try:
         model, tok = load_for_sampling(a, a.init_from, a.chat_format or None)
     except CheckpointError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: --init_from {e}")
     if tok.template is None and not a.raw:   # said now, naming this flag, not at the first prompt
         sys.exit(f"error: {NoChatTemplate(a.init_from, how='--chat_format')}")
     fix = aligner_for(a) if a.aligner else None   # loaded, its --objectives read, before any sampling

@@ -65,7 +65,10 @@ def init_model(cfg, task, device):
         model = Transformer(config_from_preset(cfg.model_preset)).to(device)
         tok = task.build_tokenizer()
     else:
-        model, tok = load(cfg.init_from, torch.float32, device, cfg.chat_format or None)
+        try:
+            model, tok = load(cfg.init_from, torch.float32, device, cfg.chat_format or None)
+        except CheckpointError as e:     # its message begins with the path: say which flag gave it
+            raise CheckpointError(f"--init_from {e}") from None
     if getattr(model, "lora", None):   # starting from a LoRA run: its adapters become the base
         merge(model)
     if autocast_dtype(cfg, model):     # float16 or dequantized weights: see off_bf16_ties

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.checkpoint import load, read_json
+from model.checkpoint import CheckpointError, load, read_json
 from model.model import TooLongForContext
 from nanoalign.common import evaluating, frozen_copy, option
 from nanoalign.checkpoint import trained_config
@@ -139,12 +139,18 @@ def judging_defaults(rule):
 
 def judging_said(cfg):
     """The line a run starts with on how it judges: the template and rule, and whose they are, or
-    the note `judging_overridden` writes."""
+    the note `judging_overridden` writes. A judge whose checkpoint records neither never trained to
+    judge (an SFT warm-up, a downloaded model): the papers start from a trained judge (Self-Judge
+    from JSFT, OSP from preference augmentation), and a small model judging zero-shot is near
+    chance, which would leave the run training on noise without a word."""
     src = judge_checkpoint(cfg)
     rec, used = recorded_judging(src), {k: getattr(cfg, k) for k in JUDGING}
     return judging_overridden(src, rec, used) or (
         "judges with " + " ".join(f"--{k} {v}" for k, v in used.items())
-        + (f", as the judge {src} records" if rec else ""))
+        + (f", as the judge {src} records" if rec else
+           f"\nnote: the judge {src} records no judge training (a jsft or pref_aug run's checkpoint "
+           f"does), so it judges zero-shot, near chance for a small model; train one with --method "
+           f"jsft (Self-Judge) or pref_aug (OSP) and start from it"))
 
 
 def judging_overridden(src, rec, used):
@@ -233,7 +239,10 @@ def setup(run, cfg, device):
     it (a bad one fails now, not mid-run); the principles it judges under (run.principles), kept with
     the run's checkpoints, so that its self-rejection later judges under the same ones."""
     if cfg.judge_from:
-        judge, run.judge_tok = load(cfg.judge_from, torch.float32, device)
+        try:
+            judge, run.judge_tok = load(cfg.judge_from, torch.float32, device)
+        except CheckpointError as e:     # its message begins with the path: say which flag gave it
+            raise CheckpointError(f"--judge_from {e}") from None
         run.judge = frozen_copy(judge)
     t = template_of(cfg, run.tok)
     if run.judge_tok is not None:

@@ -12,7 +12,8 @@ eq. 7-9; docs/methods.md#osp).
                  empty response; sort; pair the i-th best with the i-th worst -> K//2 pairs (y_h,
                  y_l); an odd K leaves the median out (docs/methods.md#sampling-and-ranked-pairing)
               3. target strength p = p(y_h > y_l | x): the pi_SFT judge, softmax over the two label
-                 logits (sec. 3.2, --likelihood pair), averaged over both position orders (appendix
+                 logits (sec. 3.2, 'pair'; --likelihood '' takes the rule the judge's checkpoint
+                 records, so from a JSFT start Self-Judge's 'vocab'), averaged over both orders (appendix
                  B.2 swaps them); under a principle template, the mean over the principles of each
                  principle's p (judge.principle_mean: monotone in every principle's p, and soft;
                  docs/methods.md#target-strength)

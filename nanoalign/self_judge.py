@@ -10,7 +10,8 @@ docs/methods.md#self-judge): one model that is both the policy and the judge.
                         short true rationale (built-in task only). --jsft_judge false = SFT on the
                         chosen responses alone, the control for "does JSFT improve judging?".
   self_judge            on-policy self-training (sec. 3.2). pi_theta and pi_ref start from the JSFT
-                        model, pi_ref frozen. Each step, per prompt: two samples from pi_theta
+                        model (--init_from: a jsft run's checkpoint; any other start judges zero-shot,
+                        and the run says so), pi_ref frozen. Each step, per prompt: two samples from pi_theta
                         (temperature 1.0, top-p 0.9), pi_ref judges them with position swap by the
                         paper's rule (sec. 3.1, --likelihood vocab): each sample's judge-token
                         likelihood over the whole vocabulary, averaged over both orders, the larger

@@ -989,6 +989,17 @@ def test_a_checkpoint_without_a_chat_template_is_one_error_naming_chat_format(no
     assert "with --chat_format" in msg and "load(" not in msg, msg
 
 
+def test_a_checkpoint_that_is_not_there_is_named_with_the_flag_that_gave_it(no_template, tmp_path):
+    # 'error: /x: does not exist' left a user of --init_from and --aligner guessing which one
+    missing = str(tmp_path / "nope")
+    for flags, flag in ((["--init_from", missing], "--init_from"),
+                        (["--init_from", no_template, "--chat_format", "selfjudge", "--aligner", missing],
+                         "--aligner")):
+        with pytest.raises(SystemExit) as e:
+            sample.main(flags + ["--prompt", "hi", "--max_new_tokens", "2", "--device", "cpu"])
+        assert e.value.code == f"error: {flag} {missing}: does not exist", e.value.code
+
+
 @pytest.mark.parametrize("flags", [[], ["--best_of", "2", "--judge_template", "compact"]])
 def test_chat_format_names_the_format_of_a_checkpoint_without_a_template(no_template, capsys, flags):
     outs = sample.main(["--init_from", no_template, "--prompt", "What is 1 + 2?", "--max_new_tokens", "2",

@@ -624,7 +624,12 @@ def test_the_line_a_run_starts_with_says_how_it_judges_and_whose_that_is(tmp_pat
                                                      likelihood=rule))
     assert said(judge_dir, "hh", "pair") == f"judges with --judge_template hh --likelihood pair, as the judge " \
                                             f"{judge_dir} records"
-    assert said(tmp_path / "none", "compact", "vocab") == "judges with --judge_template compact --likelihood vocab"
+    # a judge that never trained to judge (an SFT warm-up, a downloaded model) is said to judge zero-shot
+    assert said(tmp_path / "none", "compact", "vocab") == (
+        f"judges with --judge_template compact --likelihood vocab\nnote: the judge {tmp_path / 'none'} "
+        f"records no judge training (a jsft or pref_aug run's checkpoint does), so it judges zero-shot, "
+        f"near chance for a small model; train one with --method jsft (Self-Judge) or pref_aug (OSP) and "
+        f"start from it")
     assert said(judge_dir, "compact", "vocab") == (
         f"note: the judge {judge_dir} records --judge_template hh --likelihood pair (its state.json); this run "
         f"judges with --judge_template compact --likelihood vocab, as given")

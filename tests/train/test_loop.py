@@ -199,6 +199,18 @@ def test_the_start_names_the_first_rows_it_dropped_and_why(tmp_path, capsys):
     assert f"{data}:8" not in line
 
 
+@pytest.mark.parametrize("flags, flag", [(["--method", "sft", "--init_from", "MISSING"], "--init_from"),
+                                         (["--method", "osp", "--init_from", "scratch", "--judge_from",
+                                           "MISSING"], "--judge_from")])
+def test_a_checkpoint_that_is_not_there_is_named_with_the_flag_that_gave_it(tmp_path, capsys, flags, flag):
+    # 'error: /x: does not exist' did not say whether the start or the judge was missing
+    missing = str(tmp_path / "nope")
+    with pytest.raises(SystemExit):
+        train.main([missing if f == "MISSING" else f for f in flags]
+                   + ["--max_steps", "1", "--out_dir", str(tmp_path / "run")])
+    assert capsys.readouterr().err.endswith(f"error: {flag} {missing}: does not exist\n")
+
+
 def test_the_start_line_never_counts_more_trained_weights_than_the_model_has(tmp_path, capsys, start):
     # SmolLM2's full fine-tune printed "134.52M params (135M trained)": the trained count had 3
     # significant digits, the total 2 decimals. A full fine-tune says "all"; LoRA counts its adapters
