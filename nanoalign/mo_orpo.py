@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from model.tokenizer import answer_text
+from nanoalign import dist
 from nanoalign.common import Method, batch_logps, evaluating, option, register, with_defaults
 from nanoalign.judge import JudgeTemplate, render
 from nanoalign.orpo import ORPOOptions, orpo_terms
@@ -145,6 +146,11 @@ def conditional(L_align, L_sj, z_sj, w1, w2):
     return torch.where(active, weighted(L_align, L_sj, w1, w2), L_align), active
 
 
+def round_epochs(epochs):
+    """The whole epochs epoch_by_epoch alternates: a last part under half an epoch joins the one before."""
+    return max(1, math.floor(epochs + 0.5))
+
+
 def phase(kind, epoch, epochs):
     """Which task the epoch-wise schedules train now: 'align' or 'sj'. epoch is fractional. Both
     end on the alignment task, the one that is evaluated: epoch_by_epoch alternates whole epochs of
@@ -152,7 +158,7 @@ def phase(kind, epoch, epochs):
     150 steps of 16 over 600 rows, 37 batches an epoch, are 4.05 epochs: four, the last 2 steps
     joining the fourth), task_by_task trains SJ first. docs/methods.md#epoch-by-epoch-and-task-by-task"""
     if kind == "epoch_by_epoch":
-        n = max(1, math.floor(epochs + 0.5))    # whole epochs: a last part under half joins the one before
+        n = round_epochs(epochs)
         return "align" if (n - 1 - min(int(epoch), n - 1)) % 2 == 0 else "sj"
     return "sj" if epoch < epochs / 2 else "align"
 
@@ -178,6 +184,12 @@ def mo_loss(kind, a, s, cfg, run=None):
 def _needs(kind, run):
     """(score the alignment task?, score the SJ task?) this step: a schedule scores only its task."""
     if kind in ("epoch_by_epoch", "task_by_task"):
+        if kind == "epoch_by_epoch" and round_epochs(run.epochs) == 1 and not run.memory.get("said"):
+            run.memory["said"] = True      # said once, at its first step: otherwise ORPO, silently
+            if dist.rank() == 0:
+                print(f"note: epoch_by_epoch alternates whole epochs and this run is {run.epochs:.2f} "
+                      f"epochs, which count as one: it trains the alignment task alone (plain ORPO); "
+                      f"give it at least 1.5 (--max_steps) for an SJ epoch")
         which = phase(kind, run.epoch, run.epochs)
         return which == "align", which == "sj"
     return True, True
@@ -229,7 +241,8 @@ _HELP = {
     "scalarization": "MO-ORPO: w1 * L_align + (1 - w1) * L_sj (--w1, paper 0.6)",
     "conjoined": "MO-ORPO eq. 6: alignment OR term -logsig(z_align - sg(z_sj)) (--w1 0.7 --w2 0.3)",
     "conditional": "MO-ORPO Alg. 1: add w2 * L_sj only where z_sj < 0 (--w1 0.9 --w2 0.1)",
-    "epoch_by_epoch": "MO-ORPO: alternate whole epochs between the alignment and SJ tasks",
+    "epoch_by_epoch": "MO-ORPO: alternate whole epochs between the alignment and SJ tasks (a run under "
+                      "1.5 epochs is one: ORPO alone)",
     "task_by_task": "MO-ORPO: SJ task for the first half of the epochs, then alignment",
     "sj_sft": "MO-ORPO control: scalarization with plain SFT on the SJ answer (--w1, 0.6)",
 }

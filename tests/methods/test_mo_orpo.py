@@ -197,6 +197,18 @@ def test_epoch_by_epoch_alternates_in_the_loop(tmp_path):
     assert all(("z_sj" in r) == bool(r["task_sj"]) for r in recs if r.get("split") == "train")
 
 
+def test_epoch_by_epoch_says_when_the_run_is_too_short_for_an_sj_epoch(tmp_path, capsys):
+    # 16 rows, 2 steps an epoch: 2 steps (1 epoch) train the alignment task alone, said once; 3 steps
+    # (1.5 epochs, two whole ones) train an SJ epoch first, and say nothing
+    for steps, note in ((2, True), (3, False)):
+        cfg = run_cfg(tmp_path / str(steps), method="epoch_by_epoch", n_train=16, max_steps=steps, val_data="")
+        train.train(cfg)
+        out = capsys.readouterr().out
+        assert out.count("note: epoch_by_epoch alternates whole epochs and this run is 1.00 epochs") == note, out
+        recs = [json.loads(x) for x in open(tmp_path / str(steps) / "run" / "metrics.jsonl")]
+        assert any(r.get("task_sj") for r in recs) != note
+
+
 def test_conditional_logs_active_fraction_and_both_log_odds(tmp_path):
     cfg = dataclasses.replace(run_cfg(tmp_path, method="conditional", max_steps=2), w1=0.9, w2=0.1)
     train.train(cfg)
