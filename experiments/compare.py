@@ -18,8 +18,8 @@ comparison of losses. Per seed, the start model's on-policy samples are built fi
 model's scores per objective on the test prompts are printed before any run.
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
-out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone,
-so an interrupted comparison continues where it stopped, inside a run too: a run of the same
+out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone
+(nor kept resumable: its optimizer state is deleted, its weights kept), so an interrupted comparison continues where it stopped, inside a run too: a run of the same
 settings stopped part-way is resumed from its checkpoint. The start of every run is the task's start
 (--start): on the arithmetic task the seed's cached SFT warm-up (train.py --init_from default), on
 the instruct task SmolLM2-135M-Instruct; its greedy answers are the "SFT" reference.
@@ -56,7 +56,7 @@ import time
 import torch
 
 import train
-from nanoalign.checkpoint import saved_step
+from nanoalign.checkpoint import TRAIN_STATE, saved_step
 from nanoalign.config import options_of, saved_config
 from nanoalign.tasks import TASKS, get_task
 from model.checkpoint import CheckpointError, load, read_json
@@ -354,7 +354,17 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
            **evaluate_run(model, tok, cfg, prompts, sft_cache[(task.__name__, seed)], extras, a)}
     with open(res_path, "w") as f:
         json.dump(res, f)
+    drop_train_states(out)
     return res
+
+
+def drop_train_states(out):
+    """A run with its result.json is never trained again here (not redone, not resumed), so its
+    optimizer state, twice its weights in size, goes; its weights stay, for the runs that start from
+    it and for sample.py. Kept, instruct_cpu's 33 runs of SmolLM2-135M held ~60 GB."""
+    for d, _, files in os.walk(out):
+        if TRAIN_STATE in files:
+            os.remove(os.path.join(d, TRAIN_STATE))
 
 
 def same_run_in(out, cfg):

@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from model.checkpoint import CheckpointError, atomic_write_json, read_json, save_adapters, save_model
 from nanoalign import dist
 
+TRAIN_STATE = "train_state.safetensors"   # what --resume needs beside the weights (see the top)
+
 
 def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
     """Model in the HF layout (or LoRA adapters) + train state (safetensors + JSON), written to a
@@ -44,7 +46,7 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
             tensors[rng_key("torch", r)] = state
         for r, state in enumerate(cuda or []):
             tensors[rng_key("cuda", r)] = state
-        save_file(tensors, os.path.join(tmp, "train_state.safetensors"))
+        save_file(tensors, os.path.join(tmp, TRAIN_STATE))
         for name, value in run.checkpoint_files.items():    # what the method asked to keep with its model
             atomic_write_json(value, os.path.join(tmp, name))
         atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
@@ -59,7 +61,7 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
 def load_train_state(path, model, opt):
     """Load AdamW's state into `opt` and restore the RNG states; returns (step, data position)."""
     st = read_json(os.path.join(path, "state.json"))
-    f = os.path.join(path, "train_state.safetensors")
+    f = os.path.join(path, TRAIN_STATE)
     try:
         t = load_file(f)
     except FileNotFoundError:

@@ -33,6 +33,9 @@ def test_instruct_smoke_preset_runs_every_method_with_seeds_in_parallel(tmp_path
         assert f"| {label} |" in table, label
         for s in (1, 2):                                  # each run trained once, in its seed's process
             assert (root / f"{label}-s{s}" / "result.json").exists(), (label, s)
+            # a finished run keeps its weights (later runs start from them), not its optimizer state
+            kept = [p.name for p in (root / f"{label}-s{s}").rglob("*.safetensors")]
+            assert "model.safetensors" in kept and "train_state.safetensors" not in kept, (label, s, kept)
     for s in (1, 2):
         assert (root / f"data-s{s}" / "build.json").exists()
         assert f"== {compare.PRESETS['instruct_smoke'][0][0]} seed {s}" in (root / f"seed-{s}.log").read_text()
