@@ -4,7 +4,9 @@ Face folder, or LoRA adapters on their base), plus what an exact `--resume` need
 
     train_state.safetensors   AdamW's state tensors (opt.<param>.<field>) and the RNG states, each
                               rank's own under torchrun (rng.torch: rank 0's; rng.torch.rank<r>)
-    state.json                step, data position, the run's config, AdamW's param groups
+    state.json                step, data position, the run's config, the working directory its
+                              relative paths are from (cwd: --resume reads them from there),
+                              AdamW's param groups
     <name>.json               files a method keeps with its model (run.checkpoint_files)
     train_data.json           the --train_data file's sha256: --resume refuses changed rows
 
@@ -50,7 +52,8 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
         for name, value in run.checkpoint_files.items():    # what the method asked to keep with its model
             atomic_write_json(value, os.path.join(tmp, name))
         atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
-                           "param_groups": sd["param_groups"]}, os.path.join(tmp, "state.json"))
+                           "cwd": os.getcwd(), "param_groups": sd["param_groups"]},
+                          os.path.join(tmp, "state.json"))
         if os.path.exists(path):
             os.replace(path, old)
         os.replace(tmp, path)

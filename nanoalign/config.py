@@ -23,7 +23,7 @@ from model.checkpoint import CheckpointError, read_json
 from model.lora import parse_targets
 from model.model import PRESETS
 from nanoalign import DEFAULT_METHOD, REGISTRY
-from nanoalign.checkpoint import RUN_CONFIG
+from nanoalign.checkpoint import DATA_FILE, RUN_CONFIG, data_fingerprint
 from nanoalign.common import option
 from nanoalign.compute import AUTO_LR, FAST_MIN_PARAMS
 from nanoalign.suggest import did_you_mean
@@ -34,6 +34,11 @@ from nanoalign.tasks import TASKS, get_task
 # the same gradients), only memory and time
 RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "ckpt_every",
              "final_eval", "device", "skip_bad_rows", "grad_checkpoint")
+# the options that name a file or directory, and the words they take that name none. A relative path
+# is read from the working directory, which a checkpoint records ("cwd" beside its config): --resume
+# from another directory reads the run's files from the one it started in (from_start)
+PATHS = ("init_from", "train_data", "val_data", "judge_from", "task_data")
+NOT_PATHS = ("", "auto", "builtin", "default", "scratch")
 ON_POLICY = ", ".join(n for n, m in REGISTRY.items() if m.rollout)   # they sample: no held-out loss
 # --chat_format, train.py's and sample.py's: one wording and one list of choices for both
 CHAT_FORMAT_HELP = ("'' = the checkpoint's own chat template; a named format replaces it (for a "
@@ -78,7 +83,10 @@ class SharedConfig:
                           "out_dir/metrics.jsonl; '' means out/<method>")
     resume: bool = option(False, "continue the run in out_dir from its last checkpoint, with its "
                           "settings: only " + ", ".join(f"--{k}" for k in RESUMABLE[1:]) + " may "
-                          "change (another setting given must equal the run's)")
+                          "change (another setting given must equal the run's; a path may name the "
+                          "run's file by another path, --train_data a copy of its rows). Its relative "
+                          "paths are read from the directory the run started in, so it resumes from "
+                          "any directory")
     max_steps: int = option(300, "optimizer steps", minimum=1)
     batch_size: int = option(16, "examples per micro-batch (an on-policy method's are prompts); per "
                              "process under torchrun", minimum=1)
@@ -286,31 +294,43 @@ def is_switch(f):
 def resume_config(given, where="flags"):
     """The checkpoint's config, with only RESUMABLE settings taken from `given`; any other setting
     given with a different value than the run used is refused, naming it. The out_dir is the one
-    given, never the one saved: a copied or moved run directory resumes from and writes into itself."""
+    given, never the one saved: a copied or moved run directory resumes from and writes into itself.
+    The run's relative paths are read from the directory it started in (from_start); a path given
+    again is read from here, and is the run's if it names the same file (or, for train_data, a copy
+    of the same rows)."""
     method = given.get("method", SharedConfig.method)
     out_dir = given.get("out_dir") or os.path.join("out", method)
     path = saved_config(out_dir)
     if not os.path.exists(path):
         raise SystemExit(f"error: --resume: {path} does not exist; is --out_dir the run's directory?")
-    saved = read_json(path)["config"]
-    saved_cfg = config_from_dict(saved, path, saved=True)
+    record = read_json(path)
+    saved_cfg = config_from_dict(record["config"], path, saved=True)
+    started_in = record.get("cwd")     # None: a checkpoint from before it was recorded
+    paths = {k: from_start(getattr(saved_cfg, k), started_in) for k in PATHS if hasattr(saved_cfg, k)}
     # a start beside the run's directory (MetaAligner's stages: DIR/equal from DIR/warmup/ckpt)
-    # moves with it: the copy resumes from the copy's
-    start = beside(saved_cfg.init_from, saved_cfg.out_dir) if saved_cfg.out_dir else None
+    # moves with it: the copy resumes from the copy's (both saved paths read from where the run was)
+    run_dir = os.path.join(started_in or "", saved_cfg.out_dir)
+    start = beside(os.path.join(started_in or "", saved_cfg.init_from), run_dir) \
+        if saved_cfg.out_dir else None
     moves = {"init_from": given["init_from"]} if start and given.get("init_from") \
         and start == beside(given["init_from"], out_dir) else {}
+    for k, v in given.items():         # a path given again, read from here: the run's file?
+        if k in paths and k not in moves and v not in NOT_PATHS and (
+                same_file(v, paths[k]) or k == "train_data" and same_rows(v, out_dir)):
+            moves[k] = v
     same = moves.keys() | filled_at_start(saved_cfg, given)
     for k, v in given.items():
         if k not in RESUMABLE and k != "out_dir" and k not in same and hasattr(saved_cfg, k) \
-                and getattr(saved_cfg, k) != v:
-            raise SystemExit(f"error: --resume: '{k}' was {getattr(saved_cfg, k)!r} in this run "
-                             f"({path}), got {v!r}; a resumed run keeps its settings except "
-                             f"{', '.join(RESUMABLE)}. Start a new --out_dir to change it")
+                and paths.get(k, getattr(saved_cfg, k)) != v:
+            was, got = (in_full(paths[k]), in_full(v)) if k in paths else (getattr(saved_cfg, k), v)
+            raise SystemExit(f"error: --resume: '{k}' was {was!r} in this run ({path}), got {got!r}; "
+                             f"a resumed run keeps its settings except {', '.join(RESUMABLE)}. "
+                             f"Start a new --out_dir to change it")
         if k not in RESUMABLE and k != "out_dir" and not hasattr(saved_cfg, k):
             raise SystemExit(f"error: --resume: '{k}' is not an option of --method "
                              f"{saved_cfg.method}, which this run ({path}) trains")
     keep = {k: v for k, v in given.items() if k in RESUMABLE}
-    cfg = dataclasses.replace(saved_cfg, **keep, **moves, out_dir=out_dir)
+    cfg = dataclasses.replace(saved_cfg, **{**paths, **keep, **moves, "out_dir": out_dir})
     # the step's weights come from the checkpoint, but the run builds its start again first: the
     # tokenizer, a LoRA run's base, the frozen reference of a method that has one
     if cfg.init_from != "scratch" and not os.path.isdir(cfg.init_from):
@@ -327,6 +347,35 @@ def filled_at_start(saved_cfg, given):
     fill = REGISTRY[saved_cfg.method].start_defaults
     blank = {k: "" for k, v in given.items() if v == "" and hasattr(saved_cfg, k)}
     return set(fill(dataclasses.replace(saved_cfg, **blank))) if fill and blank else set()
+
+
+def from_start(path, started_in):
+    """A relative path of a run's saved config as the run meant it: from `started_in`, the directory
+    it started in, where the file is there; else (the project moved with its runs) from here, as a
+    checkpoint that did not record that directory reads it. From the same directory: as saved."""
+    if not started_in or started_in == os.getcwd() or os.path.isabs(path) or path in NOT_PATHS:
+        return path
+    there = os.path.join(started_in, path)
+    return path if os.path.exists(path) and not os.path.exists(there) else there
+
+
+def in_full(path):
+    """A path as an absolute one, for a message; a word that names no file (scratch, builtin) as is."""
+    return path if path in NOT_PATHS else os.path.abspath(path)
+
+
+def same_file(a, b):
+    """Whether paths `a` and `b` name one file or directory (b through a symlink, say)."""
+    return os.path.abspath(a) == os.path.abspath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def same_rows(path, out_dir):
+    """Whether the file `path` holds the rows the run in out_dir trained on: the sha256 its checkpoint
+    keeps (a copy of the run's --train_data)."""
+    kept = os.path.join(out_dir, "ckpt", DATA_FILE)
+    return os.path.isfile(path) and os.path.exists(kept) and \
+        read_json(kept)["sha256"] == data_fingerprint(path)["sha256"]
 
 
 def beside(path, out_dir):

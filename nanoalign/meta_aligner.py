@@ -193,7 +193,8 @@ def sample_flags(cfg, ckpt):
 def _write_record(path, cfg, finished):
     if dist.is_main():
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write_json({"config": dataclasses.asdict(cfg), "stages_done": finished}, path)
+        atomic_write_json({"config": dataclasses.asdict(cfg), "cwd": os.getcwd(),   # as a checkpoint's
+                           "stages_done": finished}, path)
 
 
 def parse_objectives(spec, known=None):

@@ -103,6 +103,29 @@ def test_a_stopped_chain_copied_elsewhere_resumes_in_the_copy(tmp_path):
     same_stage_weights(tmp_path / "a", tmp_path / "c")
 
 
+def test_a_stopped_chain_resumed_from_another_directory_reads_its_rows_from_the_one_it_started_in(
+        tmp_path, monkeypatch):
+    """A chain's config is kept in its run_config.json, not a checkpoint: it records the directory
+    the chain started in too, so that its relative --train_data is found from another directory."""
+    objectives = {"correct": "the sum is right", "polite": "says please", "brief": "short"}
+    rows = [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}, please.", "rejected": "no",
+             "labels": {"correct": "1", "polite": "equal", "brief": "2"}, "objectives": objectives}
+            for i in range(4)]
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(proj)
+    run_stages(dataclasses.replace(meta_chain(proj / "a", train_data="m.jsonl"), out_dir="a/run"),
+               train.train)
+    with pytest.raises(SystemExit):
+        run_stages(dataclasses.replace(meta_chain(proj / "b", train_data="m.jsonl"), out_dir="b/run"),
+                   stopped_in_equal)
+    monkeypatch.chdir(tmp_path)
+    cfg = train.parse_config(["--out_dir", str(proj / "b" / "run"), "--resume"])
+    assert run_stages(cfg, train.train) == str(proj / "b" / "run" / "preference" / "ckpt")
+    same_stage_weights(proj / "a", proj / "b")
+
+
 def test_a_resumed_chain_replaces_the_stages_an_older_chain_left_in_its_directory(tmp_path):
     """A chain killed before its first checkpoint, in a directory where an older chain (another seed)
     finished every stage: its resume must train all three, not take the older ones as its own."""

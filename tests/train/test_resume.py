@@ -1,6 +1,6 @@
 """Stopping and resuming (train.py): a resumed run gives the same losses, a copied run reads and writes
-only the copy, Ctrl-C writes a checkpoint, a stopped run prints the command that resumes it, a
-damaged train state is one clear line."""
+only the copy, a run resumed from another directory reads the files it started with, Ctrl-C writes a
+checkpoint, a stopped run prints the command that resumes it, a damaged train state is one clear line."""
 import dataclasses
 import hashlib
 import json
@@ -228,6 +228,95 @@ def test_resume_refuses_changed_rows_and_a_run_with_nothing_left(tmp_path, capsy
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))              # restored: it resumes
     train.main(["--out_dir", str(tmp_path / "run"), "--resume", "--max_steps", "4"])
     assert json.load(open(tmp_path / "run" / "ckpt" / "state.json"))["step"] == 4
+
+
+# -- a run resumed from another working directory --------------------------------------------------
+def project(root, start):
+    """root/proj, as a user keeps it: a start checkpoint and a rows file, and the settings of a DPO
+    run that name them by paths relative to root/proj (give it a relative out_dir too)."""
+    proj = root / "proj"
+    shutil.copytree(start, proj / "start")
+    (proj / "data").mkdir()
+    rows = [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}.", "rejected": "no"} for i in range(8)]
+    (proj / "data" / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return proj, dict(method="dpo", init_from="start", train_data="data/p.jsonl", val_data="data/p.jsonl")
+
+
+def test_a_run_resumed_from_another_directory_reads_its_paths_from_the_one_it_started_in(
+        tmp_path, monkeypatch, start):
+    """A preempted job restarted in another directory: --resume looked for the run's relative paths
+    (its rows, its start) from there ("data/p.jsonl: cannot open"), and the same files given again
+    by a path that reaches them were refused as a changed setting. The checkpoint records where the
+    run started: without the paths, or with paths from here to the same files (one through a
+    symlink), it goes on to the unbroken run's losses."""
+    proj, kw = project(tmp_path, start)
+    monkeypatch.chdir(proj)
+    straight = train.train(run_cfg(proj, out_dir="runs/a", **kw))
+    first = train.train(run_cfg(proj, out_dir="runs/b", **kw), stop_at=2)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    os.symlink(proj, "link")
+    run = str(proj / "runs" / "b")
+    cfg = train.parse_config(["--out_dir", run, "--resume"])
+    assert (cfg.train_data, cfg.init_from) == (str(proj / "data" / "p.jsonl"), str(proj / "start"))
+    second = train.train(cfg, stop_at=4)
+    third = train.train(train.parse_config(["--out_dir", run, "--resume", "--train_data", "link/data/p.jsonl",
+                                            "--val_data", str(proj / "data" / "p.jsonl"),
+                                            "--init_from", str(proj / "start")]))
+    assert first + second + third == straight             # float32 on the CPU: bit for bit
+
+
+def test_resume_from_another_directory_takes_a_copy_of_the_rows_and_refuses_another_file(
+        tmp_path, monkeypatch, capsys, start):
+    """A path given again is read from here: --train_data may be a copy of the run's rows (the
+    sha256 its checkpoint keeps); another file, for any path setting, is refused as a changed
+    setting, naming both files in full; so is the first command's relative path, where it names
+    another file here."""
+    proj, kw = project(tmp_path, start)
+    monkeypatch.chdir(proj)
+    train.train(run_cfg(proj, out_dir="runs/b", **kw), stop_at=2)
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    run = str(proj / "runs" / "b")
+    shutil.copy(proj / "data" / "p.jsonl", "copy.jsonl")
+    cfg = train.parse_config(["--out_dir", run, "--resume", "--train_data", "copy.jsonl"])
+    assert cfg.train_data == "copy.jsonl"
+    (here / "other.jsonl").write_text((proj / "data" / "p.jsonl").read_text().split("\n", 1)[1])
+    shutil.copytree(proj / "start", here / "start")         # the same weights, another start
+    for flag, given, was in (("train_data", "other.jsonl", proj / "data" / "p.jsonl"),
+                             ("val_data", "copy.jsonl", proj / "data" / "p.jsonl"),
+                             ("init_from", "start", proj / "start")):
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(["--out_dir", run, "--resume", f"--{flag}", given])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"'{flag}' was {str(was)!r} in this run" in err, err
+        assert f"got {str(here / given)!r}" in err and "Start a new --out_dir to change it" in err, err
+
+
+def test_a_run_whose_directory_is_not_recorded_or_gone_resumes_its_paths_from_here_as_before(
+        tmp_path, monkeypatch, capsys, start):
+    """Where the directory the run started in no longer holds its files (the project moved, with its
+    runs), or a checkpoint written before it was recorded, a relative path is read from here."""
+    proj, kw = project(tmp_path, start)
+    monkeypatch.chdir(proj)
+    train.train(run_cfg(proj, out_dir="runs/b", **kw), stop_at=2)
+    monkeypatch.chdir(tmp_path)
+    shutil.move(proj, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    cfg = train.parse_config(["--out_dir", "runs/b", "--resume", "--train_data", "data/p.jsonl"])
+    assert (cfg.train_data, cfg.val_data, cfg.init_from) == ("data/p.jsonl", "data/p.jsonl", "start")
+    assert train.train(cfg, stop_at=3)                     # it reads them
+    state = tmp_path / "moved" / "runs" / "b" / "ckpt" / "state.json"
+    st = json.loads(state.read_text())
+    assert st["cwd"] == str(tmp_path / "moved")            # where its relative paths are read from now
+    del st["cwd"]                                          # as written before the directory was recorded
+    state.write_text(json.dumps(st))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train.parse_config(["--out_dir", str(tmp_path / "moved" / "runs" / "b"), "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "started from --init_from start, which is not there" in err
 
 
 # -- a damaged train state; the command that resumes -----------------------------------------------
