@@ -325,6 +325,7 @@ def run_one(root, label, flags, extras, seed, a, prompts, sft_cache):
              for f in flags]
     res_path = os.path.join(out, "result.json")
     if os.path.exists(res_path):
+        drop_train_states(out)           # finished before runs dropped it, or stopped between the two
         with open(res_path) as f:
             return json.load(f)
     cfg = train.parse_config(["--seed", str(seed), "--max_steps", str(a.max_steps),

@@ -270,3 +270,16 @@ def test_each_seeds_log_is_written_as_its_lines_are_printed(tmp_path, monkeypatc
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)   # as on most machines (this one sets it)
     compare.run_seeds_in_parallel(["--preset", "mo_orpo"], [1, 2], 2, str(tmp_path))
     assert len(envs) == 2 and all(e.get("PYTHONUNBUFFERED") == "1" for e in envs)
+
+
+def test_a_finished_run_found_again_drops_the_optimizer_state_it_still_holds(tmp_path):
+    # a run finished before runs dropped it (or stopped between result.json and the drop) kept ~1 GB
+    # of AdamW state for good: the next comparison returns its result and drops it then
+    run = tmp_path / "orpo-s1"
+    (run / "ckpt").mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"label": "orpo", "seed": 1}))
+    for name in ("train_state.safetensors", "model.safetensors"):
+        (run / "ckpt" / name).write_bytes(b"x")
+    got = compare.run_one(str(tmp_path), "orpo", [], [], 1, None, None, None)
+    assert got == {"label": "orpo", "seed": 1}
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["model.safetensors"]
