@@ -145,12 +145,17 @@ def judging_said(cfg):
     chance, which would leave the run training on noise without a word."""
     src = judge_checkpoint(cfg)
     rec, used = recorded_judging(src), {k: getattr(cfg, k) for k in JUDGING}
-    return judging_overridden(src, rec, used) or (
+    said = judging_overridden(src, rec, used) or (
         "judges with " + " ".join(f"--{k} {v}" for k, v in used.items())
-        + (f", as the judge {src} records" if rec else
-           f"\nnote: the judge {src} records no judge training (a jsft or pref_aug run's checkpoint "
-           f"does), so it judges zero-shot, near chance for a small model; train one with --method "
-           f"jsft (Self-Judge) or pref_aug (OSP) and start from it"))
+        + (f", as the judge {src} records" if rec else ""))
+    saved = trained_config(src)
+    why = ("is a jsft run with --jsft_judge false, which trained no judgments"
+           if saved.get("method") == "jsft" and saved.get("jsft_judge") is False else
+           "records no judge template (a jsft or pref_aug run's checkpoint does)" if not rec else None)
+    return said + (f"\nnote: the judge {src} {why}: a model that never trained to judge (an SFT "
+                   f"warm-up, a downloaded model) judges zero-shot, near chance for a small one; train "
+                   f"a judge with --method jsft (Self-Judge) or pref_aug (OSP) and start from it"
+                   if why else "")
 
 
 def judging_overridden(src, rec, used):

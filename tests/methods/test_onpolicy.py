@@ -624,12 +624,22 @@ def test_the_line_a_run_starts_with_says_how_it_judges_and_whose_that_is(tmp_pat
                                                      likelihood=rule))
     assert said(judge_dir, "hh", "pair") == f"judges with --judge_template hh --likelihood pair, as the judge " \
                                             f"{judge_dir} records"
-    # a judge that never trained to judge (an SFT warm-up, a downloaded model) is said to judge zero-shot
+    # a judge that records no template (an SFT warm-up, a downloaded model), or a JSFT run that
+    # trained no judgments, is said to judge zero-shot if it never trained to judge
+    zero_shot = (": a model that never trained to judge (an SFT warm-up, a downloaded model) judges "
+                 "zero-shot, near chance for a small one; train a judge with --method jsft (Self-Judge) "
+                 "or pref_aug (OSP) and start from it")
     assert said(tmp_path / "none", "compact", "vocab") == (
         f"judges with --judge_template compact --likelihood vocab\nnote: the judge {tmp_path / 'none'} "
-        f"records no judge training (a jsft or pref_aug run's checkpoint does), so it judges zero-shot, "
-        f"near chance for a small model; train one with --method jsft (Self-Judge) or pref_aug (OSP) and "
-        f"start from it")
+        f"records no judge template (a jsft or pref_aug run's checkpoint does)" + zero_shot)
+    no_judgments = tmp_path / "sft_chosen"
+    no_judgments.mkdir()
+    (no_judgments / "state.json").write_text(json.dumps({"step": 2, "config": {
+        "method": "jsft", "jsft_judge": False, "judge_template": "hh", "likelihood": "pair"}}))
+    assert said(no_judgments, "hh", "pair") == (
+        f"judges with --judge_template hh --likelihood pair, as the judge {no_judgments} records\nnote: "
+        f"the judge {no_judgments} is a jsft run with --jsft_judge false, which trained no judgments"
+        + zero_shot)
     assert said(judge_dir, "compact", "vocab") == (
         f"note: the judge {judge_dir} records --judge_template hh --likelihood pair (its state.json); this run "
         f"judges with --judge_template compact --likelihood vocab, as given")
