@@ -369,19 +369,25 @@ def main(argv=None):
     ap.add_argument("--init_from", required=True, help="checkpoint directory of the judge model")
     ap.add_argument("--pairs", required=True, help="JSONL of {prompt, a, b} rows (also accepts "
                     "{prompt, chosen, rejected}: a = chosen, b = rejected)")
-    ap.add_argument("--template", default="ultrafeedback", choices=sorted(TEMPLATES),
+    ap.add_argument("--template", default=None, choices=sorted(TEMPLATES),
                     help="judgment template (the Self-Judge paper's appendix A.5, or a compact one; "
-                         "default: %(default)s)")
+                         "default: the one the checkpoint trained with, else 'compact', as "
+                         "sample.py --best_of and the on-policy methods)")
     ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
                     "judged under each, decided by win rate; a description may hold commas, only a comma "
                     "followed by a new 'name:' starts the next principle (a name is letters, "
                     "digits, _ and -) (default: none; a principle template needs them)")
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
-    ap.add_argument("--likelihood", default="vocab", choices=sorted(LIKELIHOODS),
+    ap.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS),
                     help="how label probabilities become p(a>b), a choice: 'vocab' = "
-                         f"{LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} (default: %(default)s)")
+                         f"{LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} (default: the rule "
+                         "the checkpoint records, else 'vocab')")
     # pragma: no mutate end
     a = ap.parse_args(argv)
+    from nanoalign.onpolicy import JUDGE_TEMPLATE, LIKELIHOOD, recorded_judging   # (it imports this module)
+    saved = recorded_judging(a.init_from)       # a judge judges as it trained, as in sample.py --best_of
+    a.template = a.template or saved.get("judge_template") or JUDGE_TEMPLATE
+    a.likelihood = a.likelihood or saved.get("likelihood") or LIKELIHOOD
     try:
         model, tok = load(a.init_from)
         t = check_template(tok, TEMPLATES[a.template])

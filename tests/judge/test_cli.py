@@ -32,7 +32,9 @@ def test_judge_cli_prints_the_swapped_probability_of_each_row(judge_dir, tmp_pat
     f.write_text(json.dumps(rows[0]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[1:]) + "\n")
     model, tok = load(judge_dir)
     items = [("What is 1 + 1?", "2.", "It is 3"), ("Hi", "Hello!", "Go"), ("What is 1 + 1?", "It is 3", "2.")]
-    for template, extra in (("ultrafeedback", []), ("compact", ["--template", "compact", "--batch_size", "1"])):
+    # no --template: the checkpoint records none, so 'compact' (sample.py --best_of's and the on-policy
+    # methods' default: 'ultrafeedback' overflowed a small model's context)
+    for template, extra in (("compact", []), ("ultrafeedback", ["--template", "ultrafeedback", "--batch_size", "1"])):
         got = judge_cli(capsys, ["--init_from", judge_dir, "--pairs", str(f)] + extra)
         want = judge_pairs(model, tok, TEMPLATES[template], items).tolist()
         assert [g["row"] for g in got] == [0, 1, 2]
@@ -104,7 +106,8 @@ def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir,
     assert e.value.code == 0 and judge.__doc__.strip().splitlines()[0] in out
     for flag in ("--init_from", "--pairs", "--template", "--principles", "--batch_size"):
         assert flag in out
-    assert "default: ultrafeedback" in out and "default: 16" in out
+    flat = " ".join(out.split())
+    assert "default: the one the checkpoint trained with, else 'compact'" in flat and "default: 16" in flat
     with pytest.raises(SystemExit) as e:
         judge.main(["--init_from", judge_dir])
     assert e.value.code == 2 and "required: --pairs" in capsys.readouterr().err
@@ -142,3 +145,26 @@ def test_judge_cli_judges_by_the_likelihood_rule_it_is_given(judge_dir, tmp_path
         judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact", "--likelihood", rule])
     judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
     assert seen == ["pair", "vocab", "vocab"]
+
+
+def test_judge_cli_judges_as_the_checkpoint_records_unless_told(judge_dir, tmp_path, monkeypatch, capsys):
+    """A JSFT judge's checkpoint records its template and rule (state.json): with no flags the CLI judges
+    so, as sample.py --best_of does; a flag overrides it."""
+    import shutil
+    import nanoalign.judge as judge
+    seen, real = [], judge.judge_pairs
+
+    def spy(model, tok, t, *a, **k):
+        seen.append((t.name, k["likelihood"]))
+        return real(model, tok, t, *a, **k)
+    monkeypatch.setattr(judge, "judge_pairs", spy)
+    trained = tmp_path / "jsft"
+    shutil.copytree(judge_dir, trained)
+    (trained / "state.json").write_text(json.dumps({"step": 1, "config": {
+        "method": "jsft", "judge_template": "hh", "likelihood": "pair"}}))
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    judge.main(["--init_from", str(trained), "--pairs", str(f)])
+    judge.main(["--init_from", str(trained), "--pairs", str(f), "--template", "compact", "--likelihood", "vocab"])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f)])
+    assert seen == [("hh", "pair"), ("compact", "vocab"), ("compact", "vocab")]
