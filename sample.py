@@ -49,10 +49,9 @@ from model.checkpoint import CheckpointError, load, read_json
 from model.tokenizer import NoChatTemplate
 from model.generate import generate
 from nanoalign.checkpoint import trained_config
-from nanoalign.onpolicy import (JUDGE_TEMPLATE, LIKELIHOOD, judging_overridden, kept_principles,
-                                recorded_judging, sample as sample_responses)
-from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, best_of, check_template,
-                             parse_principles)
+from nanoalign.onpolicy import judging_overridden, kept_principles, sample as sample_responses
+from nanoalign.judge import (JUDGE_TEMPLATE, LIKELIHOOD, LIKELIHOODS, TEMPLATES, JudgeError, best_of,
+                             check_template, parse_principles, recorded_judging)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
 from nanoalign.config import CHAT_FORMAT_HELP, CHAT_FORMATS
@@ -478,7 +477,7 @@ def main(argv=None):
 
 def judge_template_for(a, saved):
     """--judge_template, else the template the checkpoint trained with (`saved`: what its config
-    records, onpolicy.recorded_judging, as a run that judges with it reads it), else the on-policy
+    records, judge.recorded_judging, as a run that judges with it reads it), else the on-policy
     methods' default: one checkpoint judges the same way in both."""
     name = a.judge_template or saved.get("judge_template") or JUDGE_TEMPLATE
     if name not in TEMPLATES:

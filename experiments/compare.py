@@ -19,8 +19,9 @@ model's scores per objective on the test prompts are printed before any run.
 
 Each run trains in-process through train.train (the same code as `python train.py`) into
 out/compare/<preset>/<label>-s<seed>/ and writes result.json there; a finished run is not redone
-(nor kept resumable: its optimizer state is deleted, its weights kept), so an interrupted comparison continues where it stopped, inside a run too: a run of the same
-settings stopped part-way is resumed from its checkpoint. The start of every run is the task's start
+(nor kept resumable: its optimizer state is deleted, its weights kept), so an interrupted
+comparison continues where it stopped, inside a run too: a run of the same settings stopped
+part-way is resumed from its checkpoint. The start of every run is the task's start
 (--start): on the arithmetic task the seed's cached SFT warm-up (train.py --init_from default), on
 the instruct task SmolLM2-135M-Instruct; its greedy answers are the "SFT" reference.
 

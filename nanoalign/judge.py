@@ -39,6 +39,7 @@ import torch
 
 from model.generate import left_pad
 from model.tokenizer import answer_text
+from nanoalign.checkpoint import trained_config
 from nanoalign.common import evaluating
 
 
@@ -191,6 +192,22 @@ LIKELIHOODS = {
     "pair": "the OSP paper's rule (section 3.2): the softmax over the two label logits only, "
             "averaged over both position orders",
 }
+
+# How a checkpoint judges: what its run recorded (state.json), else one default for every tool that
+# judges with it (the on-policy methods, sample.py --best_of, this module's command line). 'compact'
+# fits a small model's context; 'vocab' is the Self-Judge paper's rule (OSP's own: nanoalign/osp.py)
+JUDGING = ("judge_template", "likelihood")
+JUDGE_TEMPLATE = "compact"
+LIKELIHOOD = "vocab"
+
+
+def recorded_judging(ckpt_dir):
+    """{judge_template, likelihood} as a checkpoint's run recorded them (its state.json config): the
+    template a JSFT / pref_aug run trained its judge on and the rule it is to judge by, or those an
+    on-policy run judged with; {} for a checkpoint train.py did not write, or a run of a method
+    with neither (SFT, DPO)."""
+    saved = trained_config(ckpt_dir)
+    return {k: saved[k] for k in JUDGING if k in saved}
 
 
 def label_logprobs(model, tok, t, items, likelihood="vocab", batch_size=64):
@@ -384,7 +401,6 @@ def main(argv=None):
                          "the checkpoint records, else 'vocab')")
     # pragma: no mutate end
     a = ap.parse_args(argv)
-    from nanoalign.onpolicy import JUDGE_TEMPLATE, LIKELIHOOD, recorded_judging   # (it imports this module)
     saved = recorded_judging(a.init_from)       # a judge judges as it trained, as in sample.py --best_of
     a.template = a.template or saved.get("judge_template") or JUDGE_TEMPLATE
     a.likelihood = a.likelihood or saved.get("likelihood") or LIKELIHOOD

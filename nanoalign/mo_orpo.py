@@ -184,8 +184,8 @@ def mo_loss(kind, a, s, cfg, run=None):
 def _needs(kind, run):
     """(score the alignment task?, score the SJ task?) this step: a schedule scores only its task."""
     if kind in ("epoch_by_epoch", "task_by_task"):
-        if kind == "epoch_by_epoch" and round_epochs(run.epochs) == 1 and not run.memory.get("said"):
-            run.memory["said"] = True      # said once, at its first step: otherwise ORPO, silently
+        if kind == "epoch_by_epoch" and round_epochs(run.epochs) == 1 and not run.memory.get("one_epoch_said"):
+            run.memory["one_epoch_said"] = True      # said once, at its first step: otherwise ORPO, silently
             if dist.rank() == 0:
                 print(f"note: epoch_by_epoch alternates whole epochs and this run is {run.epochs:.2f} "
                       f"epochs, which count as one: it trains the alignment task alone (plain ORPO); "

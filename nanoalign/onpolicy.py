@@ -32,8 +32,9 @@ from nanoalign.checkpoint import trained_config
 from nanoalign.compute import FAST_MIN_PARAMS, is_large
 from nanoalign.data import make_batch
 from nanoalign.dpo import DPOOptions
-from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs,
-                             judgment_rows, parse_principles)
+from nanoalign.judge import (JUDGE_TEMPLATE, JUDGING, LIKELIHOOD, LIKELIHOODS, TEMPLATES, JudgeError,
+                             check_template, judge_pairs, judgment_rows, parse_principles,
+                             recorded_judging)
 from nanoalign.rows import check_labels
 from nanoalign.textfile import DataError
 
@@ -51,9 +52,6 @@ TEMPLATE_HELP = ("judgment template (nanoalign/judge.py TEMPLATES): 'compact' fi
                  "tiny model ('compact_principle': per principle, 'compact_rationale': per principle "
                  "with a rationale); 'ultrafeedback', 'hh', 'principle', 'principle_rationale' are the "
                  "Self-Judge paper's")
-JUDGE_TEMPLATE = "compact"   # a judge's template where its checkpoint records none (an on-policy run's,
-LIKELIHOOD = "vocab"         # sample.py --best_of's), and its rule: the Self-Judge paper's (OSP's own:
-                             # nanoalign/osp.py); 'compact' fits a small model's context
 
 
 @dataclass
@@ -101,22 +99,10 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
                              "'' = the principles kept in the judge's checkpoint (principles.json)")
 
 
-JUDGING = ("judge_template", "likelihood")   # how a checkpoint judges, as its state.json records
-
-
 def judge_checkpoint(cfg):
     """The checkpoint whose model judges: --judge_from, else the start (the frozen reference, and
     under self_judge --judge policy the policy, which starts there)."""
     return cfg.judge_from or cfg.init_from
-
-
-def recorded_judging(ckpt_dir):
-    """{judge_template, likelihood} as a checkpoint's run recorded them (its state.json config): the
-    template a JSFT / pref_aug run trained its judge on and the rule it is to judge by, or those an
-    on-policy run judged with; {} for a checkpoint train.py did not write, or a run of a method
-    with neither (SFT, DPO)."""
-    saved = trained_config(ckpt_dir)
-    return {k: saved[k] for k in JUDGING if k in saved}
 
 
 def judging_defaults(rule):

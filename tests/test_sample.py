@@ -207,12 +207,11 @@ def test_a_judge_or_edit_prompt_beyond_the_context_is_an_error_not_a_traceback(t
 
 def test_best_of_judges_as_the_on_policy_methods_do_where_the_checkpoint_records_no_template(
         tmp_path, capsys, help_text):
-    """One default, nanoalign/onpolicy.py JUDGE_TEMPLATE ('compact'): --best_of took 'ultrafeedback',
+    """One default, nanoalign/judge.py JUDGE_TEMPLATE ('compact'): --best_of took 'ultrafeedback',
     whose 500-odd tokens do not fit a small model's context ('sequence of 629 tokens is longer than
     the model's context'), where an on-policy run judging with the same checkpoint takes 'compact'."""
     from model.checkpoint import save_model
-    from nanoalign.judge import TEMPLATES
-    from nanoalign.onpolicy import JUDGE_TEMPLATE
+    from nanoalign.judge import JUDGE_TEMPLATE, TEMPLATES
     from nanoalign.tasks import arith
     tok = arith.build_tokenizer()
     save_model(tiny(1, vocab_size=tok.vocab_size, max_seq_len=256), str(tmp_path / "m"), tok)
