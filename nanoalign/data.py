@@ -85,8 +85,8 @@ def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
             if bad is not None:
                 bad.append(str(e))
     if not rows:     # all bad under skip_bad: why, or the run stops before it names a skipped row
-        raise DataError(f"{path}: no usable rows" + (f": all {skipped} are bad, the first {first_bad}"
-                                                     if skipped else ""))
+        why = f"all {skipped} are bad, the first {first_bad}" if skipped else "the file is empty (or blank lines only)"
+        raise DataError(f"{path}: no usable rows: {why}")
     return rows, skipped
 
 

@@ -474,7 +474,7 @@ def test_read_jsonl_errors_name_the_file(tmp_path):
     empty.write_text("\n \n")
     with pytest.raises(DataError) as e:
         read_jsonl(str(empty), "prompt", skip_bad=True)
-    assert str(e.value) == f"{empty}: no usable rows"
+    assert str(e.value) == f"{empty}: no usable rows: the file is empty (or blank lines only)"
 
 
 @given(st.dictionaries(st.text(max_size=5), st.text(max_size=5) | st.integers(), max_size=3), st.booleans(),
