@@ -42,6 +42,7 @@ import torch
 from model.checkpoint import CheckpointError, load
 from model.lora import AdaptersOff, apply_lora, merge
 from model.model import Transformer, config_from_preset
+from model.tokenizer import NoChatTemplate
 from nanoalign import REGISTRY, dist, runlog
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
                                   save_checkpoint, saved_step)
@@ -69,6 +70,8 @@ def init_model(cfg, task, device):
             model, tok = load(cfg.init_from, torch.float32, device, cfg.chat_format or None)
         except CheckpointError as e:     # its message begins with the path: say which flag gave it
             raise CheckpointError(f"--init_from {e}") from None
+        if tok.template is None:         # every row is a chat: said now, naming this command's flag
+            raise NoChatTemplate(cfg.init_from, how="--chat_format")
     if getattr(model, "lora", None):   # starting from a LoRA run: its adapters become the base
         merge(model)
     if autocast_dtype(cfg, model):     # float16 or dequantized weights: see off_bf16_ties

@@ -211,6 +211,21 @@ def test_a_checkpoint_that_is_not_there_is_named_with_the_flag_that_gave_it(tmp_
     assert capsys.readouterr().err.endswith(f"error: {flag} {missing}: does not exist\n")
 
 
+def test_a_start_without_a_chat_template_names_train_pys_flag_not_a_python_api(tmp_path, capsys, start):
+    # the error said "name a fallback format with load(..., chat_format=...)": train.py has --chat_format
+    shutil.copytree(start, tmp_path / "bare")
+    os.remove(tmp_path / "bare" / "tokenizer_config.json")
+    with pytest.raises(SystemExit):
+        train.main(["--method", "sft", "--init_from", str(tmp_path / "bare"), "--max_steps", "1",
+                    "--out_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'bare'}: no chat template") and "load(" not in err, err
+    assert "name a fallback format with --chat_format (one of chatml, inst, selfjudge, raw)" in err, err
+    # and the flag it names works
+    train.main(["--method", "sft", "--init_from", str(tmp_path / "bare"), "--chat_format", "selfjudge",
+                "--max_steps", "1", "--out_dir", str(tmp_path / "run"), "--final_eval", "false"])
+
+
 def test_the_start_line_never_counts_more_trained_weights_than_the_model_has(tmp_path, capsys, start):
     # SmolLM2's full fine-tune printed "134.52M params (135M trained)": the trained count had 3
     # significant digits, the total 2 decimals. A full fine-tune says "all"; LoRA counts its adapters
