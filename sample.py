@@ -51,13 +51,13 @@ from model.generate import generate
 from nanoalign.checkpoint import trained_config
 from nanoalign.onpolicy import judging_overridden, kept_principles, sample as sample_responses
 from nanoalign.judge import (JUDGE_TEMPLATE, LIKELIHOOD, LIKELIHOODS, TEMPLATES, JudgeError, best_of,
-                             check_template, parse_principles, recorded_judging)
+                             check_template, judging, parse_principles, recorded_judging)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
 from nanoalign.config import CHAT_FORMAT_HELP, CHAT_FORMATS
 from nanoalign.data import parse_line, validate_row
 from nanoalign.rows import check_response, check_text, check_turns_before_answer
-from nanoalign.suggest import ArgumentParser, did_you_mean
+from nanoalign.suggest import ArgumentParser
 from nanoalign.textfile import DataError, decode_line, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
 
@@ -475,32 +475,20 @@ def main(argv=None):
     return outs
 
 
-def judge_template_for(a, saved):
-    """--judge_template, else the template the checkpoint trained with (`saved`: what its config
-    records, judge.recorded_judging, as a run that judges with it reads it), else the on-policy
-    methods' default: one checkpoint judges the same way in both."""
-    name = a.judge_template or saved.get("judge_template") or JUDGE_TEMPLATE
-    if name not in TEMPLATES:
-        sys.exit(f"error: --judge_template {name!r} is unknown; choose from {', '.join(TEMPLATES)}"
-                 + did_you_mean(name, TEMPLATES))
-    return TEMPLATES[name]
-
-
 def best_of_main(a, model, tok, prompts):
     """Self-rejection (Self-Judge sec. 3.3): N samples, a single-elimination tournament, the winner.
     The checkpoint judges as it was trained to: its template, its method's likelihood rule, and under
     a principle template the principles kept with it (or --principles), combined by win rate."""
-    saved = recorded_judging(a.init_from)
-    likelihood = a.likelihood or saved.get("likelihood") or LIKELIHOOD
-    try:
-        t = check_template(tok, judge_template_for(a, saved))
+    try:          # --judge_template / --likelihood, else as the checkpoint records, else the default
+        used = judging(a.init_from, {"judge_template": a.judge_template, "likelihood": a.likelihood})
+        t, likelihood = check_template(tok, TEMPLATES[used["judge_template"]]), used["likelihood"]
         principles = None
         if "{principle}" in t.user:
             principles = (parse_principles(a.principles) if a.principles
                           else kept_principles(t, a.init_from))
     except JudgeError as e:
         sys.exit(f"error: {e}")
-    if note := judging_overridden(a.init_from, saved, {"judge_template": t.name, "likelihood": likelihood}):
+    if note := judging_overridden(a.init_from, recorded_judging(a.init_from), used):
         print(note, file=sys.stderr)
     g = torch.Generator(device=a.device).manual_seed(a.seed)
     ids = [tok.encode_prompt(p, a.system) for p in prompts]

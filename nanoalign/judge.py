@@ -2,8 +2,8 @@
 The judge: a language model asked "which response is better, A or B?", shared by every method that
 judges (MO-ORPO's self-judgement data, Self-Judge's JSFT / self-training / self-rejection, OSP).
 
-    python -m nanoalign.judge --init_from DIR --pairs pairs.jsonl [--template ultrafeedback]
-    python -m nanoalign.judge ... --template principle --principles "honesty:tells the truth,..."
+    python -m nanoalign.judge --init_from DIR --pairs pairs.jsonl [--judge_template ultrafeedback]
+    python -m nanoalign.judge ... --judge_template principle --principles "honesty:tells the truth,..."
     python -m nanoalign.judge ... --likelihood pair            # OSP's rule instead of Self-Judge's
 
 prints, per {prompt, a, b} row, p(a > b) scored in both position orders (and under each principle,
@@ -32,6 +32,7 @@ Three pieces, top to bottom:
 import argparse
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from model.generate import left_pad
 from model.tokenizer import answer_text
 from nanoalign.checkpoint import trained_config
 from nanoalign.common import evaluating
+from nanoalign.suggest import did_you_mean
 
 
 class JudgeError(ValueError):
@@ -208,6 +210,24 @@ def recorded_judging(ckpt_dir):
     with neither (SFT, DPO)."""
     saved = trained_config(ckpt_dir)
     return {k: saved[k] for k in JUDGING if k in saved}
+
+
+def judging(src, given, rule=LIKELIHOOD):
+    """How the checkpoint `src` judges, {judge_template, likelihood}: each as `given` (a flag's
+    value; None or '' = not given), else as `src` records (recorded_judging), else 'compact' and
+    `rule` (the caller's paper's). The one resolution for every tool that judges (the on-policy
+    methods, sample.py --best_of, this module's command line), so a checkpoint judges alike in
+    each. A name none of TEMPLATES / LIKELIHOODS knows (a typo; a template renamed since the run
+    recorded it) is a JudgeError saying where the name came from."""
+    rec, out = recorded_judging(src), {}
+    for k, known, fallback in (("judge_template", TEMPLATES, JUDGE_TEMPLATE), ("likelihood", LIKELIHOODS, rule)):
+        out[k] = given.get(k) or rec.get(k) or fallback
+        if out[k] not in known:
+            whose = (f"--{k} {out[k]!r} is unknown" if given.get(k) else
+                     f"{os.path.join(src, 'state.json')} records {k} {out[k]!r}, which is unknown here "
+                     f"(override it with --{k})")
+            raise JudgeError(f"{whose}; choose from {', '.join(known)}" + did_you_mean(out[k], known))
+    return out
 
 
 def label_logprobs(model, tok, t, items, likelihood="vocab", batch_size=64):
@@ -386,10 +406,10 @@ def main(argv=None):
     ap.add_argument("--init_from", required=True, help="checkpoint directory of the judge model")
     ap.add_argument("--pairs", required=True, help="JSONL of {prompt, a, b} rows (also accepts "
                     "{prompt, chosen, rejected}: a = chosen, b = rejected)")
-    ap.add_argument("--template", default=None, choices=sorted(TEMPLATES),
+    ap.add_argument("--judge_template", "--template", default=None, choices=sorted(TEMPLATES),
                     help="judgment template (the Self-Judge paper's appendix A.5, or a compact one; "
                          "default: the one the checkpoint trained with, else 'compact', as "
-                         "sample.py --best_of and the on-policy methods)")
+                         "sample.py --best_of and the on-policy methods; --template is the same flag)")
     ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
                     "judged under each, decided by win rate; a description may hold commas, only a comma "
                     "followed by a new 'name:' starts the next principle (a name is letters, "
@@ -401,12 +421,10 @@ def main(argv=None):
                          "the checkpoint records, else 'vocab')")
     # pragma: no mutate end
     a = ap.parse_args(argv)
-    saved = recorded_judging(a.init_from)       # a judge judges as it trained, as in sample.py --best_of
-    a.template = a.template or saved.get("judge_template") or JUDGE_TEMPLATE
-    a.likelihood = a.likelihood or saved.get("likelihood") or LIKELIHOOD
     try:
+        used = judging(a.init_from, vars(a))    # a judge judges as it trained, as in sample.py --best_of
         model, tok = load(a.init_from)
-        t = check_template(tok, TEMPLATES[a.template])
+        t = check_template(tok, TEMPLATES[used["judge_template"]])
         principles = parse_principles(a.principles)
         items = []
         with open(a.pairs) as f:
@@ -419,7 +437,7 @@ def main(argv=None):
                     items.append((r["prompt"], answer_text(x), answer_text(y)))
                 except (KeyError, json.JSONDecodeError) as e:
                     raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b") from None
-        ps = judge_pairs(model, tok, t, items, principles, a.batch_size, likelihood=a.likelihood)
+        ps = judge_pairs(model, tok, t, items, principles, a.batch_size, likelihood=used["likelihood"])
     except (CheckpointError, JudgeError, OSError) as e:
         raise SystemExit(f"error: {e}")
     for i, p in enumerate(ps.tolist()):

@@ -33,7 +33,7 @@ from nanoalign.compute import FAST_MIN_PARAMS, is_large
 from nanoalign.data import make_batch
 from nanoalign.dpo import DPOOptions
 from nanoalign.judge import (JUDGE_TEMPLATE, JUDGING, LIKELIHOOD, LIKELIHOODS, TEMPLATES, JudgeError,
-                             check_template, judge_pairs, judgment_rows, parse_principles,
+                             check_template, judge_pairs, judging, judgment_rows, parse_principles,
                              recorded_judging)
 from nanoalign.rows import check_labels
 from nanoalign.textfile import DataError
@@ -109,17 +109,12 @@ def judging_defaults(rule):
     """An on-policy method's Method.start_defaults: its --judge_template and --likelihood left '',
     those its judge's checkpoint records, else 'compact' and `rule` (the method's paper's)."""
     def fill(cfg):
-        src, out = judge_checkpoint(cfg), {}
-        rec = recorded_judging(src)
-        for k, known, fallback in (("judge_template", TEMPLATES, JUDGE_TEMPLATE),
-                                   ("likelihood", LIKELIHOODS, rule)):
-            if getattr(cfg, k) != "":
-                continue
-            out[k] = rec.get(k, fallback)
-            if out[k] not in known:      # a template renamed since: not a KeyError mid-run
-                raise SystemExit(f"error: {os.path.join(src, 'state.json')} records {k} {out[k]!r}, "
-                                 f"which is none of {', '.join(known)}; choose one with --{k}")
-        return out
+        given = {k: getattr(cfg, k) for k in JUDGING}
+        try:      # a template renamed since the judge's run: refused here, not a KeyError mid-run
+            used = judging(judge_checkpoint(cfg), given, rule)
+        except JudgeError as e:
+            raise SystemExit(f"error: {e}") from None
+        return {k: v for k, v in used.items() if not given[k]}
     return fill
 
 

@@ -32,7 +32,7 @@ def test_judge_cli_prints_the_swapped_probability_of_each_row(judge_dir, tmp_pat
     f.write_text(json.dumps(rows[0]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[1:]) + "\n")
     model, tok = load(judge_dir)
     items = [("What is 1 + 1?", "2.", "It is 3"), ("Hi", "Hello!", "Go"), ("What is 1 + 1?", "It is 3", "2.")]
-    # no --template: the checkpoint records none, so 'compact' (sample.py --best_of's and the on-policy
+    # no --judge_template: the checkpoint records none, so 'compact' (sample.py --best_of's and the on-policy
     # methods' default: 'ultrafeedback' overflowed a small model's context)
     for template, extra in (("compact", []), ("ultrafeedback", ["--template", "ultrafeedback", "--batch_size", "1"])):
         got = judge_cli(capsys, ["--init_from", judge_dir, "--pairs", str(f)] + extra)
@@ -48,7 +48,7 @@ def test_judge_cli_judges_under_principles_by_win_rate(judge_dir, tmp_path, caps
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "What is 1 + 1?", "a": "2.", "b": "It is 3"}) + "\n")
     principles = [("correct", "the sum is right"), ("format", "ends with a period")]
-    got = judge_cli(capsys, ["--init_from", judge_dir, "--pairs", str(f), "--template", "compact_principle",
+    got = judge_cli(capsys, ["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact_principle",
                              "--principles", "correct:the sum is right,format:ends with a period"])
     model, tok = load(judge_dir)
     want = judge_pairs(model, tok, TEMPLATES["compact_principle"], [("What is 1 + 1?", "2.", "It is 3")],
@@ -61,18 +61,18 @@ def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + json.dumps({"prompt": "q", "a": "x"}) + "\n")
     with pytest.raises(SystemExit) as e:
-        main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
     assert str(e.value) == f"error: {f}:3: bad row (KeyError('b')); need prompt, a, b"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n{not json\n")
     with pytest.raises(SystemExit) as e:
-        main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
     assert str(e.value).startswith(f"error: {f}:2: bad row (JSONDecodeError(")
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
     with pytest.raises(SystemExit) as e:
-        main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact_principle"])
+        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact_principle"])
     assert str(e.value).startswith("error: judge template 'compact_principle' judges under principles")
     with pytest.raises(SystemExit) as e:
-        main(["--init_from", judge_dir, "--pairs", str(tmp_path / "none.jsonl"), "--template", "compact"])
+        main(["--init_from", judge_dir, "--pairs", str(tmp_path / "none.jsonl"), "--judge_template", "compact"])
     assert str(e.value).startswith("error: [Errno 2] No such file or directory")
     with pytest.raises(SystemExit) as e:
         main(["--init_from", str(tmp_path / "no_such_dir"), "--pairs", str(f)])
@@ -104,7 +104,7 @@ def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir,
         judge.main(["--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and judge.__doc__.strip().splitlines()[0] in out
-    for flag in ("--init_from", "--pairs", "--template", "--principles", "--batch_size"):
+    for flag in ("--init_from", "--pairs", "--judge_template", "--principles", "--batch_size"):
         assert flag in out
     flat = " ".join(out.split())
     assert "default: the one the checkpoint trained with, else 'compact'" in flat and "default: 16" in flat
@@ -112,7 +112,7 @@ def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir,
         judge.main(["--init_from", judge_dir])
     assert e.value.code == 2 and "required: --pairs" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        judge.main(["--init_from", judge_dir, "--pairs", "p.jsonl", "--template", "no_such"])
+        judge.main(["--init_from", judge_dir, "--pairs", "p.jsonl", "--judge_template", "no_such"])
     assert e.value.code == 2 and "invalid choice: 'no_such'" in capsys.readouterr().err
 
 
@@ -126,8 +126,8 @@ def test_judge_cli_passes_its_batch_size_on(judge_dir, tmp_path, monkeypatch, ca
     monkeypatch.setattr(judge, "judge_pairs", spy)
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
-    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact", "--batch_size", "3"])
-    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact", "--batch_size", "3"])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
     assert seen == [3, 16]
 
 
@@ -142,8 +142,8 @@ def test_judge_cli_judges_by_the_likelihood_rule_it_is_given(judge_dir, tmp_path
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
     for rule in ("pair", "vocab"):
-        judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact", "--likelihood", rule])
-    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--template", "compact"])
+        judge.main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact", "--likelihood", rule])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
     assert seen == ["pair", "vocab", "vocab"]
 
 
@@ -165,6 +165,59 @@ def test_judge_cli_judges_as_the_checkpoint_records_unless_told(judge_dir, tmp_p
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
     judge.main(["--init_from", str(trained), "--pairs", str(f)])
-    judge.main(["--init_from", str(trained), "--pairs", str(f), "--template", "compact", "--likelihood", "vocab"])
+    judge.main(["--init_from", str(trained), "--pairs", str(f), "--judge_template", "compact", "--likelihood", "vocab"])
     judge.main(["--init_from", judge_dir, "--pairs", str(f)])
     assert seen == [("hh", "pair"), ("compact", "vocab"), ("compact", "vocab")]
+
+
+@pytest.mark.parametrize("name, guess", [("compakt", "'compact'"), ("ultrafeedbak", "'ultrafeedback'"),
+                                         ("zzz", None)])
+def test_an_unknown_judge_template_gets_the_closest_one(judge_dir, name, guess):
+    """judge.judging, where every tool that judges chooses its template: a name given that is none of
+    TEMPLATES is refused, with a guess only where a known name is close."""
+    from nanoalign.judge import JudgeError, judging
+    with pytest.raises(JudgeError) as e:
+        judging(judge_dir, {"judge_template": name})
+    assert str(e.value).startswith(f"--judge_template {name!r} is unknown; choose from hh, ultrafeedback, ")
+    if guess:
+        assert str(e.value).endswith(f"; did you mean {guess}?")
+    else:
+        assert "did you mean" not in str(e.value)
+
+
+def test_a_recorded_template_unknown_here_is_one_error_in_every_tool_that_judges(judge_dir, tmp_path, capsys):
+    """A checkpoint whose run recorded a template this code does not know (renamed since): the judge's
+    command line raised KeyError('compact_v1') from TEMPLATES[...], sample.py --best_of named a flag the
+    user never gave, and only the on-policy methods said which file held the name. Each now refuses
+    it in the same words, naming state.json and the flag that overrides it; given that flag, it judges."""
+    import argparse
+    import shutil
+    import sample
+    import nanoalign.judge as judge
+    from nanoalign import onpolicy
+    from model.checkpoint import load
+    old = tmp_path / "old"
+    shutil.copytree(judge_dir, old)
+    (old / "state.json").write_text(json.dumps({"step": 1, "config": {
+        "method": "jsft", "judge_template": "compact_v1", "likelihood": "pair"}}))
+    want = (f"error: {old / 'state.json'} records judge_template 'compact_v1', which is unknown here (override "
+            f"it with --judge_template); choose from {', '.join(judge.TEMPLATES)}; did you mean 'compact'?")
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        judge.main(["--init_from", str(old), "--pairs", str(f)])
+    assert str(e.value) == want
+    cfg = argparse.Namespace(init_from=str(old), judge_from="", judge_template="", likelihood="")
+    with pytest.raises(SystemExit) as e:
+        onpolicy.judging_defaults("vocab")(cfg)
+    assert str(e.value) == want
+    model, tok = load(str(old))
+    a = sample.parse_args(["--init_from", str(old), "--prompt", "q", "--best_of", "2", "--device", "cpu"])
+    with pytest.raises(SystemExit) as e:
+        sample.best_of_main(a, model, tok, ["q"])
+    assert str(e.value) == want
+    # the flag overrides the recorded name (and only the one it names: the rule stays the recorded one)
+    cfg.judge_template = "compact"
+    assert onpolicy.judging_defaults("vocab")(cfg) == {"likelihood": "pair"}
+    judge.main(["--init_from", str(old), "--pairs", str(f), "--judge_template", "compact"])
+    assert list(json.loads(capsys.readouterr().out)) == ["row", "p(a>b)"]
