@@ -54,7 +54,7 @@ from nanoalign.judge import (JUDGE_TEMPLATE, LIKELIHOOD, LIKELIHOODS, TEMPLATES,
                              check_template, judging, parse_principles, recorded_judging)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast
-from nanoalign.config import CHAT_FORMAT_HELP, CHAT_FORMATS
+from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
 from nanoalign.data import parse_line, validate_row
 from nanoalign.rows import check_response, check_text, check_turns_before_answer
 from nanoalign.suggest import ArgumentParser

@@ -60,6 +60,12 @@ FORMATS = {
     "raw": ("{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}"
             "{{ eos_token }}{% endif %}{% endfor %}"),
 }
+# --chat_format (train.py's, sample.py's, the instruct task's build): one wording and one list of
+# choices for every command line that loads a checkpoint to chat with
+CHAT_FORMAT_HELP = ("'' = the checkpoint's own chat template; a named format replaces it (for a "
+                    "checkpoint that has none): 'chatml' (SmolLM2, Qwen), 'inst' (Llama-2, Mistral), "
+                    "'selfjudge' (the Self-Judge paper's), 'raw' (the text alone)")
+CHAT_FORMATS = ("",) + tuple(FORMATS)
 
 
 # -- the helpers a template may call ---------------------------------------------------------------

@@ -18,7 +18,7 @@ import operator
 import os
 from dataclasses import dataclass
 
-from model.chat_template import FORMATS
+from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
 from model.checkpoint import CheckpointError, read_json
 from model.lora import parse_targets
 from model.model import PRESETS
@@ -40,11 +40,6 @@ RESUMABLE = ("resume", "max_steps", "log_every", "eval_every", "eval_batches", "
 PATHS = ("init_from", "train_data", "val_data", "judge_from", "task_data")
 NOT_PATHS = ("", "auto", "builtin", "default", "scratch")
 ON_POLICY = ", ".join(n for n, m in REGISTRY.items() if m.rollout)   # they sample: no held-out loss
-# --chat_format, train.py's and sample.py's: one wording and one list of choices for both
-CHAT_FORMAT_HELP = ("'' = the checkpoint's own chat template; a named format replaces it (for a "
-                    "checkpoint that has none): 'chatml' (SmolLM2, Qwen), 'inst' (Llama-2, Mistral), "
-                    "'selfjudge' (the Self-Judge paper's), 'raw' (the text alone)")
-CHAT_FORMATS = ("",) + tuple(FORMATS)
 
 
 def _rate(x):

@@ -422,20 +422,15 @@ def test_an_instruction_the_scorer_cannot_parse_is_an_error(prompt, match):
 
 
 def test_a_tokenizer_without_a_chat_template_is_an_error(tmp_path):
-    stub = types.SimpleNamespace(encode_prompt=lambda p: [1, 2, 3], chat_template=None, chat_format=None)
-    with pytest.raises(D.NoChatTemplateError, match="no chat template and no named chat format"):
-        D.encode_prompt(stub, "What is 23 + 45?")
-    # a real tokenizer without a template: the byte tokenizer with no named format
-    from model.tokenizer import Tokenizer
+    """The task's prompts are chat turns: a tokenizer that cannot render one is refused before any
+    sampling, with the error every other tool gives (model/tokenizer.py NoChatTemplate)."""
+    from model.tokenizer import NoChatTemplate, Tokenizer
     bt = byte_tokenizer()
     bare = Tokenizer(bt.tok, bos_id=bt.bos_id, eos_id=bt.eos_id, pad_id=bt.pad_id)
-    with pytest.raises(D.NoChatTemplateError):
+    with pytest.raises(NoChatTemplate, match="no chat template"):
         I.build(str(tmp_path / "d"), k=2, n_prompts=2, model=tiny(vocab_size=bt.vocab_size), tok=bare,
                 init_from="tiny")
-    # the same tokenizer API through apply_chat_template only
-    only = types.SimpleNamespace(chat_template="x", apply_chat_template=lambda m, add_generation_prompt,
-                                 tokenize: [len(m[0]["content"])])
-    assert D.encode_prompt(only, "abc") == [3]
+    assert not os.path.exists(tmp_path / "d" / D.SIDECAR)     # the directory is not claimed
 
 
 def test_preference_rows_need_a_source_of_samples():
@@ -557,7 +552,19 @@ def test_build_command_line(tmp_path, capsys):
     from model.tokenizer import Tokenizer
     bare = Tokenizer(tok.tok, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
     save_model(model, str(tmp_path / "bare"), bare)
+    bare_argv = ["build", "--init_from", str(tmp_path / "bare"), "--out", str(tmp_path / "d2"), "--k", "2",
+                 "--n_prompts", "2", "--n_val", "2", "--max_new_tokens", "4", "--device", "cpu"]
     with pytest.raises(SystemExit) as e:
-        I.main(["build", "--init_from", str(tmp_path / "bare"), "--out", str(tmp_path / "d2"), "--k", "2",
-                "--n_prompts", "2", "--device", "cpu"])
-    assert e.value.code == 2 and "no chat template" in capsys.readouterr().err
+        I.main(bare_argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {tmp_path / 'bare'}: no chat template"), err
+    assert "name a fallback format with --chat_format (one of chatml," in err   # this command's flag
+    # named, the format is spoken, and it is part of what the build is: another format, another build
+    with one_thread():
+        side = I.main(bare_argv + ["--chat_format", "chatml"])
+    assert side["chat_format"] == "chatml" and side["counts"]["train"]["prompts"] == 2
+    recs = D.load_samples(str(tmp_path / "d2"), "train")
+    assert all(r["prompt"] for r in recs)
+    with pytest.raises(SystemExit) as e:
+        I.main(bare_argv + ["--chat_format", "inst"])
+    assert e.value.code == 2 and "chat_format 'chatml' (asked 'inst')" in capsys.readouterr().err

@@ -12,7 +12,9 @@ import shlex
 import sys
 
 import nanoalign.tasks.instruct.samples as samples
+from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
 from model.files import CheckpointError
+from model.tokenizer import NoChatTemplate
 from nanoalign.dist import resolve_device
 from nanoalign.tasks.instruct.generate import make_spec
 from nanoalign.tasks.instruct.responses import STYLES, write_response
@@ -41,6 +43,8 @@ def build_main(argv):
                     help="most new tokens per sample (default: %(default)s)")
     ap.add_argument("--batch_size", type=int, default=16, help="prompts per generate call (x k rows) "
                     "(default: %(default)s)")
+    ap.add_argument("--chat_format", default="", choices=CHAT_FORMATS, metavar="NAME",
+                    help=CHAT_FORMAT_HELP + " (default: '')")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                     help="'auto' = cuda when a GPU is visible, else cpu (default: %(default)s)")
     a = ap.parse_args(argv)
@@ -49,7 +53,11 @@ def build_main(argv):
     try:
         side = samples.build(a.out, a.k, a.n_prompts, a.seed, a.n_val, init_from=a.init_from,
                              temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
-                             batch_size=a.batch_size, device=device, command=command)
+                             batch_size=a.batch_size, device=device, command=command,
+                             chat_format=a.chat_format or None)
+    except NoChatTemplate as e:    # its message names load()'s argument; this command has a flag
+        print(f"error: {NoChatTemplate(e.name, how='--chat_format')}", file=sys.stderr)
+        sys.exit(2)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

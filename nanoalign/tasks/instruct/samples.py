@@ -22,8 +22,9 @@ settings on the same hardware give the same files, and an interrupted build (sam
 continues where it stopped. A directory whose build.json holds the same settings is reused as it is
 (nothing is sampled); one built with other settings is an error, never overwritten.
 
-A checkpoint without a chat template is an error (NoChatTemplateError): the task's prompts are chat
-turns, and a base model's raw continuation of them says nothing about the instruct policy.
+A checkpoint without a chat template (or a named fallback format, `chat_format`) is an error
+(model/tokenizer.py NoChatTemplate): the task's prompts are chat turns, and a base model's raw
+continuation of them says nothing about the instruct policy.
 """
 import json
 import os
@@ -47,41 +48,17 @@ SAMPLES = "samples.jsonl"
 PARTIAL = "samples.partial.jsonl"
 
 
-class NoChatTemplateError(CheckpointError):
-    """The tokenizer cannot render a chat prompt: no template of its own and no named format."""
-
-
 class BuildError(CheckpointError):
     """A data directory that holds another build."""
 
 
 # -- sampling ------------------------------------------------------------------------------------------
-def encode_prompt(tok, prompt):
-    """Token ids of a user prompt up to where the assistant speaks, through the checkpoint's chat
-    template: the one place this module asks a tokenizer for prompt ids. Works with nanoalign's
-    Tokenizer (encode_prompt) and with any tokenizer that has apply_chat_template; a tokenizer with
-    neither a template (chat_template / template) nor a named fallback format (chat_format) is a
-    NoChatTemplateError."""
-    has_template = any(getattr(tok, a, None) is not None for a in ("chat_template", "template", "chat_format"))
-    if not has_template:
-        name = getattr(tok, "name", None) or type(tok).__name__
-        raise NoChatTemplateError(
-            f"{name}: the tokenizer has no chat template and no named chat format, so the task's chat "
-            f"prompts cannot be rendered; use an instruct checkpoint with its template (in "
-            f"tokenizer_config.json or chat_template.jinja), or name a fallback format with "
-            f"\"nanoalign_chat_format\" in tokenizer_config.json")
-    if hasattr(tok, "encode_prompt"):
-        return list(tok.encode_prompt(prompt))
-    if hasattr(tok, "apply_chat_template"):
-        return list(tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True, tokenize=True))
-    raise NoChatTemplateError(f"{type(tok).__name__}: neither encode_prompt nor apply_chat_template")
-
-
-def settings(init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size):
-    """What decides the samples: the cache key of a build."""
-    return {"task": NAME, "task_version": VERSION, "init_from": init_from, "k": k,
-            "n_prompts": n_prompts, "n_val": n_val, "seed": seed, "temperature": temperature,
+def settings(init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size,
+             chat_format=None):
+    """What decides the samples: the cache key of a build (a build.json written before chat_format
+    was a setting reads as None, the checkpoint's own template, which it was)."""
+    return {"task": NAME, "task_version": VERSION, "init_from": init_from, "chat_format": chat_format,
+            "k": k, "n_prompts": n_prompts, "n_val": n_val, "seed": seed, "temperature": temperature,
             "top_p": top_p, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
 
 
@@ -117,7 +94,7 @@ def sample_split(model, tok, split, n, s, partial_f, done):
         if all((split, i + j) in done for j in range(len(batch))):
             out += [done[(split, i + j)] for j in range(len(batch))]
             continue
-        ids = [encode_prompt(tok, p) for p in batch]
+        ids = [tok.encode_prompt(p) for p in batch]
         samples = sample(model, tok, ids, s["k"], s["temperature"], s["top_p"], s["max_new_tokens"],
                          _generator(s["seed"], split, b, device))
         for j, (p, cands) in enumerate(zip(batch, samples)):
@@ -169,13 +146,15 @@ def _summary(records, pairs):
 
 def build(out, k=4, n_prompts=1000, seed=0, n_val=None, model=None, tok=None, init_from=None,
           temperature=0.7, top_p=0.9, max_new_tokens=128, batch_size=16, device="cpu", command=None,
-          log=print):
+          log=print, chat_format=None):
     """Build (or reuse) the task's on-policy data directory `out`; returns its sidecar dict (with
     "reused": True when nothing was sampled). The model comes from `init_from` (loaded only when
     sampling is needed) unless `model` and `tok` are given; `init_from` is recorded either way and is
-    part of the cache key. n_val defaults to max(16, n_prompts // 8)."""
+    part of the cache key, as is `chat_format` (a named format the loaded checkpoint speaks instead of
+    its own template; a `tok` given speaks its own). n_val defaults to max(16, n_prompts // 8)."""
     n_val = max(16, n_prompts // 8) if n_val is None else n_val
-    s = settings(init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size)
+    s = settings(init_from, k, n_prompts, n_val, seed, temperature, top_p, max_new_tokens, batch_size,
+                 chat_format)
     side = os.path.join(out, SIDECAR)
     if os.path.exists(side):
         with open(side) as f:
@@ -187,6 +166,14 @@ def build(out, k=4, n_prompts=1000, seed=0, n_val=None, model=None, tok=None, in
         if old.get("finished"):
             log(f"{out}: reusing the samples built by `{old.get('command')}`")
             return {**old, "reused": True}
+    if model is None:
+        from model.checkpoint import load
+        if not init_from:
+            raise BuildError("build: give init_from (a checkpoint directory) or a model and its tokenizer")
+        model, tok = load(init_from, torch.float32, device, chat_format)
+    # a checkpoint without a chat template fails here, before the directory is claimed for these
+    # settings (the same command with --chat_format must find it free)
+    tok.encode_prompt("Hi")
     os.makedirs(out, exist_ok=True)
     atomic_write_json({**s, "command": command, "finished": False}, side)
     partial = os.path.join(out, PARTIAL)
@@ -195,12 +182,6 @@ def build(out, k=4, n_prompts=1000, seed=0, n_val=None, model=None, tok=None, in
         for rec in _read_jsonl(partial):
             done[(rec["split"], rec["index"])] = rec
         log(f"{out}: continuing an interrupted build ({len(done)} prompts sampled)")
-    if model is None:
-        from model.checkpoint import load
-        if not init_from:
-            raise BuildError("build: give init_from (a checkpoint directory) or a model and its tokenizer")
-        model, tok = load(init_from, torch.float32, device)
-    encode_prompt(tok, "Hi")   # a checkpoint without a chat template fails here, before any sampling
     t0 = time.time()
     with open(partial, "a", encoding="utf-8") as pf:
         records = []
