@@ -176,7 +176,8 @@ def rollout(model, method, micro, run, cfg):
 def accumulate_gradients(model, method, micro, run, cfg):
     """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
     the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
-    # with W processes: the units of the global batch, times W because DDP / FSDP average over ranks
+    # with W processes: the global batch's units / W, because DDP / FSDP average the W ranks'
+    # gradients (the mean of W sums, each over global / W, is the sum over the global units)
     denom = dist.all_sum(sum(b[method.unit] for b in micro)) / dist.world()
     loss_total, mets = 0.0, []
     for i, b in enumerate(micro):
@@ -242,7 +243,8 @@ def train(cfg, task=None, stop_at=None):
     set_deterministic(cfg, device)               # CUDA: one summation order, for --resume
     torch.manual_seed(cfg.seed)
     model, tok = init_model(cfg, task, device)
-    # the built-in task lends its oracle to the methods' metrics; on your own data there is none
+    # the built-in task lends its oracle to the methods' metrics (and its rationales to the rationale
+    # judge templates); on your own data there is none
     run = Run(tok=tok, task=task if cfg.train_data == "builtin" else None)
     run.checkpoint_files.update(inherited(cfg.init_from))   # a judge's principles travel on
     if method.needs_ref and not cfg.lora_r:

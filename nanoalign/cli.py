@@ -139,9 +139,6 @@ def parse_config(argv=None, description=None):
     if cfg.val_data not in ("auto", "") and REGISTRY[cfg.method].rollout:   # train.py reads none
         ap.error(f"--val_data: --method {cfg.method} samples on-policy and has no held-out loss (it "
                  f"would need a rollout per evaluation); drop --val_data")
-    if getattr(cfg, "judge", None) == "policy" and cfg.judge_from:   # self_judge would judge by judge_from
-        ap.error(f"--judge policy: --judge_from {cfg.judge_from} judges instead of the policy; drop "
-                 f"one of them")
     if cfg.chat_format and cfg.init_from == "scratch":   # init_model never reads it: the task's tokenizer
         ap.error(f"--chat_format {cfg.chat_format}: --init_from scratch starts with the task's byte "
                  f"tokenizer, which speaks selfjudge; drop --chat_format")

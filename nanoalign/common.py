@@ -56,7 +56,8 @@ class Method:
     loss: Callable            # (model, batch, run, cfg) -> (loss_sum, {metric: float})
     help: str
     options: type = NoOptions  # the method's own options (a dataclass built with `option`)
-    needs_ref: bool = False   # a frozen copy of the initial model goes in run.ref
+    needs_ref: bool = False   # a frozen copy of the initial model goes in run.ref (under --lora_r:
+                              # the policy itself with its adapters off, the same start)
     setup: Callable = None    # (run, cfg, device) -> None, before the data: what the method needs
                               # beside the model (a --judge_from judge, the principles it judges by)
     prepare: Callable = None  # (rows, cfg, split, run) -> rows of kind `eats` (e.g. add SJ triples)
@@ -83,6 +84,9 @@ class Method:
                                      # template and rule: those its checkpoint records); the config
                                      # fills them in, so the saved config, which --resume keeps,
                                      # holds what the run used
+    check_config: Callable = None  # cfg -> None, or why the method refuses this combination of
+                                   # options (one it would otherwise quietly ignore): an error
+                                   # wherever a config is made (flags, --config, make_config)
 
 
 REGISTRY = {}
@@ -123,8 +127,8 @@ class Run:
     judge: Optional[torch.nn.Module] = None  # a judge model of its own (--judge_from), else None
     judge_tok: Any = None                # that judge's own tokenizer and chat template (None: tok)
     task: Any = None                     # a built-in task lent by the caller: .oracle_scores(prompt,
-                                         # response) and .rationale(...), for metrics only; None on
-                                         # the user's own data
+                                         # response) for metrics, .rationale(...) for the targets of
+                                         # the rationale judge templates; None on the user's own data
     step: int = 0                        # optimizer steps done
     epoch: float = 0.0                   # epochs of data seen (fractional)
     epochs: float = 1.0                  # epochs the whole run will see

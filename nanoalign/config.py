@@ -269,6 +269,8 @@ def config_from_dict(d, where, saved=False):
     cfg = cls(**kept)
     if REGISTRY[method].start_defaults:    # '' = the value a checkpoint records (the judge's template)
         cfg = dataclasses.replace(cfg, **REGISTRY[method].start_defaults(cfg))
+    if REGISTRY[method].check_config and (why := REGISTRY[method].check_config(cfg)):
+        raise SystemExit(f"error: {where}: {why}")
     try:
         parse_targets(cfg.lora_targets)
     except ValueError as e:

@@ -13,7 +13,7 @@ Three pieces, top to bottom:
 1. Templates. A `JudgeTemplate` is a user message with {prompt} {a} {b} (and {principle}), an
    optional system message, and the assistant's answer up to and including the label, e.g.
    "... would be Response {label}". The Self-Judge paper's appendix A.5 templates (arXiv:2402.11253,
-   Tables 13-18) are here verbatim in structure; 'compact' ones keep the same shape in few enough bytes for
+   Tables 14-18) are here verbatim in structure; 'compact' ones keep the same shape in few enough bytes for
    the built-in task's byte-level tiny model (the A.5 UltraFeedback template alone is ~500 bytes,
    the tiny model's whole context is 512). MO-ORPO's ~50 self-judgement prompt variations are
    JudgeTemplates too, kept with their method in nanoalign/mo_orpo.py.

@@ -47,6 +47,7 @@ from nanoalign.judge import parse_named, prompt_text
 from nanoalign.rows import check_labels
 from nanoalign.sft import METRICS, sft_loss
 from nanoalign.suggest import did_you_mean
+from nanoalign.textfile import DataError
 
 PROMPT = ("Edit the following Question-Answer pair to make it {t} considering the following "
           "objectives: {objectives} | Question: {q} | Answer: {y} | Edit:")
@@ -109,6 +110,11 @@ def build_sets(rows, seed, holdout=()):
 def stage_rows(rows, cfg, split, run=None):
     """The SFT rows of one stage; the training split's objectives are kept with the checkpoint."""
     holdout = tuple(x for x in cfg.meta_holdout.split(",") if x)
+    labelled = {k for r in rows for k in r.get("labels") or {}}
+    for name in holdout:     # a misspelt name would hold nothing out, and the zero-shot test be no test
+        if split == "train" and name not in labelled:
+            raise DataError(f"--meta_holdout {name!r}: no training row labels this objective; the rows "
+                            f"label {', '.join(sorted(labelled))}" + did_you_mean(name, labelled))
     d_p, d_e = build_sets(rows, cfg.seed, holdout)
     if split == "train" and run is not None:
         run.checkpoint_files[OBJECTIVES_FILE] = {k: r["objectives"][k] for r in rows for k in r["labels"]

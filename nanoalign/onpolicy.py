@@ -2,7 +2,7 @@
 The on-policy round shared by Self-Judge (nanoalign/self_judge.py) and OSP (nanoalign/osp.py):
 
     sample -> judge -> pairs        a method's `rollout`, which the loop calls with no gradients
-    -> update                       its `loss`, a plain pair loss on those pairs
+    -> update                       its `loss`, on those pairs
 
 1. sample      n responses per prompt from the policy, one batched KV-cached generate call
 2. judge       p(a > b) for response pairs, by a judge model scoring the two label tokens in both
@@ -10,14 +10,22 @@ The on-policy round shared by Self-Judge (nanoalign/self_judge.py) and OSP (nano
                eval mode; a --judge_from judge reads the decoded texts with its own tokenizer.
                The template and rule are by default those the judge's checkpoint records (a JSFT
                run's: judging_defaults), else 'compact' and the method's paper's rule
-3. pairs       each pair oriented by the judge (p >= 1/2: a is the chosen one), as a preference batch
-               of the prompt ids + response ids, never re-tokenized
-4. update      a pairwise loss against the frozen reference (nanoalign/dpo.py pair_losses), in the
-               method's loss; train.py calls rollout then loss, in that order, every micro-batch
+3. pairs       a preference batch of the prompt ids + response ids, never re-tokenized. Self-Judge
+               (and OSP's dpo / ipo ablations) orient each pair by the judge (p >= 1/2: a is the
+               chosen one); OSP's SPCE keeps its pairs as drawn, rank order or random, with the soft
+               p as its target (p < 1/2 pushes toward b); OSP's RAFT keeps one winner per prompt
+4. update      the method's loss: a pairwise loss against the frozen reference (nanoalign/dpo.py
+               pair_losses) for the pair methods, SFT on the winners for RAFT. train.py rolls out all
+               of a step's micro-batches first (no gradients), then takes their losses
 
 Only the methods' choices differ (how many samples, which pairs, which loss), so each method file
 reads as its paper's algorithm and this file holds the plumbing once. `judge_probs` is the one
 place where a judge is asked: tests replace it with a known rule.
+
+Before the round, after the options, sits the other side of judging, the judgment data a judge
+trains on (template_of to judgment_data): JSFT (nanoalign/self_judge.py) and OSP's preference
+augmentation (nanoalign/osp.py) build their rows there, with the template options and label checks
+the round uses too, so a judge learns in the template it is later asked in.
 """
 import os
 import time

@@ -10,8 +10,9 @@ docs/methods.md#self-judge): one model that is both the policy and the judge.
                         short true rationale (built-in task only). --jsft_judge false = SFT on the
                         chosen responses alone, the control for "does JSFT improve judging?".
   self_judge            on-policy self-training (sec. 3.2). pi_theta and pi_ref start from the JSFT
-                        model (--init_from: a jsft run's checkpoint; any other start judges zero-shot,
-                        and the run says so), pi_ref frozen. Each step, per prompt: two samples from pi_theta
+                        model (--init_from: a jsft run's checkpoint; a start that never trained to
+                        judge, recording no judge template, judges zero-shot, and the run says so),
+                        pi_ref frozen. Each step, per prompt: two samples from pi_theta
                         (temperature 1.0, top-p 0.9), pi_ref judges them with position swap by the
                         paper's rule (sec. 3.1, --likelihood vocab): each sample's judge-token
                         likelihood over the whole vocabulary, averaged over both orders, the larger
@@ -22,7 +23,8 @@ docs/methods.md#self-judge): one model that is both the policy and the judge.
                             L_DPO = -logsigmoid(beta * [(pol_w - ref_w) - (pol_l - ref_l)])
                         with logp_sum log-probs and beta = 0.1 (nanoalign/dpo.py).
   self_judge_offpolicy  the off-policy baseline: each prompt's pair is sampled once from the initial
-                        policy (pi_ref) and judged once by it, cached, then the same DPO.
+                        policy (pi_ref) and judged once by it (or by a --judge_from checkpoint),
+                        cached, then the same DPO.
   dpo                   the offline baseline on the dataset's own pairs (nanoalign/dpo.py).
 
 Self-rejection at inference: `sample.py --best_of N` (judge.best_of, a tournament of N-1 judgments),
@@ -60,6 +62,14 @@ class SelfJudgeOptions(onpolicy.OnPolicyOptions):
                         "choice) or 'policy' (the model being trained); a --judge_from checkpoint "
                         "judges instead of 'ref' ('policy' with --judge_from is an error)",
                         choices=("ref", "policy"))
+
+
+def one_judge(cfg):
+    """--judge policy with --judge_from: the round would judge by the --judge_from checkpoint
+    (onpolicy.judge_of takes it first), so the policy never judges: refused, not ignored."""
+    if cfg.judge == "policy" and cfg.judge_from:
+        return f"--judge policy: --judge_from {cfg.judge_from} judges instead of the policy; drop one of them"
+    return None
 
 
 def jsft_rows(rows, cfg, split, run):
@@ -103,8 +113,9 @@ def self_judge_rollout(model, batch, run, cfg):
 
 def offpolicy_rollout(model, batch, run, cfg):
     """The off-policy baseline's round: each distinct prompt's pair is sampled from pi_ref with a
-    generator seeded by (seed, prompt) and judged once, by pi_ref, and the oriented pair is cached:
-    the cache is the same after a resume, whatever the batch a prompt first appears in."""
+    generator seeded by (seed, prompt) and judged once, by pi_ref (or the --judge_from checkpoint),
+    and the oriented pair is cached: the cache is the same after a resume, whatever the batch a
+    prompt first appears in."""
     prompts, ptexts = batch["prompts"], [e["row"]["prompt"] for e in batch["examples"]]
     cache = run.memory.setdefault("offpolicy", {})    # prompt ids -> (chosen sample, rejected sample)
     clock = onpolicy.Clock()
@@ -143,7 +154,7 @@ register(
            help="Self-Judge: on-policy DPO, two samples per prompt judged by the frozen reference "
                 "(--judge policy: by the policy)", options=SelfJudgeOptions, needs_ref=True,
            setup=onpolicy.setup, start_defaults=onpolicy.judging_defaults(onpolicy.LIKELIHOOD),
-           metrics=METRICS,
+           check_config=one_judge, metrics=METRICS,
            trl_rate=lambda cfg: "online"),   # --lr 0 on a pretrained model: OnlineDPOConfig's rate
     Method(name="self_judge_offpolicy", reads="prompt", eats="prompt", unit="n_examples",
            rollout=offpolicy_rollout, loss=pairs_loss(dpo_loss),

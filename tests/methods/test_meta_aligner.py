@@ -242,6 +242,26 @@ def test_meta_aligner_stage_rows_holdout_and_seed():
     assert len(picks) == 3                                 # the warm-up subset follows the seed
 
 
+def test_a_holdout_objective_no_row_labels_is_refused_not_ignored():
+    """--meta_holdout formt (for 'format') held nothing out: the sets came out as with no holdout,
+    so the paper's zero-shot test quietly became a run that trained on the objective. A name no
+    training row labels is refused, with the closest name; the validation split, which may lack an
+    objective, is not checked."""
+    import dataclasses
+    import train
+    from nanoalign.data import DataError
+    from nanoalign.meta_aligner import build_sets, stage_rows
+    rows = [meta_row({"format": "1", "correct": "2"}) for _ in range(4)]
+    cfg = train.make_config(method="meta_aligner", meta_stage="preference", meta_holdout="correct,formt")
+    with pytest.raises(DataError) as e:
+        stage_rows(rows, cfg, "train")
+    assert str(e.value) == ("--meta_holdout 'formt': no training row labels this objective; the rows "
+                            "label correct, format; did you mean 'format'?")
+    assert stage_rows(rows, cfg, "val") == build_sets(rows, cfg.seed, ("correct", "formt"))[0]
+    ok = dataclasses.replace(cfg, meta_holdout="format")
+    assert stage_rows(rows, ok, "train") == build_sets(rows, cfg.seed, ("format",))[0]
+
+
 # -- --skip_bad_rows: a row without usable labels is a bad row like any other ------------------------
 @pytest.mark.parametrize("method, opts", [("meta_aligner", {"meta_stage": "preference"}),
                                           ("jsft", {"judge_template": "compact_principle"}),

@@ -285,3 +285,19 @@ def test_osp_stats_of_one_value_have_zero_spread():
     assert _stats("p", torch.tensor([0.25])) == {"p_mean": 0.25, "p_std": 0.0}
     got = _stats("q", torch.tensor([1.0, 2.0, 4.0]))
     assert abs(got["q_mean"] - 7 / 3) < 1e-6 and abs(got["q_std"] - (7 / 3) ** 0.5) < 1e-6   # unbiased
+
+
+def test_a_judge_that_records_no_rule_judges_by_each_papers_own(tmp_path):
+    """A start that records no likelihood rule (an SFT warm-up, a downloaded model): OSP's judge takes
+    the OSP paper's two-label softmax ('pair', section 3.2), Self-Judge's the Self-Judge paper's
+    ('vocab', section 3.1); a recorded rule or a flag comes first."""
+    import json
+    import types
+    from nanoalign import REGISTRY
+    cfg = types.SimpleNamespace(init_from=str(tmp_path), judge_from="", judge_template="", likelihood="")
+    assert REGISTRY["osp"].start_defaults(cfg) == {"judge_template": "compact", "likelihood": "pair"}
+    assert REGISTRY["self_judge"].start_defaults(cfg) == {"judge_template": "compact", "likelihood": "vocab"}
+    (tmp_path / "state.json").write_text(json.dumps({"step": 1, "config": {"likelihood": "vocab"}}))
+    assert REGISTRY["osp"].start_defaults(cfg) == {"judge_template": "compact", "likelihood": "vocab"}
+    cfg.likelihood = "pair"
+    assert REGISTRY["self_judge"].start_defaults(cfg) == {"judge_template": "compact"}

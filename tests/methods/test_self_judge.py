@@ -208,3 +208,26 @@ def test_a_judge_prompt_beyond_the_context_ends_the_run_with_one_line_naming_wha
     assert e.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: judge template 'ultrafeedback': a judge prompt of ")
     assert "--gen_max_tokens" in err and "--max_length" in err and "'compact'" in err
+
+
+def test_judge_policy_with_judge_from_is_refused_not_ignored(tmp_path, capsys):
+    """--judge_from names the judge, so the policy never judged and the run said nothing of it. The
+    rule is Self-Judge's (self_judge.one_judge), so every way a config is made refuses it: the
+    flags, a --config file, and make_config, which once let it through (the check sat in the
+    command line alone)."""
+    from nanoalign.config import make_config
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"method": "self_judge", "judge": "policy", "judge_from": "judge_dir"}))
+    for argv in (["--method", "self_judge", "--judge", "policy", "--judge_from", "judge_dir"],
+                 ["--config", str(p)]):
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--judge policy: --judge_from judge_dir judges instead of the policy" in err, err
+    with pytest.raises(SystemExit, match="--judge policy: --judge_from j judges instead of the policy"):
+        make_config(method="self_judge", judge="policy", judge_from="j")
+    for ok, want in ((["--judge", "policy"], ("policy", "")), (["--judge_from", "j"], ("ref", "j")),
+                     (["--judge", "ref", "--judge_from", "j"], ("ref", "j"))):
+        cfg = train.parse_config(["--method", "self_judge"] + ok)
+        assert (cfg.judge, cfg.judge_from) == want
+    assert make_config(method="self_judge_offpolicy", judge_from="j").judge_from == "j"

@@ -263,22 +263,6 @@ def test_val_data_for_an_on_policy_method_is_refused_not_ignored(method, val, ca
         assert train.parse_config(["--method", method, "--val_data", none]).val_data == none
 
 
-def test_judge_policy_with_judge_from_is_refused_not_ignored(tmp_path, capsys):
-    # --judge_from names the judge, so the policy never judged: the run said nothing of it
-    p = tmp_path / "c.json"
-    p.write_text(json.dumps({"method": "self_judge", "judge": "policy", "judge_from": "judge_dir"}))
-    for argv in (["--method", "self_judge", "--judge", "policy", "--judge_from", "judge_dir"],
-                 ["--config", str(p)]):
-        with pytest.raises(SystemExit) as e:
-            train.parse_config(argv)
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and "--judge policy" in err and "--judge_from" in err, err
-    for ok, want in ((["--judge", "policy"], ("policy", "")), (["--judge_from", "j"], ("ref", "j")),
-                     (["--judge", "ref", "--judge_from", "j"], ("ref", "j"))):
-        cfg = train.parse_config(["--method", "self_judge"] + ok)
-        assert (cfg.judge, cfg.judge_from) == want
-
-
 def test_chat_format_with_init_from_scratch_is_refused_not_ignored(tmp_path, capsys):
     # a model from scratch gets the task's byte tokenizer, which speaks selfjudge: the named format
     # was never used, and the run said nothing of it
