@@ -2,12 +2,8 @@
 The judge: a language model asked "which response is better, A or B?", shared by every method that
 judges (MO-ORPO's self-judgement data, Self-Judge's JSFT / self-training / self-rejection, OSP).
 
-    python -m nanoalign.judge --init_from DIR --pairs pairs.jsonl [--judge_template ultrafeedback]
-    python -m nanoalign.judge ... --judge_template principle --principles "honesty:tells the truth,..."
-    python -m nanoalign.judge ... --likelihood pair            # OSP's rule instead of Self-Judge's
-
-prints, per {prompt, a, b} row, p(a > b) scored in both position orders (and under each principle,
-combined by win rate, for a principle template).
+From the shell, `python -m nanoalign.judge_cli --init_from DIR --pairs pairs.jsonl` prints p(a > b)
+of each pair as this module computes it (nanoalign/judge_cli.py).
 
 Three pieces, top to bottom:
 1. Templates. A `JudgeTemplate` is a user message with {prompt} {a} {b} (and {principle}), an
@@ -29,8 +25,6 @@ Three pieces, top to bottom:
 3. The single-elimination tournament (self-rejection): N candidates, N-1 judgments, one batched
    judge call per round.
 """
-import argparse
-import json
 import math
 import os
 import re
@@ -196,7 +190,7 @@ LIKELIHOODS = {
 }
 
 # How a checkpoint judges: what its run recorded (state.json), else one default for every tool that
-# judges with it (the on-policy methods, sample.py --best_of, this module's command line). 'compact'
+# judges with it (the on-policy methods, sample.py --best_of, nanoalign/judge_cli.py). 'compact'
 # fits a small model's context; 'vocab' is the Self-Judge paper's rule (OSP's own: nanoalign/osp.py)
 JUDGING = ("judge_template", "likelihood")
 JUDGE_TEMPLATE = "compact"
@@ -216,7 +210,7 @@ def judging(src, given, rule=LIKELIHOOD):
     """How the checkpoint `src` judges, {judge_template, likelihood}: each as `given` (a flag's
     value; None or '' = not given), else as `src` records (recorded_judging), else 'compact' and
     `rule` (the caller's paper's). The one resolution for every tool that judges (the on-policy
-    methods, sample.py --best_of, this module's command line), so a checkpoint judges alike in
+    methods, sample.py --best_of, nanoalign/judge_cli.py), so a checkpoint judges alike in
     each. A name none of TEMPLATES / LIKELIHOODS knows (a typo; a template renamed since the run
     recorded it) is a JudgeError saying where the name came from."""
     rec, out = recorded_judging(src), {}
@@ -394,55 +388,3 @@ def parse_principles(spec, where="--principles"):
     """'name:description,name:description' -> [(name, description)]; descriptions may hold commas
     (parse_named)."""
     return parse_named(spec, where)
-
-
-def main(argv=None):
-    from model.checkpoint import CheckpointError, load
-    # The parser is prose (help texts) and argparse's rules; tests/judge/test_cli.py checks its behaviour,
-    # and mutating the wording of each help text would only test the tests' copy of it (docs/mutation.md).
-    # pragma: no mutate start
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 allow_abbrev=False)
-    ap.add_argument("--init_from", required=True, help="checkpoint directory of the judge model")
-    ap.add_argument("--pairs", required=True, help="JSONL of {prompt, a, b} rows (also accepts "
-                    "{prompt, chosen, rejected}: a = chosen, b = rejected)")
-    ap.add_argument("--judge_template", "--template", default=None, choices=sorted(TEMPLATES),
-                    help="judgment template (the Self-Judge paper's appendix A.5, or a compact one; "
-                         "default: the one the checkpoint trained with, else 'compact', as "
-                         "sample.py --best_of and the on-policy methods; --template is the same flag)")
-    ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
-                    "judged under each, decided by win rate; a description may hold commas, only a comma "
-                    "followed by a new 'name:' starts the next principle (a name is letters, "
-                    "digits, _ and -) (default: none; a principle template needs them)")
-    ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
-    ap.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS),
-                    help="how label probabilities become p(a>b), a choice: 'vocab' = "
-                         f"{LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} (default: the rule "
-                         "the checkpoint records, else 'vocab')")
-    # pragma: no mutate end
-    a = ap.parse_args(argv)
-    try:
-        used = judging(a.init_from, vars(a))    # a judge judges as it trained, as in sample.py --best_of
-        model, tok = load(a.init_from)
-        t = check_template(tok, TEMPLATES[used["judge_template"]])
-        principles = parse_principles(a.principles)
-        items = []
-        with open(a.pairs) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:    # only a row's own error is blamed on the row (not, say, a KeyError in load)
-                    r = json.loads(line)
-                    x, y = (r["a"], r["b"]) if "a" in r else (r["chosen"], r["rejected"])
-                    items.append((r["prompt"], answer_text(x), answer_text(y)))
-                except (KeyError, json.JSONDecodeError) as e:
-                    raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b") from None
-        ps = judge_pairs(model, tok, t, items, principles, a.batch_size, likelihood=used["likelihood"])
-    except (CheckpointError, JudgeError, OSError) as e:
-        raise SystemExit(f"error: {e}")
-    for i, p in enumerate(ps.tolist()):
-        print(json.dumps({"row": i, "p(a>b)": round(p, 4)}))
-
-
-if __name__ == "__main__":
-    main()

@@ -349,7 +349,7 @@ CLIS = {"train.py": "nanoalign/cli.py", "sample.py": "sample.py",
         "experiments.compare": "experiments/compare.py", "experiments.plot": "experiments/plot.py",
         "bench.kernels": "bench/kernels.py", "bench.decode_speed": "bench/decode_speed.py",
         "bench.train_speed": "bench/train_speed.py", "bench.trl_parity": "bench/trl_parity.py",
-        "nanoalign.judge": "nanoalign/judge.py",
+        "nanoalign.judge_cli": "nanoalign/judge_cli.py",
         "nanoalign.tasks.instruct": "nanoalign/tasks/instruct/cli.py",
         "nanoalign.tasks.evaluate": "nanoalign/tasks/evaluate.py",
         "model.gguf_import": "model/gguf_import.py", "model.lora": "model/lora.py"}
@@ -422,7 +422,7 @@ def _cli_cases():
             [("train.py", ["--task", t]) for t in TASKS] +
             [("sample.py", []), ("experiments.plot", ["run"]), ("bench.kernels", []),
              ("bench.decode_speed", []), ("bench.train_speed", []), ("bench.trl_parity", []),
-             ("nanoalign.judge", []),
+             ("nanoalign.judge_cli", []),
              ("nanoalign.tasks.instruct", ["examples"]), ("nanoalign.tasks.instruct", ["build"]),
              ("nanoalign.tasks.evaluate", []), ("model.gguf_import", []), ("model.lora", [])] +
             [("experiments.compare", ["--preset", p]) for p in PRESETS])

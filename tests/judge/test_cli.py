@@ -1,4 +1,4 @@
-"""The judge's command line (python -m nanoalign.judge): the swapped probability of each row, principles
+"""The judge's command line (python -m nanoalign.judge_cli): the swapped probability of each row, principles
 by win rate, one-line errors that blame a row only for its own error, help for every flag."""
 import json
 
@@ -17,7 +17,7 @@ def judge_dir(tmp_path_factory):
 
 
 def judge_cli(capsys, argv):
-    from nanoalign.judge import main
+    from nanoalign.judge_cli import main
     main(argv)
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
@@ -57,7 +57,7 @@ def test_judge_cli_judges_under_principles_by_win_rate(judge_dir, tmp_path, caps
 
 
 def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
-    from nanoalign.judge import main
+    from nanoalign.judge_cli import main
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + json.dumps({"prompt": "q", "a": "x"}) + "\n")
     with pytest.raises(SystemExit) as e:
@@ -85,12 +85,12 @@ def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
 def test_judge_cli_blames_a_row_only_for_the_rows_own_error(monkeypatch, tmp_path):
     """A KeyError raised anywhere but in reading a row (here: a stand-in loader) is not reported as a
     bad row of the pairs file. (A config.json's own bad fields are CheckpointErrors: test_model.py.)"""
-    import model.checkpoint as checkpoint
-    from nanoalign.judge import main
+    import nanoalign.judge_cli as judge_cli
+    from nanoalign.judge_cli import main
 
     def broken(d):
         raise KeyError("factor")
-    monkeypatch.setattr(checkpoint, "load", broken)
+    monkeypatch.setattr(judge_cli, "load", broken)
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
     with pytest.raises(KeyError, match="factor"):
@@ -99,7 +99,7 @@ def test_judge_cli_blames_a_row_only_for_the_rows_own_error(monkeypatch, tmp_pat
 
 def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir, capsys):
     """The parser is left out of the mutation run (its help texts are prose); its rules are tested here."""
-    import nanoalign.judge as judge
+    import nanoalign.judge_cli as judge
     with pytest.raises(SystemExit) as e:
         judge.main(["--help"])
     out = capsys.readouterr().out
@@ -117,7 +117,7 @@ def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir,
 
 
 def test_judge_cli_passes_its_batch_size_on(judge_dir, tmp_path, monkeypatch, capsys):
-    import nanoalign.judge as judge
+    import nanoalign.judge_cli as judge
     seen, real = [], judge.judge_pairs
 
     def spy(*a, **k):
@@ -132,7 +132,7 @@ def test_judge_cli_passes_its_batch_size_on(judge_dir, tmp_path, monkeypatch, ca
 
 
 def test_judge_cli_judges_by_the_likelihood_rule_it_is_given(judge_dir, tmp_path, monkeypatch, capsys):
-    import nanoalign.judge as judge
+    import nanoalign.judge_cli as judge
     seen, real = [], judge.judge_pairs
 
     def spy(*a, **k):
@@ -151,7 +151,7 @@ def test_judge_cli_judges_as_the_checkpoint_records_unless_told(judge_dir, tmp_p
     """A JSFT judge's checkpoint records its template and rule (state.json): with no flags the CLI judges
     so, as sample.py --best_of does; a flag overrides it."""
     import shutil
-    import nanoalign.judge as judge
+    import nanoalign.judge_cli as judge
     seen, real = [], judge.judge_pairs
 
     def spy(model, tok, t, *a, **k):
@@ -193,7 +193,7 @@ def test_a_recorded_template_unknown_here_is_one_error_in_every_tool_that_judges
     import argparse
     import shutil
     import sample
-    import nanoalign.judge as judge
+    import nanoalign.judge_cli as judge
     from nanoalign import onpolicy
     from model.checkpoint import load
     old = tmp_path / "old"
@@ -221,3 +221,17 @@ def test_a_recorded_template_unknown_here_is_one_error_in_every_tool_that_judges
     assert onpolicy.judging_defaults("vocab")(cfg) == {"likelihood": "pair"}
     judge.main(["--init_from", str(old), "--pairs", str(f), "--judge_template", "compact"])
     assert list(json.loads(capsys.readouterr().out)) == ["row", "p(a>b)"]
+
+
+def test_the_judge_command_runs_without_a_warning():
+    """`python -m nanoalign.judge` printed a RuntimeWarning on every run ('found in sys.modules after
+    import of package'): the package imports judge.py (every method file does), and `-m` then runs it
+    a second time. The command line is a module nothing imports; any warning here is an error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-W", "error", "-m", "nanoalign.judge_cli", "--help"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert "python -m nanoalign.judge_cli --init_from DIR --pairs pairs.jsonl" in p.stdout

@@ -293,10 +293,11 @@ def test_a_judge_that_records_no_rule_judges_by_each_papers_own(tmp_path):
     ('vocab', section 3.1); a recorded rule or a flag comes first."""
     import json
     import types
-    from nanoalign import REGISTRY
+    from nanoalign import REGISTRY, onpolicy
     cfg = types.SimpleNamespace(init_from=str(tmp_path), judge_from="", judge_template="", likelihood="")
     assert REGISTRY["osp"].start_defaults(cfg) == {"judge_template": "compact", "likelihood": "pair"}
     assert REGISTRY["self_judge"].start_defaults(cfg) == {"judge_template": "compact", "likelihood": "vocab"}
+    assert onpolicy.judging_defaults("pair")(cfg)["likelihood"] == "pair"     # the rule given, not a default
     (tmp_path / "state.json").write_text(json.dumps({"step": 1, "config": {"likelihood": "vocab"}}))
     assert REGISTRY["osp"].start_defaults(cfg) == {"judge_template": "compact", "likelihood": "vocab"}
     cfg.likelihood = "pair"
