@@ -65,8 +65,9 @@ class Method:
                                 # what prepare reads beyond the row kind (MetaAligner's labels): a row
                                 # it refuses is a bad row when read, skipped and counted with
                                 # --skip_bad_rows (prepare sees all rows at once: nothing skips there)
-    tokenize_options: Callable = lambda cfg: {}  # cfg -> keyword arguments of data.tokenize_rows,
-                                                 # length limits beside max_length (MO-ORPO's sj_max_length)
+    tokenize_options: Callable = lambda cfg: {}  # cfg -> its kind's own length limits beside
+                                                 # max_length, for data.tokenize_rows to hand its
+                                                 # tokenize (MO-ORPO's sj_max_length)
     rollout: Callable = None  # (model, batch, run, cfg) -> (batch for `loss`, metrics): the on-policy
                               # round (sample, judge), called by the loop before `loss`, no gradients
     main: Callable = None     # (cfg, train) -> the checkpoint it ends with; replaces one train(cfg)

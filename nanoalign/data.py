@@ -3,8 +3,10 @@ Data: JSONL files in the conventions people already have, read into rows, tokeni
 batched. What a row may hold, and its checks, is nanoalign/rows.py.
 
 Every kind is one row of the table `KINDS` at the bottom: how a row of that kind is checked (its
-reader in rows.py), how it becomes token ids, how examples become a batch. An unknown kind is an
-error (a KeyError from the table is turned into a DataError naming the kinds), never a fall-through.
+reader in rows.py), how it becomes token ids, how examples become a batch. A method whose loss eats
+examples of its own adds its kind from its file (`add_kind`: MO-ORPO's 'mo', in nanoalign/mo_orpo.py).
+An unknown kind is an error (a KeyError from the table is turned into a DataError naming the
+kinds), never a fall-through.
 
 Prompt and response are tokenized separately and concatenated (docs/methods.md#sequence-log-probabilities).
 The response ends with the chat template's end of turn. Truncation to max_length: the response loses
@@ -141,8 +143,8 @@ def _sft_example(tok, row, limits, where):
     return {"ids": ids, "n_prompt": n, "row": row, "cut": cut}
 
 
-def _pref_example(tok, row, limits, where, max_length=None):
-    L = max_length or limits["max_length"]
+def _pref_example(tok, row, limits, where):
+    L = limits["max_length"]
     keep = row.get("keep_whole", False)
     cw, nw, cut_w = _fit_pair(tok, row["prompt"], row["chosen"], L, where, keep)
     cl, nl, cut_l = _fit_pair(tok, row["prompt"], row["rejected"], L, where, keep)
@@ -158,22 +160,13 @@ def _prompt_example(tok, row, limits, where):
     return {"prompt": p, "row": row}
 
 
-def _mo_example(tok, row, limits, where):
-    """MO-ORPO: the alignment triple and its self-judgement triple row['sj'] (nanoalign/mo_orpo.py sj_triple).
-    An SJ triple over sj_max_length drops the whole example (counted: the MO-ORPO paper filtered its
-    data to fit the judge prompt)."""
-    sj = {**row["sj"], "keep_whole": True}
-    align = _pref_example(tok, row, limits, where)
-    return {"align": align, "sj": _pref_example(tok, sj, limits, where, limits["sj_max_length"]),
-            "row": row, "cut": align["cut"]}
-
-
-def tokenize_rows(rows, tok, kind, max_length, skip_bad=False, sj_max_length=None, bad=None):
+def tokenize_rows(rows, tok, kind, max_length, skip_bad=False, bad=None, **limits):
     """Rows -> examples of `kind` (see KINDS). Returns (examples, n_dropped): rows dropped because
     they were bad (with skip_bad) or too long to cut. An example with a response (sft, pref, mo)
     says whether one lost tokens to max_length in its "cut". bad: a list that gets each dropped
-    row's "file:line: why", in order."""
-    tokenize, limits = kind_of(kind).tokenize, {"max_length": max_length, "sj_max_length": sj_max_length}
+    row's "file:line: why", in order. limits: a kind's own length limits beside max_length
+    (MO-ORPO's sj_max_length; Method.tokenize_options gives them), handed to its tokenize."""
+    tokenize, limits = kind_of(kind).tokenize, {"max_length": max_length, **limits}
     out, dropped = [], 0
     for row in rows:
         where = row.get("_where", "row")
@@ -246,15 +239,6 @@ def _prompt_batch(examples, pad_id, device):
             "examples": examples}
 
 
-def _mo_batch(examples, pad_id, device):
-    """Two preference batches, 'align' and 'sj', padded separately (the judge prompts are several
-    times longer)."""
-    al = _pref_batch([e["align"] for e in examples], pad_id, device)
-    sj = _pref_batch([e["sj"] for e in examples], pad_id, device)
-    return {"align": al, "sj": sj, "n_examples": len(examples), "n_tokens": al["n_tokens"],
-            "n_seen": al["n_seen"] + sj["n_seen"], "examples": examples}
-
-
 def make_batch(examples, kind, pad_id, device="cpu", packed=False):
     """One micro-batch of `kind` on `device`; packed=True adds the padding-free layout (`pack`)
     beside every padded batch in it (a 'mo' batch holds two), which nanoalign.common.batch_logps
@@ -280,9 +264,15 @@ KINDS = {
     "sft": Kind(read_sft, _sft_example, _sft_batch, "bad rows, or judgment targets over --max_length"),
     "pref": Kind(read_pref, _pref_example, _pref_batch, "bad rows"),
     "prompt": Kind(read_prompt, _prompt_example, _prompt_batch, "bad rows"),
-    "mo": Kind(None, _mo_example, _mo_batch,
-               "bad rows, or a self-judgement prompt + answer over --sj_max_length"),
 }
+
+
+def add_kind(name, kind):
+    """A method's own example kind, added from its file (beside its `register`): a name taken is
+    refused, so a copied method file cannot replace another's kind without a word."""
+    if name in KINDS:
+        raise ValueError(f"data kind '{name}' exists already; give the new kind another name")
+    KINDS[name] = kind
 
 
 def kind_of(kind):

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from model.tokenizer import answer_text
 from nanoalign import dist
 from nanoalign.common import Method, batch_logps, evaluating, option, register, with_defaults
+from nanoalign.data import KINDS, Kind, add_kind
 from nanoalign.judge import JudgeTemplate, render
 from nanoalign.orpo import ORPOOptions, orpo_terms
 
@@ -98,6 +99,33 @@ def attach_sj(rows, seed, split):
     """Every alignment row gets its self-judgement triple in row['sj'] (seeded, reproducible)."""
     rng = random.Random(f"sj-{seed}-{split}")
     return [{**r, "sj": sj_triple(r, rng)} for r in rows]
+
+
+# MO-ORPO's own example kind, 'mo' (nanoalign/data.py add_kind): a row's two pairs, side by side
+def mo_example(tok, row, limits, where):
+    """The alignment triple and its self-judgement triple row['sj'], each tokenized as a preference
+    pair. The SJ triple is never cut (its label is what is scored): one over sj_max_length (else
+    max_length) drops the whole example, counted (the MO-ORPO paper filtered its data to fit the
+    judge prompt)."""
+    pair = KINDS["pref"].tokenize
+    align = pair(tok, row, limits, where)
+    sj_limits = {**limits, "max_length": limits.get("sj_max_length") or limits["max_length"]}
+    sj = pair(tok, {**row["sj"], "keep_whole": True}, sj_limits, where)
+    return {"align": align, "sj": sj, "row": row, "cut": align["cut"]}
+
+
+def mo_batch(examples, pad_id, device):
+    """Two preference batches, 'align' and 'sj', padded separately (the judge prompts are several
+    times longer); row i of one is the twin of row i of the other."""
+    pairs = KINDS["pref"].batch
+    al = pairs([e["align"] for e in examples], pad_id, device)
+    sj = pairs([e["sj"] for e in examples], pad_id, device)
+    return {"align": al, "sj": sj, "n_examples": len(examples), "n_tokens": al["n_tokens"],
+            "n_seen": al["n_seen"] + sj["n_seen"], "examples": examples}
+
+
+add_kind("mo", Kind(read=None, tokenize=mo_example, batch=mo_batch,
+                    summary="bad rows, or a self-judgement prompt + answer over --sj_max_length"))
 
 
 # -- the options and the losses ----------------------------------------------------------------------
@@ -198,7 +226,7 @@ def _needs(kind, run):
 def _loss(kind):
     def loss(model, batch, run, cfg):
         # batch["align"] and batch["sj"] are two preference batches, row i of one the twin of row i of
-        # the other (data.py's "mo" kind)
+        # the other (mo_batch)
         need_a, need_s = _needs(kind, run)
         a = task_terms(model, batch["align"], cfg) if need_a else None
         # --prompt_loss is the alignment task's: the SJ prompt x' holds both responses, so counting

@@ -105,3 +105,21 @@ def test_an_mo_batch_counts_alignment_examples_and_tokens_of_both_tasks():
     assert b["n_seen"] == (3 + 2 + 2 + 4) + 4 * 5        # every real token of both batches
     assert b["n_tokens"] == b["align"]["n_tokens"]
     assert b["n_seen"] == int(b["align"]["attn"].sum() + b["sj"]["attn"].sum())
+
+
+def test_a_method_adds_its_own_kind_and_receives_its_own_length_limits(monkeypatch):
+    """A method's example kind lives in its file (MO-ORPO's 'mo', nanoalign/mo_orpo.py): add_kind puts it
+    in the table, refuses a name taken, and tokenize_rows hands the kind's own limits (a method's
+    tokenize_options) to its tokenize beside max_length, whatever they are called."""
+    from nanoalign.mo_orpo import mo_batch, mo_example
+    monkeypatch.setattr(data, "KINDS", dict(data.KINDS))
+    assert data.KINDS["mo"] == data.Kind(None, mo_example, mo_batch, data.KINDS["mo"].summary)
+    seen = []
+    own = data.Kind(None, lambda tok, row, limits, where: seen.append(limits) or {"row": row}, None, "x")
+    data.add_kind("own", own)
+    with pytest.raises(ValueError, match="data kind 'own' exists already"):
+        data.add_kind("own", data.KINDS["pref"])
+    assert data.KINDS["own"] is own
+    ex, dropped = data.tokenize_rows([{"a": 1}, {"a": 2}], None, "own", 64, judge_limit=7)
+    assert ex == [{"row": {"a": 1}}, {"row": {"a": 2}}] and dropped == 0
+    assert seen == [{"max_length": 64, "judge_limit": 7}] * 2
