@@ -340,7 +340,7 @@ def load_for_sampling(a, path, chat_format=None):
 
 
 def precision(a, model):
-    """The context the model samples in: under --dtype auto, decoding's rule (nanoalign/config.py
+    """The context the model samples in: under --dtype auto, decoding's rule (nanoalign/compute.py
     `autocast_dtype`: bfloat16 autocast or plain float32); else the weights' dtype."""
     return autocast(a, model, decoding=True) if a.dtype == "auto" else contextlib.nullcontext()
 

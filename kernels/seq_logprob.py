@@ -42,6 +42,10 @@ How the memory is kept down (the design choice, frankly):
 
 Under TRITON_INTERPRET=1 (CPU tests) the interpreter's bf16 tl.dot is wrong (numpy has no bf16),
 so there the tiles are upcast to float32 before the dot (the UPCAST flag); on a GPU they are not.
+
+Tested: the torch path against the plain full-logits formula (`naive_sequence_logprob`), values and
+gradients, in tests/kernels/test_reference.py; the Triton kernels against the torch path, the same
+upstream gradient through both, in tests/kernels/test_triton.py (test_triton_matches_reference).
 """
 import functools
 import os
@@ -404,8 +408,8 @@ def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=Non
     """
     hidden (B, T, d) or (N, d); weight (V, d); targets and mask shaped like hidden without d; mask
     0/1 (a token is in or out: it selects tokens, and `mean` divides by its sum).
-    Returns float32 (float64 for float64 input on the torch path; the Triton kernels compute in
-    float32 whatever the input, and return its dtype): (B,) for sum/mean of (B, T) input, a scalar for
+    Returns float32 whatever the input's dtype (bf16 and float16 too, on both paths), float64 for
+    float64 input: (B,) for sum/mean of (B, T) input, a scalar for
     (N, d) input, and the per-token values shaped like `targets` for reduction="none".
     Packed rows (padding-free batches, nanoalign/data.py): hidden (N, d) holds R rows back to back,
     row r being tokens cu_seqlens[r]:cu_seqlens[r + 1]; sum/mean then give (R,), one per row.

@@ -18,8 +18,10 @@ What a template sees is what transformers gives it:
 
 A template is a downloaded program, so it runs in jinja2's ImmutableSandboxedEnvironment: no access
 to underscore attributes (`''.__class__`), no mutation of lists and dicts. Whatever goes wrong while
-rendering (raise_exception, an unsafe access, an undefined variable) is a `TemplateError`, a
-ValueError whose message names the template; the data layer prefixes it with the row's file:line.
+rendering (raise_exception, an unsafe access, an attribute or item of an undefined variable) is a
+`TemplateError`, a ValueError whose message names the template; the data layer prefixes it with the
+row's file:line. An undefined variable printed alone renders as '', as jinja2's default (which
+transformers keeps) has it.
 
 FORMATS: nanoalign's own named templates, for checkpoints that have no template of their own (the
 built-in task speaks `selfjudge`). They are ordinary templates, rendered the same way.
@@ -192,7 +194,7 @@ class ChatTemplate:
         except jinja2.exceptions.SecurityError as e:
             raise TemplateError(f"{self.origin}: the chat template tried something the sandbox "
                                 f"forbids ({e})") from None
-        except jinja2.TemplateError as e:        # raise_exception(...), undefined variables
+        except jinja2.TemplateError as e:        # raise_exception(...), undefined.attr
             raise TemplateError(f"{self.origin}: the chat template raised: {e.message}") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
             raise TemplateError(f"{self.origin}: the chat template failed: "

@@ -16,14 +16,25 @@ class CheckpointError(Exception):
     """A checkpoint file is missing, malformed or does not fit the model; the message says where."""
 
 
-def read_json(path):
+def read_text(path):
+    """A UTF-8 text file's contents (a JSON file, a chat_template.jinja). A file in another encoding
+    (UTF-16, as Windows PowerShell writes by default) names its first bad byte, not a traceback."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return f.read()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except OSError as e:                 # a directory, no permission, ...
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                              f"{e.start}); save it as UTF-8") from None
+
+
+def read_json(path):
+    text = read_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") \
             from None

@@ -22,6 +22,8 @@ Two ways to decode, the same tokens:
   is mostly the linears reading every weight (65-80% of a step, SmolLM2-135M); in bf16 the compiled
   step ran 1.2-1.4x eager at batch 1 and 1.1-1.3x at batch 8 (docs/performance.md). Its float
   arithmetic may differ from eager's in the last bits (fused kernels), so the evaluation stays eager.
+  Tested against eager in tests/model/test_generate.py: the uncompiled step against the cached
+  forward, and greedy and seeded sampling, compiled against eager.
 
 On the CPU both keep the cache in float32 and attend in it, whatever autocast computes the linears
 in (see `generate`): bf16 attention over a step's one query row is the slow case of the CPU's SDPA.

@@ -2,7 +2,7 @@
 A self-contained Llama / Mistral decoder, written so you can read it top to bottom.
 
 The model is the Hugging Face `LlamaForCausalLM` / `MistralForCausalLM` architecture, with parameter
-names chosen to match their safetensors checkpoints one for one (see model/checkpoint.py), so a
+names chosen to match their safetensors checkpoints one for one (see model/hf.py), so a
 checkpoint loads with a plain `load_state_dict` and what we save loads back in `transformers`:
 
     tokens -> embed_tokens -> n_layers x [ RMSNorm -> attention (RoPE, GQA, optional sliding window)
@@ -29,8 +29,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-
-from model.kv_cache import KVCache
 
 try:   # torch >= 2.10: flash-attention for packed rows on CUDA (PackedRows)
     from torch.nn.attention.varlen import varlen_attn
@@ -304,11 +302,6 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def new_cache(self, batch_size, max_len):
-        """An empty KVCache for `batch_size` rows of up to `max_len` positions, in the weights' dtype."""
-        p = self.lm_head.weight
-        return KVCache(self.cfg, batch_size, max_len, p.dtype, p.device)
-
     # -- the forward pass -----------------------------------------------------------------------
     def forward(self, idx, attn_mask=None, cache=None, cu_seqlens=None):
         """
@@ -376,7 +369,8 @@ class Transformer(nn.Module):
         return x
 
     def logits(self, hidden):
-        """(…, dim) hidden states -> (…, vocab) logits in float32. For sampling and tests only."""
+        """(…, dim) hidden states -> (…, vocab) logits in float32, for sampling, judging and tests;
+        training scores its tokens without them (kernels/seq_logprob.py)."""
         return self.lm_head(hidden).float()
 
     def num_params(self):
@@ -397,7 +391,10 @@ class PackedRows:
       says, see attention_dtype). An (N, N) block-diagonal
       boolean mask makes SDPA compute all N^2 scores and then drop most of them (8 rows: 8x the
       work); at SmolLM2-135M's heads it took 1.6-1.7x the per-row calls' time in float32 and
-      0.9-1.2x in bf16 (a loaded machine). FlexAttention has no backward on the CPU in torch 2.13."""
+      0.9-1.2x in bf16 (a loaded machine). FlexAttention has no backward on the CPU in torch 2.13.
+    Its reference is the padded batch: tests/kernels/test_reference.py
+    (test_packed_rows_give_the_padded_rows_log_probs_and_gradients) on the CPU,
+    tests/kernels/test_triton.py (test_packed_rows_on_cuda_match_the_padded_batch) on CUDA."""
 
     def __init__(self, cu_seqlens, window=None):
         self.cu_seqlens = cu_seqlens

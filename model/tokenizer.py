@@ -3,12 +3,13 @@ Tokenizer: a Hugging Face `tokenizers` tokenizer.json plus what training and sam
 checkpoint's other files: the special tokens, the chat template, and the ids that end a turn.
 
 Chat: the checkpoint's own Jinja template (model/chat_template.py), rendered as transformers renders
-it. Where it comes from, first found wins:
+it. Where it comes from: the chat_format argument (--chat_format), when given, replaces whatever the
+checkpoint has; else the first found of
   1. chat_template.jinja                 (where transformers 5 saves a template; it wins there too)
   2. tokenizer_config.json "chat_template" (a string, or a list of named templates: 'default')
-  3. tokenizer_config.json "nanoalign_chat_format", or the chat_format argument: one of nanoalign's
-     named fallback formats (chatml, inst, selfjudge, raw) for a checkpoint without a template
-     (the built-in task's tiny model speaks selfjudge). Never guessed from anything else.
+  3. tokenizer_config.json "nanoalign_chat_format": one of nanoalign's named fallback formats
+     (chatml, inst, selfjudge, raw) for a checkpoint without a template (the built-in task's tiny
+     model speaks selfjudge). Never guessed from anything else.
 A GGUF file's `tokenizer.chat_template` reaches us through model/gguf_import.py.
 
 Prompt and response of a training pair (encode_pair):
@@ -44,7 +45,7 @@ from functools import cached_property
 from tokenizers import Tokenizer as HFTokenizer
 
 from model.chat_template import FORMATS, ChatTemplate, TemplateError, pick_template
-from model.files import CheckpointError, atomic_write_json, read_json_if_exists
+from model.files import CheckpointError, atomic_write_json, read_json_if_exists, read_text
 
 # the special tokens transformers hands a template (its SPECIAL_TOKENS_ATTRIBUTES)
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
@@ -302,8 +303,7 @@ def _find_template(path, tc, tc_path, chat_format):
         return None, None, chat_format
     jinja_path = os.path.join(path, "chat_template.jinja")
     if os.path.exists(jinja_path):
-        with open(jinja_path, encoding="utf-8") as f:
-            return f.read(), jinja_path, None
+        return read_text(jinja_path), jinja_path, None
     template, saved = tc.get("chat_template"), tc.get("nanoalign_chat_format")
     if saved is not None and saved not in FORMATS:
         raise CheckpointError(f"{tc_path}: field 'nanoalign_chat_format' is {saved!r}; choose from "

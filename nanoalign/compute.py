@@ -2,8 +2,9 @@
 How a run computes, once its config's 'auto' settings meet the model and the machine: the autocast
 dtype (bf16 on CUDA, and on a CPU where it pays), padding-free batches, activation checkpointing,
 fused AdamW, the learning rate, CUDA's deterministic algorithms, and the line that names them all
-(train.py's start line). Every 'auto' turns on from FAST_MIN_PARAMS parameters; below it the
-built-in task's tiny model keeps plain float32, so the default run's printed table stays as it is.
+(train.py's start line). On a CPU every 'auto' turns on from FAST_MIN_PARAMS parameters; below it
+the built-in task's tiny model keeps plain float32, so the default run's printed table stays as it
+is. On CUDA bf16 autocast and fused AdamW are on at any size.
 nanoalign/config.py declares the options; this file reads them.
 """
 import functools
@@ -80,7 +81,8 @@ def off_bf16_ties(params):
     has 1 in 8 of its weights on such ties, a dequantized GGUF many (SmolLM2-135M-Instruct's Q4_1:
     8.1%), and under bf16 autocast a tie is tipped a whole bf16 step by the first update of any size
     in the gradient's direction: one ORPO step at a rate of 5e-8 took SmolLM2's held-out loss in bf16
-    from 2.94 to 2.06 (float32's: 2.952 to 2.947; docs/results.md, "bf16 ties"). Off the ties, the
+    from 2.94 at the start to 2.06 (float32's moved from 2.952 after that step to 2.947 after the
+    next; docs/results.md, "bf16 ties"). Off the ties, the
     float32 weights gather the updates until they add up to a bf16 step, as mixed precision means."""
     for p in params:
         if p.dtype == torch.float32:

@@ -43,6 +43,25 @@ def test_corrupt_config(saved):
         load_model(str(saved))
 
 
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    """A config.json or chat_template.jinja saved as UTF-16 (Windows PowerShell's `>` writes it) was a
+    bare UnicodeDecodeError traceback that named no file."""
+    from tests.helpers import byte_tokenizer
+    d, tok = tmp_path / "ck", byte_tokenizer()
+    save_model(tiny(vocab_size=tok.vocab_size), d, tok)
+    (d / "chat_template.jinja").write_text("{{ messages[0]['content'] }}", encoding="utf-16")
+    with pytest.raises(CheckpointError) as e:
+        load(str(d))
+    assert str(e.value) == f"{d / 'chat_template.jinja'}: not UTF-8 text (byte 0xff at offset 0); save it as UTF-8"
+    os.remove(d / "chat_template.jinja")
+    text = (d / "config.json").read_text()
+    (d / "config.json").write_text(text.replace("{", "{\"note\": \"caf\u00e9\", ", 1), encoding="latin-1")
+    with pytest.raises(CheckpointError, match=re.escape(f"{d / 'config.json'}: not UTF-8 text (byte 0xe9 at offset ")):
+        load(str(d))
+    (d / "config.json").write_text(text, encoding="utf-8")
+    assert load(str(d))[1].chat_format == "selfjudge"          # the byte tokenizer's own, read again
+
+
 def test_unknown_model_type(saved):
     c = json.loads((saved / "config.json").read_text())
     c["model_type"] = "gpt2"

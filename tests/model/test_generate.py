@@ -1,12 +1,14 @@
 """Decoding (model/generate.py, model/cpu_pack.py): greedy tokens against `transformers`, the KV cache
 against a full recompute, a left-padded batch against one prompt at a time, each row stopping at its
-own end of sequence, the context limit, and the CPU's packed decoding weights."""
+own end of sequence, the context limit, the CPU's packed decoding weights, and the compiled
+static-cache step against the eager one."""
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from model.checkpoint import save_model
-from model.generate import generate
+from model.generate import decode_step, generate, left_pad
+from model.kv_cache import KVCache, StaticKVCache
 from tests.helpers import greedy_equal_up_to_ties, sharp, spy_on_attention, tiny
 from tests.model.test_model import CONFIGS
 
@@ -36,7 +38,7 @@ def test_kv_cache_equals_full_recompute(cfg, T, new, seed):
     x = torch.randint(0, 101, (2, T + new), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         full = m.logits(m(x))                               # (2, T+new, V)
-        cache = m.new_cache(2, T + new)
+        cache = KVCache(m.cfg, 2, T + new)
         steps = [m.logits(m(x[:, :T], cache=cache))]
         for t in range(T, T + new):
             assert cache.pos == t
@@ -267,3 +269,140 @@ def test_top_p_keeps_the_nucleus_without_a_floating_point_cumsum():
         drawn = sample_next(logits, temperature=1.0, top_p=0.75, generator=g)
     assert not [dt for dt in ops.cumsums if dt.is_floating_point]
     assert set(drawn.tolist()) == {1, 3}
+
+
+# -- the compiled static-cache decode (model/generate.py `decode_step`) against the eager one ------
+# One tiny model for the whole module (GQA and a sliding window of 5, so the fixed-shape mask's
+# window and pad columns both matter), compiled once per batch size: compiling is the slow part.
+DECODE_CFG = dict(model_type="mistral", n_heads=4, n_kv_heads=2, sliding_window=5)
+STEP_CONFIGS = {                     # for the uncompiled step: the RoPE and attention variants
+    "llama-gqa": dict(n_heads=6, n_kv_heads=2),
+    "llama-mha-untied": dict(n_heads=4, n_kv_heads=4),
+    "llama3-rope": dict(n_heads=4, n_kv_heads=1, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8}),
+    "mistral-window": DECODE_CFG,
+}
+
+
+@pytest.fixture(scope="module")
+def decode_model():
+    return sharp(tiny(21, **DECODE_CFG))
+
+
+def random_prompts(lens, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 101, (n,), generator=g).tolist() for n in lens]
+
+
+@pytest.mark.parametrize("cfg", list(STEP_CONFIGS))
+@settings(max_examples=10)
+@given(lens=st.lists(st.integers(1, 9), min_size=1, max_size=4), new=st.integers(1, 6),
+       seed=st.integers(0, 1000))
+def test_decode_step_equals_the_cached_forward(cfg, lens, new, seed):
+    """Uncompiled, so every config is cheap: the fixed-shape step (one column written in place,
+    all max_len columns attended under the mask, per-row RoPE positions) gives the logits of
+    `model(token, mask, cache=KVCache)` on the same left-padded batch."""
+    m = sharp(tiny(seed, **STEP_CONFIGS[cfg]))
+    idx, mask = left_pad(random_prompts(lens, seed), 0)
+    B, L = idx.shape
+    toks = torch.randint(3, 101, (B, new), generator=torch.Generator().manual_seed(seed + 1))
+    S = 32                                              # > L + new: unwritten columns stay masked
+    with torch.no_grad():
+        cache, static = KVCache(m.cfg, B, L + new), StaticKVCache(m.cfg, B, S)
+        m(idx, mask, cache=cache)
+        m(idx, mask, cache=static)
+        key_mask = torch.cat([mask.bool(), torch.ones(B, S - L, dtype=torch.bool)], 1)
+        full_mask = torch.cat([mask, torch.ones(B, new, dtype=torch.long)], 1)
+        for t in range(new):
+            ref = m.logits(m(toks[:, t:t + 1], full_mask[:, :L + t + 1], cache=cache)[:, -1])
+            got = decode_step(m, static, toks[:, t:t + 1], torch.tensor([L + t]),
+                              mask.sum(1, keepdim=True) + t, key_mask)
+            assert (got - ref).abs().max().item() < 1e-5, t
+
+
+@settings(max_examples=12)
+@given(B=st.sampled_from([1, 3]), data=st.data(), new=st.integers(1, 12), seed=st.integers(0, 1000))
+def test_compiled_greedy_tokens_equal_eager(decode_model, B, data, new, seed):
+    lens = data.draw(st.lists(st.integers(1, 16), min_size=B, max_size=B))
+    prompts = random_prompts(lens, seed)
+    eager = generate(decode_model, prompts, new, eos_ids=[], temperature=0)
+    compiled = generate(decode_model, prompts, new, eos_ids=[], temperature=0, compiled=True)
+    assert all(greedy_equal_up_to_ties(decode_model, p, c, e) for p, c, e in zip(prompts, compiled, eager))
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 1000), temperature=st.sampled_from([0.7, 1.0, 1.5]),
+       top_k=st.sampled_from([None, 20]), top_p=st.sampled_from([None, 0.9]))
+def test_compiled_sampling_with_a_seeded_generator_equals_eager(decode_model, seed, temperature,
+                                                                top_k, top_p):
+    prompts = random_prompts([4, 11, 1], seed)
+    run = {}
+    for compiled in (False, True):
+        g = torch.Generator().manual_seed(seed)
+        run[compiled] = generate(decode_model, prompts, 10, eos_ids=[5, 6], temperature=temperature,
+                                 top_k=top_k, top_p=top_p, generator=g, compiled=compiled)
+    assert run[True] == run[False]
+
+
+def test_compiled_decode_follows_weight_updates(decode_model, monkeypatch):
+    """An optimizer step between two generate calls (on-policy training) changes the weights in
+    place: the compiled step reads them as inputs (and the CPU packing repacks), never a stale copy.
+    The reference is eager decoding without the packing, which keeps no copy of any weight."""
+    import model.cpu_pack as P
+    prompts = random_prompts([3, 8, 5], 0)
+    before = generate(decode_model, prompts, 12, eos_ids=[], temperature=0, compiled=True)
+    saved = {k: v.clone() for k, v in decode_model.state_dict().items()}
+    try:
+        with torch.no_grad():                               # an in-place update, as AdamW does
+            for name, p in decode_model.named_parameters():
+                if "norm" not in name:                             # the linears' weights among them
+                    p.add_(torch.randn_like(p) * 0.1)
+        after = generate(decode_model, prompts, 12, eos_ids=[], temperature=0, compiled=True)
+        monkeypatch.setattr(P, "_CAN_PACK", False)
+        assert after == generate(decode_model, prompts, 12, eos_ids=[], temperature=0)
+        assert after != before
+    finally:
+        decode_model.load_state_dict(saved)
+
+
+def test_traced_packed_linears_equal_the_packed_ones():
+    """The custom op that compiled graphs call (cpu_packed_linears(traced=True)) computes what the
+    packed forward does, and each module keeps one forward object (a new one would recompile)."""
+    import model.cpu_pack as P
+    if not P._CAN_PACK:
+        pytest.skip("this torch build has no oneDNN linear")
+    m = tiny(5).eval()
+    attn, mlp = m.layers[0].self_attn, m.layers[0].mlp
+    x = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with P.cpu_packed_linears(m, 2):
+            packed = m.logits(m(x))
+        with P.cpu_packed_linears(m, 2, traced=True):
+            traced, first = m.logits(m(x)), (m.lm_head.forward, attn.qkv, mlp.gate_up)
+        with P.cpu_packed_linears(m, 2, traced=True):
+            assert all(a is b for a, b in zip((m.lm_head.forward, attn.qkv, mlp.gate_up), first))
+        old_k = attn.k_proj
+        attn.k_proj = torch.nn.Linear(old_k.in_features, old_k.out_features, bias=False)
+        with P.cpu_packed_linears(m, 2, traced=True):   # a replaced linear: a new forward, without the old
+            assert attn.qkv is not first[1] and attn.k_proj in attn.qkv.args[2]
+            assert not any(f.args[2][1] is old_k for f in vars(attn)["_packed_traced"].values())
+    assert torch.equal(traced, packed)
+    assert not {"forward", "qkv", "gate_up"} & (set(vars(m.lm_head)) | set(vars(attn)) | set(vars(mlp)))
+
+
+def test_decoding_under_bf16_autocast_packs_bf16_weights(decode_model, monkeypatch):
+    """bf16 sampling (float32 master weights, CPU autocast): the linears run on packed bf16 copies,
+    and both decode paths give the tokens of plain autocast (F.linear casting every weight)."""
+    import model.cpu_pack as P
+    if not (P._CAN_PACK and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("no oneDNN bf16 linear on this CPU")
+    prompts = random_prompts([6, 2, 9], 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = generate(decode_model, prompts, 10, eos_ids=[], temperature=0)
+        assert P._PACKED[decode_model.lm_head]["forward"][0][3] == torch.bfloat16
+        compiled = generate(decode_model, prompts, 10, eos_ids=[], temperature=0, compiled=True)
+        monkeypatch.setattr(P, "_CAN_PACK", False)
+        plain = generate(decode_model, prompts, 10, eos_ids=[], temperature=0)
+    assert eager == plain
+    assert compiled == plain
