@@ -424,6 +424,9 @@ def main(argv=None):
         sys.exit(f"error: --init_from {e}")
     if tok.template is None and not a.raw:   # said now, naming this flag, not at the first prompt
         sys.exit(f"error: {NoChatTemplate(a.init_from, how='--chat_format')}")
+    if tok.replaced:                         # obeyed, but not the prompts the checkpoint learned
+        print(f"note: --chat_format {a.chat_format} replaces the checkpoint's own chat template "
+              f"({tok.replaced}), with whatever it adds (a default system prompt, say)", file=sys.stderr)
     fix = aligner_for(a) if a.aligner else None   # loaded, its --objectives read, before any sampling
     if a.best_of > 1:
         try:

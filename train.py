@@ -45,7 +45,7 @@ from model.model import Transformer, config_from_preset
 from model.tokenizer import NoChatTemplate
 from nanoalign import REGISTRY, dist, runlog
 from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, load_train_state,
-                                  save_checkpoint, saved_step)
+                                  save_checkpoint, saved_step, trained_config)
 from nanoalign.cli import parse_config
 from nanoalign.common import Run, frozen_copy
 from nanoalign.compute import (autocast, autocast_dtype, checkpoint_every, make_optimizer, off_bf16_ties,
@@ -59,6 +59,16 @@ from nanoalign.tasks.evaluate import format_table, oracle_eval
 
 
 # -- the pieces train() calls, in the order it calls them -----------------------------------------
+def replaced_note(cfg, ckpt, done):
+    """The note a new run in an earlier run's out_dir prints: the earlier run is replaced, and
+    --resume is named only where it would have continued that run (the same method, short of this
+    run's --max_steps), not for a finished run or another method's."""
+    earlier = trained_config(ckpt).get("method")
+    resumable = earlier == cfg.method and done < cfg.max_steps
+    return (f"note: {cfg.out_dir} holds an earlier run ({earlier or 'a run'}, step {done}); this run "
+            f"replaces it and its metrics.jsonl" + (" (--resume would have continued it)" if resumable else ""))
+
+
 def init_model(cfg, task, device):
     """The model and tokenizer a run starts from (--init_from), with LoRA adapters if asked."""
     if cfg.init_from == "scratch":
@@ -72,6 +82,10 @@ def init_model(cfg, task, device):
             raise CheckpointError(f"--init_from {e}") from None
         if tok.template is None:         # every row is a chat: said now, naming this command's flag
             raise NoChatTemplate(cfg.init_from, how="--chat_format")
+        if tok.replaced:                 # obeyed, but its prompts are not the checkpoint's own
+            print(f"note: --chat_format {cfg.chat_format} replaces the checkpoint's own chat template "
+                  f"({tok.replaced}), with whatever it adds (a default system prompt, say); the run "
+                  f"trains on {cfg.chat_format}'s prompts and saves {cfg.chat_format} with its checkpoint")
     if getattr(model, "lora", None):   # starting from a LoRA run: its adapters become the base
         merge(model)
     if autocast_dtype(cfg, model):     # float16 or dequantized weights: see off_bf16_ties
@@ -231,9 +245,7 @@ def train(cfg, task=None, stop_at=None):
         if done >= cfg.max_steps:
             raise CheckpointError(f"the run in {cfg.out_dir} is at step {done} and --max_steps is "
                                   f"{cfg.max_steps}: nothing to resume; raise --max_steps to train on")
-    elif done:
-        print(f"note: {cfg.out_dir} holds an earlier run (step {done}); this run replaces it and its "
-              f"metrics.jsonl (--resume would have continued it)")
+    replaces = None if cfg.resume or not done else replaced_note(cfg, ckpt, done)
     if cfg.init_from == "default":
         raise CheckpointError("--init_from default names the built-in task's start: resolve it with "
                               "train.start_checkpoint(cfg, task) first (train.main does)")
@@ -284,6 +296,8 @@ def train(cfg, task=None, stop_at=None):
     except OSError as e:
         raise CheckpointError(f"--out_dir {cfg.out_dir}: cannot create it ({e.strerror})") from None
     packed, peak = packed_batches(cfg, model), peak_lr(cfg, model, method)
+    if replaces:          # said once the run is sure to start: a bad row above replaced nothing
+        print(replaces)
     runlog.start(cfg, method, model, device, len(train_ex), peak, lr_at(cfg.max_steps - 1, cfg, peak), step)
     model.train()
     log, stop = runlog.RunLog(cfg.out_dir, step, cfg.resume), StopFlag()

@@ -112,6 +112,7 @@ class Tokenizer:
         self.pad_id = pad_id if pad_id is not None else eos_id
         self.name = name or "tokenizer"
         self.chat_format = chat_format
+        self.replaced = None     # from_dir: the checkpoint's own template a chat_format replaces
         self.chat_template = FORMATS[chat_format] if chat_format else chat_template   # saved as is
         self.extra_stop_ids = list(extra_stop_ids)
         if special_tokens is None:   # built in code from ids: name the tokens of those ids
@@ -165,12 +166,18 @@ class Tokenizer:
             extra += model_cfg.eos_ids
         template, origin, fmt = _find_template(path, tc, tc_path, chat_format)
         try:
-            return cls(tok, bos_id=bos, eos_id=eos, pad_id=tid("pad_token"),
-                       add_bos=bool(tc.get("add_bos_token", False)), chat_format=fmt,
-                       chat_template=template, special_tokens=special, extra_stop_ids=extra,
-                       name=path, template_origin=origin)
+            out = cls(tok, bos_id=bos, eos_id=eos, pad_id=tid("pad_token"),
+                      add_bos=bool(tc.get("add_bos_token", False)), chat_format=fmt,
+                      chat_template=template, special_tokens=special, extra_stop_ids=extra,
+                      name=path, template_origin=origin)
         except TemplateError as e:       # a template that does not parse: the message names the file
             raise CheckpointError(str(e)) from None
+        # a named format chosen over the checkpoint's own template: where that template was, so a
+        # command line can say it is not used (a template's default system prompt goes with it)
+        own, own_origin, own_fmt = _find_template(path, tc, tc_path, None) if chat_format else (None,) * 3
+        out.replaced = own_origin if own is not None else (
+            f"{tc_path} ('nanoalign_chat_format': {own_fmt!r})" if own_fmt not in (None, chat_format) else None)
+        return out
 
     def save(self, path):
         """tokenizer.json + tokenizer_config.json (special tokens, the chat template exactly as

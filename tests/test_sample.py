@@ -853,7 +853,7 @@ def test_chat_format_names_the_format_of_a_checkpoint_without_a_template(no_temp
 
 
 def test_chat_format_is_train_pys_flag_with_its_help_and_choices(help_text, capsys):
-    """The same wording and choices as train.py's --chat_format (nanoalign/config.py); refused where
+    """The same wording and choices as train.py's --chat_format (model/chat_template.py); refused where
     nothing reads it: --raw skips the template, and --answers_file samples nothing."""
     import dataclasses
     from nanoalign.config import SharedConfig
@@ -869,3 +869,15 @@ def test_chat_format_is_train_pys_flag_with_its_help_and_choices(help_text, caps
     assert "--chat_format shape(s) the policy's sampling" in parse_error(
         ["--aligner", "A", "--answers_file", "F", "--chat_format", "chatml"], capsys)
     assert "invalid choice: 'chatm'" in parse_error(["--init_from", "DIR", "--chat_format", "chatm"], capsys)
+
+
+def test_a_chat_format_over_the_checkpoints_own_template_is_said(judging_tiny, capsys):
+    """As train.py says it: the prompts are not the ones the checkpoint learned."""
+    sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--max_new_tokens", "2",
+                 "--chat_format", "chatml", "--device", "cpu"])
+    assert ("note: --chat_format chatml replaces the checkpoint's own chat template "
+            f"({os.path.join(judging_tiny, 'tokenizer_config.json')} ('nanoalign_chat_format': 'selfjudge'))"
+            in capsys.readouterr().err)
+    sample.main(["--init_from", judging_tiny, "--prompt", "What is 1 + 2?", "--max_new_tokens", "2",
+                 "--chat_format", "selfjudge", "--device", "cpu"])
+    assert "replaces" not in capsys.readouterr().err

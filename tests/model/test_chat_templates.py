@@ -327,3 +327,16 @@ def test_stop_ids_read_generation_config(tmp_path):
     assert Tokenizer.from_dir(d).stop_ids == [eos, im_end, s]
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": s}))
     assert Tokenizer.from_dir(d).stop_ids == [eos, im_end, s]
+
+
+def test_a_named_format_says_which_template_of_the_checkpoints_it_replaces(tmp_path):
+    """Tokenizer.replaced, which train.py and sample.py print a note from: the checkpoint's own
+    template (tokenizer_config.json's, chat_template.jinja, or its own named format) a chat_format
+    replaces; None where it replaces nothing."""
+    d = checkpoint_dir(tmp_path / "own", chat_template=CHATML)
+    assert Tokenizer.from_dir(d, chat_format="inst").replaced == os.path.join(d, "tokenizer_config.json")
+    assert Tokenizer.from_dir(d).replaced is None
+    assert Tokenizer.from_dir(checkpoint_dir(tmp_path / "none"), chat_format="inst").replaced is None
+    fmt = checkpoint_dir(tmp_path / "fmt", nanoalign_chat_format="selfjudge")
+    assert Tokenizer.from_dir(fmt, chat_format="selfjudge").replaced is None
+    assert "'nanoalign_chat_format': 'selfjudge'" in Tokenizer.from_dir(fmt, chat_format="raw").replaced

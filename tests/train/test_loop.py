@@ -15,7 +15,8 @@ import train
 from model.checkpoint import CheckpointError
 from nanoalign import REGISTRY
 from nanoalign.common import frozen_copy
-from nanoalign.data import make_batch
+from nanoalign.checkpoint import saved_step
+from nanoalign.data import DataError, make_batch
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, _short_run, grads_of, one_thread, own_options, run_cfg, small_model
 
@@ -119,13 +120,29 @@ def test_an_out_dir_that_cannot_be_made_is_one_error(tmp_path):
 
 
 def test_a_new_run_in_an_earlier_runs_directory_says_so_and_starts_its_own_metrics(tmp_path, capsys):
+    """The note names --resume only where it would have continued the earlier run (the same method,
+    short of this run's --max_steps): it said so of a finished run and of another method's. And it
+    comes once the run is sure to start: a bad data file replaced nothing, yet the note said it did."""
     train.train(run_cfg(tmp_path, max_steps=3, eval_every=0))
     assert "holds an earlier run" not in capsys.readouterr().out
     train.train(run_cfg(tmp_path, max_steps=2, eval_every=0))
     out = capsys.readouterr().out
-    assert f"note: {tmp_path / 'run'} holds an earlier run (step 3); this run replaces it" in out
+    assert f"note: {tmp_path / 'run'} holds an earlier run (orpo, step 3); this run replaces it and its " \
+           f"metrics.jsonl\n" in out
     recs = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert [(r["step"], r["split"]) for r in recs] == [(1, "train"), (2, "train"), (2, "val"), (2, "end")]
+    train.train(run_cfg(tmp_path, max_steps=4, eval_every=0))       # step 2 of the same method: resumable
+    assert "(orpo, step 2); this run replaces it and its metrics.jsonl (--resume would have continued it)" \
+        in capsys.readouterr().out
+    train.train(run_cfg(tmp_path, method="dpo", max_steps=6, eval_every=0))     # another method's run
+    out = capsys.readouterr().out
+    assert "(orpo, step 4); this run replaces it and its metrics.jsonl\n" in out and "--resume" not in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(DataError):
+        train.train(run_cfg(tmp_path, method="dpo", max_steps=8, eval_every=0, train_data=str(bad)))
+    assert "holds an earlier run" not in capsys.readouterr().out
+    assert saved_step(str(tmp_path / "run" / "ckpt")) == 6
 
 
 # -- own data is validated on its own; the log explains itself -------------------------------------
@@ -224,6 +241,27 @@ def test_a_start_without_a_chat_template_names_train_pys_flag_not_a_python_api(t
     # and the flag it names works
     train.main(["--method", "sft", "--init_from", str(tmp_path / "bare"), "--chat_format", "selfjudge",
                 "--max_steps", "1", "--out_dir", str(tmp_path / "run"), "--final_eval", "false"])
+
+
+def test_a_chat_format_over_the_checkpoints_own_template_is_said(tmp_path, capsys, start):
+    """--chat_format chatml on SmolLM2 replaced its own template (and the default system prompt it
+    adds) without a word, and the checkpoint saved chatml: obeyed, and now said. A format that is
+    the checkpoint's own replaces nothing, and says nothing."""
+    from model.chat_template import FORMATS
+    argv = ["--method", "sft", "--init_from", str(start), "--max_steps", "1", "--final_eval", "false",
+            "--out_dir", str(tmp_path / "run")]
+    train.main(argv + ["--chat_format", "chatml"])
+    cfg_path = os.path.join(start, "tokenizer_config.json")
+    assert (f"note: --chat_format chatml replaces the checkpoint's own chat template ({cfg_path} "
+            f"('nanoalign_chat_format': 'selfjudge')), with whatever it adds (a default system prompt, "
+            f"say); the run trains on chatml's prompts and saves chatml with its checkpoint") in capsys.readouterr().out
+    train.main(argv + ["--chat_format", "selfjudge"])
+    assert "replaces the checkpoint's own chat template" not in capsys.readouterr().out
+    shutil.copytree(start, tmp_path / "own")
+    (tmp_path / "own" / "chat_template.jinja").write_text(FORMATS["inst"])
+    train.main(argv[:3] + [str(tmp_path / "own")] + argv[4:] + ["--chat_format", "selfjudge"])
+    assert (f"replaces the checkpoint's own chat template ({tmp_path / 'own' / 'chat_template.jinja'})"
+            in capsys.readouterr().out)
 
 
 def test_the_start_line_never_counts_more_trained_weights_than_the_model_has(tmp_path, capsys, start):
