@@ -300,7 +300,7 @@ def train(cfg, task=None, stop_at=None):
         print(replaces)
     runlog.start(cfg, method, model, device, len(train_ex), peak, lr_at(cfg.max_steps - 1, cfg, peak), step)
     model.train()
-    log, stop = runlog.RunLog(cfg.out_dir, step, cfg.resume), StopFlag()
+    log, stop = runlog.RunLog(cfg.out_dir, step, cfg.resume, method.metrics), StopFlag()
     history, val_step, rollout_mets = [], None, {}
     saved = step if cfg.resume else None       # the step of this run's newest checkpoint
     try:

@@ -1,7 +1,8 @@
 """
 What a training run prints and logs: the lines it starts with (what trains, how it computes, the
-legend of its metrics), a line and a record every --log_every steps, held-out losses, the peak
-memory at the end; and how a step's metrics are combined over its micro-batches and ranks first.
+legend of the loop's numbers; a method's own are explained above the first line that logs them), a
+line and a record every --log_every steps, held-out losses, the peak memory at the end; and how a
+step's metrics are combined over its micro-batches and ranks first.
 
 metrics.jsonl holds one JSON object a line: {"split": "train"} every --log_every steps (loss, lr,
 grad_norm, the method's metrics, step_s, tok_per_s, elapsed), {"split": "val"} at each held-out
@@ -44,17 +45,19 @@ def start(cfg, method, model, device, n_examples, peak, last_lr, step=0):
                                                "see --help)"))
     if hasattr(cfg, "judge_from"):               # an on-policy method: how its judge judges
         print(judging_said(cfg))
-    print(legend(method))
+    print(legend())
 
 
-def legend(method):
-    """What each logged number means: printed once at the start of a run. The console line shows
-    the loss, the method's metrics and tok/s; metrics.jsonl holds every one."""
-    shown = {"loss": "the method's loss, averaged over the effective batch", **(method.metrics or {}),
+def legend():
+    """What the loop's own logged numbers mean, printed at the start of a run; a method's own are
+    explained by its first line that logs them (RunLog.train_step). The console line shows the
+    loss, the method's metrics and tok/s; metrics.jsonl holds every one."""
+    shown = {"loss": "the method's loss, averaged over the effective batch",
              "tok_per_s": "tokens through the model per second since the last log line, all ranks"}
     kept = {"lr": "learning rate", "grad_norm": "gradient norm before clipping",
             "step_s": "seconds for this step"}
     return ("metrics: " + "; ".join(f"{k} = {v}" for k, v in shown.items())
+            + "; the method's own: where they are first logged"
             + "\nin out_dir/metrics.jsonl too: " + "; ".join(f"{k} = {v}" for k, v in kept.items()))
 
 
@@ -105,7 +108,11 @@ class RunLog:
     went through the model since the last train line; each record is appended as it is made (a
     killed run keeps every line it printed)."""
 
-    def __init__(self, out_dir, step, resume):
+    def __init__(self, out_dir, step, resume, meanings=None):
+        # a method's metrics (Method.metrics), each explained above the first line that logs it:
+        # a legend of all of them up front named numbers a run never logs (an oracle's agreement on
+        # the user's own data, RAFT's under ranked pairs)
+        self.meanings, self.explained = meanings or {}, set()
         self.path = os.path.join(out_dir, "metrics.jsonl") if dist.is_main() else os.devnull
         if resume and dist.is_main():
             keep_log_until(self.path, step)
@@ -129,6 +136,11 @@ class RunLog:
         self.tokens, self.last = 0, now
         eta = el / max(step - self.first_step, 1) * (max_steps - step)
         extra = " ".join(f"{k} {v:.4f}" for k, v in mets.items())
+        new = [k for k in mets if k not in self.explained]
+        if new:
+            self.explained.update(new)
+            print("metrics: " + "; ".join(f"{k} = {self.meanings.get(k, 'a number the method logs')}"
+                                          for k in new))
         print(f"step {step:5d} | loss {loss:.4f} | {extra} | {rec['tok_per_s']:.0f} tok/s"
               f" | {el:.0f}s elapsed, eta {eta:.0f}s")
         self.write(rec)

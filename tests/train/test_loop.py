@@ -306,6 +306,15 @@ def test_a_methods_legend_explains_what_its_steps_log_and_nothing_they_never_log
                            if '"train"' in x)) - LOOP_KEYS
     legend = set(REGISTRY[method].metrics or {})
     assert logged <= legend, f"logged, not in the legend: {sorted(logged - legend)}"
+    # on the console each is explained once, above the first line that logs it, and no other is
+    # (a legend of all of them up front named the oracle's agreement on the user's own data)
+    lines = capsys.readouterr().out.splitlines()
+    said = [k.split(" = ")[0] for ln in lines if ln.startswith("metrics: ") for k in ln[9:].split("; ")
+            if " = " in k]
+    assert sorted(set(said) - LOOP_KEYS) == sorted(said := [k for k in said if k not in LOOP_KEYS])
+    assert set(said) == logged, (sorted(said), sorted(logged))
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("step "))
+    assert lines[first - 1].startswith("metrics: ") or not logged
     unlogged = legend - logged
     if method == "osp":   # the other pairing's names, each saying which pairing it is
         assert all(REGISTRY[method].metrics[k].startswith("RAFT") == (not options) for k in unlogged), \
