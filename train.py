@@ -112,6 +112,9 @@ def load_split(cfg, method, task, split, run):
     n_read = len(rows)
     if method.prepare:
         rows = method.prepare(rows, cfg, split, run)
+        if len(rows) != n_read:      # JSFT's 24 examples from 8 rows: an answer and two judgments each
+            print(f"{src} [{split}]: {n_read} rows make {len(rows)} {method.name} examples "
+                  f"(python train.py --method {method.name} --help says how)")
     ex, dropped = tokenize_rows(rows, run.tok, method.eats, cfg.max_length, cfg.skip_bad_rows,
                                 bad=bad, **method.tokenize_options(cfg))
     if skipped or dropped:

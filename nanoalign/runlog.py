@@ -28,8 +28,11 @@ def start(cfg, method, model, device, n_examples, peak, last_lr, step=0):
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # "all": 3 significant digits of a full fine-tune's count would print larger than the total
     trained = "all" if n_train == n_all else f"{n_train / 1e6:.3g}M"
-    print(f"{cfg.method}: {n_all / 1e6:.2f}M params ({trained} trained) on {device} x{dist.world()}, {n_examples} train "
-          f"examples, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.grad_accum}x{dist.world()}")
+    W = dist.world()
+    per_step = (f"{cfg.batch_size * cfg.grad_accum * W} (--batch_size {cfg.batch_size} x --grad_accum "
+                f"{cfg.grad_accum}" + (f" x {W} processes)" if W > 1 else ")"))
+    print(f"{cfg.method}: {n_all / 1e6:.2f}M params ({trained} trained) on {device} x{W}, "
+          f"{plural(n_examples, 'train example')}, {plural(cfg.max_steps, 'step')} of {per_step}")
     if cfg.resume:
         print(f"resumed from {os.path.join(cfg.out_dir, 'ckpt')} at step {step} of {cfg.max_steps}")
     print(f"compute: {compute_of(cfg, model)} (--dtype {cfg.dtype}, --packed {cfg.packed}, "
@@ -46,6 +49,10 @@ def start(cfg, method, model, device, n_examples, peak, last_lr, step=0):
     if hasattr(cfg, "judge_from"):               # an on-policy method: how its judge judges
         print(judging_said(cfg))
     print(legend())
+
+
+def plural(n, what):
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def legend():

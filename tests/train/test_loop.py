@@ -264,6 +264,18 @@ def test_a_chat_format_over_the_checkpoints_own_template_is_said(tmp_path, capsy
             in capsys.readouterr().out)
 
 
+def test_the_start_line_says_what_a_step_is_and_how_rows_became_examples(tmp_path, capsys):
+    """'2 steps of 2x1x1' left the user to guess the factors, '1 steps' read oddly, and JSFT's '24
+    train examples' from a file of 8 rows was not explained."""
+    out = _short_run(tmp_path, capsys, max_steps=1, grad_accum=2, batch_size=2)
+    assert "sft: " in out and ", 16 train examples, 1 step of 4 (--batch_size 2 x --grad_accum 2)\n" in out
+    pref = os.path.join(FIX, "pref.jsonl")
+    out = _short_run(tmp_path, capsys, method="jsft", train_data=pref, max_steps=2, batch_size=2, max_length=384)
+    assert f"{pref} [train]: 4 rows make 12 jsft examples (python train.py --method jsft --help says how)\n" in out
+    assert ", 12 train examples, 2 steps of 2 (--batch_size 2 x --grad_accum 1)\n" in out
+    assert "rows make" not in _short_run(tmp_path, capsys, method="dpo", train_data=pref, batch_size=2)
+
+
 def test_the_start_line_never_counts_more_trained_weights_than_the_model_has(tmp_path, capsys, start):
     # SmolLM2's full fine-tune printed "134.52M params (135M trained)": the trained count had 3
     # significant digits, the total 2 decimals. A full fine-tune says "all"; LoRA counts its adapters
