@@ -16,7 +16,7 @@ from nanoalign import REGISTRY
 from nanoalign.config import (SharedConfig, bounds, config_class, config_from_dict, is_switch, known_keys,
                               listed, owners, resume_config, saved_config, tname)
 from nanoalign.suggest import ArgumentParser, did_you_mean
-from nanoalign.tasks import TASKS
+from nanoalign.tasks import TASKS, get_task
 
 METHODS_DIR = os.path.dirname(os.path.abspath(__file__))    # nanoalign/: where a method file is
 
@@ -139,6 +139,12 @@ def parse_config(argv=None, description=None):
     if cfg.val_data not in ("auto", "") and REGISTRY[cfg.method].rollout:   # train.py reads none
         ap.error(f"--val_data: --method {cfg.method} samples on-policy and has no held-out loss (it "
                  f"would need a rollout per evaluation); drop --val_data")
+    if cfg.train_data != "builtin" and cfg.val_data != "builtin":   # the task's rows: none read
+        unused = [k for k in get_task(cfg.task).ROW_OPTIONS if k in given]
+        if unused:
+            ap.error(f"--{unused[0]} shapes the built-in task's rows, and this run reads none: "
+                     f"--train_data {cfg.train_data} trains on every row of the file (cut the file to "
+                     f"train on fewer); drop --{unused[0]}")
     if cfg.chat_format and cfg.init_from == "scratch":   # init_model never reads it: the task's tokenizer
         ap.error(f"--chat_format {cfg.chat_format}: --init_from scratch starts with the task's byte "
                  f"tokenizer, which speaks selfjudge; drop --chat_format")

@@ -26,6 +26,8 @@ class Task(Protocol):
     OBJECTIVES: dict          # {objective: what it rewards}; the oracle scores each in [0, 1]
     MAX_NEW_TOKENS: int       # the answer length its evaluation generates
     Options: type             # a dataclass of its own options (nanoalign.common.option fields)
+    ROW_OPTIONS: tuple        # those of its options that shape its rows (n_train, ...): a run that
+                              # reads none of its rows (--train_data FILE) refuses them, not ignores
 
     def oracle_scores(self, prompt, response) -> dict:
         """{objective: score, 'overall': weighted mean}; a ValueError for a prompt not of the task."""

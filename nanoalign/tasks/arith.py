@@ -58,6 +58,9 @@ class Options:
     warm_lr: float = option(2e-3, "built-in task: SFT warm-up learning rate", above=0.0)
 
 
+ROW_OPTIONS = ("n_train", "n_val")
+
+
 # -- the oracle ----------------------------------------------------------------------------------
 def parse_prompt(prompt):
     m = PROMPT_RE.search(prompt if isinstance(prompt, str) else prompt[-1]["content"])

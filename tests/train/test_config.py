@@ -4,13 +4,14 @@ one, another method's option naming whose it is); resuming refuses another metho
 setting."""
 import dataclasses
 import json
+import os
 import re
 
 import pytest
 
 import train
 from nanoalign import REGISTRY, config
-from tests.helpers import _short_run
+from tests.helpers import FIX, _short_run
 
 
 # -- bad flags, config files, help -----------------------------------------------------------------
@@ -261,6 +262,26 @@ def test_val_data_for_an_on_policy_method_is_refused_not_ignored(method, val, ca
     assert "--val_data" in capsys.readouterr().err
     for none in ("auto", ""):          # the default, and none at all, are fine
         assert train.parse_config(["--method", method, "--val_data", none]).val_data == none
+
+
+def test_the_built_in_tasks_row_options_are_refused_with_a_file_not_ignored(tmp_path, capsys):
+    """--n_train 2 with --train_data FILE trained on every row of the file and said nothing (the run
+    said '8 train examples'); the task's row options are refused where the run reads none of its
+    rows, and allowed where it reads some (its validation rows, with --val_data builtin)."""
+    f = os.path.join(FIX, "pref.jsonl")
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"train_data": f, "n_val": 8}))
+    for argv, flag in ((["--train_data", f, "--n_train", "2"], "--n_train"), (["--config", str(p)], "--n_val"),
+                       (["--task", "instruct", "--train_data", f, "--task_data", "d"], "--task_data")):
+        with pytest.raises(SystemExit) as e:
+            train.parse_config(["--method", "dpo"] + argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and (f"{flag} shapes the built-in task's rows, and this run reads none: "
+                                      f"--train_data {f} trains on every row of the file") in err, err
+    assert train.parse_config(["--method", "dpo", "--n_train", "2"]).n_train == 2
+    assert train.parse_config(["--method", "dpo", "--train_data", f, "--val_data", "builtin",
+                               "--n_val", "8"]).n_val == 8
+    assert train.parse_config(["--method", "dpo", "--train_data", f, "--n_warm", "8"]).n_warm == 8
 
 
 def test_chat_format_with_init_from_scratch_is_refused_not_ignored(tmp_path, capsys):

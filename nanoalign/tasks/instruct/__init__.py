@@ -101,6 +101,9 @@ class Options:
                             "preference pairs train on ('' = none: they stop, saying how to build it)")
 
 
+ROW_OPTIONS = ("n_train", "n_val", "task_data")
+
+
 def rows(kind, split, seed, options):
     """A split's rows of a row kind (options.n_train or options.n_val of them): 'sft' (written
     answers), 'prompt' (prompts alone, for the on-policy methods; no samples needed) or 'pref'
