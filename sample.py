@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import json
 import math
-import re
 import time
 
 import torch
@@ -53,7 +52,7 @@ from nanoalign.onpolicy import judging_overridden, kept_principles, sample as sa
 from nanoalign.judge import (JUDGE_TEMPLATE, LIKELIHOOD, LIKELIHOODS, TEMPLATES, JudgeError, best_of,
                              check_template, judging, parse_principles, recorded_judging)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
-from nanoalign.compute import FAST_MIN_PARAMS, autocast
+from nanoalign.compute import FAST_MIN_PARAMS, autocast, device_problem
 from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
 from nanoalign.data import parse_line, validate_row
 from nanoalign.rows import check_response, check_text, check_turns_before_answer
@@ -194,13 +193,8 @@ def parse_args(argv=None):
     if min(a.num_samples, a.max_new_tokens, a.best_of, a.batch_size) < 1:
         ap.error("--num_samples, --best_of, --max_new_tokens and --batch_size must be >= 1")
     # the device: checked here, so a typo is not a torch traceback after the model has loaded
-    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", a.device):
-        ap.error(f"--device {a.device!r}: use cpu, cuda or cuda:N")
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"--device {a.device}: this torch sees no CUDA GPU; use --device cpu")
-    if a.device.startswith("cuda:") and int(a.device[5:]) >= torch.cuda.device_count():
-        n = torch.cuda.device_count()
-        ap.error(f"--device {a.device}: this torch sees {n} GPU(s), cuda:0 to cuda:{n - 1}")
+    if why := device_problem(a.device):
+        ap.error(why)
     # flags that would otherwise be silently ignored
     if a.best_of > 1 and a.raw:
         ap.error("--best_of judges through the chat template; drop --raw")

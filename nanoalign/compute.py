@@ -5,10 +5,12 @@ fused AdamW, the learning rate, CUDA's deterministic algorithms, and the line th
 (train.py's start line). On a CPU every 'auto' turns on from FAST_MIN_PARAMS parameters; below it
 the built-in task's tiny model keeps plain float32, so the default run's printed table stays as it
 is. On CUDA bf16 autocast and fused AdamW are on at any size.
-nanoalign/config.py declares the options; this file reads them.
+nanoalign/config.py declares the options; this file reads them. It also says whether a command
+line's --device can run here (`device_problem`: sample.py's, the judge's command line's).
 """
 import functools
 import os
+import re
 
 import torch
 
@@ -18,6 +20,20 @@ import torch
 # the 0.77M model too, but other matmul shapes round differently, and the default run's printed
 # table must stay as it is; so both start between the sizes measured
 FAST_MIN_PARAMS = 20_000_000
+
+
+def device_problem(device):
+    """Why a command line's --device cannot run here (not cpu, cuda or cuda:N; a GPU this torch does
+    not see), or None. sample.py and the judge's command line check it before loading, so a typo is a
+    usage error, not a torch traceback after the model has loaded."""
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+        return f"--device {device!r}: use cpu, cuda or cuda:N"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"--device {device}: this torch sees no CUDA GPU; use --device cpu"
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        return f"--device {device}: this torch sees {n} GPU(s), cuda:0 to cuda:{n - 1}"
+    return None
 
 
 def is_large(model):

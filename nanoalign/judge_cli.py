@@ -6,65 +6,125 @@ The judge's command line: a checkpoint judges pairs from a file, as the methods 
     python -m nanoalign.judge_cli ... --judge_template principle --principles "honesty:tells the truth,..."
     python -m nanoalign.judge_cli ... --likelihood pair            # OSP's rule instead of Self-Judge's
 
-prints, per {prompt, a, b} row, p(a > b) scored in both position orders (and under each principle,
-combined by win rate, for a principle template). A module of its own, not judge.py's `main`:
-`python -m` runs a module a second time when its package already imported it, which the package
-does for judge.py (every method file imports it), and Python warns each time.
+A pair is a {prompt, a, b} row (a and b strings or chat messages), or a preference row as train.py
+reads it: {prompt, chosen, rejected}, or TRL's implicit prompt {chosen, rejected} (a = chosen,
+b = rejected). Per pair it prints {"row": the pair's index, from 0; "line": its line in the file,
+from 1; "p(a>b)": p(a > b)}, scored in both position orders (and under each principle, combined by
+win rate, for a principle template). A bad row stops it with one error naming its file, line and
+field, before the model loads.
 """
+# A module of its own, not judge.py's `main`: `python -m` runs a module a second time when its
+# package already imported it, which the package does for judge.py (every method file imports it),
+# and Python warns each time (tests/judge/test_cli.py test_the_judge_command_runs_without_a_warning).
 import argparse
 import json
+import os
+import sys
 
+import torch
+
+from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
 from model.checkpoint import CheckpointError, load
-from model.tokenizer import answer_text
+from model.tokenizer import NoChatTemplate, answer_text
+from nanoalign.compute import device_problem
+from nanoalign.data import parse_line
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs, judging,
                              parse_principles)
+from nanoalign.onpolicy import PRINCIPLES_FILE, kept_principles
+from nanoalign.rows import read_pair
+from nanoalign.textfile import DataError, decode_line, raw_lines
 
 
-def main(argv=None):
+def build_parser():
     # The parser is prose (help texts) and argparse's rules; tests/judge/test_cli.py checks its behaviour,
     # and mutating the wording of each help text would only test the tests' copy of it (docs/mutation.md).
     # pragma: no mutate start
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 allow_abbrev=False)
+    ap = argparse.ArgumentParser(prog="python -m nanoalign.judge_cli", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--init_from", required=True, help="checkpoint directory of the judge model")
-    ap.add_argument("--pairs", required=True, help="JSONL of {prompt, a, b} rows (also accepts "
-                    "{prompt, chosen, rejected}: a = chosen, b = rejected)")
+    ap.add_argument("--pairs", required=True, help="JSONL of {prompt, a, b} rows, or of preference rows "
+                    "as train.py reads them ({prompt, chosen, rejected}, or TRL's implicit prompt "
+                    "{chosen, rejected}: a = chosen, b = rejected), read and checked as train.py reads "
+                    "its data (UTF-8, a BOM allowed)")
     ap.add_argument("--judge_template", "--template", default=None, choices=sorted(TEMPLATES),
                     help="judgment template (the Self-Judge paper's appendix A.5, or a compact one; "
                          "default: the one the checkpoint trained with, else 'compact', as "
                          "sample.py --best_of and the on-policy methods; --template is the same flag)")
-    ap.add_argument("--principles", default="", help="for a principle template: name:description,... "
+    ap.add_argument("--principles", default=None, help="for a principle template: name:description,... "
                     "judged under each, decided by win rate; a description may hold commas, only a comma "
                     "followed by a new 'name:' starts the next principle (a name is letters, "
-                    "digits, _ and -) (default: none; a principle template needs them)")
+                    "digits, _ and -) (default: the principles kept in the checkpoint, its "
+                    f"{PRINCIPLES_FILE}, as sample.py --best_of)")
     ap.add_argument("--batch_size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
     ap.add_argument("--likelihood", default=None, choices=sorted(LIKELIHOODS),
                     help="how label probabilities become p(a>b), a choice: 'vocab' = "
                          f"{LIKELIHOODS['vocab']}; 'pair' = {LIKELIHOODS['pair']} (default: the rule "
                          "the checkpoint records, else 'vocab')")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", metavar="DEV",
+                    help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
+                    "here %(default)s)")
+    ap.add_argument("--chat_format", default="", choices=CHAT_FORMATS, metavar="NAME",
+                    help=CHAT_FORMAT_HELP + ". The judgments are chats in it (default: '')")
     # pragma: no mutate end
+    return ap
+
+
+def read_pairs(path):
+    """[(line number, prompt, a, b)] of a --pairs file, a and b the answers' text. Read as train.py reads
+    a data file (nanoalign/textfile.py: UTF-8, a BOM dropped, a file that is no JSONL or no text said to
+    be so at once; nanoalign/rows.py read_pair: every field checked), so a bad row is a DataError naming
+    its file, line and field. Only reading raises DataError: nothing else is blamed on a row."""
+    pairs, first = [], True
+    for n, (where, raw) in enumerate(raw_lines(path), 1):
+        # without its newline: json.loads counts columns from the last one it sees
+        line = decode_line(raw, where).rstrip("\r\n")
+        if not line.strip():
+            continue
+        row = parse_line(path, line, where, first)     # line 1 may say the file is a JSON document, CSV
+        first = False
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        r = read_pair(row, where)                       # checked: each response has its answer
+        pairs.append((n, r["prompt"], answer_text(r["a"]), answer_text(r["b"])))
+    if not pairs:
+        raise DataError(f"{path}: no pairs to judge (the file is empty, or blank lines only)")
+    return pairs
+
+
+def principles_for(a, t):
+    """[(name, description)] a principle template judges under: --principles, else those kept in the
+    checkpoint (its principles.json: a principle-aware JSFT run's), as sample.py --best_of; None for a
+    template without principles. Kept ones are named on stderr: the user gave none."""
+    if "{principle}" not in t.user:
+        return None
+    if a.principles:
+        return parse_principles(a.principles)
+    kept = kept_principles(t, a.init_from)
+    print(f"--- judging under principles {', '.join(n for n, _ in kept)} (those kept in the checkpoint: "
+          f"{os.path.join(a.init_from, PRINCIPLES_FILE)})", file=sys.stderr)
+    return kept
+
+
+def main(argv=None):
+    ap = build_parser()
     a = ap.parse_args(argv)
+    if why := device_problem(a.device):     # before loading: a typo is no torch traceback
+        ap.error(why)
     try:
         used = judging(a.init_from, vars(a))    # a judge judges as it trained, as in sample.py --best_of
-        model, tok = load(a.init_from)
-        t = check_template(tok, TEMPLATES[used["judge_template"]])
-        principles = parse_principles(a.principles)
-        items = []
-        with open(a.pairs) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:    # only a row's own error is blamed on the row (not, say, a KeyError in load)
-                    r = json.loads(line)
-                    x, y = (r["a"], r["b"]) if "a" in r else (r["chosen"], r["rejected"])
-                    items.append((r["prompt"], answer_text(x), answer_text(y)))
-                except (KeyError, json.JSONDecodeError) as e:
-                    raise SystemExit(f"error: {a.pairs}:{i}: bad row ({e!r}); need prompt, a, b") from None
-        ps = judge_pairs(model, tok, t, items, principles, a.batch_size, likelihood=used["likelihood"])
-    except (CheckpointError, JudgeError, OSError) as e:
+        t = TEMPLATES[used["judge_template"]]
+        principles = principles_for(a, t)
+        pairs = read_pairs(a.pairs)             # a bad row said in a second, not after a large model loads
+        model, tok = load(a.init_from, torch.float32, a.device, a.chat_format or None)
+        if tok.template is None:                # said naming this flag, not load()'s argument
+            raise NoChatTemplate(a.init_from, how="--chat_format")
+        t = check_template(tok, t)
+        ps = judge_pairs(model, tok, t, [p[1:] for p in pairs], principles, a.batch_size,
+                         likelihood=used["likelihood"])
+    except (CheckpointError, DataError, JudgeError, OSError) as e:
         raise SystemExit(f"error: {e}")
-    for i, p in enumerate(ps.tolist()):
-        print(json.dumps({"row": i, "p(a>b)": round(p, 4)}))
+    for i, ((line, *_), p) in enumerate(zip(pairs, ps.tolist())):
+        print(json.dumps({"row": i, "line": line, "p(a>b)": round(p, 4)}))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ table `KINDS`) and turns the rows into token ids and batches.
   sft         {"prompt": P, "response": R}  or TRL's {"prompt": P, "completion": R}
               or  {"messages": [...]}  (last assistant turn = response)
   prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
+  pair        {"prompt": P, "a": R, "b": R}: two responses to judge, in no order of preference, or
+              any preference row (a = chosen, b = rejected); read by the judge's command line
+              (nanoalign/judge_cli.py), no kind of data.py's KINDS (nothing trains on it)
   P, R        a string, or a list of chat messages {"role": ..., "content": ...}; R's list ends
               with its answer, the last assistant message, and before it holds nothing or P's
               messages (a string P is one user message)
@@ -19,9 +22,10 @@ table `KINDS`) and turns the rows into token ids and batches.
               MetaAligner and principle-aware judges read them, through check_labels (other
               methods leave a "labels" field alone)
 
-A checker takes the parsed row and `where` ("file:line") and returns the row normalized (an implicit
-prompt split off, TRL's "completion" renamed "response", labels as strings), or raises DataError.
-sample.py checks its own files (--prompts_file, --answers_file) with the same functions.
+A checker takes the parsed row (a JSON object: data.validate_row checks that) and `where`
+("file:line") and returns the row normalized (an implicit prompt split off, TRL's "completion"
+renamed "response", labels as strings), or raises DataError. sample.py checks its own files
+(--prompts_file, --answers_file) with the same functions, and the judge's command line its --pairs.
 """
 from model.tokenizer import as_messages
 from nanoalign.textfile import DataError
@@ -203,6 +207,28 @@ def read_pref(row, where):
                         f"answer: give the conversation before it as 'prompt', the two answers as "
                         f"'chosen' and 'rejected'")
     return out
+
+
+def read_pair(row, where):
+    """A pair to judge (python -m nanoalign.judge_cli): {prompt, a, b}, a and b checked as a preference
+    row's responses are, or a preference row in any form read_pref reads (TRL's implicit prompt too),
+    returned with a = chosen and b = rejected. A row of both shapes is refused: which two responses
+    were meant?"""
+    if "a" in row or "b" in row:
+        if "chosen" in row or "rejected" in row:
+            raise DataError(f"{where}: both 'a'/'b' and 'chosen'/'rejected'; a row holds one pair: keep "
+                            f"one of them")
+        out = _check_fields(row, ("prompt", "a", "b"), "pair", where,
+                            "; or a preference row: prompt, chosen, rejected")
+        for f in ("a", "b"):
+            check_response(out[f], where, f)
+            check_turns_before_answer(out["prompt"], out[f], where, f)
+        return out
+    if "chosen" not in row and "rejected" not in row:    # neither shape: name the pair's own fields first
+        raise DataError(f"{where}: missing field 'a' (a pair row needs prompt, a, b; or a preference row: "
+                        f"prompt, chosen, rejected)")
+    out = read_pref(row, where)
+    return {**out, "a": out["chosen"], "b": out["rejected"]}
 
 
 def read_sft(row, where):

@@ -1,5 +1,6 @@
 """The judge's command line (python -m nanoalign.judge_cli): the swapped probability of each row, principles
-by win rate, one-line errors that blame a row only for its own error, help for every flag."""
+by win rate (given, or the checkpoint's own), the pairs file read as train.py reads a data file, one-line
+errors that blame a row only for its own error, help for every flag."""
 import json
 
 import pytest
@@ -62,18 +63,19 @@ def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + json.dumps({"prompt": "q", "a": "x"}) + "\n")
     with pytest.raises(SystemExit) as e:
         main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
-    assert str(e.value) == f"error: {f}:3: bad row (KeyError('b')); need prompt, a, b"
+    assert str(e.value) == (f"error: {f}:3: missing field 'b' (a pair row needs prompt, a, b; or a "
+                            f"preference row: prompt, chosen, rejected)")
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n{not json\n")
     with pytest.raises(SystemExit) as e:
         main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
-    assert str(e.value).startswith(f"error: {f}:2: bad row (JSONDecodeError(")
+    assert str(e.value) == f"error: {f}:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
     with pytest.raises(SystemExit) as e:
         main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact_principle"])
     assert str(e.value).startswith("error: judge template 'compact_principle' judges under principles")
     with pytest.raises(SystemExit) as e:
         main(["--init_from", judge_dir, "--pairs", str(tmp_path / "none.jsonl"), "--judge_template", "compact"])
-    assert str(e.value).startswith("error: [Errno 2] No such file or directory")
+    assert str(e.value) == f"error: {tmp_path / 'none.jsonl'}: cannot open (No such file or directory)"
     with pytest.raises(SystemExit) as e:
         main(["--init_from", str(tmp_path / "no_such_dir"), "--pairs", str(f)])
     assert str(e.value).startswith("error: ") and "no_such_dir" in str(e.value)
@@ -82,13 +84,179 @@ def test_judge_cli_errors_are_one_line(judge_dir, tmp_path, capsys):
     assert "the following arguments are required: --init_from" in capsys.readouterr().err
 
 
+# -- the pairs file: read as train.py reads a data file (nanoalign/textfile.py, nanoalign/rows.py) ----------
+Q = "What is 1 + 1?"
+
+
+@pytest.mark.parametrize("line, why", [
+    # a number where a response goes was a TypeError traceback from deep in the tokenizer
+    ('{"prompt": "Q?", "a": 5, "b": "y"}',
+     "field 'a' must be a string or a list of {\"role\", \"content\"} messages, got int"),
+    # a message list without an assistant turn was a MessagesError traceback, no file, no line
+    ('{"prompt": "Q?", "chosen": [{"role": "user", "content": "hi"}], "rejected": "n"}',
+     "field 'chosen' is a message list with no assistant message; the response is the last assistant message"),
+    # a trailing comma (a JSON array's rows pasted in) was "bad row (JSONDecodeError(...)); need prompt, a, b"
+    ('{"prompt": "q", "a": "x", "b": "y"},', "malformed JSON (Extra data at column 36)"),
+    ('["q", "x", "y"]', "expected a JSON object, got list"),
+    ('{"prompt": "q", "a": "x", "chosen": "y", "rejected": "z"}',
+     "both 'a'/'b' and 'chosen'/'rejected'; a row holds one pair: keep one of them"),
+    ('{"prompt": "q", "answer": "x"}', "missing field 'a' (a pair row needs prompt, a, b; or a preference row: "
+                                       "prompt, chosen, rejected)"),
+    ('{"prompt": "q", "a": "x", "b": "  "}', "field 'b' is empty"),
+    ('{"prompt": "q", "a": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "x"}], "b": "y"}',
+     "field 'a': the messages before its answer are not the 'prompt' field's conversation (from message 1), "
+     "and would be ignored (the answer goes after 'prompt'); give 'a' as the answer alone, or as the prompt's "
+     "messages then the answer"),
+    ('{"chosen": "Yes.", "rejected": "Yeah."}', "no 'prompt' field, and 'chosen' and 'rejected' share only the "
+                                              "start of a word ('Ye'), no whole words to take as the prompt"),
+])
+def test_a_bad_row_is_one_error_naming_its_file_line_and_field(judge_dir, tmp_path, line, why):
+    """Each bad row is train.py's one line, 'error: FILE:LINE: ...' (nanoalign/rows.py's checks), on the
+    row's line of the file, before the model loads."""
+    from nanoalign.judge_cli import main
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + line + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
+    assert str(e.value) == f"error: {f}:3: {why}"
+
+
+def test_a_file_that_is_no_jsonl_or_no_text_or_empty_is_one_error(judge_dir, tmp_path):
+    from nanoalign.judge_cli import main
+    f = tmp_path / "pairs.jsonl"
+    for data, want in ((json.dumps([{"prompt": "q", "a": "x", "b": "y"}], indent=1).encode(),
+                        f"error: {f}:1: the file looks like a JSON document, not JSONL"),
+                       (b"\x1f\x8b\x08\x00", f"error: {f}:1: gzip-compressed, not UTF-8 text"),
+                       ('{"prompt": "caf\xe9", "a": "x", "b": "y"}\n'.encode("latin-1"),
+                        f"error: {f}:1: not UTF-8 text (byte 0xe9 at column 16"),
+                       (b"\n \n", f"error: {f}: no pairs to judge (the file is empty, or blank lines only)")):
+        f.write_bytes(data)
+        with pytest.raises(SystemExit) as e:
+            main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
+        assert str(e.value).startswith(want), str(e.value)
+
+
+def test_preference_rows_in_every_form_train_py_reads_are_judged_as_their_pair(judge_dir, tmp_path, capsys):
+    """TRL's implicit-prompt rows (whole conversations, or whole strings, no 'prompt': train.py reads them)
+    were 'bad row (KeyError('prompt'))', and a file saved with a UTF-8 BOM (Windows editors) was a bad line 1.
+    Each form is judged as the {prompt, a, b} row of the same pair, a = chosen; 'line' is the file's line
+    (counted from 1, blank lines too), 'row' the pair's index (from 0)."""
+    from model.checkpoint import load
+    from nanoalign.judge import TEMPLATES, judge_pairs
+    user = {"role": "user", "content": Q}
+    rows = [{"prompt": Q, "a": "2.", "b": "It is 3"},
+            {"chosen": [user, {"role": "assistant", "content": "2."}],
+             "rejected": [user, {"role": "assistant", "content": "It is 3"}]},
+            {"prompt": [user], "chosen": "2.", "rejected": [user, {"role": "assistant", "content": "It is 3"}]},
+            {"chosen": f"{Q} 2.", "rejected": f"{Q} It is 3"},
+            {"prompt": Q, "a": [{"role": "assistant", "content": "2."}], "b": "It is 3", "labels": {}}]
+    f = tmp_path / "pairs.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + "\n\n".join(json.dumps(r) for r in rows).encode() + b"\r\n")
+    got = judge_cli(capsys, ["--init_from", judge_dir, "--pairs", str(f)])
+    assert [(g["row"], g["line"]) for g in got] == [(0, 1), (1, 3), (2, 5), (3, 7), (4, 9)]
+    assert list(got[0]) == ["row", "line", "p(a>b)"]
+    model, tok = load(judge_dir)
+    # the string form: the prompt is the shared words, the space before the answers goes with them (as TRL)
+    want = judge_pairs(model, tok, TEMPLATES["compact"], [(Q, "2.", "It is 3"), (Q, " 2.", " It is 3")]).tolist()
+    assert [g["p(a>b)"] for g in got] == [round(p, 4) for p in (want[0], want[0], want[0], want[1], want[0])]
+
+
+# -- the checkpoint's principles, --device, --chat_format ------------------------------------------------
+@pytest.fixture
+def principled(judge_dir, tmp_path):
+    """The tiny judge as a principle-aware JSFT run leaves it: its template recorded (state.json) and the
+    principles its data had kept beside it (principles.json, nanoalign/onpolicy.py kept_principles)."""
+    import shutil
+    d = tmp_path / "principled"
+    shutil.copytree(judge_dir, d)
+    (d / "state.json").write_text(json.dumps({"step": 1, "config": {
+        "method": "jsft", "judge_template": "compact_principle", "likelihood": "vocab"}}))
+    (d / "principles.json").write_text(json.dumps({"correct": "the sum is right", "format": "ends with a period"}))
+    return d
+
+
+def test_a_principle_judge_judges_under_the_principles_kept_in_its_checkpoint(principled, tmp_path, capsys):
+    """It failed 'judge template ... judges under principles, and none were given' with no --principles;
+    sample.py --best_of falls back to the checkpoint's principles.json, and so does the judge's command line
+    now (saying so on stderr). --principles overrides them; a checkpoint without the file names both."""
+    import os
+    from model.checkpoint import load
+    from nanoalign.judge import TEMPLATES, judge_pairs
+    from nanoalign.judge_cli import main
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": Q, "a": "2.", "b": "It is 3"}) + "\n")
+    model, tok = load(str(principled))
+    t, item = TEMPLATES["compact_principle"], [(Q, "2.", "It is 3")]
+    kept = [("correct", "the sum is right"), ("format", "ends with a period")]
+    got = judge_cli(capsys, ["--init_from", str(principled), "--pairs", str(f)])
+    assert [g["p(a>b)"] for g in got] == [round(judge_pairs(model, tok, t, item, kept).item(), 4)]
+    main(["--init_from", str(principled), "--pairs", str(f)])
+    assert capsys.readouterr().err == (f"--- judging under principles correct, format (those kept in the "
+                                       f"checkpoint: {principled / 'principles.json'})\n")
+    given = [("honest", "tells the truth")]
+    got = judge_cli(capsys, ["--init_from", str(principled), "--pairs", str(f), "--principles", "honest:tells the truth"])
+    assert [g["p(a>b)"] for g in got] == [round(judge_pairs(model, tok, t, item, given).item(), 4)]
+    os.remove(principled / "principles.json")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", str(principled), "--pairs", str(f)])
+    assert str(e.value) == (f"error: judge template 'compact_principle' judges under principles: name them "
+                            f"with --principles name:description,... ({principled / 'principles.json'} does "
+                            f"not exist)")
+
+
+def test_the_judge_loads_on_the_device_it_is_given(judge_dir, tmp_path, monkeypatch, capsys):
+    import torch
+    import nanoalign.judge_cli as judge
+    seen, real = [], judge.load
+
+    def spy(d, dtype=torch.float32, device="cpu", chat_format=None):
+        seen.append((device, chat_format))
+        return real(d, dtype, device, chat_format)
+    monkeypatch.setattr(judge, "load", spy)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--device", "cpu"])
+    judge.main(["--init_from", judge_dir, "--pairs", str(f), "--device", "cpu", "--chat_format", "chatml"])
+    assert seen == [("cpu", None), ("cpu", "chatml")]
+    assert judge.build_parser().get_default("device") == ("cuda" if torch.cuda.is_available() else "cpu")
+    for device, why in (("tpu", "--device 'tpu': use cpu, cuda or cuda:N"),
+                        ("cuda:x", "--device 'cuda:x': use cpu, cuda or cuda:N")):
+        with pytest.raises(SystemExit) as e:
+            judge.main(["--init_from", judge_dir, "--pairs", str(f), "--device", device])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            judge.main(["--init_from", judge_dir, "--pairs", str(f), "--device", "cuda"])
+        assert e.value.code == 2 and "--device cuda: this torch sees no CUDA GPU" in capsys.readouterr().err
+    assert seen == [("cpu", None), ("cpu", "chatml")]          # each refused before loading
+
+
+def test_a_checkpoint_without_a_chat_template_is_one_error_naming_chat_format(judge_dir, tmp_path, capsys):
+    """As sample.py's: the judgments are chats, so a checkpoint with no template says which flag names one."""
+    import os
+    import shutil
+    from nanoalign.judge_cli import main
+    d = tmp_path / "no_template"
+    shutil.copytree(judge_dir, d)
+    os.remove(d / "tokenizer_config.json")
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", str(d), "--pairs", str(f)])
+    msg = str(e.value)
+    assert msg.startswith(f"error: {d}: no chat template") and len(msg.splitlines()) == 1, msg
+    assert "with --chat_format" in msg and "load(" not in msg, msg
+    got = judge_cli(capsys, ["--init_from", str(d), "--pairs", str(f), "--chat_format", "selfjudge"])
+    assert [g["row"] for g in got] == [0]
+
+
 def test_judge_cli_blames_a_row_only_for_the_rows_own_error(monkeypatch, tmp_path):
     """A KeyError raised anywhere but in reading a row (here: a stand-in loader) is not reported as a
     bad row of the pairs file. (A config.json's own bad fields are CheckpointErrors: test_model.py.)"""
     import nanoalign.judge_cli as judge_cli
     from nanoalign.judge_cli import main
 
-    def broken(d):
+    def broken(*args):
         raise KeyError("factor")
     monkeypatch.setattr(judge_cli, "load", broken)
     f = tmp_path / "pairs.jsonl"
@@ -97,23 +265,38 @@ def test_judge_cli_blames_a_row_only_for_the_rows_own_error(monkeypatch, tmp_pat
         main(["--init_from", str(tmp_path), "--pairs", str(f)])
 
 
-def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir, capsys):
+def test_judge_cli_help_names_every_flag_and_argparse_guards_the_rest(judge_dir, capsys, monkeypatch):
     """The parser is left out of the mutation run (its help texts are prose); its rules are tested here."""
     import nanoalign.judge_cli as judge
+    from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
+    monkeypatch.setenv("COLUMNS", "100")       # argparse wraps to the terminal width
     with pytest.raises(SystemExit) as e:
         judge.main(["--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and judge.__doc__.strip().splitlines()[0] in out
-    for flag in ("--init_from", "--pairs", "--judge_template", "--principles", "--batch_size"):
+    # the usage line is the command a user types, not the file's name
+    assert out.startswith("usage: python -m nanoalign.judge_cli [-h] --init_from"), out.splitlines()[0]
+    # how `python -m` runs a module twice is the code's business, not the user's
+    assert "sys.modules" not in out and "a second time" not in out
+    for flag in ("--init_from", "--pairs", "--judge_template", "--principles", "--batch_size", "--likelihood",
+                 "--device", "--chat_format"):
         assert flag in out
     flat = " ".join(out.split())
     assert "default: the one the checkpoint trained with, else 'compact'" in flat and "default: 16" in flat
+    assert "(default: the principles kept in the checkpoint, its principles.json, as sample.py --best_of)" in flat
+    assert "cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu" in flat
+    assert " ".join(CHAT_FORMAT_HELP.split()) in flat and "(default: '')" in flat
+    action = next(x for x in judge.build_parser()._actions if x.dest == "chat_format")
+    assert tuple(action.choices) == CHAT_FORMATS
     with pytest.raises(SystemExit) as e:
         judge.main(["--init_from", judge_dir])
     assert e.value.code == 2 and "required: --pairs" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         judge.main(["--init_from", judge_dir, "--pairs", "p.jsonl", "--judge_template", "no_such"])
     assert e.value.code == 2 and "invalid choice: 'no_such'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        judge.main(["--init_from", judge_dir, "--pairs", "p.jsonl", "--chat_format", "chatm"])
+    assert e.value.code == 2 and "invalid choice: 'chatm'" in capsys.readouterr().err
 
 
 def test_judge_cli_passes_its_batch_size_on(judge_dir, tmp_path, monkeypatch, capsys):
@@ -220,7 +403,7 @@ def test_a_recorded_template_unknown_here_is_one_error_in_every_tool_that_judges
     cfg.judge_template = "compact"
     assert onpolicy.judging_defaults("vocab")(cfg) == {"likelihood": "pair"}
     judge.main(["--init_from", str(old), "--pairs", str(f), "--judge_template", "compact"])
-    assert list(json.loads(capsys.readouterr().out)) == ["row", "p(a>b)"]
+    assert list(json.loads(capsys.readouterr().out)) == ["row", "line", "p(a>b)"]
 
 
 def test_the_judge_command_runs_without_a_warning():
