@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from nanoalign.rows import read_pref, read_prompt, read_sft
-from nanoalign.textfile import DataError, NotJSONL, decode_line, not_jsonl, raw_lines
+from nanoalign.textfile import DataError, NotJSONL, decode_line, malformed, not_jsonl, raw_lines
 
 
 # -- reading: a file's lines, each checked as a row of its kind (nanoalign/rows.py) ------------------
@@ -43,13 +43,14 @@ def validate_row(row, kind, where):
 
 
 def parse_line(path, line, where, first):
-    """A line's JSON value; malformed JSON is a bad row naming its column. The file's first line that
+    """A line's JSON value; malformed JSON is a bad row naming its column (`malformed`: a trailing
+    comma named as one). The file's first line that
     is not blank, when it is malformed or an array (json.dump(rows, f) writes one line), may say that the
     file is no JSONL at all (`not_jsonl`: a JSON document, CSV): then the file is wrong, not that row."""
     try:
         value, error = json.loads(line), None
     except json.JSONDecodeError as e:
-        value, error = None, f"malformed JSON ({e.msg} at column {e.colno})"
+        value, error = None, malformed(line, e)
     if first and (error or isinstance(value, list)) and (what := not_jsonl(path, line, error is None)):
         raise NotJSONL(f"{where}: the file looks like {what}")
     if error:
@@ -115,6 +116,13 @@ def encode_prompt(tok, prompt, where):
         raise DataError(f"{where}: {e}") from None
 
 
+def no_room(where, n, response, max_length):
+    """The error of a prompt of n tokens that leaves no room for `response` within max_length (a
+    prompt is never cut), with the two ways on: train.py's flags, as train.py's start names them."""
+    return DataError(f"{where}: field 'prompt' is {n} tokens, which leaves no room for {response} within "
+                     f"max_length={max_length} (raise --max_length, or use --skip_bad_rows to drop such rows)")
+
+
 def _fit_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
     """(ids, n_prompt, cut): tokenize_pair's, and whether the response lost tokens."""
     p, r = encode_pair(tok, prompt, response, where)
@@ -122,8 +130,7 @@ def _fit_pair(tok, prompt, response, max_length, where="row", keep_whole=False):
         raise TooLong(f"{where}: prompt + response is {len(p) + len(r)} tokens, over the limit of "
                       f"{max_length}, and this example is never cut")
     if len(p) >= max_length:
-        raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for the "
-                        f"response within max_length={max_length}")
+        raise no_room(where, len(p), "the response", max_length)
     kept = r[:max_length - len(p)]   # the response loses tokens from the right
     if not p and len(kept) < 2:      # its one token has nothing before it: nothing to train on
         raise DataError(f"{where}: the prompt is no tokens and the response one, so no token has "
@@ -155,8 +162,7 @@ def _pref_example(tok, row, limits, where):
 def _prompt_example(tok, row, limits, where):
     p = encode_prompt(tok, row["prompt"], where)
     if len(p) >= limits["max_length"]:
-        raise DataError(f"{where}: field 'prompt' is {len(p)} tokens, which leaves no room for a "
-                        f"response within max_length={limits['max_length']}")
+        raise no_room(where, len(p), "a response", limits["max_length"])
     return {"prompt": p, "row": row}
 
 

@@ -10,7 +10,8 @@ table `KINDS`) and turns the rows into token ids and batches.
               a word boundary, `implicit_prompt`)
   sft         {"prompt": P, "response": R}  or TRL's {"prompt": P, "completion": R}
               or  {"messages": [...]}  (last assistant turn = response)
-  prompt      {"prompt": P}   (on-policy methods; any row with a prompt works)
+  prompt      {"prompt": P}   (on-policy methods; any row with a prompt works, and so does an
+              implicit-prompt preference row: its prompt is the one read_pref takes)
   pair        {"prompt": P, "a": R, "b": R}: two responses to judge, in no order of preference, or
               any preference row (a = chosen, b = rejected); read by the judge's command line
               (nanoalign/judge_cli.py), no kind of data.py's KINDS (nothing trains on it)
@@ -24,10 +25,15 @@ table `KINDS`) and turns the rows into token ids and batches.
 
 A checker takes the parsed row (a JSON object: data.validate_row checks that) and `where`
 ("file:line") and returns the row normalized (an implicit prompt split off, TRL's "completion"
-renamed "response", labels as strings), or raises DataError. sample.py checks its own files
-(--prompts_file, --answers_file) with the same functions, and the judge's command line its --pairs.
+renamed "response", labels as strings), or raises DataError. A missing field's error names a key of
+the row that looks like a misspelling of it ('rejeted'), as a message's missing 'role' or 'content'
+does (`misspelled`). sample.py checks its own files (--prompts_file, --answers_file) with the same
+functions, and the judge's command line its --pairs.
 """
+import re
+
 from model.tokenizer import as_messages
+from nanoalign.suggest import did_you_mean
 from nanoalign.textfile import DataError
 
 
@@ -56,17 +62,43 @@ def _check_messages(msgs, where, field):
         for key in ("role", "content"):
             if not isinstance(m.get(key), str):
                 got = f"got {type(m[key]).__name__}" if key in m else "it has none"
-                raise DataError(f"{where}: field '{field}': message {n} has no string '{key}' ({got})")
+                typo = "" if key in m else misspelled(m, [key], ("role", "content"), "message")[1]
+                raise DataError(f"{where}: field '{field}': message {n} has no string '{key}' ({got}){typo}")
     return msgs
 
 
-def _check_fields(row, fields, kind, where, other=""):
+# every field a row kind reads: a row's key that is one of these is no misspelling of another
+FIELDS = ("prompt", "chosen", "rejected", "response", "completion", "messages", "labels", "objectives")
+
+
+def misspelled(obj, names, known, what="row"):
+    """(name, "; the row has 'rejeted': did you mean 'rejected'?") for the first of `names` (missing
+    from the row, or message, `obj`) that one of obj's keys looks like a misspelling of, by
+    suggest.did_you_mean's measure (case ignored: 'Prompt' is 'prompt'); (None, '') where none does.
+    A key that is itself a field (`known`) is no misspelling, nor is one of several words one of which
+    is a field, a field about that field: UltraFeedback's 'prompt_id' and 'score_chosen' are close
+    to 'prompt' and 'chosen' by that measure, and would be guessed wrong where those are missing."""
+    keys = [k for k in obj if isinstance(k, str) and k not in known
+            and not (len(words := re.split(r"[\W_]+", k)) > 1 and any(w.lower() in known for w in words))]
+    for name in names:
+        for k in keys:
+            if guess := did_you_mean(k, [name], sep=": "):
+                return name, f"; the {what} has {k!r}{guess}"
+    return None, ""
+
+
+def _check_fields(row, fields, kind, where, other="", also=()):
     """The row with each of `fields` checked as text; a missing one names what the kind needs (and
-    `other`: the kind's other shape, for the one who wrote that shape wrong)."""
+    `other`: the kind's other shape, for the one who wrote that shape wrong), and a key of the row
+    that looks like a misspelling of a missing field or of one of `also`, the other shape's fields:
+    then that missing field is the one named ('rejeted' names 'rejected', not a missing 'prompt')."""
     out = dict(row)
     for f in fields:
         if f not in row:
-            raise DataError(f"{where}: missing field '{f}' (a {kind} row needs {', '.join(fields)}{other})")
+            missing = [g for g in fields if g not in row]
+            meant, typo = misspelled(row, missing + [a for a in also if a not in row], FIELDS)
+            named = meant if meant in missing else f
+            raise DataError(f"{where}: missing field '{named}' (a {kind} row needs {', '.join(fields)}{other}){typo}")
         out[f] = check_text(row[f], where, f)
     return out
 
@@ -122,6 +154,12 @@ def implicit_prompt(chosen, rejected, where):
     lists: the prompt is their shared leading messages) or two whole strings (the shared leading
     text up to a word boundary; a space right before the split goes with the responses, as TRL
     does)."""
+    if chosen == rejected:
+        # both responses would be empty, and the error said so of 'chosen' alone ("an empty list; a
+        # message list needs at least one message"), of a list of two: the row has nothing to prefer
+        what = "conversation" if isinstance(chosen, list) else "string"
+        raise DataError(f"{where}: no 'prompt' field, and 'chosen' and 'rejected' are the same {what}, so "
+                        f"there is no answer to prefer")
     if isinstance(chosen, list) and isinstance(rejected, list):
         n = 0
         while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
@@ -186,15 +224,26 @@ def check_labels(row, where):
     return {**row, "labels": out}
 
 
+# a row's other shape, named where a field is missing: TRL's implicit prompt
+IMPLICIT = "; or, with no prompt, chosen and rejected conversations that begin with it"
+
+
+def is_implicit(row):
+    """Whether a row is TRL's implicit-prompt preference row: chosen and rejected, no prompt, and no
+    key that looks like a misspelled one ('promt'), which would be ignored, its prompt taken from
+    the answers ("share no leading text", or silently the answers' first words)."""
+    return ("prompt" not in row and "chosen" in row and "rejected" in row
+            and misspelled(row, ["prompt"], FIELDS)[0] is None)
+
+
 def read_pref(row, where):
-    implicit = "prompt" not in row and "chosen" in row and "rejected" in row
+    implicit = is_implicit(row)
     if implicit:
         c = check_text(row["chosen"], where, "chosen")
         r = check_text(row["rejected"], where, "rejected")
         p, c, r = implicit_prompt(c, r, where)
         row = {**row, "prompt": p, "chosen": c, "rejected": r}
-    out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where,
-                        "; or, with no prompt, chosen and rejected conversations that begin with it")
+    out = _check_fields(row, ("prompt", "chosen", "rejected"), "preference", where, IMPLICIT)
     for f in ("chosen", "rejected"):
         check_response(out[f], where, f, len(out["prompt"]) + 1 if implicit else 1)
         if not implicit:
@@ -248,11 +297,17 @@ def read_sft(row, where):
         check_turns_before_answer(out["prompt"], out["completion"], where, "completion")
         return {**out, "response": out.pop("completion")}
     out = _check_fields(row, ("prompt", "response"), "sft", where,
-                        "; or prompt, completion (TRL's); or messages, ending with the answer")
+                        "; or prompt, completion (TRL's); or messages, ending with the answer",
+                        also=("completion", "messages"))
     check_response(out["response"], where, "response")
     check_turns_before_answer(out["prompt"], out["response"], where, "response")
     return out
 
 
 def read_prompt(row, where):
-    return _check_fields(row, ("prompt",), "prompt", where)
+    """A prompt row, or an implicit-prompt preference row (the file DPO and ORPO train on), read as
+    read_pref reads it: its prompt the same, and a row that read_pref refuses refused the same, so
+    that one file serves both the offline and the on-policy methods (and sample.py's --prompts_file)."""
+    if is_implicit(row):
+        return read_pref(row, where)
+    return _check_fields(row, ("prompt",), "prompt", where, IMPLICIT, also=("chosen", "rejected"))

@@ -466,12 +466,31 @@ def test_a_jsonl_prompts_file_is_read_as_prompt_rows(saved_tiny, tmp_path, capsy
     assert seen == [tok.encode_prompt(p) for p in ('{x} + 1 = ?', '"quoted"', "hello")]
 
 
+def test_an_implicit_prompt_preference_file_is_a_prompts_file(saved_tiny, tmp_path, monkeypatch):
+    """TRL's {chosen, rejected} rows without a prompt, which dpo and orpo train on and the on-policy
+    methods read, their prompt the shared beginning, are prompts to sample from: --prompts_file reads
+    its rows as train.py does (nanoalign/rows.py read_prompt)."""
+    from model.checkpoint import load
+    user = {"role": "user", "content": "What is 2 + 3?"}
+    rows = [{"chosen": [user, {"role": "assistant", "content": "5"}],
+             "rejected": [user, {"role": "assistant", "content": "6"}]},
+            {"chosen": "What is 2 + 3? 5", "rejected": "What is 2 + 3? 6"}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load(saved_tiny)[1]
+    seen = []
+    monkeypatch.setattr(sample, "generate", lambda model, batch, *a, **kw: seen.extend(batch) or
+                        [[1] for _ in batch])
+    sample.main(["--init_from", saved_tiny, "--prompts_file", str(tmp_path / "p.jsonl"), "--device", "cpu"])
+    assert seen == [tok.encode_prompt(p) for p in ([user], "What is 2 + 3?")]
+
+
 @pytest.mark.parametrize("text, argv, error", [
     ('{"prompt": "a"}\nplain text\n', [], ":2: not a JSON object, and line 1 is one"),
     ('plain text\n\n{"prompt": "a"}\n', [], ":1: not a JSON object, and line 3 is one"),
     ('{"prompt": "a"}\n{"prompt": "b"\n', [], ":2: not a JSON object (malformed JSON: Expecting ',' "
                                              "delimiter at column 15), and line 1 is one"),
-    ('{"prompt": "a"}\n{"question": "b"}\n', [], ":2: missing field 'prompt' (a prompt row needs prompt)"),
+    ('{"prompt": "a"}\n{"question": "b"}\n', [], ":2: missing field 'prompt' (a prompt row needs prompt; or, with no "
+                                                "prompt, chosen and rejected conversations that begin with it)"),
     ('{"prompt": 3}\n', [], ":1: field 'prompt' must be a string or a list of"),
     ('{"prompt": [{"role": "user", "content": "a"}]}\n', ["--raw"],
      ":1: a prompt of chat messages needs the chat template, which --raw skips; drop --raw"),

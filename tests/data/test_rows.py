@@ -15,7 +15,7 @@ from hypothesis import assume, example, given, strategies as st
 
 from nanoalign.data import DataError, make_batch, read_jsonl, tokenize_pair, tokenize_rows, validate_row
 from nanoalign.rows import check_labels, implicit_prompt
-from nanoalign.textfile import not_text
+from nanoalign.textfile import malformed, not_text, trailing_comma
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, TOK
 
@@ -183,7 +183,7 @@ def test_messages_are_kept_as_given():
     ("pref", ("prompt", "chosen", "rejected"), "preference",
      "; or, with no prompt, chosen and rejected conversations that begin with it"),
     ("sft", ("prompt", "response"), "sft", "; or prompt, completion (TRL's); or messages, ending with the answer"),
-    ("prompt", ("prompt",), "prompt", ""),
+    ("prompt", ("prompt",), "prompt", "; or, with no prompt, chosen and rejected conversations that begin with it"),
 ])
 def test_a_missing_field_names_it_and_the_fields_the_kind_needs(kind, fields, name, other):
     """And the kind's other shape, if it has one: a researcher whose {"messages"} SFT row lacked
@@ -195,6 +195,73 @@ def test_a_missing_field_names_it_and_the_fields_the_kind_needs(kind, fields, na
             continue                               # no prompt: TRL's implicit prompt, tested below
         needs = f"a {name} row needs {', '.join(fields)}{other}"
         assert error_of(row, kind) == f"{W}: missing field '{f}' ({needs})"
+
+
+NEEDS = {"pref": "a preference row needs prompt, chosen, rejected; or, with no prompt, chosen and rejected "
+                 "conversations that begin with it",
+         "sft": "a sft row needs prompt, response; or prompt, completion (TRL's); or messages, ending with the answer",
+         "prompt": "a prompt row needs prompt; or, with no prompt, chosen and rejected conversations that begin "
+                   "with it"}
+
+
+@pytest.mark.parametrize("kind, row, field, key, meant", [
+    ("pref", {"prompt": "q", "chosen": "a", "rejeted": "b"}, "rejected", "rejeted", "rejected"),
+    ("pref", {"chosen": "a", "rejeted": "b"}, "rejected", "rejeted", "rejected"),   # not 'prompt', which it lacks too
+    ("pref", {"Prompt": "q", "chosen": "a", "rejected": "b"}, "prompt", "Prompt", "prompt"),   # not an implicit prompt
+    ("pref", {"promt": "q", "chosen": "Q: a", "rejected": "Q: b"}, "prompt", "promt", "prompt"),
+    ("sft", {"prompt": "q", "respone": "a"}, "response", "respone", "response"),
+    ("sft", {"prompt": "q", "completon": "a"}, "response", "completon", "completion"),   # the kind's other shape
+    ("sft", {"mesages": [USER, BOT]}, "prompt", "mesages", "messages"),
+    ("prompt", {"promtp": "q"}, "prompt", "promtp", "prompt"),
+    ("prompt", {"chosen": "Q: a", "rejectd": "Q: b"}, "prompt", "rejectd", "rejected"),
+])
+def test_a_missing_field_names_a_key_that_looks_like_it_misspelled(kind, row, field, key, meant):
+    """A row with 'rejeted' was told "missing field 'rejected'" and no more; one with 'promt' beside
+    chosen and rejected was read as an implicit prompt (its own prompt ignored)."""
+    assert error_of(row, kind) == (f"{W}: missing field '{field}' ({NEEDS[kind]}); the row has '{key}': "
+                                   f"did you mean '{meant}'?")
+
+
+def misspell(name, edit, at):
+    at %= len(name)
+    return {"drop": name[:at] + name[at + 1:], "double": name[:at] + name[at] + name[at:],
+            "swap": name[:at] + name[at + 1:at + 2] + name[at] + name[at + 2:] if at + 1 < len(name) else name[:-1],
+            "capital": name[:at] + name[at].upper() + name[at + 1:]}[edit]
+
+
+FIELDS = {"pref": ("prompt", "chosen", "rejected"), "sft": ("prompt", "response"), "prompt": ("prompt",)}
+
+
+@given(st.sampled_from([(k, f) for k, fs in FIELDS.items() for f in fs]),
+       st.sampled_from(["drop", "double", "swap", "capital"]), st.integers(0, 9),
+       st.sampled_from(["id", "score", "source", "prompt_id", "score_chosen", "chosen_rating", "meta"]))
+@example(("pref", "rejected"), "drop", 3, "id")            # 'rejeted'
+def test_any_field_misspelled_by_one_letter_is_named(kind_field, edit, at, other):
+    """A field's key with one letter dropped, doubled, swapped with the next or capitalized is named
+    as the field meant; a key that is no misspelling (an id, a score, a field about the field, such as
+    UltraFeedback's 'prompt_id' and 'score_chosen') is named for none."""
+    kind, field = kind_field
+    typo = misspell(field, edit, at)
+    assume(typo != field)
+    row = {f: "Q: x" for f in FIELDS[kind] if f != field}
+    msg = error_of({**row, typo: "Q: y", other: 1}, kind)
+    assert msg == f"{W}: missing field '{field}' ({NEEDS[kind]}); the row has '{typo}': did you mean '{field}'?"
+    if (kind, field) != ("pref", "prompt"):     # without 'promt', a row of chosen and rejected has an implicit prompt
+        assert error_of({**row, other: 1}, kind) == f"{W}: missing field '{field}' ({NEEDS[kind]})"
+
+
+@pytest.mark.parametrize("message, key, meant", [
+    ({"role": "user", "contnet": "hi"}, "contnet", "content"),
+    ({"rloe": "user", "content": "hi"}, "rloe", "role"),
+    ({"Content": "hi", "role": "user"}, "Content", "content"),
+])
+def test_a_message_missing_role_or_content_names_a_key_that_looks_like_it_misspelled(message, key, meant):
+    assert error_of({"prompt": [USER, message], "response": "r"}, "sft") == (
+        f"{W}: field 'prompt': message 2 has no string '{meant}' (it has none); the message has '{key}': "
+        f"did you mean '{meant}'?")
+    other = {k: v for k, v in message.items() if k != key} | {"name": "x", "tool_calls": [], "weight": 1}
+    assert error_of({"prompt": [USER, other], "response": "r"}, "sft") == (   # no key near it: no guess
+        f"{W}: field 'prompt': message 2 has no string '{meant}' (it has none)")
 
 
 @pytest.mark.parametrize("field", ["chosen", "rejected"])
@@ -682,6 +749,124 @@ def test_a_jsonl_file_whose_first_row_is_malformed_keeps_its_json_error(tmp_path
     assert len(read_jsonl(str(f), "pref", skip_bad=True)[0]) == 2
 
 
+# -- a trailing comma: named as one, in a row and in a JSON document ------------------------------
+ROW = '{"prompt": "a", "chosen": "b", "rejected": "c"'
+
+
+@pytest.mark.parametrize("line, error", [
+    (ROW + ", }", "a trailing comma before '}' at column 47 (JSON allows none)"),   # Python: 'Expecting property
+    (ROW + ",}", "a trailing comma before '}' at column 47 (JSON allows none)"),    # name enclosed in double quotes'
+    ('{"prompt": [{"role": "user", "content": "a"},\t], "chosen": "b", "rejected": "c"}',
+     "a trailing comma before ']' at column 45 (JSON allows none)"),                    # Python: 'Expecting value'
+    (ROW + "},", "a trailing comma after the row at column 48 (JSON allows none)"),    # Python: 'Extra data'
+    (ROW + "}, ", "a trailing comma after the row at column 48 (JSON allows none)"),
+    ('{"prompt": "a", "chosen": "b",', "the line ends after a comma at column 30, before the row is closed (a "
+                                       "JSONL row is one whole line)"),
+])
+@pytest.mark.parametrize("at", [1, 2])
+def test_a_trailing_comma_is_named_as_one(tmp_path, line, error, at):
+    """Python's words for a trailing comma name what it expected after it ('Expecting property name
+    enclosed in double quotes at column 447', at the '}'): the error says it is a trailing comma, and
+    where. On line 1 too: a JSONL file whose first row has one is no JSON document."""
+    rows = [json.dumps(r) for r in PREF_ROWS]
+    rows.insert(at - 1, line)
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref")
+    assert str(e.value) == f"{f}:{at}: malformed JSON: {error}"
+    assert len(read_jsonl(str(f), "pref", skip_bad=True)[0]) == 2
+
+
+@pytest.mark.parametrize("line", ['{"prompt": "a",, "chosen": "b"}', '{"prompt": [1,,2]}', '{"prompt": "a," }x',
+                                  '{"prompt": "a", "chosen": "b,"', '{"prompt": "a" "b,"}', '{"a": 1}, {"b": 2}'])
+def test_a_comma_that_is_not_trailing_keeps_pythons_words(line):
+    with pytest.raises(json.JSONDecodeError) as e:
+        json.loads(line)
+    assert malformed(line, e.value) == f"malformed JSON ({e.value.msg} at column {e.value.colno})"
+
+
+def with_trailing_comma(value, k, gap):
+    """(json.dumps(value, ensure_ascii=False) with a comma, then `gap`, after the last item of its k-th
+    non-empty object or array (in the order they open, k modulo their number), the comma's index, and
+    the '}' or ']' after it)."""
+    k %= count(value)
+    opened, comma = [0], []                 # how many have opened; the comma's (index, closer)
+    def dump(v, out):
+        if not (isinstance(v, (dict, list)) and v):
+            return out + json.dumps(v, ensure_ascii=False)
+        mine, is_dict = opened[0], isinstance(v, dict)
+        opened[0] += 1
+        out += "{" if is_dict else "["
+        for i, item in enumerate(v.items() if is_dict else v):
+            out += ", " if i else ""
+            if is_dict:
+                key, item = item
+                out += json.dumps(key, ensure_ascii=False) + ": "
+            out = dump(item, out)
+        closer = "}" if is_dict else "]"
+        if mine == k:
+            comma.append((len(out), closer))
+            out += "," + gap
+        return out + closer
+    text = dump(value, "")
+    return (text, *comma[0])
+
+
+def count(v):
+    """How many non-empty objects and arrays v holds, itself included."""
+    inner = v.values() if isinstance(v, dict) else v if isinstance(v, list) else []
+    return (isinstance(v, (dict, list)) and bool(v)) + sum(count(x) for x in inner)
+
+
+@given(st.dictionaries(TEXT, TEXT | st.lists(TEXT | st.dictionaries(TEXT, TEXT, max_size=2), max_size=2),
+                       min_size=1, max_size=3), st.integers(0, 20), st.sampled_from(["", " ", "\t", "  "]))
+@example({"prompt": "caf\u00e9 }", "chosen": ["]"]}, 1, "")     # closers in strings; columns count characters
+def test_any_trailing_comma_in_a_row_is_named_at_its_column(scratch, row, k, gap):
+    """Wherever it is (the row's '}', a list's ']', an object in a list), a trailing comma is named with
+    the closer after it and its column; and where Python 3.13 reports it (at the comma itself:
+    'Illegal trailing comma before end of object') it is found the same."""
+    line, at, closer = with_trailing_comma(row, k, gap)
+    f = scratch / "comma.jsonl"
+    f.write_text(json.dumps(PREF_ROWS[0]) + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref")
+    assert str(e.value) == (f"{f}:2: malformed JSON: a trailing comma before '{closer}' at column {at + 1} "
+                            f"(JSON allows none)")
+    assert trailing_comma(line, at) == (at, closer)
+
+
+@pytest.mark.parametrize("text, line, column, closer", [
+    ('[\n  {"prompt": "a"},\n  {"prompt": "b"},\n]\n', 3, 18, "]"),
+    ('[{"prompt": "a"}, {"prompt": "b"}, ]\n', 1, 34, "]"),                                 # json.dump's one line
+    ('{\n  "prompt": "a",\n  "chosen": "b",\n}\n', 3, 16, "}"),                              # one object
+    ('{\n  "prompt": "a"\n}\n{\n  "prompt": "b",\n}\n', 5, 16, "}"),          # back to back: in the second
+    ('\n\n[\n  {"prompt": "a", "chosen": [\n    "b",\n  ]}\n]\n', 5, 8, "]"),                  # blank lines first
+])
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_json_document_with_a_trailing_comma_is_said_to_be_no_valid_json(tmp_path, text, line, column, closer,
+                                                                          skip_bad):
+    """The command that makes JSONL of a JSON document (json.load) fails on a trailing comma, with
+    Python's words; the error names the comma instead, and says that it must go first."""
+    f = tmp_path / "rows.json"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt", skip_bad=skip_bad)
+    first = text.count("\n", 0, len(text) - len(text.lstrip())) + 1
+    kind = "several JSON objects, each written over several lines (what jq prints without -c)" \
+        if text.count("\n{") else "a JSON document"
+    assert str(e.value) == (f"{f}:{first}: the file looks like {kind}, not JSONL (one JSON object per line), and "
+                            f"is no valid JSON either: a trailing comma before '{closer}' at line {line}, column "
+                            f"{column} (JSON allows none); remove it, and this error will then say how to "
+                            f"convert the file")
+    lines = text.split("\n")
+    lines[line - 1] = lines[line - 1][:column - 1] + lines[line - 1][column:]
+    f.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "prompt")
+    assert "e.g. python -c" in str(e.value) and command_output(str(e.value), f)
+
+
 @pytest.mark.parametrize("content, document", [
     (b'{\n  "prompt": "caf\xe9"\n}\n', True),                      # Latin-1 inside a document
     (b'["x"]\n{"prompt": "caf\xe9"}\n', False),                      # and inside a JSONL file's row 2
@@ -796,7 +981,8 @@ def test_tokenize_pair_without_a_where_names_the_row_as_row():
     with pytest.raises(DataError) as e:
         tokenize_pair(TOK, "What is 2 + 2?", "4", len(p))
     assert str(e.value) == (f"row: field 'prompt' is {len(p)} tokens, which leaves no room for the "
-                            f"response within max_length={len(p)}")
+                            f"response within max_length={len(p)} (raise --max_length, or use --skip_bad_rows "
+                            f"to drop such rows)")
 
 
 @pytest.mark.parametrize("kind, row", [
@@ -831,7 +1017,8 @@ def test_tokenize_rows_counts_every_dropped_row(labels):
     out, dropped = tokenize_rows(rows, TOK, "sft", 16, skip_bad=True, bad=bad)
     assert dropped == sum(k != "fits" for k in labels) == len(bad)
     assert [e["row"]["n"] for e in out] == [i for i, k in enumerate(labels) if k == "fits"]
-    why = {"bad": "field 'prompt' is 25 tokens, which leaves no room for the response within max_length=16",
+    why = {"bad": "field 'prompt' is 25 tokens, which leaves no room for the response within max_length=16 "
+                  "(raise --max_length, or use --skip_bad_rows to drop such rows)",
            "whole": "prompt + response is 27 tokens, over the limit of 16, and this example is never cut"}
     assert bad == [f"f:{i}: {why[k]}" for i, k in enumerate(labels) if k != "fits"]
 

@@ -8,8 +8,9 @@ import json
 import pytest
 from hypothesis import example, given, strategies as st
 
-from nanoalign.data import DataError, read_jsonl, tokenize_rows
+from nanoalign.data import DataError, read_jsonl, tokenize_rows, validate_row
 from nanoalign.rows import implicit_prompt
+from tests.helpers import TOK
 
 USER = {"role": "user", "content": "What color is the sky?"}
 GOOD = {"role": "assistant", "content": "It is blue."}
@@ -87,6 +88,70 @@ def test_rows_that_share_nothing_are_a_clear_error(tmp_path):
     f = write(tmp_path, {"chosen": "Blue.", "rejected": [BAD]})
     with pytest.raises(DataError, match="not both strings or both message lists"):
         read_jsonl(f, "pref")
+
+
+@pytest.mark.parametrize("same, what", [([USER, GOOD], "conversation"), ("Hi", "string")])
+@pytest.mark.parametrize("kind", ["pref", "prompt"])
+def test_a_row_whose_chosen_and_rejected_are_the_same_says_so(tmp_path, same, what, kind):
+    """The same conversation twice left both responses empty: the error was "field 'chosen' is an
+    empty list; a message list needs at least one ... message" (of a list of two messages), or
+    "field 'chosen' is empty" (of "Hi"). It says what is wrong: there is no answer to prefer."""
+    f = write(tmp_path, {"chosen": same, "rejected": same})
+    with pytest.raises(DataError) as e:
+        read_jsonl(f, kind)
+    assert str(e.value) == (f"{f}:1: no 'prompt' field, and 'chosen' and 'rejected' are the same {what}, "
+                            f"so there is no answer to prefer")
+
+
+CONVERSATION = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
+                                               "content": st.text(max_size=4)}), min_size=1, max_size=4)
+
+
+@given(CONVERSATION.map(lambda c: c + [GOOD]) | TEXT.filter(str.strip))
+def test_any_row_whose_chosen_and_rejected_are_the_same_says_so(same):
+    what = "conversation" if isinstance(same, list) else "string"
+    with pytest.raises(DataError, match=f"^row: no 'prompt' field, and 'chosen' and 'rejected' are the same {what}, "
+                                        f"so there is no answer to prefer$"):
+        implicit_prompt(same, same, "row")
+
+
+# -- the on-policy methods read the implicit prompt too ---------------------------------------------
+def test_an_implicit_prompt_preference_file_is_a_prompt_file(tmp_path):
+    """The on-policy methods (the 'prompt' kind) refused the file DPO and ORPO train on: "missing
+    field 'prompt' (a prompt row needs prompt)". Its prompt is the one read_pref takes."""
+    rows = [{"chosen": [USER, GOOD], "rejected": [USER, BAD], "id": 1},
+            {"chosen": "Translate 'cat' to French. Chat.", "rejected": "Translate 'cat' to French. Chien."}]
+    f = write(tmp_path, *rows)
+    got, _ = read_jsonl(f, "prompt")
+    assert [r["prompt"] for r in got] == [[USER], "Translate 'cat' to French."]
+    assert got == read_jsonl(f, "pref")[0] and got[0]["id"] == 1
+    ex, dropped = tokenize_rows(got, TOK, "prompt", 128)
+    assert dropped == 0 and ex[0]["prompt"] == TOK.encode_prompt([USER])
+    with pytest.raises(DataError) as e:                          # no prompt, and no implicit one
+        read_jsonl(write(tmp_path, {"chosen": "It is blue."}), "prompt")
+    assert str(e.value).endswith(":1: missing field 'prompt' (a prompt row needs prompt; or, with no "
+                                 "prompt, chosen and rejected conversations that begin with it)")
+
+
+SIDE = st.one_of(st.lists(st.sampled_from([USER, GOOD, BAD, {"role": "user", "content": "and?"}]), max_size=3),
+                 st.sampled_from(["", " ", "Q: 2+2?", "Q: 2+2? ", "Q: 2+", "A: 4", "A: 5 "]))
+
+
+@given(SIDE, SIDE, SIDE)
+@example([USER], [GOOD], [BAD])
+@example("Q: 2+2? ", "4", "5")
+@example([USER], [GOOD], [GOOD])
+def test_a_prompt_row_without_a_prompt_reads_as_the_preference_row_does(shared, a, b):
+    """Whatever chosen and rejected are, the 'prompt' kind reads a row without a prompt as the 'pref'
+    kind does: the same row (the same prompt), or the same error."""
+    row = {"chosen": shared + a if type(shared) is type(a) else a,
+           "rejected": shared + b if type(shared) is type(b) else b}
+    def read(kind):
+        try:
+            return validate_row(row, kind, "row")
+        except DataError as e:
+            return str(e)
+    assert read("prompt") == read("pref")
 
 
 # -- TRL's prompt-completion SFT rows ---------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_self_judgement_triples_that_do_not_fit_are_dropped_whole(rows, over):
 def test_prompt_without_room_for_a_response_CURRENT_RULE_is_a_bad_row(kind, over, rows, which):
     """CURRENT RULE (to be adapted when a too-long prompt keeps its last tokens instead): a prompt of
     max_length tokens (over = 0: no room for a response) or more (over = 1) is a bad row: an error
-    naming the row and the field, or with skip_bad a dropped row that is counted."""
+    naming the row and the field, and how to go on, or with skip_bad a dropped row that is counted."""
     which %= len(rows)
     others = max(n_prompt(p) for i, (p, _, _) in enumerate(rows) if i != which)
     p = rows[which][0]
@@ -149,8 +149,10 @@ def test_prompt_without_room_for_a_response_CURRENT_RULE_is_a_bad_row(kind, over
     rows[which] = (p, *rows[which][1:])
     max_length = n_prompt(p) - over
     rs = [row_of(kind, *r, i) for i, r in enumerate(rows)]
-    with pytest.raises(DataError, match=rf"rows\.jsonl:{which + 1}: field 'prompt'"):
+    with pytest.raises(DataError, match=rf"rows\.jsonl:{which + 1}: field 'prompt'") as e:
         tokenize_rows(rs, TOK, kind, max_length, sj_max_length=10_000)
+    assert str(e.value).endswith(f"within max_length={max_length} (raise --max_length, or use --skip_bad_rows "
+                                 f"to drop such rows)"), str(e.value)      # how to go on, not only what is wrong
     ex, dropped = tokenize_rows(rs, TOK, kind, max_length, skip_bad=True, sj_max_length=10_000)
     assert dropped == 1
     assert [e["row"]["_where"] for e in ex] == [r["_where"] for i, r in enumerate(rs) if i != which]
