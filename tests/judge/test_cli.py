@@ -96,7 +96,7 @@ Q = "What is 1 + 1?"
     ('{"prompt": "Q?", "chosen": [{"role": "user", "content": "hi"}], "rejected": "n"}',
      "field 'chosen' is a message list with no assistant message; the response is the last assistant message"),
     # a trailing comma (a JSON array's rows pasted in) was "bad row (JSONDecodeError(...)); need prompt, a, b"
-    ('{"prompt": "q", "a": "x", "b": "y"},', "malformed JSON (Extra data at column 36)"),
+    ('{"prompt": "q", "a": "x", "b": "y"},', "malformed JSON: a trailing comma after the row at column 36 (JSON allows none)"),
     ('["q", "x", "y"]', "expected a JSON object, got list"),
     ('{"prompt": "q", "a": "x", "chosen": "y", "rejected": "z"}',
      "both 'a'/'b' and 'chosen'/'rejected'; a row holds one pair: keep one of them"),
