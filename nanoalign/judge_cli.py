@@ -25,6 +25,7 @@ import torch
 
 from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
 from model.checkpoint import CheckpointError, load
+from model.model import TooLongForContext
 from model.tokenizer import NoChatTemplate, answer_text
 from nanoalign.compute import device_problem
 from nanoalign.data import parse_line
@@ -110,6 +111,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if why := device_problem(a.device):     # before loading: a typo is no torch traceback
         ap.error(why)
+    if a.batch_size < 1:
+        ap.error(f"--batch_size must be >= 1, got {a.batch_size}")
     try:
         used = judging(a.init_from, vars(a))    # a judge judges as it trained, as in sample.py --best_of
         t = TEMPLATES[used["judge_template"]]
@@ -123,6 +126,9 @@ def main(argv=None):
                          likelihood=used["likelihood"])
     except (CheckpointError, DataError, JudgeError, OSError) as e:
         raise SystemExit(f"error: {e}")
+    except TooLongForContext as e:         # a long pair in a long template: say what may fit
+        shorter = "" if t.name.startswith("compact") else "; a shorter --judge_template such as 'compact' may fit"
+        raise SystemExit(f"error: a judgment of a pair in --pairs {a.pairs} is too long: {e}{shorter}")
     for i, ((line, *_), p) in enumerate(zip(pairs, ps.tolist())):
         print(json.dumps({"row": i, "line": line, "p(a>b)": round(p, 4)}))
 

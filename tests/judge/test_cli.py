@@ -418,3 +418,21 @@ def test_the_judge_command_runs_without_a_warning():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stderr == "", p.stderr
     assert "python -m nanoalign.judge_cli --init_from DIR --pairs pairs.jsonl" in p.stdout
+
+
+def test_a_pair_too_long_for_the_context_and_a_batch_of_none_are_one_line_errors(judge_dir, tmp_path, capsys):
+    """A pair whose judgment outgrows the model's context was a TooLongForContext traceback, and
+    --batch_size 0 a ValueError from range(); sample.py --best_of says the first in one line."""
+    from nanoalign.judge_cli import main
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q " * 300, "a": "x " * 200, "b": "y"}) + "\n")
+    for template, hint in (("ultrafeedback", True), ("compact", False)):
+        with pytest.raises(SystemExit) as e:
+            main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", template, "--device", "cpu"])
+        msg = str(e.value)
+        assert msg.startswith(f"error: a judgment of a pair in --pairs {f} is too long: ") and \
+            "longer than the model's context (max_position_embeddings = 1024)" in msg, msg
+        assert ("a shorter --judge_template such as 'compact' may fit" in msg) == hint
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--batch_size", "0"])
+    assert e.value.code == 2 and "--batch_size must be >= 1, got 0" in capsys.readouterr().err
