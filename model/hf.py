@@ -7,6 +7,7 @@ downloaded file. Every failure is a `CheckpointError` whose message names the fi
 tensor. Our parameter names are the Hugging Face ones without the "model." prefix (model/model.py),
 so a state dict maps one for one.
 """
+import difflib
 import os
 import re
 
@@ -151,12 +152,24 @@ def _check_all_used(path, names, expected, cfg, config_path):
                           f"would go unused ({first}){hint}")
 
 
+def _near(d):
+    """'; did you mean checkpoints/smollm2-135m?' for a directory that does not exist, where a
+    directory beside it has a close name (a character dropped, a typo), else ''."""
+    parent, name = os.path.split(os.path.normpath(d))
+    try:
+        dirs = [x for x in os.listdir(parent or ".") if os.path.isdir(os.path.join(parent, x))]
+    except OSError:                     # the parent is missing too
+        return ""
+    close = difflib.get_close_matches(name, dirs, n=1, cutoff=0.8)
+    return f"; did you mean {os.path.join(parent, close[0])}?" if close else ""
+
+
 def load_model(d, dtype=torch.float32, device="cpu"):
     """Load a Hugging Face Llama/Mistral directory into a Transformer. Returns (model, cfg).
     Every tensor config.json describes must be there with its shape, and every tensor there must be
     one config.json describes (except the few that transformers knowingly skips: _check_all_used)."""
     if not os.path.isdir(d):
-        raise CheckpointError(f"{d}: {'not a directory' if os.path.exists(d) else 'does not exist'}")
+        raise CheckpointError(f"{d}: {'not a directory' if os.path.exists(d) else 'does not exist' + _near(d)}")
     config_path = os.path.join(d, "config.json")
     if not os.path.exists(config_path) and os.path.isfile(os.path.join(d, "ckpt", "config.json")):
         # a run's --out_dir given for its checkpoint

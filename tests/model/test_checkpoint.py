@@ -30,8 +30,12 @@ def test_a_missing_directory_and_a_runs_directory_say_what_they_are(tmp_path):
     """--init_from nope said "nope: not a directory", and a run's directory (train.py's --out_dir,
     which holds ckpt/) "config.json: file not found"; the first does not exist, the second holds the
     checkpoint one level down."""
-    with pytest.raises(CheckpointError, match=r"nope: does not exist"):
+    with pytest.raises(CheckpointError, match=r"nope: does not exist$"):
         load_model(str(tmp_path / "nope"))
+    save_model(tiny(), tmp_path / "smollm2-135m")          # a character short of a directory beside it
+    with pytest.raises(CheckpointError) as e:
+        load_model(str(tmp_path / "smollm2-135"))
+    assert str(e.value) == f"{tmp_path / 'smollm2-135'}: does not exist; did you mean {tmp_path / 'smollm2-135m'}?"
     save_model(tiny(), tmp_path / "run" / "ckpt")
     with pytest.raises(CheckpointError, match=r"run: no config\.json; the checkpoint of the run there is .*run/ckpt"):
         load_model(str(tmp_path / "run"))
