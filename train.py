@@ -334,6 +334,8 @@ def train(cfg, task=None, stop_at=None):
                 stop.hit = dist.all_sum(stop.hit) > 0
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 log.train_step(step, cfg.max_steps, loss_total, lr, gnorm.item(), mets, t_step)
+            elif step == log.first_step + 1:      # the first step, which no line would show for a while
+                log.first(step, cfg.max_steps, cfg.log_every)
             if val_ex and cfg.eval_every and step % cfg.eval_every == 0:
                 log.val(step, held_out_loss(model, method, val_ex, run, cfg))
                 val_step = step

@@ -152,6 +152,14 @@ class RunLog:
               f" | {el:.0f}s elapsed, eta {eta:.0f}s")
         self.write(rec)
 
+    def first(self, step, max_steps, log_every):
+        """A line after this process's first step when it is not a logged one: on a CPU a real
+        model's step takes seconds, and a run logging every 10 steps said nothing for minutes. The
+        console only; metrics.jsonl keeps its --log_every records."""
+        el = time.time() - self.t0
+        print(f"step {step:5d} | first step done, {el:.1f}s | eta {el * (max_steps - step):.0f}s | "
+              f"a line every {log_every} steps (--log_every)")
+
     def val(self, step, loss, note=""):
         print(f"step {step:5d} | val loss {loss:.4f}{note}")
         self.write({"step": step, "split": "val", "loss": loss})
