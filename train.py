@@ -49,7 +49,7 @@ from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, 
 from nanoalign.cli import parse_config
 from nanoalign.common import Run, frozen_copy
 from nanoalign.compute import (autocast, autocast_dtype, checkpoint_every, make_optimizer, off_bf16_ties,
-                               packed_batches, peak_lr, set_deterministic)
+                               max_length_of, packed_batches, peak_lr, set_deterministic, TRL_MAX_LENGTH)
 from nanoalign.config import make_config, options_of, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
@@ -95,9 +95,12 @@ def init_model(cfg, task, device):
     return model, tok
 
 
-def load_split(cfg, method, task, split, run):
+def load_split(cfg, method, task, split, run, max_length=None):
     """Tokenized examples of one split: the built-in task's rows or a JSONL file's, read as the
-    method's row kind, turned into what its loss eats by method.prepare (if any), then tokenized."""
+    method's row kind, turned into what its loss eats by method.prepare (if any), then tokenized
+    to max_length: --max_length with its auto resolved by the model (compute.max_length_of; train
+    passes it), else --max_length or TRL's 1024."""
+    max_length = max_length or cfg.max_length or TRL_MAX_LENGTH
     src = cfg.train_data if split == "train" else cfg.val_data
     if split == "val" and src == "auto":   # the built-in task's when training on it, else none
         src = "builtin" if cfg.train_data == "builtin" else ""
@@ -115,7 +118,7 @@ def load_split(cfg, method, task, split, run):
         if len(rows) != n_read:      # JSFT's 24 examples from 8 rows: an answer and two judgments each
             print(f"{src} [{split}]: {n_read} rows make {len(rows)} {method.name} examples "
                   f"(python train.py --method {method.name} --help says how)")
-    ex, dropped = tokenize_rows(rows, run.tok, method.eats, cfg.max_length, cfg.skip_bad_rows,
+    ex, dropped = tokenize_rows(rows, run.tok, method.eats, max_length, cfg.skip_bad_rows,
                                 bad=bad, **method.tokenize_options(cfg))
     if skipped or dropped:
         # a method that prepares makes its examples from the rows read (JSFT: three of each): count
@@ -129,7 +132,7 @@ def load_split(cfg, method, task, split, run):
     if cut:
         where = [e["row"]["_where"] for e in cut if "_where" in e["row"]]
         print(f"{src} [{split}]: cut the response of {len(cut)} of {len(ex)} examples to "
-              f"--max_length {cfg.max_length} (its first tokens kept)"
+              f"--max_length {max_length} (its first tokens kept)"
               + (f": {', '.join(where[:3])}{', ...' if len(where) > 3 else ''}" if where else ""))
     if not ex:
         raise DataError(f"{src} [{split}]: no usable examples left")
@@ -274,7 +277,8 @@ def train(cfg, task=None, stop_at=None):
         run.ref = AdaptersOff(model)             # the same weights with the adapters switched off
     # a length limit beyond the model's context would stop the run when a long row comes, hours in
     context = model.cfg.max_seq_len
-    for name, n in {"max_length": cfg.max_length, **method.tokenize_options(cfg)}.items():
+    max_length = max_length_of(cfg, model)
+    for name, n in {"max_length": max_length, **method.tokenize_options(cfg)}.items():
         if n > context:
             raise CheckpointError(f"--{name} {n} is longer than the model's context ({context} tokens, "
                                   f"max_position_embeddings); lower it to {context} or less")
@@ -282,13 +286,13 @@ def train(cfg, task=None, stop_at=None):
     model = dist.wrap(model, cfg.parallel)       # DDP / FSDP2 under torchrun, else the model itself
     if dist.world() > 1:                         # each rank samples its own prompts differently
         torch.manual_seed(cfg.seed + 1000 * dist.rank())
-    train_ex = load_split(cfg, method, task, "train", run)
+    train_ex = load_split(cfg, method, task, "train", run, max_length)
     if os.path.isfile(cfg.train_data):          # kept with every checkpoint: --resume checks it
         run.checkpoint_files[DATA_FILE] = data_fingerprint(cfg.train_data)
         if cfg.resume:
             check_same_data(ckpt, run.checkpoint_files[DATA_FILE])
     # an on-policy method's held-out loss would need a rollout per evaluation: it has none
-    val_ex = load_split(cfg, method, task, "val", run) if not method.rollout else []
+    val_ex = load_split(cfg, method, task, "val", run, max_length) if not method.rollout else []
     opt = make_optimizer(model, cfg)
     step, pos = load_train_state(ckpt, model, opt) if cfg.resume else (0, 0)
     # one order of global batches; rank r takes rows [r*B, (r+1)*B) of each

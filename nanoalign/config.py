@@ -106,10 +106,11 @@ class SharedConfig:
                           "spike in the gradients' scale sooner, as nanoGPT and Llama's recipe do)",
                           minimum=0.0, below=1.0)
     grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)", minimum=0.0)
-    max_length: int = option(128, "tokens per sequence; responses are cut from the right; a prompt "
+    max_length: int = option(0, "tokens per sequence; responses are cut from the right; a prompt "
                              "that leaves no room for a response is a bad row (an error, or skipped "
                              "with --skip_bad_rows); a judgment target that does not fit is dropped "
-                             "and counted", minimum=2)
+                             "and counted. 0 = auto: 1024 (TRL's DPO, ORPO and SFT default), or the "
+                             "model's context where that is shorter", minimum=0)
     skip_bad_rows: bool = option(False, "skip bad data rows instead of stopping (counted, the first "
                                         "three named)")
     seed: int = option(1337, "random seed (data order, init, sampling; the arith warm-up is cached "

@@ -16,7 +16,7 @@ import time
 import torch
 
 from nanoalign import dist
-from nanoalign.compute import compute_of
+from nanoalign.compute import compute_of, max_length_of
 from nanoalign.onpolicy import judging_said, new_tokens
 
 
@@ -39,6 +39,9 @@ def start(cfg, method, model, device, n_examples, peak, last_lr, step=0):
           f"--grad_checkpoint {cfg.grad_checkpoint})")
     print(f"peak lr {peak:g}" + ("" if cfg.lr else " (--lr 0: auto, by the model's size and the method; "
                                                   "see --help)"))
+    if not cfg.max_length:                       # auto: the number the rows were cut to
+        print(f"max_length {max_length_of(cfg, dist.unwrapped(model))} (--max_length 0: auto, TRL's "
+              f"1024 or the model's context if shorter; see --help)")
     if cfg.warmup_steps > cfg.max_steps:         # a short try: the log lines do not show the rate
         print(f"note: --warmup_steps {cfg.warmup_steps} is longer than the run (--max_steps "
               f"{cfg.max_steps}): the rate rises to {last_lr:g} at its last step, not to the peak")

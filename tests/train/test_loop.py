@@ -570,3 +570,24 @@ def test_the_first_step_is_said_when_the_log_would_wait_for_the_tenth(tmp_path, 
     assert [(r["step"], r["split"]) for r in recs if r["split"] != "val"] == [(3, "train"), (3, "end")]
     train.train(run_cfg(tmp_path, max_steps=3, log_every=1, eval_every=0))      # every step logged anyway
     assert "first step done" not in capsys.readouterr().out
+
+
+def test_max_length_auto_is_trls_1024_or_the_models_context(tmp_path, capsys):
+    """The default was 128 tokens, which cut a chat-templated answer of a few sentences on a real
+    model where TRL's DPO, ORPO and SFT (max_length 1024) keep it whole. 0 = auto: 1024, or the
+    model's context where that is shorter; the run says what it took."""
+    import types
+    from nanoalign.compute import max_length_of
+    cfg = run_cfg(tmp_path)
+    assert cfg.max_length == 0
+    ctx = lambda n: types.SimpleNamespace(cfg=types.SimpleNamespace(max_seq_len=n))   # noqa: E731
+    assert [max_length_of(cfg, ctx(n)) for n in (512, 1024, 8192)] == [512, 1024, 1024]
+    assert max_length_of(dataclasses.replace(cfg, max_length=200), ctx(8192)) == 200
+    f = tmp_path / "long.jsonl"
+    f.write_text(json.dumps({"prompt": "What is 1 + 2?", "response": "It is 3. " * 30}) + "\n")
+    out = _short_run(tmp_path, capsys, train_data=str(f), batch_size=1, max_steps=1)
+    assert "max_length 512 (--max_length 0: auto, TRL's 1024 or the model's context if shorter" in out
+    assert "cut the response" not in out
+    out = _short_run(tmp_path, capsys, train_data=str(f), batch_size=1, max_steps=1, max_length=128)
+    assert f"{f} [train]: cut the response of 1 of 1 examples to --max_length 128" in out
+    assert "(--max_length 0: auto" not in out
