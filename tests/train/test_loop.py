@@ -591,3 +591,18 @@ def test_max_length_auto_is_trls_1024_or_the_models_context(tmp_path, capsys):
     out = _short_run(tmp_path, capsys, train_data=str(f), batch_size=1, max_steps=1, max_length=128)
     assert f"{f} [train]: cut the response of 1 of 1 examples to --max_length 128" in out
     assert "(--max_length 0: auto" not in out
+
+
+def test_a_run_that_trained_a_judge_ends_saying_how_to_judge_with_it(tmp_path, capsys):
+    """After JSFT the end named only plain sampling: its judge, what the run was for, went unsaid."""
+    pref = os.path.join(FIX, "pref.jsonl")
+    out = _short_run(tmp_path, capsys, method="jsft", train_data=pref, max_steps=1, batch_size=2)
+    ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
+    assert (f"judge with it (the template and rule it trained on are kept with it):\n  python sample.py "
+            f"--init_from {ckpt} --best_of 4 --prompt 'your prompt'\n  python -m nanoalign.judge_cli "
+            f"--init_from {ckpt} --pairs pairs.jsonl\n  python train.py --method self_judge --init_from {ckpt}") in out
+    for method, extra in (("sft", {}), ("jsft", {"jsft_judge": "false"})):
+        out = _short_run(tmp_path, capsys, method=method, train_data=os.path.join(FIX, "sft.jsonl" if method == "sft"
+                                                                                  else "pref.jsonl"),
+                         max_steps=1, batch_size=2, **extra)
+        assert "python sample.py --init_from" in out and "judge with it" not in out
