@@ -57,7 +57,7 @@ from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
 from nanoalign.data import parse_line, validate_row
 from nanoalign.rows import check_response, check_text, check_turns_before_answer
 from nanoalign.suggest import ArgumentParser
-from nanoalign.textfile import DataError, decode_line, raw_lines
+from nanoalign.textfile import DataError, decode_line, malformed, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
 
 
@@ -277,9 +277,9 @@ def json_object(line):
     JSON of another type, the parser's complaint for a line that begins as an object)."""
     try:
         row = json.loads(line)
-    except json.JSONDecodeError as e:
+    except json.JSONDecodeError as e:     # a trailing comma said as train.py's data reader says it
         broken = line.lstrip().startswith("{")
-        return None, f" (malformed JSON: {e.msg} at column {e.colno})" if broken else ""
+        return None, f": {malformed(line, e)}" if broken else ""
     return (row, "") if isinstance(row, dict) else (None, "")
 
 

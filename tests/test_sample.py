@@ -487,8 +487,10 @@ def test_an_implicit_prompt_preference_file_is_a_prompts_file(saved_tiny, tmp_pa
 @pytest.mark.parametrize("text, argv, error", [
     ('{"prompt": "a"}\nplain text\n', [], ":2: not a JSON object, and line 1 is one"),
     ('plain text\n\n{"prompt": "a"}\n', [], ":1: not a JSON object, and line 3 is one"),
-    ('{"prompt": "a"}\n{"prompt": "b"\n', [], ":2: not a JSON object (malformed JSON: Expecting ',' "
+    ('{"prompt": "a"}\n{"prompt": "b"\n', [], ":2: not a JSON object: malformed JSON (Expecting ',' "
                                              "delimiter at column 15), and line 1 is one"),
+    ('{"prompt": "a"}\n{"prompt": "b",}\n', [], ":2: not a JSON object: malformed JSON: a trailing comma "
+                                              "before '}' at column 15 (JSON allows none), and line 1 is one"),
     ('{"prompt": "a"}\n{"question": "b"}\n', [], ":2: missing field 'prompt' (a prompt row needs prompt; or, with no "
                                                 "prompt, chosen and rejected conversations that begin with it)"),
     ('{"prompt": 3}\n', [], ":1: field 'prompt' must be a string or a list of"),
