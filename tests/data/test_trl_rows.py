@@ -133,6 +133,25 @@ def test_an_implicit_prompt_preference_file_is_a_prompt_file(tmp_path):
                                  "prompt, chosen and rejected conversations that begin with it)")
 
 
+@pytest.mark.parametrize("row, typo", [
+    # a misspelled 'prompt' beside chosen and rejected: no implicit-prompt row, whose prompt would be
+    # taken from the answers, the typo ignored
+    ({"promt": "Q:", "chosen": "Q: a", "rejected": "Q: b"}, "'promt': did you mean 'prompt'?"),
+    # a short one too, which is close to 'prompt' alone and to nothing longer
+    ({"prom": "Q:", "chosen": "Q: a", "rejected": "Q: b"}, "'prom': did you mean 'prompt'?"),
+    # a misspelled 'chosen': the prompt is the missing field named, the typo the other shape's
+    ({"chosn": "Q: a", "rejected": "Q: b"}, "'chosn': did you mean 'chosen'?"),
+])
+def test_a_prompt_row_with_a_misspelled_field_names_the_misspelling(row, typo):
+    """A prompt row (the on-policy methods, sample.py --prompts_file) that misspells 'prompt', or the
+    implicit-prompt row's 'chosen', is refused naming the key it misspelled, not read as the
+    implicit-prompt row it is not."""
+    with pytest.raises(DataError) as e:
+        validate_row(row, "prompt", "f:1")
+    assert str(e.value) == ("f:1: missing field 'prompt' (a prompt row needs prompt; or, with no prompt, chosen "
+                            f"and rejected conversations that begin with it); the row has {typo}")
+
+
 SIDE = st.one_of(st.lists(st.sampled_from([USER, GOOD, BAD, {"role": "user", "content": "and?"}]), max_size=3),
                  st.sampled_from(["", " ", "Q: 2+2?", "Q: 2+2? ", "Q: 2+", "A: 4", "A: 5 "]))
 

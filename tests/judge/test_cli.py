@@ -121,6 +121,65 @@ def test_a_bad_row_is_one_error_naming_its_file_line_and_field(judge_dir, tmp_pa
     assert str(e.value) == f"error: {f}:3: {why}"
 
 
+@pytest.mark.parametrize("line, why", [
+    # 'b' alone (no 'a') beside chosen and rejected: still both shapes, not a preference row with 'b' ignored
+    ('{"prompt": "q", "b": "x", "chosen": "y", "rejected": "z"}',
+     "both 'a'/'b' and 'chosen'/'rejected'; a row holds one pair: keep one of them"),
+    # a pair beside one of chosen or rejected: which two responses were meant?
+    ('{"prompt": "q", "a": "x", "b": "w", "chosen": "y"}',
+     "both 'a'/'b' and 'chosen'/'rejected'; a row holds one pair: keep one of them"),
+    ('{"prompt": "q", "a": "x", "b": "w", "rejected": "z"}',
+     "both 'a'/'b' and 'chosen'/'rejected'; a row holds one pair: keep one of them"),
+    # half a preference row is a preference row missing its other half, not a pair missing 'a'
+    ('{"prompt": "q", "chosen": "y"}',
+     "missing field 'rejected' (a preference row needs prompt, chosen, rejected; or, with no prompt, chosen "
+     "and rejected conversations that begin with it)"),
+    ('{"prompt": "q", "rejected": "z"}',
+     "missing field 'chosen' (a preference row needs prompt, chosen, rejected; or, with no prompt, chosen "
+     "and rejected conversations that begin with it)"),
+    # a pair's responses are checked as a preference row's are, each named
+    ('{"prompt": "q", "a": "x", "b": [{"role": "user", "content": "hi"}]}',
+     "field 'b' is a message list with no assistant message; the response is the last assistant message"),
+    ('{"prompt": "q", "a": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "thanks"}], "b": "y"}',
+     "field 'a' ends with a 'user' message: the response is the last assistant message (message 1), and the "
+     "turns after it, from message 2, would be ignored; end the list at the response"),
+])
+def test_a_pair_row_is_one_shape_or_the_other_with_every_response_checked(judge_dir, tmp_path, line, why):
+    """read_pair: a row with 'a' or 'b' is a pair, refused beside 'chosen' or 'rejected'; one with either of
+    those is a preference row, read as read_pref reads it; each response checked, named by its field."""
+    from nanoalign.judge_cli import main
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + line + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
+    assert str(e.value) == f"error: {f}:3: {why}"
+
+
+@pytest.mark.parametrize("line, why", [
+    # a row cut short, spaces after it: the column is the line's end, as train.py says it
+    ('{"prompt": "q", "a": "x", "b": "y"  ', "malformed JSON (Expecting ',' delimiter at column 37)"),
+    # cut short at its end: the column is on this line, not 'column 1' of the newline after it
+    ('{"prompt": "q", "a": "x", "b": "y"', "malformed JSON (Expecting ',' delimiter at column 35)"),
+    # text after the row is no part of the line to strip
+    ('{"prompt": "q", "a": "x", "b": "y"}X', "malformed JSON (Extra data at column 36)"),
+    # a line after the first that looks like CSV is a bad row, not a CSV file
+    ("q,x,y", "malformed JSON (Expecting value at column 1)"),
+])
+def test_a_pairs_line_is_read_as_train_py_reads_a_data_line(judge_dir, tmp_path, line, why):
+    """Each line of --pairs is decoded, stripped of its line end and parsed as read_jsonl does, so a
+    malformed line gets train.py's own error for it (here a 'prompt' file, which a pair row also is)."""
+    from nanoalign.data import DataError, read_jsonl
+    from nanoalign.judge_cli import main
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + line + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
+    assert str(e.value) == f"error: {f}:3: {why}"
+    with pytest.raises(DataError) as train:
+        read_jsonl(str(f), "prompt")
+    assert str(train.value) == f"{f}:3: {why}"
+
+
 def test_a_file_that_is_no_jsonl_or_no_text_or_empty_is_one_error(judge_dir, tmp_path):
     from nanoalign.judge_cli import main
     f = tmp_path / "pairs.jsonl"
@@ -210,14 +269,15 @@ def test_the_judge_loads_on_the_device_it_is_given(judge_dir, tmp_path, monkeypa
     seen, real = [], judge.load
 
     def spy(d, dtype=torch.float32, device="cpu", chat_format=None):
-        seen.append((device, chat_format))
+        seen.append((device, dtype, chat_format))
         return real(d, dtype, device, chat_format)
     monkeypatch.setattr(judge, "load", spy)
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
     judge.main(["--init_from", judge_dir, "--pairs", str(f), "--device", "cpu"])
     judge.main(["--init_from", judge_dir, "--pairs", str(f), "--device", "cpu", "--chat_format", "chatml"])
-    assert seen == [("cpu", None), ("cpu", "chatml")]
+    # in float32 whatever dtype the checkpoint was saved in (a bf16 one too): p(a>b) is no bf16 rounding
+    assert seen == [("cpu", torch.float32, None), ("cpu", torch.float32, "chatml")]
     assert judge.build_parser().get_default("device") == ("cuda" if torch.cuda.is_available() else "cpu")
     for device, why in (("tpu", "--device 'tpu': use cpu, cuda or cuda:N"),
                         ("cuda:x", "--device 'cuda:x': use cpu, cuda or cuda:N")):
@@ -228,7 +288,7 @@ def test_the_judge_loads_on_the_device_it_is_given(judge_dir, tmp_path, monkeypa
         with pytest.raises(SystemExit) as e:
             judge.main(["--init_from", judge_dir, "--pairs", str(f), "--device", "cuda"])
         assert e.value.code == 2 and "--device cuda: this torch sees no CUDA GPU" in capsys.readouterr().err
-    assert seen == [("cpu", None), ("cpu", "chatml")]          # each refused before loading
+    assert seen == [("cpu", torch.float32, None), ("cpu", torch.float32, "chatml")]   # each refused before loading
 
 
 def test_a_checkpoint_without_a_chat_template_is_one_error_naming_chat_format(judge_dir, tmp_path, capsys):
@@ -432,7 +492,9 @@ def test_a_pair_too_long_for_the_context_and_a_batch_of_none_are_one_line_errors
         msg = str(e.value)
         assert msg.startswith(f"error: a judgment of a pair in --pairs {f} is too long: ") and \
             "longer than the model's context (max_position_embeddings = 1024)" in msg, msg
-        assert ("a shorter --judge_template such as 'compact' may fit" in msg) == hint
+        # the hint, where there is one, is all that follows the context's numbers
+        assert msg.endswith("(max_position_embeddings = 1024)" +
+                            ("; a shorter --judge_template such as 'compact' may fit" if hint else "")), msg
     with pytest.raises(SystemExit) as e:
         main(["--init_from", judge_dir, "--pairs", str(f), "--batch_size", "0"])
     assert e.value.code == 2 and "--batch_size must be >= 1, got 0" in capsys.readouterr().err
