@@ -15,7 +15,7 @@ from hypothesis import assume, example, given, strategies as st
 
 from nanoalign.data import DataError, make_batch, read_jsonl, tokenize_pair, tokenize_rows, validate_row
 from nanoalign.rows import check_labels, implicit_prompt
-from nanoalign.textfile import malformed, not_text, trailing_comma
+from nanoalign.textfile import TO_JSONL, malformed, not_text, trailing_comma
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, TOK
 
@@ -226,20 +226,23 @@ def misspell(name, edit, at):
     at %= len(name)
     return {"drop": name[:at] + name[at + 1:], "double": name[:at] + name[at] + name[at:],
             "swap": name[:at] + name[at + 1:at + 2] + name[at] + name[at + 2:] if at + 1 < len(name) else name[:-1],
-            "capital": name[:at] + name[at].upper() + name[at + 1:]}[edit]
+            "capital": name[:at] + name[at].upper() + name[at + 1:],
+            "split": name[:at or 1] + "_" + name[at or 1:]}[edit]     # inside the name: 'rej_ected'
 
 
 FIELDS = {"pref": ("prompt", "chosen", "rejected"), "sft": ("prompt", "response"), "prompt": ("prompt",)}
 
 
 @given(st.sampled_from([(k, f) for k, fs in FIELDS.items() for f in fs]),
-       st.sampled_from(["drop", "double", "swap", "capital"]), st.integers(0, 9),
+       st.sampled_from(["drop", "double", "swap", "capital", "split"]), st.integers(0, 9),
        st.sampled_from(["id", "score", "source", "prompt_id", "score_chosen", "chosen_rating", "meta"]))
 @example(("pref", "rejected"), "drop", 3, "id")            # 'rejeted'
+@example(("sft", "response"), "split", 3, "prompt_id")      # 'res_ponse': its words are no fields
 def test_any_field_misspelled_by_one_letter_is_named(kind_field, edit, at, other):
-    """A field's key with one letter dropped, doubled, swapped with the next or capitalized is named
-    as the field meant; a key that is no misspelling (an id, a score, a field about the field, such as
-    UltraFeedback's 'prompt_id' and 'score_chosen') is named for none."""
+    """A field's key with one letter dropped, doubled, swapped with the next or capitalized, or a
+    stray '_' inside it ('res_ponse', whose words are no fields), is named as the field meant; a key
+    that is no misspelling (an id, a score, a field about the field, such as UltraFeedback's
+    'prompt_id' and 'score_chosen') is named for none."""
     kind, field = kind_field
     typo = misspell(field, edit, at)
     assume(typo != field)
@@ -262,6 +265,20 @@ def test_a_message_missing_role_or_content_names_a_key_that_looks_like_it_misspe
     other = {k: v for k, v in message.items() if k != key} | {"name": "x", "tool_calls": [], "weight": 1}
     assert error_of({"prompt": [USER, other], "response": "r"}, "sft") == (   # no key near it: no guess
         f"{W}: field 'prompt': message 2 has no string '{meant}' (it has none)")
+
+
+@pytest.mark.parametrize("message, error", [
+    ({"role": 1, "rloe": "user", "content": "hi"}, "no string 'role' (got int)"),      # it has one: no guess
+    ({"role": "user", "content": None, "Content": "hi"}, "no string 'content' (got NoneType)"),
+    ({"role_name": "user", "content": "hi"}, "no string 'role' (it has none)"),      # a key about the role
+    ({"role": "user", "content_type": "text", "parts": ["hi"]}, "no string 'content' (it has none)"),
+])
+def test_a_message_error_guesses_no_misspelling_where_the_key_is_there_or_a_key_is_about_it(message, error):
+    """A key that is there with the wrong type is what is wrong, not a misspelling of it; a key of
+    several words one of which is 'role' or 'content' (ChatGPT's 'content_type') is a field about it,
+    no misspelling: the error names what the message lacks, and guesses no key."""
+    msg = error_of({"prompt": [USER, message], "response": "r"}, "sft")
+    assert msg == f"{W}: field 'prompt': message 2 has {error}"
 
 
 @pytest.mark.parametrize("field", ["chosen", "rejected"])
@@ -764,22 +781,28 @@ ROW = '{"prompt": "a", "chosen": "b", "rejected": "c"'
                                        "JSONL row is one whole line)"),
 ])
 @pytest.mark.parametrize("at", [1, 2])
-def test_a_trailing_comma_is_named_as_one(tmp_path, line, error, at):
+@pytest.mark.parametrize("blank", ["", "\n \n"])
+def test_a_trailing_comma_is_named_as_one(tmp_path, line, error, at, blank):
     """Python's words for a trailing comma name what it expected after it ('Expecting property name
     enclosed in double quotes at column 447', at the '}'): the error says it is a trailing comma, and
-    where. On line 1 too: a JSONL file whose first row has one is no JSON document."""
+    where. On line 1 too: a JSONL file whose first row has one is no JSON document, after blank lines
+    too (they are no line of the row, which a document's comma is on a line after)."""
     rows = [json.dumps(r) for r in PREF_ROWS]
     rows.insert(at - 1, line)
     f = tmp_path / "rows.jsonl"
-    f.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    f.write_text(blank + "".join(r + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(DataError) as e:
         read_jsonl(str(f), "pref")
-    assert str(e.value) == f"{f}:{at}: malformed JSON: {error}"
+    assert str(e.value) == f"{f}:{at + blank.count(chr(10))}: malformed JSON: {error}"
     assert len(read_jsonl(str(f), "pref", skip_bad=True)[0]) == 2
 
 
 @pytest.mark.parametrize("line", ['{"prompt": "a",, "chosen": "b"}', '{"prompt": [1,,2]}', '{"prompt": "a," }x',
-                                  '{"prompt": "a", "chosen": "b,"', '{"prompt": "a" "b,"}', '{"a": 1}, {"b": 2}'])
+                                  '{"prompt": "a", "chosen": "b,"', '{"prompt": "a" "b,"}', '{"a": 1}, {"b": 2}',
+                                  '{"prompt": "a,\t}',          # a tab in a string (no closing quote): 'Invalid
+                                  '{"prompt": "a, \t]',         # control character', at the tab, after a comma
+                                  '{"prompt": "a"},\u00a0',      # a no-break space is no JSON whitespace
+                                  '{"prompt": "a"},\x0c'])
 def test_a_comma_that_is_not_trailing_keeps_pythons_words(line):
     with pytest.raises(json.JSONDecodeError) as e:
         json.loads(line)
@@ -839,6 +862,7 @@ def test_any_trailing_comma_in_a_row_is_named_at_its_column(scratch, row, k, gap
 @pytest.mark.parametrize("text, line, column, closer", [
     ('[\n  {"prompt": "a"},\n  {"prompt": "b"},\n]\n', 3, 18, "]"),
     ('[{"prompt": "a"}, {"prompt": "b"}, ]\n', 1, 34, "]"),                                 # json.dump's one line
+    ('\n[{"prompt": "a"}, {"prompt": "b"}, ]\n', 2, 34, "]"),                 # after a blank line: column from 1
     ('{\n  "prompt": "a",\n  "chosen": "b",\n}\n', 3, 16, "}"),                              # one object
     ('{\n  "prompt": "a"\n}\n{\n  "prompt": "b",\n}\n', 5, 16, "}"),          # back to back: in the second
     ('\n\n[\n  {"prompt": "a", "chosen": [\n    "b",\n  ]}\n]\n', 5, 8, "]"),                  # blank lines first
@@ -865,6 +889,34 @@ def test_a_json_document_with_a_trailing_comma_is_said_to_be_no_valid_json(tmp_p
     with pytest.raises(DataError) as e:
         read_jsonl(str(f), "prompt")
     assert "e.g. python -c" in str(e.value) and command_output(str(e.value), f)
+
+
+@pytest.mark.parametrize("tail", ['{"prompt": "b",}\n', '[\n  {"prompt": "b"},\n]\n', '{"prompt": "b"}\n'])
+def test_what_follows_a_whole_json_array_leaves_the_file_an_array(tmp_path, tail):
+    """A file that begins with a JSON array written over several lines is said to be that array,
+    whatever text follows the array's ']': a trailing comma there is no comma of the array's, and the
+    error does not send the reader to it."""
+    f = tmp_path / "rows.json"
+    f.write_text(json.dumps(PREF_ROWS[:1], indent=2) + "\n" + tail, encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref")
+    array_command = f'{DOCUMENT}"{TO_JSONL["array"]}" {shlex.quote(str(f))} > rows.jsonl'
+    assert str(e.value) == f"{f}:1: the file looks like {array_command}"
+    assert "trailing comma" not in str(e.value)
+
+
+@pytest.mark.parametrize("size", [(1 << 20) + 100, 3 << 19])
+def test_a_json_document_is_told_from_its_first_mib(tmp_path, size):
+    """Whether a file is a JSON document is read from its first MiB of text, not the whole file (a
+    data file may be GiBs): an object whose first line alone runs past it (a 1.5 MiB prompt) keeps
+    its first line's own error, which says a JSONL row is one whole line."""
+    f = tmp_path / "rows.json"
+    text = '{"prompt": "' + "x" * size + '",'
+    f.write_text(text + '\n  "chosen": "b", "rejected": "c"\n}\n', encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        read_jsonl(str(f), "pref")
+    assert str(e.value) == (f"{f}:1: malformed JSON: the line ends after a comma at column {len(text)}, before the "
+                            f"row is closed (a JSONL row is one whole line)")
 
 
 @pytest.mark.parametrize("content, document", [
