@@ -50,7 +50,7 @@ from nanoalign.cli import parse_config
 from nanoalign.common import Run, frozen_copy
 from nanoalign.compute import (autocast, autocast_dtype, checkpoint_every, make_optimizer, off_bf16_ties,
                                max_length_of, packed_batches, peak_lr, set_deterministic, TRL_MAX_LENGTH)
-from nanoalign.config import make_config, options_of, resume_config, shared_options
+from nanoalign.config import ON_POLICY, make_config, options_of, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
 from nanoalign.onpolicy import COUNTS, RATES, TIMES, WEIGHTS, inherited
@@ -435,7 +435,7 @@ def main(argv=None):
             print(f"judge with it (the template and rule it trained on are kept with it):\n"
                   f"  python sample.py --init_from {q} --best_of 4 --prompt {shlex.quote(example)}\n"
                   f"  python -m nanoalign.judge_cli --init_from {q} --pairs pairs.jsonl\n"
-                  f"  python train.py --method self_judge --init_from {q}    (or osp: on-policy, judged by it)")
+                  f"  python train.py --method M --init_from {q}    (on-policy, judged by it; M: {ON_POLICY})")
     except (CheckpointError, DataError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -600,7 +600,8 @@ def test_a_run_that_trained_a_judge_ends_saying_how_to_judge_with_it(tmp_path, c
     ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
     assert (f"judge with it (the template and rule it trained on are kept with it):\n  python sample.py "
             f"--init_from {ckpt} --best_of 4 --prompt 'your prompt'\n  python -m nanoalign.judge_cli "
-            f"--init_from {ckpt} --pairs pairs.jsonl\n  python train.py --method self_judge --init_from {ckpt}") in out
+            f"--init_from {ckpt} --pairs pairs.jsonl\n  python train.py --method M --init_from {ckpt}    (on-policy, "
+            f"judged by it; M: self_judge, self_judge_offpolicy, osp)") in out
     for method, extra in (("sft", {}), ("jsft", {"jsft_judge": "false"})):
         out = _short_run(tmp_path, capsys, method=method, train_data=os.path.join(FIX, "sft.jsonl" if method == "sft"
                                                                                   else "pref.jsonl"),
