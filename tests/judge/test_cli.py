@@ -109,19 +109,8 @@ Q = "What is 1 + 1?"
      "messages then the answer"),
     ('{"chosen": "Yes.", "rejected": "Yeah."}', "no 'prompt' field, and 'chosen' and 'rejected' share only the "
                                               "start of a word ('Ye'), no whole words to take as the prompt"),
-])
-def test_a_bad_row_is_one_error_naming_its_file_line_and_field(judge_dir, tmp_path, line, why):
-    """Each bad row is train.py's one line, 'error: FILE:LINE: ...' (nanoalign/rows.py's checks), on the
-    row's line of the file, before the model loads."""
-    from nanoalign.judge_cli import main
-    f = tmp_path / "pairs.jsonl"
-    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + line + "\n")
-    with pytest.raises(SystemExit) as e:
-        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
-    assert str(e.value) == f"error: {f}:3: {why}"
-
-
-@pytest.mark.parametrize("line, why", [
+    # read_pair: a row with 'a' or 'b' is a pair, refused beside 'chosen' or 'rejected'; one with either
+    # of those is a preference row, read as read_pref reads it; each response checked, named by its field
     # 'b' alone (no 'a') beside chosen and rejected: still both shapes, not a preference row with 'b' ignored
     ('{"prompt": "q", "b": "x", "chosen": "y", "rejected": "z"}',
      "both 'a'/'b' and 'chosen'/'rejected'; a row holds one pair: keep one of them"),
@@ -144,9 +133,9 @@ def test_a_bad_row_is_one_error_naming_its_file_line_and_field(judge_dir, tmp_pa
      "field 'a' ends with a 'user' message: the response is the last assistant message (message 1), and the "
      "turns after it, from message 2, would be ignored; end the list at the response"),
 ])
-def test_a_pair_row_is_one_shape_or_the_other_with_every_response_checked(judge_dir, tmp_path, line, why):
-    """read_pair: a row with 'a' or 'b' is a pair, refused beside 'chosen' or 'rejected'; one with either of
-    those is a preference row, read as read_pref reads it; each response checked, named by its field."""
+def test_a_bad_row_is_one_error_naming_its_file_line_and_field(judge_dir, tmp_path, line, why):
+    """Each bad row is train.py's one line, 'error: FILE:LINE: ...' (nanoalign/rows.py's checks), on the
+    row's line of the file, before the model loads."""
     from nanoalign.judge_cli import main
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n\n" + line + "\n")
