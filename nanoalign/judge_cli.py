@@ -30,8 +30,8 @@ from model.tokenizer import NoChatTemplate, answer_text
 from nanoalign.compute import device_problem
 from nanoalign.data import parse_line
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs, judging,
-                             parse_principles)
-from nanoalign.onpolicy import PRINCIPLES_FILE, kept_principles
+                             parse_principles, recorded_judging)
+from nanoalign.onpolicy import PRINCIPLES_FILE, judging_overridden, kept_principles
 from nanoalign.rows import read_pair
 from nanoalign.textfile import DataError, decode_line, raw_lines
 
@@ -115,6 +115,8 @@ def main(argv=None):
         ap.error(f"--batch_size must be >= 1, got {a.batch_size}")
     try:
         used = judging(a.init_from, vars(a))    # a judge judges as it trained, as in sample.py --best_of
+        if note := judging_overridden(a.init_from, recorded_judging(a.init_from), used):
+            print(note, file=sys.stderr)        # obeyed, but a template it never saw may judge near chance
         t = TEMPLATES[used["judge_template"]]
         principles = principles_for(a, t)
         pairs = read_pairs(a.pairs)             # a bad row said in a second, not after a large model loads

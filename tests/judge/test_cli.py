@@ -381,7 +381,8 @@ def test_judge_cli_judges_by_the_likelihood_rule_it_is_given(judge_dir, tmp_path
 
 def test_judge_cli_judges_as_the_checkpoint_records_unless_told(judge_dir, tmp_path, monkeypatch, capsys):
     """A JSFT judge's checkpoint records its template and rule (state.json): with no flags the CLI judges
-    so, as sample.py --best_of does; a flag overrides it."""
+    so, as sample.py --best_of does; a flag overrides it, saying so as --best_of and the on-policy
+    runs do (onpolicy.judging_overridden; the command judged otherwise without a word)."""
     import shutil
     import nanoalign.judge_cli as judge
     seen, real = [], judge.judge_pairs
@@ -397,8 +398,12 @@ def test_judge_cli_judges_as_the_checkpoint_records_unless_told(judge_dir, tmp_p
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
     judge.main(["--init_from", str(trained), "--pairs", str(f)])
+    assert "note:" not in capsys.readouterr().err
     judge.main(["--init_from", str(trained), "--pairs", str(f), "--judge_template", "compact", "--likelihood", "vocab"])
+    assert (f"note: the judge {trained} records --judge_template hh --likelihood pair (its state.json); this run "
+            f"judges with --judge_template compact --likelihood vocab, as given") in capsys.readouterr().err
     judge.main(["--init_from", judge_dir, "--pairs", str(f)])
+    assert "note:" not in capsys.readouterr().err
     assert seen == [("hh", "pair"), ("compact", "vocab"), ("compact", "vocab")]
 
 
