@@ -33,10 +33,11 @@ from nanoalign.textfile import DataError, NotJSONL, decode_line, malformed, not_
 
 # -- reading: a file's lines, each checked as a row of its kind (nanoalign/rows.py) ------------------
 def validate_row(row, kind, where):
-    """Check one parsed row of a row kind ('sft', 'pref' or 'prompt'); returns the normalized row."""
+    """Check one parsed row of a row kind ('sft', 'pref' or 'prompt'), or by a reader of one's own,
+    (row, where) -> row (the judge's pairs: rows.read_pair); returns the normalized row."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    read = kind_of(kind).read
+    read = kind if callable(kind) else kind_of(kind).read
     if read is None:
         raise DataError(f"{where}: '{kind}' examples are built by a method, not read from a file")
     return read(row, where)
@@ -59,7 +60,7 @@ def parse_line(path, line, where, first):
 
 
 def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
-    """Rows of a JSONL file, validated. Returns (rows, n_skipped). Each line is decoded on its own,
+    """Rows of a JSONL file, validated as `kind` (validate_row). Returns (rows, n_skipped). Each line is decoded on its own,
     so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad; a file that is
     no JSONL (no text, a JSON document, CSV) is one error, with skip_bad too. check: a method's
     own (row, where) -> row check after the kind's (Method.check_row: the labels MetaAligner reads),

@@ -28,12 +28,12 @@ from model.checkpoint import CheckpointError, load
 from model.model import TooLongForContext
 from model.tokenizer import NoChatTemplate, answer_text
 from nanoalign.compute import device_problem
-from nanoalign.data import parse_line
+from nanoalign.data import read_jsonl
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs, judging,
                              parse_principles, recorded_judging)
 from nanoalign.onpolicy import PRINCIPLES_FILE, judging_overridden, kept_principles
 from nanoalign.rows import read_pair
-from nanoalign.textfile import DataError, decode_line, raw_lines
+from nanoalign.textfile import DataError
 
 
 def build_parser():
@@ -71,25 +71,13 @@ def build_parser():
 
 
 def read_pairs(path):
-    """[(line number, prompt, a, b)] of a --pairs file, a and b the answers' text. Read as train.py reads
-    a data file (nanoalign/textfile.py: UTF-8, a BOM dropped, a file that is no JSONL or no text said to
-    be so at once; nanoalign/rows.py read_pair: every field checked), so a bad row is a DataError naming
-    its file, line and field. Only reading raises DataError: nothing else is blamed on a row."""
-    pairs, first = [], True
-    for n, (where, raw) in enumerate(raw_lines(path), 1):
-        # without its newline: json.loads counts columns from the last one it sees
-        line = decode_line(raw, where).rstrip("\r\n")
-        if not line.strip():
-            continue
-        row = parse_line(path, line, where, first)     # line 1 may say the file is a JSON document, CSV
-        first = False
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        r = read_pair(row, where)                       # checked: each response has its answer
-        pairs.append((n, r["prompt"], answer_text(r["a"]), answer_text(r["b"])))
-    if not pairs:
-        raise DataError(f"{path}: no pairs to judge (the file is empty, or blank lines only)")
-    return pairs
+    """[(line number, prompt, a, b)] of a --pairs file, a and b the answers' text. Read by train.py's
+    reader (data.read_jsonl: UTF-8, a BOM dropped, a file that is no JSONL or no text said to be so at
+    once), each row checked by rows.read_pair, so a bad row is a DataError naming its file, line and
+    field. Only reading raises DataError: nothing else is blamed on a row."""
+    rows, _ = read_jsonl(path, read_pair)
+    return [(int(r["_where"].rsplit(":", 1)[1]), r["prompt"], answer_text(r["a"]), answer_text(r["b"]))
+            for r in rows]
 
 
 def principles_for(a, t):

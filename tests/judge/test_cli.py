@@ -177,7 +177,7 @@ def test_a_file_that_is_no_jsonl_or_no_text_or_empty_is_one_error(judge_dir, tmp
                        (b"\x1f\x8b\x08\x00", f"error: {f}:1: gzip-compressed, not UTF-8 text"),
                        ('{"prompt": "caf\xe9", "a": "x", "b": "y"}\n'.encode("latin-1"),
                         f"error: {f}:1: not UTF-8 text (byte 0xe9 at column 16"),
-                       (b"\n \n", f"error: {f}: no pairs to judge (the file is empty, or blank lines only)")):
+                       (b"\n \n", f"error: {f}: no usable rows: the file is empty (or blank lines only)")):
         f.write_bytes(data)
         with pytest.raises(SystemExit) as e:
             main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact"])
