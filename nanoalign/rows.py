@@ -77,9 +77,12 @@ def misspelled(obj, names, known, what="row"):
     suggest.did_you_mean's measure (case ignored: 'Prompt' is 'prompt'); (None, '') where none does.
     A key that is itself a field (`known`) is no misspelling, nor is one of several words one of which
     is a field, a field about that field: UltraFeedback's 'prompt_id' and 'score_chosen' are close
-    to 'prompt' and 'chosen' by that measure, and would be guessed wrong where those are missing."""
+    to 'prompt' and 'chosen' by that measure, and would be guessed wrong where those are missing.
+    A field with a stray space ('prompt ', easy to leave in a hand-written file) is one word, so a
+    misspelling: it was taken for a field about 'prompt', and its row read as an implicit prompt."""
     keys = [k for k in obj if isinstance(k, str) and k not in known
-            and not (len(words := re.split(r"[\W_]+", k)) > 1 and any(w.lower() in known for w in words))]
+            and not (len(words := [w for w in re.split(r"[\W_]+", k) if w]) > 1
+                     and any(w.lower() in known for w in words))]
     for name in names:
         for k in keys:
             if guess := did_you_mean(k, [name], sep=": "):

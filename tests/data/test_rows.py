@@ -227,20 +227,23 @@ def misspell(name, edit, at):
     return {"drop": name[:at] + name[at + 1:], "double": name[:at] + name[at] + name[at:],
             "swap": name[:at] + name[at + 1:at + 2] + name[at] + name[at + 2:] if at + 1 < len(name) else name[:-1],
             "capital": name[:at] + name[at].upper() + name[at + 1:],
-            "split": name[:at or 1] + "_" + name[at or 1:]}[edit]     # inside the name: 'rej_ected'
+            "split": name[:at or 1] + "_" + name[at or 1:],     # inside the name: 'rej_ected'
+            "space": name + " " if at % 2 else " " + name}[edit]   # a stray space: 'prompt '
 
 
 FIELDS = {"pref": ("prompt", "chosen", "rejected"), "sft": ("prompt", "response"), "prompt": ("prompt",)}
 
 
 @given(st.sampled_from([(k, f) for k, fs in FIELDS.items() for f in fs]),
-       st.sampled_from(["drop", "double", "swap", "capital", "split"]), st.integers(0, 9),
+       st.sampled_from(["drop", "double", "swap", "capital", "split", "space"]), st.integers(0, 9),
        st.sampled_from(["id", "score", "source", "prompt_id", "score_chosen", "chosen_rating", "meta"]))
 @example(("pref", "rejected"), "drop", 3, "id")            # 'rejeted'
 @example(("sft", "response"), "split", 3, "prompt_id")      # 'res_ponse': its words are no fields
+@example(("pref", "prompt"), "space", 1, "id")              # 'prompt ': was read as an implicit prompt
 def test_any_field_misspelled_by_one_letter_is_named(kind_field, edit, at, other):
-    """A field's key with one letter dropped, doubled, swapped with the next or capitalized, or a
-    stray '_' inside it ('res_ponse', whose words are no fields), is named as the field meant; a key
+    """A field's key with one letter dropped, doubled, swapped with the next or capitalized, a
+    stray '_' inside it ('res_ponse', whose words are no fields) or a stray space at an end
+    ('prompt '), is named as the field meant; a key
     that is no misspelling (an id, a score, a field about the field, such as UltraFeedback's
     'prompt_id' and 'score_chosen') is named for none."""
     kind, field = kind_field
