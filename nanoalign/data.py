@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from nanoalign.rows import read_pref, read_prompt, read_sft
+from nanoalign.rows import check_system, read_pref, read_prompt, read_sft
 from nanoalign.textfile import DataError, NotJSONL, decode_line, malformed, not_jsonl, raw_lines
 
 
@@ -40,6 +40,7 @@ def validate_row(row, kind, where):
     read = kind if callable(kind) else kind_of(kind).read
     if read is None:
         raise DataError(f"{where}: '{kind}' examples are built by a method, not read from a file")
+    check_system(row, where)
     return read(row, where)
 
 

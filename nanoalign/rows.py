@@ -23,6 +23,8 @@ table `KINDS`) and turns the rows into token ids and batches.
               MetaAligner and principle-aware judges read them, through check_labels (other
               methods leave a "labels" field alone)
 
+  system      no kind reads a top-level "system" field (Orca-style rows): a row that has one is
+              refused (`check_system`), as ignoring it would train without the system message
 A checker takes the parsed row (a JSON object: data.validate_row checks that) and `where`
 ("file:line") and returns the row normalized (an implicit prompt split off, TRL's "completion"
 renamed "response", labels as strings), or raises DataError. A missing field's error names a key of
@@ -237,6 +239,16 @@ def is_implicit(row):
     the answers ("share no leading text", or silently the answers' first words)."""
     return ("prompt" not in row and "chosen" in row and "rejected" in row
             and misspelled(row, ["prompt"], FIELDS)[0] is None)
+
+
+def check_system(row, where):
+    """A row's top-level 'system' field is refused, whatever kind reads the row: no kind reads one,
+    and ignored (as TRL 1.16 ignores it: its data functions read no such column) every row would train without the
+    system message its file gives. A conversation's system message is its first message."""
+    if "system" in row:
+        raise DataError(f"{where}: field 'system' is not read; give the system message as the "
+                        f"conversation's first message, {{\"role\": \"system\", \"content\": ...}}, in "
+                        f"'prompt' (or 'messages'), or rename the field if it holds no system message")
 
 
 def read_pref(row, where):

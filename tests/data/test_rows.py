@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, example, given, strategies as st
 
 from nanoalign.data import DataError, make_batch, read_jsonl, tokenize_pair, tokenize_rows, validate_row
-from nanoalign.rows import check_labels, implicit_prompt
+from nanoalign.rows import check_labels, implicit_prompt, read_pair
 from nanoalign.textfile import TO_JSONL, malformed, not_text, trailing_comma
 from nanoalign.tasks import arith as task
 from tests.helpers import FIX, TOK
@@ -1151,3 +1151,21 @@ def test_implicit_prompt_conversations_that_differ_before_their_last_answer_are_
     assert "differ before their last assistant message (at message 2)" in two, two
     same_start = validate_row({"chosen": c, "rejected": c[:3] + r[3:]}, "pref", W)
     assert (same_start["prompt"], same_start["chosen"], same_start["rejected"]) == (c[:3], c[3:], r[3:])
+
+
+@pytest.mark.parametrize("kind, row", [
+    ("pref", {"prompt": "q", "chosen": "a", "rejected": "b"}),
+    ("pref", {"chosen": "Q: a", "rejected": "Q: b"}),                  # implicit prompt
+    ("sft", {"prompt": "q", "response": "a"}),
+    ("sft", {"messages": [USER, BOT]}),
+    ("prompt", {"prompt": "q"}),
+    (read_pair, {"prompt": "q", "a": "x", "b": "y"}),
+])
+def test_a_system_field_is_refused_not_ignored(kind, row):
+    """Orca-style rows carry their system message in a top-level 'system' field, which no kind reads:
+    ignored, every row trained without it. The row is refused, saying where a system message goes."""
+    validate_row(row, kind, W)                                          # the row alone is fine
+    assert error_of({**row, "system": "You are terse."}, kind) == (
+        f"{W}: field 'system' is not read; give the system message as the conversation's first message, "
+        f'{{"role": "system", "content": ...}}, in \'prompt\' (or \'messages\'), or rename the field if it '
+        f"holds no system message")
