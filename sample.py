@@ -54,8 +54,8 @@ from nanoalign.judge import (JUDGE_TEMPLATE, LIKELIHOOD, LIKELIHOODS, TEMPLATES,
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast, device_problem
 from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
-from nanoalign.data import parse_line, validate_row
-from nanoalign.rows import check_response, check_text, check_turns_before_answer
+from nanoalign.data import read_jsonl, validate_row
+from nanoalign.rows import FIELDS, check_response, check_text, check_turns_before_answer, misspelled
 from nanoalign.suggest import ArgumentParser
 from nanoalign.textfile import DataError, decode_line, malformed, raw_lines
 from nanoalign.tasks.arith import OBJECTIVES
@@ -283,34 +283,28 @@ def json_object(line):
     return (row, "") if isinstance(row, dict) else (None, "")
 
 
+def answer_row(row, where):
+    """One --answers_file row, {prompt, answer}, checked as a preference row's prompt and response
+    are (nanoalign/rows.py): what MetaAligner's template reads. A missing field names a key that
+    looks like a misspelling of it, as a training row's does."""
+    for f in ("prompt", "answer"):
+        if f not in row:
+            typo = misspelled(row, [f], FIELDS + ("answer",))[1]
+            raise DataError(f"{where}: missing field '{f}' (an --answers_file row needs prompt, answer){typo}")
+    prompt = check_text(row["prompt"], where, "prompt")
+    answer = check_response(check_text(row["answer"], where, "answer"), where, "answer")
+    check_turns_before_answer(prompt, answer, where, "answer")
+    return {"prompt": prompt, "answer": answer}
+
+
 def read_answers(path):
-    """(prompts, answers) from a JSONL file of {prompt, answer} rows; errors name file and line."""
-    prompts, answers, first = [], [], True
-    for where, line in read_lines(path, "--answers_file"):
-        if not line.strip():
-            continue
-        # read as train.py reads a data line: 'FILE:N: malformed JSON (... at column C)', where
-        # json.loads's own message ('line 1 column C (char C-1)') gave a second, contradictory line
-        try:
-            r = parse_line(path, line, where, first)
-        except DataError as e:
-            sys.exit(f"error: --answers_file {e}")
-        first = False
-        try:
-            prompt, answer = r["prompt"], r["answer"]
-        except (KeyError, TypeError) as e:
-            sys.exit(f"error: {where}: need a JSON object with 'prompt' and 'answer' ({e})")
-        try:                             # what MetaAligner's template reads, checked as data rows are
-            prompt = check_text(prompt, where, "prompt")
-            answer = check_response(check_text(answer, where, "answer"), where, "answer")
-            check_turns_before_answer(prompt, answer, where, "answer")
-        except DataError as e:
-            sys.exit(f"error: {e}")
-        prompts.append(prompt)
-        answers.append(answer)
-    if not prompts:
-        sys.exit(f"error: --answers_file {path}: no rows to correct")
-    return prompts, answers
+    """(prompts, answers) from a JSONL file of {prompt, answer} rows, read as train.py reads its data
+    (nanoalign/data.py read_jsonl: a BOM, blank lines, errors naming file and line)."""
+    try:
+        rows, _ = read_jsonl(path, answer_row)
+    except DataError as e:
+        sys.exit(f"error: --answers_file {e}")
+    return [r["prompt"] for r in rows], [r["answer"] for r in rows]
 
 
 @contextlib.contextmanager

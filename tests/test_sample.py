@@ -325,20 +325,23 @@ def test_answers_file_rows_are_checked_and_read_as_utf8(tmp_path, capsys, monkey
     assert run_aligner(tmp_path, [{"prompt": "q", "answer": "a"}, {"prompt": chat, "answer": reply}],
                        capsys, monkeypatch) == [("q", "a"), (chat, reply)]   # messages, as template reads
     assert run_aligner(tmp_path, [{"prompt": "q", "answer": "a"}, {"prompt": "q", "answer": 2}],
-                       capsys, monkeypatch) == (f"error: {f}:2: field 'answer' must be a string or a "
+                       capsys, monkeypatch) == (f"error: --answers_file {f}:2: field 'answer' must be a string or a "
                                                 f"list of {{\"role\", \"content\"}} messages, got int")
     assert run_aligner(tmp_path, [{"prompt": 7, "answer": "a"}], capsys, monkeypatch).startswith(
-        f"error: {f}:1: field 'prompt' must be a string")
+        f"error: --answers_file {f}:1: field 'prompt' must be a string")
     assert run_aligner(tmp_path, [{"prompt": "q", "answer": chat}], capsys, monkeypatch).startswith(
-        f"error: {f}:1: field 'answer' is a message list with no assistant message")   # no answer in it
+        f"error: --answers_file {f}:1: field 'answer' is a message list with no assistant message")   # no answer in it
     # a turn after the answer is not corrected (the aligner reads the last assistant message); the
     # error, shared with training's rows, said it "would not be trained", where nothing is trained
     assert run_aligner(tmp_path, [{"prompt": "q", "answer": reply + chat}], capsys, monkeypatch) == (
-        f"error: {f}:1: field 'answer' ends with a 'user' message: the response is the last assistant "
+        f"error: --answers_file {f}:1: field 'answer' ends with a 'user' message: the response is the last assistant "
         f"message (message 1), and the turns after it, from message 2, would be ignored; end the list "
         f"at the response")
     assert run_aligner(tmp_path, None, capsys, monkeypatch, raw=b"\n") == \
-        f"error: --answers_file {f}: no rows to correct"
+        f"error: --answers_file {f}: no usable rows: the file is empty (or blank lines only)"
+    assert run_aligner(tmp_path, [{"prompt": "q", "anwser": "a"}], capsys, monkeypatch) == (
+        f"error: --answers_file {f}:1: missing field 'answer' (an --answers_file row needs prompt, answer); "
+        f"the row has 'anwser': did you mean 'answer'?")
     bom = "\ufeff" + json.dumps({"prompt": "q", "answer": "a"}) + "\n"
     assert run_aligner(tmp_path, None, capsys, monkeypatch, raw=bom.encode()) == [("q", "a")]
     latin1 = (json.dumps({"prompt": "q", "answer": "a"}) + "\n" + '{"prompt": "caf\xe9", "answer": "a"}\n')
@@ -375,7 +378,7 @@ def test_an_answer_whose_turns_before_it_are_not_its_prompt_is_refused(tmp_path,
     reply = [{"role": "assistant", "content": "4"}]
     joke = [{"role": "user", "content": "Tell me a joke"}]
     assert run_aligner(tmp_path, [{"prompt": "q", "answer": joke + reply}], capsys, monkeypatch) == (
-        f"error: {f}:1: field 'answer': the messages before its answer are not the 'prompt' field's "
+        f"error: --answers_file {f}:1: field 'answer': the messages before its answer are not the 'prompt' field's "
         f"conversation (from message 1), and would be ignored (the answer goes after 'prompt'); give "
         f"'answer' as the answer alone, or as the prompt's messages then the answer")
     assert run_aligner(tmp_path, [{"prompt": "q", "answer": chat + reply}, {"prompt": chat, "answer": chat + reply}],
