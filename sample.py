@@ -48,9 +48,9 @@ from model.checkpoint import CheckpointError, load, read_json
 from model.tokenizer import NoChatTemplate
 from model.generate import generate
 from nanoalign.checkpoint import trained_config
-from nanoalign.onpolicy import judging_overridden, kept_principles, sample as sample_responses
+from nanoalign.onpolicy import judging_overridden, principles_for, sample as sample_responses
 from nanoalign.judge import (JUDGE_TEMPLATE, LIKELIHOOD, LIKELIHOODS, TEMPLATES, JudgeError, best_of,
-                             check_template, judging, parse_principles, recorded_judging)
+                             check_template, judging, recorded_judging)
 from nanoalign.meta_aligner import OBJECTIVES_FILE, correct, parse_objectives
 from nanoalign.compute import FAST_MIN_PARAMS, autocast, device_problem
 from model.chat_template import CHAT_FORMAT_HELP, CHAT_FORMATS
@@ -473,10 +473,7 @@ def best_of_main(a, model, tok, prompts):
     try:          # --judge_template / --likelihood, else as the checkpoint records, else the default
         used = judging(a.init_from, {"judge_template": a.judge_template, "likelihood": a.likelihood})
         t, likelihood = check_template(tok, TEMPLATES[used["judge_template"]]), used["likelihood"]
-        principles = None
-        if "{principle}" in t.user:
-            principles = (parse_principles(a.principles) if a.principles
-                          else kept_principles(t, a.init_from))
+        principles = principles_for(t, a.principles, a.init_from)
     except JudgeError as e:
         sys.exit(f"error: {e}")
     if note := judging_overridden(a.init_from, recorded_judging(a.init_from), used):

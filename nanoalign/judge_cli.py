@@ -30,8 +30,8 @@ from model.tokenizer import NoChatTemplate, answer_text
 from nanoalign.compute import device_problem
 from nanoalign.data import read_jsonl
 from nanoalign.judge import (LIKELIHOODS, TEMPLATES, JudgeError, check_template, judge_pairs, judging,
-                             parse_principles, recorded_judging)
-from nanoalign.onpolicy import PRINCIPLES_FILE, judging_overridden, kept_principles
+                             recorded_judging)
+from nanoalign.onpolicy import PRINCIPLES_FILE, judging_overridden, principles_for
 from nanoalign.rows import read_pair
 from nanoalign.textfile import DataError
 
@@ -80,18 +80,14 @@ def read_pairs(path):
             for r in rows]
 
 
-def principles_for(a, t):
-    """[(name, description)] a principle template judges under: --principles, else those kept in the
-    checkpoint (its principles.json: a principle-aware JSFT run's), as sample.py --best_of; None for a
-    template without principles. Kept ones are named on stderr: the user gave none."""
-    if "{principle}" not in t.user:
-        return None
-    if a.principles:
-        return parse_principles(a.principles)
-    kept = kept_principles(t, a.init_from)
-    print(f"--- judging under principles {', '.join(n for n, _ in kept)} (those kept in the checkpoint: "
-          f"{os.path.join(a.init_from, PRINCIPLES_FILE)})", file=sys.stderr)
-    return kept
+def principles_of(a, t):
+    """onpolicy.principles_for, as sample.py --best_of asks it; kept principles are named on stderr:
+    the user gave none."""
+    principles = principles_for(t, a.principles, a.init_from)
+    if principles is not None and not a.principles:
+        print(f"--- judging under principles {', '.join(n for n, _ in principles)} (those kept in the "
+              f"checkpoint: {os.path.join(a.init_from, PRINCIPLES_FILE)})", file=sys.stderr)
+    return principles
 
 
 def main(argv=None):
@@ -106,7 +102,7 @@ def main(argv=None):
         if note := judging_overridden(a.init_from, recorded_judging(a.init_from), used):
             print(note, file=sys.stderr)        # obeyed, but a template it never saw may judge near chance
         t = TEMPLATES[used["judge_template"]]
-        principles = principles_for(a, t)
+        principles = principles_of(a, t)
         pairs = read_pairs(a.pairs)             # a bad row said in a second, not after a large model loads
         model, tok = load(a.init_from, torch.float32, a.device, a.chat_format or None)
         if tok.template is None:                # said naming this flag, not load()'s argument

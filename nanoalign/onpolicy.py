@@ -165,14 +165,26 @@ def template_of(cfg, tok):
     return check_template(tok, TEMPLATES[cfg.judge_template])
 
 
-def principles_of(cfg, t):
-    """[(name, description)] a principle template judges under: --principles, else the judge
-    checkpoint's principles.json; None for a template without principles."""
+def principles_for(t, given, ckpt_dir):
+    """[(name, description)] judge template t judges under: `given` (--principles, 'name:description,...'),
+    else the principles kept with the judge's checkpoint `ckpt_dir` (kept_principles); None for a
+    template without principles, where --principles is refused: it would be ignored, the pairs
+    judged under none of the principles it names. The on-policy methods, sample.py --best_of and the
+    judge's command line all ask this."""
     if "{principle}" not in t.user:
+        if given:
+            names = ", ".join(n for n, x in TEMPLATES.items() if "{principle}" in x.user)
+            raise JudgeError(f"--principles applies to a principle template ({names}); judge template "
+                             f"'{t.name}' judges without principles")
         return None
-    if cfg.principles:
-        return parse_principles(cfg.principles)
-    return kept_principles(t, cfg.judge_from or cfg.init_from)
+    if given:
+        return parse_principles(given)
+    return kept_principles(t, ckpt_dir)
+
+
+def principles_of(cfg, t):
+    """The principles an on-policy run judges under: its judge's (--judge_from, else --init_from)."""
+    return principles_for(t, cfg.principles, cfg.judge_from or cfg.init_from)
 
 
 def kept_principles(t, ckpt_dir):

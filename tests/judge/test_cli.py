@@ -252,6 +252,37 @@ def test_a_principle_judge_judges_under_the_principles_kept_in_its_checkpoint(pr
                             f"not exist)")
 
 
+def test_principles_given_to_a_template_without_principles_are_refused_in_every_tool(judge_dir, tmp_path):
+    """--principles beside a template that has no {principle} in it was ignored without a word, in
+    the judge's command line, sample.py --best_of and the on-policy methods: the pairs were judged
+    under none of the principles named. Each refuses it in the same words."""
+    import argparse
+    import sample
+    from model.checkpoint import load
+    from nanoalign import onpolicy
+    from nanoalign.judge import TEMPLATES, JudgeError
+    from nanoalign.judge_cli import main
+    names = ", ".join(n for n, t in TEMPLATES.items() if "{principle}" in t.user)
+    want = f"--principles applies to a principle template ({names}); judge template 'compact' judges without principles"
+    assert "compact_principle" in names and "'compact'" not in names
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--init_from", judge_dir, "--pairs", str(f), "--judge_template", "compact", "--principles", "a:b"])
+    assert str(e.value) == f"error: {want}"
+    a = sample.parse_args(["--init_from", judge_dir, "--prompt", "q", "--best_of", "2", "--device", "cpu",
+                           "--judge_template", "compact", "--principles", "a:b"])
+    model, tok = load(judge_dir)
+    with pytest.raises(SystemExit) as e:
+        sample.best_of_main(a, model, tok, ["q"])
+    assert str(e.value) == f"error: {want}"
+    cfg = argparse.Namespace(principles="a:b", judge_from="", init_from=judge_dir)
+    with pytest.raises(JudgeError) as e:
+        onpolicy.principles_of(cfg, TEMPLATES["compact"])
+    assert str(e.value) == want
+    assert onpolicy.principles_of(cfg, TEMPLATES["compact_principle"]) == [("a", "b")]
+
+
 def test_the_judge_loads_on_the_device_it_is_given(judge_dir, tmp_path, monkeypatch, capsys):
     import torch
     import nanoalign.judge_cli as judge
