@@ -59,14 +59,22 @@ def test_left_padded_batch_equals_one_at_a_time(lens, seed, cfg):
     assert all(greedy_equal_up_to_ties(m, p, b, s) for p, b, s in zip(prompts, batched, single))
 
 
-def test_each_row_stops_at_its_own_eos():
-    m = tiny(3)
-    with torch.no_grad():  # make token 2 (EOS) the greedy choice after token 7 only
-        m.lm_head.weight[2] = 0
-    prompts = [[5, 6, 7], [5, 6, 8]]
+@pytest.mark.parametrize("seed, k", [(3, 2), (4, 0), (8, 5)])     # the 3rd, 1st and last step
+def test_each_row_stops_at_its_own_eos(seed, k):
+    """EOS (token 2) is made the greedy choice exactly where a token `tgt` would be, the token row 0
+    emits at step k: its lm_head row set to 1.001 x tgt's, so 2 wins wherever tgt would have (its
+    logit is the larger of the two whenever tgt's is positive, as a greedy winner's is here).
+    Row 0 then stops there, its EOS kept and nothing after it; row 1, which never emits tgt, decodes
+    on as if no EOS were asked for. (The test it replaces zeroed EOS's row and so never saw an EOS.)"""
+    m = tiny(seed)
+    prompts = [[5, 6, 7], [5, 6, 8, 9]]
+    free = generate(m, prompts, 6, eos_ids=[], temperature=0, pad_id=0)
+    tgt = free[0][k]
+    assert tgt not in free[0][:k] and tgt not in free[1] and tgt != 2    # what the seeds were chosen for
+    with torch.no_grad():
+        m.lm_head.weight[2] = 1.001 * m.lm_head.weight[tgt]
     out = generate(m, prompts, 6, eos_ids=[2], temperature=0, pad_id=0)
-    for o in out:
-        assert 2 not in o[:-1]        # nothing is emitted after a row's EOS
+    assert out == [free[0][:k] + [2], free[1]]
 
 
 # -- bad input: one clear error naming the file and the field or tensor --------------------------
