@@ -44,6 +44,27 @@ def test_lora_at_init_is_the_base_model(r, alpha, t, seed):
         assert torch.equal(lora.logits(lora(x)), base.logits(base(x)))
 
 
+@settings(max_examples=20, deadline=None)
+@given(r=st.integers(1, 8), alpha=st.sampled_from([1.0, 8.0, 16.0, 32.0]), n=st.integers(1, 5),
+       seed=st.integers(0, 100))
+def test_an_adapted_linear_is_w_plus_alpha_over_r_times_b_a(r, alpha, n, seed):
+    """Hu et al. (LoRA, arXiv:2106.09685, eq. 3): h = W x + (alpha / r) B A x. Computed here in float64
+    from the layer's own A and B, made non-zero (at init B = 0 hides the scale), for the forward and
+    for merged_weight, which a merged checkpoint is saved from. alpha != r in most draws, so a scale
+    of alpha, or of 1, or of r / alpha, fails."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.Linear(12, 7, bias=False)
+    layer = LoRALinear(base, r, alpha, 0.0)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(7, r, generator=g))
+    x = torch.randn(n, 12, generator=g)
+    W, A, B = (t.detach().double() for t in (base.weight, layer.lora_A, layer.lora_B))
+    want = x.double() @ (W + (alpha / r) * B @ A).T                      # (n, 7)
+    with torch.no_grad():
+        assert torch.allclose(layer(x).double(), want, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(layer.merged_weight().double(), W + (alpha / r) * B @ A, rtol=1e-5, atol=1e-6)
+
+
 @settings(max_examples=5, deadline=None)
 @given(r=st.integers(1, 8), t=targets, seed=st.integers(0, 100))
 def test_only_adapters_get_gradients(r, t, seed):
