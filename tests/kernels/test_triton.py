@@ -4,11 +4,11 @@ interpreter (conftest.py sets TRITON_INTERPRET=1), so shapes stay small; on a GP
 tested in tests/kernels/test_reference.py, which needs no Triton."""
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from kernels.odds_ratio import odds_ratio_loss
 from kernels.seq_logprob import sequence_logprob
-from nanoalign.testing import logps
+from nanoalign.testing import LOGP_MIN, logps
 from tests.helpers import grads, rel_err
 from tests.kernels.test_reference import (DEVICE, check_frozen_head, check_odds_ratio_formula,
                                           check_odds_ratio_z_gradient, check_single_token_and_fully_masked,
@@ -56,15 +56,27 @@ def test_a_frozen_head_gets_no_gradient_and_costs_no_product():
 
 # -- odds ratio ---------------------------------------------------------------------------------
 @given(lw=st.lists(logps(), min_size=1, max_size=9), ll=st.lists(logps(), min_size=9, max_size=9),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
-def test_odds_ratio_finite_and_kernel_matches_reference(lw, ll, dtype):
-    aw = torch.tensor(lw).to(dtype).to(DEVICE).requires_grad_()
-    al = torch.tensor(ll[:len(lw)]).to(dtype).to(DEVICE).requires_grad_()
+       n=st.integers(1, 300), column=st.booleans(), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+@example(lw=[-1.0], ll=[-2.0] * 9, n=129, column=False, dtype=torch.float32)   # the kernel's BLOCK is 128:
+@example(lw=[-1.0], ll=[-2.0] * 9, n=128, column=True, dtype=torch.float32)    # one block, a block and one,
+@example(lw=[-1.0], ll=[-2.0] * 9, n=257, column=False, dtype=torch.bfloat16)  # three blocks
+def test_odds_ratio_finite_and_kernel_matches_reference(lw, ll, n, column, dtype):
+    """The drawn log-probs (edges: near 0, near LOGP_MIN) lead a batch of n, the rest uniform in
+    [LOGP_MIN, 0), so a batch spans several of the kernel's 128-wide blocks (one that read block 0
+    for every block passed at n <= 9); `column`: the (B, 1) shape a caller may hand in."""
+    k = min(len(lw), n)
+    rest = torch.rand(2, n - k, generator=torch.Generator().manual_seed(n), dtype=torch.float64) * LOGP_MIN
+    aw, al = (torch.cat([torch.tensor(v[:k], dtype=torch.float64), r]).to(dtype).to(DEVICE)
+              for v, r in ((lw, rest[0]), (ll[:len(lw)], rest[1])))
+    if column:
+        aw, al = aw[:, None], al[:, None]                      # (B, 1)
+    aw, al = aw.requires_grad_(), al.requires_grad_()
     out = {}
     g = torch.Generator().manual_seed(len(lw))
-    up_loss, up_z = (torch.randn(len(lw), generator=g).to(DEVICE) for _ in range(2))
+    up_loss, up_z = (torch.randn(aw.shape, generator=g).to(DEVICE) for _ in range(2))
     for b in ("triton", "torch"):
         loss, z = odds_ratio_loss(aw, al, backend=b)
+        assert loss.shape == z.shape == aw.shape, b
         # an upstream gradient through both outputs at once, not all ones (the conjoined loss uses z)
         gw, gl = torch.autograd.grad((loss * up_loss).sum() + (z * up_z).sum(), [aw, al])
         for t in (loss, z, gw, gl):
