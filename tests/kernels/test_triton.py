@@ -15,10 +15,13 @@ from tests.kernels.test_reference import (DEVICE, check_frozen_head, check_odds_
                                           inputs, shapes)
 
 triton = pytest.importorskip("triton")
-TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}   # relative, as the issue states
+# relative: float32 and bf16 as the issue states; float16 (10 mantissa bits to bf16's 7: 8x finer
+# steps) an eighth of bf16's. The library trains in float32 or bf16; a float16 checkpoint's weights
+# reach the kernels only through a caller of its own, and the kernels take it as they take bf16
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2.5e-3}
 
 
-@given(shape=shapes, dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+@given(shape=shapes, dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
        reduction=st.sampled_from(["sum", "mean", "none"]), seed=st.integers(0, 10_000),
        masked_row=st.booleans(), chunk=st.integers(1, 16))
 def test_triton_matches_reference(shape, dtype, reduction, seed, masked_row, chunk):
