@@ -300,17 +300,24 @@ def mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs, prompt_loss=Fals
 
 
 MO = ["scalarization", "conjoined", "conditional", "epoch_by_epoch", "task_by_task", "sj_sft"]
+# an epoch inside one of 4, away from its ends (a float draw lands on a whole epoch almost never, and
+# `assume`-ing the whole ones away threw out 35-50% of the draws)
+EPOCH_INSIDE = st.builds(lambda k, f: k + f, st.integers(0, 3), st.floats(0.01, 0.99))
 
 
 @settings(max_examples=examples(12))
 @pytest.mark.parametrize("kind", MO)
 @given(model=tiny_models(), batch=mo_batches(), lam=st.floats(0.05, 2.0), w1=st.floats(0.1, 0.9),
-       w2=st.floats(0.1, 0.9), epoch=st.floats(0, 3.99), prompt_loss=st.booleans())
+       w2=st.floats(0.1, 0.9), epoch=st.one_of(st.integers(0, 3).map(float), EPOCH_INSIDE),
+       prompt_loss=st.booleans())
 def test_mo_orpo_variants_match_the_paper(kind, model, batch, lam, w1, w2, epoch, prompt_loss):
+    """Each variant's loss and metrics against mo_expected, the paper's equations written out. Half
+    the epochs drawn are whole (0, 1, 2, 3: the phase boundaries, where a schedule's half-open
+    rule decides: epoch 2.0 is the epoch_by_epoch schedule's third epoch, self-judgement, and the
+    task_by_task schedule's second half), half inside an epoch."""
     epochs = 4.0
     want, want_m, z_sj = mo_expected(kind, model, batch, lam, w1, w2, epoch, epochs, prompt_loss)
     assume(all(abs(z) > 1e-4 for z in z_sj))            # the conditional's z_sj < 0 is unambiguous
-    assume(abs(epoch - round(epoch)) > 1e-6 and abs(epoch - epochs / 2) > 1e-6)
     # chosen and rejected of either task exchanged must change the answer
     for task in ("align", "sj"):
         ex2 = [{**e, task: swapped([e[task]])[0]} for e in batch["examples"]]
