@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import train
 from nanoalign.dpo import dpo_loss
@@ -60,18 +60,25 @@ def test_swapping_the_pair_and_the_target_changes_nothing(a, b, c, d, p, be):
     assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
 
 
-@given(st.lists(st.floats(0, 1), min_size=2, max_size=15, unique=True))
-def test_ranked_pairing(scores):
+@given(st.lists(st.sampled_from([0.0, 0.2, 0.5, 0.5, 0.9, 1.0]) | st.floats(0, 1), min_size=1, max_size=15))
+@example([0.5, 0.5, 0.5])                   # all tied, odd: one pair, one left out
+@example([0.7])                             # one sample: no pair
+def test_ranked_pairing_pairs_the_ith_best_with_the_ith_worst(scores):
+    """K samples give K // 2 disjoint pairs (y_h, y_l); pair i's scores are the i-th highest and the
+    i-th lowest, so s(y_h) >= s(y_l) and the gap narrows from pair to pair; an odd K leaves out a
+    sample of the median score. Said of scores, not indices: among tied samples any may be taken."""
     K = len(scores)
     pairs = ranked_pairs(scores)
     assert len(pairs) == K // 2
     used = [i for pr in pairs for i in pr]
-    assert len(set(used)) == len(used)                   # disjoint
-    by_rank = sorted(range(K), key=lambda i: -scores[i])
-    for i, (hi, lo) in enumerate(pairs):
-        assert hi == by_rank[i] and lo == by_rank[K - 1 - i]
+    assert len(set(used)) == len(used) and all(0 <= i < K for i in used)     # disjoint, real samples
+    desc = sorted(scores, reverse=True)
+    assert [(scores[h], scores[lo]) for h, lo in pairs] == [(desc[i], desc[K - 1 - i]) for i in range(K // 2)]
+    gaps = [scores[h] - scores[lo] for h, lo in pairs]
+    assert all(g >= 0 for g in gaps) and gaps == sorted(gaps, reverse=True)
     if K % 2:
-        assert by_rank[K // 2] not in used               # the median sample is left out
+        left = set(range(K)) - set(used)
+        assert [scores[i] for i in left] == [desc[K // 2]]                   # the median sample
 
 
 @given(st.integers(2, 15), st.integers(0, 1000))
