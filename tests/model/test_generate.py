@@ -65,7 +65,8 @@ def test_each_row_stops_at_its_own_eos(seed, k):
     emits at step k: its lm_head row set to 1.001 x tgt's, so 2 wins wherever tgt would have (its
     logit is the larger of the two whenever tgt's is positive, as a greedy winner's is here).
     Row 0 then stops there, its EOS kept and nothing after it; row 1, which never emits tgt, decodes
-    on as if no EOS were asked for. (The test it replaces zeroed EOS's row and so never saw an EOS.)"""
+    on as if no EOS were asked for; a batch whose rows are all done decodes no further. (The test
+    this replaces zeroed EOS's row and so never saw an EOS.)"""
     m = tiny(seed)
     prompts = [[5, 6, 7], [5, 6, 8, 9]]
     free = generate(m, prompts, 6, eos_ids=[], temperature=0, pad_id=0)
@@ -75,6 +76,12 @@ def test_each_row_stops_at_its_own_eos(seed, k):
         m.lm_head.weight[2] = 1.001 * m.lm_head.weight[tgt]
     out = generate(m, prompts, 6, eos_ids=[2], temperature=0, pad_id=0)
     assert out == [free[0][:k] + [2], free[1]]
+    # alone, row 0 stops decoding at its EOS: the prompt's forward and one per token before the EOS
+    calls = []
+    hook = m.register_forward_hook(lambda *_: calls.append(1))
+    assert generate(m, prompts[:1], 6, eos_ids=[2], temperature=0, pad_id=0) == [free[0][:k] + [2]]
+    hook.remove()
+    assert len(calls) == k + 1
 
 
 # -- bad input: one clear error naming the file and the field or tensor --------------------------
