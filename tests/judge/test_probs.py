@@ -270,34 +270,7 @@ def test_tournament_finds_the_top_of_a_total_order(ranks):
     assert len(calls) == (n - 1).bit_length()            # one batched call per round
 
 
-# -- the win rate by hand; a judge scores in eval mode ----------------------------------------------------
-def win_rate_by_hand(ps):
-    """The rule as the Self-Judge paper states it, for one pair: prefer a when it wins under more than
-    half of the principles; on an even split, when its mean probability is >= 1/2."""
-    wins = sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in ps)
-    if wins * 2 != len(ps):
-        return wins * 2 > len(ps)
-    return sum(ps) / len(ps) >= 0.5
-
-
-@given(st.lists(st.lists(st.sampled_from([0.1, 0.3, 0.5, 0.6, 0.9, 0.99]), min_size=1, max_size=5),
-                min_size=1, max_size=6))
-def test_win_rate_decides_by_win_rate_then_mean_likelihood(cols):
-    K = len(cols[0])
-    cols = [c[:K] + [0.5] * (K - len(c)) for c in cols]                  # (N pairs, K principles)
-    P = torch.tensor(cols, dtype=torch.float64).T                        # (K, N)
-    p = judge.win_rate(P)
-    for i, col in enumerate(cols):
-        assert bool(p[i] >= 0.5) == win_rate_by_hand(col), (col, float(p[i]))
-
-
-def test_win_rate_breaks_an_even_split_by_mean_likelihood():
-    # two principles each way: a wins under 2, b under 2; the mean probability decides
-    P = torch.tensor([[0.9, 0.6], [0.8, 0.55], [0.4, 0.1], [0.45, 0.2]])   # (K=4, N=2)
-    p = judge.win_rate(P)
-    assert p[0] >= 0.5 and p[1] < 0.5        # means 0.6375 and 0.3625
-
-
+# -- a judge scores in eval mode ---------------------------------------------------------------------
 def test_a_lora_judge_with_dropout_gives_the_same_probabilities_twice():
     tok = task.build_tokenizer()
     model = tiny(0, vocab_size=264, max_seq_len=256)

@@ -95,21 +95,6 @@ def test_scalarization_with_w1_one_equals_orpo():
         assert torch.allclose(x, y, atol=1e-7)
 
 
-@pytest.mark.parametrize("method", ["conjoined", "conditional"])
-def test_mo_grad_accumulation_equals_one_big_batch(method):
-    m, cfg, model = REGISTRY[method], train.make_config(method=method, w1=0.7, w2=0.3), small_model()
-    tok = task.build_tokenizer()
-    rows = attach_sj(task.preference_rows(8, 0), 0, "train")
-    ex, _ = tokenize_rows(rows, tok, "mo", 128, sj_max_length=384)
-    train.accumulate_gradients(model, m, [make_batch(ex, "mo", tok.pad_id)], None, cfg)
-    one = grads_of(model)
-    model.zero_grad()
-    train.accumulate_gradients(model, m, [make_batch(ex[i:i + 2], "mo", tok.pad_id)
-                                          for i in range(0, 8, 2)], None, cfg)
-    for a, b in zip(one, grads_of(model)):
-        assert (a - b).abs().max().item() <= 1e-6
-
-
 # -- the self-judgement transform ---------------------------------------------------------------
 text = st.text(alphabet="abcdefgh 0123456789.", min_size=1, max_size=20)
 

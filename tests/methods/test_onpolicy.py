@@ -378,7 +378,7 @@ def test_a_judge_that_cannot_render_its_prompts_is_refused_at_start_up():
     cannot be bridged: one error naming why, before any step."""
     from model.chat_template import ChatTemplate
     from model.checkpoint import CheckpointError
-    tok, rows = task.build_tokenizer(), [{"prompt": "q"}]
+    tok = task.build_tokenizer()
     bare = char_tokenizer()
     bare.template = None                                 # a checkpoint with no template of its own
     with pytest.raises(CheckpointError, match="no chat template"):

@@ -5,7 +5,6 @@ import json
 import os
 import random
 import statistics
-import types
 from itertools import permutations
 
 import pytest

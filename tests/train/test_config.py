@@ -382,6 +382,6 @@ def test_help_says_an_on_policy_judge_takes_its_checkpoints_template_and_rule(ca
             assert "(default: 'compact'; one of hh," in lines["--judge_template"]
             continue
         for flag, fallback in (("--judge_template", "compact"), ("--likelihood", rule)):
-            assert f"(default: ''; one of ''," in lines[flag], lines[flag]
+            assert "(default: ''; one of ''," in lines[flag], lines[flag]
             assert "'' = " in lines[flag] and "--judge_from" in lines[flag] and "state.json" in lines[flag]
             assert f"else '{fallback}'" in lines[flag], lines[flag]
