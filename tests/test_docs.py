@@ -38,13 +38,10 @@ import warnings
 import pytest
 from hypothesis import Phase, settings
 
-from tests.helpers import ROOT, one_thread
+from tests.helpers import ROOT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SKIP_DIRS = {".git", "out", "checkpoints", "logs", "__pycache__", ".pytest_cache", ".hypothesis",

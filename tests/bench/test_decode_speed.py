@@ -1,23 +1,21 @@
 """bench/decode_speed.py's --products harness: it times the decode step's packed products of a
 checkpoint and prints a row per batch size and dtype. Its numbers are not tested; that it still runs
 after the code under it (model/cpu_pack.py) moved is."""
-import os
 import subprocess
 import sys
 
 import pytest
 
 from model.checkpoint import save_model
-from tests.helpers import byte_tokenizer, tiny
+from tests.helpers import ROOT, byte_tokenizer, tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_products_prints_a_row_per_batch_and_dtype(tmp_path):
     save_model(tiny(vocab_size=byte_tokenizer().vocab_size), str(tmp_path), byte_tokenizer())
     r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--init_from",
                         str(tmp_path), "--batches", "1,3", "--threads", "1", "--device", "cpu"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split() for line in r.stdout.splitlines()
             if line.split()[:1] in (["1"], ["3"]) and len(line.split()) == 6]
@@ -29,14 +27,14 @@ def test_products_prints_a_row_per_batch_and_dtype(tmp_path):
 
 def test_products_refuses_a_gpu_run():
     r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--device", "cuda"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--device cpu only" in r.stderr, r.stderr[-2000:]
 
 
 def test_products_refuses_no_timed_pass():
     """--reps 0 is an error, not the default in disguise (and no min() over zero passes)."""
     r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--reps", "0"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--reps 0: at least one timed pass" in r.stderr, r.stderr[-2000:]
 
 
@@ -47,7 +45,7 @@ def test_an_unknown_setting_is_refused_with_the_known_ones(flag, value, known, t
     the flag or its settings. A missing --init_from: the run fails at once if the flag is let by."""
     r = subprocess.run([sys.executable, "-m", "bench.decode_speed", "--products", "--init_from",
                         str(tmp_path / "missing"), flag, f"{value},{known.split(', ')[0]}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"{flag} '{value}'" in r.stderr and known in r.stderr, r.stderr[-2000:]
 
 

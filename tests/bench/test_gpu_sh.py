@@ -6,7 +6,7 @@ import re
 import subprocess
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import ROOT
 
 
 def test_steps_share_the_budget_and_the_last_are_skipped(tmp_path):
@@ -15,7 +15,7 @@ def test_steps_share_the_budget_and_the_last_are_skipped(tmp_path):
                     "sleep 3\n")
     stub.chmod(0o755)
     t0 = time.time()
-    r = subprocess.run(["bash", "bench/gpu.sh", "--budget", "45"], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run(["bash", "bench/gpu.sh", "--budget", "45"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     took = time.time() - t0
     assert r.returncode == 0, r.stdout + r.stderr
@@ -31,7 +31,7 @@ def test_without_a_budget_each_step_has_its_own_limit(tmp_path):
     stub = tmp_path / "python"
     stub.write_text("#!/bin/sh\n[ $# -eq 1 ] && [ \"$1\" = - ] && { cat >/dev/null; echo '== stub'; exit 0; }\n")
     stub.chmod(0o755)
-    r = subprocess.run(["bash", "bench/gpu.sh", "--steps", "1,2,6"], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run(["bash", "bench/gpu.sh", "--steps", "1,2,6"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert [int(n) for n in re.findall(r"\(limit (\d+)s\)$", r.stdout, re.M)] == [120, 300, 300], r.stdout

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import ROOT
 
 
 def test_the_tiny_preset_runs_our_step_and_prints_its_row():
     r = subprocess.run([sys.executable, "-m", "bench.train_speed", "--preset", "tiny", "--methods",
                         "orpo,dpo", "--trl_python", "", "--threads", "1"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split() for line in r.stdout.splitlines() if line.split()[:2] in (["orpo", "ours"],
                                                                                   ["dpo", "ours"])]
@@ -113,7 +113,7 @@ def test_stopped_by_sigterm_it_prints_the_rows_measured_so_far():
     import signal
     p = subprocess.Popen(["timeout", "600", sys.executable, "-m", "bench.train_speed", "--preset", "tiny",
                           "--methods", "orpo,dpo", "--trl_python", "", "--threads", "1"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stderr:                    # the first row is measured: stop the run
             if line.startswith("  orpo ours"):
@@ -175,7 +175,7 @@ def test_the_largest_batch_searches_come_after_every_timed_row(monkeypatch, tmp_
 
 def test_largest_batch_only_needs_a_preset_that_searches():
     r = subprocess.run([sys.executable, "-m", "bench.train_speed", "--preset", "tiny", "--largest_batch",
-                        "only", "--trl_python", ""], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "only", "--trl_python", ""], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--largest_batch only: the preset 'tiny'" in r.stderr, r.stderr[-2000:]
 
 

@@ -2,16 +2,15 @@
 out here), and the largest differences it reports. The agreement itself is measured, not tested: TRL
 is not installed in the test environment (docs/performance.md has the run)."""
 import math
-import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import ROOT
 
 
 def test_the_tiny_preset_prints_our_steps_starting_at_dpos_known_loss():
     r = subprocess.run([sys.executable, "-m", "bench.trl_parity", "--preset", "tiny", "--steps", "2",
-                        "--trl_python", ""], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--trl_python", ""], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split() for line in r.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [row[0] for row in rows] == ["1", "2"], r.stdout
@@ -34,7 +33,7 @@ def test_a_failed_trl_side_is_said_and_is_not_a_success():
     """TRL's child failing (here an interpreter that exits 1 at once) prints ours, says why TRL's
     side is missing, compares nothing, and exits 1: a script run for a comparison did not give one."""
     r = subprocess.run([sys.executable, "-m", "bench.trl_parity", "--preset", "tiny", "--steps", "1",
-                        "--trl_python", "/bin/false"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--trl_python", "/bin/false"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr[-2000:]
     assert "TRL's side: exit 1" in r.stdout and "largest difference" not in r.stdout, r.stdout
 
@@ -43,7 +42,7 @@ def test_sft_trains_on_trls_prompt_completion_rows():
     """--method sft writes the rows as TRL's SFTTrainer takes them ({prompt, completion}), and ours
     reads that file as it is: a positive loss each step, and no margin (DPO's alone)."""
     r = subprocess.run([sys.executable, "-m", "bench.trl_parity", "--preset", "tiny", "--method", "sft",
-                        "--steps", "2", "--trl_python", ""], cwd=REPO, capture_output=True, text=True,
+                        "--steps", "2", "--trl_python", ""], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("SFT, tiny:") and "margin" not in r.stdout, r.stdout

