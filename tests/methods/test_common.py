@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from hypothesis import given, strategies as st
 
 from nanoalign.common import reference_logps
 from nanoalign.data import make_batch
@@ -72,6 +73,28 @@ def test_batch_logps_runs_a_packed_batch_padding_free():
     finally:
         handle.remove()
     assert packed.shape == (3,) and torch.allclose(packed, padded, rtol=1e-4, atol=1e-4)
+
+
+@given(seed=st.integers(0, 1000))
+def test_batch_logps_ignores_targets_outside_the_mask(seed):
+    """Every loss reads log-probs through batch_logps: a target outside the mask (the prompt's, a
+    pad's) changes nothing, one inside it does."""
+    from nanoalign.common import batch_logps
+    from tests.helpers import tiny
+    m = tiny(seed)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 101, (2, 10), generator=g)
+    mask = torch.zeros(2, 10)
+    mask[:, 4:9] = 1                               # targets 4..8 are response tokens
+    batch = {"ids": ids, "attn": torch.ones_like(ids), "targets": torch.roll(ids, -1, 1), "mask": mask}
+    a = batch_logps(m, batch)
+    t2 = batch["targets"].clone()
+    t2[:, :4] = torch.randint(3, 101, (2, 4), generator=g)   # change masked targets only
+    b = batch_logps(m, {**batch, "targets": t2})
+    assert torch.equal(a, b)
+    t3 = batch["targets"].clone()
+    t3[:, 5] = (t3[:, 5] + 1) % 101                           # change a response target
+    assert not torch.equal(a, batch_logps(m, {**batch, "targets": t3}))
 
 
 # -- code that runs at import time, run again at test time ------------------------------------------------
