@@ -1,4 +1,7 @@
-"""The shape of the code: methods live in their own files, layers point down, no import cycles."""
+"""The shape of the code: methods live in their own files, layers point down, no import cycles. A
+method is one file: a toy one registered here, in a test file, trains through train.py's command
+line (with an on-policy round too), and the slips a new method's author makes (a loss that is not
+one number, an option that shadows a shared one, a method file never imported) are said naming it."""
 import ast
 import dataclasses
 import os
