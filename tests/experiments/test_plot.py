@@ -8,9 +8,9 @@ from hypothesis import given, strategies as st
 from experiments.plot import main, pareto
 
 
-# -- schedules, defaults, metrics, the figure's Pareto front --------------------------------------
+# -- the figure's Pareto front, and its command line ----------------------------------------------
 @given(st.lists(st.tuples(st.floats(0, 5), st.floats(0, 5)), min_size=1, max_size=10))
-def test_pareto_front(points):
+def test_the_pareto_front_is_the_points_no_other_point_dominates(points):
     front = set(pareto(points))
     for i, (a, b) in enumerate(points):
         dominated = any(c <= a and d <= b and (c, d) != (a, b) for c, d in points)

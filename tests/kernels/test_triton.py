@@ -37,7 +37,7 @@ def test_triton_matches_reference(shape, dtype, reduction, seed, masked_row, chu
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_many_blocks(dtype):
+def test_triton_matches_reference_over_many_blocks(dtype):
     """Enough tokens for several groups of token blocks in the backward's rasterized grid (and, on
     a GPU, several vocabulary spans in the forward), with a vocabulary no block size divides."""
     h, w, y, m = inputs(4, 70, 64, 1000 if DEVICE == "cuda" else 200, dtype, 3, p_mask=0.8)

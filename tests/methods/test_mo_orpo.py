@@ -135,8 +135,8 @@ def test_long_sj_prompts_are_dropped_and_counted():
     assert dropped == 1 and len(ex) == 4
 
 
-# -- schedules, defaults, metrics, the figure's Pareto front --------------------------------------
-def test_phase_schedules():
+# -- the sequential schedules, the method's defaults, what it logs ---------------------------------
+def test_each_schedule_gives_each_epoch_its_task():
     assert [phase("epoch_by_epoch", e + 0.5, 4) for e in range(4)] == ["sj", "align", "sj", "align"]
     assert [phase("epoch_by_epoch", e + 0.5, 3) for e in range(3)] == ["align", "sj", "align"]
     assert [phase("task_by_task", e + 0.5, 4) for e in range(4)] == ["sj", "sj", "align", "align"]

@@ -20,7 +20,7 @@ def saved(tmp_path):
     return tmp_path
 
 
-def test_missing_config(saved):
+def test_a_checkpoint_without_config_json_names_the_file(saved):
     os.remove(saved / "config.json")
     with pytest.raises(CheckpointError, match=r"config\.json: file not found"):
         load_model(str(saved))
@@ -41,7 +41,7 @@ def test_a_missing_directory_and_a_runs_directory_say_what_they_are(tmp_path):
         load_model(str(tmp_path / "run"))
 
 
-def test_corrupt_config(saved):
+def test_a_config_json_that_is_no_json_names_its_line(saved):
     (saved / "config.json").write_text('{"model_type": "llama",\n  "vocab_size": }')
     with pytest.raises(CheckpointError, match=r"config\.json: invalid JSON at line 2"):
         load_model(str(saved))

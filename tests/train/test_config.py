@@ -31,9 +31,10 @@ from tests.helpers import FIX, _short_run
     (["--min_lr_ratio", "2"], "--min_lr_ratio must be <= 1.0, got 2.0"),          # lr above its peak
     (["--model_preset", "huge"], "--model_preset must be one of tiny, smollm2-135m, mistral-7b, llama3-8b"),
 ])
-def test_bad_flags(argv, pattern, capsys):
-    with pytest.raises(SystemExit):
+def test_a_bad_flag_value_exits_2_saying_what_is_wrong(argv, pattern, capsys):
+    with pytest.raises(SystemExit) as e:
         train.parse_config(argv)
+    assert e.value.code == 2                 # argparse's usage error, as for an unknown flag
     assert pattern in capsys.readouterr().err
 
 
