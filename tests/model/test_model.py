@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 import model.model as model_module
 from model.checkpoint import load_model, save_model
+from model.lora import LoRALinear, apply_lora
 from model.model import RMSNorm, lean, swiglu
-from tests.helpers import spy_on_attention, tiny
+from tests.helpers import ids, spy_on_attention, tiny
 
 CONFIGS = {
     "llama-gqa": dict(n_heads=6, n_kv_heads=2),
@@ -203,6 +204,49 @@ def test_a_training_forward_keeps_neither_the_normalized_rows_nor_silu_gate(monk
     assert all(torch.equal(a, p.grad) for a, p in zip(lean_grads, m.parameters()))
 
 
+# -- activation checkpointing (Transformer.checkpoint_every, train.py --grad_checkpoint) ----------------
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_activation_checkpointing_same_loss_and_grads(lora, every):
+    """Checkpointing every block, every other one, or every third (of 3 blocks: the first alone)
+    gives bitwise the loss and gradients of keeping every activation."""
+    def run(ckpt):
+        torch.manual_seed(0)
+        m = tiny(4, n_layers=3)
+        if lora:
+            apply_lora(m, 4, 16.0, 0.3)                   # dropout: recompute must replay the RNG
+            for x in m.modules():
+                if isinstance(x, LoRALinear):
+                    torch.nn.init.normal_(x.lora_B)
+        m.checkpoint_every = ckpt
+        m.train()
+        torch.manual_seed(1)
+        x = ids(5)
+        loss = torch.nn.functional.cross_entropy(m.logits(m(x[:, :-1])).flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    (l0, g0), (l1, g1) = run(0), run(every)
+    assert l0 == l1 and g0.keys() == g1.keys() and g0
+    for n in g0:
+        assert torch.equal(g0[n], g1[n]), n
+
+
+def test_checkpointing_fewer_blocks_keeps_more_for_backward():
+    """What autograd keeps for backward (bytes of distinct storages, parameters not counted) falls
+    as more blocks are checkpointed: none > every other one > all; and outside training or without
+    a gradient nothing is checkpointed (the same as none)."""
+    m = tiny(0, n_layers=4)
+    x = ids(4)
+
+    def kept(every, train=True):
+        m.checkpoint_every = every
+        m.train(train)
+        return _saved_bytes(m, x)[0]
+    none, half, every_block = kept(0), kept(2), kept(1)
+    assert none > half > every_block > 0
+    assert kept(1, train=False) == kept(0, train=False)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("checkpoint_every", [0, 1, 2])
 @pytest.mark.parametrize("lora", [False, True])
@@ -210,7 +254,6 @@ def test_recompute_in_backward_leaves_every_training_path_bitwise_the_same(packe
                                                                            monkeypatch):
     """Each way train.py trains (packed rows, --grad_checkpoint, LoRA's frozen base with frozen
     norm weights) gives bitwise the gradients of the plain pieces."""
-    from model.lora import apply_lora
     m = tiny()
     if lora:
         m = apply_lora(m, 4, 8.0)         # the base, norms included, frozen; the adapters learn

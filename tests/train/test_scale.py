@@ -1,6 +1,6 @@
-"""Scaling out (nanoalign/dist.py, train.py): activation checkpointing, and DDP / FSDP2 across two CPU
-processes (torchrun): two ranks equal one process with twice the batch, FSDP checkpoints resume
-exactly, the rank's device, and cleanup."""
+"""Scaling out (nanoalign/dist.py, train.py): DDP / FSDP2 across two CPU processes (torchrun): two
+ranks equal one process with twice the batch, FSDP checkpoints resume exactly, the rank's device,
+and cleanup. (Activation checkpointing, the model's, is tested in tests/model/test_model.py.)"""
 import json
 import os
 import subprocess
@@ -10,60 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.lora import LoRALinear, apply_lora
 from nanoalign import REGISTRY, dist
-from tests.helpers import ROOT, ids, tiny
-
-
-@pytest.mark.parametrize("lora", [False, True])
-@pytest.mark.parametrize("every", [1, 2, 3])
-def test_activation_checkpointing_same_loss_and_grads(lora, every):
-    """Checkpointing every block, every other one, or every third (of 3 blocks: the first alone)
-    gives bitwise the loss and gradients of keeping every activation."""
-    def run(ckpt):
-        torch.manual_seed(0)
-        m = tiny(4, n_layers=3)
-        if lora:
-            apply_lora(m, 4, 16.0, 0.3)                   # dropout: recompute must replay the RNG
-            for x in m.modules():
-                if isinstance(x, LoRALinear):
-                    torch.nn.init.normal_(x.lora_B)
-        m.checkpoint_every = ckpt
-        m.train()
-        torch.manual_seed(1)
-        x = ids(5)
-        loss = torch.nn.functional.cross_entropy(m.logits(m(x[:, :-1])).flatten(0, 1), x[:, 1:].flatten())
-        loss.backward()
-        return loss.item(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
-    (l0, g0), (l1, g1) = run(0), run(every)
-    assert l0 == l1 and g0.keys() == g1.keys() and g0
-    for n in g0:
-        assert torch.equal(g0[n], g1[n]), n
-
-
-def test_checkpointing_fewer_blocks_keeps_more_for_backward():
-    """What autograd keeps for backward (bytes of distinct storages, parameters not counted) falls
-    as more blocks are checkpointed: none > every other one > all; and outside training or without
-    a gradient nothing is checkpointed (the same as none)."""
-    m = tiny(0, n_layers=4)
-    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
-    x = ids(4)
-
-    def kept(every, train=True):
-        m.checkpoint_every = every
-        m.train(train)
-        seen = {}
-
-        def pack(t):
-            if t.untyped_storage().data_ptr() not in params:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            m(x).sum()
-        return sum(seen.values())
-    none, half, every_block = kept(0), kept(2), kept(1)
-    assert none > half > every_block > 0
-    assert kept(1, train=False) == kept(0, train=False)
+from tests.helpers import ROOT
 
 
 # -- two processes -------------------------------------------------------------------------------
