@@ -135,13 +135,13 @@ def judge_by_rule(monkeypatch, rule):
     """Replace the judge of the on-policy methods (Self-Judge, OSP: nanoalign.onpolicy.judge_probs)
     by a known rule: rule(prompt_text, a_text, b_text) -> p(a > b), returned as float32 like a real
     judge's, whatever the likelihood rule and principle combination asked for. Returns the list of
-    calls, (judge model, [(prompt, a, b), ...])."""
+    calls, (judge model, [(prompt, a, b), ...], the principles it was asked to judge under)."""
     from nanoalign import onpolicy
     calls = []
 
     def stub(judge, tok, template, prompts, a, b, principles=None, likelihood=None, combine=None):
         items = list(zip(prompts, a, b))
-        calls.append((judge, items))
+        calls.append((judge, items, principles))
         return torch.tensor([float(rule(*it)) for it in items], dtype=torch.float32)
 
     monkeypatch.setattr(onpolicy, "judge_probs", stub)
@@ -427,18 +427,6 @@ class OracleTask:
 
     def oracle_scores(self, prompt, response):
         return {"overall": self.score(response)}
-
-
-def judge_recorder(monkeypatch, rule):
-    """Replace onpolicy.judge_probs by `rule`; returns the calls (judge, n items, principles)."""
-    from nanoalign import onpolicy
-    calls = []
-
-    def stub(judge, tok, template, prompts, a, b, principles=None, likelihood=None, combine=None):
-        calls.append((judge, len(prompts), principles))
-        return torch.tensor([float(rule(*it)) for it in zip(prompts, a, b)], dtype=torch.float32)
-    monkeypatch.setattr(onpolicy, "judge_probs", stub)
-    return calls
 
 
 def by_score(x, a, b):

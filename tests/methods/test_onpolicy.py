@@ -16,7 +16,7 @@ from nanoalign.data import DataError, make_batch, tokenize_rows
 from nanoalign.tasks import arith as task
 from nanoalign.testing import tiny_model
 from tests.helpers import (JUDGE, PRINCIPLES, TOK, by_score, call_method, examples, judge_by_rule,
-                           judge_recorder, method_step, offpolicy_setup, pref_rows, record_on_policy, tiny)
+                           method_step, offpolicy_setup, pref_rows, record_on_policy, tiny)
 
 
 # -- pairs oriented by the judge's rule ------------------------------------------------------------
@@ -537,7 +537,7 @@ def test_on_policy_methods_judge_under_the_runs_principles(method, opts, monkeyp
     from nanoalign.common import Run
     from tests.helpers import method_config
     tok, policy, ref, _, batch = offpolicy_setup()
-    calls = judge_recorder(monkeypatch, by_score)
+    calls = judge_by_rule(monkeypatch, by_score)
     principles = [("correct", "the sum is right"), ("format", "ends with a period")]
     run = Run(tok=tok, ref=ref)
     run.principles = principles
@@ -599,7 +599,7 @@ def test_on_policy_updates_run_padding_free_under_packed(method, opts, monkeypat
     from nanoalign import REGISTRY
     from tests.helpers import method_config
     tok, policy, ref, _, batch = offpolicy_setup()
-    judge_recorder(monkeypatch, by_score)
+    judge_by_rule(monkeypatch, by_score)
     got = {}
     for packed in ("false", "true"):
         cfg, run = method_config(method, gen_max_tokens=3, packed=packed, **opts), Run(tok=tok, ref=ref)

@@ -11,7 +11,7 @@ import train
 from nanoalign.dpo import dpo_loss
 from nanoalign.osp import random_pairs, ranked_pairs, spce_loss
 from tests.helpers import (PROMPTS, OracleTask, assert_metrics, by_score, call_method, close, examples,
-                           judge_by_rule, judge_recorder, log_sigmoid, longer_rule, lp_mean, mean,
+                           judge_by_rule, log_sigmoid, longer_rule, lp_mean, mean,
                            method_step, offpolicy_setup, on_policy_setup, pair_h, pref_rows, record_on_policy)
 
 lp = st.floats(-200, -0.01, allow_nan=False)
@@ -232,7 +232,7 @@ def test_osp_step_samples_at_the_papers_settings_and_logs_its_cost(pairing, K, m
     from nanoalign.common import Run
     from tests.helpers import method_config
     tok, policy, ref, other, batch = offpolicy_setup()
-    calls = judge_recorder(monkeypatch, by_score)
+    calls = judge_by_rule(monkeypatch, by_score)
     drawn, built, real = [], [], (onpolicy.sample, onpolicy.pair_batch, onpolicy.response_batch)
 
     def sample(model, tok, prompts, n, temperature, top_p, max_new_tokens, generator=None, top_k=None):
@@ -274,7 +274,7 @@ def test_spce_keeps_the_ranked_pair_where_hard_labels_reorient_it(monkeypatch):
         if b == "":
             return len(a) / (len(a) + 1)
         return 0.5 if len(a) == len(b) else float(len(a) < len(b))
-    judge_recorder(monkeypatch, rule)
+    judge_by_rule(monkeypatch, rule)
     rec = record_on_policy(monkeypatch)
     lens = {}
     for loss in ("spce", "dpo"):

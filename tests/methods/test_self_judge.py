@@ -41,7 +41,7 @@ def test_self_judge_is_dpo_on_pairs_oriented_by_the_judge(method, seed, n, beta,
     assert len(samples) == n and all(len(s) == 2 for s in samples)
     texts = [[tok.decode(y) for y in s] for s in samples]
     # the judge was asked about (x, y1, y2) of every prompt, and it was the right model
-    (judge_model, items), = calls
+    (judge_model, items, _), = calls
     assert items == [(x, t[0], t[1]) for x, t in zip(PROMPTS, texts)]
     assert judge_model is (policy if judge == "policy" and method == "self_judge" else ref)
     # the pair trained on: winner = the sample the judge prefers (p(y1 > y2) >= 1/2 -> y1)
@@ -152,7 +152,7 @@ def test_offpolicy_metrics_count_what_the_step_did(monkeypatch):
         return method_step(m, *a)
     run = Run(tok=tok, ref=ref, task=OracleTask())
     _, m1 = loss_fn(policy, batch, run, cfg)
-    assert [j for j, _ in calls] == [ref]                    # pi_ref judges, once, both prompts
+    assert [j for j, *_ in calls] == [ref]                    # pi_ref judges, once, both prompts
     assert m1["cached_prompts"] == 2.0 and isinstance(m1["cached_prompts"], float)
     assert all(m1[k] >= 0 for k in ("t_sample", "t_judge"))
     assert abs(m1["samples_per_s"] * max(m1["t_sample"], 1e-9) - 4) < 1e-6     # 2 prompts x 2 samples
@@ -163,7 +163,7 @@ def test_offpolicy_metrics_count_what_the_step_did(monkeypatch):
     assert all(k in m2 for k in ("t_sample", "t_judge", "sample_len", "margin"))
     calls.clear()
     loss_fn(policy, batch, Run(tok=tok, ref=ref, judge=other), cfg)
-    assert [j for j, _ in calls] == [other]                  # --judge_from: that model judges
+    assert [j for j, *_ in calls] == [other]                  # --judge_from: that model judges
 
 
 @pytest.mark.parametrize("who", ["ref", "policy", "judge_from"])
@@ -190,7 +190,7 @@ def test_self_judge_step_judges_with_the_chosen_model_and_logs_its_cost(who, mon
     _, m = method_step(REGISTRY["self_judge"], policy, batch, run, cfg)
     assert drawn == [(policy, 2, 1.0, 0.9, 3, None)]         # on-policy, the paper's sampling
     assert devices == [policy.lm_head.weight.device]
-    assert [j for j, _ in calls] == [{"ref": ref, "policy": policy, "judge_from": other}[who]]
+    assert [j for j, *_ in calls] == [{"ref": ref, "policy": policy, "judge_from": other}[who]]
     assert all(m[k] >= 0 for k in ("t_sample", "t_judge"))
     assert abs(m["samples_per_s"] * max(m["t_sample"], 1e-9) - 4) < 1e-6      # 2 prompts x 2 samples
     assert m["judge_agree"] == 1.0
