@@ -167,7 +167,7 @@ class SharedConfig:
 
 def config_class(method, task=SharedConfig.task):
     """The config dataclass of one method on one task: SharedConfig's fields, the method's options,
-    the task's options; the method's `defaults` change shared defaults (JSFT's longer max_length)."""
+    the task's options; the method's `defaults` change shared defaults (Method.defaults)."""
     m = REGISTRY[method]
     for f in dataclasses.fields(m.options):     # make_dataclass: only 'Field name duplicated'
         if f.name in SHARED:

@@ -236,4 +236,4 @@ register(Method(name="meta_aligner", reads="pref", eats="sft", unit="n_tokens", 
                      "(--meta_stage warmup|equal|preference|all)",
                 options=MetaOptions, prepare=stage_rows, check_row=lambda cfg: check_labels,
                 main=run_stages, sample_flags=sample_flags,
-                metrics=METRICS, defaults={"max_length": 384}))
+                metrics=METRICS))

@@ -241,3 +241,23 @@ def test_mo_rows_without_an_sj_max_length_limit_the_sj_triple_by_max_length():
     ex, dropped = tokenize_rows([row], TOK, "mo", len(p) + len(rr))
     assert dropped == 0 and ex[0]["sj"]["rejected"] == p + rr
     assert tokenize_rows([row], TOK, "mo", len(p) + len(rr) - 1) == ([], 1)
+
+
+@pytest.mark.parametrize("method", ["jsft", "pref_aug"])
+def test_the_judge_training_methods_keep_every_built_in_example_at_the_default_max_length(method):
+    """A judgment holds the prompt and both answers in a template (docs/methods.md's Table 6 command
+    is `--method jsft --judge_template principle`). A default of 384 tokens of their own (and
+    MetaAligner's), from before --max_length had its auto, dropped 14052 of that command's 18052
+    examples (judgments up to 478 tokens); auto (TRL's 1024, or the tiny model's 512-token context)
+    keeps them all."""
+    import train
+    from model.model import Transformer, config_from_preset
+    from nanoalign import REGISTRY
+    from nanoalign.compute import max_length_of
+    cfg = train.make_config(method=method, n_train=48, n_val=8, judge_template="principle")
+    model = Transformer(config_from_preset("tiny"))
+    run = train.Run(tok=task.build_tokenizer(), task=task)
+    whole = train.load_split(cfg, REGISTRY[method], task, "train", run, max_length=10**6)
+    assert max(len(e["ids"]) for e in whole) > 384                     # what a 384 would drop
+    kept = train.load_split(cfg, REGISTRY[method], task, "train", run, max_length=max_length_of(cfg, model))
+    assert len(kept) == len(whole)
