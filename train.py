@@ -430,8 +430,8 @@ def main(argv=None):
         flags = (method.sample_flags(cfg, ckpt) if method.sample_flags
                  else f"--init_from {shlex.quote(ckpt)}")
         print(f"\nsample from it:\n  python sample.py {flags} --prompt {shlex.quote(example)}")
-        if hasattr(cfg, "judge_template") and not method.rollout and getattr(cfg, "jsft_judge", True):
-            q = shlex.quote(ckpt)    # it trained a judge (JSFT, preference augmentation): its uses
+        if method.trains_judge and method.trains_judge(cfg):
+            q = shlex.quote(ckpt)    # it trained a judge: its uses
             print(f"judge with it (the template and rule it trained on are kept with it):\n"
                   f"  python sample.py --init_from {q} --best_of 4 --prompt {shlex.quote(example)}\n"
                   f"  python -m nanoalign.judge_cli --init_from {q} --pairs pairs.jsonl\n"

@@ -85,6 +85,10 @@ class Method:
                                      # template and rule: those its checkpoint records); the config
                                      # fills them in, so the saved config, which --resume keeps,
                                      # holds what the run used
+    trains_judge: Callable = None  # cfg -> whether this run trains a judge (JSFT unless --jsft_judge
+                                   # false, pref_aug): its end says how to judge with the result, and
+                                   # an on-policy run judged by a checkpoint of a run that did not is
+                                   # told so
     check_config: Callable = None  # cfg -> None, or why the method refuses this combination of
                                    # options (one it would otherwise quietly ignore): an error
                                    # wherever a config is made (flags, --config, make_config)

@@ -27,15 +27,17 @@ trains on (template_of to judgment_data): JSFT (nanoalign/self_judge.py) and OSP
 augmentation (nanoalign/osp.py) build their rows there, with the template options and label checks
 the round uses too, so a judge learns in the template it is later asked in.
 """
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
 from model.checkpoint import CheckpointError, load, read_json
 from model.model import TooLongForContext
-from nanoalign.common import evaluating, frozen_copy, option
+from nanoalign.common import REGISTRY, evaluating, frozen_copy, option
 from nanoalign.checkpoint import trained_config
 from nanoalign.compute import FAST_MIN_PARAMS, is_large
 from nanoalign.data import make_batch
@@ -138,8 +140,13 @@ def judging_said(cfg):
         "judges with " + " ".join(f"--{k} {v}" for k, v in used.items())
         + (f", as the judge {src} records" if rec else ""))
     saved = trained_config(src)
-    why = ("is a jsft run with --jsft_judge false, which trained no judgments"
-           if saved.get("method") == "jsft" and saved.get("jsft_judge") is False else
+    m = REGISTRY.get(saved.get("method"))          # a judge-training method's run whose options
+    if m is not None and m.trains_judge is not None:   # trained none (JSFT with --jsft_judge false)
+        cfg_then = SimpleNamespace(**({f.name: f.default for f in dataclasses.fields(m.options)} | saved))
+        untrained = not m.trains_judge(cfg_then)
+    else:
+        untrained = False
+    why = (f"is a {m.name} run that trained no judgments (its config, in state.json)" if untrained else
            "records no judge template (a jsft or pref_aug run's checkpoint does)" if not rec else None)
     return said + (f"\nnote: the judge {src} {why}: a model that never trained to judge (an SFT "
                    f"warm-up, a downloaded model) judges zero-shot, near chance for a small one; train "
@@ -216,9 +223,9 @@ def labelled(row, where, t):
 def label_check(cfg):
     """JSFT's / pref_aug's Method.check_row: under a principle template every row read needs its
     labels, checked as it is read (a row without them skipped and counted with --skip_bad_rows);
-    None for a template without principles, or JSFT without judgments (--jsft_judge false)."""
+    None for a template without principles."""
     t = TEMPLATES[cfg.judge_template]
-    if "{principle}" not in t.user or not getattr(cfg, "jsft_judge", True):
+    if "{principle}" not in t.user:
         return None
     return lambda row, where: labelled(row, where, t)
 

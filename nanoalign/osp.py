@@ -167,7 +167,8 @@ register(
            help="OSP preference augmentation: SFT on judge instructions from preference pairs (both "
                 "orders)", options=with_defaults(onpolicy.JudgeTemplateOptions, "PrefAugOptions",
                                                  likelihood=LIKELIHOOD),
-           prepare=pref_aug_rows, check_row=onpolicy.label_check, metrics=SFT_METRICS),
+           prepare=pref_aug_rows, check_row=onpolicy.label_check, metrics=SFT_METRICS,
+           trains_judge=lambda cfg: True),
     Method(name="osp", reads="prompt", eats="prompt", unit="n_examples", rollout=osp_rollout,
            loss=osp_loss, help="OSP: K samples per prompt, ranked pairs, soft targets from the frozen "
            "SFT judge, SPCE (--osp_loss, --pairing, --osp_k)", options=OSPOptions, needs_ref=True,

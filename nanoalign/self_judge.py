@@ -147,7 +147,9 @@ register(
     Method(name="jsft", reads="pref", eats="sft", unit="n_tokens", loss=sft_loss,
            help="Self-Judge JSFT: SFT on chosen responses + judgment instructions in both orders "
                 "(--judge_template, --jsft_judge)", options=JSFTOptions,
-           prepare=jsft_rows, check_row=onpolicy.label_check, metrics=SFT_METRICS),
+           prepare=jsft_rows, metrics=SFT_METRICS, trains_judge=lambda cfg: cfg.jsft_judge,
+           # --jsft_judge false reads no labels: its rows are the chosen responses alone
+           check_row=lambda cfg: onpolicy.label_check(cfg) if cfg.jsft_judge else None),
     Method(name="self_judge", reads="prompt", eats="prompt", unit="n_examples",
            rollout=self_judge_rollout, loss=pairs_loss(dpo_loss),
            help="Self-Judge: on-policy DPO, two samples per prompt judged by the frozen reference "

@@ -638,7 +638,7 @@ def test_the_line_a_run_starts_with_says_how_it_judges_and_whose_that_is(tmp_pat
         "method": "jsft", "jsft_judge": False, "judge_template": "hh", "likelihood": "pair"}}))
     assert said(no_judgments, "hh", "pair") == (
         f"judges with --judge_template hh --likelihood pair, as the judge {no_judgments} records\nnote: "
-        f"the judge {no_judgments} is a jsft run with --jsft_judge false, which trained no judgments"
+        f"the judge {no_judgments} is a jsft run that trained no judgments (its config, in state.json)"
         + zero_shot)
     assert said(judge_dir, "compact", "vocab") == (
         f"note: the judge {judge_dir} records --judge_template hh --likelihood pair (its state.json); this run "

@@ -596,12 +596,13 @@ def test_max_length_auto_is_trls_1024_or_the_models_context(tmp_path, capsys):
 def test_a_run_that_trained_a_judge_ends_saying_how_to_judge_with_it(tmp_path, capsys):
     """After JSFT the end named only plain sampling: its judge, what the run was for, went unsaid."""
     pref = os.path.join(FIX, "pref.jsonl")
-    out = _short_run(tmp_path, capsys, method="jsft", train_data=pref, max_steps=1, batch_size=2)
-    ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
-    assert (f"judge with it (the template and rule it trained on are kept with it):\n  python sample.py "
-            f"--init_from {ckpt} --best_of 4 --prompt 'your prompt'\n  python -m nanoalign.judge_cli "
-            f"--init_from {ckpt} --pairs pairs.jsonl\n  python train.py --method M --init_from {ckpt}    (on-policy, "
-            f"judged by it; M: self_judge, self_judge_offpolicy, osp)") in out
+    for method in ("jsft", "pref_aug"):              # Self-Judge's judge, OSP's
+        out = _short_run(tmp_path, capsys, method=method, train_data=pref, max_steps=1, batch_size=2)
+        ckpt = os.path.join(str(tmp_path / "run"), "ckpt")
+        assert (f"judge with it (the template and rule it trained on are kept with it):\n  python sample.py "
+                f"--init_from {ckpt} --best_of 4 --prompt 'your prompt'\n  python -m nanoalign.judge_cli "
+                f"--init_from {ckpt} --pairs pairs.jsonl\n  python train.py --method M --init_from {ckpt}    "
+                f"(on-policy, judged by it; M: self_judge, self_judge_offpolicy, osp)") in out, method
     for method, extra in (("sft", {}), ("jsft", {"jsft_judge": "false"})):
         out = _short_run(tmp_path, capsys, method=method, train_data=os.path.join(FIX, "sft.jsonl" if method == "sft"
                                                                                   else "pref.jsonl"),
