@@ -113,11 +113,14 @@ def parse_config(argv=None, description=None):
         if is_switch(f):                         # --grad_checkpoint alone means 'true', as a bool's
             kw = dict(nargs="?", const="true")
         ch = f.metadata.get("choices")
+        if f.name == "method":                   # checked by the registry, not argparse: names listed
+            ch = tuple(REGISTRY) + ("list",)
         ap.add_argument(f"--{f.name}", type=_switch if is_switch(f) else conv[tname(f)], default=None,
                         metavar=tname(f).upper(),
                         help=f"{f.metadata['help']} (default: {f.default!r}"
                              + (f"; one of {listed(ch)}" if ch else "")
-                             + "".join(f"; {op} {b}" for op, b, _ in bounds(f)) + ")", **kw)
+                             + "".join(f"; {op} {b}" for op, b, _ in bounds(f))
+                             + ("; the flag alone = true" if "const" in kw else "") + ")", **kw)
     a = ap.parse_args(argv)
     flags = {k: v for k, v in vars(a).items() if k != "config" and v is not None}
     given = {**d, **flags}

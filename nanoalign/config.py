@@ -152,9 +152,10 @@ class SharedConfig:
     lora_targets: str = option("q,k,v,o,gate,up,down", "comma-separated projections that get "
                                "adapters, from q,k,v,o,gate,up,down")
     grad_checkpoint: str = option("auto", "activation checkpointing: blocks keep only their input and "
-                                  "run again in backward. 'true' = every block (least memory; a CPU step "
-                                  "took 1.13-1.3x the time: TRL's default), 'half' = every other "
-                                  "block (1.02-1.07x; on a GPU not measured yet), 'false' = none; "
+                                  "run again in backward. 'true' = every block (least memory; TRL's default; "
+                                  "a CPU step took 1.06-1.45x the time of none in the side-by-side runs "
+                                  "of docs/performance.md), 'half' = every other block (1.02-1.24x; on "
+                                  "a GPU not measured yet), 'false' = none; "
                                   "'auto' = 'half' for a model of "
                                   f"{FAST_MIN_PARAMS // 10**6}M parameters or more (as lean as TRL's "
                                   "default, docs/performance.md), else 'false'",

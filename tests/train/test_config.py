@@ -93,6 +93,12 @@ def test_help_shows_each_options_bounds(capsys, monkeypatch):
     assert lines["--beta1"].endswith("(default: 0.9; >= 0.0; < 1.0)")
     assert lines["--batch_size"].endswith("(default: 16; >= 1)")
     assert lines["--dtype"].endswith("one of auto, float32, bfloat16)")
+    # --method's names (the registry's, checked by it, not argparse: none were listed), and what a
+    # bare --packed or --prompt_loss means
+    from nanoalign import REGISTRY
+    assert lines["--method"].endswith(f"(default: 'scalarization'; one of {', '.join(REGISTRY)}, list)")
+    assert lines["--packed"].endswith("one of auto, true, false; the flag alone = true)")
+    assert lines["--prompt_loss"].endswith("(default: False; the flag alone = true)")
 
 
 # -- resume cannot mix runs; no argument prefixes; another method's options ------------------------
