@@ -360,8 +360,10 @@ def train(cfg, task=None, stop_at=None):
     if stop.hit:
         if step < cfg.max_steps:
             # quoted: a directory with a space in it would be two arguments to the shell
+            # with as many processes: the data position counts global batches (load_train_state)
+            launch = f"torchrun --nproc_per_node {dist.world()}" if dist.world() > 1 else "python"
             print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
-                  f"  python train.py --method {cfg.method} --out_dir {shlex.quote(cfg.out_dir)} "
+                  f"  {launch} train.py --method {cfg.method} --out_dir {shlex.quote(cfg.out_dir)} "
                   f"--resume")
         else:                          # stopped in the end-of-run evaluation: nothing to resume
             print(f"stopped after the last step ({step}): the run is complete, its checkpoint written")

@@ -4,7 +4,8 @@ Face folder, or LoRA adapters on their base), plus what an exact `--resume` need
 
     train_state.safetensors   AdamW's state tensors (opt.<param>.<field>) and the RNG states, each
                               rank's own under torchrun (rng.torch: rank 0's; rng.torch.rank<r>)
-    state.json                step, data position, the run's config, the working directory its
+    state.json                step, data position, how many processes trained (world: --resume
+                              needs as many), the run's config, the working directory its
                               relative paths are from (cwd: --resume reads them from there),
                               AdamW's param groups
     <name>.json               files a method keeps with its model (run.checkpoint_files)
@@ -51,8 +52,9 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
         save_file(tensors, os.path.join(tmp, TRAIN_STATE))
         for name, value in run.checkpoint_files.items():    # what the method asked to keep with its model
             atomic_write_json(value, os.path.join(tmp, name))
-        atomic_write_json({"step": step, "data_pos": order.pos, "config": dataclasses.asdict(cfg),
-                           "cwd": os.getcwd(), "param_groups": sd["param_groups"]},
+        atomic_write_json({"step": step, "data_pos": order.pos, "world": dist.world(),
+                           "config": dataclasses.asdict(cfg), "cwd": os.getcwd(),
+                           "param_groups": sd["param_groups"]},
                           os.path.join(tmp, "state.json"))
         if os.path.exists(path):
             os.replace(path, old)
@@ -62,8 +64,18 @@ def save_checkpoint(path, model, tok, opt, cfg, step, order, run):
 
 
 def load_train_state(path, model, opt):
-    """Load AdamW's state into `opt` and restore the RNG states; returns (step, data position)."""
+    """Load AdamW's state into `opt` and restore the RNG states; returns (step, data position).
+    The data position counts global batches, --batch_size x the processes: a run goes on exactly
+    only with as many processes as it had (state.json's "world"; one that does not record it, from
+    before 2026-12-08, is not checked). With another number it would start at another row of its
+    data and train at another batch, without a word."""
     st = read_json(os.path.join(path, "state.json"))
+    if st.get("world", dist.world()) != dist.world():
+        n = st["world"]
+        how = f"torchrun --nproc_per_node {n} train.py" if n > 1 else "python train.py (no torchrun)"
+        raise CheckpointError(f"{os.path.join(path, 'state.json')}: the run trained with {n} process(es), "
+                              f"this one has {dist.world()}; its data position counts batches of "
+                              f"--batch_size x {n}: resume it with {how} ... --resume")
     f = os.path.join(path, TRAIN_STATE)
     try:
         t = load_file(f)

@@ -347,6 +347,30 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(tmp_path, capsys):
     assert "--resume" not in out and "stopped after the last step (4): the run is complete" in out
 
 
+def test_resume_with_another_number_of_processes_is_refused_naming_the_command(tmp_path, capsys):
+    """The data position counts global batches (--batch_size x processes): a run of 2 processes
+    resumed by one went on at another row of its data, at half the batch, without a word. The
+    number is kept in state.json (tests/train/test_scale.py: 2 under torchrun); another is refused,
+    saying how to launch the run."""
+    cfg = train.make_config(method="sft", init_from="scratch", max_steps=4, batch_size=4, n_train=16,
+                            out_dir=str(tmp_path / "run"), final_eval=False)
+    train.train(cfg, stop_at=1)
+    assert f"  python train.py --method sft --out_dir {tmp_path / 'run'} --resume" in capsys.readouterr().out
+    state = tmp_path / "run" / "ckpt" / "state.json"
+    st = json.loads(state.read_text())
+    assert st["world"] == 1
+    state.write_text(json.dumps({**st, "world": 2}))       # as a run of torchrun --nproc_per_node 2 wrote it
+    with pytest.raises(SystemExit) as e:
+        train.main(["--method", "sft", "--out_dir", str(tmp_path / "run"), "--resume"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {state}: the run trained with 2 process(es), this one has 1; its data position counts "
+        f"batches of --batch_size x 2: resume it with torchrun --nproc_per_node 2 train.py ... --resume")
+    state.write_text(json.dumps({k: v for k, v in st.items() if k != "world"}))   # written before the key
+    train.main(["--method", "sft", "--out_dir", str(tmp_path / "run"), "--resume"])
+    assert "resumed" in capsys.readouterr().out.lower()
+
+
 def test_a_users_run_config_json_in_the_out_dir_is_not_read_as_a_chains_record(tmp_path, capsys):
     """out_dir/run_config.json is where a --meta_stage all chain keeps its config for --resume; a file
     of that name that is not a chain's (the user's own --config, kept with the run) must not be

@@ -88,6 +88,8 @@ def test_fsdp_checkpoint_resumes_exactly(tmp_path, start):
               "--batch_size", "4", "--parallel", "fsdp"]
     _run(common + ["--max_steps", "4", "--out_dir", str(tmp_path / "a")], 2)
     _run(common + ["--max_steps", "2", "--out_dir", str(tmp_path / "b")], 2)
+    # the number of processes is kept, and a resume by another number refused (test_resume.py)
+    assert json.loads((tmp_path / "b" / "ckpt" / "state.json").read_text())["world"] == 2
     _run(common + ["--max_steps", "4", "--out_dir", str(tmp_path / "b"), "--resume"], 2)
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
