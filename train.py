@@ -10,8 +10,8 @@ One training loop for every nanoalign method.
 The loop knows no method by name: a method (a file in nanoalign/ that registers itself) says which
 rows it reads, which examples its loss eats, its options, and turns a micro-batch into (loss summed
 over its units, metrics). Order of one step, always the same: learning rate -> grad_accum
-micro-batches (an on-policy method's rollout first; forward, backward) -> clip -> finite check ->
-AdamW -> log / evaluate / checkpoint. Ctrl-C (or SIGTERM) finishes the step in flight, writes a
+micro-batches (an on-policy method first samples and judges all of them, without gradients; then
+forward and backward of each) -> clip -> finite check -> AdamW -> log / evaluate / checkpoint. Ctrl-C (or SIGTERM) finishes the step in flight, writes a
 checkpoint, prints the command that resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG
 states, data position, step: nanoalign/checkpoint.py).
 """
@@ -196,8 +196,8 @@ def rollout(model, method, micro, run, cfg):
 def accumulate_gradients(model, method, micro, run, cfg):
     """Backward through every micro-batch, each loss divided by the units (tokens or examples) of
     the whole effective batch: N micro-steps give the gradient of one step on their concatenation."""
-    # with W processes: the global batch's units / W, because DDP / FSDP average the W ranks'
-    # gradients (the mean of W sums, each over global / W, is the sum over the global units)
+    # with W processes: the global batch's units G / W, because DDP / FSDP average the W ranks'
+    # gradients: the mean over ranks of S_r / (G / W) is (sum of the S_r) / G, the whole batch's
     denom = dist.all_sum(sum(b[method.unit] for b in micro)) / dist.world()
     loss_total, mets = 0.0, []
     for i, b in enumerate(micro):
@@ -282,7 +282,7 @@ def train(cfg, task=None, stop_at=None):
         if n > context:
             raise CheckpointError(f"--{name} {n} is longer than the model's context ({context} tokens, "
                                   f"max_position_embeddings); lower it to {context} or less")
-    model.checkpoint_every = checkpoint_every(cfg, model)
+    model.checkpoint_every = checkpoint_every(cfg, model)   # --grad_checkpoint (recompute in backward)
     model = dist.wrap(model, cfg.parallel)       # DDP / FSDP2 under torchrun, else the model itself
     if dist.world() > 1:                         # each rank samples its own prompts differently
         torch.manual_seed(cfg.seed + 1000 * dist.rank())
@@ -321,7 +321,7 @@ def train(cfg, task=None, stop_at=None):
             t_step = time.time()
             micro = [make_batch([train_ex[i] for i in order.next()[rows]], method.eats, tok.pad_id,
                                 device, packed) for _ in range(cfg.grad_accum)]
-            if method.rollout:   # on-policy: sample and judge, no gradients; then a plain pair loss
+            if method.rollout:   # on-policy: sample and judge, no gradients; then the method's loss
                 micro, rollout_mets = rollout(model, method, micro, run, cfg)
             loss_total, mets = accumulate_gradients(model, method, micro, run, cfg)
             mets = {**rollout_mets, **mets}
@@ -365,7 +365,7 @@ def train(cfg, task=None, stop_at=None):
             print(f"stopped at step {step} of {cfg.max_steps}; to continue exactly:\n"
                   f"  {launch} train.py --method {cfg.method} --out_dir {shlex.quote(cfg.out_dir)} "
                   f"--resume")
-        else:                          # stopped in the end-of-run evaluation: nothing to resume
+        else:                          # stopped in the last step or the end-of-run evaluation: complete
             print(f"stopped after the last step ({step}): the run is complete, its checkpoint written")
         if stop_at is None:
             sys.exit(128 + stop.signum)
@@ -393,7 +393,7 @@ def table(cfg, task, device, before, t0):
     after = oracle_eval(load(os.path.join(cfg.out_dir, "ckpt"), torch.float32, device)[0],
                         before["tok"], task=task)
     name = "" if task.NAME == "arith" else f" '{task.NAME}'"
-    print(f"\nBuilt-in task{name}, greedy answers to 200 test prompts ({cfg.method}, "
+    print(f"\nBuilt-in task{name}, greedy answers to {len(task.test_prompts())} test prompts ({cfg.method}, "
           f"{time.time() - t0:.0f}s):")
     print(format_table(before["scores"], after))
     for p, a in after["examples"]:

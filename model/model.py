@@ -2,8 +2,9 @@
 A self-contained Llama / Mistral decoder, written so you can read it top to bottom.
 
 The model is the Hugging Face `LlamaForCausalLM` / `MistralForCausalLM` architecture, with parameter
-names chosen to match their safetensors checkpoints one for one (see model/hf.py), so a
-checkpoint loads with a plain `load_state_dict` and what we save loads back in `transformers`:
+names chosen to match their safetensors checkpoints one for one less their `model.` prefix (which
+model/hf.py strips on load and adds on save), so a checkpoint loads with a plain `load_state_dict`
+and what we save loads back in `transformers`:
 
     tokens -> embed_tokens -> n_layers x [ RMSNorm -> attention (RoPE, GQA, optional sliding window)
                                           + RMSNorm -> SwiGLU MLP ] -> RMSNorm -> hidden states
@@ -195,7 +196,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache):
         B, T, _ = x.shape
-        nh, nkv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
+        nh, nkv, hd = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim   # hd: "hs" below
         q, k, v = self.qkv(x)                                    # (B, T, nh * hs), (B, T, nkv * hs) x 2
         q = q.view(B, T, nh, hd).transpose(1, 2)                 # (B, nh, T, hs)
         k = k.view(B, T, nkv, hd).transpose(1, 2)                # (B, nkv, T, hs)
@@ -203,19 +204,19 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # GQA: each group of n_heads // n_kv_heads query heads shares one key/value head;
         # enable_gqa lets SDPA broadcast instead of copying the cache n_heads // n_kv_heads times
-        out = v.dtype    # what the linears compute in (v has no RoPE, whose float32 cos/sin promote
-                         # q and k under autocast): the attention's result goes back to it for o_proj
+        out_dtype = v.dtype    # what the linears compute in (v has no RoPE, whose float32 cos/sin
+                               # promote q and k under autocast): the result goes back to it for o_proj
         if cache is not None:    # generation: store this step's keys/values, attend to all so far
             k, v = cache.update(self.layer, k, v)                # (B, nkv, S, hs)
-        dt = attention_dtype(q.device, out, cache_dtype=None if cache is None else k.dtype)
+        dt = attention_dtype(q.device, out_dtype, cache_dtype=None if cache is None else k.dtype)
         with torch.autocast(q.device.type, enabled=False):      # dt says it all: autocast stays out
             q, k, v = q.to(dt), k.to(dt), v.to(dt)
             if isinstance(mask, PackedRows):                     # padding-free rows, B = 1
                 y = mask.attention(q, k, v, nh != nkv)           # (1, nh, N, hs)
             else:                                                # (B, nh, T, hs)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nh != nkv)
-        y = y.to(out)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
+        y = y.to(out_dtype)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))   # (B, nh, T, hs) -> (B, T, nh * hs)
 
     def qkv(self, x):
         """The three projections of x. A method of its own because decoding on the CPU replaces it
@@ -425,6 +426,7 @@ class PackedRows:
 
 
 def _diag(T, S, start, device):
-    """(T, S) boolean with True where key index == query index (start + row)."""
+    """(1, 1, T, S) boolean, True where key index == query index (start + row): a mask for SDPA,
+    broadcast over the batch and the heads."""
     return (torch.arange(S, device=device)[None, :] ==
             torch.arange(start, start + T, device=device)[:, None])[None, None]
