@@ -314,8 +314,8 @@ def _fwd_triton(h, w, y):  # pragma: no mutate block (Triton path)
 def _dlogits_slice_triton(h, w, y, lse, g, buf):  # pragma: no mutate block (Triton path)
     """As `_dlogits_slice_torch`, by `_bwd_kernel`, into the (C x slice) tile `buf`. bf16/fp16
     gradients stay in the input dtype (the matmuls after this run in it)."""
-    (C, D), V = h.shape, w.shape[0]
-    dl = buf[:C * V].view(C, V)
+    (C, D), V = h.shape, w.shape[0]                  # V: this slice's vocabulary columns
+    dl = buf[:C * V].view(C, V)                      # the first C x V of the tile, as a (C, V) matrix
     b = _blocks("bwd")
     grid = (triton.cdiv(C, b["BLOCK_M"]) * triton.cdiv(V, b["BLOCK_V"]),)
     _bwd_kernel[grid](h, w, y, lse, g, dl, C, V, D, h.stride(0), w.stride(0),
@@ -334,7 +334,8 @@ class TokenLogprob(torch.autograd.Function):
         h, w = h.contiguous(), w.contiguous()
         C, V = h.shape[0], w.shape[0]
         cd = _compute_dtype(h)
-        # bf16 h and w on the torch path (CPU training under autocast): bf16 products, see below
+        # bf16 h and w on the torch path (CPU training under autocast): bf16 products (the bf16
+        # helpers above: _fwd_chunk_bf16_torch, _dlogits_slice_bf16_torch)
         ctx.bf16 = bf16 = backend == "torch" and h.dtype == w.dtype == torch.bfloat16
         if C == 0:
             lp = lse = h.new_zeros(0, dtype=cd)
@@ -424,8 +425,8 @@ def sequence_logprob(hidden, weight, targets, mask, reduction="sum", backend=Non
     b = choose_backend(hidden, backend)
     chunk = chunk_size or default_chunk(weight.shape[0], hidden.device)
     if sel.numel() < keep.numel():                                      # gather the response rows
-        h, y = h.index_select(0, sel), y.index_select(0, sel)
-    lp = TokenLogprob.apply(h, weight, y.long(), b, chunk)              # (every row counts: no copy)
+        h, y = h.index_select(0, sel), y.index_select(0, sel)           # (else every row counts: no copy)
+    lp = TokenLogprob.apply(h, weight, y.long(), b, chunk)
     # back into (B*T,) slots, one token each: a copy, not index_add, whose CUDA atomics would sum a
     # sequence in a different order on every run (and a GPU run could not repeat itself exactly)
     per_tok = lp.new_zeros(keep.numel()).index_copy(0, sel, lp)
