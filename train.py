@@ -316,7 +316,7 @@ def train(cfg, task=None, stop_at=None):
             for g in opt.param_groups:
                 g["lr"] = lr
             # where the run is, for methods that schedule over epochs
-            run.step, run.epoch = step, order.pos / order.per_epoch
+            run.epoch = order.pos / order.per_epoch
             run.epochs = cfg.max_steps * cfg.grad_accum / order.per_epoch
             t_step = time.time()
             micro = [make_batch([train_ex[i] for i in order.next()[rows]], method.eats, tok.pad_id,

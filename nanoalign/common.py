@@ -134,7 +134,6 @@ class Run:
     task: Any = None                     # a built-in task lent by the caller: .oracle_scores(prompt,
                                          # response) for metrics, .rationale(...) for the targets of
                                          # the rationale judge templates; None on the user's own data
-    step: int = 0                        # optimizer steps done
     epoch: float = 0.0                   # epochs of data seen (fractional)
     epochs: float = 1.0                  # epochs the whole run will see
     principles: Optional[list] = None    # [(name, description)] an on-policy judge judges under
