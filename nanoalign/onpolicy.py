@@ -92,8 +92,7 @@ class OnPolicyOptions(DPOOptions, JudgeTemplateOptions):
     likelihood: str = judge_likelihood(LIKELIHOOD, "Self-Judge's")
     judge_from: str = option("", "a checkpoint directory to judge with, read with its own "
                              "tokenizer and chat template (an option of nanoalign's, not a setting "
-                             "of either paper; not with self_judge's --judge policy); '' = the frozen "
-                             "start (the papers' choice; self_judge --judge policy: the policy)")
+                             "of either paper); '' = the frozen start (the papers' choice)")
     gen_max_tokens: int = option(0, "max new tokens per sample; 0 = auto: "
                                  f"{AUTO_NEW_TOKENS['small']} for a model under "
                                  f"{FAST_MIN_PARAMS // 10**6}M parameters (the arith task's answers "
