@@ -18,7 +18,9 @@ eq. 7-9; docs/methods.md#osp).
                  principle's p (judge.principle_mean: monotone in every principle's p, and soft;
                  docs/methods.md#target-strength)
             then, with h = (logp_sum_theta(y_h) - logp_sum_SFT(y_h)) - (logp_sum_theta(y_l) - logp_sum_SFT(y_l))
-            (logp_sum: docs/methods.md#sequence-log-probabilities) and p_hat = sigmoid(beta * h) (eq. 7):
+            (logp_sum: docs/methods.md#sequence-log-probabilities) and p_hat = sigmoid(beta * h) (eq. 7,
+            beta on the whole difference as in DPO; eq. 7 as printed puts it on the first log-ratio
+            only, and eq. 9 leaves it out: docs/methods.md#spce-loss says why we read it so):
               L_SPCE = -[p * log(p_hat) + (1 - p) * log(1 - p_hat)]                   (eq. 8; printed
                                       without the minus, the log-likelihood it maximizes)
             For p in {0, 1} this is exactly DPO; d L_SPCE / d h = beta * (p_hat - p) (eq. 9). All three:
