@@ -4,12 +4,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from nanoalign.common import reference_logps
 from nanoalign.data import make_batch
 from nanoalign.testing import tiny_model
-from tests.helpers import EXAMPLES, one_thread, response_token_logps
+from tests.helpers import EXAMPLES, examples, one_thread, response_token_logps, tiny
 
 
 # -- the frozen copy and batch_logps ---------------------------------------------------------------
@@ -46,33 +46,52 @@ def test_batch_logps_hands_the_kernel_the_autocast_dtype(monkeypatch):
     assert torch.allclose(low, plain, rtol=0.05, atol=0.05)
 
 
-def test_batch_logps_runs_a_packed_batch_padding_free():
+row_lengths = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12)), min_size=1, max_size=5)
+
+
+@settings(max_examples=examples(25), deadline=None)
+@given(lengths=row_lengths, seed=st.integers(0, 1000), window=st.sampled_from([None, 3]))
+@example(lengths=[(1, 1)], seed=0, window=None).via("a single row of one token")
+@example(lengths=[(1, 1), (12, 4), (1, 1), (2, 1)], seed=1, window=3).via("length-1 rows, a window")
+def test_batch_logps_runs_a_packed_batch_padding_free_to_the_padded_log_probs_and_gradients(lengths, seed,
+                                                                                           window):
     """A packed batch (make_batch(..., packed=True), train.py --packed) runs one forward on its real
     tokens only: one (1, N) row of ids, N the batch's real tokens, with the rows' boundaries
-    cu_seqlens and no attention mask, to the padded batch's per-row log-probs. A padded batch runs
-    (B, T) ids with their mask."""
+    cu_seqlens and no attention mask; a padded batch runs (B, T) ids with their mask. Against the
+    padded batch (GQA, and a sliding window shorter than a row): each row's summed and mean log-prob,
+    and the gradients of every weight. (The model's hidden states on packed rows:
+    tests/model/test_model.py.)"""
     import inspect
     from nanoalign.common import batch_logps
-    model = tiny_model(0)
-    examples = [{"ids": [5, 6, 7, 8], "n_prompt": 1}, {"ids": [5, 9], "n_prompt": 1},
-                {"ids": [3, 4, 5, 6, 7, 8, 9], "n_prompt": 2}]
+    model = tiny(seed, sliding_window=window)
+    g = torch.Generator().manual_seed(seed)
+    ex = [{"ids": torch.randint(3, 101, (n,), generator=g).tolist(), "n_prompt": max(1, min(p, n))}
+          for n, p in lengths]
+    padded, packed = make_batch(ex, "sft", 0), make_batch(ex, "sft", 0, packed=True)
+    n_tokens = [n for n, _ in lengths]
     seen = []
 
     def record(module, args, kwargs):
         seen.append(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
-    handle = model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        packed = batch_logps(model, make_batch(examples, "sft", 0, packed=True))
-        (call,) = seen
-        assert call["idx"].shape == (1, 4 + 2 + 7) and call.get("attn_mask") is None
-        assert call["cu_seqlens"].tolist() == [0, 4, 6, 13]
-        seen.clear()
-        padded = batch_logps(model, make_batch(examples, "sft", 0))
-        (call,) = seen
-        assert call["idx"].shape == (3, 7) and call.get("cu_seqlens") is None
-    finally:
-        handle.remove()
-    assert packed.shape == (3,) and torch.allclose(packed, padded, rtol=1e-4, atol=1e-4)
+    params = list(model.parameters())
+    up = torch.randn(len(ex), generator=torch.Generator().manual_seed(seed))
+    for reduction in ("sum", "mean"):
+        handle = model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            seen.clear()
+            a, b = batch_logps(model, padded, reduction), batch_logps(model, packed, reduction)
+        finally:
+            handle.remove()
+        pad_call, pack_call = seen
+        assert pad_call["idx"].shape == (len(ex), max(n_tokens)) and pad_call.get("cu_seqlens") is None
+        assert pack_call["idx"].shape == (1, sum(n_tokens)) and pack_call.get("attn_mask") is None
+        assert pack_call["cu_seqlens"].tolist() == [sum(n_tokens[:i]) for i in range(len(ex) + 1)]
+        assert b.shape == (len(ex),) and torch.allclose(b, a, rtol=1e-5, atol=1e-5), reduction
+        ga = torch.autograd.grad((a * up).sum(), params, allow_unused=True)
+        gb = torch.autograd.grad((b * up).sum(), params, allow_unused=True)
+        for x, y in zip(ga, gb):
+            assert (x is None) == (y is None)
+            assert x is None or torch.allclose(y, x, rtol=1e-4, atol=1e-6), reduction
 
 
 @given(seed=st.integers(0, 1000))
@@ -80,7 +99,6 @@ def test_batch_logps_ignores_targets_outside_the_mask(seed):
     """Every loss reads log-probs through batch_logps: a target outside the mask (the prompt's, a
     pad's) changes nothing, one inside it does."""
     from nanoalign.common import batch_logps
-    from tests.helpers import tiny
     m = tiny(seed)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 101, (2, 10), generator=g)

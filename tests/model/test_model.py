@@ -1,18 +1,18 @@
 """The model is the reference model (model/model.py): logits against `transformers` (in its own
 process: the `hf` fixture, tests/hf_reference.py) for each architecture, a checkpoint round trip
-through it, and the sliding window."""
+through it, the sliding window, padding-free rows, and what a training forward keeps for backward."""
 import json
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import model.model as model_module
 from model.checkpoint import load_model, save_model
 from model.lora import LoRALinear, apply_lora
-from model.model import RMSNorm, lean, swiglu
-from tests.helpers import ids, spy_on_attention, tiny
+from model.model import PackedRows, RMSNorm, lean, swiglu
+from tests.helpers import examples, ids, one_thread, spy_on_attention, tiny
 
 CONFIGS = {
     "llama-gqa": dict(n_heads=6, n_kv_heads=2),
@@ -88,6 +88,35 @@ def test_sliding_window_matters():
         b = m.logits(m(x))
     assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)    # inside the window: identical
     assert (a[:, 5:] - b[:, 5:]).abs().max() > 1e-3        # beyond it: different
+
+
+# -- padding-free rows (PackedRows: train.py --packed) ---------------------------------------------------
+@settings(max_examples=examples(25), deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5), seed=st.integers(0, 1000),
+       window=st.sampled_from([None, 3]))
+@example(lengths=[1], seed=0, window=None).via("a single row of one token")
+@example(lengths=[1, 12, 1, 2], seed=1, window=3).via("length-1 rows, a window")
+def test_packed_rows_give_the_padded_rows_hidden_states(lengths, seed, window):
+    """The padding-free forward (rows back to back, RoPE restarting per row, attention inside a row;
+    GQA, and a sliding window shorter than a row) against the right-padded batch of the same rows:
+    every real token's hidden state. (batch_logps's log-probs and gradients on such rows:
+    tests/methods/test_common.py.)"""
+    with one_thread():
+        model = tiny(seed, sliding_window=window)
+        g = torch.Generator().manual_seed(seed)
+        rows = [torch.randint(3, 101, (n,), generator=g) for n in lengths]
+        padded = torch.zeros(len(rows), max(lengths), dtype=torch.long)       # right-padded with 0
+        attn = torch.zeros_like(padded)
+        for i, r in enumerate(rows):
+            padded[i, :len(r)], attn[i, :len(r)] = r, 1
+        cu = torch.tensor([0, *lengths]).cumsum(0)
+        # positions restart in each row (RoPE only sees differences inside a row, so the hidden
+        # states alone could not tell; a long packed batch would drift in float32 and past the
+        # model's context)
+        assert PackedRows(cu).positions.tolist() == [t for n in lengths for t in range(n)]
+        h_pad = model(padded, attn)[attn.bool()]                                    # (N, dim)
+        h_pack = model(torch.cat(rows)[None], cu_seqlens=cu)[0]
+        assert torch.allclose(h_pack, h_pad, rtol=1e-5, atol=1e-5)
 
 
 # -- The dtype attention runs in ------------------------------------------------------------------------

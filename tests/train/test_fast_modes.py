@@ -1,7 +1,8 @@
 """The training path's fast modes (train.py --packed, --dtype): padding-free batches give the padded
-batch's hidden states, log-probs, gradients and training step, and every method's run its losses;
-bf16 autocast stays close to float64 and really runs in bf16, each forward of every method's run;
-the automatic choices follow the model size and the device."""
+batch's training step, and every method's run its losses; bf16 autocast stays close to float64 and
+really runs in bf16, each forward of every method's run; the automatic choices follow the model size
+and the device. (Under a packed batch, the model's hidden states are tested in
+tests/model/test_model.py, batch_logps's log-probs and gradients in tests/methods/test_common.py.)"""
 import dataclasses
 import functools
 import math
@@ -9,7 +10,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from nanoalign import REGISTRY
 from tests.helpers import examples, one_thread, tiny
@@ -22,45 +23,6 @@ def _rows(lengths, seed, room=0):
     g = torch.Generator().manual_seed(seed)
     return [{"ids": torch.randint(3, 101, (n,), generator=g).tolist(), "n_prompt": max(1, min(p, n - room))}
             for n, p in lengths]
-
-
-row_lengths = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12)), min_size=1, max_size=5)
-
-
-@settings(max_examples=examples(25), deadline=None)
-@given(lengths=row_lengths, seed=st.integers(0, 1000), window=st.sampled_from([None, 3]))
-@example(lengths=[(1, 1)], seed=0, window=None).via("a single row of one token")
-@example(lengths=[(1, 1), (12, 4), (1, 1), (2, 1)], seed=1, window=3).via("length-1 rows, a window")
-def test_packed_batches_give_the_padded_hidden_states_log_probs_and_gradients(lengths, seed, window):
-    """The padding-free forward (rows back to back, RoPE restarting per row, attention inside a row;
-    GQA, and a sliding window shorter than a row) against the padded reference: every real token's
-    hidden state, each row's summed and mean log-prob, and the gradients of every weight."""
-    from model.model import PackedRows
-    from nanoalign.common import batch_logps
-    from nanoalign.data import make_batch
-    with one_thread():
-        model = tiny(seed, sliding_window=window)
-        ex = _rows(lengths, seed)
-        padded, packed = make_batch(ex, "sft", 0), make_batch(ex, "sft", 0, packed=True)
-        real = padded["attn"].bool()
-        cu = packed["packed"]["cu_seqlens"]
-        # positions restart in each row (RoPE only sees differences inside a row, so the hidden
-        # states alone could not tell; a long packed batch would drift in float32 and past the
-        # model's context)
-        assert PackedRows(cu).positions.tolist() == [t for n, _ in lengths for t in range(n)]
-        h_pad = model(padded["ids"], padded["attn"])[real]                          # (N, dim)
-        h_pack = model(packed["packed"]["ids"], cu_seqlens=packed["packed"]["cu_seqlens"])[0]
-        assert torch.allclose(h_pack, h_pad, rtol=1e-5, atol=1e-5)
-        params = [p for p in model.parameters()]
-        up = torch.randn(len(ex), generator=torch.Generator().manual_seed(seed))
-        for reduction in ("sum", "mean"):
-            a, b = batch_logps(model, padded, reduction), batch_logps(model, packed, reduction)
-            assert torch.allclose(b, a, rtol=1e-5, atol=1e-5), reduction
-            ga = torch.autograd.grad((a * up).sum(), params, allow_unused=True)
-            gb = torch.autograd.grad((b * up).sum(), params, allow_unused=True)
-            for x, y in zip(ga, gb):
-                assert (x is None) == (y is None)
-                assert x is None or torch.allclose(y, x, rtol=1e-4, atol=1e-6), reduction
 
 
 def _pref(lengths, seed):
