@@ -52,6 +52,24 @@ def single_thread():
         yield
 
 
+@pytest.fixture
+def toy_slip():
+    """toy_slip(**fields) registers the method 'toy_slip' for one test, as a new method's author
+    would: an SFT-like toy (its loss the responses' summed negative log-likelihood) unless `fields`
+    say otherwise. It leaves the registry after the test, passed or failed."""
+    from nanoalign import REGISTRY
+    from nanoalign.common import Method, batch_logps, register
+
+    def nll(model, batch, run, cfg):
+        return -batch_logps(model, batch, "sum").sum(), {}
+
+    def make(**fields):
+        register(Method(**{"name": "toy_slip", "reads": "sft", "eats": "sft", "unit": "n_tokens", "loss": nll,
+                           "help": "a toy", **fields}))
+    yield make
+    REGISTRY.pop("toy_slip", None)
+
+
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     d = tmp_path_factory.mktemp("start")

@@ -1,7 +1,8 @@
-"""The shape of the code: methods live in their own files, layers point down, no import cycles. A
-method is one file: a toy one registered here, in a test file, trains through train.py's command
-line (with an on-policy round too), and the slips a new method's author makes (a loss that is not
-one number, an option that shadows a shared one, a method file never imported) are said naming it."""
+"""The shape of the code: methods live in their own files (train.py names none), layers point down, no
+import cycles, the library never imports transformers, git keeps run outputs out; the slips in a new
+method's file (an option that shadows a shared one, a method file never imported) are said naming
+it. (That a method registered anywhere, even in a test file, trains through train.py:
+tests/train/test_loop.py.)"""
 import ast
 import dataclasses
 import os
@@ -10,107 +11,16 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 import train
-from nanoalign import REGISTRY, onpolicy
-from nanoalign.common import Method, batch_logps, option, register
+from nanoalign import REGISTRY
+from nanoalign.common import option
 from nanoalign.data import KINDS
 from tests.helpers import ROOT
 
 LIBRARY = ("kernels", "model", "nanoalign")
 # the library runs without them; transformers is only the tests' reference, in its own process
 NOT_IN_LIBRARY = ("transformers", "trl", "accelerate", "peft", "datasets")
-
-
-# -- a method that exists only in this file ---------------------------------------------------------
-@dataclass
-class ToyOptions:
-    toy_weight: float = option(0.5, "scale of the toy loss", minimum=0.0)
-
-
-SEEN = []
-
-
-def toy_loss(model, batch, run, cfg):
-    SEEN.append(cfg.toy_weight)
-    lp = batch_logps(model, batch, "sum")
-    return -cfg.toy_weight * lp.sum(), {"toy": float(cfg.toy_weight)}
-
-
-@pytest.fixture
-def toy_method():
-    register(Method(name="toy_sft", reads="sft", eats="sft", unit="n_tokens", loss=toy_loss,
-                    help="a toy: scaled SFT", options=ToyOptions, metrics={"toy": "the toy weight"}))
-    yield REGISTRY["toy_sft"]
-    del REGISTRY["toy_sft"]
-
-
-def test_a_method_registered_in_a_test_file_trains_through_the_cli(toy_method, tmp_path, capsys):
-    argv = ["--method", "toy_sft", "--toy_weight", "0.25", "--init_from", "scratch", "--max_steps", "2",
-            "--batch_size", "4", "--n_train", "16", "--out_dir", str(tmp_path), "--final_eval", "false",
-            "--log_every", "1", "--val_data", ""]
-    SEEN.clear()
-    train.main(argv)
-    out = capsys.readouterr().out
-    assert SEEN == [0.25, 0.25]                         # its own option reached its loss, twice
-    assert "toy = the toy weight" in out                 # its metric is explained in the legend
-    assert os.path.exists(tmp_path / "ckpt" / "state.json")
-    # its help lists its option; another method's help does not
-    with pytest.raises(SystemExit):
-        train.parse_config(["--method", "toy_sft", "--help"])
-    assert "--toy_weight" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        train.parse_config(["--method", "sft", "--help"])
-    assert "--toy_weight" not in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:                 # and validates it from the declaration
-        train.parse_config(["--method", "toy_sft", "--toy_weight", "-1"])
-    assert e.value.code == 2 and "--toy_weight must be >= 0.0" in capsys.readouterr().err
-
-
-# -- a method with an on-policy round, also only in this file ------------------------------------
-CALLS = []
-
-
-def toy_rollout(model, batch, run, cfg):
-    """Greedy-free toy round: each prompt's 'sample' is the prompt's last token, paired against the
-    first; recorded with whether autograd was on."""
-    CALLS.append(("rollout", torch.is_grad_enabled(), model.training))
-    prompts = batch["prompts"]
-    wins, losses = [[p[-1]] for p in prompts], [[p[0]] for p in prompts]
-    pairs = onpolicy.pair_batch(prompts, wins, losses, run.tok.pad_id, model.lm_head.weight.device)
-    return pairs, {"toy_rolled": float(len(prompts))}
-
-
-def toy_pair_loss(model, batch, run, cfg):
-    CALLS.append(("loss", torch.is_grad_enabled(), batch["n_examples"]))
-    lp = batch_logps(model, batch, "sum")
-    B = batch["n_examples"]
-    return -(lp[:B] - lp[B:]).sum(), {}
-
-
-@pytest.fixture
-def toy_rollout_method():
-    register(Method(name="toy_onpolicy", reads="prompt", eats="prompt", unit="n_examples",
-                    rollout=toy_rollout, loss=toy_pair_loss, help="a toy with a rollout"))
-    yield REGISTRY["toy_onpolicy"]
-    del REGISTRY["toy_onpolicy"]
-
-
-def test_a_method_with_a_rollout_trains_through_main_rollout_first_and_without_autograd(
-        toy_rollout_method, tmp_path, capsys):
-    CALLS.clear()
-    train.main(["--method", "toy_onpolicy", "--init_from", "scratch", "--max_steps", "2",
-                "--batch_size", "3", "--grad_accum", "2", "--n_train", "12", "--out_dir", str(tmp_path),
-                "--final_eval", "false", "--log_every", "1", "--val_data", ""])
-    kinds = [c[0] for c in CALLS]
-    # each step: both micro-batches' rollouts, then both losses; two steps
-    assert kinds == ["rollout", "rollout", "loss", "loss"] * 2
-    assert all(not grad for k, grad, _ in CALLS if k == "rollout")      # never under autograd
-    assert all(grad and n == 3 for k, grad, n in CALLS if k == "loss")  # the loss on 3 pairs, with grads
-    assert "toy_rolled 3.0000" in capsys.readouterr().out               # its metrics reach the log
-    with pytest.raises(SystemExit):                                     # FSDP refuses a rollout
-        train.parse_config(["--method", "toy_onpolicy", "--parallel", "fsdp"])
 
 
 def test_no_method_is_named_in_train_py():
@@ -144,51 +54,13 @@ class SharedNameOptions:
     max_length: int = option(64, "a shared option declared again")
 
 
-@pytest.fixture(autouse=True)
-def no_toy_slip():
-    yield
-    REGISTRY.pop("toy_slip", None)           # a test that failed may have registered it
-
-
-def toy(**kw):
-    return Method(**{"name": "toy_slip", "reads": "sft", "eats": "sft", "unit": "n_tokens", "loss": toy_loss,
-                     "help": "a toy", **kw})
-
-
-def test_a_method_option_that_is_a_shared_one_says_how_to_change_its_default(capsys):
-    register(toy(options=SharedNameOptions))
+def test_a_method_option_that_is_a_shared_one_says_how_to_change_its_default(toy_slip, capsys):
+    toy_slip(options=SharedNameOptions)
     with pytest.raises(SystemExit) as e:
         train.parse_config(["--method", "toy_slip"])
     msg = str(e.value.code) + capsys.readouterr().err
     assert "option 'max_length' of SharedNameOptions is a shared option" in msg, msg
     assert "Method(defaults={'max_length': ...})" in msg, msg
-
-
-def per_row_loss(model, batch, run, cfg):
-    return -batch_logps(model, batch, "sum"), {}          # (B,): no .sum()
-
-
-def one_element_loss(model, batch, run, cfg):
-    return -batch_logps(model, batch, "sum").sum().reshape(1), {}   # (1,): one number, as backward() takes
-
-
-def test_a_loss_of_one_element_trains(tmp_path):
-    register(toy(loss=one_element_loss))
-    train.main(["--method", "toy_slip", "--init_from", "scratch", "--max_steps", "1", "--batch_size", "4",
-                "--n_train", "8", "--out_dir", str(tmp_path), "--final_eval", "false", "--val_data", ""])
-    assert os.path.exists(tmp_path / "ckpt" / "state.json")
-
-
-def test_a_loss_that_is_not_one_number_is_an_error_naming_the_method(tmp_path):
-    """A loss returned per row stopped the run in backward() with torch's 'grad can be implicitly
-    created only for scalar outputs', which says nothing of the method or of the sum it must be."""
-    register(toy(loss=per_row_loss))
-    with pytest.raises(ValueError) as e:
-        train.main(["--method", "toy_slip", "--init_from", "scratch", "--max_steps", "1", "--batch_size",
-                    "4", "--n_train", "8", "--out_dir", str(tmp_path), "--final_eval", "false",
-                    "--val_data", ""])
-    assert "--method toy_slip: its loss returned a tensor of shape (4,)" in str(e.value), str(e.value)
-    assert "one number, the sum over the micro-batch's n_tokens" in str(e.value), str(e.value)
 
 
 def test_a_method_file_not_imported_is_named_when_its_method_is_unknown(tmp_path, monkeypatch, capsys):
