@@ -9,7 +9,7 @@ from hypothesis import example, given, settings, strategies as st
 from nanoalign.common import reference_logps
 from nanoalign.data import make_batch
 from nanoalign.testing import tiny_model
-from tests.helpers import EXAMPLES, examples, one_thread, response_token_logps, tiny
+from tests.helpers import EXAMPLES, examples, response_token_logps, tiny
 
 
 # -- the frozen copy and batch_logps ---------------------------------------------------------------
@@ -166,7 +166,6 @@ def test_register_adds_each_method_once():
         REGISTRY.pop(a.name, None), REGISTRY.pop(b.name, None)
 
 
-
 @dataclass
 class PlainOptions:
     toy_weight: float = 0.5            # a plain field, not option(): no help, no bounds
@@ -192,6 +191,7 @@ def test_register_refuses_a_method_the_loop_could_not_run_naming_the_field(kw, s
     assert says in str(e.value), str(e.value)
     assert "toy_slip" not in REGISTRY and REGISTRY["ipo"].loss.__module__ == "nanoalign.dpo"
 
+
 # -- the frozen reference's log-probs --------------------------------------------------------------
 def rows_of(examples):
     """The batch's rows in order (chosen rows first, then rejected): (ids, n_prompt)."""
@@ -201,11 +201,10 @@ def rows_of(examples):
 
 @pytest.mark.parametrize("reduction", ["default", "sum", "mean"])
 def test_reference_logps_sums_by_default_and_honours_mean(reduction):
-    with one_thread():
-        ref = tiny_model(seed=3, init_std=0.3)
-        batch = make_batch(EXAMPLES, "pref", 0)
-        got = reference_logps(ref, batch) if reduction == "default" else reference_logps(ref, batch, reduction)
-        per_token = [response_token_logps(ref, ids, n) for ids, n in rows_of(EXAMPLES)]
-        agg = (lambda t: t.mean()) if reduction == "mean" else (lambda t: t.sum())
-        want = torch.stack([agg(t) for t in per_token])
-        assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4)
+    ref = tiny_model(seed=3, init_std=0.3)
+    batch = make_batch(EXAMPLES, "pref", 0)
+    got = reference_logps(ref, batch) if reduction == "default" else reference_logps(ref, batch, reduction)
+    per_token = [response_token_logps(ref, ids, n) for ids, n in rows_of(EXAMPLES)]
+    agg = (lambda t: t.mean()) if reduction == "mean" else (lambda t: t.sum())
+    want = torch.stack([agg(t) for t in per_token])
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4)

@@ -12,7 +12,7 @@ from nanoalign.data import make_batch
 from nanoalign.dpo import dpo_loss, ipo_loss, pair_metrics
 from nanoalign.testing import pref_batches, tiny_model, tiny_models
 from tests.helpers import (EXAMPLES, assert_metrics, call_method, close, examples, log_sigmoid, lp_sum, mean,
-                           one_thread, swapped)
+                           swapped)
 
 
 # -- DPO's gradient, IPO's minimum -----------------------------------------------------------------
@@ -75,11 +75,9 @@ def test_dpo_and_ipo_losses_built_at_test_time_match_their_equations(method, mon
     import dataclasses
     from nanoalign import REGISTRY, dpo
     from tests.methods import test_dpo as test_method_math
-    from tests.helpers import one_thread
     fn = {"dpo": dpo.dpo_loss, "ipo": dpo.ipo_loss}[method]
     monkeypatch.setitem(REGISTRY, method, dataclasses.replace(REGISTRY[method], loss=dpo.pairs_loss(fn)))
-    with one_thread():
-        test_method_math.test_dpo_and_ipo_match_their_equations(method=method)
+    test_method_math.test_dpo_and_ipo_match_their_equations(method=method)
 
 
 # -- the metrics: margin and reward accuracy -------------------------------------------------------
@@ -89,7 +87,6 @@ def test_reward_accuracy_counts_only_strictly_positive_margins():
 
 
 def test_dpo_at_its_frozen_start_has_zero_margin_and_zero_reward_accuracy():
-    with one_thread():
-        model = tiny_model(seed=1, init_std=0.1)
-        _, m = call_method("dpo", model, make_batch(EXAMPLES, "pref", 0), ref=frozen_copy(model))
+    model = tiny_model(seed=1, init_std=0.1)
+    _, m = call_method("dpo", model, make_batch(EXAMPLES, "pref", 0), ref=frozen_copy(model))
     assert m["margin"] == 0.0 and m["reward_acc"] == 0.0          # h == 0 exactly: no pair has h > 0

@@ -15,7 +15,7 @@ import train
 from model.files import CheckpointError
 from nanoalign.testing import tiny_model
 from nanoalign.meta_aligner import run_stages
-from tests.helpers import method_config, one_thread, run_cfg
+from tests.helpers import method_config, run_cfg
 
 
 # -- 'all' chains three runs -----------------------------------------------------------------------
@@ -381,18 +381,16 @@ def test_correct_defaults_to_48_new_tokens_in_batches_of_64(monkeypatch):
 
     monkeypatch.setattr(meta_aligner, "generate", spy)
     n = 65
-    with one_thread():
-        out = meta_aligner.correct(tiny_model(seed=4, max_seq_len=128), FakeTok(pad_id=0),
-                                   [f"q{i}" for i in range(n)], [f"y{i}" for i in range(n)], [("c", "right")])
+    out = meta_aligner.correct(tiny_model(seed=4, max_seq_len=128), FakeTok(pad_id=0),
+                               [f"q{i}" for i in range(n)], [f"y{i}" for i in range(n)], [("c", "right")])
     assert sizes == [64, 1]
     assert len(out) == n and all(len(o.split()) == 48 for o in out)
 
 
 def test_correct_pads_with_0_when_the_tokenizer_has_no_pad_id():
     from nanoalign.meta_aligner import correct
-    with one_thread():
-        out = correct(tiny_model(seed=5, max_seq_len=64), FakeTok(pad_id=None), ["What is 1 + 1?", "Hi"],
-                      ["3", "hello there"], [("c", "right")], max_new_tokens=3)
+    out = correct(tiny_model(seed=5, max_seq_len=64), FakeTok(pad_id=None), ["What is 1 + 1?", "Hi"],
+                  ["3", "hello there"], [("c", "right")], max_new_tokens=3)
     assert len(out) == 2 and all(len(o.split()) == 3 for o in out)
 
 

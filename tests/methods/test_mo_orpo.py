@@ -19,7 +19,7 @@ from nanoalign.orpo import odds_ratio
 from nanoalign.tasks import arith as task
 from nanoalign.testing import mo_batches, tiny_model, tiny_models
 from tests.helpers import (EXAMPLES, assert_metrics, call_method, close, examples, grads_of, log_sigmoid,
-                           mean, one_thread, orpo_terms, pref_rows, run_cfg, small_model, swapped)
+                           mean, orpo_terms, pref_rows, run_cfg, small_model, swapped)
 
 lp = st.floats(-30, -1e-4, allow_nan=False)
 zs = st.floats(-20, 20, allow_nan=False, width=32)  # exactly representable in float32
@@ -352,10 +352,8 @@ def test_mo_orpo_losses_built_at_test_time_match_the_paper(kind, monkeypatch):
     import dataclasses
     from nanoalign import REGISTRY, mo_orpo
     from tests.methods import test_mo_orpo as test_method_math
-    from tests.helpers import one_thread
     monkeypatch.setitem(REGISTRY, kind, dataclasses.replace(REGISTRY[kind], loss=mo_orpo._loss(kind)))
-    with one_thread():
-        test_method_math.test_mo_orpo_variants_match_the_paper(kind=kind)
+    test_method_math.test_mo_orpo_variants_match_the_paper(kind=kind)
 
 
 def test_sj_templates_are_5_wordings_x_5_names_x_2_orders():
@@ -401,9 +399,8 @@ MO_EXAMPLES = [
 ])
 def test_a_schedule_scores_only_the_task_it_trains(kind, epoch, epochs, trained):
     other = "sj" if trained == "align" else "align"
-    with one_thread():
-        model = tiny_model(seed=2, init_std=0.1)
-        loss, m = call_method(kind, model, make_batch(MO_EXAMPLES, "mo", 0), epoch=epoch, epochs=epochs)
+    model = tiny_model(seed=2, init_std=0.1)
+    loss, m = call_method(kind, model, make_batch(MO_EXAMPLES, "mo", 0), epoch=epoch, epochs=epochs)
     assert m["task_sj"] == float(trained == "sj")
     assert f"z_{trained}" in m and f"L_{trained}" in m
     assert not [k for k in m if k.endswith("_" + other) and k != "task_sj"]   # the other task: not run
@@ -417,11 +414,10 @@ def test_a_variants_legend_names_what_its_steps_log_and_nothing_else(kind):
     explained sj_active and task_sj, which it never logs. Over steps in both halves of a run (a
     schedule trains each task in one of them), the names logged are the legend's."""
     logged = set()
-    with one_thread():
-        for epoch in (0.5, 1.5):
-            _, m = call_method(kind, tiny_model(seed=2, init_std=0.1), make_batch(MO_EXAMPLES, "mo", 0),
-                               epoch=epoch, epochs=2.0)
-            logged |= set(m)
+    for epoch in (0.5, 1.5):
+        _, m = call_method(kind, tiny_model(seed=2, init_std=0.1), make_batch(MO_EXAMPLES, "mo", 0),
+                           epoch=epoch, epochs=2.0)
+        logged |= set(m)
     assert logged == set(REGISTRY[kind].metrics)
 
 
