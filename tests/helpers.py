@@ -433,6 +433,17 @@ def by_score(x, a, b):
     return float(OracleTask.score(a) > OracleTask.score(b))
 
 
+# -- a MetaAligner row: per-objective labels ---------------------------------------------------------
+def meta_row(labels, y1="good", y2="bad", where=None):
+    """A row of MetaAligner's data: the prompt 'q?', y1 chosen and y2 rejected, `labels` {objective:
+    1|2|equal} with each labelled objective described as 'marker <name>'; `where`: its file and line."""
+    r = {"prompt": "q?", "chosen": y1, "rejected": y2, "labels": labels,
+         "objectives": {k: f"marker {k}" for k in labels}}
+    if where:
+        r["_where"] = where
+    return r
+
+
 # -- two preference examples, as token ids ---------------------------------------------------------
 EXAMPLES = [  # prompt + chosen, prompt + rejected: token ids, prompts of 2-4 tokens, unequal lengths
     {"chosen": [5, 6, 7, 8, 9], "n_prompt_chosen": 2, "rejected": [5, 6, 10], "n_prompt_rejected": 2},

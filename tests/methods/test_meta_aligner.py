@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 import train
 from nanoalign.data import DataError, read_jsonl
 from nanoalign.meta_aligner import build_sets, parse_objectives, render_objectives, stage_rows, template
+from tests.helpers import meta_row
 
 OBJ = {"c": "is correct", "k": "is short", "f": "ends with a period"}
 
@@ -177,14 +178,6 @@ def test_parse_objectives_names_and_descriptions():
     assert str(e.value) == "name at least one objective"
 
 
-def meta_row(labels, where=None):
-    objs = {k: f"marker {k}" for k in labels}
-    r = {"prompt": "q?", "chosen": "good", "rejected": "bad", "labels": labels, "objectives": objs}
-    if where:
-        r["_where"] = where
-    return r
-
-
 def test_meta_aligner_template_of_a_conversation_keeps_every_turn():
     from nanoalign.meta_aligner import template
     conv = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "mid"},
@@ -204,7 +197,7 @@ def test_meta_aligner_rows_need_both_tables():
         assert str(e.value) == ("row: per-objective rows need 'labels' {objective: 1|2|equal} and "
                                 "'objectives' {objective: description}")
     with pytest.raises(DataError, match=r"^f\.jsonl:3: objective 'a': label '4'"):
-        build_sets([meta_row({"a": "4"}, "f.jsonl:3")], 0)
+        build_sets([meta_row({"a": "4"}, where="f.jsonl:3")], 0)
     with pytest.raises(DataError, match=r"^row: objective 'a': label 4 is not"):
         build_sets([meta_row({"a": 4})], 0)
 

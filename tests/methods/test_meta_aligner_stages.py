@@ -15,7 +15,7 @@ import train
 from model.files import CheckpointError
 from nanoalign.testing import tiny_model
 from nanoalign.meta_aligner import run_stages
-from tests.helpers import method_config, run_cfg
+from tests.helpers import meta_row, method_config, run_cfg
 
 
 # -- 'all' chains three runs -----------------------------------------------------------------------
@@ -320,21 +320,13 @@ def test_meta_aligner_correct_is_greedy_decoding_of_the_edit_prompt():
 
 
 # -- each stage's rows follow the run's seed; the corrector's defaults -----------------------------
-OBJ = {n: f"objective {n}" for n in "abcdef"}
-
-
-def meta_row(labels, y1="good", y2="bad"):
-    return {"prompt": "q?", "chosen": y1, "rejected": y2, "labels": labels,
-            "objectives": {k: OBJ[k] for k in labels}}
-
-
 def objective_order(prompt):
     return prompt.split("objectives: ")[1].split(" | Question")[0]
 
 
 def test_stage_rows_shuffle_objectives_with_the_run_seed():
     from nanoalign.meta_aligner import build_sets, stage_rows
-    rows = [meta_row({n: "1" for n in OBJ})]                   # six winning objectives: 720 orders
+    rows = [meta_row({n: "1" for n in "abcdef"})]              # six winning objectives: 720 orders
     orders = set()
     for seed in range(6):
         cfg = method_config("meta_aligner", meta_stage="preference", seed=seed)
