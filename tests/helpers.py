@@ -214,8 +214,11 @@ def grads(out, h, w, upstream):
     return torch.autograd.grad((out * upstream).sum(), [h, w])
 
 
-# -- TOK: the built-in task's byte-level tokenizer -------------------------------------------------
+# -- TOK: the built-in task's byte-level tokenizer; a tiny model's settings for its ids --------------
 TOK = byte_tokenizer()
+# the vocabulary of a model over TOK's ids: its special tokens where TOK numbers them (tiny_model(seed,
+# **BYTE_VOCAB, ...))
+BYTE_VOCAB = dict(vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258)
 
 
 # -- a stub judge whose logits are a known function of what it read (RuleJudge) --------------------
@@ -346,8 +349,7 @@ PROMPTS = ["What is 3 + 4?", "What is 12 + 9?", "What is 7 + 15?", "What is 1 + 
 
 def on_policy_setup(seed, n_prompts):
     tok = byte_tokenizer()
-    kw = dict(vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258, max_seq_len=64,
-              init_std=0.3)
+    kw = dict(BYTE_VOCAB, max_seq_len=64, init_std=0.3)
     policy, ref = tiny_model(seed, **kw), tiny_model(seed + 1, **kw)
     ex, _ = tokenize_rows([{"prompt": p} for p in PROMPTS[:n_prompts]], tok, "prompt", 64)
     return tok, policy, ref, make_batch(ex, "prompt", tok.pad_id)
@@ -403,7 +405,7 @@ def _short_run(tmp_path, capsys, **kw):
     return capsys.readouterr().out
 
 
-# -- labelled preference rows; an off-policy setup, a task's stand-in, a judge recorder ------------
+# -- labelled preference rows; an off-policy setup, a task's stand-in, its judge rule --------------
 def pref_rows(n=2):
     return [{"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}.", "rejected": "no", "_where": f"f:{i + 1}",
              "labels": {"correct": "1", "format": "equal"},
@@ -414,7 +416,7 @@ def offpolicy_setup():
     from nanoalign.data import make_batch, tokenize_rows
     from nanoalign.testing import tiny_model
     tok = byte_tokenizer()
-    kw = dict(vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258, max_seq_len=64)
+    kw = dict(BYTE_VOCAB, max_seq_len=64)
     ex, _ = tokenize_rows([{"prompt": p} for p in ("What is 1 + 2?", "What is 3 + 4?")], tok, "prompt", 64)
     return tok, tiny_model(0, **kw), tiny_model(1, **kw), tiny_model(2, **kw), make_batch(ex, "prompt", tok.pad_id)
 

@@ -15,7 +15,7 @@ from nanoalign.common import Run
 from nanoalign.data import DataError, make_batch, tokenize_rows
 from nanoalign.tasks import arith as task
 from nanoalign.testing import tiny_model
-from tests.helpers import (JUDGE, PRINCIPLES, TOK, by_score, call_method, examples, judge_by_rule,
+from tests.helpers import (BYTE_VOCAB, JUDGE, PRINCIPLES, TOK, by_score, call_method, examples, judge_by_rule,
                            method_step, offpolicy_setup, pref_rows, record_on_policy, tiny)
 
 
@@ -32,8 +32,7 @@ def prompt_batch(n):
 
 
 def policy(seed):
-    return tiny_model(seed, vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258,
-                      max_seq_len=96, init_std=0.3)
+    return tiny_model(seed, **BYTE_VOCAB, max_seq_len=96, init_std=0.3)
 
 
 @settings(max_examples=examples(5))

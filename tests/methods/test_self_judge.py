@@ -107,14 +107,8 @@ def test_jsft_rows_are_the_chosen_responses_then_the_judgments():
 
 def test_offpolicy_samples_each_prompt_with_a_generator_seeded_by_seed_and_prompt(monkeypatch):
     from nanoalign import onpolicy
-    from nanoalign.data import make_batch, tokenize_rows
-    from nanoalign.testing import tiny_model
-    from tests.helpers import byte_tokenizer, call_method, judge_by_rule
-    tok = byte_tokenizer()
-    kw = dict(vocab_size=262, bos_token_id=256, eos_token_id=257, pad_token_id=258, max_seq_len=64)
-    policy, ref = tiny_model(0, **kw), tiny_model(1, **kw)
-    ex, _ = tokenize_rows([{"prompt": p} for p in ("What is 1 + 2?", "What is 3 + 4?")], tok, "prompt", 64)
-    batch = make_batch(ex, "prompt", tok.pad_id)
+    from tests.helpers import call_method, judge_by_rule
+    tok, policy, ref, _, batch = offpolicy_setup()     # the byte tokenizer, two models, two prompts
     judge_by_rule(monkeypatch, lambda x, a, b: 0.5)
     seeds, made, real_gen, real_sample = [], [], torch.Generator, onpolicy.sample
 
