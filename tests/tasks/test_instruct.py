@@ -536,7 +536,7 @@ def test_build_after_the_examples_flags_is_refused_not_run_as_examples(capsys):
     assert e.value.code == 2 and "'build' comes first" in capsys.readouterr().err
 
 
-def test_build_command_line(tmp_path, capsys):
+def test_the_build_command_line_records_its_command_and_reuses_a_finished_build(tmp_path):
     from model.checkpoint import save_model
     model, tok = _model_and_tok()
     save_model(model, str(tmp_path / "ckpt"), tok)
@@ -547,8 +547,14 @@ def test_build_command_line(tmp_path, capsys):
     assert side["command"].startswith("python -m nanoalign.tasks.instruct build --init_from")
     assert json.load(open(tmp_path / "data" / D.SIDECAR))["k"] == 2
     assert I.main(argv)["reused"]
-    # a checkpoint whose tokenizer has no chat template: a clear error, exit code 2
+
+
+def test_the_build_command_line_names_chat_format_for_a_checkpoint_without_a_chat_template(tmp_path, capsys):
+    """A checkpoint whose tokenizer has no chat template: a clear error, exit code 2, naming this
+    command's flag; --chat_format then builds, and is part of what the build is."""
+    from model.checkpoint import save_model
     from model.tokenizer import Tokenizer
+    model, tok = _model_and_tok()
     bare = Tokenizer(tok.tok, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
     save_model(model, str(tmp_path / "bare"), bare)
     bare_argv = ["build", "--init_from", str(tmp_path / "bare"), "--out", str(tmp_path / "d2"), "--k", "2",
