@@ -233,6 +233,43 @@ def test_a_training_forward_keeps_neither_the_normalized_rows_nor_silu_gate(monk
     assert all(torch.equal(a, p.grad) for a, p in zip(lean_grads, m.parameters()))
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("checkpoint_every", [0, 1, 2])
+@pytest.mark.parametrize("lora", [False, True])
+def test_recompute_in_backward_leaves_every_training_path_bitwise_the_same(packed, checkpoint_every, lora,
+                                                                           monkeypatch):
+    """Each way train.py trains (packed rows, --grad_checkpoint, LoRA's frozen base with frozen
+    norm weights) gives bitwise the gradients of the plain pieces."""
+    m = tiny()
+    if lora:
+        m = apply_lora(m, 4, 8.0)         # the base, norms included, frozen; the adapters learn
+        for p in m.parameters():          # (B starts at zero: give A a gradient too)
+            if p.requires_grad:
+                p.data.normal_(0, 0.1)
+    m.checkpoint_every = checkpoint_every
+    lengths = [5, 1, 9]
+    x = torch.randint(3, m.cfg.vocab_size, (1, sum(lengths)) if packed else (3, 9))
+    cu = torch.tensor([0] + lengths).cumsum(0) if packed else None
+
+    def grads():
+        m.zero_grad()
+        m.logits(m(x, cu_seqlens=cu)).logsumexp(-1).mean().backward()
+        return [p.grad.clone() for p in m.parameters() if p.requires_grad]
+    lean_grads = grads()
+    monkeypatch.setattr(model_module, "lean", lambda fn, *inputs: fn(*inputs))
+    assert len(lean_grads) > 0 and all(torch.equal(a, b) for a, b in zip(lean_grads, grads()))
+
+
+def test_recompute_in_backward_refuses_a_second_derivative():
+    """A double backward through the recomputed piece would be silently wrong: it raises instead."""
+    x = torch.randn(3, 8, requires_grad=True)
+    y = lean(swiglu, x, x * 2)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(y.sum(), x)                  # a first derivative still works
+    assert torch.equal(g, torch.autograd.grad(swiglu(x, x * 2).sum(), x)[0])
+
+
 # -- activation checkpointing (Transformer.checkpoint_every, train.py --grad_checkpoint) ----------------
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("every", [1, 2, 3])
@@ -274,40 +311,3 @@ def test_checkpointing_fewer_blocks_keeps_more_for_backward():
     none, half, every_block = kept(0), kept(2), kept(1)
     assert none > half > every_block > 0
     assert kept(1, train=False) == kept(0, train=False)
-
-
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("checkpoint_every", [0, 1, 2])
-@pytest.mark.parametrize("lora", [False, True])
-def test_recompute_in_backward_leaves_every_training_path_bitwise_the_same(packed, checkpoint_every, lora,
-                                                                           monkeypatch):
-    """Each way train.py trains (packed rows, --grad_checkpoint, LoRA's frozen base with frozen
-    norm weights) gives bitwise the gradients of the plain pieces."""
-    m = tiny()
-    if lora:
-        m = apply_lora(m, 4, 8.0)         # the base, norms included, frozen; the adapters learn
-        for p in m.parameters():          # (B starts at zero: give A a gradient too)
-            if p.requires_grad:
-                p.data.normal_(0, 0.1)
-    m.checkpoint_every = checkpoint_every
-    lengths = [5, 1, 9]
-    x = torch.randint(3, m.cfg.vocab_size, (1, sum(lengths)) if packed else (3, 9))
-    cu = torch.tensor([0] + lengths).cumsum(0) if packed else None
-
-    def grads():
-        m.zero_grad()
-        m.logits(m(x, cu_seqlens=cu)).logsumexp(-1).mean().backward()
-        return [p.grad.clone() for p in m.parameters() if p.requires_grad]
-    lean_grads = grads()
-    monkeypatch.setattr(model_module, "lean", lambda fn, *inputs: fn(*inputs))
-    assert len(lean_grads) > 0 and all(torch.equal(a, b) for a, b in zip(lean_grads, grads()))
-
-
-def test_recompute_in_backward_refuses_a_second_derivative():
-    """A double backward through the recomputed piece would be silently wrong: it raises instead."""
-    x = torch.randn(3, 8, requires_grad=True)
-    y = lean(swiglu, x, x * 2)
-    with pytest.raises(RuntimeError, match="first derivatives only"):
-        torch.autograd.grad(y.sum(), x, create_graph=True)
-    (g,) = torch.autograd.grad(y.sum(), x)                  # a first derivative still works
-    assert torch.equal(g, torch.autograd.grad(swiglu(x, x * 2).sum(), x)[0])
