@@ -11,9 +11,10 @@ The loop knows no method by name: a method (a file in nanoalign/ that registers 
 rows it reads, which examples its loss eats, its options, and turns a micro-batch into (loss summed
 over its units, metrics). Order of one step, always the same: learning rate -> grad_accum
 micro-batches (an on-policy method first samples and judges all of them, without gradients; then
-forward and backward of each) -> clip -> finite check -> AdamW -> log / evaluate / checkpoint. Ctrl-C (or SIGTERM) finishes the step in flight, writes a
-checkpoint, prints the command that resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG
-states, data position, step: nanoalign/checkpoint.py).
+forward and backward of each) -> clip -> finite check -> AdamW -> log / evaluate / checkpoint.
+Ctrl-C (or SIGTERM) finishes the step in flight, writes a checkpoint, prints the command that
+resumes it and exits; `--resume` continues it exactly (model, AdamW state, RNG states, data
+position, step: nanoalign/checkpoint.py).
 """
 import os
 import signal
@@ -49,7 +50,7 @@ from nanoalign.checkpoint import (DATA_FILE, check_same_data, data_fingerprint, 
 from nanoalign.cli import parse_config
 from nanoalign.common import Run, frozen_copy
 from nanoalign.compute import (autocast, autocast_dtype, checkpoint_every, make_optimizer, off_bf16_ties,
-                               max_length_of, packed_batches, peak_lr, set_deterministic, TRL_MAX_LENGTH)
+                               max_length_of, packed_batches, peak_lr, set_deterministic)
 from nanoalign.config import ON_POLICY, make_config, options_of, resume_config, shared_options
 from nanoalign.data import KINDS, BatchOrder, DataError, make_batch, read_jsonl, tokenize_rows
 from nanoalign.judge import JudgeError
@@ -99,8 +100,8 @@ def load_split(cfg, method, task, split, run, max_length=None):
     """Tokenized examples of one split: the built-in task's rows or a JSONL file's, read as the
     method's row kind, turned into what its loss eats by method.prepare (if any), then tokenized
     to max_length: --max_length with its auto resolved by the model (compute.max_length_of; train
-    passes it), else --max_length or TRL's 1024."""
-    max_length = max_length or cfg.max_length or TRL_MAX_LENGTH
+    passes it), else as resolved without one."""
+    max_length = max_length or max_length_of(cfg)
     src = cfg.train_data if split == "train" else cfg.val_data
     if split == "val" and src == "auto":   # the built-in task's when training on it, else none
         src = "builtin" if cfg.train_data == "builtin" else ""

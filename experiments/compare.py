@@ -58,7 +58,7 @@ import torch
 
 import train
 from nanoalign.checkpoint import TRAIN_STATE, saved_step
-from nanoalign.compute import TRL_MAX_LENGTH
+from nanoalign.compute import max_length_of
 from nanoalign.config import options_of, saved_config
 from nanoalign.tasks import TASKS, get_task
 from model.checkpoint import CheckpointError, load, read_json
@@ -188,7 +188,7 @@ def sj_batches(tok, cfg, n=256, bs=32, device="cpu"):
     rows = attach_sj(_val_rows(cfg, n), cfg.seed, "val")
     limit = getattr(cfg, "sj_max_length", SJOptions.sj_max_length)   # plain ORPO has no SJ task
     # only the SJ half is kept: the alignment half's limit (--max_length, 0 = auto) just has to hold it
-    ex, _ = tokenize_rows(rows, tok, "mo", cfg.max_length or TRL_MAX_LENGTH, sj_max_length=limit)
+    ex, _ = tokenize_rows(rows, tok, "mo", max_length_of(cfg), sj_max_length=limit)
     return [make_batch([e["sj"] for e in ex[i:i + bs]], "pref", tok.pad_id, device)
             for i in range(0, len(ex), bs)]
 

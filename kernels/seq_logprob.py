@@ -334,8 +334,7 @@ class TokenLogprob(torch.autograd.Function):
         h, w = h.contiguous(), w.contiguous()
         C, V = h.shape[0], w.shape[0]
         cd = _compute_dtype(h)
-        # bf16 h and w on the torch path (CPU training under autocast): bf16 products (the bf16
-        # helpers above: _fwd_chunk_bf16_torch, _dlogits_slice_bf16_torch)
+        # bf16 h and w on the torch path (CPU training under autocast): the *_bf16_torch tiles
         ctx.bf16 = bf16 = backend == "torch" and h.dtype == w.dtype == torch.bfloat16
         if C == 0:
             lp = lse = h.new_zeros(0, dtype=cd)

@@ -146,11 +146,13 @@ AUTO_LR = {"small": 3e-4, "sft": 2e-5, "preference": 1e-6, "online": 5e-7}
 TRL_MAX_LENGTH = 1024      # DPOConfig, ORPOConfig and SFTConfig's max_length (TRL 1.16)
 
 
-def max_length_of(cfg, model):
+def max_length_of(cfg, model=None):
     """--max_length, or for 0 (auto) TRL's 1024 where the model's context holds it, else the
     context: a real model's own data is cut where TRL would cut it (128, the default until
-    2026-12-08, cut a chat-templated answer of a few sentences)."""
-    return cfg.max_length or min(TRL_MAX_LENGTH, model.cfg.max_seq_len)
+    2026-12-08, cut a chat-templated answer of a few sentences). Without a model (a caller that
+    tokenizes before or without one: tests, bench, the SJ batches of experiments/), TRL's 1024."""
+    context = model.cfg.max_seq_len if model is not None else TRL_MAX_LENGTH
+    return cfg.max_length or min(TRL_MAX_LENGTH, context)
 
 
 def peak_lr(cfg, model, method):

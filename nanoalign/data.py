@@ -61,12 +61,13 @@ def parse_line(path, line, where, first):
 
 
 def read_jsonl(path, kind, skip_bad=False, check=None, bad=None):
-    """Rows of a JSONL file, validated as `kind` (validate_row). Returns (rows, n_skipped). Each line is decoded on its own,
-    so a line that is not UTF-8 is one bad row, skipped and counted with skip_bad; a file that is
-    no JSONL (no text, a JSON document, CSV) is one error, with skip_bad too. check: a method's
-    own (row, where) -> row check after the kind's (Method.check_row: the labels MetaAligner reads),
-    run here so that a row it refuses is skipped and counted like any other bad row. bad: a list
-    that gets each skipped row's error, "file:line: why", in file order (train.py names them)."""
+    """Rows of a JSONL file, validated as `kind` (validate_row). Returns (rows, n_skipped). Each line
+    is decoded on its own, so a line that is not UTF-8 is one bad row, skipped and counted with
+    skip_bad; a file that is no JSONL (no text, a JSON document, CSV) is one error, with skip_bad
+    too. check: a method's own (row, where) -> row check after the kind's (Method.check_row: the
+    labels MetaAligner reads), run here so that a row it refuses is skipped and counted like any
+    other bad row. bad: a list that gets each skipped row's error, "file:line: why", in file order
+    (train.py names them)."""
     rows, skipped, seen, first_bad = [], 0, False, None
     for where, raw in raw_lines(path):
         try:

@@ -25,6 +25,7 @@ table `KINDS`) and turns the rows into token ids and batches.
 
   system      no kind reads a top-level "system" field (Orca-style rows): a row that has one is
               refused (`check_system`), as ignoring it would train without the system message
+
 A checker takes the parsed row (a JSON object: data.validate_row checks that) and `where`
 ("file:line") and returns the row normalized (an implicit prompt split off, TRL's "completion"
 renamed "response", labels as strings), or raises DataError. A missing field's error names a key of
@@ -243,8 +244,9 @@ def is_implicit(row):
 
 def check_system(row, where):
     """A row's top-level 'system' field is refused, whatever kind reads the row: no kind reads one,
-    and ignored (as TRL 1.16 ignores it: its data functions read no such column) every row would train without the
-    system message its file gives. A conversation's system message is its first message."""
+    and ignored (as TRL 1.16 ignores it: its data functions read no such column) every row would
+    train without the system message its file gives. A conversation's system message is its first
+    message."""
     if "system" in row:
         raise DataError(f"{where}: field 'system' is not read; give the system message as the "
                         f"conversation's first message, {{\"role\": \"system\", \"content\": ...}}, in "

@@ -703,6 +703,8 @@ def test_max_length_auto_is_trls_1024_or_the_models_context(tmp_path, capsys):
     ctx = lambda n: types.SimpleNamespace(cfg=types.SimpleNamespace(max_seq_len=n))   # noqa: E731
     assert [max_length_of(cfg, ctx(n)) for n in (512, 1024, 8192)] == [512, 1024, 1024]
     assert max_length_of(dataclasses.replace(cfg, max_length=200), ctx(8192)) == 200
+    # without a model (load_split called alone, experiments/' SJ batches): TRL's 1024, or the flag
+    assert max_length_of(cfg) == 1024 and max_length_of(dataclasses.replace(cfg, max_length=200)) == 200
     f = tmp_path / "long.jsonl"
     f.write_text(json.dumps({"prompt": "What is 1 + 2?", "response": "It is 3. " * 30}) + "\n")
     out = _short_run(tmp_path, capsys, train_data=str(f), batch_size=1, max_steps=1)
