@@ -79,7 +79,6 @@ class Method:
                                # 20M parameters or more: a key of compute.AUTO_LR ('sft', 'preference',
                                # 'online'), for a loss that is not what its example kind says
                                # (None: 'sft' for SFT examples, 'preference' for any other)
-    defaults: dict = None     # shared options whose default differs for this method (max_length)
     start_defaults: Callable = None  # cfg -> {option: value} for its options left '' that take their
                                      # value from a checkpoint the run reads (an on-policy judge's
                                      # template and rule: those its checkpoint records); the config

@@ -168,17 +168,17 @@ class SharedConfig:
 
 def config_class(method, task=SharedConfig.task):
     """The config dataclass of one method on one task: SharedConfig's fields, the method's options,
-    the task's options; the method's `defaults` change shared defaults (Method.defaults)."""
+    the task's options."""
     m = REGISTRY[method]
     for f in dataclasses.fields(m.options):     # make_dataclass: only 'Field name duplicated'
         if f.name in SHARED:
             raise SystemExit(f"error: --method {method}: option '{f.name}' of {m.options.__name__} is a shared "
-                             f"option (nanoalign/config.py SharedConfig); a method changes its default "
-                             f"with Method(defaults={{'{f.name}': ...}})")
+                             f"option (nanoalign/config.py SharedConfig), which every method has as it "
+                             f"is: give the method's option a name of its own")
     fields = []
     for f in (dataclasses.fields(SharedConfig) + dataclasses.fields(m.options)
               + dataclasses.fields(get_task(task).Options)):
-        default = (m.defaults or {}).get(f.name, method if f.name == "method" else f.default)
+        default = method if f.name == "method" else f.default
         fields.append((f.name, f.type, dataclasses.field(default=default, metadata=f.metadata)))
     return dataclasses.make_dataclass(f"{method}_{task}_config", fields, frozen=False)
 
